@@ -1,0 +1,274 @@
+"""PEFT parameterisations shared by the theory and the experiments (Galim et al., ICML 2025, Secs. 4-5).
+
+- LoRA on a linear map: ``W' = W + s · B A`` with ``A`` (r, in), ``B`` (out, r), ``s = alpha / r``
+  (:class:`LoRAConfig`, :func:`lora_delta`, :class:`LoRALinear` with exact merge/unmerge).
+- SDT / SDT-P masks over (channel, state) with three roles, trainable / frozen / pruned
+  (:class:`SDTMask`, :func:`sdt_mask`).
+- A masked parameter whose trainable entries are stored compactly (:class:`MaskedParameter`): the
+  optimizer holds exactly the trainable scalars, and frozen entries are read from a buffer, so they
+  stay bit-identical under any optimizer (AdamW's weight decay included).
+- LoRA on an SSM parameter treated as a D×H matrix, the paper's "LoRA (S4)" (:class:`LoRAMatrix`).
+- :func:`count_trainable`: the number of scalars an optimizer updates.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ._validate import check_int, check_tensor
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------- LoRA
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA rank ``r`` and ``alpha``; the update is scaled by ``alpha / r``."""
+
+    rank: int
+    alpha: Optional[float] = None  # None: alpha = rank, i.e. scaling 1
+
+    def __post_init__(self):
+        check_int("rank", self.rank, lo=1)
+        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha: must be a finite number, got {self.alpha!r}")
+
+    @property
+    def scaling(self) -> float:
+        return 1.0 if self.alpha is None else float(self.alpha) / self.rank
+
+
+def lora_delta(lora_A: Tensor, lora_B: Tensor, scaling: float = 1.0) -> Tensor:
+    """``ΔW = scaling · B A``; lora_A (r, in), lora_B (out, r) -> (out, in)."""
+    check_tensor("lora_A", lora_A, shape=(None, None), allow_complex=False)
+    check_tensor("lora_B", lora_B, shape=(None, lora_A.shape[0]), allow_complex=False)
+    return scaling * (lora_B @ lora_A)
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear map ``y = W x + b`` plus a trainable rank-``r`` update ``s · B A``.
+
+    ``B`` starts at zero (the adapted map starts equal to the frozen one); ``A`` is random.
+    :meth:`merge` folds the update into the weight; :meth:`unmerge` restores the frozen weight
+    bit-exactly (it keeps the original, rather than subtracting in floating point).
+    """
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
+                 generator: Optional[torch.Generator] = None, train_bias: bool = False):
+        super().__init__()
+        check_tensor("weight", weight, shape=(None, None), allow_complex=False)
+        out_f, in_f = weight.shape
+        if config.rank > min(out_f, in_f):
+            raise ValueError(f"rank: must be <= min(out, in) = {min(out_f, in_f)}, got {config.rank}")
+        self.config = config
+        self.register_buffer("weight", weight.detach().clone())
+        if bias is None:
+            self.bias = None
+        elif train_bias:
+            self.bias = nn.Parameter(bias.detach().clone())
+        else:
+            self.register_buffer("bias", bias.detach().clone())
+        a = torch.randn(config.rank, in_f, generator=generator, dtype=weight.dtype) / math.sqrt(in_f)
+        self.lora_A = nn.Parameter(a.to(weight.device))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(out_f, config.rank, dtype=weight.dtype, device=weight.device))  # (out, r)
+        self._frozen_weight: Optional[Tensor] = None  # set while merged
+
+    @property
+    def merged(self) -> bool:
+        return self._frozen_weight is not None
+
+    def delta_weight(self) -> Tensor:
+        """``s · B A`` (out, in)."""
+        return lora_delta(self.lora_A, self.lora_B, self.config.scaling)
+
+    def effective_weight(self) -> Tensor:
+        return self.weight if self.merged else self.weight + self.delta_weight()
+
+    def merge(self) -> None:
+        if self.merged:
+            raise RuntimeError("merge: already merged")
+        self._frozen_weight = self.weight.clone()
+        with torch.no_grad():
+            self.weight.add_(self.delta_weight())
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            raise RuntimeError("unmerge: not merged")
+        with torch.no_grad():
+            self.weight.copy_(self._frozen_weight)
+        self._frozen_weight = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., in) -> (..., out)."""
+        y = x @ self.effective_weight().T
+        return y if self.bias is None else y + self.bias
+
+
+class LoRAMatrix(nn.Module):
+    """A frozen matrix-shaped parameter ``P`` (D, H) plus a rank-``r`` update: ``P + s · B A``.
+
+    This is the paper's "LoRA (S4)" / "LoRA (S6)": an SSM parameter (e.g. ``A`` or ``C`` across
+    channels) treated as a D×H matrix. Complex parameters are handled by the caller (one LoRAMatrix
+    per real part).
+    """
+
+    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        check_tensor("base", base, shape=(None, None), allow_complex=False)
+        rows, cols = base.shape
+        if config.rank > min(rows, cols):
+            raise ValueError(f"rank: must be <= min{tuple(base.shape)} = {min(rows, cols)}, got {config.rank}")
+        self.config = config
+        self.register_buffer("base", base.detach().clone())
+        a = torch.randn(config.rank, cols, generator=generator, dtype=base.dtype) / math.sqrt(cols)
+        self.lora_A = nn.Parameter(a.to(base.device))  # (r, H)
+        self.lora_B = nn.Parameter(torch.zeros(rows, config.rank, dtype=base.dtype, device=base.device))  # (D, r)
+
+    def delta_weight(self) -> Tensor:
+        return lora_delta(self.lora_A, self.lora_B, self.config.scaling)
+
+    def forward(self) -> Tensor:
+        return self.base + self.delta_weight()  # (D, H)
+
+
+# --------------------------------------------------------------------------------------- SDT masks
+class Role(enum.IntEnum):
+    """What happens to one (channel, state) entry of an SSM parameter."""
+
+    TRAINABLE = 0
+    FROZEN = 1
+    PRUNED = 2  # set to zero and kept there (SDT-P); SDT has no pruned entries
+
+
+@dataclass(frozen=True)
+class SDTMask:
+    """Roles of the (channel, state) entries of one SSM module: ``roles`` (D, H) of :class:`Role` codes."""
+
+    roles: Tensor  # (D, H) int8
+
+    def __post_init__(self):
+        if not isinstance(self.roles, torch.Tensor) or self.roles.dim() != 2:
+            raise ValueError("roles: expected a 2-D tensor (D, H) of Role codes")
+        if self.roles.is_floating_point() or self.roles.is_complex():
+            raise ValueError(f"roles: expected an integer dtype, got {self.roles.dtype}")
+        bad = ~((self.roles >= 0) & (self.roles <= 2))
+        if bool(bad.any()):
+            raise ValueError("roles: every entry must be a Role code 0 (trainable), 1 (frozen) or 2 (pruned)")
+
+    @property
+    def trainable(self) -> Tensor:
+        return self.roles == Role.TRAINABLE  # (D, H) bool
+
+    @property
+    def frozen(self) -> Tensor:
+        return self.roles == Role.FROZEN
+
+    @property
+    def pruned(self) -> Tensor:
+        return self.roles == Role.PRUNED
+
+    @property
+    def trainable_channels(self) -> Tensor:
+        """Channels with at least one trainable state, (D,) bool."""
+        return self.trainable.any(dim=1)
+
+    def count(self) -> int:
+        """Trainable entries per parameter that follows this mask."""
+        return int(self.trainable.sum())
+
+
+def sdt_mask(D: int, H: int, channels: Sequence[int], states, *, prune_rest: bool = False,
+             prune_channels: Sequence[int] = ()) -> SDTMask:
+    """Build an SDT (or SDT-P) mask.
+
+    channels: indices of updated channels. states: for each updated channel the indices of its
+    tuned states (a list of lists), or one list used for all of them. With ``prune_rest`` the
+    untuned states of updated channels are pruned (SDT-P: "the rest set to zero");
+    ``prune_channels`` lists channels whose every state is pruned. Everything else is frozen.
+    """
+    check_int("D", D, lo=1)
+    check_int("H", H, lo=1)
+    channels = [int(c) for c in channels]
+    if len(set(channels)) != len(channels):
+        raise ValueError("channels: must not repeat")
+    for c in list(channels) + [int(c) for c in prune_channels]:
+        if not 0 <= c < D:
+            raise ValueError(f"channels: index {c} out of range [0, {D})")
+    if set(channels) & {int(c) for c in prune_channels}:
+        raise ValueError("prune_channels: must be disjoint from channels")
+    if len(states) and not isinstance(states[0], (list, tuple, range)) and not (
+            isinstance(states[0], torch.Tensor) and states[0].dim() > 0):
+        states = [list(states)] * len(channels)
+    if len(states) != len(channels):
+        raise ValueError(f"states: need one state list per updated channel ({len(channels)}), got {len(states)}")
+    roles = torch.full((D, H), int(Role.FROZEN), dtype=torch.int8)
+    for c, st in zip(channels, states):
+        st = [int(s) for s in st]
+        if any(not 0 <= s < H for s in st):
+            raise ValueError(f"states: index out of range [0, {H}) in channel {c}: {st}")
+        if len(set(st)) != len(st):
+            raise ValueError(f"states: repeated state index in channel {c}: {st}")
+        if prune_rest:
+            roles[c] = int(Role.PRUNED)
+        roles[c, st] = int(Role.TRAINABLE)
+    for c in prune_channels:
+        roles[int(c)] = int(Role.PRUNED)
+    return SDTMask(roles)
+
+
+def sdt_budget_mask(D: int, H: int, n_channels: int, n_states: int, **kw) -> SDTMask:
+    """SDT mask updating the first ``n_channels`` channels and their first ``n_states`` states."""
+    check_int("n_channels", n_channels, lo=0, hi=D)
+    check_int("n_states", n_states, lo=0, hi=H)
+    return sdt_mask(D, H, range(n_channels), [list(range(n_states))] * n_channels, **kw)
+
+
+class MaskedParameter(nn.Module):
+    """A parameter of shape ``base.shape`` with roles per entry; only trainable entries are stored.
+
+    ``forward()`` returns ``base`` with pruned entries set to 0 and trainable entries replaced by
+    the trainable vector (in row-major order of the mask). The nn.Parameter ``values`` has exactly
+    ``mask.count()`` entries, so an optimizer updates exactly the trainable scalars.
+    ``roles`` may be (D, H) for a (D, H) base, or (D,) channel roles broadcast over extra axes.
+    """
+
+    def __init__(self, base: Tensor, roles: Tensor):
+        super().__init__()
+        check_tensor("base", base, allow_complex=False)
+        roles = torch.as_tensor(roles)
+        if roles.shape != base.shape[: roles.dim()]:
+            raise ValueError(f"roles: shape {tuple(roles.shape)} must be a prefix of base's {tuple(base.shape)}")
+        SDTMask(roles.reshape(roles.shape[0], -1) if roles.dim() else roles.reshape(1, 1))  # validates codes
+        full = roles.reshape(roles.shape + (1,) * (base.dim() - roles.dim())).expand(base.shape)
+        trainable = (full == Role.TRAINABLE).to(base.device)
+        pruned = (full == Role.PRUNED).to(base.device)
+        frozen_base = torch.where(pruned, torch.zeros_like(base), base.detach())
+        self.register_buffer("base", frozen_base.clone())
+        self.register_buffer("trainable_mask", trainable.clone())
+        self.values = nn.Parameter(base.detach()[trainable].clone())  # (n_trainable,)
+
+    def forward(self) -> Tensor:
+        return self.base.masked_scatter(self.trainable_mask, self.values)
+
+
+def count_trainable(params: Iterable) -> int:
+    """Number of scalars an optimizer updates: trainable entries of every parameter that requires grad.
+
+    Accepts a module or an iterable of parameters. Masked parameters store only their trainable
+    entries, so a plain ``numel`` sum is exact; complex parameters count 2 real scalars each.
+    """
+    if isinstance(params, nn.Module):
+        params = params.parameters()
+    seen, total = set(), 0
+    for p in params:
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel() * (2 if p.is_complex() else 1)
+    return total

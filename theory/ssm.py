@@ -1,0 +1,221 @@
+"""Diagonal SSM per channel: the S4 mechanism of Galim et al. (ICML 2025), Sec. 3.1, eqs. (1)-(3).
+
+One SSM per channel ``d``:  ``h_t = Ā h_{t-1} + B̄ x_t``,  ``y_t = C h_t``  (t = 1..N), with
+``Ā = diag(a_1..a_H)``, so the convolution kernel is ``K_k = C Ā^k B̄ = Σ_i c_i b_i a_i^k`` and
+``y = K * x`` (causal, lag 0 included) plus the free response of the initial state,
+``y_t ⊃ C Ā^t h_0``.
+
+Two forms:
+- real: ``A_bar, B_bar, C`` real, shape (D, H);
+- complex-conjugate-pair (S4D): complex ``(D, H)`` tensors holding one member of each pair; the
+  output is ``2·Re(...)`` (the pair's sum). ``real_realisation`` turns it into a real
+  block-diagonal SSM with 2H states.
+
+Layout: inputs and outputs are (B, D, N) = (batch, channels, length).
+Two implementations of the same map, held together by tests:
+``ssm_recurrence`` (explicit loop, the reference) and ``ssm_convolution`` (FFT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from ._validate import check_int, check_positive, check_same_dtype, check_tensor
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class DiagonalSSM:
+    """Discrete diagonal SSM, one per channel.
+
+    A_bar, B_bar, C: (D, H), real, or complex for the conjugate-pair form (output 2·Re).
+    """
+
+    A_bar: Tensor  # (D, H)
+    B_bar: Tensor  # (D, H)
+    C: Tensor  # (D, H)
+
+    def __post_init__(self):
+        dims: dict = {}
+        for name in ("A_bar", "B_bar", "C"):
+            check_tensor(name, getattr(self, name), shape=("D", "H"), dims=dims)
+        check_same_dtype(A_bar=self.A_bar, B_bar=self.B_bar, C=self.C)
+        kinds = {t.is_complex() for t in (self.A_bar, self.B_bar, self.C)}
+        if len(kinds) != 1:
+            raise ValueError("A_bar, B_bar, C: must be all real or all complex (conjugate-pair form)")
+
+    @property
+    def D(self) -> int:
+        return self.A_bar.shape[0]
+
+    @property
+    def H(self) -> int:
+        return self.A_bar.shape[1]
+
+    @property
+    def conj_pairs(self) -> bool:
+        return self.A_bar.is_complex()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A_bar.real.dtype
+
+
+def discretize_zoh(A: Tensor, B: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]:
+    """Zero-order hold for a diagonal ``A``: ``Ā = exp(ΔA)``, ``B̄ = (ΔA)^{-1}(exp(ΔA) − I) ΔB``.
+
+    A, B: (D, H) real or complex; delta: (D,) positive step per channel.
+    Since ``A`` is diagonal, ``B̄_i = (exp(Δ a_i) − 1)/a_i · b_i``; at ``a_i = 0`` its limit ``Δ b_i``.
+    Returns ``(A_bar, B_bar)``, both (D, H).
+    """
+    dims: dict = {}
+    check_tensor("A", A, shape=("D", "H"), dims=dims)
+    check_tensor("B", B, shape=("D", "H"), dims=dims)
+    check_tensor("delta", delta, shape=("D",), dims=dims, allow_complex=False)
+    check_positive("delta", delta)
+    dA = delta[:, None] * A  # (D, H)
+    A_bar = torch.exp(dA)  # (D, H)
+    # (exp(ΔA) - 1) / (ΔA) with the removable singularity at 0 filled by its limit 1.
+    small = dA.abs() < 1e-12
+    safe = torch.where(small, torch.ones_like(dA), dA)
+    phi = torch.where(small, torch.ones_like(dA), torch.expm1(safe) / safe)  # (D, H)
+    B_bar = phi * delta[:, None] * B  # (D, H)
+    return A_bar, B_bar
+
+
+def _powers(a: Tensor, N: int) -> Tensor:
+    """``a^k`` for k = 0..N-1 as the last axis: (..., N). Exact integer powers (negative a is fine)."""
+    if N == 1:
+        return torch.ones_like(a)[..., None]
+    return torch.linalg.vander(a, N=N)
+
+
+def ssm_kernel(ssm: DiagonalSSM, N: int) -> Tensor:
+    """Convolution kernel ``K_k = C Ā^k B̄ = Σ_i c_i b_i a_i^k``, k = 0..N-1, shape (D, N), real.
+
+    For the conjugate-pair form the kernel is ``2·Re(Σ_i c_i b_i a_i^k)``.
+    """
+    check_int("N", N, lo=1)
+    K = torch.einsum("dh,dhn->dn", ssm.C * ssm.B_bar, _powers(ssm.A_bar, N))  # (D, N)
+    return 2 * K.real if ssm.conj_pairs else K
+
+
+def _check_input(ssm: DiagonalSSM, x: Tensor, h0: Optional[Tensor]) -> None:
+    check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False)
+    if x.dtype != ssm.dtype:
+        raise ValueError(f"x: dtype {x.dtype} must match the SSM's {ssm.dtype}")
+    if h0 is not None:
+        check_tensor("h0", h0, shape=(ssm.D, ssm.H))
+        if h0.is_complex() != ssm.conj_pairs:
+            raise ValueError("h0: must be complex exactly when the SSM is in conjugate-pair form")
+
+
+def ssm_recurrence(
+    ssm: DiagonalSSM, x: Tensor, h0: Optional[Tensor] = None, return_state: bool = False
+):
+    """Explicit recurrence ``h_t = Ā h_{t-1} + B̄ x_t``, ``y_t = C h_t`` (the reference).
+
+    x: (B, D, N) real; h0: (D, H) initial state (zeros if None), shared across the batch,
+    or (B, D, H). Returns y (B, D, N); with ``return_state`` also the final state (B, D, H).
+    """
+    if h0 is not None and h0.dim() == 3:
+        check_tensor("h0", h0, shape=(x.shape[0], ssm.D, ssm.H))
+        _check_input(ssm, x, None)
+    else:
+        _check_input(ssm, x, h0)
+    Bt, D, N = x.shape
+    cdtype = ssm.A_bar.dtype
+    h = torch.zeros(Bt, D, ssm.H, dtype=cdtype, device=x.device)  # (B, D, H)
+    if h0 is not None:
+        h = h + h0.to(cdtype)
+    ys = []
+    for t in range(N):
+        h = ssm.A_bar * h + ssm.B_bar * x[:, :, t, None]  # (B, D, H)
+        y = (ssm.C * h).sum(-1)  # (B, D)
+        ys.append(2 * y.real if ssm.conj_pairs else y)
+    y = torch.stack(ys, dim=-1) if ys else x.new_zeros(Bt, D, 0)  # (B, D, N)
+    return (y, h) if return_state else y
+
+
+def causal_conv_fft(K: Tensor, x: Tensor) -> Tensor:
+    """Causal convolution ``y_t = Σ_{k=0}^{t} K_k x_{t-k}`` via zero-padded FFT.
+
+    K: (D, N_K) real kernel with N_K >= N; x: (B, D, N). Returns (B, D, N).
+    """
+    check_tensor("K", K, shape=(None, None), allow_complex=False)
+    check_tensor("x", x, shape=(None, K.shape[0], None), allow_complex=False)
+    N = x.shape[-1]
+    if K.shape[-1] < N:
+        raise ValueError(f"K: kernel length {K.shape[-1]} must be >= sequence length {N}")
+    n_fft = 2 * N
+    Kf = torch.fft.rfft(K[:, :N], n=n_fft)  # (D, F)
+    xf = torch.fft.rfft(x, n=n_fft)  # (B, D, F)
+    return torch.fft.irfft(Kf * xf, n=n_fft)[..., :N]  # (B, D, N)
+
+
+def initial_state_response(ssm: DiagonalSSM, h0: Tensor, N: int) -> Tensor:
+    """Free response of the initial state: ``C Ā^t h_0`` for t = 1..N, shape (D, N) (or (B, D, N))."""
+    check_int("N", N, lo=0)
+    pw = _powers(ssm.A_bar, N + 1)[..., 1:]  # (D, H, N): a^1..a^N
+    r = torch.einsum("dh,...dh,dhn->...dn", ssm.C, h0.to(ssm.A_bar.dtype), pw)
+    return 2 * r.real if ssm.conj_pairs else r
+
+
+def ssm_convolution(ssm: DiagonalSSM, x: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+    """Same map as :func:`ssm_recurrence`, computed as ``K * x`` (FFT) plus the initial-state response.
+
+    x: (B, D, N); h0: (D, H) or (B, D, H) or None. Returns (B, D, N).
+    """
+    _check_input(ssm, x, h0 if h0 is None or h0.dim() == 2 else h0[0])
+    N = x.shape[-1]
+    y = causal_conv_fft(ssm_kernel(ssm, max(N, 1)), x)  # (B, D, N)
+    if h0 is not None:
+        y = y + initial_state_response(ssm, h0, N)
+    return y
+
+
+def real_realisation(ssm: DiagonalSSM) -> Tuple[Tensor, Tensor, Tensor]:
+    """The conjugate-pair SSM as a real SSM with 2H states (2×2 rotation-scaling blocks).
+
+    For a pair (a, ā) with gains (b, c): the real state ``s = (Re h, Im h)`` follows
+    ``s_t = [[Re a, −Im a], [Im a, Re a]] s_{t−1} + (Re b, Im b) x_t`` and the output is
+    ``2·Re(c h) = (2 Re c, −2 Im c) · s``.
+    Returns dense per-channel ``(A, B, C)`` of shapes (D, 2H, 2H), (D, 2H), (D, 2H).
+    """
+    if not ssm.conj_pairs:
+        raise ValueError("ssm: real_realisation needs the complex conjugate-pair form")
+    a, b, c = ssm.A_bar, ssm.B_bar, ssm.C
+    D, H = a.shape
+    A = torch.zeros(D, 2 * H, 2 * H, dtype=ssm.dtype, device=a.device)  # (D, 2H, 2H)
+    idx = torch.arange(H, device=a.device)
+    A[:, 2 * idx, 2 * idx] = a.real
+    A[:, 2 * idx, 2 * idx + 1] = -a.imag
+    A[:, 2 * idx + 1, 2 * idx] = a.imag
+    A[:, 2 * idx + 1, 2 * idx + 1] = a.real
+    B = torch.stack([b.real, b.imag], dim=-1).reshape(D, 2 * H)  # (D, 2H)
+    C = torch.stack([2 * c.real, -2 * c.imag], dim=-1).reshape(D, 2 * H)  # (D, 2H)
+    return A, B, C
+
+
+def dense_recurrence(A: Tensor, B: Tensor, C: Tensor, x: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+    """Per-channel SSM with dense real ``A``: ``h_t = A h_{t−1} + B x_t``, ``y_t = C h_t``.
+
+    A: (D, S, S); B, C: (D, S); x: (B, D, N); h0: (D, S) or None. Returns (B, D, N).
+    """
+    dims: dict = {}
+    check_tensor("A", A, shape=("D", "S", "S"), dims=dims, allow_complex=False)
+    check_tensor("B", B, shape=("D", "S"), dims=dims, allow_complex=False)
+    check_tensor("C", C, shape=("D", "S"), dims=dims, allow_complex=False)
+    check_tensor("x", x, shape=(None, "D", None), dims=dims, allow_complex=False)
+    h = x.new_zeros(x.shape[0], A.shape[0], A.shape[1])  # (B, D, S)
+    if h0 is not None:
+        h = h + h0
+    ys = []
+    for t in range(x.shape[-1]):
+        h = torch.einsum("dij,bdj->bdi", A, h) + B * x[:, :, t, None]  # (B, D, S)
+        ys.append((C * h).sum(-1))  # (B, D)
+    return torch.stack(ys, dim=-1)  # (B, D, N)
