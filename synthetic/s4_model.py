@@ -1,0 +1,266 @@
+"""Fast deep S4 for fine-tuning sweeps (Galim et al., ICML 2025, Sec. 6.1, Figure 2; eq. 4).
+
+One layer, skip term inside the projection as in the official code (``theory.deep`` ``skip="inside"``):
+
+    ``y = ReLU(W (S4(x) + u ⊙ x) + β)``,   ``S4(x)_t = Σ_{k=0}^{t} K_k x_{t-k}``,
+    ``K_k = 2 Re(Σ_i C_i B̄_i Ā_i^k)``,  ``Ā = exp(ΔA)``,  ``B̄ = (ΔA)^{-1}(exp(ΔA) − 1) Δ B``  (S4D, ZOH).
+
+Parameters of one layer (``D`` channels, ``Hc`` complex modes = ``H/2`` conjugate pairs, so ``H``
+real states), all real tensors; ``A = −exp(log_A_re) + i A_im`` keeps ``Re A < 0`` by construction:
+
+    log_A_re, A_im, B_re, B_im, C_re, C_im: (D, Hc)   log_dt, u, beta: (D,)   W: (D, D)
+
+Speed (see ``notes/s4_speed.md``): activations are laid out (R, D, N, B) = (runs, channels,
+length, batch); the causal convolution is one batched matmul with per-(run, channel) lower-triangular
+Toeplitz matrices (N×N), the skip ``u ⊙ x`` is folded into the lag-0 tap (``K_0 + u``), the
+projection is one batched GEMM over D. ``R`` independent fine-tuning runs (e.g. the learning-rate
+grid) share one input batch and one target and are trained in the same kernels.
+
+Fine-tuning parameterisation (:class:`RunState`): every parameter has a dense trainable copy ``P``,
+a frozen base ``P0`` and a boolean mask ``M``; the effective value is ``where(M, P, P0)`` (frozen
+entries are read from the base, bit-identical whatever the optimizer does to ``P``), plus LoRA
+factors on ``W`` (rank ≤ ``proj_rank_max``) and on the four D×Hc SSM matrices ``log_A_re, A_im,
+C_re, C_im`` (rank ≤ ``ssm_rank_max``), with a per-run rank mask. All methods share one graph (one
+``torch.compile``); a method is a choice of masks. The trainable count is the number of unmasked
+entries plus the unmasked LoRA factor entries; ``tests/test_s4_regression.py`` checks it equals
+``theory.peft.count_trainable`` of the theory package's modules for the same method.
+
+The reference twin is :func:`to_theory_model` (float64, ``theory.deep`` / ``theory.ssm`` FFT
+convolution); a test holds the two together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+Tensor = torch.Tensor
+
+SSM_PARAMS = ("log_A_re", "A_im", "B_re", "B_im", "C_re", "C_im", "log_dt")  # the S4 module
+SSM_LORA_PARAMS = ("log_A_re", "A_im", "C_re", "C_im")  # "LoRA (S4)": A and C as D×Hc matrices
+PROJ_PARAMS = ("W", "beta")  # the linear projection
+SKIP_PARAMS = ("u",)
+ALL_PARAMS = SSM_PARAMS + SKIP_PARAMS + PROJ_PARAMS
+
+
+def param_shapes(D: int, Hc: int) -> Dict[str, tuple]:
+    """Shape of every parameter of one layer (no run axis)."""
+    s = {n: (D, Hc) for n in ("log_A_re", "A_im", "B_re", "B_im", "C_re", "C_im")}
+    s.update(log_dt=(D,), u=(D,), W=(D, D), beta=(D,))
+    return s
+
+
+def init_layer(D: int, Hc: int, *, generator: torch.Generator, dtype=torch.float32,
+               device="cpu") -> Dict[str, Tensor]:
+    """Random S4D layer as in the official code (EXPERIMENTS.md):
+
+    ``log(−Re A) = log U(0,1)``, ``Im A = π·randint(0, Hc)``, ``log Δ ~ U(log 1e-3, log 1e-1)``,
+    ``B = 1`` (the S4D default; B̄ then carries only the ZOH factor), ``C`` complex standard normal
+    (each part N(0, 1/2)), ``u ~ N(0, 1)``, ``W, β ~ U(±1/√D)`` (nn.Linear's default).
+    Drawn on the CPU from ``generator`` (so a seed gives the same model on every device), then moved.
+    """
+    g = generator
+    kw = dict(generator=g, dtype=torch.float64)
+    log_A_re = torch.log(torch.rand(D, Hc, **kw).clamp_min(1e-4))  # clamp: keeps exp(log) away from 0
+    A_im = math.pi * torch.randint(0, Hc, (D, Hc), generator=g).to(torch.float64)
+    log_dt = math.log(1e-3) + torch.rand(D, **kw) * (math.log(1e-1) - math.log(1e-3))
+    C_re = torch.randn(D, Hc, **kw) / math.sqrt(2)
+    C_im = torch.randn(D, Hc, **kw) / math.sqrt(2)
+    u = torch.randn(D, **kw)
+    bound = 1 / math.sqrt(D)
+    W = (2 * torch.rand(D, D, **kw) - 1) * bound
+    beta = (2 * torch.rand(D, **kw) - 1) * bound
+    p = dict(log_A_re=log_A_re, A_im=A_im, B_re=torch.ones(D, Hc, dtype=torch.float64),
+             B_im=torch.zeros(D, Hc, dtype=torch.float64), C_re=C_re, C_im=C_im, log_dt=log_dt, u=u, W=W, beta=beta)
+    return {k: v.to(dtype=dtype, device=device) for k, v in p.items()}
+
+
+def count_layer_params(D: int, Hc: int) -> int:
+    return sum(math.prod(s) for s in param_shapes(D, Hc).values())
+
+
+# ------------------------------------------------------------------------------------- the kernel
+def s4d_kernel(p: Dict[str, Tensor], N: int) -> Tensor:
+    """``K_k = 2 Re(Σ_i C_i B̄_i Ā_i^k)`` plus the skip on lag 0, k = 0..N-1: (..., D, N).
+
+    Real arithmetic only (inductor-friendly). ``exp(ΔA) − 1`` uses ``expm1`` so B̄ keeps full
+    relative precision for tiny ``ΔA`` (Δ can be 1e-3).
+    """
+    A_re = -torch.exp(p["log_A_re"])  # (..., D, Hc)
+    A_im = p["A_im"]
+    dt = torch.exp(p["log_dt"])[..., None]  # (..., D, 1)
+    x, y = dt * A_re, dt * A_im  # ΔA = x + i y
+    e_re = torch.expm1(x) * torch.cos(y) - 2 * torch.sin(y / 2) ** 2  # Re(exp(ΔA) − 1)
+    e_im = torch.exp(x) * torch.sin(y)
+    den = A_re * A_re + A_im * A_im  # |A|^2 > 0 since Re A < 0
+    f_re = (e_re * A_re + e_im * A_im) / den  # (exp(ΔA) − 1) / A
+    f_im = (e_im * A_re - e_re * A_im) / den
+    Bb_re = f_re * p["B_re"] - f_im * p["B_im"]  # B̄ = f · B
+    Bb_im = f_re * p["B_im"] + f_im * p["B_re"]
+    G_re = p["C_re"] * Bb_re - p["C_im"] * Bb_im  # C B̄
+    G_im = p["C_re"] * Bb_im + p["C_im"] * Bb_re
+    k = torch.arange(N, device=A_re.device, dtype=A_re.dtype)  # (N,)
+    mag = torch.exp(x[..., None] * k)  # |Ā|^k  (..., D, Hc, N)
+    ang = y[..., None] * k
+    K = 2 * (mag * (G_re[..., None] * torch.cos(ang) - G_im[..., None] * torch.sin(ang))).sum(-2)  # (..., D, N)
+    lag0 = torch.zeros_like(K)
+    lag0[..., 0] = 1.0
+    return K + p["u"][..., None] * lag0  # skip inside: S4(x) + u ⊙ x = (K + u δ_0) * x
+
+
+def toeplitz_index(N: int, device) -> Tensor:
+    """(N, N) indices into ``[K_0..K_{N-1}, 0]``: ``t − s`` on and below the diagonal, ``N`` above."""
+    t = torch.arange(N, device=device)
+    d = t[:, None] - t[None, :]
+    return torch.where(d >= 0, d, torch.full_like(d, N))
+
+
+def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
+    """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B).
+
+    ``p`` tensors carry a leading run axis R: log_A_re (R, D, Hc), W (R, D, D), ...
+    """
+    N = x.shape[-2]
+    K = s4d_kernel(p, N)  # (R, D, N)
+    K_ext = torch.cat([K, torch.zeros_like(K[..., :1])], dim=-1)  # (R, D, N+1)
+    T = K_ext[..., idx]  # (R, D, N, N) lower-triangular Toeplitz
+    s = torch.matmul(T, x)  # (R, D, N, B): causal convolution plus skip
+    R, D = T.shape[0], T.shape[1]
+    z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
+    return torch.relu(z + p["beta"][..., None]).reshape(s.shape)  # (R, D, N, B)
+
+
+def deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) -> Tensor:
+    for p in layers:
+        x = layer_forward(p, x, idx)
+    return x
+
+
+# ------------------------------------------------------------------------ fine-tuning run state
+@dataclass
+class RunState:
+    """R fine-tuning runs of one frozen stack (see the module docstring). Tensors, no behaviour.
+
+    base[l][name]: (shape) frozen values, shared by the runs. train[l][name]: (R, shape) dense
+    trainable copies. mask[l][name]: (R, shape) bool, True = trainable entry.
+    lora[l]: proj_A (R, rp, D), proj_B (R, D, rp), ssm_A (R, 4, rs, Hc), ssm_B (R, 4, D, rs).
+    rank_mask[l]: proj (R, rp), ssm (R, rs) in {0, 1}. LoRA B factors start at 0 (update starts at 0).
+    """
+
+    base: List[Dict[str, Tensor]]
+    train: List[Dict[str, Tensor]]
+    mask: List[Dict[str, Tensor]]
+    lora: List[Dict[str, Tensor]]
+    rank_mask: List[Dict[str, Tensor]]
+
+    @classmethod
+    def create(cls, base: List[Dict[str, Tensor]], R: int, proj_rank_max: int, ssm_rank_max: int,
+               generator: torch.Generator) -> "RunState":
+        dev, dt = base[0]["W"].device, base[0]["W"].dtype
+        D, Hc = base[0]["log_A_re"].shape
+        train, mask, lora, rmask = [], [], [], []
+        for b in base:
+            train.append({k: v.detach()[None].repeat(R, *([1] * v.dim())).requires_grad_(True) for k, v in b.items()})
+            mask.append({k: torch.zeros((R,) + tuple(v.shape), dtype=torch.bool, device=dev) for k, v in b.items()})
+            n4 = len(SSM_LORA_PARAMS)
+            pa = torch.randn(R, proj_rank_max, D, generator=generator, dtype=torch.float64) / math.sqrt(D)
+            sa = torch.randn(R, n4, ssm_rank_max, Hc, generator=generator, dtype=torch.float64) / math.sqrt(Hc)
+            lora.append({
+                "proj_A": pa.to(dev, dt).requires_grad_(True),  # (R, rp, D)
+                "proj_B": torch.zeros(R, D, proj_rank_max, device=dev, dtype=dt, requires_grad=True),  # (R, D, rp)
+                "ssm_A": sa.to(dev, dt).requires_grad_(True),  # (R, 4, rs, Hc)
+                "ssm_B": torch.zeros(R, n4, D, ssm_rank_max, device=dev, dtype=dt, requires_grad=True),  # (R, 4, D, rs)
+            })
+            rmask.append({"proj": torch.zeros(R, proj_rank_max, device=dev, dtype=dt),
+                          "ssm": torch.zeros(R, ssm_rank_max, device=dev, dtype=dt)})
+        return cls(base, train, mask, lora, rmask)
+
+    @property
+    def R(self) -> int:
+        return self.rank_mask[0]["proj"].shape[0]
+
+    def parameters(self) -> List[Tensor]:
+        """Every tensor the optimizer steps (dense copies and LoRA factors); masks decide what counts."""
+        out = []
+        for t, lo in zip(self.train, self.lora):
+            out += [t[k] for k in ALL_PARAMS] + [lo[k] for k in ("proj_A", "proj_B", "ssm_A", "ssm_B")]
+        return out
+
+    def trainable_count(self) -> List[int]:
+        """Per run: unmasked dense entries + LoRA factor entries of unmasked ranks."""
+        total = torch.zeros(self.R, dtype=torch.long)
+        for m, lo, rm in zip(self.mask, self.lora, self.rank_mask):
+            for v in m.values():
+                total += v.reshape(self.R, -1).sum(1).cpu()
+            rp = rm["proj"].sum(1).round().long().cpu()
+            rs = rm["ssm"].sum(1).round().long().cpu()
+            D = lo["proj_A"].shape[-1]
+            n4, Hc = lo["ssm_A"].shape[1], lo["ssm_A"].shape[-1]
+            total += rp * 2 * D + rs * n4 * (D + Hc)
+        return total.tolist()
+
+    def effective(self) -> List[Dict[str, Tensor]]:
+        return effective_layers(self.base, self.train, self.mask, self.lora, self.rank_mask)
+
+
+def effective_layers(base, train, mask, lora, rank_mask) -> List[Dict[str, Tensor]]:
+    """Effective parameters per layer, each (R, shape): ``where(M, P, P0)`` + LoRA updates."""
+    out = []
+    for b, t, m, lo, rm in zip(base, train, mask, lora, rank_mask):
+        p = {k: torch.where(m[k], t[k], b[k]) for k in ALL_PARAMS}
+        pa = lo["proj_A"] * rm["proj"][..., None]  # (R, rp, D)
+        p["W"] = p["W"] + torch.bmm(lo["proj_B"], pa)  # W + B_W A_W  (R, D, D)
+        sa = lo["ssm_A"] * rm["ssm"][:, None, :, None]  # (R, 4, rs, Hc)
+        delta = torch.matmul(lo["ssm_B"], sa)  # (R, 4, D, Hc)
+        for j, k in enumerate(SSM_LORA_PARAMS):
+            p[k] = p[k] + delta[:, j]
+        out.append(p)
+    return out
+
+
+def run_losses(base, train, mask, lora, rank_mask, x: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+    """Per-run MSE over all tokens: x (D, N, B) input, y (D, N, B) target output -> (R,)."""
+    out = deep_forward(effective_layers(base, train, mask, lora, rank_mask), x, idx)  # (R, D, N, B)
+    return ((out - y) ** 2).mean(dim=(1, 2, 3))
+
+
+@torch.no_grad()
+def adamw_step(params: List[Tensor], grads: List[Tensor], exp_avg: List[Tensor], exp_avg_sq: List[Tensor],
+               step: Tensor, lr: Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """AdamW (decoupled weight decay, bias-corrected), in place, with a learning rate per run.
+
+    params[i]: (R, ...); lr: (R,); step: 0-d tensor, incremented here (a tensor so a compiled step
+    does not recompile per iteration).
+    """
+    step.add_(1)
+    bc1 = 1 - beta1 ** step
+    bc2 = 1 - beta2 ** step
+    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+        lr_b = lr.reshape((-1,) + (1,) * (p.dim() - 1))
+        p.mul_(1 - lr_b * weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.sub_(lr_b / bc1 * m / ((v / bc2).sqrt() + eps))
+
+
+# --------------------------------------------------------------------------- reference twin
+def to_theory_model(layers: List[Dict[str, Tensor]]):
+    """The same stack as ``theory.deep.DeepSSM`` (float64, conjugate-pair DiagonalSSM, skip inside, ReLU).
+
+    layers: per-layer dicts without a run axis. Uses ``theory.ssm.discretize_zoh`` for Ā, B̄.
+    """
+    from theory.deep import DeepLayer, DeepSSM
+    from theory.ssm import DiagonalSSM, discretize_zoh
+
+    out = []
+    for p in layers:
+        q = {k: v.detach().to("cpu", torch.float64) for k, v in p.items()}
+        A = torch.complex(-torch.exp(q["log_A_re"]), q["A_im"])
+        B = torch.complex(q["B_re"], q["B_im"])
+        C = torch.complex(q["C_re"], q["C_im"])
+        A_bar, B_bar = discretize_zoh(A, B, torch.exp(q["log_dt"]))
+        out.append(DeepLayer(DiagonalSSM(A_bar, B_bar, C), q["W"], q["beta"], q["u"]))
+    return DeepSSM(tuple(out), activation="relu", skip="inside")

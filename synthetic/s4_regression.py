@@ -1,0 +1,612 @@
+"""Deep-S4 synthetic regression: MSE vs trainable parameters (Galim et al., ICML 2025, Sec. 6.1, Fig. 2).
+
+A frozen randomly initialised deep S4 (``L_frozen`` layers, ``H`` real states = ``H/2`` conjugate
+pairs) is fine-tuned to reproduce a random target deep S4 (``L_target`` layers, ``H_star`` states) on
+integer inputs in {0..9}; every method is swept over its budgets, a learning-rate grid and seeds;
+the figure shows best-of-grid mean MSE vs trainable % (of the frozen model's parameters) with the
+seed spread. Layers: skip inside the projection (the official code), ``y = σ(W(S4(x) + u ⊙ x) + β)``.
+
+Methods (:data:`METHODS`; SSM module × linear projection):
+- Frozen: none × none.
+- LoRA (Proj): frozen × LoRA rank r on W.
+- LoRA (S4+Proj): LoRA rank s on log(−Re A), Im A, Re C, Im C as D×Hc matrices × LoRA rank r on W.
+- SDT: Algorithm 1 (``synthetic.sdt_select``: 20-iteration warm-up of the SSM modules on a copy,
+  lr 1e-2, then channels/states ranked by the change of Ā, magnitude as usability rule); A and C of
+  selected (channel, state) entries trained, B and Δ frozen × channel-sparse W (the columns of W
+  reading the selected channels).
+- SDT + LoRA: the same SSM update × LoRA rank r on W.
+- Full: every parameter.
+
+Usage::
+
+    python -m synthetic.s4_regression                  # reduced default, any device (CPU < 3 min)
+    python -m synthetic.s4_regression --preset paper   # the paper's configuration (GPU)
+    python -m synthetic.s4_regression --preset paper --plot-only
+
+Outputs in ``--out``: ``s4_regression_<preset>.json`` (one record per run, appended atomically;
+rerunning resumes), ``s4_mse_vs_params_<preset>.png`` / ``.pdf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from synthetic import s4_model as sm
+from synthetic.progress import progress
+from synthetic.sdt_select import SDTRanking, rank_dimensions, select
+from synthetic.sweep import ResultsFile, best_of_grid, environment, plot_mse_vs_params, run_key
+
+Tensor = torch.Tensor
+
+
+# ------------------------------------------------------------------------------------ config
+@dataclass
+class Config:
+    """Every field is a CLI option (``--field-name``); tuples are comma-separated lists."""
+
+    preset: str = "default"
+    D: int = 16  # channels
+    H: int = 8  # real states of the frozen model (H/2 complex conjugate pairs)
+    H_star: int = 4  # real states of the target
+    L_frozen: int = 2
+    L_target: int = 1
+    N: int = 32  # sequence length
+    batch: int = 128
+    iters: int = 300
+    activation: str = "relu"  # "relu" (the experiment) or "identity" (the theory's linear variant)
+    weight_decay: float = 0.01
+    lrs: Tuple[float, ...] = (2e-3, 8e-3, 3.2e-2)
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    methods: Tuple[str, ...] = ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "SDT", "SDT + LoRA", "Full")
+    lora_ranks: Tuple[int, ...] = (1, 2, 4, 6, 8)  # LoRA (Proj) and the W rank of LoRA (S4+Proj)
+    s4_lora_ranks: Tuple[int, ...] = (1, 1, 1, 2, 2)  # paired with lora_ranks for LoRA (S4+Proj)
+    sdt_budgets: Tuple[str, ...] = ("2x2", "4x2", "6x4", "8x4", "10x4")  # channels x complex states per layer
+    sdt_lora_budgets: Tuple[str, ...] = ("2x2:1", "4x2:2", "6x4:2", "8x4:4", "10x4:6")  # channels x states : W rank
+    warmup_iters: int = 20
+    warmup_lr: float = 1e-2
+    magnitude_floor: float = 1e-3
+    frozen_eval_batches: int = 5
+    curve_points: int = 50
+    device: str = "auto"
+    precision: str = "tf32"  # matmul precision on CUDA: "tf32" or "fp32" (CPU is always fp32)
+    compile: Optional[bool] = None  # None: on for CUDA, off for CPU
+    time_budget: float = 0.0  # seconds; stop starting new run groups after this (0 = no limit)
+    out: str = "figures"
+    plot_only: bool = False
+
+
+PRESETS: Dict[str, Dict] = {
+    "default": {},
+    "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=4000, iters=500,
+                  lrs=(1e-3, 4e-3, 1.6e-2), lora_ranks=(2, 4, 8, 12, 16), s4_lora_ranks=(1, 1, 2, 2, 4),
+                  sdt_budgets=("8x2", "16x4", "24x4", "32x4", "36x8"),
+                  sdt_lora_budgets=("8x4:2", "16x4:4", "24x4:8", "32x4:12", "32x8:16")),
+    "tiny": dict(D=6, H=4, H_star=2, L_frozen=2, N=12, batch=16, iters=12, seeds=(0, 1),
+                 lrs=(1e-2, 1e6), lora_ranks=(1, 2), s4_lora_ranks=(1, 1), sdt_budgets=("2x1", "3x2"),
+                 sdt_lora_budgets=("2x1:1", "3x2:2"), warmup_iters=3, frozen_eval_batches=2, curve_points=5),
+}
+
+# Fields that do not change a run's result (kept out of the resume key).
+_NOT_IN_KEY = {"preset", "lrs", "seeds", "methods", "lora_ranks", "s4_lora_ranks", "sdt_budgets",
+               "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "curve_points"}
+
+
+def _parse_sdt(s: str) -> Dict[str, int]:
+    """'CxS' or 'CxS:R' -> {"channels": C, "states": S(, "proj_rank": R)}."""
+    try:
+        cs, _, r = s.partition(":")
+        c, st = cs.split("x")
+        out = {"channels": int(c), "states": int(st)}
+        if r:
+            out["proj_rank"] = int(r)
+        return out
+    except ValueError:
+        raise ValueError(f"expected 'CHANNELSxSTATES' or 'CHANNELSxSTATES:RANK', got {s!r}") from None
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ValueError naming the offending option."""
+    def opt(name):
+        return "--" + name.replace("_", "-")
+
+    for name in ("D", "H", "H_star", "L_frozen", "L_target", "N", "batch", "iters", "frozen_eval_batches",
+                 "curve_points"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{opt(name)}: must be an integer >= 1, got {v!r}")
+    if cfg.warmup_iters < 0:
+        raise ValueError(f"--warmup-iters: must be >= 0, got {cfg.warmup_iters}")
+    for name in ("H", "H_star"):
+        if getattr(cfg, name) % 2:
+            raise ValueError(f"{opt(name)}: must be even (conjugate pairs), got {getattr(cfg, name)}")
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--preset: must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
+    if cfg.activation not in ("relu", "identity"):
+        raise ValueError(f"--activation: must be 'relu' or 'identity', got {cfg.activation!r}")
+    if cfg.activation != "relu":
+        raise ValueError("--activation: only 'relu' is implemented by the fast model (the theory point "
+                         "uses the float64 reference for the linear variant)")
+    if cfg.precision not in ("tf32", "fp32"):
+        raise ValueError(f"--precision: must be 'tf32' or 'fp32', got {cfg.precision!r}")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
+    if not cfg.lrs or any(not (math.isfinite(x) and x > 0) for x in cfg.lrs):
+        raise ValueError(f"--lrs: need positive finite learning rates, got {cfg.lrs}")
+    if not cfg.seeds:
+        raise ValueError("--seeds: need at least one seed")
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+    Hc, D = cfg.H // 2, cfg.D
+    if len(cfg.s4_lora_ranks) != len(cfg.lora_ranks):
+        raise ValueError("--s4-lora-ranks: needs one entry per --lora-ranks entry")
+    for r in cfg.lora_ranks:
+        if not 1 <= r <= D:
+            raise ValueError(f"--lora-ranks: each rank must be in [1, D={D}], got {r}")
+    for r in cfg.s4_lora_ranks:
+        if not 1 <= r <= min(D, Hc):
+            raise ValueError(f"--s4-lora-ranks: each rank must be in [1, H/2={Hc}], got {r}")
+    for name in ("sdt_budgets", "sdt_lora_budgets"):
+        for s in getattr(cfg, name):
+            try:
+                b = _parse_sdt(s)
+            except ValueError as e:
+                raise ValueError(f"{opt(name)}: {e}") from None
+            if not (1 <= b["channels"] <= D and 1 <= b["states"] <= Hc):
+                raise ValueError(f"{opt(name)}: {s!r} needs 1 <= channels <= D={D} and 1 <= states <= H/2={Hc}")
+            if name == "sdt_lora_budgets" and not 1 <= b.get("proj_rank", 0) <= D:
+                raise ValueError(f"{opt(name)}: {s!r} needs a W rank in [1, D={D}] after ':'")
+    if cfg.time_budget < 0:
+        raise ValueError(f"--time-budget: must be >= 0, got {cfg.time_budget}")
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m synthetic.s4_regression", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    for f in dataclasses.fields(Config):
+        name = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.name == "compile":
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=None,
+                           help="torch.compile the training step (default: on for CUDA, off for CPU)")
+        elif f.name == "plot_only":
+            p.add_argument(name, action="store_true", help="redraw the figure from the JSON, no training")
+        elif isinstance(default, tuple):
+            typ = type(default[0])
+            p.add_argument(name, default=",".join(map(str, default)), metavar="A,B,...",
+                           type=_list_of(typ, name), help=f"comma-separated {typ.__name__} list")
+        elif f.name == "preset":
+            p.add_argument(name, default=default, choices=sorted(PRESETS), help="named configuration")
+        else:
+            p.add_argument(name, default=default, type=type(default), help=f.name)
+    return p
+
+
+def _list_of(typ, name):
+    def parse(s):
+        try:
+            return tuple(typ(x.strip()) for x in s.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {typ.__name__}, got {s!r}")
+    parse.__name__ = f"list of {typ.__name__}"
+    return parse
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
+    """CLI -> Config: the preset's values become the defaults, explicit options override them."""
+    parser = build_parser()
+    known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    known.add_argument("--preset", default="default")
+    pre, _ = known.parse_known_args(argv)
+    if pre.preset in PRESETS:
+        parser.set_defaults(**{k: (",".join(map(str, v)) if isinstance(v, tuple) else v)
+                               for k, v in PRESETS[pre.preset].items()})
+    ns = parser.parse_args(argv)
+    cfg = Config(**vars(ns))
+    try:
+        return validate(cfg)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+# --------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning method: its budgets, how it sets a RunState's masks, and its theory-package modules.
+
+    budgets(cfg) -> list of budget dicts. configure(state, budget, selection) sets masks / rank masks
+    (all R runs of a group share the budget). theory_modules(base, budget, selection) -> modules of
+    ``theory.peft`` whose ``count_trainable`` is the method's trainable count (checked by tests).
+    """
+
+    name: str
+    budgets: Callable[[Config], List[Dict]]
+    configure: Callable
+    theory_modules: Callable
+    needs_selection: bool = False
+    trains: bool = True
+
+
+def _sdt_masks(state: sm.RunState, budget, selection: List[SDTRanking], w_columns: bool) -> None:
+    for l, rk in enumerate(selection):
+        trainable = select(rk, budget["channels"], budget["states"]).trainable.to(state.mask[l]["W"].device)
+        for k in sm.SSM_LORA_PARAMS:  # A (both parts) and C (both parts); B and Δ stay frozen
+            state.mask[l][k][:] = trainable
+        if w_columns:
+            state.mask[l]["W"][:, :, trainable.any(1)] = True  # columns reading the selected channels
+
+
+def _theory_sdt(base, budget, selection, w_columns: bool):
+    from theory.peft import MaskedParameter, Role
+
+    mods = []
+    for b, rk in zip(base, selection):
+        m = select(rk, budget["channels"], budget["states"])
+        roles = torch.where(m.trainable, int(Role.TRAINABLE), int(Role.FROZEN)).to(torch.int8)
+        mods += [MaskedParameter(b[k].cpu(), roles) for k in sm.SSM_LORA_PARAMS]
+        if w_columns:
+            ch = torch.where(m.trainable_channels, int(Role.TRAINABLE), int(Role.FROZEN)).to(torch.int8)
+            mods.append(MaskedParameter(b["W"].T.cpu(), ch))  # roles per column of W
+    return mods
+
+
+def _theory_lora_proj(base, rank):
+    from theory.peft import LoRAConfig, LoRALinear
+
+    return [LoRALinear(b["W"].cpu(), b["beta"].cpu(), LoRAConfig(rank)) for b in base]
+
+
+def _theory_lora_s4(base, rank):
+    from theory.peft import LoRAConfig, LoRAMatrix
+
+    return [LoRAMatrix(b[k].cpu(), LoRAConfig(rank)) for b in base for k in sm.SSM_LORA_PARAMS]
+
+
+def _set_rank(state, key, r):
+    for rm in state.rank_mask:
+        rm[key][:, :r] = 1.0
+
+
+def _configure_full(state, budget, selection):
+    for m in state.mask:
+        for v in m.values():
+            v[:] = True
+
+
+def _theory_full(base, budget, selection):
+    from theory.peft import MaskedParameter, Role
+
+    return [MaskedParameter(v.cpu(), torch.full(v.shape[:1], int(Role.TRAINABLE), dtype=torch.int8))
+            for b in base for v in b.values()]
+
+
+METHODS: Dict[str, Method] = {
+    "Frozen": Method("Frozen", lambda c: [{}], lambda s, b, sel: None, lambda base, b, sel: [], trains=False),
+    "LoRA (Proj)": Method(
+        "LoRA (Proj)", lambda c: [{"proj_rank": r} for r in c.lora_ranks],
+        lambda s, b, sel: _set_rank(s, "proj", b["proj_rank"]),
+        lambda base, b, sel: _theory_lora_proj(base, b["proj_rank"])),
+    "LoRA (S4+Proj)": Method(
+        "LoRA (S4+Proj)", lambda c: [{"proj_rank": r, "ssm_rank": s} for r, s in zip(c.lora_ranks, c.s4_lora_ranks)],
+        lambda s, b, sel: (_set_rank(s, "proj", b["proj_rank"]), _set_rank(s, "ssm", b["ssm_rank"])),
+        lambda base, b, sel: _theory_lora_proj(base, b["proj_rank"]) + _theory_lora_s4(base, b["ssm_rank"])),
+    "SDT": Method(
+        "SDT", lambda c: [_parse_sdt(x) for x in c.sdt_budgets],
+        lambda s, b, sel: _sdt_masks(s, b, sel, w_columns=True),
+        lambda base, b, sel: _theory_sdt(base, b, sel, w_columns=True), needs_selection=True),
+    "SDT + LoRA": Method(
+        "SDT + LoRA", lambda c: [_parse_sdt(x) for x in c.sdt_lora_budgets],
+        lambda s, b, sel: (_sdt_masks(s, b, sel, w_columns=False), _set_rank(s, "proj", b["proj_rank"])),
+        lambda base, b, sel: _theory_sdt(base, b, sel, w_columns=False) + _theory_lora_proj(base, b["proj_rank"]),
+        needs_selection=True),
+    "Full": Method("Full", lambda c: [{"all": True}], _configure_full, _theory_full),
+}
+
+
+def budget_label(budget: Dict) -> str:
+    if not budget:
+        return "none"
+    if budget.get("all"):
+        return "all"
+    parts = []
+    if "channels" in budget:
+        parts.append(f"c={budget['channels']},s={budget['states']}")
+    if "proj_rank" in budget:
+        parts.append(f"r={budget['proj_rank']}")
+    if "ssm_rank" in budget:
+        parts.append(f"r_s4={budget['ssm_rank']}")
+    return ",".join(parts)
+
+
+# ---------------------------------------------------------------------------------- training
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+class Trainer:
+    """Owns the (optionally compiled) per-run loss and AdamW step, shared by every method and group."""
+
+    def __init__(self, cfg: Config, device: torch.device, log=print):
+        self.cfg, self.device, self.log = cfg, device, log
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
+        self.idx = sm.toeplitz_index(cfg.N, device)
+        self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
+        self._loss, self._step = sm.run_losses, sm.adamw_step
+        if self.use_compile:
+            try:
+                self._loss = torch.compile(sm.run_losses, dynamic=False)
+                self._step = torch.compile(sm.adamw_step, dynamic=False)
+            except Exception as e:  # pragma: no cover - depends on the installation
+                self.log(f"torch.compile unavailable ({e!r}); running eagerly")
+                self.use_compile = False
+        self.compile_failed = False
+
+    def _call(self, which, *args):
+        fn = self._loss if which == "loss" else self._step
+        try:
+            return fn(*args)
+        except Exception as e:
+            if not self.use_compile:
+                raise
+            self.log(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); falling back to eager")
+            self.use_compile, self.compile_failed = False, True
+            self._loss, self._step = sm.run_losses, sm.adamw_step
+            fn = self._loss if which == "loss" else self._step
+            return fn(*args)
+
+    def models(self, seed: int):
+        """Frozen base layers and target layers of one seed (drawn on the CPU, moved to the device)."""
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(seed)
+        frozen = [sm.init_layer(cfg.D, cfg.H // 2, generator=g, device=self.device) for _ in range(cfg.L_frozen)]
+        gt = torch.Generator().manual_seed(10_000 + seed)
+        target = [sm.init_layer(cfg.D, cfg.H_star // 2, generator=gt, device=self.device) for _ in range(cfg.L_target)]
+        return frozen, [{k: v[None] for k, v in p.items()} for p in target]
+
+    def data(self, seed: int, stream: int):
+        g = torch.Generator(device=self.device)
+        g.manual_seed(1_000_003 * (stream + 1) + seed)
+        return g
+
+    def batch(self, g: torch.Generator, target) -> Tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        x = torch.randint(0, 10, (cfg.D, cfg.N, cfg.batch), generator=g, device=self.device).to(torch.float32)
+        with torch.no_grad():
+            y = sm.deep_forward(target, x, self.idx)[0]  # (D, N, B)
+        return x, y
+
+    def train(self, state: sm.RunState, lrs: Sequence[float], iters: int, target, g: torch.Generator) -> Tensor:
+        """Train the R runs of ``state`` for ``iters`` AdamW steps; returns losses (R, iters) on the host.
+
+        No host synchronisation inside the loop: losses are written into a device buffer.
+        """
+        cfg = self.cfg
+        params = state.parameters()
+        m = [torch.zeros_like(p) for p in params]
+        v = [torch.zeros_like(p) for p in params]
+        step = torch.zeros((), device=self.device)
+        lr = torch.tensor(list(lrs), device=self.device, dtype=torch.float32)
+        losses = torch.empty(state.R, iters, device=self.device)
+        for it in range(iters):
+            x, y = self.batch(g, target)
+            loss = self._call("loss", state.base, state.train, state.mask, state.lora, state.rank_mask, x, y, self.idx)
+            grads = torch.autograd.grad(loss.sum(), params)
+            self._call("step", params, list(grads), m, v, step, lr, 0.9, 0.999, 1e-8, cfg.weight_decay)
+            losses[:, it] = loss.detach()
+        return losses.cpu()
+
+    @torch.no_grad()
+    def evaluate(self, layers, target, g, n_batches: int) -> float:
+        tot = torch.zeros((), device=self.device)
+        for _ in range(n_batches):
+            x, y = self.batch(g, target)
+            out = sm.deep_forward(layers, x, self.idx)
+            tot += ((out - y) ** 2).mean()
+        return float(tot / n_batches)
+
+    def warmup_selection(self, frozen, target, seed: int) -> List[SDTRanking]:
+        """Algorithm 1 step 1-2: full update of the SSM modules on a copy, then rank per layer."""
+        cfg = self.cfg
+        R = len(cfg.lrs)  # same run count as the sweep's groups, so the compiled graph is reused
+        state = sm.RunState.create(frozen, R, *self.rank_max(), generator=torch.Generator().manual_seed(seed))
+        for mk in state.mask:
+            for k in sm.SSM_PARAMS:
+                mk[k][:] = True
+        if cfg.warmup_iters:
+            self.train(state, [cfg.warmup_lr] * R, cfg.warmup_iters, target, self.data(seed, stream=1))
+        eff = [{k: v[0].detach() for k, v in p.items()} for p in state.effective()]
+        return [rank_dimensions(_A_bar(b), _A_bar(e), torch.complex(b["C_re"], b["C_im"]).cpu(), _B_bar(b), cfg.N,
+                                cfg.magnitude_floor) for b, e in zip(frozen, eff)]
+
+    def rank_max(self) -> Tuple[int, int]:
+        cfg = self.cfg
+        rp = max(list(cfg.lora_ranks) + [_parse_sdt(s)["proj_rank"] for s in cfg.sdt_lora_budgets] + [1])
+        return rp, max(list(cfg.s4_lora_ranks) + [1])
+
+
+def _A_bar(p) -> Tensor:
+    dt = torch.exp(p["log_dt"].double().cpu())[:, None]
+    return torch.exp(dt * torch.complex(-torch.exp(p["log_A_re"].double().cpu()), p["A_im"].double().cpu()))
+
+
+def _B_bar(p) -> Tensor:
+    from theory.ssm import discretize_zoh
+
+    A = torch.complex(-torch.exp(p["log_A_re"].double().cpu()), p["A_im"].double().cpu())
+    B = torch.complex(p["B_re"].double().cpu(), p["B_im"].double().cpu())
+    return discretize_zoh(A, B, torch.exp(p["log_dt"].double().cpu()))[1]
+
+
+def theory_trainable_count(method: Method, base, budget, selection) -> int:
+    from theory.peft import count_trainable
+
+    return sum(count_trainable(mod) for mod in method.theory_modules(base, budget, selection))
+
+
+def _subsample(curve: List[float], n: int) -> List[List[float]]:
+    """[[iteration, loss], ...] at about n evenly spaced iterations (first and last included)."""
+    if not curve:
+        return []
+    idx = sorted({round(i * (len(curve) - 1) / max(n - 1, 1)) for i in range(min(n, len(curve)))})
+    return [[i, curve[i]] for i in idx]
+
+
+# -------------------------------------------------------------------------------------- sweep
+def _key_config(cfg: Config) -> Dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_KEY}
+
+
+def run_groups(cfg: Config) -> List[Tuple[int, str, Dict]]:
+    """(seed, method, budget) groups in execution order: seed-major, so a cut-short sweep covers every point."""
+    return [(s, m, b) for s in cfg.seeds for m in cfg.methods for b in METHODS[m].budgets(cfg)]
+
+
+def paths(cfg: Config) -> Dict[str, Path]:
+    out = Path(cfg.out)
+    return {"json": out / f"s4_regression_{cfg.preset}.json", "fig": out / f"s4_mse_vs_params_{cfg.preset}"}
+
+
+def sweep(cfg: Config, log=print) -> ResultsFile:
+    """Run every (seed, method, budget) group not yet in the results file; append records as they finish."""
+    device = resolve_device(cfg)
+    rf = ResultsFile(paths(cfg)["json"])
+    env = environment()
+    kc = _key_config(cfg)
+    trainer = Trainer(cfg, device, log)
+    done = rf.completed_keys()
+    groups = run_groups(cfg)
+    t0 = time.monotonic()
+    cache: Dict[int, Dict] = {}
+    total_params = sm.count_layer_params(cfg.D, cfg.H // 2) * cfg.L_frozen
+    log(f"device {env['device']}, compile={trainer.use_compile}, precision={cfg.precision if device.type == 'cuda' else 'fp32'}; "
+        f"{len(groups)} groups, frozen model {total_params} parameters")
+    n_skipped = 0
+    for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
+        method = METHODS[mname]
+        lrs = list(cfg.lrs) if method.trains else [None]
+        keys = [run_key({"cfg": kc, "method": mname, "budget": budget, "lr": lr, "seed": seed}) for lr in lrs]
+        if all(k in done for k in keys):
+            n_skipped += 1
+            continue
+        if cfg.time_budget and time.monotonic() - t0 > cfg.time_budget:
+            log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
+            break
+        if seed not in cache:
+            cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
+        c = cache[seed]
+        sel = None
+        if method.needs_selection:
+            if "selection" not in c:
+                tw = time.monotonic()
+                c["selection"] = trainer.warmup_selection(c["frozen"], c["target"], seed)
+                c["warmup_s"] = time.monotonic() - tw
+            sel = c["selection"]
+        tg = time.monotonic()
+        R = len(cfg.lrs)
+        state = sm.RunState.create(c["frozen"], R, *trainer.rank_max(), generator=torch.Generator().manual_seed(seed))
+        method.configure(state, budget, sel)
+        counts = state.trainable_count()
+        theory_count = theory_trainable_count(method, c["frozen"], budget, sel)
+        if method.trains:
+            curves = trainer.train(state, lrs, cfg.iters, c["target"], trainer.data(seed, stream=0)).tolist()
+        else:
+            mse = trainer.evaluate([{k: v[None] for k, v in p.items()} for p in c["frozen"]], c["target"],
+                                   trainer.data(seed, stream=0), cfg.frozen_eval_batches)
+            curves = [[mse]]
+        wall = time.monotonic() - tg
+        recs = []
+        for i, (lr, key) in enumerate(zip(lrs, keys)):
+            curve = curves[i]
+            finite = all(math.isfinite(v) for v in curve)
+            tail = curve[-max(1, len(curve) // 50):]
+            recs.append({
+                "key": key, "method": mname, "budget": budget, "budget_label": budget_label(budget),
+                "lr": lr, "seed": seed, "status": "ok" if finite else "diverged",
+                "best_mse": min(curve) if finite else None, "final_mse": sum(tail) / len(tail) if finite else None,
+                "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
+                "trainable": counts[i], "trainable_theory": theory_count, "frozen_params": total_params,
+                "trainable_pct": 100.0 * counts[i] / total_params, "iters": cfg.iters if method.trains else 0,
+                "loss_curve": _subsample(curve, cfg.curve_points), "wall_s": wall / len(lrs), "group_wall_s": wall,
+                "runs_in_group": len(lrs), "warmup_s": c.get("warmup_s") if method.needs_selection else None,
+                "device": env["device"], "torch": env["torch"], "commit": env["commit"],
+                "precision": cfg.precision if device.type == "cuda" else "fp32",
+                "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
+            })
+        rf.extend(recs)
+        done.update(keys)
+    log(f"sweep: {len(groups)} groups, {n_skipped} already done, wall {time.monotonic() - t0:.1f}s")
+    return rf
+
+
+# ------------------------------------------------------------------------------- theory point
+def theory_point(cfg: Config) -> Optional[Dict]:
+    """Theorem 1's budget (trainable %) and MSE in the linear-activation variant, if available.
+
+    Uses ``theory.theorem1`` (another module of this toolkit) when present; returns None otherwise.
+    """
+    try:
+        from theory import theorem1  # noqa: F401
+    except ImportError:
+        return None
+    fn = getattr(theorem1, "s4_theory_point", None)
+    if fn is None:
+        return None
+    return fn(D=cfg.D, H=cfg.H, H_star=cfg.H_star, L=cfg.L_frozen, L_star=cfg.L_target)
+
+
+def plot(cfg: Config) -> List[str]:
+    p = paths(cfg)
+    recs = ResultsFile(p["json"]).load()
+    if not recs:
+        raise SystemExit(f"{p['json']}: no results to plot")
+    rows = best_of_grid(recs, group_keys=("method", "budget_label"))
+    extra, note = [], ""
+    tp = theory_point(cfg)
+    if tp is not None:
+        extra.append({"x": tp["trainable_pct"], "y": tp["mse"], "label": tp.get("label", "Theorem 1 (linear), exact")})
+    else:
+        note = "Theorem 1 point (linear variant): not drawn, theory.theorem1.s4_theory_point unavailable."
+    c0 = recs[0]["config"]
+    title = (f"deep S4 regression ({cfg.preset}): frozen {c0['L_frozen']}L H={c0['H']}, target {c0['L_target']}L "
+             f"H*={c0['H_star']}, D={c0['D']}, N={c0['N']}, batch {c0['batch']}, {c0['iters']} it")
+    return plot_mse_vs_params(rows, p["fig"], method_order=list(METHODS), title=title, extra_points=extra, note=note)
+
+
+def summary_table(cfg: Config) -> str:
+    rows = best_of_grid(ResultsFile(paths(cfg)["json"]).load(), group_keys=("method", "budget_label"))
+    lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | seeds | diverged |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    order = {m: i for i, m in enumerate(METHODS)}
+    for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
+        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
+        lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.1f} | {mse} | {r['lr']} | "
+                     f"{r['n_seeds']} | {r['n_diverged']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_config(argv)
+    if not cfg.plot_only:
+        sweep(cfg)
+    for path in plot(cfg):
+        print("wrote", path)
+    print(summary_table(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
