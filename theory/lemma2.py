@@ -267,10 +267,15 @@ def minimal_update_ssm(frozen: DiagonalSSM, target: DiagonalSSM) -> Tuple[Diagon
 
 # ---- report row ----------------------------------------------------------------------------------
 
-def planted_channel(H: int, H_star: int, g: torch.Generator, dtype=torch.float64) -> dict:
-    """A random channel pair with planted structure: each target state is generic, an exact copy of a
-    frozen state, or shares its ``a`` only, or its gain only; unused frozen states are generic or
-    redundant (``c_i = 0``). Eigenvalues on a jittered grid (gaps >= 0.06, ``|a| >= 0.08``)."""
+def planted_channel(H: int, H_star: int, g: torch.Generator, dtype=torch.float64, kinds=None):
+    """A random channel pair with planted structure: each target state is (0) generic, (1) an exact copy
+    of a frozen state, (2) shares its ``a`` only, or (3) its gain ``b c`` only (from different factors);
+    unused frozen states are generic or redundant (``c_i = 0``). Eigenvalues on a jittered grid
+    (gaps >= 0.06, ``|a| >= 0.08``); ``|b|, |c| ∈ [0.5, 1.5]``. ``kinds`` (H*,) fixes the plant.
+
+    Returns ``(params, planted_cost)``: the six tensors as a dict, and the number of changes the planted
+    map needs (2, 0, 1, 1 per target kind + 1 per non-redundant unused frozen state), an upper bound
+    on the minimum."""
     grid = torch.linspace(-0.9, 0.9, 19, dtype=dtype)
     grid = grid[grid.abs() > 0.05]
     pool = grid[torch.randperm(grid.numel(), generator=g)[:H + H_star]]
@@ -282,7 +287,7 @@ def planted_channel(H: int, H_star: int, g: torch.Generator, dtype=torch.float64
 
     b, c, b_star, c_star = gains(H), gains(H), gains(H_star), gains(H_star)
     frozen_of = torch.randperm(H, generator=g)[:H_star].tolist()
-    kinds = torch.randint(0, 4, (H_star,), generator=g).tolist()
+    kinds = torch.randint(0, 4, (H_star,), generator=g).tolist() if kinds is None else list(kinds)
     for j, (kind, i) in enumerate(zip(kinds, frozen_of)):
         if kind == 1:
             a[i], b[i], c[i] = a_star[j], b_star[j], c_star[j]
@@ -294,7 +299,8 @@ def planted_channel(H: int, H_star: int, g: torch.Generator, dtype=torch.float64
     for i in range(H):
         if i not in used and bool(torch.rand(1, generator=g) < 0.5):
             c[i] = 0.0
-    return dict(a=a, b=b, c=c, a_star=a_star, b_star=b_star, c_star=c_star)
+    cost = sum((2, 0, 1, 1)[k] for k in kinds) + sum(1 for i in range(H) if i not in frozen_of and c[i] != 0)
+    return dict(a=a, b=b, c=c, a_star=a_star, b_star=b_star, c_star=c_star), cost
 
 
 def _kernel(a, b, c, N):
@@ -312,7 +318,7 @@ def check_lemma2(n: int, seed: int) -> ClaimResult:
     for i in range(n):
         H = int(torch.randint(1, 7, (1,), generator=g))
         H_star = int(torch.randint(1, H + 1, (1,), generator=g))
-        inst = planted_channel(H, H_star, g)
+        inst, _ = planted_channel(H, H_star, g)
         up = minimal_update(**inst)
         N = 2 * (H + H_star)
         K_star = _kernel(inst["a_star"], inst["b_star"], inst["c_star"], N)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
+from theory.lemma2 import planted_channel
 from theory.ssm import DiagonalSSM
 from theory.strategies import dims, generator, seeds
 
@@ -47,35 +48,11 @@ def separated_ssms(draw, D=None, H=None) -> DiagonalSSM:
 
 
 @st.composite
-def lemma2_instances(draw, H=None, H_star=None, planted=True):
-    """One channel: frozen ``(a, b, c)`` (H,) and target ``(a*, b*, c*)`` (H*,), H* <= H.
-
-    With ``planted``, each target state is, at random, (0) generic, (1) copied exactly into a frozen
-    state, (2) given the same ``a`` as a frozen state only, or (3) given the same gain ``b c`` as a
-    frozen state only (different ``a``, different ``b`` and ``c``); and each frozen state not used
-    that way is, at random, generic or redundant (``c_i = 0``). Frozen and target eigenvalues are
-    separated (gaps >= 0.06) except for the planted equalities. Returns a dict of tensors.
-    """
-    H = draw(dims(1, 6)) if H is None else H
+def lemma2_instances(draw, H=None, H_star=None, kinds=None, H_max=6):
+    """One channel with planted structure (see :func:`theory.lemma2.planted_channel`): returns
+    ``(params, planted_cost)`` with params = dict(a, b, c, a_star, b_star, c_star)."""
+    H = draw(dims(1, H_max)) if H is None else H
     H_star = draw(dims(1, H)) if H_star is None else H_star
-    g = generator(draw(seeds()))
-    pool = separated_eigenvalues(g, 1, H + H_star)[0]  # distinct eigenvalues for both models
-    a, a_star = pool[:H].clone(), pool[H:].clone()
-    b, c = bounded_gains(g, H), bounded_gains(g, H)
-    b_star, c_star = bounded_gains(g, H_star), bounded_gains(g, H_star)
-    if planted:
+    if kinds is None:
         kinds = draw(st.lists(st.integers(0, 3), min_size=H_star, max_size=H_star))
-        frozen_of = torch.randperm(H, generator=g)[:H_star].tolist()  # injective: target j -> frozen i
-        for j, (kind, i) in enumerate(zip(kinds, frozen_of)):
-            if kind == 1:
-                a[i], b[i], c[i] = a_star[j], b_star[j], c_star[j]
-            elif kind == 2:
-                a[i] = a_star[j]
-            elif kind == 3:
-                c[i] = b_star[j] * c_star[j] / b[i]  # same product, rounded: equal up to 1 ulp
-        used = set(i for k, i in zip(kinds, frozen_of) if k != 0)
-        redundant = draw(st.lists(st.booleans(), min_size=H, max_size=H))
-        for i in range(H):
-            if i not in used and redundant[i]:
-                c[i] = 0.0
-    return dict(a=a, b=b, c=c, a_star=a_star, b_star=b_star, c_star=c_star)
+    return planted_channel(H, H_star, generator(draw(seeds())), kinds=kinds)
