@@ -118,6 +118,51 @@ def toeplitz_index(N: int, device) -> Tensor:
     return torch.where(d >= 0, d, torch.full_like(d, N))
 
 
+def toeplitz(K: Tensor, idx: Tensor) -> Tensor:
+    """Lower-triangular Toeplitz matrices ``T[..., t, s] = K[..., t − s]`` (0 above the diagonal): (..., N, N)."""
+    K_ext = torch.cat([K, torch.zeros_like(K[..., :1])], dim=-1)  # (..., N+1)
+    return K_ext[..., idx]
+
+
+def diagonal_sums(M: Tensor) -> Tensor:
+    """``out[..., k] = Σ_t M[..., t, t − k]`` for k = 0..N-1 (sub-diagonal sums), no scatter/atomics.
+
+    Skew trick: after flipping columns, entry (t, s') sits at flat index t(2N−1) + (t + s') of the
+    zero-padded (N, 2N) matrix, so viewing it as (N, 2N−1) puts diagonal ``t − s = k`` in column N−1+k.
+    """
+    N = M.shape[-1]
+    P = torch.nn.functional.pad(M.flip(-1), (0, N))  # (..., N, 2N)
+    P = P.reshape(*M.shape[:-2], 2 * N * N)[..., : N * (2 * N - 1)].reshape(*M.shape[:-2], N, 2 * N - 1)
+    return P.sum(-2)[..., N - 1:]  # (..., N)
+
+
+class ToeplitzConv(torch.autograd.Function):
+    """``y = T(K) x``: causal convolution as a batched matmul; backward ``dK = diagonal_sums(dy xᵀ)``.
+
+    K: (R, D, N); x: (R, D, N, B) or (D, N, B) shared by the runs -> (R, D, N, B). A custom backward
+    because autograd's gather backward is a scatter-add with up to N atomic adds per tap.
+    """
+
+    @staticmethod
+    def forward(ctx, K, x, idx):
+        T = toeplitz(K, idx)  # (R, D, N, N)
+        ctx.save_for_backward(T, x)
+        return torch.matmul(T, x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        T, x = ctx.saved_tensors
+        dK = dx = None
+        if ctx.needs_input_grad[0]:
+            dT = torch.matmul(dy, x.transpose(-1, -2))  # (R, D, N, N)
+            dK = diagonal_sums(dT)
+        if ctx.needs_input_grad[1]:
+            dx = torch.matmul(T.transpose(-1, -2), dy)
+            if x.dim() < dx.dim():
+                dx = dx.sum(0)
+        return dK, dx, None
+
+
 def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B).
 
@@ -125,10 +170,8 @@ def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """
     N = x.shape[-2]
     K = s4d_kernel(p, N)  # (R, D, N)
-    K_ext = torch.cat([K, torch.zeros_like(K[..., :1])], dim=-1)  # (R, D, N+1)
-    T = K_ext[..., idx]  # (R, D, N, N) lower-triangular Toeplitz
-    s = torch.matmul(T, x)  # (R, D, N, B): causal convolution plus skip
-    R, D = T.shape[0], T.shape[1]
+    s = ToeplitzConv.apply(K, x, idx)  # (R, D, N, B): causal convolution plus skip
+    R, D = K.shape[0], K.shape[1]
     z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
     return torch.relu(z + p["beta"][..., None]).reshape(s.shape)  # (R, D, N, B)
 

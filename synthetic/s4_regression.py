@@ -87,7 +87,7 @@ class Config:
 PRESETS: Dict[str, Dict] = {
     "default": {},
     "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=4000, iters=500,
-                  lrs=(1e-3, 4e-3, 1.6e-2), lora_ranks=(2, 4, 8, 12, 16), s4_lora_ranks=(1, 1, 2, 2, 4),
+                  lrs=(1e-3, 4e-3, 1.6e-2), lora_ranks=(2, 4, 8, 12, 16), s4_lora_ranks=(1, 1, 2, 2, 2),
                   sdt_budgets=("8x2", "16x4", "24x4", "32x4", "36x8"),
                   sdt_lora_budgets=("8x4:2", "16x4:4", "24x4:8", "32x4:12", "32x8:16")),
     "tiny": dict(D=6, H=4, H_star=2, L_frozen=2, N=12, batch=16, iters=12, seeds=(0, 1),
@@ -494,7 +494,7 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
     total_params = sm.count_layer_params(cfg.D, cfg.H // 2) * cfg.L_frozen
     log(f"device {env['device']}, compile={trainer.use_compile}, precision={cfg.precision if device.type == 'cuda' else 'fp32'}; "
         f"{len(groups)} groups, frozen model {total_params} parameters")
-    n_skipped = 0
+    n_skipped = n_run = 0
     for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
         method = METHODS[mname]
         lrs = list(cfg.lrs) if method.trains else [None]
@@ -502,7 +502,7 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
         if all(k in done for k in keys):
             n_skipped += 1
             continue
-        if cfg.time_budget and time.monotonic() - t0 > cfg.time_budget:
+        if cfg.time_budget and n_run and time.monotonic() - t0 > cfg.time_budget:
             log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
             break
         if seed not in cache:
@@ -548,6 +548,7 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
             })
         rf.extend(recs)
         done.update(keys)
+        n_run += 1
     log(f"sweep: {len(groups)} groups, {n_skipped} already done, wall {time.monotonic() - t0:.1f}s")
     return rf
 

@@ -1,0 +1,173 @@
+"""Deep-S4 regression experiment (synthetic.s4_regression): fast model vs float64 reference, masks,
+trainable counts vs the theory package, resume, bad options, and a tiny end-to-end run."""
+
+import json
+
+import pytest
+import torch
+
+from synthetic import s4_model as sm
+from synthetic import s4_regression as s4r
+from synthetic.sdt_select import rank_dimensions, select
+from theory.deep import deep_forward as reference_forward
+from theory.tolerances import RTOL, rel_err
+
+F64 = torch.float64
+
+
+def _layers(D=5, Hc=3, L=2, seed=0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return [sm.init_layer(D, Hc, generator=g, dtype=dtype) for _ in range(L)]
+
+
+def test_fast_model_equals_float64_reference():
+    D, Hc, N, B = 5, 3, 17, 4
+    layers = _layers(D, Hc)
+    x = torch.randint(0, 10, (D, N, B), generator=torch.Generator().manual_seed(1)).to(F64)
+    fast = sm.deep_forward([{k: v[None] for k, v in p.items()} for p in layers], x, sm.toeplitz_index(N, "cpu"))[0]
+    ref = reference_forward(sm.to_theory_model(layers), x.permute(2, 0, 1))  # theory layout (B, D, N), FFT conv
+    assert rel_err(fast.permute(2, 0, 1), ref) < RTOL[F64]
+
+
+def test_fast_model_float32_close_to_reference():
+    D, Hc, N, B = 6, 4, 40, 3
+    layers = _layers(D, Hc, seed=3)
+    x = torch.randint(0, 10, (D, N, B), generator=torch.Generator().manual_seed(2)).to(F64)
+    l32 = [{k: v.float()[None] for k, v in p.items()} for p in layers]
+    fast = sm.deep_forward(l32, x.float(), sm.toeplitz_index(N, "cpu"))[0].double()
+    ref = reference_forward(sm.to_theory_model(layers), x.permute(2, 0, 1))
+    assert rel_err(fast.permute(2, 0, 1), ref) < RTOL[torch.float32]
+
+
+def test_toeplitz_conv_backward_equals_autograd():
+    R, D, N, B = 2, 3, 9, 4
+    idx = sm.toeplitz_index(N, "cpu")
+    for shape in ((R, D, N, B), (D, N, B)):
+        K = torch.randn(R, D, N, dtype=F64, requires_grad=True)
+        x = torch.randn(*shape, dtype=F64, requires_grad=True)
+        g = torch.randn(R, D, N, B, dtype=F64)
+        fast = torch.autograd.grad((sm.ToeplitzConv.apply(K, x, idx) * g).sum(), (K, x))
+        slow = torch.autograd.grad((torch.matmul(sm.toeplitz(K, idx), x) * g).sum(), (K, x))
+        for a, b in zip(fast, slow):
+            assert rel_err(a, b) < RTOL[F64]
+
+
+def test_diagonal_sums_brute_force():
+    M = torch.randn(2, 6, 6, dtype=F64)
+    want = torch.stack([torch.diagonal(M, offset=-k, dim1=-2, dim2=-1).sum(-1) for k in range(6)], -1)
+    assert torch.equal(sm.diagonal_sums(M), want) or rel_err(sm.diagonal_sums(M), want) < RTOL[F64]
+
+
+def test_sdt_selection_ranks_by_change_and_demotes_unusable_dims():
+    D, H = 4, 3
+    a0 = torch.full((D, H), 0.5, dtype=torch.complex128)
+    change = torch.tensor([[0.0, 0.1, 0.0], [0.3, 0.0, 0.2], [0.0, 0.0, 0.05], [0.9, 0.0, 0.0]], dtype=F64)
+    C = torch.ones(D, H, dtype=torch.complex128)
+    C[3] = 1e-9  # channel 3 changed most but contributes nothing: ranked last
+    rk = rank_dimensions(a0, a0 + change, C, torch.ones_like(C), N=8)
+    assert rk.channel_order.tolist() == [1, 0, 2, 3]
+    m = select(rk, 2, 1)
+    assert m.trainable.nonzero().tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(ValueError, match="n_states"):
+        select(rk, 1, H + 1)
+
+
+# ------------------------------------------------------------------------------ experiment-level
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = s4r.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu"])
+    trainer = s4r.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
+    frozen, target = trainer.models(0)
+    sel = trainer.warmup_selection(frozen, target, 0)
+    return cfg, trainer, frozen, target, sel
+
+
+def test_trainable_count_equals_theory_package(tiny):
+    cfg, trainer, frozen, target, sel = tiny
+    total = sum(v.numel() for p in frozen for v in p.values())
+    assert total == sm.count_layer_params(cfg.D, cfg.H // 2) * cfg.L_frozen
+    for name, method in s4r.METHODS.items():
+        for budget in method.budgets(cfg):
+            state = sm.RunState.create(frozen, 2, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
+            method.configure(state, budget, sel)
+            counts = state.trainable_count()
+            assert counts[0] == counts[1] == s4r.theory_trainable_count(method, frozen, budget, sel), (name, budget)
+    assert counts[0] == total  # the last method is Full
+
+
+def _train_method(tiny, name):
+    cfg, trainer, frozen, target, sel = tiny
+    method = s4r.METHODS[name]
+    budget = method.budgets(cfg)[-1]
+    state = sm.RunState.create(frozen, 1, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
+    method.configure(state, budget, sel)
+    lora0 = [{k: v.detach().clone() for k, v in lo.items()} for lo in state.lora]
+    losses = trainer.train(state, [3e-2], 5, target, trainer.data(0, stream=0))
+    assert torch.isfinite(losses).all()
+    return state, lora0
+
+
+@pytest.mark.parametrize("name", list(s4r.METHODS))
+def test_masks_respected_during_training(tiny, name):
+    """Frozen entries of every dense parameter are bit-identical to the frozen model after training."""
+    _, _, frozen, _, _ = tiny
+    state, _ = _train_method(tiny, name)
+    changed = 0
+    for l, (b, m, t) in enumerate(zip(frozen, state.mask, state.train)):
+        for k in sm.ALL_PARAMS:
+            eff = torch.where(m[k], t[k], b[k])[0].detach()
+            frozen_entries = ~m[k][0]
+            assert torch.equal(eff[frozen_entries], b[k][frozen_entries]), (name, l, k)
+            changed += int((eff != b[k]).sum())
+    assert (changed == 0) == (name in ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)")), name
+
+
+def test_lora_proj_updates_only_lora_factors(tiny):
+    _, _, frozen, _, _ = tiny
+    state, lora0 = _train_method(tiny, "LoRA (Proj)")
+    eff = state.effective()
+    for l, (b, e, lo, lo0) in enumerate(zip(frozen, eff, state.lora, lora0)):
+        for k in sm.ALL_PARAMS:
+            if k != "W":
+                assert torch.equal(e[k][0].detach(), b[k]), (l, k)
+        delta = e["W"][0].detach() - b["W"]
+        r = int(state.rank_mask[l]["proj"][0].sum())
+        assert 0 < torch.linalg.matrix_rank(delta).item() <= r
+        assert not torch.equal(lo["proj_B"], lo0["proj_B"])
+        assert torch.equal(lo["ssm_B"], lo0["ssm_B"])  # SSM LoRA untouched: its update stays exactly 0
+
+
+def test_bad_options_fail_with_a_clear_message(capsys):
+    cases = [(["--D", "0"], "--D"), (["--bogus-option", "1"], "unrecognized arguments: --bogus-option"),
+             (["--sdt-budgets", "3by2"], "--sdt-budgets"), (["--methods", "LoRA,Nope"], "--methods"),
+             (["--lrs", "1e-3,-1"], "--lrs"), (["--H", "7"], "--H"), (["--preset", "huge"], "--preset"),
+             (["--lora-ranks", "1,x"], "--lora-ranks")]
+    for argv, needle in cases:
+        with pytest.raises(SystemExit):
+            s4r.parse_config(argv)
+        assert needle in capsys.readouterr().err, argv
+
+
+def test_tiny_end_to_end_and_resume(tmp_path):
+    """Tiny sweep: figure + data; an interrupted sweep resumes without redoing finished runs."""
+    out = str(tmp_path)
+    argv = ["--preset", "tiny", "--no-compile", "--device", "cpu", "--out", out]
+    s4r.main(argv + ["--time-budget", "1e-9"])  # stops after the first group: an interrupted sweep
+    recs = json.loads((tmp_path / "s4_regression_tiny.json").read_text())
+    assert 0 < len(recs) < 20
+    first = {r["key"]: r["wall_s"] for r in recs}
+    s4r.main(argv)
+    recs = json.loads((tmp_path / "s4_regression_tiny.json").read_text())
+    assert all(r["wall_s"] == first[r["key"]] for r in recs if r["key"] in first)  # not redone
+    n_groups = len(s4r.run_groups(s4r.parse_config(argv)))
+    n_lr = 2
+    assert len(recs) == len(set(r["key"] for r in recs)) == (n_groups - 2) * n_lr + 2  # 2 seeds × Frozen: 1 run
+    for key in ("method", "trainable_pct", "best_mse", "final_mse", "lr", "seed", "status", "config", "budget",
+                "loss_curve", "trainable", "device", "commit", "wall_s"):
+        assert all(key in r for r in recs), key
+    assert {r["status"] for r in recs} == {"ok", "diverged"}  # lr 1e6 diverges; it is recorded
+    assert all(r["best_mse"] is None for r in recs if r["status"] == "diverged")
+    assert all(r["trainable"] == r["trainable_theory"] for r in recs)
+    for ext in ("png", "pdf"):
+        assert (tmp_path / f"s4_mse_vs_params_tiny.{ext}").stat().st_size > 0
+    s4r.main(argv + ["--plot-only"])  # redraw from data alone
