@@ -45,7 +45,7 @@ Construction for ``skip="inside"`` (the paper's budget; exact):
 S6 (``kind="s6"``, weaker budget; exact): ``Δ_t, B_t, C_t`` read all channels of the layer input, so
   once a block is processed in place the raw channels later blocks need are gone (a dimension count:
   ``v_t ∈ R^D`` cannot carry ``x_t`` and the processed block; see :func:`s6_obstruction_note` and
-  ``capacity.s6_budget_fit``). The construction processes all ``D`` channels in one layer per group:
+  ``capacity.s6_obstruction_instance``). The construction processes all ``D`` channels in one layer per group:
   the target's S6 is embedded (``A_log[:, :H*]``, ``x_proj``, ``dt_proj``; states ``> H*`` and dt-rank
   ``> R*`` switched off by zero rows/columns), pass-through layers switch their S6 off with
   ``W_C = 0`` and use ``u = 1``; ``skip="outside"``: processing in the last layer of a group;
@@ -520,6 +520,32 @@ def random_instance(L: int, L_star: int, D: int, H: int, H_star: int, *, kind: s
     return frozen, target
 
 
+# ------------------------------------------------------------------------------------ rank lower bound
+def zero_block_bounds(frozen: DeepSSM, update: Theorem1Update) -> List[Dict[str, float]]:
+    """The LoRA rank lower bound behind the finding (skip inside, S4).
+
+    Inside a group, if layer ``m`` processes positions ``P_m`` and layer ``m+1`` processes ``P_{m+1}``,
+    every exact update has ``W_m[P_{m+1}, P_m] = 0``: otherwise processed content (``K*`` applied) enters a
+    position whose kernel is applied next, and the product of two non-constant kernels has poles no
+    target entry has (generic target). Hence ``ΔW_m[P_{m+1}, P_m] = −W0_m[P_{m+1}, P_m]`` and
+    ``rank ΔW_m ≥ rank W0_m[P_{m+1}, P_m] = min(|P_m|, |P_{m+1}|)`` for generic frozen weights; when
+    ``M = L/L*`` divides ``D`` every block has ``D/M`` channels, so the rank is at least ``D·L*/L``.
+    Returns one record per consecutive processing pair: layer, the bound (rank of the frozen block),
+    the LoRA rank used, and ``max |W[P_{m+1}, P_m]|`` in the updated model (0 up to rounding).
+    """
+    out = []
+    recs = update.layers
+    for m in range(len(recs) - 1):
+        r0, r1 = recs[m], recs[m + 1]
+        if r0.target_layer != r1.target_layer or not r0.channels or not r1.channels:
+            continue
+        P0, P1 = list(r0.channels), list(r1.channels)
+        block0 = frozen.layers[m].W[P1][:, P0]
+        out.append({"layer": m, "bound": int(torch.linalg.matrix_rank(block0)), "lora_rank": r0.lora_rank,
+                    "updated_block_max": float(update.model.layers[m].W[P1][:, P0].abs().max())})
+    return out
+
+
 # ------------------------------------------------------------------------------------ report rows
 def _draw_sizes(g: torch.Generator, kind: str):
     Ls = int(torch.randint(1, 3, (1,), generator=g))
@@ -566,4 +592,43 @@ def check_theorem1_s6(n: int, seed: int) -> ClaimResult:
     ok = worst <= 1e-8
     return ClaimResult("Theorem 1 (S6): exact only with a weaker budget", m, worst, "finding" if ok else "FAILED",
                        "exact with all D channels + full W in one layer per group; ⌈D·L*/L⌉ channels/layer "
-                       "is obstructed (dimension count; capacity.s6_budget_fit)")
+                       "is obstructed (dimension count; capacity.s6_obstruction_instance)")
+
+
+@claim("Theorem 1 rank: ⌈D·L*/L⌉ needed, ⌈L/L*⌉ is not enough", order=41)
+def check_theorem1_rank(n: int, seed: int) -> ClaimResult:
+    """Instances with M = L/L* dividing D: the construction's rank equals the zero-block lower bound
+    D·L*/L, the block really must be zero (perturbing it breaks equality), and for D > (L/L*)² this
+    exceeds ⌈L/L*⌉; plus the parameter count that excludes ⌈L/L*⌉ for every layout at large D."""
+    from .capacity import free_dim_formula, target_dim_formula
+
+    g = torch.Generator().manual_seed(seed)
+    worst, ok, shown = 0.0, True, []
+    for i in range(max(1, n // 2)):
+        Ls = 1 + i % 2
+        M = 2
+        L = M * Ls
+        D = M * int(torch.randint(2, 4, (1,), generator=g))  # D = 4 or 6: D·L*/L = 2 or 3
+        frozen, target = random_instance(L, Ls, D, 2, 1, skip="inside", generator=g)
+        up = construct_theorem1(frozen, target)
+        x = torch.randn(2, D, 12, generator=g, dtype=torch.float64)
+        y_t = deep_forward(target, x)
+        worst = max(worst, rel_err(deep_forward(up.model, x), y_t))
+        for rec in zero_block_bounds(frozen, up):
+            ok &= rec["bound"] == D // M == rec["lora_rank"] and rec["updated_block_max"] <= 1e-9
+            # necessity in numbers: a 1e-3 entry in the zero block breaks equality
+            layers = list(up.model.layers)
+            j = rec["layer"]
+            P1, P0 = up.layers[j + 1].channels, up.layers[j].channels
+            W = layers[j].W.clone()
+            W[P1[0], P0[0]] += 1e-3
+            layers[j] = DeepLayer(layers[j].ssm, W, layers[j].beta, layers[j].u)
+            ok &= rel_err(deep_forward(up.model.with_layers(layers), x), y_t) > 1e-7
+        shown.append(f"D={D},L={L},L*={Ls}:r={D // M}>{math.ceil(L / Ls)}" if D // M > math.ceil(L / Ls) else "")
+    # every layout: the count with r = ⌈L/L*⌉ = 2 falls below the target dimension (L = 4, L* = 2, H* = 1)
+    D_cross = next(D for D in range(2, 200) if free_dim_formula(D, 4, 2, 1, 2) < target_dim_formula(D, 2, 1))
+    ok &= worst <= 1e-8
+    note = (f"rank = zero-block bound = D·L*/L on every instance; e.g. {[s for s in shown if s][:2]}; "
+            f"count: r=⌈L/L*⌉=2 cannot reach the target dim for D >= {D_cross} (L=4, L*=2, H*=1), any layout")
+    return ClaimResult("Theorem 1 rank: ⌈D·L*/L⌉ needed, ⌈L/L*⌉ is not enough", max(1, n // 2), worst,
+                       "finding" if ok else "FAILED", note)

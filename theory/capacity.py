@@ -1,0 +1,492 @@
+"""Expressivity probe for Theorem 1 (Galim et al., ICML 2025, Sec. 5): which LoRA ranks can possibly
+let a frozen deep S4 (SDT-P on its SSMs + LoRA on its projections) match a generic smaller target?
+
+For a linear-activation deep S4 the model is an affine, linear time-invariant map, so it is determined
+by its transfer matrix ``T(z) = Σ_k h_k z^k`` (h_k: the D×D impulse response) and its bias response
+``b(z) = Σ_j T_{>j}(z) β_j`` (the zero-input output, up to the common step factor ``1/(1−z)``).
+The probe evaluates both at ``K`` real points ``z ∈ [−0.8, 0.8]`` (inside every pole's radius:
+frozen and target ``|a| < 0.95``). With ``K ≥ 2n+1``, ``n`` = total state count, these values determine
+the rational functions, so this carries the same information as the impulse response over
+``N ≥ 2n`` steps; :func:`impulse_response_map` is the time-domain twin, held to it by a test.
+
+Probe: the rank of the Jacobian of (trainable parameters ↦ response) at a random point (float64,
+``torch.func.jacfwd``), i.e. the dimension of the set of functions the budget reaches, versus the same
+rank for (target parameters ↦ response), the dimension of the target family.
+
+- Jacobian rank < target dimension: generic targets are NOT reachable with this budget and this
+  SDT-P layout (a lower-dimensional image cannot contain a higher-dimensional family).
+- A count of free parameters (LoRA counted as the rank-r matrix variety, ``2Dr − r²``) below the
+  target dimension proves insufficiency for *every* layout of that budget.
+- Jacobian rank >= target dimension is necessary, not sufficient: the image may be a different
+  set of that dimension. Sufficiency comes from the explicit construction in ``theorem1.py``.
+
+The layout probed is the construction's: layer ``m`` of a group tunes the ``H*`` first states (``a``,
+``c``; ``b`` frozen) of channel block ``S_m`` (``⌈D/M⌉`` channels), prunes every other kernel entry,
+and trains ``u`` and ``β``; each projection gets a rank-``r`` LoRA, the last one is trained in full.
+
+``python -m theory.capacity`` writes ``figures/theorem1_capacity.json`` and draws
+``figures/theorem1_capacity.png`` from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ._validate import check_choice, check_int
+from .theorem1 import channel_blocks, group_sizes
+
+Tensor = torch.Tensor
+F64 = torch.float64
+# Singular values below RANK_RTOL · σ_max count as zero. Why 1e-9: the Jacobians here have
+# σ_max ~ 1..1e3 and structural zeros at ~1e-14 relative; the reported gap (σ_r / σ_{r+1}) shows the cut.
+RANK_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """One probe: frozen (L, D, H), target (L*, H*), LoRA rank r, skip placement."""
+
+    D: int
+    L: int
+    L_star: int
+    H: int
+    H_star: int
+    rank: int
+    skip: str = "inside"
+
+    def __post_init__(self):
+        check_int("D", self.D, lo=1)
+        check_int("L_star", self.L_star, lo=1)
+        check_int("L", self.L, lo=self.L_star + 1)
+        check_int("H", self.H, lo=1)
+        check_int("H_star", self.H_star, lo=1, hi=self.H)
+        check_int("rank", self.rank, lo=0, hi=self.D)
+        check_choice("skip", self.skip, ("inside", "outside"))
+
+    @property
+    def blocks(self) -> List[Tuple[int, ...]]:
+        """The channel block each frozen layer tunes (the construction's layout)."""
+        return [blk for M in group_sizes(self.L, self.L_star) for blk in channel_blocks(self.D, M)]
+
+    @property
+    def n_points(self) -> int:
+        """``K = 2n + 5`` evaluation points. ``n = D·L*·H*`` bounds the poles of every model in either
+        family (each group tunes every channel once with H* states; pruned states have none), so every
+        entry of a tangent vector is a rational function with numerator degree ``≤ 2n``: it cannot vanish
+        on ``2n + 1`` distinct points unless it is zero, and the evaluation loses no rank."""
+        return 2 * self.D * self.L_star * self.H_star + 5
+
+
+def _points(K: int) -> Tensor:
+    """Chebyshev points on [−0.8, 0.8] (well spread, away from the poles 1/a with |a| < 0.95)."""
+    k = torch.arange(K, dtype=F64)
+    return 0.8 * torch.cos(math.pi * (k + 0.5) / K)  # (K,)
+
+
+def _kernel_tf(a: Tensor, bc: Tensor, z: Tensor) -> Tensor:
+    """``κ(z) = Σ_i b_i c_i / (1 − a_i z)`` for each channel: a, bc (..., S), z (K,) -> (K, ...)."""
+    return (bc[None] / (1 - a[None] * z.reshape(-1, *([1] * a.dim())))).sum(-1)
+
+
+def _compose(layers_tf: Sequence[Tuple[Tensor, Tensor]], D: int, K: int) -> Tensor:
+    """Given per-layer ``(T_j(z) (K, D, D), β_j (D,))`` return ``[T(z), b(z)]`` flattened."""
+    T = torch.eye(D, dtype=F64).expand(K, D, D)
+    b = torch.zeros(K, D, dtype=F64)
+    for Tj, beta in layers_tf:
+        T = Tj @ T  # (K, D, D)
+        b = (Tj @ b[..., None])[..., 0] + beta  # (K, D)
+    return torch.cat([T.reshape(-1), b.reshape(-1)])
+
+
+# ----------------------------------------------------------------------------------- parameter maps
+@dataclass
+class ParamMap:
+    """``fn(theta) -> response`` and a random point ``theta0``; ``free_dim`` bounds the image dimension."""
+
+    fn: Callable[[Tensor], Tensor]
+    theta0: Tensor
+    free_dim: int
+
+
+def budget_map(cfg: ProbeConfig, generator: torch.Generator, z: Optional[Tensor] = None) -> ParamMap:
+    """The fine-tuning budget of ``cfg`` on a random frozen model, as a map of its trainable scalars."""
+    g, D, Hs = generator, cfg.D, cfg.H_star
+    z = _points(cfg.n_points) if z is None else z
+    blocks = cfg.blocks
+    frozen_W = [torch.randn(D, D, generator=g, dtype=F64) / D**0.5 for _ in range(cfg.L)]
+    frozen_b = [torch.randn(D, Hs, generator=g, dtype=F64) for _ in range(cfg.L)]  # B̄ of the tuned states
+    shapes: List[Tuple[str, int, Tuple[int, ...]]] = []
+    for j, blk in enumerate(blocks):
+        s = len(blk)
+        shapes += [("a", j, (s, Hs)), ("c", j, (s, Hs)), ("u", j, (D,)), ("beta", j, (D,))]
+        if j == cfg.L - 1:
+            shapes.append(("W", j, (D, D)))
+        elif cfg.rank:
+            shapes += [("lora_A", j, (cfg.rank, D)), ("lora_B", j, (D, cfg.rank))]
+    sizes = [math.prod(sh) for _, _, sh in shapes]
+    parts = []
+    for name, j, sh in shapes:
+        if name == "a":
+            parts.append(1.8 * torch.rand(sh, generator=g, dtype=F64) - 0.9)
+        elif name == "W":
+            parts.append(torch.randn(sh, generator=g, dtype=F64) / D**0.5)
+        else:
+            parts.append(torch.randn(sh, generator=g, dtype=F64) * (0.5 if name.startswith("lora") else 1.0))
+    theta0 = torch.cat([p.reshape(-1) for p in parts])
+
+    def fn(theta: Tensor) -> Tensor:
+        chunks = dict()
+        for (name, j, sh), piece in zip(shapes, torch.split(theta, sizes)):
+            chunks[(name, j)] = piece.reshape(sh)
+        tfs = []
+        for j, blk in enumerate(blocks):
+            kappa = torch.zeros(z.shape[0], D, dtype=F64)  # pruned channels: kernel 0
+            if blk:
+                bc = chunks[("c", j)] * frozen_b[j][list(blk)]
+                kappa = kappa.index_copy(1, torch.tensor(blk), _kernel_tf(chunks[("a", j)], bc, z))
+            if ("W", j) in chunks:
+                W = chunks[("W", j)]
+            elif ("lora_A", j) in chunks:
+                W = frozen_W[j] + chunks[("lora_B", j)] @ chunks[("lora_A", j)]
+            else:
+                W = frozen_W[j]
+            u = chunks[("u", j)]
+            if cfg.skip == "inside":
+                Tj = W[None] * (kappa + u)[:, None, :]  # W diag(κ + u)
+            else:
+                Tj = W[None] * kappa[:, None, :] + torch.diag_embed(u.expand(z.shape[0], D))
+            tfs.append((Tj, chunks[("beta", j)]))
+        return _compose(tfs, D, z.shape[0])
+
+    lora_dim = (cfg.L - 1) * (2 * D * cfg.rank - cfg.rank**2)
+    free = sum(2 * Hs * len(b) + 2 * D for b in blocks) + lora_dim + D * D
+    return ParamMap(fn, theta0, free)
+
+
+def target_map(cfg: ProbeConfig, generator: torch.Generator, z: Optional[Tensor] = None) -> ParamMap:
+    """The target family: L* layers ``W* diag(κ*) x + β*`` with (a*, b*, c*, W*, β*) all free."""
+    g, D, Hs, Ls = generator, cfg.D, cfg.H_star, cfg.L_star
+    z = _points(cfg.n_points) if z is None else z
+    per = [D * Hs, D * Hs, D * Hs, D * D, D]
+    parts = []
+    for _ in range(Ls):
+        parts += [1.8 * torch.rand(D * Hs, generator=g, dtype=F64) - 0.9, torch.randn(D * Hs, generator=g, dtype=F64),
+                  torch.randn(D * Hs, generator=g, dtype=F64), torch.randn(D * D, generator=g, dtype=F64) / D**0.5,
+                  torch.randn(D, generator=g, dtype=F64)]
+    theta0 = torch.cat(parts)
+
+    def fn(theta: Tensor) -> Tensor:
+        tfs = []
+        for l, chunk in enumerate(torch.split(theta, [sum(per)] * Ls)):
+            a, b, c, W, beta = torch.split(chunk, per)
+            kappa = _kernel_tf(a.reshape(D, Hs), (b * c).reshape(D, Hs), z)  # (K, D)
+            tfs.append((W.reshape(D, D)[None] * kappa[:, None, :], beta))
+        return _compose(tfs, D, z.shape[0])
+
+    return ParamMap(fn, theta0, Ls * (3 * D * Hs + D * D + D))
+
+
+def impulse_response_map(cfg: ProbeConfig, generator: torch.Generator, N: int, which: str = "budget") -> ParamMap:
+    """Time-domain twin of :func:`budget_map` / :func:`target_map`: the same parameters mapped to the
+    impulse response ``h_0..h_{N−1}`` (D×D each) and the zero-input response over N steps, computed by
+    running the model (``deep.deep_forward``) on D unit impulses and on zeros."""
+    from .deep import DeepLayer, DeepSSM, deep_forward
+    from .ssm import DiagonalSSM
+
+    check_choice("which", which, ("budget", "target"))
+    g_state = generator.get_state()
+    pm = budget_map(cfg, generator) if which == "budget" else target_map(cfg, generator)
+    generator.set_state(g_state)
+    # rebuild the same frozen constants by replaying the generator exactly as the map did
+    D, Hs = cfg.D, cfg.H_star
+    if which == "budget":
+        frozen_W = [torch.randn(D, D, generator=generator, dtype=F64) / D**0.5 for _ in range(cfg.L)]
+        frozen_b = [torch.randn(D, Hs, generator=generator, dtype=F64) for _ in range(cfg.L)]
+    x = torch.zeros(D + 1, D, N, dtype=F64)
+    x[torch.arange(D), torch.arange(D), 0] = 1.0  # D unit impulses, then one zero input
+
+    def fn(theta: Tensor) -> Tensor:
+        layers = []
+        if which == "budget":
+            off = 0
+            for j, blk in enumerate(cfg.blocks):
+                s = len(blk)
+
+                def take(n, shape):
+                    nonlocal off
+                    out = theta[off: off + n].reshape(shape)
+                    off += n
+                    return out
+
+                a_t, c_t = take(s * Hs, (s, Hs)), take(s * Hs, (s, Hs))
+                u, beta = take(D, (D,)), take(D, (D,))
+                if j == cfg.L - 1:
+                    W = take(D * D, (D, D))
+                elif cfg.rank:
+                    A_, B_ = take(cfg.rank * D, (cfg.rank, D)), take(D * cfg.rank, (D, cfg.rank))
+                    W = frozen_W[j] + B_ @ A_
+                else:
+                    W = frozen_W[j]
+                a = torch.zeros(D, Hs, dtype=F64)
+                c = torch.zeros(D, Hs, dtype=F64)
+                if blk:
+                    idx = torch.tensor(blk)
+                    a = a.index_copy(0, idx, a_t)
+                    c = c.index_copy(0, idx, c_t * frozen_b[j][idx])
+                layers.append(DeepLayer(DiagonalSSM(a, torch.ones(D, Hs, dtype=F64), c), W, beta, u))
+        else:
+            per = [D * Hs, D * Hs, D * Hs, D * D, D]
+            for chunk in torch.split(theta, [sum(per)] * cfg.L_star):
+                a, b, c, W, beta = torch.split(chunk, per)
+                layers.append(DeepLayer(DiagonalSSM(a.reshape(D, Hs), b.reshape(D, Hs), c.reshape(D, Hs)),
+                                        W.reshape(D, D), beta, torch.zeros(D, dtype=F64)))
+        y = deep_forward(DeepSSM(tuple(layers), "identity", cfg.skip), x)  # (D+1, D, N)
+        return torch.cat([(y[:D] - y[D:]).reshape(-1), y[D].reshape(-1)])
+
+    return ParamMap(fn, pm.theta0, pm.free_dim)
+
+
+# ----------------------------------------------------------------------------------- ranks
+def jacobian_rank(pm: ParamMap, mode: str = "fwd") -> Tuple[int, float, Tensor]:
+    """Numerical rank of ``d fn / d theta`` at ``theta0``: (rank, gap σ_r/σ_{r+1}, singular values)."""
+    jac = torch.func.jacfwd(pm.fn) if mode == "fwd" else torch.func.jacrev(pm.fn)
+    J = jac(pm.theta0)  # (outputs, params)
+    s = torch.linalg.svdvals(J)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return 0, float("inf"), s
+    r = int((s > RANK_RTOL * s[0]).sum())
+    gap = float(s[r - 1] / s[r]) if r < s.numel() and float(s[r]) > 0 else float("inf")
+    return r, gap, s
+
+
+@dataclass
+class ProbeRow:
+    D: int
+    L: int
+    L_star: int
+    H: int
+    H_star: int
+    rank: int
+    skip: str
+    budget_rank: int
+    budget_gap: float
+    free_dim: int
+    target_dim: int
+    target_gap: float
+    verdict: str
+    construction: bool  # the explicit construction of theorem1.py reaches every generic target
+
+    @property
+    def rank_brief(self) -> int:
+        return math.ceil(self.L / self.L_star)
+
+    @property
+    def rank_zeng_lee(self) -> int:
+        return math.ceil(self.D * self.L_star / self.L)
+
+
+def probe(cfg: ProbeConfig, seed: int = 0) -> ProbeRow:
+    """Run the probe for one configuration (budget and target drawn from ``seed``)."""
+    g = torch.Generator().manual_seed(seed)
+    bm = budget_map(cfg, g)
+    b_rank, b_gap, _ = jacobian_rank(bm)
+    t_rank, t_gap, _ = jacobian_rank(target_map(cfg, g))
+    bm_free = bm.free_dim
+    q = cfg.L // cfg.L_star
+    construction = cfg.skip == "inside" and cfg.rank >= math.ceil(cfg.D / q)
+    if bm_free < t_rank:
+        verdict = "insufficient (count)"
+    elif b_rank < t_rank:
+        verdict = "insufficient (Jacobian)"
+    elif construction:
+        verdict = "sufficient (construction)"
+    else:
+        verdict = "not excluded"
+    return ProbeRow(cfg.D, cfg.L, cfg.L_star, cfg.H, cfg.H_star, cfg.rank, cfg.skip, b_rank, b_gap, bm_free,
+                    t_rank, t_gap, verdict, construction)
+
+
+def target_dim_formula(D: int, L_star: int, H_star: int) -> int:
+    """Dimension of the target family, ``L*(D² + 2H*D) − (L*−1)·D``: per layer W*, β*, a*, b*c*, less one
+    kernel/W-column scale per channel, and per interior boundary one more diagonal gauge (rows of
+    ``W*_l, β*_l`` scaled by ``t``, the next layer's kernels by ``1/t``). Checked against the Jacobian rank by the tests."""
+    return L_star * (D * D + 2 * H_star * D) - (L_star - 1) * D
+
+
+def free_dim_formula(D: int, L: int, L_star: int, H_star: int, rank: int) -> int:
+    """Free scalars of the construction's layout with LoRA rank r (rank-r matrices counted as ``2Dr − r²``)."""
+    blocks = [b for M in group_sizes(L, L_star) for b in channel_blocks(D, M)]
+    return sum(2 * H_star * len(b) + 2 * D for b in blocks) + (L - 1) * (2 * D * rank - rank**2) + D * D
+
+
+def smallest_count_feasible_rank(D: int, L: int, L_star: int, H_star: int) -> int:
+    """The smallest r whose free-parameter count reaches the target dimension (a necessary condition)."""
+    for r in range(0, D + 1):
+        if free_dim_formula(D, L, L_star, H_star, r) >= target_dim_formula(D, L_star, H_star):
+            return r
+    return D + 1
+
+
+# ----------------------------------------------------------------------------------- S6 obstruction
+def s6_obstruction_instance(D: int = 2, H_star: int = 1, R_star: int = 1, s: int = 1, seed: int = 0,
+                            batch: int = 8, N: int = 12) -> Dict[str, int]:
+    """Numbers behind the S6 dimension count (``theorem1.s6_obstruction_note``) on a random target:
+    after a frozen layer has processed the block ``S = {0..s-1}`` in place, the next layer's input
+    ``v_t ∈ R^D`` is a linear image of ``(x_t, z_t)``, ``z = S6*(x)_S``. Returns
+    ``signal_rank``: rank of the stacked samples of ``[x_t; z_t]`` (D + s: the signals are linearly
+    independent, so ``v_t`` keeps at most D independent combinations of them); ``proj_rank``: rank of the
+    target's ``[W_Δ↓*; W_B*; W_C*]`` restricted to the processed columns S; ``needed``: the independent
+    functionals of ``(x, z)`` the remaining layers must read, ``(D − s) + proj_rank + s``; ``available``: D.
+    ``needed > available`` means no frozen S6 layer can process fewer than D channels of a target layer."""
+    from .s6 import random_s6, s6_forward
+
+    g = torch.Generator().manual_seed(seed)
+    target = random_s6(D, H_star, R_star, generator=g)
+    x = torch.randn(batch, D, N, generator=g, dtype=F64)
+    z = s6_forward(target, x)[:, :s]  # (B, s, N)
+    samples = torch.cat([x, z], dim=1).permute(1, 0, 2).reshape(D + s, -1)  # (D + s, B·N)
+    sig = torch.linalg.svdvals(samples)
+    signal_rank = int((sig > RANK_RTOL * sig[0]).sum())
+    proj = target.x_proj[:, :s]  # (R* + 2H*, s)
+    proj_rank = int(torch.linalg.matrix_rank(proj))
+    return {"D": D, "s": s, "H_star": H_star, "R_star": R_star, "signal_rank": signal_rank,
+            "proj_rank": proj_rank, "needed": (D - s) + proj_rank + s, "available": D}
+
+
+# ----------------------------------------------------------------------------------- table + figure
+def default_configs() -> List[ProbeConfig]:
+    """The table's grid: L*=1 and L*=2 (incl. a non-divisible L), D growing, ranks 1..⌈D/⌊L/L*⌋⌉,
+    plus skip outside at the paper's channel budget with full-rank LoRA."""
+    out = []
+    for (D, L, Ls) in [(4, 2, 1), (6, 2, 1), (6, 3, 1), (4, 4, 2), (6, 4, 2), (8, 4, 2), (10, 4, 2), (5, 5, 2)]:
+        top = math.ceil(D / (L // Ls))
+        for r in range(1, top + 1):
+            out.append(ProbeConfig(D, L, Ls, 2, 1, r, "inside"))
+    for (D, L, Ls) in [(4, 2, 1), (4, 4, 2), (6, 4, 2)]:
+        out.append(ProbeConfig(D, L, Ls, 2, 1, D, "outside"))
+    return out
+
+
+def _atomic_write(path: str, write) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_table(configs: Sequence[ProbeConfig], seed: int = 0) -> List[ProbeRow]:
+    return [probe(c, seed) for c in configs]
+
+
+def format_rows(rows: Sequence[ProbeRow]) -> str:
+    head = "skip     D  L  L*  H  H*  r  ⌈L/L*⌉ ⌈DL*/L⌉  Jac.rank  free  target  verdict"
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r.skip:7s} {r.D:2d} {r.L:2d} {r.L_star:3d} {r.H:2d} {r.H_star:3d} {r.rank:2d} "
+                     f"{r.rank_brief:7d} {r.rank_zeng_lee:8d} {r.budget_rank:9d} {r.free_dim:5d} {r.target_dim:7d}  "
+                     f"{r.verdict}")
+    return "\n".join(lines)
+
+
+def asymptotic_rows(L: int = 4, L_star: int = 2, H_star: int = 1, Ds=(4, 8, 16, 32, 64, 128)) -> List[Dict]:
+    """Count-only rows for growing D: the smallest count-feasible rank vs ⌈L/L*⌉ and ⌈D·L*/L⌉."""
+    out = []
+    for D in Ds:
+        r_brief = math.ceil(L / L_star)
+        out.append({"D": D, "L": L, "L_star": L_star, "H_star": H_star,
+                    "target_dim": target_dim_formula(D, L_star, H_star),
+                    "free_at_brief_rank": free_dim_formula(D, L, L_star, H_star, min(r_brief, D)),
+                    "rank_brief": r_brief, "rank_zeng_lee": math.ceil(D * L_star / L),
+                    "min_count_feasible_rank": smallest_count_feasible_rank(D, L, L_star, H_star)})
+    return out
+
+
+def plot(data: Dict, path: str) -> None:
+    """Draw the probe's verdicts from the JSON data (left: Jacobian rank − target dim per rank r;
+    right: count-only threshold vs D)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    groups: Dict[Tuple, List[Dict]] = {}
+    for r in rows:
+        if r["skip"] == "inside":
+            groups.setdefault((r["D"], r["L"], r["L_star"]), []).append(r)
+    for (D, L, Ls), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["rank"])
+        ax1.plot([r["rank"] for r in rs], [r["budget_rank"] - r["target_dim"] for r in rs], "o-",
+                 label=f"D={D} L={L} L*={Ls} (⌈DL*/L⌉={math.ceil(D * Ls / L)})")
+    for r in rows:
+        if r["skip"] == "outside":
+            ax1.plot([r["rank"]], [r["budget_rank"] - r["target_dim"]], "kx", ms=9)
+    ax1.axhline(0, color="gray", lw=0.8)
+    ax1.set_xlabel("LoRA rank r")
+    ax1.set_ylabel("Jacobian rank − target dimension")
+    ax1.set_title("probe (skip inside; x: skip outside, full-rank LoRA)")
+    ax1.legend(fontsize=7)
+    asym = data["asymptotic"]
+    Ds = [a["D"] for a in asym]
+    ax2.plot(Ds, [a["min_count_feasible_rank"] for a in asym], "o-", label="smallest rank the count allows")
+    ax2.plot(Ds, [a["rank_zeng_lee"] for a in asym], "s--", label="⌈D·L*/L⌉ (construction)")
+    ax2.plot(Ds, [a["rank_brief"] for a in asym], "^:", label="⌈L/L*⌉ (brief's reading)")
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log", base=2)
+    ax2.set_xlabel("D")
+    ax2.set_ylabel("LoRA rank")
+    a0 = asym[0]
+    ax2.set_title(f"parameter count, L={a0['L']} L*={a0['L_star']} H*={a0['H_star']}")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m theory.capacity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="figures/theorem1_capacity.json")
+    p.add_argument("--figure", default="figures/theorem1_capacity.png")
+    p.add_argument("--replot", action="store_true", help="redraw the figure from the existing JSON only")
+    args = p.parse_args(argv)
+    if args.replot:
+        with open(args.out) as fh:
+            data = json.load(fh)
+    else:
+        t0 = time.time()
+        rows = run_table(default_configs(), args.seed)
+        print(format_rows(rows))
+        data = {"config": {"seed": args.seed, "rank_rtol": RANK_RTOL, "H": 2, "H_star": 1},
+                "rows": [dict(asdict(r), rank_brief=r.rank_brief, rank_zeng_lee=r.rank_zeng_lee) for r in rows],
+                "asymptotic": asymptotic_rows()}
+        for a in data["asymptotic"]:
+            print(a)
+        data["s6_obstruction"] = [s6_obstruction_instance(D, 1, 1, s, seed=args.seed) for D, s in [(2, 1), (4, 2), (8, 4)]]
+        for o in data["s6_obstruction"]:
+            print("S6 obstruction:", o)
+        data["seconds"] = time.time() - t0
+        _atomic_write(args.out, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=1)))
+    plot(data, args.figure)
+    print(f"wrote {args.out} and {args.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
