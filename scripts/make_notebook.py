@@ -27,6 +27,35 @@ def code(src: str) -> None:
     CELLS.append(("code", src.strip("\n")))
 
 
+def build(execute: bool = True, path: Path = ROOT / "paper_checks.ipynb") -> None:
+    """Write the notebook (and execute it in the repository root, keeping outputs)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell(s) if k == "markdown" else new_code_cell(s) for k, s in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    if execute:
+        import nbclient
+
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT)}}).execute()
+    tmp = path.with_suffix(".ipynb.partial")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)  # atomic: never a half-written notebook
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-exec", action="store_true", help="write the cells without executing them")
+    args = p.parse_args(argv)
+    build(execute=not args.no_exec)
+    print(f"wrote {ROOT / 'paper_checks.ipynb'} ({len(CELLS)} cells)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 md(r"""
 # Checking *Parameter-Efficient Fine-Tuning of State Space Models* (Galim et al., ICML 2025)
@@ -53,4 +82,144 @@ torch.set_default_dtype(torch.float64)
 from theory.report import format_table, run_report
 
 print(format_table(run_report(n=10, seed=0)))
+""")
+
+# ---------------------------------------------------------------------------------- Proposition 1
+md(r"""
+## Proposition 1 — prefix-tuning on S4 is initial-state tuning
+
+**Statement.** For an S4 mechanism $f(X; H_0)$ and any prefix $P=(p_1,\dots,p_M)\in\mathbb R^{D\times M}$
+there is an initial state $H_0^\star$ with $f(X; H_0^\star) = f([P, X]; H_0)_{M+1:M+N}$ for every $X$:
+$$h_0^{\star(d)} = \bar A^M h_0^{(d)} + \sum_{m=1}^{M} \bar A^{M-m}\bar B\, p_m^{(d)}.$$
+*Reconstructed second part* (the paper's sentence is cut): with pairwise distinct $a_i$ and all $b_i\neq 0$
+the reachable set is the span of the first $M$ columns of $\mathrm{diag}(\bar B)\,\mathrm{Vandermonde}(a)$:
+all of $\mathbb R^H$ iff $M\ge H$, a subspace of dimension $M$ when $M<H$.
+
+Module: `theory/proposition1.py`.
+""")
+code(r"""
+from theory.deep import random_s4_ssm
+from theory.ssm import ssm_recurrence, ssm_kernel, DiagonalSSM
+from theory.proposition1 import (initial_state_from_prefix, prefix_from_initial_state, prefix_tuned_output,
+                                 reachable_dimension, reachability_residual)
+from theory.tolerances import rel_err
+
+g = torch.Generator().manual_seed(0)
+ssm = random_s4_ssm(3, 4, generator=g)                      # D=3 channels, H=4 states
+P = torch.randn(3, 5, generator=g)                          # a prefix of length M=5
+x = torch.randn(2, 3, 10, generator=g)
+h0_star = initial_state_from_prefix(ssm, P)
+target = torch.randn(3, 4, generator=g)                     # a random initial state to realise
+rows = [("part 1: prefix output vs initial-state output", rel_err(ssm_recurrence(ssm, x, h0_star), prefix_tuned_output(ssm, P, x)))]
+P4 = prefix_from_initial_state(ssm, target, M=4)
+rows.append(("part 2: solved prefix (M=H=4) realises the state", rel_err(initial_state_from_prefix(ssm, P4), target)))
+for name, err in rows:
+    print(f"{name:<55} rel. err {err:.1e}")
+try:
+    prefix_from_initial_state(ssm, target, M=2)
+except ValueError as e:
+    print("M=2 < H refused:", str(e)[:150], "...")
+""")
+code(r"""
+# reachable dimension vs prefix length, and the residual of the best prefix for a random state
+Ms = list(range(1, 8))
+dims_ = [int(reachable_dimension(ssm.A_bar, ssm.B_bar, M)[0]) for M in Ms]
+res = [float(reachability_residual(ssm.A_bar, ssm.B_bar, target, M)[0]) for M in Ms]
+fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+ax[0].plot(Ms, dims_, "o-", label="measured rank"); ax[0].plot(Ms, [min(M, ssm.H) for M in Ms], "k--", label="min(M, H)")
+ax[0].set_xlabel("prefix length M"); ax[0].set_ylabel("reachable dimension"); ax[0].legend()
+ax[1].semilogy(Ms, np.maximum(res, 1e-18), "o-"); ax[1].set_xlabel("prefix length M"); ax[1].set_ylabel("best-prefix residual (channel 0)")
+fig.tight_layout(); plt.show()
+""")
+code(r"""
+# symbolic check (H = 2, M = 2): the prefix's final state equals the closed form
+a1, a2, b1, b2, p1, p2 = sp.symbols("a1 a2 b1 b2 p1 p2")
+A, B = sp.diag(a1, a2), sp.Matrix([b1, b2])
+h = sp.zeros(2, 1)
+for p in (p1, p2):
+    h = A * h + B * p
+closed = A**1 * B * p1 + A**0 * B * p2
+print("recurrence state - closed form:", sp.simplify(h - closed).T)
+""")
+
+# ---------------------------------------------------------------------------------- Lemma 1
+md(r"""
+## Lemma 1 — tuning one input projection covers $W_B, W_C, W_{\Delta\downarrow}$ (S6)
+
+**Statement.** In S6 with two input projections ($z_t = W_{in,1}x_t$ feeds $\Delta_t, B_t, C_t$; $u_t = W_{in,2}x_t$
+is scanned), if the frozen and target models share $\{A^{(d)}\}, W_{\Delta\uparrow}, W_{in,2}$ and
+$D > 2H+R$, some $\hat W_{in,1}$ makes the frozen model equal the target on every input.
+**Construction.** $M_0 = [W_B; W_C; W_{\Delta\downarrow}]$, $M^\star = [W_B^\star; W_C^\star; W_{\Delta\downarrow}^\star]W^\star_{in,1}$,
+$\hat W_{in,1} = M_0^+ M^\star$ (+ anything in $\mathrm{null}(M_0)$). The toolkit finds it needs only
+$\mathrm{range}(M^\star)\subseteq\mathrm{range}(M_0)$, which generic $M_0$ gives already for $D = 2H+R$.
+
+Module: `theory/lemma1.py`.
+""")
+code(r"""
+from theory.lemma1 import align_s6_input_projection, lemma1_pair
+from theory.s6 import s6_two_projection
+
+H, R = 2, 1
+for D in (2 * H + R + 2, 2 * H + R, 2 * H + R - 1):
+    frozen6, target6, W_in1_star, W_in2 = lemma1_pair(D, H, R, generator=g)
+    try:
+        W_hat = align_s6_input_projection(frozen6, target6, W_in1_star)
+        x6 = torch.randn(2, D, 12, generator=g)
+        err = rel_err(s6_two_projection(frozen6, W_hat, W_in2, x6), s6_two_projection(target6, W_in1_star, W_in2, x6))
+        print(f"D={D} (2H+R={2*H+R}): outputs equal, rel. err {err:.1e}")
+    except ValueError as e:
+        print(f"D={D} (2H+R={2*H+R}): refused -", str(e)[:120], "...")
+""")
+
+# ---------------------------------------------------------------------------------- Lemma 2
+md(r"""
+## Lemma 2 — the fewest parameters that make a frozen S4 equal a target S4
+
+**Statement (eq. 5).** With every $a^\star_j b^\star_j c^\star_j\neq0$, the minimum number of tunable scalars is
+$$\min_P\ \big\|[\mathrm{diag}(\bar A)\odot\bar B\odot C^\top]_{H^\star+1:H}\big\|_0
++\big\|[\bar A]_{1:H^\star,1:H^\star}-\bar A^\star\big\|_0
++\big\|[\bar B\odot C^\top]_{1:H^\star}-\bar B^\star\odot C^{\star\top}\big\|_0 .$$
+The toolkit solves it exactly as an assignment problem (`scipy.optimize.linear_sum_assignment`),
+checks it against brute force over all injective state maps, and tunes $C$ only (as SDT does).
+**Finding:** eq. (5) is the minimum only when frozen and target eigenvalues are each pairwise distinct;
+the counterexamples below show where it over- or under-counts.
+
+Module: `theory/lemma2.py`.
+""")
+code(r"""
+from theory.lemma2 import (minimal_update, minimal_update_bruteforce, paper_formula_count, planted_channel,
+                           counterexamples)
+
+K = lambda a, b, c, N=20: ssm_kernel(DiagonalSSM(a[None], b[None], c[None]), N)[0]
+p, _ = planted_channel(6, 4, g, kinds=(1, 1, 2, 0))   # planted: exact copies, matching dynamics only, ...
+up = minimal_update(**p)
+print(f"changed {up.num_changed} | brute force {minimal_update_bruteforce(**p).num_changed} | "
+      f"eq.(5) {paper_formula_count(**p)} | naive H+H* = {6 + 4}")
+print("kernel rel. err after update:", f"{rel_err(K(up.a, up.b, up.c), K(p['a_star'], p['b_star'], p['c_star'])):.1e}")
+print("assignment (target state -> frozen state):", up.assignment.tolist())
+for ex in counterexamples():
+    print("finding:", ex["what"][:70], "| eq.(5) =", paper_formula_count(*ex["frozen"], *ex["target"]),
+          "| explicit update changes", ex["changed"], "| kernel err", f"{rel_err(K(*ex['update']), K(*ex['target'])):.1e}")
+""")
+code(r"""
+# picture: kernels before/after, and which entries changed
+fig, ax = plt.subplots(1, 2, figsize=(10, 3))
+ks = np.arange(20)
+ax[0].plot(ks, K(p["a"], p["b"], p["c"]).numpy(), "o-", label="frozen")
+ax[0].plot(ks, K(p["a_star"], p["b_star"], p["c_star"]).numpy(), "s-", label="target")
+ax[0].plot(ks, K(up.a, up.b, up.c).numpy(), "x--", label="frozen after minimal update")
+ax[0].set_xlabel("lag k"); ax[0].set_ylabel("K_k"); ax[0].legend()
+ax[1].imshow(up.changed.numpy(), cmap="Greys", aspect="auto")
+ax[1].set_yticks([0, 1, 2], ["a", "b", "c"]); ax[1].set_xlabel("frozen state i")
+ax[1].set_title(f"changed entries ({up.num_changed})")
+fig.tight_layout(); plt.show()
+""")
+code(r"""
+# symbolic check: after the update rules, the kernel of a 2-state channel equals the target's
+a1, a2, b1, b2, c1, c2, k = sp.symbols("a1 a2 b1 b2 c1 c2 k")
+as1, bs1, cs1 = sp.symbols("as1 bs1 cs1")
+# match target state 1 to frozen state 1 (align a, set c so that b*c = b*·c*), zero frozen state 2 (c2 := 0)
+upd = {a1: as1, c1: bs1 * cs1 / b1, c2: 0}
+Kf = c1 * b1 * a1**k + c2 * b2 * a2**k
+print("updated kernel - target kernel:", sp.simplify(Kf.subs(upd) - cs1 * bs1 * as1**k))
 """)
