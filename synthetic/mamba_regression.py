@@ -1,0 +1,413 @@
+"""Real Mamba runs: SDT vs. LoRA on Mamba blocks, regression to a smaller target (Galim et al., ICML 2025,
+Sec. 6, the S6/Mamba counterpart of Figure 2; official plots: SDT vs. LoRA (S6+Proj) loss curves).
+
+Setup: a *frozen* residual stack of Mamba blocks (deeper, more states) is fine-tuned so that its output
+matches a *target* stack (one block, fewer states) on fresh random sequences; loss = MSE over all
+tokens. Both are randomly initialised with the backend's own block class (mamba-ssm's ``Mamba`` on the
+``mamba_ssm`` backend, :class:`synthetic.mamba_ref.MambaRef` on ``reference``). Methods
+(:data:`synthetic.mamba_peft.METHODS`): Frozen; LoRA (Proj); LoRA (S6+Proj); SDT (channels chosen by
+Algorithm 1); SDT + LoRA; Full. Each (method, budget) is the best of a learning-rate grid.
+
+Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.json`` (one record per run, resumable),
+``mamba_mse_vs_params_<preset>.png`` and ``mamba_loss_curves_<preset>.png``.
+
+    python -m synthetic.mamba_regression                 # auto: mamba_ssm + paper preset on a GPU, else CPU preset
+    python -m synthetic.mamba_regression --preset paper --backend mamba_ssm --out figures
+    python -m synthetic.mamba_regression --plot-only --preset paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .mamba_peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
+                         frozen_param_count, get_backend, mamba_ssm_available, residual_stack, select_channels,
+                         trainable_count)
+from .mamba_ref import block_weights
+from .progress import progress
+from .sweep import ResultsFile, best_of_grid, environment, is_diverged, plot_mse_vs_params, run_key
+
+METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full")
+
+
+@dataclass(frozen=True)
+class MambaRegressionConfig:
+    """Every field is a CLI option (``--d-model 64``; tuples as comma lists: ``--lrs 1e-3,3e-3``)."""
+
+    preset: str = "cpu"  # named config (PRESETS); other options override its fields
+    backend: str = "auto"  # mamba_ssm | reference | auto (mamba_ssm if CUDA and the package are present)
+    fused: bool = True  # use mamba_inner_fn when causal-conv1d is installed (mamba_ssm backend)
+    device: str = "auto"  # auto | cpu | cuda
+    d_model: int = 16
+    expand: int = 2
+    frozen_layers: int = 2
+    frozen_d_state: int = 8
+    target_layers: int = 1
+    target_d_state: int = 4
+    batch: int = 8
+    seq_len: int = 32
+    iters: int = 60
+    eval_every: int = 10
+    eval_batches: int = 2
+    warmup_iters: int = 10  # Algorithm 1's warm-up of the S6 parameters
+    warmup_lr: float = 1e-2
+    weight_decay: float = 0.01
+    lrs: Tuple[float, ...] = (1e-2, 3e-3)  # swept in this order: a truncated sweep has every point at the first lr
+    seeds: Tuple[int, ...] = (0,)
+    model_seed: int = 0  # seeds the frozen and target models (shared by all runs)
+    lora_ranks: Tuple[int, ...] = (1, 2)
+    sdt_channels: Tuple[int, ...] = (8, 16)  # channels per layer
+    sdt_lora: Tuple[str, ...] = ("8x1",)  # "<channels>x<rank>"
+    methods: Tuple[str, ...] = METHOD_ORDER
+    time_budget_s: float = 0.0  # stop starting new runs after this many seconds (0: no limit); rerun to resume
+    threads: int = 1  # torch CPU threads on the CPU device (tiny ops: one thread is fastest; 0 = torch default)
+    out: str = "figures"
+    plot_only: bool = False
+
+
+PRESETS: Dict[str, MambaRegressionConfig] = {
+    # < 3 minutes on 2 CPU cores with the reference scan
+    "cpu": MambaRegressionConfig(),
+    # the GPU configuration (mamba_ssm backend); ~1000 iterations as the paper's Mamba loss curves
+    "paper": MambaRegressionConfig(
+        preset="paper", d_model=64, expand=2, frozen_layers=4, frozen_d_state=16, target_layers=1,
+        target_d_state=8, batch=64, seq_len=256, iters=1000, eval_every=50, eval_batches=4, warmup_iters=50,
+        warmup_lr=1e-2, lrs=(3e-3, 1e-2, 1e-3), seeds=(0,), lora_ranks=(1, 2, 4, 8),
+        sdt_channels=(16, 32, 64, 128), sdt_lora=("16x1", "32x2", "64x4")),
+    # seconds; for tests
+    "tiny": MambaRegressionConfig(
+        preset="tiny", d_model=8, frozen_layers=2, frozen_d_state=4, target_d_state=2, batch=2, seq_len=8,
+        iters=6, eval_every=3, eval_batches=1, warmup_iters=2, lrs=(1e-2,), lora_ranks=(1,), sdt_channels=(4,),
+        sdt_lora=("4x1",)),
+}
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _parse_field(f: dataclasses.Field, s: str):
+    default = f.default
+    if isinstance(default, bool):
+        if s.lower() in ("1", "true", "yes"):
+            return True
+        if s.lower() in ("0", "false", "no"):
+            return False
+        raise argparse.ArgumentTypeError(f"--{f.name}: expected true/false, got {s!r}")
+    if isinstance(default, tuple):
+        typ = type(default[0]) if default else str
+        return tuple(typ(x) for x in s.split(",") if x.strip())
+    return type(default)(s)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
+    """Parse CLI options into a config: start from ``--preset`` (default: paper if mamba-ssm and CUDA
+    are available, else cpu), then apply the options given. Unknown options are rejected."""
+    p = argparse.ArgumentParser(prog="python -m synthetic.mamba_regression", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
+    for f in dataclasses.fields(MambaRegressionConfig):
+        opt = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(opt, nargs="?", const="true", default=None, metavar="BOOL",
+                           help=f"(default {f.default})")
+        else:
+            p.add_argument(opt, default=None, help=f"(default {f.default!r})")
+    ns = p.parse_args(argv)  # exits with an error on unknown options
+    preset = ns.preset or ("paper" if mamba_ssm_available() else "cpu")
+    if preset not in PRESETS:
+        p.error(f"--preset: one of {sorted(PRESETS)}, got {preset!r}")
+    cfg = PRESETS[preset]
+    over = {}
+    for f in dataclasses.fields(MambaRegressionConfig):
+        v = getattr(ns, f.name)
+        if v is not None and f.name != "preset":
+            try:
+                over[f.name] = _parse_field(f, v)
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                p.error(str(e))
+    cfg = dataclasses.replace(cfg, preset=preset, **over)
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad:
+        p.error(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ the grid
+def budgets(cfg: MambaRegressionConfig, method: str) -> List[dict]:
+    """The budget dicts swept for one method."""
+    if method in ("Frozen", "Full"):
+        return [{}]
+    if method in ("LoRA (Proj)", "LoRA (S6+Proj)"):
+        return [{"rank": r} for r in cfg.lora_ranks]
+    if method == "SDT":
+        return [{"channels": c} for c in cfg.sdt_channels]
+    if method == "SDT + LoRA":
+        return [{"channels": int(c), "rank": int(r)} for c, r in (s.split("x") for s in cfg.sdt_lora)]
+    raise ValueError(f"method: no budget grid for {method!r}")
+
+
+def budget_label(b: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(b.items())) or "-"
+
+
+def run_grid(cfg: MambaRegressionConfig) -> List[dict]:
+    """All runs, ordered so the central comparison (SDT vs LoRA (S6+Proj)) comes first, then by seed."""
+    order = ["Frozen", "SDT", "LoRA (S6+Proj)", "SDT + LoRA", "LoRA (Proj)", "Full"]
+    runs = []
+    for seed in cfg.seeds:
+        for i, lr in enumerate(cfg.lrs):  # lr outermost: every (method, budget) gets the first lr first
+            for m in [m for m in order if m in cfg.methods]:
+                if m == "Frozen" and i > 0:
+                    continue
+                for b in budgets(cfg, m):
+                    runs.append({"method": m, "budget": b, "lr": 0.0 if m == "Frozen" else lr, "seed": seed})
+    return runs
+
+
+# ----------------------------------------------------------------------------------- the models
+class Experiment:
+    """Frozen and target stacks, data streams and one training run per grid point."""
+
+    def __init__(self, cfg: MambaRegressionConfig, backend: Backend, device: torch.device):
+        self.cfg, self.backend, self.device = cfg, backend, device
+        torch.manual_seed(cfg.model_seed)
+        self.frozen_blocks = [backend.make_block(cfg.d_model, cfg.frozen_d_state, cfg.expand, device)
+                              for _ in range(cfg.frozen_layers)]
+        torch.manual_seed(cfg.model_seed + 1)
+        self.target_blocks = [backend.make_block(cfg.d_model, cfg.target_d_state, cfg.expand, device)
+                              for _ in range(cfg.target_layers)]
+        for b in self.frozen_blocks + self.target_blocks:
+            b.requires_grad_(False)
+        self.layer_weights = [block_weights(b) for b in self.frozen_blocks]
+        self.dt_rank = self.frozen_blocks[0].dt_rank
+        self.n_frozen = frozen_param_count(self.layer_weights)
+        g = torch.Generator(device="cpu").manual_seed(10_000 + cfg.model_seed)
+        self.eval_x = [self._inputs(g) for _ in range(cfg.eval_batches)]
+        with torch.no_grad():
+            self.eval_y = [residual_stack(self.target_blocks, x) for x in self.eval_x]
+        self._scores: Dict[int, List[torch.Tensor]] = {}
+
+    def _inputs(self, g: torch.Generator) -> torch.Tensor:
+        c = self.cfg
+        return torch.randn(c.batch, c.seq_len, c.d_model, generator=g).to(self.device)  # (Bt, N, d_model)
+
+    def batch(self, g: torch.Generator):
+        x = self._inputs(g)
+        with torch.no_grad():
+            y = residual_stack(self.target_blocks, x)
+        return x, y
+
+    def eval_mse(self, model: PeftMambaStack) -> float:
+        with torch.no_grad():
+            tot = sum(float(torch.mean((model(x, self.backend) - y) ** 2)) for x, y in zip(self.eval_x, self.eval_y))
+        return tot / len(self.eval_x)
+
+    def stack(self, config: MambaPeftConfig, channels=None, seed: int = 0) -> PeftMambaStack:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        return PeftMambaStack(self.layer_weights, d_state=self.cfg.frozen_d_state, dt_rank=self.dt_rank,
+                              config=config, channels=channels, generator=g).to(self.device)
+
+    def sdt_scores(self, seed: int) -> List[torch.Tensor]:
+        """Algorithm 1, steps 1-2 for S6: warm up A_log, x_proj, dt_proj on a copy; score channels
+        per layer by the change of Ā on a probe batch (cached per seed)."""
+        if seed in self._scores:
+            return self._scores[seed]
+        c = self.cfg
+        model = self.stack(MambaPeftConfig(full=S6_NAMES), seed=seed)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
+                                weight_decay=c.weight_decay)
+        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
+        for _ in range(c.warmup_iters):
+            x, y = self.batch(g)
+            loss = torch.mean((model(x, self.backend) - y) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        probe = self.eval_x[0]
+        scores, h = [], probe
+        with torch.no_grad():
+            for w_before, blk_f, blk_w in zip(self.layer_weights, self.frozen_blocks, model.blocks):
+                scores.append(abar_change_scores(w_before, blk_w.effective_weights(), h, c.frozen_d_state,
+                                                 self.dt_rank).cpu())
+                h = h + blk_f(h)  # the frozen model's input to the next layer
+        self._scores[seed] = scores
+        return scores
+
+    def train(self, method: str, budget: dict, lr: float, seed: int) -> dict:
+        c = self.cfg
+        t0 = time.perf_counter()
+        config = METHODS[method](budget)
+        channels = None
+        if config.sdt_channels:
+            channels = [select_channels(s, config.sdt_channels) for s in self.sdt_scores(seed)]
+        torch.manual_seed(seed)
+        model = self.stack(config, channels, seed=seed)
+        n_train = trainable_count(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        g = torch.Generator(device="cpu").manual_seed(30_000 + seed)
+        losses, evals, status = [], [(0, self.eval_mse(model))], "ok"
+        if params and c.iters > 0:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
+            buf = torch.zeros(c.iters, device=self.device)
+            for it in range(c.iters):
+                x, y = self.batch(g)
+                loss = torch.mean((model(x, self.backend) - y) ** 2)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                buf[it] = loss.detach()
+                if (it + 1) % c.eval_every == 0 or it + 1 == c.iters:
+                    ev = self.eval_mse(model)
+                    evals.append((it + 1, ev))
+                    if is_diverged(ev):
+                        status = "diverged"
+                        break
+            losses = [float(v) for v in buf[: it + 1].cpu()]
+        ev_vals = [v for _, v in evals]
+        finite = [v for v in ev_vals if not is_diverged(v)]
+        return {
+            "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
+            "trainable_count": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
+            "best_mse": min(finite) if finite and status == "ok" else None,
+            "final_mse": ev_vals[-1] if status == "ok" else None, "status": status,
+            "loss_curve": losses, "eval_curve": evals, "sdt_channels": channels,
+            "wall_time_s": time.perf_counter() - t0,
+        }
+
+
+# ----------------------------------------------------------------------------------------- main
+def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
+    out = Path(cfg.out)
+    return {"json": out / f"mamba_regression_{cfg.preset}.json",
+            "mse": out / f"mamba_mse_vs_params_{cfg.preset}",
+            "curves": out / f"mamba_loss_curves_{cfg.preset}.png"}
+
+
+def _config_dict(cfg: MambaRegressionConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    for k in ("out", "plot_only", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods"):
+        d.pop(k)  # not part of what a run computes (a run key holds its own lr and seed)
+    return d
+
+
+def run(cfg: MambaRegressionConfig) -> Path:
+    paths = out_paths(cfg)
+    if cfg.plot_only:
+        plot(paths)
+        return paths["json"]
+    backend = get_backend(cfg.backend, fused=cfg.fused)
+    dev = torch.device(("cuda" if torch.cuda.is_available() and backend.name == "mamba_ssm" else "cpu")
+                       if cfg.device == "auto" else cfg.device)
+    if dev.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env = environment()
+    commit = os.environ.get("GIT_COMMIT") or env["commit"]
+    cdict = _config_dict(cfg)
+    rf = ResultsFile(paths["json"])
+    done = rf.completed_keys()
+    grid = run_grid(cfg)
+    todo = [r for r in grid if run_key({**r, "config": cdict, "backend": backend.name}) not in done]
+    print(f"mamba_regression: preset {cfg.preset}, backend {backend.name} (mamba-ssm {backend.version}, "
+          f"fused {backend.inner_fn is not None}), device {dev}; {len(grid) - len(todo)} of {len(grid)} runs done",
+          file=sys.stderr)
+    t_start = time.perf_counter()
+    exp = Experiment(cfg, backend, dev) if todo else None
+    for r in progress(todo, desc="mamba runs"):
+        if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+            print("mamba_regression: time budget reached; rerun the same command to resume", file=sys.stderr)
+            break
+        key = run_key({**r, "config": cdict, "backend": backend.name})
+        try:
+            rec = exp.train(r["method"], r["budget"], r["lr"], r["seed"])
+        except torch.cuda.OutOfMemoryError as e:  # record and go on; the grid point is shown as failed
+            rec = {**r, "budget_label": budget_label(r["budget"]), "status": f"error: {type(e).__name__}",
+                   "best_mse": None, "final_mse": None, "trainable_pct": None}
+        rec.update(key=key, config=cdict, backend=backend.name, mamba_ssm_version=backend.version,
+                   fused=backend.inner_fn is not None, device=env["device"] if dev.type == "cuda" else "cpu",
+                   commit=commit, frozen_params=exp.n_frozen)
+        rf.append(rec)
+    plot(paths)
+    summary(rf.load())
+    return paths["json"]
+
+
+def summary(records: Sequence[dict]) -> List[dict]:
+    rows = best_of_grid(records, group_keys=("method", "budget_label"))
+    print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}")
+    for r in sorted(rows, key=lambda r: (METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99,
+                                         r["trainable_pct"] or 0)):
+        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
+        print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}")
+    return rows
+
+
+def plot(paths: Dict[str, Path]) -> None:
+    """Both figures from the results file alone."""
+    records = ResultsFile(paths["json"]).load()
+    if not records:
+        print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
+        return
+    rows = best_of_grid(records, group_keys=("method", "budget_label"))
+    r0 = records[0]
+    cfg = r0.get("config", {})
+    note = (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {r0.get('device')}; "
+            f"frozen {cfg.get('frozen_layers')}x Mamba(d_model {cfg.get('d_model')}, H {cfg.get('frozen_d_state')}), "
+            f"target {cfg.get('target_layers')}x (H {cfg.get('target_d_state')}); {cfg.get('iters')} AdamW iters, "
+            f"best lr per point; commit {r0.get('commit')}")
+    plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note,
+                       title="Mamba regression: MSE vs. trainable parameters")
+    plot_loss_curves(records, rows, paths["curves"], note)
+
+
+def plot_loss_curves(records: Sequence[dict], rows: Sequence[dict], path: Path, note: str = "") -> None:
+    """Training loss over iterations: SDT vs LoRA (S6+Proj), each budget at its best lr, seed 0 run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = {(r["method"], r["budget_label"]): r["lr"] for r in rows if r.get("lr") is not None}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    styles = {"SDT": "-", "LoRA (S6+Proj)": "--"}
+    cmap = plt.get_cmap("viridis")
+    for m, ls in styles.items():
+        recs = sorted((r for r in records if r["method"] == m and r.get("status") == "ok"
+                       and best.get((m, r["budget_label"])) == r["lr"] and r["seed"] == min(
+                           x["seed"] for x in records if x["method"] == m)), key=lambda r: r["trainable_pct"])
+        for i, r in enumerate(recs):
+            y = r["loss_curve"]
+            k = max(1, len(y) // 200)  # running mean over k iterations for readability
+            ys = [sum(y[j:j + k]) / len(y[j:j + k]) for j in range(0, len(y), k)]
+            ax.plot([j + k / 2 for j in range(0, len(y), k)], ys, ls=ls, color=cmap(i / max(1, len(recs) - 1) * 0.85),
+                    label=f"{m}, {r['trainable_pct']:.2f}% (lr {r['lr']:g})")
+    frozen = [r for r in records if r["method"] == "Frozen" and r.get("final_mse") is not None]
+    if frozen:
+        ax.axhline(frozen[0]["final_mse"], color="k", lw=0.8, ls=":", label="Frozen (eval MSE)")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training MSE")
+    ax.set_title("Mamba regression: SDT vs. LoRA (S6+Proj), best lr per budget", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=5.5, va="bottom", ha="left", wrap=True)
+    fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
