@@ -19,6 +19,12 @@ rank for (target parameters ↦ response), the dimension of the target family.
   target dimension proves insufficiency for *every* layout of that budget.
 - Jacobian rank >= target dimension is necessary, not sufficient: the image may be a different
   set of that dimension. Sufficiency comes from the explicit construction in ``theorem1.py``.
+  In practice the image of a budget is larger than the target family (it also reaches functions with
+  residual paths), so at small D the Jacobian test excludes little; two structural arguments (stated
+  and checked in ``theorem1.py``) decide the rest of the table: the zero block (skip inside: an exact
+  update of this layout has ``W_m[S_{m+1}, S_m] = 0``, so LoRA rank ``≥ min(|S_m|, |S_{m+1}|)``) and,
+  for skip outside, that pass-through channels are never mixed (exact Gröbner check at D = 2:
+  :func:`groebner_oracle`).
 
 The layout probed is the construction's: layer ``m`` of a group tunes the ``H*`` first states (``a``,
 ``c``; ``b`` frozen) of channel block ``S_m`` (``⌈D/M⌉`` channels), prunes every other kernel entry,
@@ -282,6 +288,7 @@ class ProbeRow:
     free_dim: int
     target_dim: int
     target_gap: float
+    zero_block_bound: int  # LoRA rank every exact update of this layout needs (theorem1.zero_block_bounds)
     verdict: str
     construction: bool  # the explicit construction of theorem1.py reaches every generic target
 
@@ -303,16 +310,33 @@ def probe(cfg: ProbeConfig, seed: int = 0) -> ProbeRow:
     bm_free = bm.free_dim
     q = cfg.L // cfg.L_star
     construction = cfg.skip == "inside" and cfg.rank >= math.ceil(cfg.D / q)
+    zb = zero_block_bound(cfg)
     if bm_free < t_rank:
         verdict = "insufficient (count)"
     elif b_rank < t_rank:
         verdict = "insufficient (Jacobian)"
+    elif cfg.skip == "outside" and cfg.D >= 2 and max(len(b) for b in cfg.blocks) < cfg.D:
+        verdict = "insufficient (outside: no mixing of pass-through)"
+    elif cfg.rank < zb:
+        verdict = "insufficient (zero block)"
     elif construction:
         verdict = "sufficient (construction)"
     else:
         verdict = "not excluded"
     return ProbeRow(cfg.D, cfg.L, cfg.L_star, cfg.H, cfg.H_star, cfg.rank, cfg.skip, b_rank, b_gap, bm_free,
-                    t_rank, t_gap, verdict, construction)
+                    t_rank, t_gap, zb, verdict, construction)
+
+
+def zero_block_bound(cfg: ProbeConfig) -> int:
+    """``max min(|S_m|, |S_{m+1}|)`` over consecutive layers of one group that both tune channels: the
+    LoRA rank every exact update of this layout needs with ``skip="inside"`` (the zero block
+    ``W_m[S_{m+1}, S_m] = 0`` against a generic frozen block; see ``theorem1.zero_block_bounds``)."""
+    bound = 0
+    for M in group_sizes(cfg.L, cfg.L_star):
+        blks = channel_blocks(cfg.D, M)
+        for b0, b1 in zip(blks, blks[1:]):
+            bound = max(bound, min(len(b0), len(b1)))
+    return bound
 
 
 def target_dim_formula(D: int, L_star: int, H_star: int) -> int:
@@ -362,15 +386,77 @@ def s6_obstruction_instance(D: int = 2, H_star: int = 1, R_star: int = 1, s: int
             "proj_rank": proj_rank, "needed": (D - s) + proj_rank + s, "available": D}
 
 
+# ----------------------------------------------------------------------------------- exact oracle
+def groebner_oracle(skip: str, layout: Tuple[int, int], lora_rank: Optional[int] = None,
+                    all_in_last: bool = False, seed: int = 0) -> bool:
+    """Exact (sympy Gröbner basis over Q) solvability for the smallest case: D = 2, L = 2, L* = 1,
+    H* = 1, rational random target ``W* diag(c*/(1 − a* z))`` and frozen ``W0_1``.
+
+    Unknowns: the tuned channel's ``a, c`` in each layer (``layout = (p1, p2)``: the position each layer
+    tunes, the other kernel pruned), ``u`` and ``W`` of both layers; ``W_1 = W0_1 + b aᵀ`` when
+    ``lora_rank = 1``, ``W_1 = W0_1`` when 0, free when None; ``W_2`` free (the last projection).
+    ``all_in_last``: layer 1 tunes nothing, layer 2 tunes both channels (the weaker budget).
+    Equations: the numerators of ``T(z) − T*(z)`` coefficient-wise in z (the bias is free in both and
+    left out). Returns True iff the system has a complex solution (Gröbner basis ≠ {1})."""
+    import random
+
+    import sympy as sp
+
+    check_choice("skip", skip, ("inside", "outside"))
+    rnd = random.Random(seed)
+
+    def q():
+        return sp.Rational(rnd.choice([-1, 1]) * rnd.randint(1, 9), rnd.randint(1, 9))
+
+    z = sp.symbols("z")
+    W_star = sp.Matrix(2, 2, [q() for _ in range(4)])
+    a_star = [sp.Rational(1, 2), sp.Rational(-1, 3)]
+    c_star = [q(), q()]
+    W0 = sp.Matrix(2, 2, [q() for _ in range(4)])
+    W2 = sp.Matrix(2, 2, sp.symbols("w2_0:4"))
+    if lora_rank is None:
+        W1 = sp.Matrix(2, 2, sp.symbols("w1_0:4"))
+    elif lora_rank == 0:
+        W1 = W0
+    elif lora_rank == 1:
+        bb, aa = sp.Matrix(sp.symbols("lb0:2")), sp.Matrix(sp.symbols("la0:2"))
+        W1 = W0 + bb * aa.T
+    else:
+        raise ValueError(f"lora_rank: must be None, 0 or 1, got {lora_rank!r}")
+    u1, u2 = sp.symbols("u1_0:2"), sp.symbols("u2_0:2")
+
+    def layer(W, u, tuned, tag):
+        k = [sp.Integer(0), sp.Integer(0)]
+        for p in tuned:
+            a_, c_ = sp.symbols(f"a{tag}_{p} c{tag}_{p}")
+            k[p] = c_ / (1 - a_ * z)
+        K, U = sp.diag(*k), sp.diag(*u)
+        return W * (K + U) if skip == "inside" else W * K + U
+
+    tuned1, tuned2 = ((), (0, 1)) if all_in_last else ((layout[0],), (layout[1],))
+    T = layer(W2, u2, tuned2, "2") * layer(W1, u1, tuned1, "1")
+    T_star = W_star * sp.diag(*[c_star[d] / (1 - a_star[d] * z) for d in range(2)])
+    eqs = []
+    for i in range(2):
+        for j in range(2):
+            num = sp.together(T[i, j] - T_star[i, j]).as_numer_denom()[0]
+            eqs += sp.Poly(sp.expand(num), z).coeffs()
+    syms = sorted(set().union(*[e.free_symbols for e in eqs]), key=str)
+    G = sp.groebner(eqs, *syms, order="grevlex")
+    return list(G.exprs) != [1]
+
+
 # ----------------------------------------------------------------------------------- table + figure
 def default_configs() -> List[ProbeConfig]:
-    """The table's grid: L*=1 and L*=2 (incl. a non-divisible L), D growing, ranks 1..⌈D/⌊L/L*⌋⌉,
+    """The table's grid: L*=1 and L*=2 (incl. non-divisible L), D growing, ranks 1..⌈D/⌊L/L*⌋⌉,
     plus skip outside at the paper's channel budget with full-rank LoRA."""
     out = []
     for (D, L, Ls) in [(4, 2, 1), (6, 2, 1), (6, 3, 1), (4, 4, 2), (6, 4, 2), (8, 4, 2), (10, 4, 2), (5, 5, 2)]:
         top = math.ceil(D / (L // Ls))
         for r in range(1, top + 1):
             out.append(ProbeConfig(D, L, Ls, 2, 1, r, "inside"))
+    # L* does not divide L: the one-layer group must process all 12 channels; r = 1 is excluded by count
+    out += [ProbeConfig(12, 3, 2, 2, 1, r, "inside") for r in (1, 2, 3, 6, 12)]
     for (D, L, Ls) in [(4, 2, 1), (4, 4, 2), (6, 4, 2)]:
         out.append(ProbeConfig(D, L, Ls, 2, 1, D, "outside"))
     return out
@@ -394,11 +480,11 @@ def run_table(configs: Sequence[ProbeConfig], seed: int = 0) -> List[ProbeRow]:
 
 
 def format_rows(rows: Sequence[ProbeRow]) -> str:
-    head = "skip     D  L  L*  H  H*  r  ⌈L/L*⌉ ⌈DL*/L⌉  Jac.rank  free  target  verdict"
+    head = "skip     D  L  L*  H  H*  r  ⌈L/L*⌉ ⌈DL*/L⌉  Jac.rank  free  target  zero-blk  verdict"
     lines = [head]
     for r in rows:
         lines.append(f"{r.skip:7s} {r.D:2d} {r.L:2d} {r.L_star:3d} {r.H:2d} {r.H_star:3d} {r.rank:2d} "
-                     f"{r.rank_brief:7d} {r.rank_zeng_lee:8d} {r.budget_rank:9d} {r.free_dim:5d} {r.target_dim:7d}  "
+                     f"{r.rank_brief:7d} {r.rank_zeng_lee:8d} {r.budget_rank:9d} {r.free_dim:5d} {r.target_dim:7d} {r.zero_block_bound:9d}  "
                      f"{r.verdict}")
     return "\n".join(lines)
 
@@ -416,43 +502,53 @@ def asymptotic_rows(L: int = 4, L_star: int = 2, H_star: int = 1, Ds=(4, 8, 16, 
     return out
 
 
+VERDICT_COLORS = {"sufficient (construction)": "tab:green", "not excluded": "tab:gray",
+                  "insufficient (zero block)": "tab:orange", "insufficient (Jacobian)": "tab:red",
+                  "insufficient (count)": "darkred", "insufficient (outside: no mixing of pass-through)": "tab:purple"}
+
+
 def plot(data: Dict, path: str) -> None:
-    """Draw the probe's verdicts from the JSON data (left: Jacobian rank − target dim per rank r;
-    right: count-only threshold vs D)."""
+    """Draw the probe's verdicts from the JSON data. Left: one row per (skip, D, L, L*), one dot per
+    LoRA rank r, coloured by verdict; ▲ marks ⌈L/L*⌉, □ marks ⌈D·L*/L⌉. Right: for growing D, the smallest
+    rank the parameter count allows vs ⌈D·L*/L⌉ and ⌈L/L*⌉."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = data["rows"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-    groups: Dict[Tuple, List[Dict]] = {}
+    keys = []
     for r in rows:
-        if r["skip"] == "inside":
-            groups.setdefault((r["D"], r["L"], r["L_star"]), []).append(r)
-    for (D, L, Ls), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["rank"])
-        ax1.plot([r["rank"] for r in rs], [r["budget_rank"] - r["target_dim"] for r in rs], "o-",
-                 label=f"D={D} L={L} L*={Ls} (⌈DL*/L⌉={math.ceil(D * Ls / L)})")
+        k = (r["skip"], r["D"], r["L"], r["L_star"])
+        if k not in keys:
+            keys.append(k)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    seen = set()
     for r in rows:
-        if r["skip"] == "outside":
-            ax1.plot([r["rank"]], [r["budget_rank"] - r["target_dim"]], "kx", ms=9)
-    ax1.axhline(0, color="gray", lw=0.8)
-    ax1.set_xlabel("LoRA rank r")
-    ax1.set_ylabel("Jacobian rank − target dimension")
-    ax1.set_title("probe (skip inside; x: skip outside, full-rank LoRA)")
-    ax1.legend(fontsize=7)
+        y = keys.index((r["skip"], r["D"], r["L"], r["L_star"]))
+        lab = r["verdict"] if r["verdict"] not in seen else None
+        seen.add(r["verdict"])
+        ax1.scatter([r["rank"]], [y], s=90, color=VERDICT_COLORS.get(r["verdict"], "k"), label=lab, zorder=3)
+    for y, (skip, D, L, Ls) in enumerate(keys):
+        ax1.scatter([math.ceil(L / Ls)], [y + 0.28], marker="^", color="k", s=30)
+        ax1.scatter([math.ceil(D * Ls / L)], [y - 0.28], marker="s", facecolors="none", edgecolors="k", s=40)
+    ax1.set_yticks(range(len(keys)))
+    ax1.set_yticklabels([f"{s} D={D} L={L} L*={Ls}" for s, D, L, Ls in keys], fontsize=8)
+    ax1.set_xlabel("LoRA rank r  (▲ ⌈L/L*⌉, □ ⌈D·L*/L⌉)")
+    ax1.set_title("Theorem 1 budgets (H=2, H*=1): verdict per LoRA rank", fontsize=10)
+    ax1.legend(fontsize=7, loc="lower right")
+    ax1.grid(alpha=0.3)
     asym = data["asymptotic"]
     Ds = [a["D"] for a in asym]
-    ax2.plot(Ds, [a["min_count_feasible_rank"] for a in asym], "o-", label="smallest rank the count allows")
-    ax2.plot(Ds, [a["rank_zeng_lee"] for a in asym], "s--", label="⌈D·L*/L⌉ (construction)")
+    ax2.plot(Ds, [a["min_count_feasible_rank"] for a in asym], "o-", label="smallest rank the count allows (any layout)")
+    ax2.plot(Ds, [a["rank_zeng_lee"] for a in asym], "s--", label="⌈D·L*/L⌉ (construction; zero-block bound)")
     ax2.plot(Ds, [a["rank_brief"] for a in asym], "^:", label="⌈L/L*⌉ (brief's reading)")
     ax2.set_xscale("log", base=2)
-    ax2.set_yscale("log", base=2)
     ax2.set_xlabel("D")
     ax2.set_ylabel("LoRA rank")
     a0 = asym[0]
-    ax2.set_title(f"parameter count, L={a0['L']} L*={a0['L_star']} H*={a0['H_star']}")
+    ax2.set_title(f"parameter count vs target dimension, L={a0['L']} L*={a0['L_star']} H*={a0['H_star']}",
+                  fontsize=10)
     ax2.legend(fontsize=8)
     fig.tight_layout()
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
@@ -465,15 +561,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="figures/theorem1_capacity.json")
     p.add_argument("--figure", default="figures/theorem1_capacity.png")
     p.add_argument("--replot", action="store_true", help="redraw the figure from the existing JSON only")
+    p.add_argument("--quick", action="store_true", help="a tiny grid (for tests and smoke runs)")
     args = p.parse_args(argv)
     if args.replot:
         with open(args.out) as fh:
             data = json.load(fh)
     else:
         t0 = time.time()
-        rows = run_table(default_configs(), args.seed)
+        configs = default_configs() if not args.quick else [ProbeConfig(4, 2, 1, 2, 1, r) for r in (1, 2)] + [
+            ProbeConfig(4, 2, 1, 2, 1, 4, "outside")]
+        rows = run_table(configs, args.seed)
         print(format_rows(rows))
-        data = {"config": {"seed": args.seed, "rank_rtol": RANK_RTOL, "H": 2, "H_star": 1},
+        data = {"config": {"seed": args.seed, "rank_rtol": RANK_RTOL, "H": 2, "H_star": 1, "quick": args.quick,
+                           "torch": torch.__version__},
                 "rows": [dict(asdict(r), rank_brief=r.rank_brief, rank_zeng_lee=r.rank_zeng_lee) for r in rows],
                 "asymptotic": asymptotic_rows()}
         for a in data["asymptotic"]:
@@ -481,6 +581,14 @@ def main(argv=None) -> int:
         data["s6_obstruction"] = [s6_obstruction_instance(D, 1, 1, s, seed=args.seed) for D, s in [(2, 1), (4, 2), (8, 4)]]
         for o in data["s6_obstruction"]:
             print("S6 obstruction:", o)
+        data["groebner_D2"] = {f"{skip} layout={lay} lora_rank={r}": groebner_oracle(skip, lay, r)
+                               for skip, lay, r in [("inside", (0, 1), 1), ("inside", (0, 1), 0),
+                                                    ("outside", (0, 1), None), ("outside", (1, 0), None),
+                                                    ("outside", (0, 0), None), ("outside", (1, 1), None)]}
+        data["groebner_D2"]["outside all channels in layer 2, W_1 frozen"] = groebner_oracle(
+            "outside", (0, 0), 0, all_in_last=True)
+        for k, v in data["groebner_D2"].items():
+            print(f"Gröbner D=2 L=2 L*=1 {k}: {'solvable' if v else 'no solution'}")
         data["seconds"] = time.time() - t0
         _atomic_write(args.out, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=1)))
     plot(data, args.figure)
