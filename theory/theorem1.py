@@ -37,8 +37,8 @@ Construction for ``skip="inside"`` (the paper's budget; exact):
   pass-through channels are only scaled, never mixed; the content of a channel processed in layer ``m``
   reaches another channel ``i`` only through ``W_m[i, d]``, and ``i`` must not be processed later
   (its kernel would convolve that content again). For a dense ``W*`` this forces every channel of a
-  target layer to be processed in one frozen layer (``capacity.py`` checks the paper budget's
-  deficit numerically). The construction therefore processes all ``D`` channels in the last layer of
+  target layer to be processed in one frozen layer (``capacity.groebner_oracle`` confirms it exactly
+  at D = 2: no layout with one channel per layer has a solution, even with both projections free). The construction therefore processes all ``D`` channels in the last layer of
   each group with ``W = W*_l`` (a full-rank update; the last layer's is the allowed full update), and
   makes the other layers identities (all channels pruned, ``u = 1``, ``β = 0``, ``W`` untouched).
 
