@@ -57,13 +57,13 @@ class MambaRegressionConfig:
     target_d_state: int = 4
     batch: int = 8
     seq_len: int = 32
-    iters: int = 60
-    eval_every: int = 10
+    iters: int = 150
+    eval_every: int = 25
     eval_batches: int = 2
     warmup_iters: int = 10  # Algorithm 1's warm-up of the S6 parameters
     warmup_lr: float = 1e-2
     weight_decay: float = 0.01
-    lrs: Tuple[float, ...] = (1e-2, 3e-3)  # swept in this order: a truncated sweep has every point at the first lr
+    lrs: Tuple[float, ...] = (3e-2, 1e-2)  # swept in this order: a truncated sweep has every point at the first lr
     seeds: Tuple[int, ...] = (0,)
     model_seed: int = 0  # seeds the frozen and target models (shared by all runs)
     lora_ranks: Tuple[int, ...] = (1, 2)
@@ -83,7 +83,7 @@ PRESETS: Dict[str, MambaRegressionConfig] = {
     "paper": MambaRegressionConfig(
         preset="paper", d_model=64, expand=2, frozen_layers=4, frozen_d_state=16, target_layers=1,
         target_d_state=8, batch=64, seq_len=256, iters=1000, eval_every=50, eval_batches=4, warmup_iters=50,
-        warmup_lr=1e-2, lrs=(3e-3, 1e-2, 1e-3), seeds=(0,), lora_ranks=(1, 2, 4, 8),
+        warmup_lr=1e-2, lrs=(1e-2, 3e-2, 3e-3), seeds=(0,), lora_ranks=(1, 2, 4, 8),
         sdt_channels=(16, 32, 64, 128), sdt_lora=("16x1", "32x2", "64x4")),
     # seconds; for tests
     "tiny": MambaRegressionConfig(
@@ -108,32 +108,37 @@ def _parse_field(f: dataclasses.Field, s: str):
     return type(default)(s)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
-    """Parse CLI options into a config: start from ``--preset`` (default: paper if mamba-ssm and CUDA
-    are available, else cpu), then apply the options given. Unknown options are rejected."""
-    p = argparse.ArgumentParser(prog="python -m synthetic.mamba_regression", description=__doc__.split("\n\n")[0],
-                                allow_abbrev=False)
-    for f in dataclasses.fields(MambaRegressionConfig):
+def parse_config(cls, presets: Dict[str, object], default_preset: str, argv: Optional[Sequence[str]], prog: str,
+                 description: str):
+    """Parse CLI options into a ``cls`` dataclass: start from ``--preset`` (default ``default_preset``),
+    then apply the options given (every field is an option; unknown options are rejected)."""
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    fields = dataclasses.fields(cls)
+    for f in fields:
         opt = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
-            p.add_argument(opt, nargs="?", const="true", default=None, metavar="BOOL",
-                           help=f"(default {f.default})")
+            p.add_argument(opt, nargs="?", const="true", default=None, metavar="BOOL", help=f"(default {f.default})")
         else:
             p.add_argument(opt, default=None, help=f"(default {f.default!r})")
     ns = p.parse_args(argv)  # exits with an error on unknown options
-    preset = ns.preset or ("paper" if mamba_ssm_available() else "cpu")
-    if preset not in PRESETS:
-        p.error(f"--preset: one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = PRESETS[preset]
+    preset = ns.preset or default_preset
+    if preset not in presets:
+        p.error(f"--preset: one of {sorted(presets)}, got {preset!r}")
     over = {}
-    for f in dataclasses.fields(MambaRegressionConfig):
+    for f in fields:
         v = getattr(ns, f.name)
         if v is not None and f.name != "preset":
             try:
                 over[f.name] = _parse_field(f, v)
             except (ValueError, argparse.ArgumentTypeError) as e:
                 p.error(str(e))
-    cfg = dataclasses.replace(cfg, preset=preset, **over)
+    return dataclasses.replace(presets[preset], preset=preset, **over), p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
+    """Config from the CLI; the default preset is ``paper`` when mamba-ssm and CUDA are available, else ``cpu``."""
+    cfg, p = parse_config(MambaRegressionConfig, PRESETS, "paper" if mamba_ssm_available() else "cpu", argv,
+                          "python -m synthetic.mamba_regression", __doc__.split("\n\n")[0])
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; choose from {list(METHODS)}")

@@ -1,0 +1,219 @@
+"""CPU checks of the Mamba experiment: reference block vs. theory.s6 (float64), adapters in the compute
+path, SDT masks and counts, Algorithm 1's channel scores, and the reference backend end to end."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from synthetic import mamba_bench, mamba_regression
+from synthetic.mamba_peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock, PeftMambaStack,
+                                  abar_change_scores, channel_roles, get_backend, residual_stack, select_channels)
+from synthetic.mamba_ref import PARAM_NAMES, MambaRef, block_weights, mamba_s6_inputs, selective_scan_reference
+from theory.s6 import selective_scan
+from theory.tolerances import RTOL, rel_err
+
+F64 = torch.float64
+REF = get_backend("reference")
+
+
+def _block(d_model=8, d_state=4, expand=2, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return MambaRef(d_model, d_state=d_state, expand=expand, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------ reference scan
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 12), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_reference_scan_equals_theory_s6(Bt, D, N, H, seed):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(Bt, D, N, generator=g, dtype=F64)
+    delta = torch.rand(Bt, D, N, generator=g, dtype=F64) + 0.01  # positive, as after softplus
+    A = -torch.rand(D, H, generator=g, dtype=F64) * 4
+    B, C = torch.randn(2, Bt, H, N, generator=g, dtype=F64)
+    y, h = selective_scan_reference(u, delta, A, B, C, return_last_state=True)
+    y0, h0 = selective_scan(u, delta, A, B, C, return_state=True)
+    assert rel_err(y, y0) < RTOL[F64] and rel_err(h, h0) < RTOL[F64]
+
+
+def test_block_equals_composition_with_theory_s6():
+    """The whole block in float64 against steps 1-6 written out around theory.s6.selective_scan."""
+    blk = _block(dtype=F64)
+    x = torch.randn(2, 11, 8, dtype=F64)
+    w = blk.weights()
+    xs, z, dt_low, B, C = mamba_s6_inputs(w, x, blk.d_state, blk.dt_rank)
+    delta = torch.nn.functional.softplus(torch.einsum("dr,brn->bdn", w["dt_proj.weight"], dt_low)
+                                         + w["dt_proj.bias"][None, :, None])
+    y = selective_scan(xs, delta, -torch.exp(w["A_log"]), B, C) + w["D"][:, None] * xs
+    y = y * torch.nn.functional.silu(z)
+    expect = torch.einsum("md,bdn->bnm", w["out_proj.weight"], y)
+    assert rel_err(blk(x), expect) < RTOL[F64]
+
+
+def test_conv_is_causal():
+    blk = _block(dtype=F64)
+    x = torch.randn(1, 10, 8, dtype=F64)
+    x2 = x.clone()
+    x2[:, 6:] += 1.0
+    assert torch.equal(blk(x)[:, :6], blk(x2)[:, :6])
+
+
+def test_parameter_layout_matches_mamba_ssm():
+    blk = MambaRef(32, d_state=16, expand=2)
+    shapes = {k: tuple(v.shape) for k, v in blk.named_parameters()}
+    assert set(shapes) == set(PARAM_NAMES)
+    D, R = 64, 2  # dt_rank "auto" = ceil(32 / 16)
+    assert shapes == {"in_proj.weight": (2 * D, 32), "conv1d.weight": (D, 1, 4), "conv1d.bias": (D,),
+                      "x_proj.weight": (R + 32, D), "dt_proj.weight": (D, R), "dt_proj.bias": (D,),
+                      "A_log": (D, 16), "D": (D,), "out_proj.weight": (32, D)}
+    assert torch.allclose(-torch.exp(blk.A_log[0]), -torch.arange(1.0, 17.0))  # S4D-real init
+
+
+# ------------------------------------------------------------------------------------- adapters
+def _nonzero_lora(module, scale=0.05, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        module.lora_B.copy_(scale * torch.randn(module.lora_B.shape, generator=g, dtype=module.lora_B.dtype))
+
+
+@pytest.mark.parametrize("target", LORA_TARGETS)
+def test_each_lora_target_is_in_the_compute_path(target):
+    w = block_weights(_block())
+    x = torch.randn(2, 9, 8)
+    blk = PeftMambaBlock(w, d_state=4, dt_rank=1, config=MambaPeftConfig(lora=(target,), lora_rank=1))
+    base = blk(x, REF).detach()
+    lora = blk.lora[target.replace(".", "__")]
+    _nonzero_lora(lora)
+    out = blk(x, REF)
+    assert not torch.allclose(out, base)
+    out.square().mean().backward()
+    assert lora.lora_A.grad is not None and lora.lora_A.grad.abs().sum() > 0
+    assert lora.lora_B.grad is not None and lora.lora_B.grad.abs().sum() > 0
+
+
+def test_lora_count_and_rank_clamp():
+    w = block_weights(_block())  # D 16, R 1, H 4
+    blk = PeftMambaBlock(w, d_state=4, dt_rank=1, config=METHODS["LoRA (S6+Proj)"]({"rank": 2}))
+    expect = 2 * (32 + 8) + 2 * (8 + 16) + 2 * (9 + 16) + 1 * (16 + 1) + 2 * (16 + 4)  # dt_proj clamped to rank 1
+    assert sum(p.numel() for p in blk.parameters() if p.requires_grad) == expect
+
+
+def test_sdt_count_roles_and_frozen_entries_bit_identical():
+    w = block_weights(_block())
+    chans = [1, 5, 7]
+    blk = PeftMambaBlock(w, d_state=4, dt_rank=1, config=METHODS["SDT"]({"channels": 3}), channels=chans)
+    assert sum(p.numel() for p in blk.parameters() if p.requires_grad) == 3 * 3 * 4  # A_log row + W_B, W_C columns
+    assert blk.roles["A_log"] == "sdt" and blk.roles["x_proj.weight"] == "sdt" and blk.roles["in_proj.weight"] == "frozen"
+    opt = torch.optim.AdamW([p for p in blk.parameters() if p.requires_grad], lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        loss = blk(torch.randn(2, 7, 8), REF).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    eff = blk.effective_weights()
+    train = torch.zeros(16, dtype=torch.bool)
+    train[chans] = True
+    assert torch.equal(eff["A_log"][~train], w["A_log"][~train])
+    assert torch.equal(eff["x_proj.weight"][:, ~train], w["x_proj.weight"][:, ~train])
+    assert torch.equal(eff["x_proj.weight"][:1], w["x_proj.weight"][:1])  # W_dt_down untouched
+    assert not torch.equal(eff["A_log"][train], w["A_log"][train])
+    assert not torch.equal(eff["x_proj.weight"][1:, train], w["x_proj.weight"][1:, train])
+    for k in ("in_proj.weight", "out_proj.weight", "dt_proj.weight", "D", "conv1d.weight"):
+        assert torch.equal(eff[k], w[k])
+
+
+def test_config_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError):
+        MambaPeftConfig(lora=("conv1d.weight",), lora_rank=1)
+    with pytest.raises(ValueError):
+        MambaPeftConfig(lora=("in_proj.weight",), lora_rank=0)
+    with pytest.raises(ValueError):
+        MambaPeftConfig(sdt_channels=2, lora=("A_log",), lora_rank=1)
+    w = block_weights(_block())
+    with pytest.raises(ValueError):
+        PeftMambaBlock(w, d_state=4, dt_rank=1, config=MambaPeftConfig(sdt_channels=2), channels=[0])
+    with pytest.raises(ValueError):
+        channel_roles(4, [0, 0])
+
+
+def test_frozen_stack_equals_frozen_model():
+    blocks = [_block(seed=s) for s in (0, 1)]
+    x = torch.randn(2, 9, 8)
+    stack = PeftMambaStack([block_weights(b) for b in blocks], d_state=4, dt_rank=1, config=METHODS["Frozen"]({}))
+    assert sum(p.numel() for p in stack.parameters() if p.requires_grad) == 0
+    torch.testing.assert_close(stack(x, REF), residual_stack(blocks, x), rtol=0, atol=0)
+
+
+# -------------------------------------------------------------------------- Algorithm 1 for S6
+def test_abar_scores_locate_the_changed_channel():
+    w = block_weights(_block())
+    x = torch.randn(2, 9, 8)
+    assert torch.count_nonzero(abar_change_scores(w, w, x, 4, 1)) == 0
+    w2 = dict(w)
+    w2["A_log"] = w["A_log"].clone()
+    w2["A_log"][3] += 0.5  # Δ does not depend on A_log, so only channel 3's Ā moves
+    s = abar_change_scores(w, w2, x, 4, 1)
+    assert s[3] > 0 and torch.count_nonzero(s) == 1
+    assert select_channels(s, 1) == [3]
+
+
+def test_select_channels_top_k_and_bounds():
+    s = torch.tensor([0.1, 0.5, 0.5, 0.0, 0.9])
+    assert select_channels(s, 3) == [1, 2, 4]
+    assert select_channels(s, 0) == []
+    with pytest.raises(ValueError):
+        select_channels(s, 6)
+
+
+# ----------------------------------------------------------------------------- end to end (CPU)
+def test_regression_reference_backend_end_to_end(tmp_path):
+    argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path)]
+    mamba_regression.main(argv)
+    recs = json.loads((tmp_path / "mamba_regression_tiny.json").read_text())
+    methods = {r["method"] for r in recs}
+    assert methods == set(mamba_regression.METHOD_ORDER)
+    for r in recs:
+        for k in ("method", "trainable_pct", "best_mse", "final_mse", "lr", "seed", "status", "config", "budget",
+                  "loss_curve", "trainable_count", "device", "commit", "wall_time_s", "backend"):
+            assert k in r, k
+        assert r["backend"] == "reference" and r["status"] == "ok" and math.isfinite(r["best_mse"])
+    full = next(r for r in recs if r["method"] == "Full")
+    assert full["trainable_pct"] == pytest.approx(100.0)
+    sdt = next(r for r in recs if r["method"] == "SDT")
+    assert sdt["trainable_count"] == 2 * 4 * 3 * 4  # 2 layers x 4 channels x 3H, H = 4
+    for name in ("mamba_mse_vs_params_tiny.png", "mamba_loss_curves_tiny.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    mamba_regression.main(argv)  # resume: every run is done, nothing is appended
+    assert json.loads((tmp_path / "mamba_regression_tiny.json").read_text()) == recs
+    mamba_regression.main(argv + ["--plot-only"])
+
+
+def test_cli_rejects_unknown_options():
+    with pytest.raises(SystemExit):
+        mamba_regression.parse_args(["--preset", "tiny", "--no-such-option", "1"])
+    with pytest.raises(SystemExit):
+        mamba_regression.parse_args(["--methods", "LoRA (everything)"])
+    cfg = mamba_regression.parse_args(["--preset", "tiny", "--lrs", "1e-3,2e-3", "--fused", "false"])
+    assert cfg.lrs == (1e-3, 2e-3) and cfg.fused is False and cfg.d_model == 8
+
+
+def test_bench_tiny_writes_the_schema(tmp_path):
+    mamba_bench.main(["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "bench_mamba.json").read_text())
+    for k in ("device", "commit", "date", "mamba_ssm_version", "results", "ratio_sdt_lora_over_lora"):
+        assert k in res
+    by = {r["method"]: r for r in res["results"]}
+    assert set(by) == {"LoRA", "SDT + LoRA"}
+    assert by["SDT + LoRA"]["trainable_params"] <= by["LoRA"]["trainable_params"]
+    assert res["ratio_sdt_lora_over_lora"] > 0
+
+
+def test_cpu_paths_never_import_mamba_ssm():
+    code = ("import sys, torch; from synthetic import mamba_regression, mamba_bench; "
+            "from synthetic.mamba_peft import get_backend; get_backend('reference'); "
+            "assert 'mamba_ssm' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
