@@ -339,8 +339,11 @@ def run(cfg: MambaRegressionConfig) -> Path:
                    fused=backend.inner_fn is not None, device=env["device"] if dev.type == "cuda" else "cpu",
                    commit=commit, frozen_params=exp.n_frozen)
         rf.append(rec)
-    plot(paths)
     summary(rf.load())
+    try:
+        plot(paths)
+    except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
+        print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
     return paths["json"]
 
 
