@@ -196,9 +196,10 @@ def test_zero_block_forces_the_rank(seed, case):
         j = rec["layer"]
         layers = list(up.model.layers)
         W = layers[j].W.clone()
-        W[up.layers[j + 1].channels[0], up.layers[j].channels[0]] += 1e-3
+        W[up.layers[j + 1].channels[0], up.layers[j].channels[0]] += 1e-2 * float(W.abs().max())
         layers[j] = DeepLayer(layers[j].ssm, W, layers[j].beta, layers[j].u)
-        assert rel_err(deep_forward(up.model.with_layers(layers), x), y) > 1e-7
+        # the exact update is at ~1e-13; a first-order perturbation shows far above 1e-9
+        assert rel_err(deep_forward(up.model.with_layers(layers), x), y) > 1e-9
 
 
 def test_routing_update_has_the_block_structure_and_rank():
