@@ -554,19 +554,32 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
 
 
 # ------------------------------------------------------------------------------- theory point
-def theory_point(cfg: Config) -> Optional[Dict]:
-    """Theorem 1's budget (trainable %) and MSE in the linear-activation variant, if available.
+def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
+    """Theorem 1's construction in the linear-activation variant: its budget (trainable %) and MSE.
 
-    Uses ``theory.theorem1`` (another module of this toolkit) when present; returns None otherwise.
+    ``theory.theorem1.construct_theorem1`` works on real diagonal SSMs (not the conjugate-pair form
+    the experiment trains), linear activations and a target without residual; so the point is
+    computed on a random real-diagonal instance with the experiment's sizes (L = L_frozen,
+    L* = L_target, D, H, H*), float64, skip inside, with integer inputs 0-9 of the experiment's
+    length. Returns None if the theory module is unavailable or refuses the sizes.
     """
     try:
-        from theory import theorem1  # noqa: F401
+        from theory.deep import deep_forward
+        from theory.theorem1 import construct_theorem1, random_instance
     except ImportError:
         return None
-    fn = getattr(theorem1, "s4_theory_point", None)
-    if fn is None:
+    g = torch.Generator().manual_seed(seed)
+    try:
+        frozen, target = random_instance(cfg.L_frozen, cfg.L_target, cfg.D, cfg.H, cfg.H_star, kind="s4",
+                                         skip="inside", generator=g)
+        update = construct_theorem1(frozen, target)
+    except ValueError:
         return None
-    return fn(D=cfg.D, H=cfg.H, H_star=cfg.H_star, L=cfg.L_frozen, L_star=cfg.L_target)
+    x = torch.randint(0, 10, (2, cfg.D, cfg.N), generator=g).to(torch.float64)  # (B, D, N)
+    mse = float(((deep_forward(update.model, x) - deep_forward(target, x)) ** 2).mean())
+    b = update.budget
+    return {"trainable_pct": b.percent, "mse": mse, "trainable": b.total_trainable, "model_params": b.model_params,
+            "label": f"Theorem 1 construction (linear, real diag.): {b.percent:.1f}%, MSE {mse:.1e}"}
 
 
 def plot(cfg: Config) -> List[str]:
@@ -580,11 +593,13 @@ def plot(cfg: Config) -> List[str]:
     if tp is not None:
         extra.append({"x": tp["trainable_pct"], "y": tp["mse"], "label": tp.get("label", "Theorem 1 (linear), exact")})
     else:
-        note = "Theorem 1 point (linear variant): not drawn, theory.theorem1.s4_theory_point unavailable."
+        note = "Theorem 1 point (linear variant): not drawn, theory.theorem1 unavailable or refused these sizes."
     c0 = recs[0]["config"]
     title = (f"deep S4 regression ({cfg.preset}): frozen {c0['L_frozen']}L H={c0['H']}, target {c0['L_target']}L "
-             f"H*={c0['H_star']}, D={c0['D']}, N={c0['N']}, batch {c0['batch']}, {c0['iters']} it")
-    return plot_mse_vs_params(rows, p["fig"], method_order=list(METHODS), title=title, extra_points=extra, note=note)
+             f"H*={c0['H_star']}, D={c0['D']}\nN={c0['N']}, batch {c0['batch']}, {c0['iters']} it, "
+             f"best of lrs {list(c0['lrs'])}, ReLU, skip inside")
+    return plot_mse_vs_params(rows, p["fig"], method_order=list(METHODS), title=title, extra_points=extra, note=note,
+                              hline_methods=("Frozen",))
 
 
 def summary_table(cfg: Config) -> str:

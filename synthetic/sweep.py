@@ -182,11 +182,13 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
                        method_order: Optional[Sequence[str]] = None, title: str = "",
                        xlabel: str = "trainable parameters (% of frozen model)", ylabel: str = "MSE",
                        extra_points: Sequence[Dict[str, Any]] = (), logy: bool = False,
-                       note: str = "") -> List[str]:
+                       note: str = "", hline_methods: Sequence[str] = ()) -> List[str]:
     """MSE (best-of-grid mean, min-max seed band) vs trainable % per method.
 
     rows: output of :func:`best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` drawn as
-    stars (e.g. a theory construction's budget and MSE). Writes ``<out_stem>.png`` and ``.pdf`` and
+    stars (e.g. a theory construction's budget and MSE). hline_methods: methods with one budget
+    (e.g. "Frozen") drawn as dashed horizontal lines; if such a line lies far above every other
+    point, the y-axis is clipped and the line's value is written on the plot instead. Writes ``<out_stem>.png`` and ``.pdf`` and
     returns their paths.
     """
     import matplotlib
@@ -199,7 +201,13 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
     order = list(method_order or []) + sorted(m for m in by_method if m not in (method_order or []))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     markers = "osD^vP*Xh"
+    hlines = []
     for i, m in enumerate(o for o in order if o in by_method):
+        if m in hline_methods:
+            vals = [r for r in by_method[m] if r.get("mean") is not None]
+            if vals:
+                hlines.append((m, vals[0], markers[i % len(markers)]))
+            continue
         pts = sorted((r for r in by_method[m] if r.get("mean") is not None), key=lambda r: r["trainable_pct"])
         n_div = sum(r.get("n_diverged", 0) for r in by_method[m])
         n_seeds = max((r.get("n_seeds", 0) for r in pts), default=0)
@@ -215,6 +223,17 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
         if len(pts) > 1:
             ax.fill_between(x, [r["min"] for r in pts], [r["max"] for r in pts], alpha=0.15,
                             color=line[0].get_color())
+    ys = [v for line in ax.get_lines() for v in line.get_ydata()] + [p["y"] for p in extra_points]
+    top = max(ys) if ys else 1.0
+    for m, r, mk in hlines:
+        lab = f"{m}: {r['mean']:.3g} (min {r['min']:.3g}, max {r['max']:.3g}, {r['n_seeds']} seeds)"
+        if ys and r["mean"] > 1.5 * top:
+            ax.set_ylim(bottom=min(0.0, min(ys)) - 0.04 * top, top=1.15 * top)
+            ax.plot([], [], ls="--", color="gray", label=lab + ", off scale")
+            ax.annotate(f"{m} = {r['mean']:.3g} (off scale)", xy=(0.02, 0.97), xycoords="axes fraction",
+                        va="top", fontsize=8, color="gray")
+        else:
+            ax.axhline(r["mean"], ls="--", color="gray", label=lab)
     for p in extra_points:
         ax.plot([p["x"]], [p["y"]], marker="*", ms=14, ls="none", color=p.get("color", "k"), label=p["label"])
     if logy:
@@ -226,7 +245,7 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
     if note:
         fig.text(0.01, 0.005, note, fontsize=6, va="bottom", ha="left", wrap=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
     out_stem = str(out_stem)
     Path(out_stem).parent.mkdir(parents=True, exist_ok=True)
