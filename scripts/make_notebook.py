@@ -223,3 +223,45 @@ upd = {a1: as1, c1: bs1 * cs1 / b1, c2: 0}
 Kf = c1 * b1 * a1**k + c2 * b2 * a2**k
 print("updated kernel - target kernel:", sp.simplify(Kf.subs(upd) - cs1 * bs1 * as1**k))
 """)
+
+# ---------------------------------------------------------------------------------- Theorem 1
+md(r"""
+## Theorem 1 — SDT-P on SSM modules + LoRA on projections matches a smaller deep S4
+
+**Statement.** A frozen deep S4 ($L$ layers, $D$ channels, $H$ states, linear activations, residual, bias)
+can be updated to equal any target deep S4 with $L^\star<L$ layers, $H^\star<H$ states and no residual by
+(1) SDT-P on each SSM module: at most $\lceil DL^\star/L\rceil$ updated channels, $H^\star$ tuned states in each,
+the rest zeroed; (2) LoRA of rank $r$ on each projection; (3) updates of residuals, biases and the last projection.
+The value of $r$ is lost in the extracted text ("rank L/L").
+
+**What the toolkit finds** (`theory/theorem1.py`, `theory/capacity.py`):
+- skip *inside* the projection (official code): exact with $\lceil D/\lfloor L/L^\star\rfloor\rceil$ channels per layer and
+  LoRA rank $\lceil D/\lfloor L/L^\star\rfloor\rceil$ (= $\lceil DL^\star/L\rceil$ when $L^\star\mid L$); that rank is also
+  *necessary* at the paper's channel budget (a zero block of rank $DL^\star/L$ must be cancelled), so the reading
+  $r=\lceil L/L^\star\rceil$ is insufficient (e.g. $D=6, L=4, L^\star=2$ needs 3, not 2);
+- skip *outside* (paper eq. 4): pass-through channels never reach $W$; the paper's channel budget is impossible
+  (exact Gröbner check at $D=2$); exact with all $D$ channels in one layer per group;
+- S6: processing a block of channels in place destroys inputs later channels' $\Delta, B, C$ need (a dimension count);
+  exact only with the weaker one-layer-per-group budget.
+""")
+code(r"""
+from theory.theorem1 import construct_theorem1, random_instance, zero_block_bounds
+from theory.deep import deep_forward
+from theory.capacity import format_rows, ProbeRow
+
+g = torch.Generator().manual_seed(0)
+frozen_t1, target_t1 = random_instance(L=4, L_star=2, D=6, H=3, H_star=2, skip="inside", generator=g)
+up_t1 = construct_theorem1(frozen_t1, target_t1)
+x = torch.randn(4, 6, 64, generator=g)
+print("relative error vs target:", f"{rel_err(deep_forward(up_t1.model, x), deep_forward(target_t1, x)):.1e}")
+print(up_t1.budget.table())
+print("zero-block lower bounds on the LoRA rank:", zero_block_bounds(frozen_t1, up_t1))
+""")
+code(r"""
+# the expressivity probe (regenerate with: python -m theory.capacity)
+data = json.loads(Path("figures/theorem1_capacity.json").read_text())
+fields = set(ProbeRow.__dataclass_fields__)
+print(format_rows([ProbeRow(**{k: v for k, v in r.items() if k in fields}) for r in data["rows"]]))
+img = plt.imread("figures/theorem1_capacity.png")
+plt.figure(figsize=(10, 5)); plt.imshow(img); plt.axis("off"); plt.show()
+""")
