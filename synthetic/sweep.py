@@ -258,14 +258,14 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
 
 # ---------------------------------------------------------------------------------- environment
 def git_commit(root=None) -> str:
-    """Short commit of the repository (``+dirty`` if the tree has changes), or ``"unknown"``."""
+    """Short commit of the repository, else ``$GIT_COMMIT`` (for copies without .git), else ``"unknown"``."""
     root = root or Path(__file__).resolve().parent.parent
     try:
         c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                            timeout=10).stdout.strip()
-        return c or "unknown"
     except Exception:
-        return "unknown"
+        c = ""
+    return c or os.environ.get("GIT_COMMIT", "") or "unknown"
 
 
 def environment() -> Dict[str, str]:
