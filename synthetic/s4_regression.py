@@ -584,7 +584,7 @@ def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
 
 def plot(cfg: Config) -> List[str]:
     p = paths(cfg)
-    recs = ResultsFile(p["json"]).load()
+    recs = _current_records(cfg, ResultsFile(p["json"]).load())
     if not recs:
         raise SystemExit(f"{p['json']}: no results to plot")
     rows = best_of_grid(recs, group_keys=("method", "budget_label"))
@@ -602,8 +602,31 @@ def plot(cfg: Config) -> List[str]:
                               hline_methods=("Frozen",))
 
 
+def _fingerprint(config: Dict) -> str:
+    return run_key({k: v for k, v in config.items() if k not in _NOT_IN_KEY})
+
+
+def _current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
+    """Records of one configuration: the current one if the file has it, else the last record's.
+
+    A results file can hold runs of several configurations (e.g. a rerun with another --batch);
+    mixing them in one best-of-grid would be wrong, so only one is plotted and summarised.
+    """
+    if not recs:
+        return recs
+    want = _fingerprint(dataclasses.asdict(cfg))
+    fps = [_fingerprint(r.get("config", {})) for r in recs]
+    if want not in fps:
+        want = fps[-1]
+    kept = [r for r, f in zip(recs, fps) if f == want]
+    if len(kept) < len(recs):
+        print(f"note: {len(recs) - len(kept)} records of other configurations in the file are not shown")
+    return kept
+
+
 def summary_table(cfg: Config) -> str:
-    rows = best_of_grid(ResultsFile(paths(cfg)["json"]).load(), group_keys=("method", "budget_label"))
+    rows = best_of_grid(_current_records(cfg, ResultsFile(paths(cfg)["json"]).load()),
+                        group_keys=("method", "budget_label"))
     lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | seeds | diverged |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     order = {m: i for i, m in enumerate(METHODS)}
