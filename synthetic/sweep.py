@@ -251,7 +251,7 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
     Path(out_stem).parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem + ".png", out_stem + ".pdf"]
     fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible bytes on redraw
     plt.close(fig)
     return paths
 
