@@ -379,13 +379,13 @@ def plot(paths: Dict[str, Path]) -> None:
 def plot_loss_curves(records: Sequence[dict], rows: Sequence[dict], path: Path, note: str = "") -> None:
     """Training loss over iterations: SDT vs LoRA (S6+Proj), each budget at its best lr, seed 0 run."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     best = {(r["method"], r["budget_label"]): r["lr"] for r in rows if r.get("lr") is not None}
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     styles = {"SDT": "-", "LoRA (S6+Proj)": "--"}
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for m, ls in styles.items():
         recs = sorted((r for r in records if r["method"] == m and r.get("status") == "ok"
                        and best.get((m, r["budget_label"])) == r["lr"] and r["seed"] == min(
@@ -410,7 +410,6 @@ def plot_loss_curves(records: Sequence[dict], rows: Sequence[dict], path: Path, 
     fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
-    plt.close(fig)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

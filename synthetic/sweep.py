@@ -191,15 +191,14 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
     point, the y-axis is clipped and the line's value is written on the plot instead. Writes ``<out_stem>.png`` and ``.pdf`` and
     returns their paths.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone (notebooks)
 
     by_method: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_method[r[method_key]].append(r)
     order = list(method_order or []) + sorted(m for m in by_method if m not in (method_order or []))
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     markers = "osD^vP*Xh"
     hlines = []
     for i, m in enumerate(o for o in order if o in by_method):
@@ -252,7 +251,6 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
     paths = [out_stem + ".png", out_stem + ".pdf"]
     fig.savefig(paths[0], dpi=150)
     fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible bytes on redraw
-    plt.close(fig)
     return paths
 
 

@@ -511,10 +511,7 @@ def plot(data: Dict, path: str) -> None:
     """Draw the probe's verdicts from the JSON data. Left: one row per (skip, D, L, L*), one dot per
     LoRA rank r, coloured by verdict; ▲ marks ⌈L/L*⌉, □ marks ⌈D·L*/L⌉. Right: for growing D, the smallest
     rank the parameter count allows vs ⌈D·L*/L⌉ and ⌈L/L*⌉."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone (notebooks)
 
     rows = data["rows"]
     keys = []
@@ -522,7 +519,8 @@ def plot(data: Dict, path: str) -> None:
         k = (r["skip"], r["D"], r["L"], r["L_star"])
         if k not in keys:
             keys.append(k)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    fig = Figure(figsize=(13, 5.2))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
     seen = set()
     for r in rows:
         y = keys.index((r["skip"], r["D"], r["L"], r["L_star"]))
@@ -552,7 +550,6 @@ def plot(data: Dict, path: str) -> None:
     ax2.legend(fontsize=8)
     fig.tight_layout()
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
