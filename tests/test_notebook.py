@@ -21,3 +21,15 @@ def test_notebook_executes(tmp_path):
     client.execute()  # raises CellExecutionError on the first failing cell
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_notebook_matches_its_generator():
+    """The committed notebook holds exactly the cells of scripts/make_notebook.py (edit there, then rerun it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebook", ROOT / "scripts" / "make_notebook.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    nb = nbformat.read(ROOT / "paper_checks.ipynb", as_version=4)
+    assert [(c.cell_type, c.source) for c in nb.cells] == mod.CELLS, \
+        "paper_checks.ipynb is out of date: run `python scripts/make_notebook.py`"
