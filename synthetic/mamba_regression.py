@@ -232,11 +232,7 @@ class Experiment:
                                 weight_decay=c.weight_decay)
         g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
         for _ in range(c.warmup_iters):
-            x, y = self.batch(g)
-            loss = torch.mean((model(x, self.backend) - y) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            self.step(model, opt, g)
         probe = self.eval_x[0]
         scores, h = [], probe
         with torch.no_grad():
@@ -246,6 +242,15 @@ class Experiment:
                 h = h + blk_f(h)  # the frozen model's input to the next layer
         self._scores[seed] = scores
         return scores
+
+    def step(self, model, opt, g: torch.Generator) -> torch.Tensor:
+        """One AdamW step on a fresh batch; returns the (detached) training MSE without a host sync."""
+        x, y = self.batch(g)
+        loss = torch.mean((model(x, self.backend) - y) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
 
     def train(self, method: str, budget: dict, lr: float, seed: int) -> dict:
         c = self.cfg
@@ -264,12 +269,7 @@ class Experiment:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
             buf = torch.zeros(c.iters, device=self.device)
             for it in range(c.iters):
-                x, y = self.batch(g)
-                loss = torch.mean((model(x, self.backend) - y) ** 2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                buf[it] = loss.detach()
+                buf[it] = self.step(model, opt, g)
                 if (it + 1) % c.eval_every == 0 or it + 1 == c.iters:
                     ev = self.eval_mse(model)
                     evals.append((it + 1, ev))
