@@ -6,7 +6,8 @@ One layer, skip term inside the projection as in the official code (``theory.dee
     ``K_k = 2 Re(Σ_i C_i B̄_i Ā_i^k)``,  ``Ā = exp(ΔA)``,  ``B̄ = (ΔA)^{-1}(exp(ΔA) − 1) Δ B``  (S4D, ZOH).
 
 Parameters of one layer (``D`` channels, ``Hc`` complex modes = ``H/2`` conjugate pairs, so ``H``
-real states), all real tensors; ``A = −exp(log_A_re) + i A_im`` keeps ``Re A < 0`` by construction:
+real states; with ``--state-convention complex`` of ``synthetic.s4_regression``, ``Hc = H`` as the
+official code's ``d_state``), all real tensors; ``A = −exp(log_A_re) + i A_im`` keeps ``Re A < 0`` by construction:
 
     log_A_re, A_im, B_re, B_im, C_re, C_im: (D, Hc)   log_dt, u, beta: (D,)   W: (D, D)
 

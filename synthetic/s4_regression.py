@@ -17,6 +17,14 @@ Methods (:data:`METHODS`; SSM module × linear projection):
 - SDT + LoRA: the same SSM update × LoRA rank r on W.
 - Full: every parameter.
 
+Methods other than Full train neither the skip ``u`` nor ``log_dt`` nor ``β`` by default.
+Opt-in options closer to the official code (``notes/s4_official_differences.md``; at their defaults
+they are left out of run keys, so earlier results still resume): ``--state-convention complex``
+(``H`` complex modes per channel instead of ``H/2`` pairs), ``--sdt-prune usable`` with
+``--usable-channels``/``--usable-states`` (SDT zeroes ``C`` outside the usable dimensions, counted as
+pruned, and updates only usable ones), ``--train-skip-dt-bias`` (u, log_dt, β trainable in every
+trained method), ``--warmup-params all`` (the warm-up updates every parameter).
+
 Usage::
 
     python -m synthetic.s4_regression                  # reduced default, any device (CPU < 3 min)
@@ -42,7 +50,7 @@ import torch
 
 from synthetic import s4_model as sm
 from synthetic.progress import progress
-from synthetic.sdt_select import SDTRanking, rank_dimensions, select
+from synthetic.sdt_select import SDTRanking, rank_dimensions, select, select_pruned
 from synthetic.sweep import ResultsFile, best_of_grid, environment, plot_mse_vs_params, run_key
 
 Tensor = torch.Tensor
@@ -82,6 +90,15 @@ class Config:
     time_budget: float = 0.0  # seconds; stop starting new run groups after this (0 = no limit)
     out: str = "figures"
     plot_only: bool = False
+    # Opt-in options matching the official code (furiosa-ai/ssm-peft, S4/run_s4.py); see
+    # notes/s4_official_differences.md. At their defaults they are left out of run keys and
+    # fingerprints (:data:`_OPT_IN_DEFAULTS`), so results computed before they existed still resume.
+    state_convention: str = "pairs"  # "pairs": H real states = H/2 conjugate pairs; "complex": H complex modes
+    sdt_prune: str = "none"  # "usable": SDT/SDT + LoRA prune C outside the usable dims (official "ours")
+    usable_channels: int = 0  # usable channels per layer for --sdt-prune usable (0 = all D)
+    usable_states: int = 0  # usable states per channel for --sdt-prune usable (0 = all)
+    train_skip_dt_bias: bool = False  # every trained method also trains u (skip D), log_dt and beta
+    warmup_params: str = "ssm"  # SDT warm-up updates "ssm" (the S4 modules) or "all" parameters (official)
 
 
 PRESETS: Dict[str, Dict] = {
@@ -98,6 +115,20 @@ PRESETS: Dict[str, Dict] = {
 # Fields that do not change a run's result (kept out of the resume key).
 _NOT_IN_KEY = {"preset", "lrs", "seeds", "methods", "lora_ranks", "s4_lora_ranks", "sdt_budgets",
                "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "curve_points"}
+# Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
+_OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
+                    "train_skip_dt_bias": False, "warmup_params": "ssm"}
+
+
+def _key_fields(config: Dict) -> Dict:
+    """The fields of a config dict that identify a run's result."""
+    return {k: v for k, v in config.items()
+            if k not in _NOT_IN_KEY and not (k in _OPT_IN_DEFAULTS and v == _OPT_IN_DEFAULTS[k])}
+
+
+def n_modes(cfg: "Config", H: int) -> int:
+    """Complex modes per channel stored for ``H`` states: H/2 (pairs) or H (complex convention)."""
+    return H // 2 if cfg.state_convention == "pairs" else H
 
 
 def _parse_sdt(s: str) -> Dict[str, int]:
@@ -125,7 +156,13 @@ def validate(cfg: Config) -> Config:
             raise ValueError(f"{opt(name)}: must be an integer >= 1, got {v!r}")
     if cfg.warmup_iters < 0:
         raise ValueError(f"--warmup-iters: must be >= 0, got {cfg.warmup_iters}")
-    for name in ("H", "H_star"):
+    if cfg.state_convention not in ("pairs", "complex"):
+        raise ValueError(f"--state-convention: must be 'pairs' or 'complex', got {cfg.state_convention!r}")
+    if cfg.sdt_prune not in ("none", "usable"):
+        raise ValueError(f"--sdt-prune: must be 'none' or 'usable', got {cfg.sdt_prune!r}")
+    if cfg.warmup_params not in ("ssm", "all"):
+        raise ValueError(f"--warmup-params: must be 'ssm' or 'all', got {cfg.warmup_params!r}")
+    for name in ("H", "H_star") if cfg.state_convention == "pairs" else ():
         if getattr(cfg, name) % 2:
             raise ValueError(f"{opt(name)}: must be even (conjugate pairs), got {getattr(cfg, name)}")
     if cfg.preset not in PRESETS:
@@ -146,7 +183,14 @@ def validate(cfg: Config) -> Config:
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
-    Hc, D = cfg.H // 2, cfg.D
+    Hc, D = n_modes(cfg, cfg.H), cfg.D
+    hname = "H/2" if cfg.state_convention == "pairs" else "H"
+    if not 0 <= cfg.usable_channels <= D:
+        raise ValueError(f"--usable-channels: must be in [0, D={D}] (0 = all), got {cfg.usable_channels}")
+    if not 0 <= cfg.usable_states <= Hc:
+        raise ValueError(f"--usable-states: must be in [0, {hname}={Hc}] (0 = all), got {cfg.usable_states}")
+    uc = (cfg.usable_channels or D) if cfg.sdt_prune == "usable" else D
+    us = (cfg.usable_states or Hc) if cfg.sdt_prune == "usable" else Hc
     if len(cfg.s4_lora_ranks) != len(cfg.lora_ranks):
         raise ValueError("--s4-lora-ranks: needs one entry per --lora-ranks entry")
     for r in cfg.lora_ranks:
@@ -154,7 +198,7 @@ def validate(cfg: Config) -> Config:
             raise ValueError(f"--lora-ranks: each rank must be in [1, D={D}], got {r}")
     for r in cfg.s4_lora_ranks:
         if not 1 <= r <= min(D, Hc):
-            raise ValueError(f"--s4-lora-ranks: each rank must be in [1, H/2={Hc}], got {r}")
+            raise ValueError(f"--s4-lora-ranks: each rank must be in [1, {hname}={Hc}], got {r}")
     for name in ("sdt_budgets", "sdt_lora_budgets"):
         for s in getattr(cfg, name):
             try:
@@ -162,7 +206,10 @@ def validate(cfg: Config) -> Config:
             except ValueError as e:
                 raise ValueError(f"{opt(name)}: {e}") from None
             if not (1 <= b["channels"] <= D and 1 <= b["states"] <= Hc):
-                raise ValueError(f"{opt(name)}: {s!r} needs 1 <= channels <= D={D} and 1 <= states <= H/2={Hc}")
+                raise ValueError(f"{opt(name)}: {s!r} needs 1 <= channels <= D={D} and 1 <= states <= {hname}={Hc}")
+            if not (b["channels"] <= uc and b["states"] <= us):
+                raise ValueError(f"{opt(name)}: {s!r} needs channels <= --usable-channels ({uc}) and "
+                                 f"states <= --usable-states ({us}) with --sdt-prune usable")
             if name == "sdt_lora_budgets" and not 1 <= b.get("proj_rank", 0) <= D:
                 raise ValueError(f"{opt(name)}: {s!r} needs a W rank in [1, D={D}] after ':'")
     if cfg.time_budget < 0:
@@ -181,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="torch.compile the training step (default: on for CUDA, off for CPU)")
         elif f.name == "plot_only":
             p.add_argument(name, action="store_true", help="redraw the figure from the JSON, no training")
+        elif isinstance(default, bool):
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=f.name)
         elif isinstance(default, tuple):
             typ = type(default[0])
             p.add_argument(name, default=",".join(map(str, default)), metavar="A,B,...",
@@ -237,23 +286,50 @@ class Method:
     trains: bool = True
 
 
-def _sdt_masks(state: sm.RunState, budget, selection: List[SDTRanking], w_columns: bool) -> None:
-    for l, rk in enumerate(selection):
-        trainable = select(rk, budget["channels"], budget["states"]).trainable.to(state.mask[l]["W"].device)
+@dataclass(frozen=True)
+class PrunedSelection:
+    """SDT selection with the official code's pruning (``--sdt-prune usable``): per-layer rankings plus
+    the usable-dimension counts; :func:`synthetic.sdt_select.select_pruned` turns it into masks."""
+
+    rankings: List[SDTRanking]
+    usable_channels: int
+    usable_states: int
+
+
+def _layer_sdt_masks(selection, budget):
+    """Per-layer SDTMask (D, Hc) of a selection: plain SDT (list of rankings) or pruned (PrunedSelection)."""
+    if isinstance(selection, PrunedSelection):
+        return [select_pruned(rk, budget["channels"], budget["states"], selection.usable_channels,
+                              selection.usable_states) for rk in selection.rankings]
+    return [select(rk, budget["channels"], budget["states"]) for rk in selection]
+
+
+def _sdt_masks(state: sm.RunState, budget, selection, w_columns: bool) -> None:
+    masks = _layer_sdt_masks(selection, budget)
+    if any(bool(m.pruned.any()) for m in masks):
+        state.base = [dict(b) for b in state.base]  # the frozen dicts are shared by groups: copy, then prune
+    for l, m in enumerate(masks):
+        dev = state.mask[l]["W"].device
+        trainable = m.trainable.to(dev)
         for k in sm.SSM_LORA_PARAMS:  # A (both parts) and C (both parts); B and Δ stay frozen
             state.mask[l][k][:] = trainable
         if w_columns:
             state.mask[l]["W"][:, :, trainable.any(1)] = True  # columns reading the selected channels
+        if m.pruned.any():  # pruned C entries: frozen (mask False) at a base value of exactly 0
+            pruned = m.pruned.to(dev)
+            for k in ("C_re", "C_im"):
+                b = state.base[l][k]
+                state.base[l][k] = torch.where(pruned, torch.zeros_like(b), b)
 
 
 def _theory_sdt(base, budget, selection, w_columns: bool):
     from theory.peft import MaskedParameter, Role
 
     mods = []
-    for b, rk in zip(base, selection):
-        m = select(rk, budget["channels"], budget["states"])
+    for b, m in zip(base, _layer_sdt_masks(selection, budget)):
         roles = torch.where(m.trainable, int(Role.TRAINABLE), int(Role.FROZEN)).to(torch.int8)
-        mods += [MaskedParameter(b[k].cpu(), roles) for k in sm.SSM_LORA_PARAMS]
+        c_roles = m.roles.to(torch.int8)  # pruned entries: C only (A of a pruned entry is just frozen)
+        mods += [MaskedParameter(b[k].cpu(), c_roles if k.startswith("C") else roles) for k in sm.SSM_LORA_PARAMS]
         if w_columns:
             ch = torch.where(m.trainable_channels, int(Role.TRAINABLE), int(Role.FROZEN)).to(torch.int8)
             mods.append(MaskedParameter(b["W"].T.cpu(), ch))  # roles per column of W
@@ -311,6 +387,18 @@ METHODS: Dict[str, Method] = {
         needs_selection=True),
     "Full": Method("Full", lambda c: [{"all": True}], _configure_full, _theory_full),
 }
+
+
+EXTRA_PARAMS = ("u", "log_dt", "beta")  # skip D, log Δ, projection bias: trained by --train-skip-dt-bias
+
+
+def configure(cfg: Config, method: Method, state: sm.RunState, budget, selection) -> None:
+    """The method's masks, plus the opt-in extras of ``cfg`` (u, log_dt, β trainable)."""
+    method.configure(state, budget, selection)
+    if cfg.train_skip_dt_bias and method.trains and method.name != "Full":
+        for m in state.mask:
+            for k in EXTRA_PARAMS:
+                m[k][:] = True
 
 
 def budget_label(budget: Dict) -> str:
@@ -372,9 +460,11 @@ class Trainer:
         """Frozen base layers and target layers of one seed (drawn on the CPU, moved to the device)."""
         cfg = self.cfg
         g = torch.Generator().manual_seed(seed)
-        frozen = [sm.init_layer(cfg.D, cfg.H // 2, generator=g, device=self.device) for _ in range(cfg.L_frozen)]
+        frozen = [sm.init_layer(cfg.D, n_modes(cfg, cfg.H), generator=g, device=self.device)
+                  for _ in range(cfg.L_frozen)]
         gt = torch.Generator().manual_seed(10_000 + seed)
-        target = [sm.init_layer(cfg.D, cfg.H_star // 2, generator=gt, device=self.device) for _ in range(cfg.L_target)]
+        target = [sm.init_layer(cfg.D, n_modes(cfg, cfg.H_star), generator=gt, device=self.device)
+                  for _ in range(cfg.L_target)]
         return frozen, [{k: v[None] for k, v in p.items()} for p in target]
 
     def data(self, seed: int, stream: int):
@@ -418,19 +508,24 @@ class Trainer:
             tot += ((out - y) ** 2).mean()
         return float(tot / n_batches)
 
-    def warmup_selection(self, frozen, target, seed: int) -> List[SDTRanking]:
-        """Algorithm 1 step 1-2: full update of the SSM modules on a copy, then rank per layer."""
+    def warmup_selection(self, frozen, target, seed: int):
+        """Algorithm 1 step 1-2: full update of the SSM modules (or, ``--warmup-params all``, of every
+        parameter) on a copy, then rank per layer. A list of SDTRanking, or a :class:`PrunedSelection`
+        with ``--sdt-prune usable``."""
         cfg = self.cfg
         R = len(cfg.lrs)  # same run count as the sweep's groups, so the compiled graph is reused
         state = sm.RunState.create(frozen, R, *self.rank_max(), generator=torch.Generator().manual_seed(seed))
         for mk in state.mask:
-            for k in sm.SSM_PARAMS:
+            for k in (sm.SSM_PARAMS if cfg.warmup_params == "ssm" else sm.ALL_PARAMS):
                 mk[k][:] = True
         if cfg.warmup_iters:
             self.train(state, [cfg.warmup_lr] * R, cfg.warmup_iters, target, self.data(seed, stream=1))
         eff = [{k: v[0].detach() for k, v in p.items()} for p in state.effective()]
-        return [rank_dimensions(_A_bar(b), _A_bar(e), torch.complex(b["C_re"], b["C_im"]).cpu(), _B_bar(b), cfg.N,
-                                cfg.magnitude_floor) for b, e in zip(frozen, eff)]
+        rk = [rank_dimensions(_A_bar(b), _A_bar(e), torch.complex(b["C_re"], b["C_im"]).cpu(), _B_bar(b), cfg.N,
+                              cfg.magnitude_floor) for b, e in zip(frozen, eff)]
+        if cfg.sdt_prune == "usable":
+            return PrunedSelection(rk, cfg.usable_channels, cfg.usable_states)
+        return rk
 
     def rank_max(self) -> Tuple[int, int]:
         cfg = self.cfg
@@ -451,10 +546,14 @@ def _B_bar(p) -> Tensor:
     return discretize_zoh(A, B, torch.exp(p["log_dt"].double().cpu()))[1]
 
 
-def theory_trainable_count(method: Method, base, budget, selection) -> int:
-    from theory.peft import count_trainable
+def theory_trainable_count(method: Method, base, budget, selection, cfg: Optional[Config] = None) -> int:
+    from theory.peft import MaskedParameter, Role, count_trainable
 
-    return sum(count_trainable(mod) for mod in method.theory_modules(base, budget, selection))
+    mods = method.theory_modules(base, budget, selection)
+    if cfg is not None and cfg.train_skip_dt_bias and method.trains and method.name != "Full":
+        mods += [MaskedParameter(b[k].cpu(), torch.full(b[k].shape, int(Role.TRAINABLE), dtype=torch.int8))
+                 for b in base for k in EXTRA_PARAMS]
+    return sum(count_trainable(mod) for mod in mods)
 
 
 def _subsample(curve: List[float], n: int) -> List[List[float]]:
@@ -467,7 +566,7 @@ def _subsample(curve: List[float], n: int) -> List[List[float]]:
 
 # -------------------------------------------------------------------------------------- sweep
 def _key_config(cfg: Config) -> Dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_KEY}
+    return _key_fields(dataclasses.asdict(cfg))
 
 
 def run_groups(cfg: Config) -> List[Tuple[int, str, Dict]]:
@@ -491,7 +590,7 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
     groups = run_groups(cfg)
     t0 = time.monotonic()
     cache: Dict[int, Dict] = {}
-    total_params = sm.count_layer_params(cfg.D, cfg.H // 2) * cfg.L_frozen
+    total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
     log(f"device {env['device']}, compile={trainer.use_compile}, precision={cfg.precision if device.type == 'cuda' else 'fp32'}; "
         f"{len(groups)} groups, frozen model {total_params} parameters")
     n_skipped = n_run = 0
@@ -518,9 +617,9 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
         tg = time.monotonic()
         R = len(cfg.lrs)
         state = sm.RunState.create(c["frozen"], R, *trainer.rank_max(), generator=torch.Generator().manual_seed(seed))
-        method.configure(state, budget, sel)
+        configure(cfg, method, state, budget, sel)
         counts = state.trainable_count()
-        theory_count = theory_trainable_count(method, c["frozen"], budget, sel)
+        theory_count = theory_trainable_count(method, c["frozen"], budget, sel, cfg)
         if method.trains:
             curves = trainer.train(state, lrs, cfg.iters, c["target"], trainer.data(seed, stream=0)).tolist()
         else:
@@ -598,12 +697,15 @@ def plot(cfg: Config) -> List[str]:
     title = (f"deep S4 regression ({cfg.preset}): frozen {c0['L_frozen']}L H={c0['H']}, target {c0['L_target']}L "
              f"H*={c0['H_star']}, D={c0['D']}\nN={c0['N']}, batch {c0['batch']}, {c0['iters']} it, "
              f"best of lrs {list(c0['lrs'])}, ReLU, skip inside")
+    opts = [f"{k}={c0[k]}" for k in _OPT_IN_DEFAULTS if c0.get(k, _OPT_IN_DEFAULTS[k]) != _OPT_IN_DEFAULTS[k]]
+    if opts:
+        title += "\n" + ", ".join(opts)
     return plot_mse_vs_params(rows, p["fig"], method_order=list(METHODS), title=title, extra_points=extra, note=note,
                               hline_methods=("Frozen",))
 
 
 def _fingerprint(config: Dict) -> str:
-    return run_key({k: v for k, v in config.items() if k not in _NOT_IN_KEY})
+    return run_key(_key_fields(config))
 
 
 def _current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:

@@ -8,7 +8,8 @@ import torch
 
 from synthetic import s4_model as sm
 from synthetic import s4_regression as s4r
-from synthetic.sdt_select import rank_dimensions, select
+from synthetic.sdt_select import rank_dimensions, select, select_pruned
+from theory.peft import Role
 from theory.deep import deep_forward as reference_forward
 from theory.tolerances import RTOL, rel_err
 
@@ -72,10 +73,34 @@ def test_sdt_selection_ranks_by_change_and_demotes_unusable_dims():
         select(rk, 1, H + 1)
 
 
+def test_select_pruned_follows_the_official_usable_rule():
+    """Usable channels/states by magnitude; updates among them by change; C pruned outside (SDT-P style)."""
+    D, H = 4, 3
+    a0 = torch.full((D, H), 0.5, dtype=torch.complex128)
+    change = torch.tensor([[0.0, 0.1, 0.0], [0.3, 0.0, 0.2], [0.0, 0.0, 0.05], [0.9, 0.8, 0.7]], dtype=F64)
+    C = torch.ones(D, H, dtype=torch.complex128)
+    C[3] = 1e-2  # changed most, smallest magnitude: not usable with 3 usable channels
+    C[1, 2] = 1e-3  # smallest state of channel 1: not usable with 2 usable states
+    rk = rank_dimensions(a0, a0 + change, C, torch.ones_like(C), N=8)
+    m = select_pruned(rk, 2, 2, usable_channels=3, usable_states=2)
+    assert m.pruned[3].all() and not m.trainable[3].any()  # non-usable channel: every state pruned
+    assert m.trainable[1].tolist() == [True, True, False] and bool(m.pruned[1, 2])  # updated channel 1
+    assert m.trainable_channels.tolist() == [True, True, False, False]
+    assert not m.pruned[2].any()  # usable but not updated: frozen, not pruned
+    assert torch.equal(select_pruned(rk, 2, 1, 0, 0).trainable, select(rk, 2, 1).trainable)  # 0 = all usable
+    with pytest.raises(ValueError, match="n_channels"):
+        select_pruned(rk, 4, 1, usable_channels=3, usable_states=2)
+
+
 # ------------------------------------------------------------------------------ experiment-level
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = s4r.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu"])
+OFFICIAL = ["--state-convention", "complex", "--sdt-prune", "usable", "--usable-channels", "4", "--usable-states", "3",
+            "--train-skip-dt-bias", "--warmup-params", "all"]
+
+
+@pytest.fixture(scope="module", params=["default", "official"])
+def tiny(request):
+    extra = OFFICIAL if request.param == "official" else []
+    cfg = s4r.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu"] + extra)
     trainer = s4r.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
     frozen, target = trainer.models(0)
     sel = trainer.warmup_selection(frozen, target, 0)
@@ -85,13 +110,14 @@ def tiny():
 def test_trainable_count_equals_theory_package(tiny):
     cfg, trainer, frozen, target, sel = tiny
     total = sum(v.numel() for p in frozen for v in p.values())
-    assert total == sm.count_layer_params(cfg.D, cfg.H // 2) * cfg.L_frozen
+    assert total == sm.count_layer_params(cfg.D, s4r.n_modes(cfg, cfg.H)) * cfg.L_frozen
+    assert frozen[0]["C_re"].shape[1] == (cfg.H if cfg.state_convention == "complex" else cfg.H // 2)
     for name, method in s4r.METHODS.items():
         for budget in method.budgets(cfg):
             state = sm.RunState.create(frozen, 2, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
-            method.configure(state, budget, sel)
+            s4r.configure(cfg, method, state, budget, sel)
             counts = state.trainable_count()
-            assert counts[0] == counts[1] == s4r.theory_trainable_count(method, frozen, budget, sel), (name, budget)
+            assert counts[0] == counts[1] == s4r.theory_trainable_count(method, frozen, budget, sel, cfg), (name, budget)
     assert counts[0] == total  # the last method is Full
 
 
@@ -100,7 +126,7 @@ def _train_method(tiny, name):
     method = s4r.METHODS[name]
     budget = method.budgets(cfg)[-1]
     state = sm.RunState.create(frozen, 1, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
-    method.configure(state, budget, sel)
+    s4r.configure(cfg, method, state, budget, sel)
     lora0 = [{k: v.detach().clone() for k, v in lo.items()} for lo in state.lora]
     losses = trainer.train(state, [3e-2], 5, target, trainer.data(0, stream=0))
     assert torch.isfinite(losses).all()
@@ -109,26 +135,63 @@ def _train_method(tiny, name):
 
 @pytest.mark.parametrize("name", list(s4r.METHODS))
 def test_masks_respected_during_training(tiny, name):
-    """Frozen entries of every dense parameter are bit-identical to the frozen model after training."""
-    _, _, frozen, _, _ = tiny
+    """Frozen entries of every dense parameter are bit-identical to the frozen model after training
+    (to its pruned copy where SDT prunes C)."""
+    cfg, _, frozen, _, _ = tiny
     state, _ = _train_method(tiny, name)
     changed = 0
-    for l, (b, m, t) in enumerate(zip(frozen, state.mask, state.train)):
+    for l, (f, b, m, t) in enumerate(zip(frozen, state.base, state.mask, state.train)):
         for k in sm.ALL_PARAMS:
             eff = torch.where(m[k], t[k], b[k])[0].detach()
             frozen_entries = ~m[k][0]
             assert torch.equal(eff[frozen_entries], b[k][frozen_entries]), (name, l, k)
-            changed += int((eff != b[k]).sum())
-    assert (changed == 0) == (name in ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)")), name
+            if b[k] is not f[k]:  # pruned copy: differs from the frozen model only by zeros
+                assert torch.equal(b[k][b[k] != f[k]], torch.zeros_like(b[k][b[k] != f[k]])), (name, l, k)
+            changed += int((eff != f[k]).sum())
+    untouched = ("Frozen",) + (() if cfg.train_skip_dt_bias else ("LoRA (Proj)", "LoRA (S4+Proj)"))
+    assert (changed == 0) == (name in untouched), name
+
+
+@pytest.mark.parametrize("name", ["SDT", "SDT + LoRA"])
+def test_pruned_c_entries_are_exactly_zero_after_training(tiny, name):
+    cfg, _, frozen, _, sel = tiny
+    if cfg.sdt_prune == "none":
+        pytest.skip("no pruning in the default configuration")
+    state, _ = _train_method(tiny, name)
+    budget = s4r.METHODS[name].budgets(cfg)[-1]
+    masks = s4r._layer_sdt_masks(sel, budget)
+    n_pruned = 0
+    for l, (e, mk) in enumerate(zip(state.effective(), masks)):
+        pr = mk.pruned
+        n_pruned += int(pr.sum())
+        for k in ("C_re", "C_im"):
+            assert torch.equal(e[k][0].detach()[pr], torch.zeros(int(pr.sum()))), (l, k)  # exactly zero
+            assert not state.mask[l][k][0][pr].any()  # and never trainable
+            assert torch.equal(frozen[l][k][pr] != 0, torch.ones(int(pr.sum()), dtype=torch.bool))  # were nonzero
+        assert bool(state.mask[l]["u"].all() and state.mask[l]["log_dt"].all() and state.mask[l]["beta"].all())
+    assert n_pruned > 0
+
+
+def test_opt_in_fields_at_default_stay_out_of_the_run_key():
+    base = s4r.parse_config(["--preset", "tiny"])
+    kc = s4r._key_config(base)
+    assert not set(kc) & set(s4r._OPT_IN_DEFAULTS)
+    for argv in (["--state-convention", "complex"], ["--train-skip-dt-bias"], ["--warmup-params", "all"],
+                 ["--sdt-prune", "usable"]):
+        other = s4r._key_config(s4r.parse_config(["--preset", "tiny"] + argv))
+        assert other != kc, argv
+    assert s4r._fingerprint({**s4r.dataclasses.asdict(base), **s4r._OPT_IN_DEFAULTS}) == s4r._fingerprint(
+        {k: v for k, v in s4r.dataclasses.asdict(base).items() if k not in s4r._OPT_IN_DEFAULTS})
 
 
 def test_lora_proj_updates_only_lora_factors(tiny):
-    _, _, frozen, _, _ = tiny
+    cfg, _, frozen, _, _ = tiny
     state, lora0 = _train_method(tiny, "LoRA (Proj)")
     eff = state.effective()
+    extra = s4r.EXTRA_PARAMS if cfg.train_skip_dt_bias else ()  # u, log_dt, beta: trained too
     for l, (b, e, lo, lo0) in enumerate(zip(frozen, eff, state.lora, lora0)):
         for k in sm.ALL_PARAMS:
-            if k != "W":
+            if k != "W" and k not in extra:
                 assert torch.equal(e[k][0].detach(), b[k]), (l, k)
         delta = e["W"][0].detach() - b["W"]
         r = int(state.rank_mask[l]["proj"][0].sum())
@@ -141,7 +204,10 @@ def test_bad_options_fail_with_a_clear_message(capsys):
     cases = [(["--D", "0"], "--D"), (["--bogus-option", "1"], "unrecognized arguments: --bogus-option"),
              (["--sdt-budgets", "3by2"], "--sdt-budgets"), (["--methods", "LoRA,Nope"], "--methods"),
              (["--lrs", "1e-3,-1"], "--lrs"), (["--H", "7"], "--H"), (["--preset", "huge"], "--preset"),
-             (["--lora-ranks", "1,x"], "--lora-ranks")]
+             (["--lora-ranks", "1,x"], "--lora-ranks"), (["--state-convention", "real"], "--state-convention"),
+             (["--sdt-prune", "all"], "--sdt-prune"), (["--usable-states", "99"], "--usable-states"),
+             (["--sdt-prune", "usable", "--usable-channels", "1"], "--sdt-budgets"),
+             (["--warmup-params", "x"], "--warmup-params")]
     for argv, needle in cases:
         with pytest.raises(SystemExit):
             s4r.parse_config(argv)
