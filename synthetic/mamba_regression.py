@@ -36,7 +36,7 @@ from .mamba_peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaS
                          trainable_count)
 from .mamba_ref import block_weights
 from .progress import progress
-from .sweep import ResultsFile, best_of_grid, environment, is_diverged, plot_mse_vs_params, run_key
+from .sweep import ResultsFile, best_of_grid, environment, is_diverged, plot_mse_vs_params, run_key, utc_now
 
 METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full")
 
@@ -338,7 +338,7 @@ def run(cfg: MambaRegressionConfig) -> Path:
                    "best_mse": None, "final_mse": None, "trainable_pct": None}
         rec.update(key=key, config=cdict, backend=backend.name, mamba_ssm_version=backend.version,
                    fused=backend.inner_fn is not None, device=env["device"] if dev.type == "cuda" else "cpu",
-                   commit=commit, frozen_params=exp.n_frozen)
+                   commit=commit, date=utc_now(), frozen_params=exp.n_frozen)
         rf.append(rec)
     summary(rf.load())
     try:

@@ -51,7 +51,7 @@ import torch
 from synthetic import s4_model as sm
 from synthetic.progress import progress
 from synthetic.sdt_select import SDTRanking, rank_dimensions, select, select_pruned
-from synthetic.sweep import ResultsFile, best_of_grid, environment, plot_mse_vs_params, run_key
+from synthetic.sweep import ResultsFile, best_of_grid, environment, plot_mse_vs_params, run_key, utc_now
 
 Tensor = torch.Tensor
 
@@ -641,7 +641,7 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
                 "trainable_pct": 100.0 * counts[i] / total_params, "iters": cfg.iters if method.trains else 0,
                 "loss_curve": _subsample(curve, cfg.curve_points), "wall_s": wall / len(lrs), "group_wall_s": wall,
                 "runs_in_group": len(lrs), "warmup_s": c.get("warmup_s") if method.needs_selection else None,
-                "device": env["device"], "torch": env["torch"], "commit": env["commit"],
+                "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
                 "precision": cfg.precision if device.type == "cuda" else "fp32",
                 "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
             })

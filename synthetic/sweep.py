@@ -266,10 +266,15 @@ def git_commit(root=None) -> str:
     return c or os.environ.get("GIT_COMMIT", "") or "unknown"
 
 
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (records carry the date they were produced)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def environment() -> Dict[str, str]:
     """Device name, torch version, commit and UTC date for records and benchmarks."""
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"device": dev, "torch": torch.__version__, "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "date": utc_now()}
