@@ -31,7 +31,7 @@ import torch
 from ._validate import check_int, check_same_dtype, check_tensor
 from .deep import random_s4_ssm
 from .report import ClaimResult, claim
-from .ssm import DiagonalSSM, ssm_recurrence
+from .ssm import DiagonalSSM, _powers, ssm_recurrence
 from .tolerances import RTOL, rel_err
 
 Tensor = torch.Tensor
@@ -69,8 +69,7 @@ def reachability_matrix(A_bar: Tensor, B_bar: Tensor, M: int) -> Tensor:
     """
     _check_pair(A_bar, B_bar)
     check_int("M", M, lo=1)
-    # a^{M−1}, ..., a^0 (torch's vander needs N > 1, so M = 1 is the column of ones)
-    V = torch.ones_like(A_bar)[..., None] if M == 1 else torch.linalg.vander(A_bar, N=M).flip(-1)  # (D, H, M)
+    V = _powers(A_bar, M).flip(-1)  # (D, H, M): a^{M−1}, ..., a^0
     return B_bar[..., None] * V  # (D, H, M)
 
 
