@@ -83,11 +83,11 @@ def bench_method(trainer: s4r.Trainer, name: str, iters: int, warm: int, R: int,
 
 
 def precision_check(cfg: s4r.Config, device: torch.device, iters: int, seed: int = 0) -> List[Dict]:
-    """Best MSE after ``iters`` eager iterations with fp32 vs TF32 matmuls (same init and data)."""
+    """Best MSE after ``iters`` eager iterations with fp32, TF32 and fp16-conv matmuls (same init and data)."""
     out = []
     for name in ("SDT", "Full"):
         res = {}
-        for prec in ("fp32", "tf32"):
+        for prec in ("fp32", "tf32", "fp16"):
             c = s4r.Config(**{**cfg.__dict__, "precision": prec, "compile": False, "iters": iters})
             tr = s4r.Trainer(c, device, log=lambda *a: None)
             frozen, target = tr.models(seed)
@@ -98,11 +98,11 @@ def precision_check(cfg: s4r.Config, device: torch.device, iters: int, seed: int
             state = _state(tr, c, method, budget, frozen, target, seed, 1, sel)
             curve = tr.train(state, [sorted(c.lrs)[(len(c.lrs) - 1) // 2]], iters, target, tr.data(seed, stream=0))[0]
             res[prec] = {"best_mse": float(curve.min()), "final_mse": float(curve[-1])}
-        rel = abs(res["tf32"]["best_mse"] - res["fp32"]["best_mse"]) / max(abs(res["fp32"]["best_mse"]), 1e-12)
+        ref = max(abs(res["fp32"]["best_mse"]), 1e-12)
+        rel = {p: abs(res[p]["best_mse"] - res["fp32"]["best_mse"]) / ref for p in ("tf32", "fp16")}
         out.append({"method": name, "budget": s4r.budget_label(budget), "iters": iters, **res,
-                    "rel_diff_best_mse": rel})
-    if device.type == "cuda":  # restore the configured precision
-        torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
+                    "rel_diff_best_mse": rel["tf32"], "rel_diff_best_mse_fp16": rel["fp16"]})
+    s4r.set_precision(cfg.precision, device)  # restore the configured precision
     return out
 
 
@@ -120,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--warm", type=int, default=5, help="untimed iterations first (compilation)")
     p.add_argument("--runs", type=int, default=1, help="runs trained together per step (R)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="tf32", choices=("tf32", "fp32"))
+    p.add_argument("--precision", default="tf32", choices=("tf32", "fp32", "fp16"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--check-iters", type=int, default=100, help="iterations of the fp32-vs-TF32 check (0: skip)")
     p.add_argument("--out", default="figures/bench_s4.json")
@@ -150,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check = precision_check(cfg, device, a.check_iters) if a.check_iters else []
     for c in check:
         print(f"precision check {c['method']}: best MSE fp32 {c['fp32']['best_mse']:.6g}, tf32 {c['tf32']['best_mse']:.6g}, "
-              f"rel diff {c['rel_diff_best_mse']:.2e}", flush=True)
+              f"fp16 {c['fp16']['best_mse']:.6g}; rel diff tf32 {c['rel_diff_best_mse']:.2e}, "
+              f"fp16 {c['rel_diff_best_mse_fp16']:.2e}", flush=True)
     report = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
               "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
               "compiled": trainer.use_compile, "config": {k: getattr(cfg, k) for k in

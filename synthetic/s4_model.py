@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -164,6 +164,73 @@ class ToeplitzConv(torch.autograd.Function):
         return dK, dx, None
 
 
+def _unit_scale(t: Tensor, dims) -> Tuple[Tensor, Tensor]:
+    """``(t / s, s)`` with ``s = max |t|`` over ``dims`` (kept), 1 where that max is 0: per-(run, channel)
+    scaling so that the half-precision copy uses fp16's full relative precision and cannot overflow."""
+    s = t.detach().abs().amax(dim=dims, keepdim=True)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return t / s, s
+
+
+def _bmm_fp32_out(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` of fp16 operands with fp32 accumulation and fp32 output, batched over leading dims.
+
+    CUDA: cuBLAS' fp16 tensor-core GEMM writing fp32 (``aten::bmm.dtype``). Elsewhere the fp16
+    operands are multiplied in fp32 (same operand rounding, so CPU tests see the same error model).
+    """
+    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    if a.is_cuda:
+        out = torch.bmm(a, b, out_dtype=torch.float32)
+    else:
+        out = torch.bmm(a.float(), b.float())
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+class ToeplitzConvHalf(torch.autograd.Function):
+    """:class:`ToeplitzConv` with fp16 GEMM operands (fp32 accumulation and output): ``--precision fp16``.
+
+    fp16 keeps 11 significant bits, the same as TF32's operand rounding, at twice TF32's tensor-core
+    rate. Each operand is scaled to max |.| = 1 per (run, channel) before the cast (so neither the
+    kernel, the activations nor the tiny loss gradients leave fp16's normal range) and the fp32
+    product is scaled back. Same signature as :class:`ToeplitzConv`; a test holds the two together.
+    """
+
+    @staticmethod
+    def forward(ctx, K, x, idx):
+        T, sT = _unit_scale(toeplitz(K, idx), (-2, -1))  # (R, D, N, N), (R, D, 1, 1)
+        xs, sx = _unit_scale(x, (-2, -1))  # (R, D, N, B) or (D, N, B)
+        Th, xh = T.half(), xs.half()
+        ctx.save_for_backward(Th, sT, xh, sx)
+        ctx.x_shared = x.dim() < K.dim() + 1
+        return _bmm_fp32_out(Th, xh) * (sT * sx)
+
+    @staticmethod
+    def backward(ctx, dy):
+        Th, sT, xh, sx = ctx.saved_tensors
+        dys, sdy = _unit_scale(dy, (-2, -1))
+        dyh = dys.half()
+        dK = dx = None
+        if ctx.needs_input_grad[0]:
+            dT = _bmm_fp32_out(dyh, xh.transpose(-1, -2)) * (sdy * sx)  # (R, D, N, N)
+            dK = diagonal_sums(dT)
+        if ctx.needs_input_grad[1]:
+            dx = _bmm_fp32_out(Th.transpose(-1, -2), dyh) * (sT * sdy)
+            if ctx.x_shared:
+                dx = dx.sum(0)
+        return dK, dx, None
+
+
+_HALF_CONV = False  # read when layer_forward is traced: set before compiling (set_half_conv)
+
+
+def set_half_conv(enabled: bool) -> None:
+    """Use :class:`ToeplitzConvHalf` (fp16 operands) instead of :class:`ToeplitzConv` in layer_forward."""
+    global _HALF_CONV
+    _HALF_CONV = bool(enabled)
+
+
 def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B).
 
@@ -171,7 +238,7 @@ def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """
     N = x.shape[-2]
     K = s4d_kernel(p, N)  # (R, D, N)
-    s = ToeplitzConv.apply(K, x, idx)  # (R, D, N, B): causal convolution plus skip
+    s = (ToeplitzConvHalf if _HALF_CONV else ToeplitzConv).apply(K, x, idx)  # (R, D, N, B): conv + skip
     R, D = K.shape[0], K.shape[1]
     z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
     return torch.relu(z + p["beta"][..., None]).reshape(s.shape)  # (R, D, N, B)

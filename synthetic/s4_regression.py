@@ -85,7 +85,8 @@ class Config:
     frozen_eval_batches: int = 5
     curve_points: int = 50
     device: str = "auto"
-    precision: str = "tf32"  # matmul precision on CUDA: "tf32" or "fp32" (CPU is always fp32)
+    precision: str = "tf32"  # matmuls on CUDA: "tf32", "fp32", or "fp16" (Toeplitz conv GEMMs with fp16 operands,
+    # fp32 accumulation, the rest TF32; synthetic.s4_model.ToeplitzConvHalf). CPU is always fp32.
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU
     time_budget: float = 0.0  # seconds; stop starting new run groups after this (0 = no limit)
     out: str = "figures"
@@ -172,8 +173,8 @@ def validate(cfg: Config) -> Config:
     if cfg.activation != "relu":
         raise ValueError("--activation: only 'relu' is implemented by the fast model (the theory point "
                          "uses the float64 reference for the linear variant)")
-    if cfg.precision not in ("tf32", "fp32"):
-        raise ValueError(f"--precision: must be 'tf32' or 'fp32', got {cfg.precision!r}")
+    if cfg.precision not in ("tf32", "fp32", "fp16"):
+        raise ValueError(f"--precision: must be 'tf32', 'fp32' or 'fp16', got {cfg.precision!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
     if not cfg.lrs or any(not (math.isfinite(x) and x > 0) for x in cfg.lrs):
@@ -423,14 +424,21 @@ def resolve_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
+def set_precision(precision: str, device: torch.device) -> None:
+    """Matmul precision on CUDA (process-wide flags, read when a step is compiled): "fp32"; "tf32"
+    (TF32 tensor cores); "fp16" (TF32, and the Toeplitz conv GEMMs with fp16 operands). No-op on CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16")
+        torch.backends.cudnn.allow_tf32 = precision in ("tf32", "fp16")
+        sm.set_half_conv(precision == "fp16")
+
+
 class Trainer:
     """Owns the (optionally compiled) per-run loss and AdamW step, shared by every method and group."""
 
     def __init__(self, cfg: Config, device: torch.device, log=print):
         self.cfg, self.device, self.log = cfg, device, log
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
+        set_precision(cfg.precision, device)
         self.idx = sm.toeplitz_index(cfg.N, device)
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
         self._loss, self._step = sm.run_losses, sm.adamw_step

@@ -237,3 +237,22 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     for ext in ("png", "pdf"):
         assert (tmp_path / f"s4_mse_vs_params_tiny.{ext}").stat().st_size > 0
     s4r.main(argv + ["--plot-only"])  # redraw from data alone
+
+
+def test_half_precision_conv_matches_fp32_conv():
+    """ToeplitzConvHalf (fp16 operands, per-(run, channel) scaling) = ToeplitzConv to fp16 rounding,
+    also for loss-sized gradients (1e-8) that would underflow fp16 without the scaling."""
+    R, D, N, B = 2, 3, 24, 5
+    idx = sm.toeplitz_index(N, "cpu")
+    g = torch.Generator().manual_seed(0)
+    for shape in ((R, D, N, B), (D, N, B)):
+        K = torch.randn(R, D, N, generator=g, requires_grad=True)
+        x = (10 * torch.rand(*shape, generator=g)).requires_grad_(True)
+        dy = 1e-8 * torch.randn(R, D, N, B, generator=g)
+        out32, out16 = sm.ToeplitzConv.apply(K, x, idx), sm.ToeplitzConvHalf.apply(K, x, idx)
+        assert rel_err(out16, out32) < 2e-3  # fp16 keeps 11 bits: ~2.4e-4 per operand
+        g32 = torch.autograd.grad((out32 * dy).sum(), (K, x))
+        g16 = torch.autograd.grad((out16 * dy).sum(), (K, x))
+        for a, b in zip(g16, g32):
+            assert rel_err(a, b) < 2e-3
+        assert rel_err(out16, out32) > 0  # the half path really rounds (it is not the fp32 path)

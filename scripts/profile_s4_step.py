@@ -1,0 +1,74 @@
+"""Profile one deep-S4 training step (paper configuration) with torch.profiler: where the time goes.
+
+    python scripts/profile_s4_step.py --runs 16 [--method Full] [--precision fp16] [--no-compile] [--out prof.txt]
+
+Prints the top CUDA kernels by self time for ``--iters`` steps after compilation/warm-up, and the
+milliseconds per run-iteration measured around them (synchronised). A diagnostic for the speed work
+in notes/s4_speed.md, not a benchmark of record (that is ``python -m synthetic.bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from synthetic import s4_regression as s4r  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/profile_s4_step.py", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
+    p.add_argument("--runs", type=int, default=16)
+    p.add_argument("--method", default="Full", choices=list(s4r.METHODS))
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warm", type=int, default=3)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--batch", type=int, default=4000)
+    p.add_argument("--precision", default="tf32", choices=("tf32", "fp32", "fp16"))
+    p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--out", default="")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device")
+    cfg = s4r.parse_config(["--preset", "paper", "--batch", str(a.batch), "--lrs", ",".join(["4e-3"] * a.runs),
+                            "--precision", a.precision]
+                           + (["--compile"] if a.compile else ["--no-compile"]))
+    dev = torch.device("cuda")
+    tr = s4r.Trainer(cfg, dev)
+    frozen, target = tr.models(0)
+    m = s4r.METHODS[a.method]
+    sel = tr.warmup_selection(frozen, target, 0) if m.needs_selection else None
+    import synthetic.s4_model as sm
+    st = sm.RunState.create(frozen, a.runs, *tr.rank_max(), generator=torch.Generator().manual_seed(0))
+    m.configure(st, m.budgets(cfg)[-1], sel)
+    g = tr.data(0, 0)
+    t0 = time.perf_counter()
+    tr.train(st, list(cfg.lrs), a.warm, target, g)
+    torch.cuda.synchronize()
+    print(f"warm-up/compile {time.perf_counter() - t0:.1f}s", flush=True)
+    t0 = time.perf_counter()
+    tr.train(st, list(cfg.lrs), a.iters, target, g)
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - t0) * 1e3 / a.iters
+    print(f"{a.method} R={a.runs} batch={a.batch} {a.precision} compile={a.compile}: {ms:.2f} ms/step, "
+          f"{ms / a.runs:.3f} ms per run-iteration, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        tr.train(st, list(cfg.lrs), a.iters, target, g)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=90)
+    print(table)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(f"{a.method} R={a.runs} {ms:.2f} ms/step {ms / a.runs:.3f} ms/run-iter\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
