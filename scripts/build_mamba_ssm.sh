@@ -16,9 +16,14 @@
 #   MAX_JOBS=16               parallel compile jobs (default: number of CPUs)
 #   WITH_CAUSAL_CONV1D=1      also build causal-conv1d (optional; Mamba falls back to nn.Conv1d)
 #   INSTALL=1                 pip install the built wheels (--no-deps --no-index)
-# Get the sdists on a machine with an index (CPU torch is enough):
-#   MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-binary :all: \
-#       --no-build-isolation mamba-ssm==2.3.2.post1 -d .whl
+# Get the sdists on a machine with an index (CPU torch, setuptools, wheel, ninja are enough):
+#   MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+#   CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-binary :all: --no-build-isolation \
+#       mamba-ssm==2.3.2.post1 causal-conv1d==1.6.2.post1 -d .whl
+# causal-conv1d 1.6.2.post1: mamba-ssm 2.3.2.post1 calls causal_conv1d.cpp_functions.causal_conv1d_{fwd,bwd,
+# update}_function (same signatures in 1.5.x and 1.6.x); 1.6.x's setup.py knows CUDA 13 and puts its
+# first -gencode pair unconditionally in the CUDA branch, which patch_setup needs (1.5.3 puts it under
+# `if cuda <= 12.9`, so patch_setup refuses it). Keep one sdist per package in SDIST_DIR (newest is used).
 set -euo pipefail
 
 SDIST_DIR=$(realpath "${1:-.whl}")
@@ -69,6 +74,13 @@ while i < len(lines):
 src = "".join(out)
 if n_arch == 0 or len(re.findall(r"arch=compute_", src)) != 1:
     sys.exit(f"patch_setup: unexpected cc_flag layout in {path} ({n_arch} pairs); update the script")
+# our pair must sit directly in the CUDA branch (same indentation as its check_if_cuda_home_none call),
+# not under an `if cuda-version` that may be false (then nvcc would get no architecture at all)
+ours = next(l for l in src.splitlines() if "# build_mamba_ssm.sh" in l and "gencode" in l)
+home = next((l for l in src.splitlines() if l.strip().startswith("check_if_cuda_home_none(")), None)
+indent = lambda l: len(l) - len(l.lstrip())
+if home is None or indent(ours) != indent(home):
+    sys.exit(f"patch_setup: the first -gencode pair in {path} is conditional; update the script or the sdist")
 compile(src, path, "exec")  # the patched file must still be valid Python
 open(path, "w").write(src)
 print(f"patch_setup: replaced {n_arch} -gencode pairs by sm_{sm} only")

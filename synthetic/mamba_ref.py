@@ -89,13 +89,19 @@ def _opt(w: Mapping[str, Optional[Tensor]], name: str) -> Optional[Tensor]:
     return w.get(name) if hasattr(w, "get") else None
 
 
+def linear_map(w, x: Tensor, eq: str) -> Tensor:
+    """``einsum(eq, w, x)`` for a weight tensor ``w``; an object with ``.linear(x, eq)`` (e.g. an
+    activation-side LoRA with dropout, :class:`synthetic.mamba_peft.DropoutLoRA`) applies itself."""
+    return torch.einsum(eq, w, x) if isinstance(w, Tensor) else w.linear(x, eq)
+
+
 def mamba_s6_inputs(w: Mapping[str, Tensor], hidden: Tensor, d_state: int, dt_rank: int):
     """Steps 1-3 of the block: ``(x, z, δ_low, B, C)`` from hidden (Bt, N, d_model).
 
     x, z: (Bt, D, N) (x after conv + SiLU); dt_low: (Bt, R, N) = W_Δ↓ x; B, C: (Bt, H, N).
     """
     Bt, N, _ = hidden.shape
-    xz = torch.einsum("ed,bnd->ben", w["in_proj.weight"], hidden)  # (Bt, 2D, N)
+    xz = linear_map(w["in_proj.weight"], hidden, "ed,bnd->ben")  # (Bt, 2D, N)
     b_in = _opt(w, "in_proj.bias")
     if b_in is not None:
         xz = xz + b_in[None, :, None]
@@ -103,7 +109,7 @@ def mamba_s6_inputs(w: Mapping[str, Tensor], hidden: Tensor, d_state: int, dt_ra
     conv_w = w["conv1d.weight"]  # (D, 1, W)
     x = F.silu(F.conv1d(x, conv_w, w.get("conv1d.bias"), padding=conv_w.shape[-1] - 1,
                         groups=conv_w.shape[0])[..., :N])  # (Bt, D, N): causal depthwise conv
-    x_dbl = torch.einsum("rd,bdn->brn", w["x_proj.weight"], x)  # (Bt, R + 2H, N)
+    x_dbl = linear_map(w["x_proj.weight"], x, "rd,bdn->brn")  # (Bt, R + 2H, N)
     dt_low, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=1)
     return x, z, dt_low, B.contiguous(), C.contiguous()
 
@@ -115,10 +121,16 @@ def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_r
     ``scan_fn`` is a ``selective_scan_fn``-compatible scan (ours, or mamba-ssm's CUDA kernel).
     With ``inner_fn`` (mamba-ssm's fused ``mamba_inner_fn``, which needs causal-conv1d), steps 2-6
     run in one fused kernel that reads the x_proj/dt_proj/out_proj weights *we pass*, so adapted
-    (effective) weights are in the compute path either way.
+    (effective) weights are in the compute path either way. The fused kernel needs weight tensors:
+    if a linear map is given as an activation-side op (:func:`linear_map`), pass ``inner_fn=None``
+    (``ValueError`` otherwise).
     """
     A = -torch.exp(w["A_log"].float())  # (D, H)
     if inner_fn is not None:
+        ops = [k for k in ("in_proj.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight")
+               if not isinstance(w[k], Tensor)]
+        if ops:
+            raise ValueError(f"inner_fn: the fused path needs weight tensors, got activation-side ops for {ops}")
         b_in = _opt(w, "in_proj.bias")
         xz = torch.einsum("ed,bnd->ben", w["in_proj.weight"], hidden)  # (Bt, 2D, N)
         if b_in is not None:
@@ -127,10 +139,10 @@ def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_r
                         w["out_proj.weight"], _opt(w, "out_proj.bias"), A, None, None, w["D"].float(),
                         delta_bias=w["dt_proj.bias"].float(), delta_softplus=True)
     x, z, dt_low, B, C = mamba_s6_inputs(w, hidden, d_state, dt_rank)
-    delta = torch.einsum("dr,brn->bdn", w["dt_proj.weight"], dt_low)  # (Bt, D, N), bias added in the scan
+    delta = linear_map(w["dt_proj.weight"], dt_low, "dr,brn->bdn")  # (Bt, D, N), bias added in the scan
     y = scan_fn(x, delta, A, B, C, w["D"].float(), z=z, delta_bias=w["dt_proj.bias"].float(),
                 delta_softplus=True)  # (Bt, D, N)
-    out = torch.einsum("md,bdn->bnm", w["out_proj.weight"], y)  # (Bt, N, d_model)
+    out = linear_map(w["out_proj.weight"], y, "md,bdn->bnm")  # (Bt, N, d_model)
     b_out = _opt(w, "out_proj.bias")
     return out if b_out is None else out + b_out
 
@@ -138,7 +150,7 @@ def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_r
 def delta_of(w: Mapping[str, Tensor], hidden: Tensor, d_state: int, dt_rank: int) -> Tensor:
     """``Δ = softplus(W_Δ↑ W_Δ↓ x + β_Δ)`` (Bt, D, N) for the block's input ``hidden``."""
     _, _, dt_low, _, _ = mamba_s6_inputs(w, hidden, d_state, dt_rank)
-    return F.softplus(torch.einsum("dr,brn->bdn", w["dt_proj.weight"], dt_low) + w["dt_proj.bias"][None, :, None])
+    return F.softplus(linear_map(w["dt_proj.weight"], dt_low, "dr,brn->bdn") + w["dt_proj.bias"][None, :, None])
 
 
 class MambaRef(nn.Module):

@@ -14,6 +14,12 @@ Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.json`` (one r
     python -m synthetic.mamba_regression                 # auto: mamba_ssm + paper preset on a GPU, else CPU preset
     python -m synthetic.mamba_regression --preset paper --backend mamba_ssm --out figures
     python -m synthetic.mamba_regression --plot-only --preset paper
+
+Parallel shards on one GPU (each process takes every n-th run of the grid and writes its own file
+``mamba_regression_<preset>.shard<i>of<n>.json``; ``--merge`` folds them into the main file atomically):
+
+    for i in 0 1 2 3; do python -m synthetic.mamba_regression --preset paper --shard $i/4 & done; wait
+    python -m synthetic.mamba_regression --preset paper --merge
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .mamba_peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
-                         frozen_param_count, get_backend, mamba_ssm_available, residual_stack, select_channels,
-                         trainable_count)
+                         frozen_param_count, get_backend, mamba_ssm_available, official_select, residual_stack,
+                         select_channels, trainable_count)
 from .mamba_ref import block_weights
 from .progress import progress
 from .sweep import ResultsFile, best_of_grid, environment, is_diverged, plot_mse_vs_params, run_key, utc_now
@@ -74,6 +80,13 @@ class MambaRegressionConfig:
     threads: int = 1  # torch CPU threads on the CPU device (tiny ops: one thread is fastest; 0 = torch default)
     out: str = "figures"
     plot_only: bool = False
+    shard: str = ""  # "i/n": run only grid runs j with j % n == i, into this shard's own results file
+    merge: bool = False  # fold the shard files into the main results file (atomically), then plot
+    # Opt-in options matching the official code (furiosa-ai/ssm-peft, mamba_ssm_peft/peft/sd_lora.py and
+    # cfg/peft/); see notes/mamba.md. Left out of run keys at their defaults (_OPT_IN_DEFAULTS).
+    sdt_rule: str = "ours"  # "ours": warm up A_log, x_proj, dt_proj; score by the change of Ā | "official" (below)
+    sdt_state_freeze: float = 0.0  # official rule only: fraction of A_log states frozen per SDT channel (0.75)
+    lora_dropout: float = 0.0  # dropout on the LoRA input path (official 0.1); runs unfused while training
 
 
 PRESETS: Dict[str, MambaRegressionConfig] = {
@@ -92,6 +105,11 @@ PRESETS: Dict[str, MambaRegressionConfig] = {
         iters=6, eval_every=3, eval_batches=1, warmup_iters=2, lrs=(1e-2,), lora_ranks=(1,), sdt_channels=(4,),
         sdt_lora=("4x1",)),
 }
+
+
+SDT_RULES = ("ours", "official")
+# Opt-in fields: left out of the run key while at these defaults, so earlier results still resume.
+_OPT_IN_DEFAULTS = {"sdt_rule": "ours", "sdt_state_freeze": 0.0, "lora_dropout": 0.0}
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -143,7 +161,40 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+    try:
+        check_options(cfg)
+    except ValueError as e:
+        p.error(str(e))
     return cfg
+
+
+def parse_shard(s: str) -> Optional[Tuple[int, int]]:
+    """'i/n' -> (i, n) with 0 <= i < n; '' -> None."""
+    if not s:
+        return None
+    try:
+        i, n = (int(v) for v in s.split("/"))
+    except ValueError:
+        raise ValueError(f"shard: expected 'i/n' (e.g. 0/4), got {s!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard: need 0 <= i < n, got {s!r}")
+    return i, n
+
+
+def check_options(cfg: MambaRegressionConfig) -> None:
+    """ValueError naming the option for inconsistent opt-in / shard options."""
+    if cfg.sdt_rule not in SDT_RULES:
+        raise ValueError(f"sdt_rule: one of {SDT_RULES}, got {cfg.sdt_rule!r}")
+    if not 0.0 <= cfg.sdt_state_freeze < 1.0:
+        raise ValueError(f"sdt_state_freeze: must be in [0, 1), got {cfg.sdt_state_freeze}")
+    if cfg.sdt_state_freeze and cfg.sdt_rule != "official":
+        raise ValueError("sdt_state_freeze: state-level freezing needs --sdt-rule official (it ranks states by "
+                         "the warm-up's A_log change)")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
+    parse_shard(cfg.shard)
+    if cfg.shard and (cfg.merge or cfg.plot_only):
+        raise ValueError("shard: cannot be combined with --merge or --plot-only")
 
 
 # ------------------------------------------------------------------------------------ the grid
@@ -199,7 +250,7 @@ class Experiment:
         self.eval_x = [self._inputs(g) for _ in range(cfg.eval_batches)]
         with torch.no_grad():
             self.eval_y = [residual_stack(self.target_blocks, x) for x in self.eval_x]
-        self._scores: Dict[int, List[torch.Tensor]] = {}
+        self._scores: Dict[object, List[torch.Tensor]] = {}
 
     def _inputs(self, g: torch.Generator) -> torch.Tensor:
         c = self.cfg
@@ -212,14 +263,18 @@ class Experiment:
         return x, y
 
     def eval_mse(self, model: PeftMambaStack) -> float:
+        """Mean eval MSE, in eval mode (LoRA dropout off), restoring the model's mode."""
+        was = model.training
+        model.eval()
         with torch.no_grad():
             tot = sum(float(torch.mean((model(x, self.backend) - y) ** 2)) for x, y in zip(self.eval_x, self.eval_y))
+        model.train(was)
         return tot / len(self.eval_x)
 
-    def stack(self, config: MambaPeftConfig, channels=None, seed: int = 0) -> PeftMambaStack:
+    def stack(self, config: MambaPeftConfig, channels=None, seed: int = 0, states=None) -> PeftMambaStack:
         g = torch.Generator(device="cpu").manual_seed(seed)
         return PeftMambaStack(self.layer_weights, d_state=self.cfg.frozen_d_state, dt_rank=self.dt_rank,
-                              config=config, channels=channels, generator=g).to(self.device)
+                              config=config, channels=channels, generator=g, states=states).to(self.device)
 
     def sdt_scores(self, seed: int) -> List[torch.Tensor]:
         """Algorithm 1, steps 1-2 for S6: warm up A_log, x_proj, dt_proj on a copy; score channels
@@ -243,6 +298,36 @@ class Experiment:
         self._scores[seed] = scores
         return scores
 
+    def official_deltas(self, seed: int, lr: float, config: MambaPeftConfig) -> List[torch.Tensor]:
+        """The official SDLoRA warm-up (``sd_lora.py``): train a full additive change of ``A_log``
+        (plus the method's LoRA, as the official warm-up trains the out_proj LoRA too) for
+        ``warmup_iters`` steps at the run's lr; returns per layer the learnt ``ΔA_log`` (D, H)
+        (cached per seed, lr and LoRA)."""
+        key = ("official", seed, lr, config.lora, config.lora_rank)
+        if key in self._scores:
+            return self._scores[key]
+        c = self.cfg
+        warm = MambaPeftConfig(full=("A_log",), lora=config.lora, lora_rank=config.lora_rank,
+                               lora_alpha=config.lora_alpha, lora_dropout=c.lora_dropout if config.lora else 0.0)
+        model = self.stack(warm, seed=seed)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                weight_decay=c.weight_decay)
+        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
+        for _ in range(c.warmup_iters):
+            self.step(model, opt, g)
+        deltas = [(blk.full["A_log"].detach() - w["A_log"]).cpu() for blk, w in zip(model.blocks, self.layer_weights)]
+        self._scores[key] = deltas
+        return deltas
+
+    def sdt_selection(self, config: MambaPeftConfig, lr: float, seed: int):
+        """(channels per layer, A_log states per layer or None) for an SDT config, by ``cfg.sdt_rule``."""
+        c = self.cfg
+        if c.sdt_rule == "official":
+            n_states = c.frozen_d_state - int(round(c.sdt_state_freeze * c.frozen_d_state)) if c.sdt_state_freeze else 0
+            sel = [official_select(d, config.sdt_channels, n_states) for d in self.official_deltas(seed, lr, config)]
+            return [ch for ch, _ in sel], ([st for _, st in sel] if n_states else None)
+        return [select_channels(s, config.sdt_channels) for s in self.sdt_scores(seed)], None
+
     def step(self, model, opt, g: torch.Generator) -> torch.Tensor:
         """One AdamW step on a fresh batch; returns the (detached) training MSE without a host sync."""
         x, y = self.batch(g)
@@ -256,11 +341,16 @@ class Experiment:
         c = self.cfg
         t0 = time.perf_counter()
         config = METHODS[method](budget)
-        channels = None
+        if c.lora_dropout and config.lora:
+            config = dataclasses.replace(config, lora_dropout=c.lora_dropout)
+        channels = states = None
         if config.sdt_channels:
-            channels = [select_channels(s, config.sdt_channels) for s in self.sdt_scores(seed)]
+            channels, states = self.sdt_selection(config, lr, seed)
+            if states is not None:
+                config = dataclasses.replace(config, sdt_states=len(states[0][0]))
         torch.manual_seed(seed)
-        model = self.stack(config, channels, seed=seed)
+        model = self.stack(config, channels, seed=seed, states=states)
+        fallback = model.fused_fallback(self.backend)
         n_train = trainable_count(model)
         params = [p for p in model.parameters() if p.requires_grad]
         g = torch.Generator(device="cpu").manual_seed(30_000 + seed)
@@ -279,7 +369,12 @@ class Experiment:
             losses = [float(v) for v in buf[: it + 1].cpu()]
         ev_vals = [v for _, v in evals]
         finite = [v for v in ev_vals if not is_diverged(v)]
-        return {
+        extra = {}
+        if states is not None:
+            extra["sdt_states"] = states
+        if fallback:  # trained unfused although the backend has a fused path
+            extra["fused_fallback"] = fallback
+        return {**extra,
             "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
             "trainable_count": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
             "best_mse": min(finite) if finite and status == "ok" else None,
@@ -299,16 +394,54 @@ def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
 
 def _config_dict(cfg: MambaRegressionConfig) -> dict:
     d = dataclasses.asdict(cfg)
-    for k in ("out", "plot_only", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods"):
+    for k in ("out", "plot_only", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods",
+              "shard", "merge"):
         d.pop(k)  # not part of what a run computes (a run key holds its own lr and seed)
+    for k, v in _OPT_IN_DEFAULTS.items():
+        if d[k] == v:
+            d.pop(k)
     return d
 
 
+def shard_path(main: Path, i: int, n: int) -> Path:
+    return main.with_name(f"{main.stem}.shard{i}of{n}{main.suffix}")
+
+
+def shard_files(main: Path) -> List[Path]:
+    return sorted(main.parent.glob(f"{main.stem}.shard*of*{main.suffix}"))
+
+
+def merge_shards(main: Path) -> int:
+    """Fold every shard file of ``main`` into it (one atomic write; records already there are kept,
+    duplicate keys skipped), then delete the shard files. Returns the number of records added."""
+    rf = ResultsFile(main)
+    files = shard_files(main)
+    recs = [r for f in files for r in ResultsFile(f).load()]
+    before = len(rf.completed_keys())
+    rf.extend(recs)
+    added = len(rf.completed_keys()) - before
+    for f in files:
+        f.unlink()
+    print(f"mamba_regression: merged {len(files)} shard files ({len(recs)} records, {added} new) into {main}",
+          file=sys.stderr)
+    return added
+
+
 def run(cfg: MambaRegressionConfig) -> Path:
+    check_options(cfg)
     paths = out_paths(cfg)
+    if cfg.merge:
+        merge_shards(paths["json"])
+        summary(ResultsFile(paths["json"]).load())
+        try:
+            plot(paths)
+        except ImportError as e:
+            print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
+        return paths["json"]
     if cfg.plot_only:
         plot(paths)
         return paths["json"]
+    shard = parse_shard(cfg.shard)
     backend = get_backend(cfg.backend, fused=cfg.fused)
     dev = torch.device(("cuda" if torch.cuda.is_available() and backend.name == "mamba_ssm" else "cpu")
                        if cfg.device == "auto" else cfg.device)
@@ -319,11 +452,16 @@ def run(cfg: MambaRegressionConfig) -> Path:
     cdict = _config_dict(cfg)
     rf = ResultsFile(paths["json"])
     done = rf.completed_keys()
+    for f in shard_files(paths["json"]):  # runs already in some shard file are done too
+        done |= ResultsFile(f).completed_keys()
     grid = run_grid(cfg)
-    todo = [r for r in grid if run_key({**r, "config": cdict, "backend": backend.name}) not in done]
+    mine = [r for j, r in enumerate(grid) if shard is None or j % shard[1] == shard[0]]
+    todo = [r for r in mine if run_key({**r, "config": cdict, "backend": backend.name}) not in done]
+    if shard is not None:
+        rf = ResultsFile(shard_path(paths["json"], *shard))
     print(f"mamba_regression: preset {cfg.preset}, backend {backend.name} (mamba-ssm {backend.version}, "
-          f"fused {backend.inner_fn is not None}), device {dev}; {len(grid) - len(todo)} of {len(grid)} runs done",
-          file=sys.stderr)
+          f"fused {backend.inner_fn is not None}), device {dev}; {len(mine) - len(todo)} of {len(mine)} runs done"
+          + (f" (shard {shard[0]}/{shard[1]} of {len(grid)}) -> {rf.path}" if shard else ""), file=sys.stderr)
     t_start = time.perf_counter()
     exp = Experiment(cfg, backend, dev) if todo else None
     for r in progress(todo, desc="mamba runs"):
@@ -337,9 +475,13 @@ def run(cfg: MambaRegressionConfig) -> Path:
             rec = {**r, "budget_label": budget_label(r["budget"]), "status": f"error: {type(e).__name__}",
                    "best_mse": None, "final_mse": None, "trainable_pct": None}
         rec.update(key=key, config=cdict, backend=backend.name, mamba_ssm_version=backend.version,
-                   fused=backend.inner_fn is not None, device=env["device"] if dev.type == "cuda" else "cpu",
+                   fused=backend.inner_fn is not None and not rec.get("fused_fallback"),
+                   device=env["device"] if dev.type == "cuda" else "cpu",
                    commit=commit, date=utc_now(), frozen_params=exp.n_frozen)
         rf.append(rec)
+    if shard is not None:
+        print(f"mamba_regression: shard done; fold the shard files in with --merge", file=sys.stderr)
+        return rf.path
     summary(rf.load())
     try:
         plot(paths)

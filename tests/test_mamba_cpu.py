@@ -1,6 +1,7 @@
 """CPU checks of the Mamba experiment: reference block vs. theory.s6 (float64), adapters in the compute
 path, SDT masks and counts, Algorithm 1's channel scores, and the reference backend end to end."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -13,8 +14,10 @@ from hypothesis import strategies as st
 
 from synthetic import mamba_bench, mamba_regression
 from synthetic.mamba_peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock, PeftMambaStack,
-                                  abar_change_scores, channel_roles, get_backend, residual_stack, select_channels)
-from synthetic.mamba_ref import PARAM_NAMES, MambaRef, block_weights, mamba_s6_inputs, selective_scan_reference
+                                  abar_change_scores, channel_roles, get_backend, official_counts, official_select,
+                                  residual_stack, select_channels, trainable_count)
+from synthetic.mamba_ref import (PARAM_NAMES, MambaRef, block_weights, mamba_forward, mamba_s6_inputs,
+                                 selective_scan_reference)
 from theory.s6 import selective_scan
 from theory.tolerances import RTOL, rel_err
 
@@ -202,14 +205,158 @@ def test_cli_rejects_unknown_options():
 
 
 def test_bench_tiny_writes_the_schema(tmp_path):
-    mamba_bench.main(["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path)])
+    mamba_bench.main(["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--rounds", "2",
+                      "--steps", "1", "--warmup-steps", "0", "--profile"])
     res = json.loads((tmp_path / "bench_mamba.json").read_text())
-    for k in ("device", "commit", "date", "mamba_ssm_version", "results", "ratio_sdt_lora_over_lora"):
+    for k in ("device", "commit", "date", "mamba_ssm_version", "results", "ratios", "ratio_sdt_lora_over_lora",
+              "profile"):
         assert k in res
-    by = {r["method"]: r for r in res["results"]}
-    assert set(by) == {"LoRA", "SDT + LoRA"}
-    assert by["SDT + LoRA"]["trainable_params"] <= by["LoRA"]["trainable_params"]
+    rows = {(r["table"], r["method"]): r for r in res["results"]}
+    official = [m for t, m in rows if t == "official"]
+    assert len(official) == 4 and all("official" in m for m in official)
+    assert all(not r["fused"] and r["path"] == "unfused" for r in res["results"])  # no fused path on CPU
+    assert res["notes"] and "fused rows skipped" in res["notes"][0]
+    eb = {m: r for (t, m), r in rows.items() if t == "equal_budget"}
+    assert eb["SDT + LoRA"]["trainable_params"] <= eb["LoRA"]["trainable_params"]
+    # tiny: D = 32, H = 4, R = 1, 2 layers; SDLoRA: 8 channels x (1 A_log state + 2H), LoRA r8 on out_proj
+    sd = rows[("official", mamba_bench.SDLORA_OFFICIAL)]
+    assert (sd["sdt_channels_per_layer"], sd["sdt_states_per_channel"]) == (8, 1)
+    assert sd["trainable_params"] == 2 * (8 * (1 + 2 * 4) + 8 * (32 + 16))
+    r3 = rows[("official", "LoRA r3 out_proj+x_proj (official)")]  # out_proj + W_Δ↓ (rank 1) + W_B + W_C
+    assert r3["trainable_params"] == 2 * (3 * (32 + 16) + 1 * (32 + 1) + 2 * 3 * (32 + 4))
+    assert r3["lora_dropout"] == 0.1 and r3["lora_form"] == "activation-side"
+    ratios = res["ratios"]["official/unfused"]
+    assert len(ratios) == 4 and all(len(v["values"]) == 2 and v["min"] <= v["median"] <= v["max"]
+                                    for v in ratios.values())
     assert res["ratio_sdt_lora_over_lora"] > 0
+    prof = res["profile"]
+    assert len(prof["per_config"]) == 6 and all(p["top"] for p in prof["per_config"].values())
+    assert "official/unfused" in prof["differing_events"]
+    assert "official/unfused/" in (tmp_path / "bench_mamba_profile.txt").read_text()
+
+
+# --------------------------------------------------------------- official-code options (issue 12)
+def _weights64(d_model=8, d_state=4):
+    return block_weights(_block(d_model, d_state, dtype=F64))
+
+
+def test_dropout_lora_acts_on_the_lora_input_only():
+    w = _weights64()
+    x = torch.randn(2, 7, 8, dtype=F64)
+    cfg = MambaPeftConfig(lora=LORA_TARGETS[:4], lora_rank=2, lora_dropout=0.5, lora_x_proj_split=True)
+    blk = PeftMambaBlock(w, d_state=4, dt_rank=1, config=cfg, generator=torch.Generator().manual_seed(0)).double()
+    frozen = PeftMambaBlock(w, d_state=4, dt_rank=1, config=MambaPeftConfig()).double()
+    assert blk.activation_side()
+    # B = 0 at init: the dropout on the LoRA path must leave the frozen path untouched, exactly
+    assert torch.equal(blk(x, REF), frozen(x, REF))
+    for m in blk.lora.values():
+        with torch.no_grad():
+            m.lora_B.copy_(torch.randn_like(m.lora_B))
+    out1, out2 = blk(x, REF), blk(x, REF)
+    assert not torch.equal(out1, out2)  # fresh dropout masks
+    blk.eval()  # dropout off: the activation-side form equals the merged weights W + s·B A
+    merged = mamba_forward(blk.effective_weights(activation_side=False), x, d_state=4, dt_rank=1)
+    act = mamba_forward(blk.effective_weights(activation_side=True), x, d_state=4, dt_rank=1)
+    assert not blk.activation_side() and rel_err(blk(x, REF), merged) < RTOL[F64]
+    assert rel_err(act, merged) > 0  # the activation-side op always drops (p = 0.5) ...
+    zero = PeftMambaBlock(w, d_state=4, dt_rank=1, config=dataclasses.replace(cfg, lora_dropout=1e-12),
+                          generator=torch.Generator().manual_seed(0)).double()
+    zero.load_state_dict(blk.state_dict())
+    assert rel_err(zero(x, REF), merged) < 1e-9  # ... and with p -> 0 activation-side = merged
+
+
+def test_split_x_proj_lora_has_three_blocks():
+    w = _weights64()
+    D, R, H = 16, 1, 4
+    cfg = MambaPeftConfig(lora=("x_proj.weight",), lora_rank=2, lora_x_proj_split=True)
+    blk = PeftMambaBlock(w, d_state=H, dt_rank=R, config=cfg)
+    assert sorted(blk.lora) == ["x_proj__weight__part0", "x_proj__weight__part1", "x_proj__weight__part2"]
+    assert trainable_count(blk) == 1 * (D + R) + 2 * 2 * (D + H)  # W_Δ↓ rank clamped to R = 1
+    joint = PeftMambaBlock(w, d_state=H, dt_rank=R, config=dataclasses.replace(cfg, lora_x_proj_split=False))
+    assert trainable_count(joint) == 2 * (D + R + 2 * H)
+    for m in blk.lora.values():
+        with torch.no_grad():
+            m.lora_B.copy_(torch.randn_like(m.lora_B))
+    eff = blk.effective_weights()["x_proj.weight"]
+    parts = [blk.lora[f"x_proj__weight__part{j}"]() for j in range(3)]
+    assert torch.equal(eff, torch.cat(parts, dim=0)) and eff.shape == w["x_proj.weight"].shape
+
+
+def test_state_level_sdt_masks_and_counts():
+    w = _weights64()
+    chans, states = [1, 5], [[0, 3], [2, 3]]
+    cfg = MambaPeftConfig(sdt_channels=2, sdt_states=2)
+    blk = PeftMambaBlock(w, d_state=4, dt_rank=1, config=cfg, channels=chans, states=states)
+    assert trainable_count(blk) == 2 * (2 + 2 * 4)  # per channel: 2 A_log states + whole W_B, W_C columns
+    opt = torch.optim.AdamW([p for p in blk.parameters() if p.requires_grad], lr=1e-1, weight_decay=0.5)
+    for _ in range(3):
+        loss = blk(torch.randn(2, 6, 8, dtype=F64), REF).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    a = blk.effective_weights()["A_log"]
+    train = torch.zeros(16, 4, dtype=torch.bool)
+    train[1, [0, 3]] = train[5, [2, 3]] = True
+    assert torch.equal(a[~train], w["A_log"][~train]) and not torch.equal(a[train], w["A_log"][train])
+    for bad in (dict(states=[[0, 3]]), dict(states=[[0, 4], [1, 2]]), dict(states=None)):
+        with pytest.raises(ValueError):
+            PeftMambaBlock(w, d_state=4, dt_rank=1, config=cfg, channels=chans, **bad)
+    with pytest.raises(ValueError):
+        MambaPeftConfig(sdt_states=2)  # states without channels
+
+
+def test_official_selection_rule():
+    delta = torch.zeros(6, 4, dtype=F64)
+    delta[4] = torch.tensor([0.0, 0.3, -0.2, 0.1])  # largest Σ δ²
+    delta[1] = torch.tensor([0.25, 0.0, 0.0, 0.05])
+    delta[2, 0] = 0.01
+    ch, st = official_select(delta, 2, 2)
+    assert ch == [1, 4] and st == [[0, 3], [1, 2]]
+    assert official_select(delta, 1, 0) == ([4], [[0, 1, 2, 3]])
+    assert official_counts(1536, 16, 0.99, 0.75) == (15, 4)  # Mamba-130M: D = 1536, H = 16
+    assert official_counts(1536, 16, 0.99, 0.95) == (15, 1)
+    with pytest.raises(ValueError):
+        official_counts(16, 4, 1.0, 0.5)
+
+
+def test_regression_shards_merge_to_one_process_key_set(tmp_path):
+    base = ["--preset", "tiny", "--backend", "reference"]
+    mamba_regression.main(base + ["--out", str(tmp_path / "one")])
+    for i in (0, 1):
+        mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--shard", f"{i}/2"])
+    shard_recs = [json.loads(f.read_text()) for f in sorted((tmp_path / "two").glob("*.shard*of2.json"))]
+    assert len(shard_recs) == 2 and all(shard_recs)
+    assert not {r["key"] for r in shard_recs[0]} & {r["key"] for r in shard_recs[1]}  # disjoint
+    mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--merge"])
+    assert not list((tmp_path / "two").glob("*.shard*"))
+    one = json.loads((tmp_path / "one" / "mamba_regression_tiny.json").read_text())
+    two = json.loads((tmp_path / "two" / "mamba_regression_tiny.json").read_text())
+    assert {r["key"] for r in one} == {r["key"] for r in two}
+    assert {r["key"]: r["best_mse"] for r in one} == {r["key"]: r["best_mse"] for r in two}
+    mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--shard", "1/2"])  # resume: nothing to run
+    assert not list((tmp_path / "two").glob("*.shard*"))
+
+
+def test_regression_official_rule_option(tmp_path):
+    argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--methods", "SDT,SDT + LoRA",
+            "--sdt-rule", "official", "--sdt-state-freeze", "0.5", "--lora-dropout", "0.1"]
+    mamba_regression.main(argv)
+    recs = json.loads((tmp_path / "mamba_regression_tiny.json").read_text())
+    assert {r["method"] for r in recs} == {"SDT", "SDT + LoRA"}
+    for r in recs:  # tiny: H = 4, half the A_log states frozen -> 2 trained per channel
+        assert all(len(s) == 2 for layer in r["sdt_states"] for s in layer)
+        assert r["config"]["sdt_rule"] == "official" and '"sdt_state_freeze":0.5' in r["key"]
+    sdt = next(r for r in recs if r["method"] == "SDT")
+    assert sdt["trainable_count"] == 2 * 4 * (2 + 2 * 4)
+    default = mamba_regression._config_dict(mamba_regression.PRESETS["tiny"])
+    assert not {"sdt_rule", "sdt_state_freeze", "lora_dropout", "shard", "merge"} & set(default)  # keys unchanged
+
+
+@pytest.mark.parametrize("argv", [["--sdt-state-freeze", "0.5"], ["--sdt-rule", "theirs"], ["--shard", "2/2"],
+                                  ["--shard", "x"], ["--lora-dropout", "1.0"], ["--shard", "0/2", "--merge"]])
+def test_cli_rejects_bad_official_and_shard_options(argv):
+    with pytest.raises(SystemExit):
+        mamba_regression.parse_args(["--preset", "tiny"] + argv)
 
 
 def test_cpu_paths_never_import_mamba_ssm():
