@@ -36,7 +36,8 @@ from .mamba_peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaS
                          trainable_count)
 from .mamba_ref import block_weights
 from .progress import progress
-from .sweep import ResultsFile, best_of_grid, environment, is_diverged, plot_mse_vs_params, run_key, utc_now
+from .sweep import (LrPolicy, ResultsFile, best_of_grid, environment, is_diverged, lr_extension_plan,
+                    plot_mse_vs_params, run_key, utc_now)
 
 METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full")
 
@@ -64,6 +65,9 @@ class MambaRegressionConfig:
     warmup_lr: float = 1e-2
     weight_decay: float = 0.01
     lrs: Tuple[float, ...] = (3e-2, 1e-2)  # swept in this order: a truncated sweep has every point at the first lr
+    lr_extend_factor: float = 4.0  # a best lr at the grid's edge adds edge×factor (or /factor); 0 = off
+    lr_min: float = 1e-6  # bounds of the extension (sweep.LrPolicy)
+    lr_max: float = 1.0
     seeds: Tuple[int, ...] = (0,)
     model_seed: int = 0  # seeds the frozen and target models (shared by all runs)
     lora_ranks: Tuple[int, ...] = (1, 2)
@@ -143,7 +147,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+    try:
+        lr_policy(cfg)
+    except ValueError as e:
+        p.error(f"--lr-extend-factor/--lr-min/--lr-max: {e}")
     return cfg
+
+
+def lr_policy(cfg: MambaRegressionConfig) -> LrPolicy:
+    """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
+    return LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
 
 
 # ------------------------------------------------------------------------------------ the grid
@@ -299,7 +312,8 @@ def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
 
 def _config_dict(cfg: MambaRegressionConfig) -> dict:
     d = dataclasses.asdict(cfg)
-    for k in ("out", "plot_only", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods"):
+    for k in ("out", "plot_only", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods",
+              "lr_extend_factor", "lr_min", "lr_max"):
         d.pop(k)  # not part of what a run computes (a run key holds its own lr and seed)
     return d
 
@@ -307,7 +321,7 @@ def _config_dict(cfg: MambaRegressionConfig) -> dict:
 def run(cfg: MambaRegressionConfig) -> Path:
     paths = out_paths(cfg)
     if cfg.plot_only:
-        plot(paths)
+        plot(paths, lr_policy(cfg))
         return paths["json"]
     backend = get_backend(cfg.backend, fused=cfg.fused)
     dev = torch.device(("cuda" if torch.cuda.is_available() and backend.name == "mamba_ssm" else "cpu")
@@ -325,11 +339,14 @@ def run(cfg: MambaRegressionConfig) -> Path:
           f"fused {backend.inner_fn is not None}), device {dev}; {len(grid) - len(todo)} of {len(grid)} runs done",
           file=sys.stderr)
     t_start = time.perf_counter()
-    exp = Experiment(cfg, backend, dev) if todo else None
-    for r in progress(todo, desc="mamba runs"):
-        if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
-            print("mamba_regression: time budget reached; rerun the same command to resume", file=sys.stderr)
-            break
+    exp = None
+
+    def out_of_time():
+        return cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s
+
+    def run_one(r, source):
+        nonlocal exp
+        exp = exp or Experiment(cfg, backend, dev)
         key = run_key({**r, "config": cdict, "backend": backend.name})
         try:
             rec = exp.train(r["method"], r["budget"], r["lr"], r["seed"])
@@ -338,33 +355,68 @@ def run(cfg: MambaRegressionConfig) -> Path:
                    "best_mse": None, "final_mse": None, "trainable_pct": None}
         rec.update(key=key, config=cdict, backend=backend.name, mamba_ssm_version=backend.version,
                    fused=backend.inner_fn is not None, device=env["device"] if dev.type == "cuda" else "cpu",
-                   commit=commit, date=utc_now(), frozen_params=exp.n_frozen)
+                   commit=commit, date=utc_now(), frozen_params=exp.n_frozen, lr_source=source)
         rf.append(rec)
-    summary(rf.load())
+
+    stopped = False
+    for r in progress(todo, desc="mamba runs"):
+        if out_of_time():
+            stopped = True
+            break
+        run_one(r, "grid")
+    # grow the lr grid where a (method, budget)'s best lr is at an edge, in rounds (synthetic.sweep)
+    policy, ckey = lr_policy(cfg), run_key(cdict)  # run_key: the JSON round trip turns tuples into lists
+    groups = [(m, b) for m in cfg.methods if m != "Frozen" for b in budgets(cfg, m)]
+    n_round, planned = 0, set()
+    while not stopped:
+        recs = [x for x in rf.load() if x.get("backend") == backend.name and run_key(x.get("config", {})) == ckey]
+        ext = [{"method": m, "budget": b, "lr": lr, "seed": seed} for m, b in groups
+               for seed, lr in lr_extension_plan([x for x in recs if x["method"] == m and x["budget"] == b],
+                                                 cfg.lrs, cfg.seeds, policy)]
+        if not ext:
+            break
+        again = [r for r in ext if run_key(r) in planned]
+        if again:  # its record should be in the file by now: stop rather than loop
+            raise RuntimeError(f"lr extension: {again[0]} planned twice; its record is not in {paths['json']}")
+        planned.update(run_key(r) for r in ext)
+        n_round += 1
+        for r in progress(ext, desc=f"mamba lr extension {n_round}"):
+            if out_of_time():
+                stopped = True
+                break
+            run_one(r, "extension")
+    if stopped:
+        print("mamba_regression: time budget reached; rerun the same command to resume", file=sys.stderr)
+    summary(rf.load(), policy)
     try:
-        plot(paths)
+        plot(paths, policy)
     except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
         print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
     return paths["json"]
 
 
-def summary(records: Sequence[dict]) -> List[dict]:
-    rows = best_of_grid(records, group_keys=("method", "budget_label"))
-    print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}")
+def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
+    """Best-of-grid table on stdout; 'lr edge' flags a best lr still at an edge of its grid (with the bound
+    that stopped the grid, or 'not extended' for a sweep cut short)."""
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}  lr edge")
     for r in sorted(rows, key=lambda r: (METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99,
                                          r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
-        print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}")
+        edge = "" if not r.get("lr_at_edge") else (
+            f"{r['lr_at_edge']} ({r['lr_bound_reached'] or 'not extended'})")
+        print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}  "
+              f"{edge}")
     return rows
 
 
-def plot(paths: Dict[str, Path]) -> None:
-    """Both figures from the results file alone."""
+def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
+    """Both figures from the results file alone (``policy``: how the lr grid was grown, for the edge flags)."""
     records = ResultsFile(paths["json"]).load()
     if not records:
         print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
         return
-    rows = best_of_grid(records, group_keys=("method", "budget_label"))
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
     r0 = records[0]
     cfg = r0.get("config", {})
     note = (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {r0.get('device')}; "

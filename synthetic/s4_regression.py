@@ -696,7 +696,7 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
 
     policy, want = lr_policy(cfg), _fingerprint(dataclasses.asdict(cfg))
     budgets = [(m, b) for m in cfg.methods if METHODS[m].trains for b in METHODS[m].budgets(cfg)]
-    n_round = 0
+    n_round, planned = 0, set()
     while not stopped:
         recs = [r for r in rf.load() if _fingerprint(r.get("config", {})) == want]
         todo = []  # (seed, method, budget, lrs)
@@ -709,6 +709,10 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
                     todo.append((seed, mname, budget, lrs))
         if not todo:
             break
+        keys = {key(m, b, lr, seed) for seed, m, b, lrs in todo for lr in lrs}
+        if keys & planned:  # their records should be in the file by now: stop rather than loop
+            raise RuntimeError(f"lr extension: runs planned twice; their records are not in {rf.path}")
+        planned |= keys
         n_round += 1
         for seed, mname, budget, lrs in progress(todo, desc=f"s4 {cfg.preset} lr extension {n_round}"):
             if out_of_time():
