@@ -128,3 +128,18 @@ def test_policy_rejects_bad_values():
                        ({"lr_min": 1.0, "lr_max": 0.1}, "lr_max")):
         with pytest.raises(ValueError, match=needle):
             LrPolicy(**kw)
+
+
+def test_progress_bar_is_tqdm_and_quiet_off_a_terminal():
+    import io
+
+    from synthetic.progress import progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    log, tty = io.StringIO(), Tty()
+    assert list(progress(range(3), desc="runs", stream=log)) == [0, 1, 2] and log.getvalue() == ""
+    assert list(progress(range(3), desc="runs", stream=tty)) == [0, 1, 2]
+    assert "runs" in tty.getvalue() and "3/3" in tty.getvalue()
