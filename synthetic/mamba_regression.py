@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .mamba_peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
+from .mamba_peft import (BACKENDS, METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
                          frozen_param_count, get_backend, mamba_ssm_available, residual_stack, select_channels,
                          trainable_count)
 from .mamba_ref import block_weights
@@ -136,8 +136,47 @@ def parse_config(cls, presets: Dict[str, object], default_preset: str, argv: Opt
             try:
                 over[f.name] = _parse_field(f, v)
             except (ValueError, argparse.ArgumentTypeError) as e:
-                p.error(str(e))
-    return dataclasses.replace(presets[preset], preset=preset, **over), p
+                p.error(f"--{f.name.replace('_', '-')}: {e}")
+    cfg = dataclasses.replace(presets[preset], preset=preset, **over)
+    try:
+        check_config(cfg)
+    except ValueError as e:
+        p.error(str(e))
+    return cfg, p
+
+
+# int fields that are sizes or counts (>= 1) wherever a config has them; other numbers must be >= 0
+_SIZE_FIELDS = {"d_model", "expand", "frozen_layers", "frozen_d_state", "target_layers", "target_d_state", "batch",
+                "seq_len", "iters", "eval_every", "eval_batches", "n_layers", "d_state", "steps", "rounds"}
+
+
+def check_config(cfg) -> None:
+    """Rules shared by the Mamba configs (raise ValueError naming the option): sizes >= 1, other numbers
+    finite and >= 0, learning rates > 0, a known backend, and a CUDA device only where CUDA is available."""
+    for f in dataclasses.fields(cfg):
+        v, opt = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        vals = v if isinstance(v, tuple) else (v,)
+        nums = [x for x in vals if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if any(not math.isfinite(x) or x < 0 for x in nums):
+            raise ValueError(f"{opt}: must be finite and >= 0, got {v!r}")
+        if f.name in _SIZE_FIELDS and any(x < 1 for x in nums):
+            raise ValueError(f"{opt}: must be >= 1, got {v!r}")
+        if f.name in ("lrs", "warmup_lr") and (not vals or any(x <= 0 for x in nums)):
+            raise ValueError(f"{opt}: need positive learning rates, got {v!r}")
+        if f.name == "seeds" and not vals:
+            raise ValueError(f"{opt}: need at least one seed")
+    backend = getattr(cfg, "backend", "auto")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"--backend: one of {['auto'] + sorted(BACKENDS)}, got {backend!r}")
+    if backend == "mamba_ssm" and not mamba_ssm_available():
+        raise ValueError("--backend: 'mamba_ssm' needs CUDA and the mamba-ssm package (not usable here); "
+                         "use --backend reference or auto")
+    device = getattr(cfg, "device", "auto")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"--device: one of 'auto', 'cpu', 'cuda[:i]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} requested but CUDA is not available (torch.cuda.is_available() "
+                         "is False); use --device cpu or auto")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:

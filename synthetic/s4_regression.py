@@ -180,6 +180,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--precision: must be 'tf32' or 'fp32', got {cfg.precision!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {cfg.device!r} requested but CUDA is not available; use --device cpu or auto")
     if not cfg.lrs or any(not (math.isfinite(x) and x > 0) for x in cfg.lrs):
         raise ValueError(f"--lrs: need positive finite learning rates, got {cfg.lrs}")
     if not cfg.seeds:
@@ -832,6 +834,9 @@ def summary_table(cfg: Config) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv)
+    if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).load():
+        build_parser().error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
+                             "or pass the --out and --preset of an earlier run)")
     if not cfg.plot_only:
         sweep(cfg)
     for path in plot(cfg):

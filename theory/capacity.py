@@ -560,6 +560,8 @@ def main(argv=None) -> int:
     p.add_argument("--replot", action="store_true", help="redraw the figure from the existing JSON only")
     p.add_argument("--quick", action="store_true", help="a tiny grid (for tests and smoke runs)")
     args = p.parse_args(argv)
+    if args.replot and not os.path.exists(args.out):
+        p.error(f"--replot: no results file {args.out} (run without --replot first, or pass --out)")
     if args.replot:
         with open(args.out) as fh:
             data = json.load(fh)
