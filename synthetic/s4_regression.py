@@ -611,7 +611,10 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
     (:func:`synthetic.sweep.lr_extension_plan` under :func:`lr_policy`), in rounds, until every best is
     interior or at a bound. An extension round trains the new lrs of one (seed, method, budget) as one
     run group; with torch.compile the group is padded to ``len(cfg.lrs)`` runs (padding runs are not
-    recorded) so the compiled graph is reused instead of recompiled for another R.
+    recorded) so the compiled graph is reused instead of recompiled for another R; eager (CPU) groups
+    are not padded. As for base groups, a run's LoRA initialisation beyond the first layer depends on
+    its group's size and position (``RunState.create`` draws all R runs from one generator), so an
+    extension lr's run differs slightly between a padded and an unpadded group.
     """
     device = resolve_device(cfg)
     rf = ResultsFile(paths(cfg)["json"])
