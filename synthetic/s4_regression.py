@@ -117,8 +117,9 @@ PRESETS: Dict[str, Dict] = {
 }
 
 # Fields that do not change a run's result (kept out of the resume key).
-_NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks", "s4_lora_ranks", "sdt_budgets",
-               "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "curve_points"}
+_NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks",
+               "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "time_budget", "out",
+               "plot_only", "curve_points"}
 # Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
 _OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
                     "train_skip_dt_bias": False, "warmup_params": "ssm"}
@@ -824,8 +825,8 @@ def _current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
 def summary_table(cfg: Config) -> str:
     rows = best_of_grid(_current_records(cfg, ResultsFile(paths(cfg)["json"]).load()),
                         group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
-    lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | lr at grid edge | seeds | diverged |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | lr at grid edge | seeds "
+             "| diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"

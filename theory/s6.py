@@ -42,11 +42,12 @@ class S6Params:
 
     def __post_init__(self):
         dims: dict = {}
-        object.__setattr__(self, "A_log", check_tensor("A_log", self.A_log, shape=("D", "H"), dims=dims, allow_complex=False))
-        object.__setattr__(self, "dt_proj_weight", check_tensor("dt_proj_weight", self.dt_proj_weight, shape=("D", "R"), dims=dims, allow_complex=False))
-        object.__setattr__(self, "dt_proj_bias", check_tensor("dt_proj_bias", self.dt_proj_bias, shape=("D",), dims=dims, allow_complex=False))
+        for name, shape in (("A_log", ("D", "H")), ("dt_proj_weight", ("D", "R")), ("dt_proj_bias", ("D",))):
+            object.__setattr__(self, name, check_tensor(name, getattr(self, name), shape=shape, dims=dims,
+                                                        allow_complex=False))
         rows = dims["R"] + 2 * dims["H"]
-        object.__setattr__(self, "x_proj", check_tensor("x_proj", self.x_proj, shape=(rows, "D"), dims=dims, allow_complex=False))
+        object.__setattr__(self, "x_proj",
+                           check_tensor("x_proj", self.x_proj, shape=(rows, "D"), dims=dims, allow_complex=False))
         check_same_dtype(A_log=self.A_log, x_proj=self.x_proj, dt_proj_weight=self.dt_proj_weight,
                          dt_proj_bias=self.dt_proj_bias)
 
