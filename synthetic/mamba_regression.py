@@ -37,12 +37,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .mamba_peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
+from .mamba_peft import (BACKENDS, METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
                          frozen_param_count, get_backend, mamba_ssm_available, official_select, residual_stack,
                          select_channels, trainable_count)
 from .mamba_ref import block_weights
 from .progress import progress
-from .sweep import ResultsFile, best_of_grid, environment, is_diverged, plot_mse_vs_params, run_key, utc_now
+from .sweep import (LrPolicy, ResultsFile, best_of_grid, environment, is_diverged, lr_extension_plan,
+                    plot_mse_vs_params, run_key, utc_now)
 
 METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full")
 
@@ -70,6 +71,9 @@ class MambaRegressionConfig:
     warmup_lr: float = 1e-2
     weight_decay: float = 0.01
     lrs: Tuple[float, ...] = (3e-2, 1e-2)  # swept in this order: a truncated sweep has every point at the first lr
+    lr_extend_factor: float = 4.0  # a best lr at the grid's edge adds edge×factor (or /factor); 0 = off
+    lr_min: float = 1e-6  # bounds of the extension (sweep.LrPolicy)
+    lr_max: float = 1.0
     seeds: Tuple[int, ...] = (0,)
     model_seed: int = 0  # seeds the frozen and target models (shared by all runs)
     lora_ranks: Tuple[int, ...] = (1, 2)
@@ -150,8 +154,47 @@ def parse_config(cls, presets: Dict[str, object], default_preset: str, argv: Opt
             try:
                 over[f.name] = _parse_field(f, v)
             except (ValueError, argparse.ArgumentTypeError) as e:
-                p.error(str(e))
-    return dataclasses.replace(presets[preset], preset=preset, **over), p
+                p.error(f"--{f.name.replace('_', '-')}: {e}")
+    cfg = dataclasses.replace(presets[preset], preset=preset, **over)
+    try:
+        check_config(cfg)
+    except ValueError as e:
+        p.error(str(e))
+    return cfg, p
+
+
+# int fields that are sizes or counts (>= 1) wherever a config has them; other numbers must be >= 0
+_SIZE_FIELDS = {"d_model", "expand", "frozen_layers", "frozen_d_state", "target_layers", "target_d_state", "batch",
+                "seq_len", "iters", "eval_every", "eval_batches", "n_layers", "d_state", "steps", "rounds"}
+
+
+def check_config(cfg) -> None:
+    """Rules shared by the Mamba configs (raise ValueError naming the option): sizes >= 1, other numbers
+    finite and >= 0, learning rates > 0, a known backend, and a CUDA device only where CUDA is available."""
+    for f in dataclasses.fields(cfg):
+        v, opt = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        vals = v if isinstance(v, tuple) else (v,)
+        nums = [x for x in vals if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if any(not math.isfinite(x) or x < 0 for x in nums):
+            raise ValueError(f"{opt}: must be finite and >= 0, got {v!r}")
+        if f.name in _SIZE_FIELDS and any(x < 1 for x in nums):
+            raise ValueError(f"{opt}: must be >= 1, got {v!r}")
+        if f.name in ("lrs", "warmup_lr") and (not vals or any(x <= 0 for x in nums)):
+            raise ValueError(f"{opt}: need positive learning rates, got {v!r}")
+        if f.name == "seeds" and not vals:
+            raise ValueError(f"{opt}: need at least one seed")
+    backend = getattr(cfg, "backend", "auto")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"--backend: one of {['auto'] + sorted(BACKENDS)}, got {backend!r}")
+    if backend == "mamba_ssm" and not mamba_ssm_available():
+        raise ValueError("--backend: 'mamba_ssm' needs CUDA and the mamba-ssm package (not usable here); "
+                         "use --backend reference or auto")
+    device = getattr(cfg, "device", "auto")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"--device: one of 'auto', 'cpu', 'cuda[:i]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} requested but CUDA is not available (torch.cuda.is_available() "
+                         "is False); use --device cpu or auto")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
@@ -165,7 +208,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
         check_options(cfg)
     except ValueError as e:
         p.error(str(e))
+    try:
+        lr_policy(cfg)
+    except ValueError as e:
+        p.error(f"--lr-extend-factor/--lr-min/--lr-max: {e}")
     return cfg
+
+
+def lr_policy(cfg: MambaRegressionConfig) -> LrPolicy:
+    """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
+    return LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
 
 
 def parse_shard(s: str) -> Optional[Tuple[int, int]]:
@@ -359,7 +411,14 @@ class Experiment:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
             buf = torch.zeros(c.iters, device=self.device)
             for it in range(c.iters):
-                buf[it] = self.step(model, opt, g)
+                try:
+                    buf[it] = self.step(model, opt, g)
+                except ValueError:  # theory.peft refuses non-finite factors: a step diverged since the last eval
+                    if all(bool(torch.isfinite(p).all()) for p in params):
+                        raise
+                    buf[it] = float("nan")
+                    status = "diverged"
+                    break
                 if (it + 1) % c.eval_every == 0 or it + 1 == c.iters:
                     ev = self.eval_mse(model)
                     evals.append((it + 1, ev))
@@ -395,7 +454,7 @@ def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
 def _config_dict(cfg: MambaRegressionConfig) -> dict:
     d = dataclasses.asdict(cfg)
     for k in ("out", "plot_only", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods",
-              "shard", "merge"):
+              "shard", "merge", "lr_extend_factor", "lr_min", "lr_max"):
         d.pop(k)  # not part of what a run computes (a run key holds its own lr and seed)
     for k, v in _OPT_IN_DEFAULTS.items():
         if d[k] == v:
@@ -432,14 +491,14 @@ def run(cfg: MambaRegressionConfig) -> Path:
     paths = out_paths(cfg)
     if cfg.merge:
         merge_shards(paths["json"])
-        summary(ResultsFile(paths["json"]).load())
+        summary(ResultsFile(paths["json"]).load(), lr_policy(cfg))
         try:
-            plot(paths)
+            plot(paths, lr_policy(cfg))
         except ImportError as e:
             print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
         return paths["json"]
     if cfg.plot_only:
-        plot(paths)
+        plot(paths, lr_policy(cfg))
         return paths["json"]
     shard = parse_shard(cfg.shard)
     backend = get_backend(cfg.backend, fused=cfg.fused)
@@ -463,11 +522,14 @@ def run(cfg: MambaRegressionConfig) -> Path:
           f"fused {backend.inner_fn is not None}), device {dev}; {len(mine) - len(todo)} of {len(mine)} runs done"
           + (f" (shard {shard[0]}/{shard[1]} of {len(grid)}) -> {rf.path}" if shard else ""), file=sys.stderr)
     t_start = time.perf_counter()
-    exp = Experiment(cfg, backend, dev) if todo else None
-    for r in progress(todo, desc="mamba runs"):
-        if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
-            print("mamba_regression: time budget reached; rerun the same command to resume", file=sys.stderr)
-            break
+    exp = None
+
+    def out_of_time():
+        return cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s
+
+    def run_one(r, source):
+        nonlocal exp
+        exp = exp or Experiment(cfg, backend, dev)
         key = run_key({**r, "config": cdict, "backend": backend.name})
         try:
             rec = exp.train(r["method"], r["budget"], r["lr"], r["seed"])
@@ -477,36 +539,76 @@ def run(cfg: MambaRegressionConfig) -> Path:
         rec.update(key=key, config=cdict, backend=backend.name, mamba_ssm_version=backend.version,
                    fused=backend.inner_fn is not None and not rec.get("fused_fallback"),
                    device=env["device"] if dev.type == "cuda" else "cpu",
-                   commit=commit, date=utc_now(), frozen_params=exp.n_frozen)
+                   commit=commit, date=utc_now(), frozen_params=exp.n_frozen, lr_source=source)
         rf.append(rec)
+
+    stopped = False
+    for r in progress(todo, desc="mamba runs"):
+        if out_of_time():
+            stopped = True
+            break
+        run_one(r, "grid")
+    # grow the lr grid where a (method, budget)'s best lr is at an edge, in rounds (synthetic.sweep)
+    policy, ckey = lr_policy(cfg), run_key(cdict)  # run_key: the JSON round trip turns tuples into lists
+    groups = [(m, b) for m in cfg.methods if m != "Frozen" for b in budgets(cfg, m)]
+    n_round, planned = 0, set()
+    files = [ResultsFile(paths["json"])] + [ResultsFile(f) for f in shard_files(paths["json"])]
+    while not stopped:
+        recs = [x for f in files for x in f.load()  # with shards: every shard's records decide the plan
+                if x.get("backend") == backend.name and run_key(x.get("config", {})) == ckey]
+        ext = [{"method": m, "budget": b, "lr": lr, "seed": seed} for m, b in groups
+               for seed, lr in lr_extension_plan([x for x in recs if x["method"] == m and x["budget"] == b],
+                                                 cfg.lrs, cfg.seeds, policy)]
+        if shard is not None:  # the same deterministic split as the base grid
+            ext = [r for j, r in enumerate(ext) if j % shard[1] == shard[0]]
+        if not ext:
+            break
+        again = [r for r in ext if run_key(r) in planned]
+        if again:  # its record should be in the file by now: stop rather than loop
+            raise RuntimeError(f"lr extension: {again[0]} planned twice; its record is not in {paths['json']}")
+        planned.update(run_key(r) for r in ext)
+        n_round += 1
+        for r in progress(ext, desc=f"mamba lr extension {n_round}"):
+            if out_of_time():
+                stopped = True
+                break
+            run_one(r, "extension")
+    if stopped:
+        print("mamba_regression: time budget reached; rerun the same command to resume", file=sys.stderr)
     if shard is not None:
-        print(f"mamba_regression: shard done; fold the shard files in with --merge", file=sys.stderr)
+        print("mamba_regression: shard done; fold the shard files in with --merge (other shards' extension "
+              "rounds may still add runs: rerun the shards until none has work left)", file=sys.stderr)
         return rf.path
-    summary(rf.load())
+    summary(rf.load(), policy)
     try:
-        plot(paths)
+        plot(paths, policy)
     except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
         print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
     return paths["json"]
 
 
-def summary(records: Sequence[dict]) -> List[dict]:
-    rows = best_of_grid(records, group_keys=("method", "budget_label"))
-    print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}")
+def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
+    """Best-of-grid table on stdout; 'lr edge' flags a best lr still at an edge of its grid (with the bound
+    that stopped the grid, or 'not extended' for a sweep cut short)."""
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}  lr edge")
     for r in sorted(rows, key=lambda r: (METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99,
                                          r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
-        print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}")
+        edge = "" if not r.get("lr_at_edge") else (
+            f"{r['lr_at_edge']} ({r['lr_bound_reached'] or 'not extended'})")
+        print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}  "
+              f"{edge}")
     return rows
 
 
-def plot(paths: Dict[str, Path]) -> None:
-    """Both figures from the results file alone."""
+def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
+    """Both figures from the results file alone (``policy``: how the lr grid was grown, for the edge flags)."""
     records = ResultsFile(paths["json"]).load()
     if not records:
         print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
         return
-    rows = best_of_grid(records, group_keys=("method", "budget_label"))
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
     r0 = records[0]
     cfg = r0.get("config", {})
     note = (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {r0.get('device')}; "

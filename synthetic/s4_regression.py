@@ -51,7 +51,8 @@ import torch
 from synthetic import s4_model as sm
 from synthetic.progress import progress
 from synthetic.sdt_select import SDTRanking, rank_dimensions, select, select_pruned
-from synthetic.sweep import ResultsFile, best_of_grid, environment, plot_mse_vs_params, run_key, utc_now
+from synthetic.sweep import (LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, plot_mse_vs_params,
+                             run_key, utc_now)
 
 Tensor = torch.Tensor
 
@@ -72,7 +73,10 @@ class Config:
     iters: int = 150
     activation: str = "relu"  # "relu" (the experiment) or "identity" (the theory's linear variant)
     weight_decay: float = 0.01
-    lrs: Tuple[float, ...] = (4e-3, 1.6e-2, 6.4e-2)
+    lrs: Tuple[float, ...] = (4e-3, 1.6e-2, 6.4e-2)  # base grid; extended at an edge (below)
+    lr_extend_factor: float = 4.0  # a best lr at the grid's edge adds edge×factor (or /factor); 0 = off
+    lr_min: float = 1e-6  # bounds of the extension (sweep.LrPolicy)
+    lr_max: float = 1.0
     seeds: Tuple[int, ...] = (0, 1, 2)
     methods: Tuple[str, ...] = ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "SDT", "SDT + LoRA", "Full")
     lora_ranks: Tuple[int, ...] = (1, 2, 4)  # LoRA (Proj) and the W rank of LoRA (S4+Proj)
@@ -114,8 +118,9 @@ PRESETS: Dict[str, Dict] = {
 }
 
 # Fields that do not change a run's result (kept out of the resume key).
-_NOT_IN_KEY = {"preset", "lrs", "seeds", "methods", "lora_ranks", "s4_lora_ranks", "sdt_budgets",
-               "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "curve_points"}
+_NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks",
+               "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "time_budget", "out",
+               "plot_only", "curve_points"}
 # Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
 _OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
                     "train_skip_dt_bias": False, "warmup_params": "ssm"}
@@ -177,10 +182,16 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--precision: must be 'tf32', 'fp32' or 'fp16', got {cfg.precision!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {cfg.device!r} requested but CUDA is not available; use --device cpu or auto")
     if not cfg.lrs or any(not (math.isfinite(x) and x > 0) for x in cfg.lrs):
         raise ValueError(f"--lrs: need positive finite learning rates, got {cfg.lrs}")
     if not cfg.seeds:
         raise ValueError("--seeds: need at least one seed")
+    try:
+        lr_policy(cfg)
+    except ValueError as e:
+        raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
@@ -587,8 +598,33 @@ def paths(cfg: Config) -> Dict[str, Path]:
     return {"json": out / f"s4_regression_{cfg.preset}.json", "fig": out / f"s4_mse_vs_params_{cfg.preset}"}
 
 
+def lr_policy(cfg: Config) -> LrPolicy:
+    """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
+    return LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
+
+
+def _padded_chunks(lrs: List[float], R: int, pad: bool) -> List[Tuple[List[float], int]]:
+    """Split ``lrs`` into run groups of at most R; with ``pad`` each is filled to exactly R by repeating its
+    last lr (one compiled graph per R: a new R would recompile). Returns (lrs to train, number to keep)."""
+    out = []
+    for i in range(0, len(lrs), R):
+        chunk = lrs[i:i + R]
+        out.append((chunk + [chunk[-1]] * (R - len(chunk)) if pad else chunk, len(chunk)))
+    return out
+
+
 def sweep(cfg: Config, log=print) -> ResultsFile:
-    """Run every (seed, method, budget) group not yet in the results file; append records as they finish."""
+    """Run every (seed, method, budget) group not yet in the results file; append records as they finish.
+
+    Then grow the learning-rate grid where a (method, budget)'s best lr (mean over seeds) is at an edge
+    (:func:`synthetic.sweep.lr_extension_plan` under :func:`lr_policy`), in rounds, until every best is
+    interior or at a bound. An extension round trains the new lrs of one (seed, method, budget) as one
+    run group; with torch.compile the group is padded to ``len(cfg.lrs)`` runs (padding runs are not
+    recorded) so the compiled graph is reused instead of recompiled for another R; eager (CPU) groups
+    are not padded. As for base groups, a run's LoRA initialisation beyond the first layer depends on
+    its group's size and position (``RunState.create`` draws all R runs from one generator), so an
+    extension lr's run differs slightly between a padded and an unpadded group.
+    """
     device = resolve_device(cfg)
     rf = ResultsFile(paths(cfg)["json"])
     env = environment()
@@ -601,17 +637,18 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
     total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
     log(f"device {env['device']}, compile={trainer.use_compile}, precision={cfg.precision if device.type == 'cuda' else 'fp32'}; "
         f"{len(groups)} groups, frozen model {total_params} parameters")
-    n_skipped = n_run = 0
-    for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
+    R = len(cfg.lrs)
+
+    def key(mname, budget, lr, seed):
+        return run_key({"cfg": kc, "method": mname, "budget": budget, "lr": lr, "seed": seed})
+
+    def out_of_time():
+        return cfg.time_budget and time.monotonic() - t0 > cfg.time_budget
+
+    def run_group(seed, mname, budget, lrs, n_keep, source):
+        """Train one run group (all runs share seed, method and budget); record the first n_keep runs."""
         method = METHODS[mname]
-        lrs = list(cfg.lrs) if method.trains else [None]
-        keys = [run_key({"cfg": kc, "method": mname, "budget": budget, "lr": lr, "seed": seed}) for lr in lrs]
-        if all(k in done for k in keys):
-            n_skipped += 1
-            continue
-        if cfg.time_budget and n_run and time.monotonic() - t0 > cfg.time_budget:
-            log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
-            break
+        keys = [key(mname, budget, lr, seed) for lr in lrs[:n_keep]]
         if seed not in cache:
             cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
         c = cache[seed]
@@ -623,8 +660,8 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
                 c["warmup_s"] = time.monotonic() - tw
             sel = c["selection"]
         tg = time.monotonic()
-        R = len(cfg.lrs)
-        state = sm.RunState.create(c["frozen"], R, *trainer.rank_max(), generator=torch.Generator().manual_seed(seed))
+        state = sm.RunState.create(c["frozen"], len(lrs), *trainer.rank_max(),
+                                   generator=torch.Generator().manual_seed(seed))
         configure(cfg, method, state, budget, sel)
         counts = state.trainable_count()
         theory_count = theory_trainable_count(method, c["frozen"], budget, sel, cfg)
@@ -636,27 +673,70 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
             curves = [[mse]]
         wall = time.monotonic() - tg
         recs = []
-        for i, (lr, key) in enumerate(zip(lrs, keys)):
+        for i, (lr, k) in enumerate(zip(lrs, keys)):
             curve = curves[i]
             finite = all(math.isfinite(v) for v in curve)
             tail = curve[-max(1, len(curve) // 50):]
             recs.append({
-                "key": key, "method": mname, "budget": budget, "budget_label": budget_label(budget),
+                "key": k, "method": mname, "budget": budget, "budget_label": budget_label(budget),
                 "lr": lr, "seed": seed, "status": "ok" if finite else "diverged",
                 "best_mse": min(curve) if finite else None, "final_mse": sum(tail) / len(tail) if finite else None,
                 "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
                 "trainable": counts[i], "trainable_theory": theory_count, "frozen_params": total_params,
                 "trainable_pct": 100.0 * counts[i] / total_params, "iters": cfg.iters if method.trains else 0,
                 "loss_curve": _subsample(curve, cfg.curve_points), "wall_s": wall / len(lrs), "group_wall_s": wall,
-                "runs_in_group": len(lrs), "warmup_s": c.get("warmup_s") if method.needs_selection else None,
+                "runs_in_group": len(lrs), "lr_source": source,
+                "warmup_s": c.get("warmup_s") if method.needs_selection else None,
                 "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
                 "precision": cfg.precision if device.type == "cuda" else "fp32",
                 "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
             })
         rf.extend(recs)
         done.update(keys)
+
+    n_skipped = n_run = 0
+    stopped = False
+    for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
+        lrs = list(cfg.lrs) if METHODS[mname].trains else [None]
+        if all(key(mname, budget, lr, seed) in done for lr in lrs):
+            n_skipped += 1
+            continue
+        if n_run and out_of_time():
+            stopped = True
+            break
+        run_group(seed, mname, budget, lrs, len(lrs), "grid")
         n_run += 1
     log(f"sweep: {len(groups)} groups, {n_skipped} already done, wall {time.monotonic() - t0:.1f}s")
+
+    policy, want = lr_policy(cfg), _fingerprint(dataclasses.asdict(cfg))
+    budgets = [(m, b) for m in cfg.methods if METHODS[m].trains for b in METHODS[m].budgets(cfg)]
+    n_round, planned = 0, set()
+    while not stopped:
+        recs = [r for r in rf.load() if _fingerprint(r.get("config", {})) == want]
+        todo = []  # (seed, method, budget, lrs)
+        for mname, budget in budgets:
+            plan = lr_extension_plan([r for r in recs if r["method"] == mname and r["budget"] == budget],
+                                     cfg.lrs, cfg.seeds, policy)
+            for seed in cfg.seeds:
+                lrs = [lr for s, lr in plan if s == seed]
+                if lrs:
+                    todo.append((seed, mname, budget, lrs))
+        if not todo:
+            break
+        keys = {key(m, b, lr, seed) for seed, m, b, lrs in todo for lr in lrs}
+        if keys & planned:  # their records should be in the file by now: stop rather than loop
+            raise RuntimeError(f"lr extension: runs planned twice; their records are not in {rf.path}")
+        planned |= keys
+        n_round += 1
+        for seed, mname, budget, lrs in progress(todo, desc=f"s4 {cfg.preset} lr extension {n_round}"):
+            if out_of_time():
+                stopped = True
+                break
+            for chunk, n_keep in _padded_chunks(lrs, R, pad=trainer.use_compile):
+                run_group(seed, mname, budget, chunk, n_keep, "extension")
+    if stopped:
+        log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
+    log(f"sweep: {n_round} lr-extension rounds, wall {time.monotonic() - t0:.1f}s")
     return rf
 
 
@@ -694,7 +774,7 @@ def plot(cfg: Config) -> List[str]:
     recs = _current_records(cfg, ResultsFile(p["json"]).load())
     if not recs:
         raise SystemExit(f"{p['json']}: no results to plot")
-    rows = best_of_grid(recs, group_keys=("method", "budget_label"))
+    rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
     extra, note = [], ""
     tp = theory_point(cfg)
     if tp is not None:
@@ -704,12 +784,28 @@ def plot(cfg: Config) -> List[str]:
     c0 = recs[0]["config"]
     title = (f"deep S4 regression ({cfg.preset}): frozen {c0['L_frozen']}L H={c0['H']}, target {c0['L_target']}L "
              f"H*={c0['H_star']}, D={c0['D']}\nN={c0['N']}, batch {c0['batch']}, {c0['iters']} it, "
-             f"best of lrs {list(c0['lrs'])}, ReLU, skip inside")
+             f"best lr of {_lr_grid_text(recs, c0)}, ReLU, skip inside")
     opts = [f"{k}={c0[k]}" for k in _OPT_IN_DEFAULTS if c0.get(k, _OPT_IN_DEFAULTS[k]) != _OPT_IN_DEFAULTS[k]]
     if opts:
         title += "\n" + ", ".join(opts)
     return plot_mse_vs_params(rows, p["fig"], method_order=list(METHODS), title=title, extra_points=extra, note=note,
                               hline_methods=("Frozen",))
+
+
+def _lr_grid_text(recs: List[Dict], c0: Dict) -> str:
+    """The lrs tried, e.g. '0.004-0.256 (base 0.004,0.016,0.064, ×4 at edges)'."""
+    tried = sorted({r["lr"] for r in recs if r.get("lr") is not None})
+    base = ",".join(f"{x:g}" for x in c0["lrs"])
+    if not tried or tried == sorted(c0["lrs"]):
+        return f"lrs {base}"
+    return f"lrs {tried[0]:g}-{tried[-1]:g} (base {base}, ×{c0.get('lr_extend_factor', 4.0):g} at edges)"
+
+
+def _edge_text(row: Dict) -> str:
+    """'high (lr_max)' for a best lr still at an edge of its grid, '' when interior."""
+    if not row.get("lr_at_edge"):
+        return ""
+    return row["lr_at_edge"] + (f" ({row['lr_bound_reached']})" if row.get("lr_bound_reached") else " (not extended)")
 
 
 def _fingerprint(config: Dict) -> str:
@@ -736,19 +832,23 @@ def _current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
 
 def summary_table(cfg: Config) -> str:
     rows = best_of_grid(_current_records(cfg, ResultsFile(paths(cfg)["json"]).load()),
-                        group_keys=("method", "budget_label"))
-    lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | seeds | diverged |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+                        group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
+    lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | lr at grid edge | seeds "
+             "| diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
-        lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.1f} | {mse} | {r['lr']} | "
-                     f"{r['n_seeds']} | {r['n_diverged']} |")
+        lr = "-" if r["lr"] is None else f"{r['lr']:g}"
+        lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.1f} | {mse} | {lr} | "
+                     f"{_edge_text(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv)
+    if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).load():
+        build_parser().error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
+                             "or pass the --out and --preset of an earlier run)")
     if not cfg.plot_only:
         sweep(cfg)
     for path in plot(cfg):

@@ -207,11 +207,18 @@ def test_bad_options_fail_with_a_clear_message(capsys):
              (["--lora-ranks", "1,x"], "--lora-ranks"), (["--state-convention", "real"], "--state-convention"),
              (["--sdt-prune", "all"], "--sdt-prune"), (["--usable-states", "99"], "--usable-states"),
              (["--sdt-prune", "usable", "--usable-channels", "1"], "--sdt-budgets"),
-             (["--warmup-params", "x"], "--warmup-params")]
+             (["--warmup-params", "x"], "--warmup-params"), (["--lr-extend-factor", "1"], "--lr-extend-factor"),
+             (["--lr-min", "2", "--lr-max", "1"], "--lr-min")]
     for argv, needle in cases:
         with pytest.raises(SystemExit):
             s4r.parse_config(argv)
         assert needle in capsys.readouterr().err, argv
+
+
+def test_extension_groups_are_padded_to_the_compiled_run_count():
+    assert s4r._padded_chunks([0.1], 3, pad=True) == [([0.1, 0.1, 0.1], 1)]
+    assert s4r._padded_chunks([0.1, 0.2, 0.3, 0.4], 3, pad=True) == [([0.1, 0.2, 0.3], 3), ([0.4, 0.4, 0.4], 1)]
+    assert s4r._padded_chunks([0.1, 0.2], 3, pad=False) == [([0.1, 0.2], 2)]
 
 
 def test_tiny_end_to_end_and_resume(tmp_path):
@@ -226,8 +233,14 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     recs = json.loads((tmp_path / "s4_regression_tiny.json").read_text())
     assert all(r["wall_s"] == first[r["key"]] for r in recs if r["key"] in first)  # not redone
     n_groups = len(s4r.run_groups(s4r.parse_config(argv)))
-    n_lr = 2
+    # grid (1e-2, 1e6): 1e6 diverges, so the best (1e-2) sat at the low edge and 1e-2/4 was added for every
+    # trained group and seed, after which 1e-2 is interior
+    n_lr = 3
     assert len(recs) == len(set(r["key"] for r in recs)) == (n_groups - 2) * n_lr + 2  # 2 seeds × Frozen: 1 run
+    assert {r["lr"] for r in recs if r["lr_source"] == "extension"} == {2.5e-3}
+    rows = s4r.best_of_grid(recs, lr_policy=s4r.lr_policy(s4r.parse_config(argv)))
+    assert all(r["lr_at_edge"] is None for r in rows)
+    assert "| lr at grid edge |" in s4r.summary_table(s4r.parse_config(argv))
     for key in ("method", "trainable_pct", "best_mse", "final_mse", "lr", "seed", "status", "config", "budget",
                 "loss_curve", "trainable", "device", "commit", "wall_s"):
         assert all(key in r for r in recs), key

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .report import format_table, run_report
+from .report import discover, format_table, matching_claims, run_report
 
 
 def main(argv=None) -> int:
@@ -20,6 +20,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.instances < 1:
         p.error("--instances: must be >= 1")
+    if args.only is not None and not matching_claims(args.only):
+        p.error(f"--only: no claim matches {args.only!r}; known claims: " + "; ".join(discover()))
     results = run_report(args.instances, args.seed, args.only)
     print(format_table(results))
     failed = [r.claim for r in results if r.verdict == "FAILED"]

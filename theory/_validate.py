@@ -2,12 +2,19 @@
 
 Each check raises ``ValueError`` whose message names the argument and the rule it broke,
 e.g. ``"A_bar: expected shape (D, H) = (4, 3), got (4, 2)"``.
+
+Inputs are numpy-friendly: :func:`check_tensor` accepts array-likes (numpy arrays, nested lists)
+and returns a tensor (``torch.as_tensor``; a numpy float/complex array keeps its dtype, anything
+else becomes float64 / complex128), and :func:`check_int` accepts any integer ``operator.index``
+accepts (numpy integers) and returns a Python int. Callers use the returned value.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 Dim = Union[int, str, None]  # an int fixes a size, a str names a size to keep consistent, None is free
@@ -27,10 +34,10 @@ def check_tensor(
 
     ``shape`` entries: an int fixes the size, a str names a symbol whose size is recorded in
     ``dims`` (a dict shared across calls so that e.g. ``"D"`` must agree between arguments),
-    ``None`` leaves it free. Returns ``x`` unchanged.
+    ``None`` leaves it free. Returns ``x`` itself if it is a tensor, else ``x`` converted by
+    :func:`as_tensor`.
     """
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    x = as_tensor(name, x, floating=floating)
     if floating:
         if x.is_complex():
             if not allow_complex:
@@ -61,18 +68,44 @@ def check_tensor(
     return x
 
 
+def as_tensor(name: str, x, *, floating: bool = True, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``x`` as a tensor: a tensor is returned as is (or cast to ``dtype`` if given); an array-like goes
+    through ``torch.as_tensor`` (no copy for a numpy array of the final dtype). Without ``dtype``, a
+    numpy floating or complex array keeps its dtype, and anything else (lists, integer arrays, Python
+    numbers) becomes float64, or complex128 if complex, when ``floating``."""
+    if isinstance(x, torch.Tensor):
+        return x if dtype is None else x.to(dtype)
+    try:
+        arr = np.asarray(x)
+    except Exception:  # e.g. ragged nested lists
+        arr = None
+    if arr is None or arr.dtype.kind not in "biufc":
+        raise ValueError(f"{name}: expected a torch.Tensor or an array-like of numbers, got {type(x).__name__}")
+    if dtype is None and floating:
+        keep = isinstance(x, (np.ndarray, np.generic)) and arr.dtype.kind in "fc"
+        if not keep:
+            dtype = torch.complex128 if arr.dtype.kind == "c" else torch.float64
+    return torch.as_tensor(arr, dtype=dtype)
+
+
 def check_same_dtype(**tensors: torch.Tensor) -> None:
     """All given tensors share a dtype (real/complex pairs of one precision are allowed)."""
-    real = {n: (t.real.dtype if t.is_complex() else t.dtype) for n, t in tensors.items() if t is not None}
+    tensors = {n: as_tensor(n, t) for n, t in tensors.items() if t is not None}
+    real = {n: (t.real.dtype if t.is_complex() else t.dtype) for n, t in tensors.items()}
     if len(set(real.values())) > 1:
         desc = ", ".join(f"{n}={d}" for n, d in real.items())
         raise ValueError(f"dtypes must agree: {desc}")
 
 
 def check_int(name: str, v, *, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
-    """``v`` is an int with ``lo <= v <= hi`` (bounds optional)."""
-    if isinstance(v, bool) or not isinstance(v, int):
+    """``v`` is an integer (anything ``operator.index`` accepts: int, numpy integers; not bool) with
+    ``lo <= v <= hi`` (bounds optional). Returns it as a Python int."""
+    if isinstance(v, (bool, np.bool_)):
         raise ValueError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise ValueError(f"{name}: expected an int, got {type(v).__name__} {v!r}") from None
     if lo is not None and v < lo:
         raise ValueError(f"{name}: must be >= {lo}, got {v}")
     if hi is not None and v > hi:
@@ -82,6 +115,7 @@ def check_int(name: str, v, *, lo: Optional[int] = None, hi: Optional[int] = Non
 
 def check_positive(name: str, x: torch.Tensor) -> torch.Tensor:
     """Every entry of ``x`` is > 0."""
+    x = as_tensor(name, x)
     if x.numel() and not bool((x > 0).all()):
         raise ValueError(f"{name}: every entry must be > 0 (min {x.min().item():.3g})")
     return x

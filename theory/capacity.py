@@ -70,12 +70,12 @@ class ProbeConfig:
     skip: str = "inside"
 
     def __post_init__(self):
-        check_int("D", self.D, lo=1)
-        check_int("L_star", self.L_star, lo=1)
-        check_int("L", self.L, lo=self.L_star + 1)
-        check_int("H", self.H, lo=1)
-        check_int("H_star", self.H_star, lo=1, hi=self.H)
-        check_int("rank", self.rank, lo=0, hi=self.D)
+        object.__setattr__(self, "D", check_int("D", self.D, lo=1))
+        object.__setattr__(self, "L_star", check_int("L_star", self.L_star, lo=1))
+        object.__setattr__(self, "L", check_int("L", self.L, lo=self.L_star + 1))
+        object.__setattr__(self, "H", check_int("H", self.H, lo=1))
+        object.__setattr__(self, "H_star", check_int("H_star", self.H_star, lo=1, hi=self.H))
+        object.__setattr__(self, "rank", check_int("rank", self.rank, lo=0, hi=self.D))
         check_choice("skip", self.skip, ("inside", "outside"))
 
     @property
@@ -560,6 +560,8 @@ def main(argv=None) -> int:
     p.add_argument("--replot", action="store_true", help="redraw the figure from the existing JSON only")
     p.add_argument("--quick", action="store_true", help="a tiny grid (for tests and smoke runs)")
     args = p.parse_args(argv)
+    if args.replot and not os.path.exists(args.out):
+        p.error(f"--replot: no results file {args.out} (run without --replot first, or pass --out)")
     if args.replot:
         with open(args.out) as fh:
             data = json.load(fh)

@@ -36,9 +36,9 @@ class DeepLayer:
 
     def __post_init__(self):
         D = self.ssm.D
-        check_tensor("W", self.W, shape=(D, D), allow_complex=False)
-        check_tensor("beta", self.beta, shape=(D,), allow_complex=False)
-        check_tensor("u", self.u, shape=(D,), allow_complex=False)
+        object.__setattr__(self, "W", check_tensor("W", self.W, shape=(D, D), allow_complex=False))
+        object.__setattr__(self, "beta", check_tensor("beta", self.beta, shape=(D,), allow_complex=False))
+        object.__setattr__(self, "u", check_tensor("u", self.u, shape=(D,), allow_complex=False))
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def layer_forward(layer: DeepLayer, x: Tensor, activation: str, skip: str, refer
 
 def deep_forward(model: DeepSSM, x: Tensor, reference: bool = False) -> Tensor:
     """The whole stack on x (B, D, N) -> (B, D, N)."""
-    check_tensor("x", x, shape=(None, model.D, None), allow_complex=False)
+    x = check_tensor("x", x, shape=(None, model.D, None), allow_complex=False)
     for layer in model.layers:
         x = layer_forward(layer, x, model.activation, model.skip, reference)
     return x
@@ -106,8 +106,8 @@ def deep_forward(model: DeepSSM, x: Tensor, reference: bool = False) -> Tensor:
 def random_s4_ssm(D: int, H: int, *, generator: Optional[torch.Generator] = None,
                   dtype: torch.dtype = torch.float64, conj_pairs: bool = False) -> DiagonalSSM:
     """Random stable diagonal SSM: real ``a`` in (−0.95, 0.95), or complex pairs with |a| < 0.95."""
-    check_int("D", D, lo=1)
-    check_int("H", H, lo=1)
+    D = check_int("D", D, lo=1)
+    H = check_int("H", H, lo=1)
     g = generator
     if conj_pairs:
         r = 0.3 + 0.65 * torch.rand(D, H, generator=g, dtype=dtype)
@@ -126,7 +126,7 @@ def random_deep(L: int, D: int, H: int, *, kind: str = "s4", R: int = 2, activat
                 skip: str = "outside", residual: bool = True, bias: bool = True,
                 generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float64) -> DeepSSM:
     """A random deep S4/S6 model. ``residual=False`` sets ``u = 0``; ``bias=False`` sets ``β = 0``."""
-    check_int("L", L, lo=1)
+    L = check_int("L", L, lo=1)
     check_choice("kind", kind, ("s4", "s6"))
     g = generator
     layers = []

@@ -44,9 +44,9 @@ ALIGN_RTOL = 1.5e-8
 def _stack(W_B: Tensor, W_C: Tensor, W_dt_down: Tensor, names=("W_B", "W_C", "W_dt_down"), dims=None) -> Tensor:
     """``[W_Δ↓; W_B; W_C]`` (R + 2H, D), the order of mamba-ssm's ``x_proj``."""
     dims = {} if dims is None else dims
-    check_tensor(names[0], W_B, shape=("H", "D"), dims=dims, allow_complex=False)
-    check_tensor(names[1], W_C, shape=("H", "D"), dims=dims, allow_complex=False)
-    check_tensor(names[2], W_dt_down, shape=("R", "D"), dims=dims, allow_complex=False)
+    W_B = check_tensor(names[0], W_B, shape=("H", "D"), dims=dims, allow_complex=False)
+    W_C = check_tensor(names[1], W_C, shape=("H", "D"), dims=dims, allow_complex=False)
+    W_dt_down = check_tensor(names[2], W_dt_down, shape=("R", "D"), dims=dims, allow_complex=False)
     check_same_dtype(**{names[0]: W_B, names[1]: W_C, names[2]: W_dt_down})
     return torch.cat([W_dt_down, W_B, W_C], dim=0)  # (R + 2H, D)
 
@@ -85,7 +85,7 @@ def align_input_projection(W_B: Tensor, W_C: Tensor, W_dt_down: Tensor,
     M0 = _stack(W_B, W_C, W_dt_down, dims=dims)  # (K, D), K = R + 2H
     M_target = _stack(W_B_star, W_C_star, W_dt_down_star, ("W_B_star", "W_C_star", "W_dt_down_star"), dims=dims)
     D = dims["D"]
-    check_tensor("W_in1_star", W_in1_star, shape=(D, D), allow_complex=False)
+    W_in1_star = check_tensor("W_in1_star", W_in1_star, shape=(D, D), allow_complex=False)
     check_same_dtype(W_B=W_B, W_B_star=W_B_star, W_in1_star=W_in1_star)
     M_star = M_target @ W_in1_star  # (K, D)
     U, S, Vh, rank = _pinv_parts(M0)
@@ -106,6 +106,7 @@ def align_input_projection(W_B: Tensor, W_C: Tensor, W_dt_down: Tensor,
 def alignment_residual(W_B, W_C, W_dt_down, W_B_star, W_C_star, W_dt_down_star, W_in1_star) -> float:
     """``min_Ŵ ‖M0 Ŵ − M*‖ / ‖M*‖`` (the quantity :func:`align_input_projection` tests)."""
     M0 = _stack(W_B, W_C, W_dt_down)
+    W_in1_star = check_tensor("W_in1_star", W_in1_star, shape=(M0.shape[1], M0.shape[1]), allow_complex=False)
     M_star = _stack(W_B_star, W_C_star, W_dt_down_star, ("W_B_star", "W_C_star", "W_dt_down_star")) @ W_in1_star
     U, S, Vh, rank = _pinv_parts(M0)
     proj = U[:, :rank] @ (U[:, :rank].T @ M_star)  # projection of M* onto range(M0)

@@ -87,12 +87,12 @@ class Lemma2Update:
     zeroed: Tensor
 
 
-def _check_channel(a, b, c, a_star, b_star, c_star) -> None:
+def _check_channel(a, b, c, a_star, b_star, c_star) -> Tuple[Tensor, ...]:
     dims: dict = {}
-    for name, v in (("a", a), ("b", b), ("c", c)):
-        check_tensor(name, v, shape=("H",), dims=dims, allow_complex=False)
-    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-        check_tensor(name, v, shape=("H_star",), dims=dims, allow_complex=False)
+    a, b, c = (check_tensor(name, v, shape=("H",), dims=dims, allow_complex=False)
+               for name, v in (("a", a), ("b", b), ("c", c)))
+    a_star, b_star, c_star = (check_tensor(name, v, shape=("H_star",), dims=dims, allow_complex=False)
+                              for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)))
     check_same_dtype(a=a, b=b, c=c, a_star=a_star, b_star=b_star, c_star=c_star)
     H, H_star = dims["H"], dims["H_star"]
     if H_star < 1 or H < H_star:
@@ -109,6 +109,7 @@ def _check_channel(a, b, c, a_star, b_star, c_star) -> None:
                     "minimal and eq. (5) over-counts for it") if name == "a_star" else (
                     " — Lemma 2's count assumes distinct frozen eigenvalues (states sharing one act as one)")
             raise ValueError(f"{name}: eigenvalues must be pairwise distinct, {name}[{i}] = {name}[{k}] = {float(v[i])!r}{hint}")
+    return a, b, c, a_star, b_star, c_star
 
 
 def assignment_costs(a, b, c, a_star, b_star, c_star) -> Tuple[np.ndarray, np.ndarray]:
@@ -177,7 +178,7 @@ def minimal_update(a: Tensor, b: Tensor, c: Tensor, a_star: Tensor, b_star: Tens
     a, b, c: (H,) real; a_star, b_star, c_star: (H*,) real, 1 <= H* <= H, same dtype. Raises
     ``ValueError`` if the assumptions in the module docstring that can be checked fail.
     """
-    _check_channel(a, b, c, a_star, b_star, c_star)
+    a, b, c, a_star, b_star, c_star = _check_channel(a, b, c, a_star, b_star, c_star)
     cost, zero_cost = assignment_costs(a, b, c, a_star, b_star, c_star)  # (H, H*), (H,)
     rows, cols = linear_sum_assignment(cost.T)  # rows: target j, cols: frozen i
     assignment = np.empty(cost.shape[1], dtype=np.int64)
@@ -189,7 +190,7 @@ def minimal_update(a: Tensor, b: Tensor, c: Tensor, a_star: Tensor, b_star: Tens
 def minimal_update_bruteforce(a: Tensor, b: Tensor, c: Tensor, a_star: Tensor, b_star: Tensor,
                               c_star: Tensor) -> Lemma2Update:
     """Reference twin of :func:`minimal_update`: enumerate all ``H!/(H−H*)!`` injective maps (H <= 8)."""
-    _check_channel(a, b, c, a_star, b_star, c_star)
+    a, b, c, a_star, b_star, c_star = _check_channel(a, b, c, a_star, b_star, c_star)
     if a.shape[0] > 8:
         raise ValueError(f"a: brute force is limited to H <= 8, got H = {a.shape[0]}")
     cost, zero_cost = assignment_costs(a, b, c, a_star, b_star, c_star)
@@ -209,10 +210,10 @@ def paper_formula_count(a: Tensor, b: Tensor, c: Tensor, a_star: Tensor, b_star:
     Only shapes and finiteness are checked: this is the paper's number, to compare with
     :func:`minimal_update` (they agree under the module docstring's assumptions)."""
     dims: dict = {}
-    for name, v in (("a", a), ("b", b), ("c", c)):
-        check_tensor(name, v, shape=("H",), dims=dims, allow_complex=False)
-    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-        check_tensor(name, v, shape=("H_star",), dims=dims, allow_complex=False)
+    a, b, c = (check_tensor(name, v, shape=("H",), dims=dims, allow_complex=False)
+               for name, v in (("a", a), ("b", b), ("c", c)))
+    a_star, b_star, c_star = (check_tensor(name, v, shape=("H_star",), dims=dims, allow_complex=False)
+                              for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)))
     an, bn, cn, a_s, b_s, c_s = (t.detach().cpu().numpy() for t in (a, b, c, a_star, b_star, c_star))
     H, H_star = an.size, a_s.size
     if H_star > H:
@@ -235,8 +236,8 @@ def merge_target_states(a_star: Tensor, b_star: Tensor, c_star: Tensor) -> Tuple
 
     a_star, b_star, c_star: (H*,) real. Returns three (H*',) tensors, H*' <= H*."""
     dims: dict = {}
-    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-        check_tensor(name, v, shape=("H_star",), dims=dims, allow_complex=False)
+    a_star, b_star, c_star = (check_tensor(name, v, shape=("H_star",), dims=dims, allow_complex=False)
+                              for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)))
     groups: dict = {}
     for a_j, g_j in zip(a_star.tolist(), (b_star * c_star).tolist()):
         key = next((k for k in groups if _close(np.float64(k), np.float64(a_j))), a_j)

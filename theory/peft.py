@@ -35,7 +35,7 @@ class LoRAConfig:
     alpha: Optional[float] = None  # None: alpha = rank, i.e. scaling 1
 
     def __post_init__(self):
-        check_int("rank", self.rank, lo=1)
+        object.__setattr__(self, "rank", check_int("rank", self.rank, lo=1))
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
             raise ValueError(f"alpha: must be a finite number, got {self.alpha!r}")
 
@@ -46,8 +46,8 @@ class LoRAConfig:
 
 def lora_delta(lora_A: Tensor, lora_B: Tensor, scaling: float = 1.0) -> Tensor:
     """``ΔW = scaling · B A``; lora_A (r, in), lora_B (out, r) -> (out, in)."""
-    check_tensor("lora_A", lora_A, shape=(None, None), allow_complex=False)
-    check_tensor("lora_B", lora_B, shape=(None, lora_A.shape[0]), allow_complex=False)
+    lora_A = check_tensor("lora_A", lora_A, shape=(None, None), allow_complex=False)
+    lora_B = check_tensor("lora_B", lora_B, shape=(None, lora_A.shape[0]), allow_complex=False)
     return scaling * (lora_B @ lora_A)
 
 
@@ -62,7 +62,7 @@ class LoRALinear(nn.Module):
     def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
                  generator: Optional[torch.Generator] = None, train_bias: bool = False):
         super().__init__()
-        check_tensor("weight", weight, shape=(None, None), allow_complex=False)
+        weight = check_tensor("weight", weight, shape=(None, None), allow_complex=False)
         out_f, in_f = weight.shape
         if config.rank > min(out_f, in_f):
             raise ValueError(f"rank: must be <= min(out, in) = {min(out_f, in_f)}, got {config.rank}")
@@ -120,7 +120,7 @@ class LoRAMatrix(nn.Module):
 
     def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
         super().__init__()
-        check_tensor("base", base, shape=(None, None), allow_complex=False)
+        base = check_tensor("base", base, shape=(None, None), allow_complex=False)
         rows, cols = base.shape
         if config.rank > min(rows, cols):
             raise ValueError(f"rank: must be <= min{tuple(base.shape)} = {min(rows, cols)}, got {config.rank}")
@@ -192,8 +192,8 @@ def sdt_mask(D: int, H: int, channels: Sequence[int], states, *, prune_rest: boo
     untuned states of updated channels are pruned (SDT-P: "the rest set to zero");
     ``prune_channels`` lists channels whose every state is pruned. Everything else is frozen.
     """
-    check_int("D", D, lo=1)
-    check_int("H", H, lo=1)
+    D = check_int("D", D, lo=1)
+    H = check_int("H", H, lo=1)
     channels = [int(c) for c in channels]
     if len(set(channels)) != len(channels):
         raise ValueError("channels: must not repeat")
@@ -224,8 +224,8 @@ def sdt_mask(D: int, H: int, channels: Sequence[int], states, *, prune_rest: boo
 
 def sdt_budget_mask(D: int, H: int, n_channels: int, n_states: int, **kw) -> SDTMask:
     """SDT mask updating the first ``n_channels`` channels and their first ``n_states`` states."""
-    check_int("n_channels", n_channels, lo=0, hi=D)
-    check_int("n_states", n_states, lo=0, hi=H)
+    n_channels = check_int("n_channels", n_channels, lo=0, hi=D)
+    n_states = check_int("n_states", n_states, lo=0, hi=H)
     return sdt_mask(D, H, range(n_channels), [list(range(n_states))] * n_channels, **kw)
 
 
@@ -240,7 +240,7 @@ class MaskedParameter(nn.Module):
 
     def __init__(self, base: Tensor, roles: Tensor):
         super().__init__()
-        check_tensor("base", base, allow_complex=False)
+        base = check_tensor("base", base, allow_complex=False)
         roles = torch.as_tensor(roles)
         if roles.shape != base.shape[: roles.dim()]:
             raise ValueError(f"roles: shape {tuple(roles.shape)} must be a prefix of base's {tuple(base.shape)}")

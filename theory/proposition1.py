@@ -24,7 +24,7 @@ reachable dimension is ``min(M, 2H)``.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -42,21 +42,21 @@ Tensor = torch.Tensor
 REACH_RTOL = 1.5e-8
 
 
-def _check_pair(A_bar: Tensor, B_bar: Tensor) -> dict:
+def _check_pair(A_bar: Tensor, B_bar: Tensor) -> Tuple[Tensor, Tensor, dict]:
     dims: dict = {}
-    check_tensor("A_bar", A_bar, shape=("D", "H"), dims=dims)
-    check_tensor("B_bar", B_bar, shape=("D", "H"), dims=dims)
+    A_bar = check_tensor("A_bar", A_bar, shape=("D", "H"), dims=dims)
+    B_bar = check_tensor("B_bar", B_bar, shape=("D", "H"), dims=dims)
     check_same_dtype(A_bar=A_bar, B_bar=B_bar)
     if A_bar.is_complex() != B_bar.is_complex():
         raise ValueError("A_bar, B_bar: must be both real or both complex (conjugate-pair form)")
-    return dims
+    return A_bar, B_bar, dims
 
 
 def _check_h0(h0: Optional[Tensor], A_bar: Tensor, name: str = "h0") -> Tensor:
     """``h0`` (D, H), complex exactly when ``A_bar`` is; ``None`` means zeros."""
     if h0 is None:
         return torch.zeros_like(A_bar)
-    check_tensor(name, h0, shape=tuple(A_bar.shape))
+    h0 = check_tensor(name, h0, shape=tuple(A_bar.shape))
     if h0.is_complex() != A_bar.is_complex():
         raise ValueError(f"{name}: must be complex exactly when A_bar is (conjugate-pair form)")
     return h0.to(A_bar.dtype)
@@ -67,8 +67,8 @@ def reachability_matrix(A_bar: Tensor, B_bar: Tensor, M: int) -> Tensor:
 
     A_bar, B_bar: (D, H) real or complex. Returns (D, H, M), same dtype.
     """
-    _check_pair(A_bar, B_bar)
-    check_int("M", M, lo=1)
+    A_bar, B_bar, _ = _check_pair(A_bar, B_bar)
+    M = check_int("M", M, lo=1)
     V = _powers(A_bar, M).flip(-1)  # (D, H, M): a^{M−1}, ..., a^0
     return B_bar[..., None] * V  # (D, H, M)
 
@@ -80,8 +80,8 @@ def prefix_to_initial_state(A_bar: Tensor, B_bar: Tensor, prefix: Tensor, h0: Op
     A_bar, B_bar: (D, H) real or complex (conjugate-pair form); prefix: (D, M) real, M >= 1;
     h0: (D, H) or None (zeros). Returns h0_star (D, H), dtype of ``A_bar``.
     """
-    dims = _check_pair(A_bar, B_bar)
-    check_tensor("prefix", prefix, shape=("D", None), dims=dims, allow_complex=False)
+    A_bar, B_bar, dims = _check_pair(A_bar, B_bar)
+    prefix = check_tensor("prefix", prefix, shape=("D", None), dims=dims, allow_complex=False)
     M = prefix.shape[1]
     if M < 1:
         raise ValueError(f"prefix: needs at least one token (M >= 1), got shape {tuple(prefix.shape)}")
@@ -113,6 +113,7 @@ def reachable_dimension(A_bar: Tensor, B_bar: Tensor, M: int) -> Tensor:
     singular values above ``max(H, M)·eps·σ_max``. Generically ``min(M, H)`` (``min(M, 2H)`` in the
     conjugate-pair form); less when some ``a_i`` repeat or some ``b_i = 0``.
     """
+    A_bar, B_bar, _ = _check_pair(A_bar, B_bar)
     Gr, _ = _real_system(reachability_matrix(A_bar, B_bar, M), torch.zeros_like(A_bar))
     S = torch.linalg.svdvals(Gr)  # (D, min(·))
     return (S > _rank_tol(S, Gr.shape)).sum(-1)  # (D,)
@@ -158,8 +159,8 @@ def initial_state_to_prefix(A_bar: Tensor, B_bar: Tensor, h0_star: Tensor, M: in
     A_bar, B_bar: (D, H) real or complex; h0_star, h0: (D, H) (h0 None = zeros); M >= 1.
     Returns prefix (D, M), real, dtype of ``A_bar``'s real part.
     """
-    _check_pair(A_bar, B_bar)
-    check_int("M", M, lo=1)
+    A_bar, B_bar, _ = _check_pair(A_bar, B_bar)
+    M = check_int("M", M, lo=1)
     h0_star = _check_h0(h0_star, A_bar, name="h0_star")
     h0 = _check_h0(h0, A_bar)
     r = h0_star - A_bar**M * h0  # (D, H): what the prefix must add
@@ -189,8 +190,8 @@ def reachability_residual(A_bar: Tensor, B_bar: Tensor, h0_star: Tensor, M: int,
     ``min_p ‖G p − r‖`` with ``r = h_0* − Ā^M h_0``, computed as the norm of the projection of ``r``
     onto the orthogonal complement of ``range(G)`` (full SVD; real-stacked for conjugate pairs).
     """
-    _check_pair(A_bar, B_bar)
-    check_int("M", M, lo=1)
+    A_bar, B_bar, _ = _check_pair(A_bar, B_bar)
+    M = check_int("M", M, lo=1)
     r = _check_h0(h0_star, A_bar, name="h0_star") - A_bar**M * _check_h0(h0, A_bar)  # (D, H)
     Gr, rr = _real_system(reachability_matrix(A_bar, B_bar, M), r)
     U, S, _ = torch.linalg.svd(Gr, full_matrices=True)  # U: (D, S, S)
@@ -211,8 +212,8 @@ def unreachability_certificate(A_bar: Tensor, B_bar: Tensor, M: int) -> Tensor:
     ``dist(h, reachable) >= |w^T h| / ‖w‖`` — a certificate independent of any SVD.
     A_bar, B_bar: (D, H) real. Returns w (D, H).
     """
-    dims = _check_pair(A_bar, B_bar)
-    check_int("M", M, lo=1, hi=dims["H"] - 1)
+    A_bar, B_bar, dims = _check_pair(A_bar, B_bar)
+    M = check_int("M", M, lo=1, hi=dims["H"] - 1)
     if A_bar.is_complex():
         raise ValueError("A_bar: the certificate is implemented for the real form only")
     diff = A_bar[:, :, None] - A_bar[:, None, :]  # (D, H, H): a_i − a_l
@@ -230,8 +231,8 @@ def prefix_tuned_output(ssm: DiagonalSSM, prefix: Tensor, x: Tensor, h0: Optiona
 
     prefix: (D, M) shared by the batch; x: (B, D, N); h0: (D, H) or None. Returns (B, D, N).
     """
-    check_tensor("prefix", prefix, shape=(ssm.D, None), allow_complex=False)
-    check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False)
+    prefix = check_tensor("prefix", prefix, shape=(ssm.D, None), allow_complex=False)
+    x = check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False)
     M = prefix.shape[1]
     xp = torch.cat([prefix[None].expand(x.shape[0], -1, -1), x], dim=-1)  # (B, D, M + N)
     return ssm_recurrence(ssm, xp, h0)[..., M:]  # (B, D, N)

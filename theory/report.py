@@ -63,12 +63,16 @@ def discover() -> List[str]:
     return sorted(_REGISTRY, key=lambda k: (_REGISTRY[k].order, k))
 
 
-def run_report(n: int, seed: int, only: Optional[str] = None) -> List[ClaimResult]:
+def matching_claims(only: Optional[str] = None) -> List[str]:
+    """Registered claim names (in report order) containing ``only`` (case-insensitive); all if None."""
     names = discover()
-    if only is not None:
-        names = [k for k in names if only.lower() in k.lower()]
-        if not names:
-            raise ValueError(f"only: no claim matches {only!r}; claims: {discover()}")
+    return names if only is None else [k for k in names if only.lower() in k.lower()]
+
+
+def run_report(n: int, seed: int, only: Optional[str] = None) -> List[ClaimResult]:
+    names = matching_claims(only)
+    if not names:
+        raise ValueError(f"only: no claim matches {only!r}; claims: {discover()}")
     out = []
     for k in names:
         try:

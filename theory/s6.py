@@ -42,11 +42,12 @@ class S6Params:
 
     def __post_init__(self):
         dims: dict = {}
-        check_tensor("A_log", self.A_log, shape=("D", "H"), dims=dims, allow_complex=False)
-        check_tensor("dt_proj_weight", self.dt_proj_weight, shape=("D", "R"), dims=dims, allow_complex=False)
-        check_tensor("dt_proj_bias", self.dt_proj_bias, shape=("D",), dims=dims, allow_complex=False)
+        for name, shape in (("A_log", ("D", "H")), ("dt_proj_weight", ("D", "R")), ("dt_proj_bias", ("D",))):
+            object.__setattr__(self, name, check_tensor(name, getattr(self, name), shape=shape, dims=dims,
+                                                        allow_complex=False))
         rows = dims["R"] + 2 * dims["H"]
-        check_tensor("x_proj", self.x_proj, shape=(rows, "D"), dims=dims, allow_complex=False)
+        object.__setattr__(self, "x_proj",
+                           check_tensor("x_proj", self.x_proj, shape=(rows, "D"), dims=dims, allow_complex=False))
         check_same_dtype(A_log=self.A_log, x_proj=self.x_proj, dt_proj_weight=self.dt_proj_weight,
                          dt_proj_bias=self.dt_proj_bias)
 
@@ -95,11 +96,11 @@ def selective_scan(
     h0: (Bt, D, H) or (D, H) or None. Returns y (Bt, D, N) [and the final state (Bt, D, H)].
     """
     dims: dict = {}
-    check_tensor("u", u, shape=("Bt", "D", "N"), dims=dims, allow_complex=False)
-    check_tensor("delta", delta, shape=("Bt", "D", "N"), dims=dims, allow_complex=False)
-    check_tensor("A", A, shape=("D", "H"), dims=dims, allow_complex=False)
-    check_tensor("B", B, shape=("Bt", "H", "N"), dims=dims, allow_complex=False)
-    check_tensor("C", C, shape=("Bt", "H", "N"), dims=dims, allow_complex=False)
+    u = check_tensor("u", u, shape=("Bt", "D", "N"), dims=dims, allow_complex=False)
+    delta = check_tensor("delta", delta, shape=("Bt", "D", "N"), dims=dims, allow_complex=False)
+    A = check_tensor("A", A, shape=("D", "H"), dims=dims, allow_complex=False)
+    B = check_tensor("B", B, shape=("Bt", "H", "N"), dims=dims, allow_complex=False)
+    C = check_tensor("C", C, shape=("Bt", "H", "N"), dims=dims, allow_complex=False)
     Bt, D, N = u.shape
     h = u.new_zeros(Bt, D, A.shape[1])  # (Bt, D, H)
     if h0 is not None:
@@ -116,7 +117,7 @@ def selective_scan(
 
 def s6_inputs(params: S6Params, x: Tensor):
     """The input-dependent quantities: ``(Δ, B, C)`` of shapes (Bt, D, N), (Bt, H, N), (Bt, H, N)."""
-    check_tensor("x", x, shape=(None, params.D, None), allow_complex=False)
+    x = check_tensor("x", x, shape=(None, params.D, None), allow_complex=False)
     if x.dtype != params.A_log.dtype:
         raise ValueError(f"x: dtype {x.dtype} must match the parameters' {params.A_log.dtype}")
     dt_low = torch.einsum("rd,bdn->brn", params.W_dt_down, x)  # (Bt, R, N)
@@ -139,8 +140,8 @@ def s6_two_projection(params: S6Params, W_in1: Tensor, W_in2: Tensor, x: Tensor)
     W_in1, W_in2: (D, D); x: (Bt, D, N). Returns (Bt, D, N).
     """
     D = params.D
-    check_tensor("W_in1", W_in1, shape=(D, D), allow_complex=False)
-    check_tensor("W_in2", W_in2, shape=(D, D), allow_complex=False)
+    W_in1 = check_tensor("W_in1", W_in1, shape=(D, D), allow_complex=False)
+    W_in2 = check_tensor("W_in2", W_in2, shape=(D, D), allow_complex=False)
     z = torch.einsum("ij,bjn->bin", W_in1, x)  # (Bt, D, N)
     u = torch.einsum("ij,bjn->bin", W_in2, x)  # (Bt, D, N)
     return s6_forward(params, z, u=u)
@@ -149,9 +150,9 @@ def s6_two_projection(params: S6Params, W_in1: Tensor, W_in2: Tensor, x: Tensor)
 def random_s6(D: int, H: int, R: int, *, generator: Optional[torch.Generator] = None,
               dtype: torch.dtype = torch.float64) -> S6Params:
     """A random S6 with mamba-like scales: ``A_log`` so that ``A ∈ [−H, −1]``-ish, small projections."""
-    check_int("D", D, lo=1)
-    check_int("H", H, lo=1)
-    check_int("R", R, lo=1)
+    D = check_int("D", D, lo=1)
+    H = check_int("H", H, lo=1)
+    R = check_int("R", R, lo=1)
     g = generator
     A_log = torch.log(torch.arange(1, H + 1, dtype=dtype)).repeat(D, 1) + 0.1 * torch.randn(D, H, generator=g, dtype=dtype)
     x_proj = torch.randn(R + 2 * H, D, generator=g, dtype=dtype) / D**0.5

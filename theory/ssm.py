@@ -42,7 +42,7 @@ class DiagonalSSM:
     def __post_init__(self):
         dims: dict = {}
         for name in ("A_bar", "B_bar", "C"):
-            check_tensor(name, getattr(self, name), shape=("D", "H"), dims=dims)
+            object.__setattr__(self, name, check_tensor(name, getattr(self, name), shape=("D", "H"), dims=dims))
         check_same_dtype(A_bar=self.A_bar, B_bar=self.B_bar, C=self.C)
         kinds = {t.is_complex() for t in (self.A_bar, self.B_bar, self.C)}
         if len(kinds) != 1:
@@ -73,9 +73,9 @@ def discretize_zoh(A: Tensor, B: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]
     Returns ``(A_bar, B_bar)``, both (D, H).
     """
     dims: dict = {}
-    check_tensor("A", A, shape=("D", "H"), dims=dims)
-    check_tensor("B", B, shape=("D", "H"), dims=dims)
-    check_tensor("delta", delta, shape=("D",), dims=dims, allow_complex=False)
+    A = check_tensor("A", A, shape=("D", "H"), dims=dims)
+    B = check_tensor("B", B, shape=("D", "H"), dims=dims)
+    delta = check_tensor("delta", delta, shape=("D",), dims=dims, allow_complex=False)
     check_positive("delta", delta)
     dA = delta[:, None] * A  # (D, H)
     A_bar = torch.exp(dA)  # (D, H)
@@ -99,17 +99,17 @@ def ssm_kernel(ssm: DiagonalSSM, N: int) -> Tensor:
 
     For the conjugate-pair form the kernel is ``2·Re(Σ_i c_i b_i a_i^k)``.
     """
-    check_int("N", N, lo=1)
+    N = check_int("N", N, lo=1)
     K = torch.einsum("dh,dhn->dn", ssm.C * ssm.B_bar, _powers(ssm.A_bar, N))  # (D, N)
     return 2 * K.real if ssm.conj_pairs else K
 
 
 def _check_input(ssm: DiagonalSSM, x: Tensor, h0: Optional[Tensor]) -> None:
-    check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False)
+    x = check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False)
     if x.dtype != ssm.dtype:
         raise ValueError(f"x: dtype {x.dtype} must match the SSM's {ssm.dtype}")
     if h0 is not None:
-        check_tensor("h0", h0, shape=(ssm.D, ssm.H))
+        h0 = check_tensor("h0", h0, shape=(ssm.D, ssm.H))
         if h0.is_complex() != ssm.conj_pairs:
             raise ValueError("h0: must be complex exactly when the SSM is in conjugate-pair form")
 
@@ -123,7 +123,7 @@ def ssm_recurrence(
     or (B, D, H). Returns y (B, D, N); with ``return_state`` also the final state (B, D, H).
     """
     if h0 is not None and h0.dim() == 3:
-        check_tensor("h0", h0, shape=(x.shape[0], ssm.D, ssm.H))
+        h0 = check_tensor("h0", h0, shape=(x.shape[0], ssm.D, ssm.H))
         _check_input(ssm, x, None)
     else:
         _check_input(ssm, x, h0)
@@ -146,8 +146,8 @@ def causal_conv_fft(K: Tensor, x: Tensor) -> Tensor:
 
     K: (D, N_K) real kernel with N_K >= N; x: (B, D, N). Returns (B, D, N).
     """
-    check_tensor("K", K, shape=(None, None), allow_complex=False)
-    check_tensor("x", x, shape=(None, K.shape[0], None), allow_complex=False)
+    K = check_tensor("K", K, shape=(None, None), allow_complex=False)
+    x = check_tensor("x", x, shape=(None, K.shape[0], None), allow_complex=False)
     N = x.shape[-1]
     if K.shape[-1] < N:
         raise ValueError(f"K: kernel length {K.shape[-1]} must be >= sequence length {N}")
@@ -159,7 +159,7 @@ def causal_conv_fft(K: Tensor, x: Tensor) -> Tensor:
 
 def initial_state_response(ssm: DiagonalSSM, h0: Tensor, N: int) -> Tensor:
     """Free response of the initial state: ``C Ā^t h_0`` for t = 1..N, shape (D, N) (or (B, D, N))."""
-    check_int("N", N, lo=0)
+    N = check_int("N", N, lo=0)
     pw = _powers(ssm.A_bar, N + 1)[..., 1:]  # (D, H, N): a^1..a^N
     r = torch.einsum("dh,...dh,dhn->...dn", ssm.C, h0.to(ssm.A_bar.dtype), pw)
     return 2 * r.real if ssm.conj_pairs else r
@@ -207,10 +207,10 @@ def dense_recurrence(A: Tensor, B: Tensor, C: Tensor, x: Tensor, h0: Optional[Te
     A: (D, S, S); B, C: (D, S); x: (B, D, N); h0: (D, S) or None. Returns (B, D, N).
     """
     dims: dict = {}
-    check_tensor("A", A, shape=("D", "S", "S"), dims=dims, allow_complex=False)
-    check_tensor("B", B, shape=("D", "S"), dims=dims, allow_complex=False)
-    check_tensor("C", C, shape=("D", "S"), dims=dims, allow_complex=False)
-    check_tensor("x", x, shape=(None, "D", None), dims=dims, allow_complex=False)
+    A = check_tensor("A", A, shape=("D", "S", "S"), dims=dims, allow_complex=False)
+    B = check_tensor("B", B, shape=("D", "S"), dims=dims, allow_complex=False)
+    C = check_tensor("C", C, shape=("D", "S"), dims=dims, allow_complex=False)
+    x = check_tensor("x", x, shape=(None, "D", None), dims=dims, allow_complex=False)
     h = x.new_zeros(x.shape[0], A.shape[0], A.shape[1])  # (B, D, S)
     if h0 is not None:
         h = h + h0

@@ -187,8 +187,8 @@ class Theorem1Update:
 # ------------------------------------------------------------------------------------ pure pieces
 def group_sizes(L: int, L_star: int) -> Tuple[int, ...]:
     """Sizes of ``L*`` contiguous groups covering ``L`` layers: ``L mod L*`` groups of ``⌈L/L*⌉``, rest ``⌊L/L*⌋``."""
-    check_int("L_star", L_star, lo=1)
-    check_int("L", L, lo=L_star)
+    L_star = check_int("L_star", L_star, lo=1)
+    L = check_int("L", L, lo=L_star)
     q, rem = divmod(L, L_star)
     return tuple([q + 1] * rem + [q] * (L_star - rem))
 
