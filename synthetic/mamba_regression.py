@@ -552,15 +552,13 @@ def run(cfg: MambaRegressionConfig) -> Path:
     policy, ckey = lr_policy(cfg), run_key(cdict)  # run_key: the JSON round trip turns tuples into lists
     groups = [(m, b) for m in cfg.methods if m != "Frozen" for b in budgets(cfg, m)]
     n_round, planned = 0, set()
-    files = [ResultsFile(paths["json"])] + [ResultsFile(f) for f in shard_files(paths["json"])]
-    while not stopped:
-        recs = [x for f in files for x in f.load()  # with shards: every shard's records decide the plan
-                if x.get("backend") == backend.name and run_key(x.get("config", {})) == ckey]
+    # Shards run the base grid only: which lrs an extension round adds depends on the runs finished before
+    # it, so rounds are planned by one process after --merge (a plain rerun of the command).
+    while not stopped and shard is None:
+        recs = [x for x in rf.load() if x.get("backend") == backend.name and run_key(x.get("config", {})) == ckey]
         ext = [{"method": m, "budget": b, "lr": lr, "seed": seed} for m, b in groups
                for seed, lr in lr_extension_plan([x for x in recs if x["method"] == m and x["budget"] == b],
                                                  cfg.lrs, cfg.seeds, policy)]
-        if shard is not None:  # the same deterministic split as the base grid
-            ext = [r for j, r in enumerate(ext) if j % shard[1] == shard[0]]
         if not ext:
             break
         again = [r for r in ext if run_key(r) in planned]
@@ -576,8 +574,8 @@ def run(cfg: MambaRegressionConfig) -> Path:
     if stopped:
         print("mamba_regression: time budget reached; rerun the same command to resume", file=sys.stderr)
     if shard is not None:
-        print("mamba_regression: shard done; fold the shard files in with --merge (other shards' extension "
-              "rounds may still add runs: rerun the shards until none has work left)", file=sys.stderr)
+        print("mamba_regression: shard done; fold the shard files in with --merge, then rerun without --shard to "
+              "grow the lr grid where a best lr is at an edge", file=sys.stderr)
         return rf.path
     summary(rf.load(), policy)
     try:

@@ -326,13 +326,14 @@ def test_official_selection_rule():
 def test_regression_shards_merge_to_one_process_key_set(tmp_path):
     base = ["--preset", "tiny", "--backend", "reference"]
     mamba_regression.main(base + ["--out", str(tmp_path / "one")])
-    for i in (0, 1):
+    for i in (0, 1):  # shards: the base grid only
         mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--shard", f"{i}/2"])
     shard_recs = [json.loads(f.read_text()) for f in sorted((tmp_path / "two").glob("*.shard*of2.json"))]
     assert len(shard_recs) == 2 and all(shard_recs)
     assert not {r["key"] for r in shard_recs[0]} & {r["key"] for r in shard_recs[1]}  # disjoint
     mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--merge"])
     assert not list((tmp_path / "two").glob("*.shard*"))
+    mamba_regression.main(base + ["--out", str(tmp_path / "two")])  # the lr-extension rounds, in one process
     one = json.loads((tmp_path / "one" / "mamba_regression_tiny.json").read_text())
     two = json.loads((tmp_path / "two" / "mamba_regression_tiny.json").read_text())
     assert {r["key"] for r in one} == {r["key"] for r in two}
