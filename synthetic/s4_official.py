@@ -12,7 +12,7 @@ each a named option of :class:`OfficialConfig` (facts: ``notes/s4_official_diffe
   ``u`` (``D_method='full'``, Frozen included); the bias ``β`` whenever the projection is not frozen;
   ``log_dt`` whenever the SSM is not frozen. "LoRA (S4+Proj)" is what ``run_s4.py`` actually runs
   (``ssm_method='lora'`` never creates the SSM adapter): LoRA on ``W`` plus ``log_dt``; our LoRA on
-  ``A`` and ``C`` is the separate method "LoRA (A,C+Proj)".
+  ``A`` and ``C`` is the separate method "LoRA (A&C+Proj)".
 - **SDT** (``ssm_method='ours'``, ``our_mode='hard'``, ``ssm_warmup_mode='magnitude'``,
   :func:`official_selection`): a warm-up on a copy (all parameters, ``ssm_warmup_method='full'``),
   "usable" channels/states by the magnitude ``‖C (exp(ΔA) − 1)/A · exp(ΔA)^{N/2}‖`` of the warmed-up
@@ -85,11 +85,11 @@ class OfficialConfig:
     weight_decay: float = 0.01  # torch.optim.AdamW's default; the official code passes only lr
     lrs: Tuple[float, ...] = (2e-3, 5e-3, 1e-2, 2e-2)
     seeds: Tuple[int, ...] = (123, 124, 125, 126, 127)
-    methods: Tuple[str, ...] = ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "LoRA (A,C+Proj)", "SDT",
+    methods: Tuple[str, ...] = ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "LoRA (A&C+Proj)", "SDT",
                                 "SDT + LoRA", "Full")
     lora_ranks: Tuple[int, ...] = (4, 8, 16)  # LoRA (Proj)
     s4proj_ranks: Tuple[int, ...] = (4, 16)  # official LoRA (S4+Proj): W rank
-    ac_lora_budgets: Tuple[str, ...] = ("4:1", "16:4")  # LoRA (A,C+Proj): W rank : A,C rank
+    ac_lora_budgets: Tuple[str, ...] = ("4:1", "16:4")  # LoRA (A&C+Proj): W rank : A,C rank
     sdt_budgets: Tuple[str, ...] = ("8x4/16x8", "16x8/16x8", "32x8/32x8", "32x16/64x16")  # update/usable
     sdt_lora_budgets: Tuple[str, ...] = ("16x8/16x8:8",)  # update/usable : W rank
     warmup_iters: int = 20  # official warmup_epochs
@@ -341,7 +341,7 @@ METHODS: Dict[str, OfficialMethod] = {m.name: m for m in (
     OfficialMethod("Frozen", "freeze", "freeze", lambda c: [{}]),
     OfficialMethod("LoRA (Proj)", "lora", "freeze", lambda c: [{"proj_rank": r} for r in c.lora_ranks]),
     OfficialMethod("LoRA (S4+Proj)", "lora", "lora", lambda c: [{"proj_rank": r} for r in c.s4proj_ranks]),
-    OfficialMethod("LoRA (A,C+Proj)", "lora", "lora", lambda c: [_parse_ac(s) for s in c.ac_lora_budgets],
+    OfficialMethod("LoRA (A&C+Proj)", "lora", "lora", lambda c: [_parse_ac(s) for s in c.ac_lora_budgets],
                    ac_lora=True),
     OfficialMethod("SDT", "ours", "ours", lambda c: [_parse_sdt(s) for s in c.sdt_budgets]),
     OfficialMethod("SDT + LoRA", "lora", "ours", lambda c: [_parse_sdt(s) for s in c.sdt_lora_budgets]),
@@ -760,10 +760,11 @@ def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
         done.update(keys)
         n_run += 1
     wall = time.monotonic() - t0
-    rf.append({"key": f"sweep@{utc_now()}", "kind": "sweep", "wall_s": wall, "groups": len(groups),
-               "groups_run": n_run, "groups_skipped": n_skipped, "device": env["device"], "torch": env["torch"],
-               "commit": env["commit"], "date": utc_now(), "compiled": trainer.use_compile,
-               "config": dataclasses.asdict(cfg)})
+    if n_run:
+        rf.append({"key": f"sweep@{utc_now()}", "kind": "sweep", "wall_s": wall, "groups": len(groups),
+                   "groups_run": n_run, "groups_skipped": n_skipped, "device": env["device"], "torch": env["torch"],
+                   "commit": env["commit"], "date": utc_now(), "compiled": trainer.use_compile,
+                   "config": dataclasses.asdict(cfg)})
     log(f"sweep: {len(groups)} groups, {n_run} run, {n_skipped} already done, wall {wall:.1f}s")
     return rf
 
