@@ -84,7 +84,7 @@ def test_official_initial_weights_bit_identical_to_npz():
                     n_log_ulp += int((ulps > 0).sum())
             C = np.stack([p["C_re"].numpy(), p["C_im"].numpy()], axis=-1)
             assert np.array_equal(C, z[f"{pre}.layers.{l}.kernel.C"]), f"{pre}.{l}.C"
-    assert n_log_ulp <= 2  # of 5,120 log(-Re A) entries: 2 are 1 ulp away (see the data README)
+    assert n_log_ulp <= 2  # of 4,608 log(-Re A) entries: 2 are 1 ulp away (see the data README)
 
 
 def test_official_float64_outputs_match():
