@@ -30,6 +30,7 @@ Usage::
     python -m synthetic.s4_regression                  # reduced default, any device (CPU < 3 min)
     python -m synthetic.s4_regression --preset paper   # the paper's configuration (GPU)
     python -m synthetic.s4_regression --preset paper --plot-only
+    python -m synthetic.s4_regression --preset official   # the official code's conventions (synthetic.s4_official)
 
 Outputs in ``--out``: ``s4_regression_<preset>.json`` (one record per run, appended atomically;
 rerunning resumes), ``s4_mse_vs_params_<preset>.png`` / ``.pdf``.
@@ -247,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(name, default=",".join(map(str, default)), metavar="A,B,...",
                            type=_list_of(typ, name), help=f"comma-separated {typ.__name__} list")
         elif f.name == "preset":
-            p.add_argument(name, default=default, choices=sorted(PRESETS), help="named configuration")
+            p.add_argument(name, default=default, choices=sorted(PRESETS),
+                           help="named configuration (also 'official', 'official-tiny': synthetic.s4_official)")
         else:
             p.add_argument(name, default=default, type=type(default), help=f.name)
     return p
@@ -845,6 +847,12 @@ def summary_table(cfg: Config) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from synthetic import s4_official  # the official code's conventions: their own config and module
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--preset", default="default")
+    if pre.parse_known_args(argv)[0].preset in s4_official.PRESETS:
+        return s4_official.main(argv)
     cfg = parse_config(argv)
     if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).load():
         build_parser().error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
