@@ -421,14 +421,17 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: 
 
 # ---------------------------------------------------------------------------------- environment
 def git_commit(root=None) -> str:
-    """Short commit of the repository, else ``$GIT_COMMIT`` (for copies without .git), else ``"unknown"``."""
+    """``$GIT_COMMIT`` when set (a copy of the tree whose .git is missing or stale, e.g. on a GPU machine),
+    else the repository's short commit, else ``"unknown"``."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     root = root or Path(__file__).resolve().parent.parent
     try:
         c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                            timeout=10).stdout.strip()
     except Exception:
         c = ""
-    return c or os.environ.get("GIT_COMMIT", "") or "unknown"
+    return c or "unknown"
 
 
 def utc_now() -> str:
