@@ -18,6 +18,10 @@ Parameter roles are declared where the wrapper creates each parameter (``PeftMam
   everything else is frozen, stored as :class:`theory.peft.MaskedParameter` (frozen entries stay
   bit-identical under AdamW).
 
+- ``dora``: :class:`theory.peft.DoRAMatrix` (LoRA factors + row magnitudes) on in_proj/out_proj;
+- ``added`` (``PeftMambaBlock.added``, all trainable): prefix vectors, initial state ``h_0``, state offset
+  ``h'``, Additional-scan's states; prompt vectors on :class:`PeftMambaStack` (see :data:`BENCHMARK_METHODS`).
+
 Algorithm 1 for S6 (channel level): warm up the S6 parameters (A_log, x_proj, dt_proj) on a copy,
 score channel d by the mean change of ``Ā_t^(d) = exp(Δ_t^(d) A^(d))`` over a probe batch
 (:func:`abar_change_scores`), keep the top channels per layer (:func:`select_channels`).

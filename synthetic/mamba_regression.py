@@ -14,6 +14,7 @@ Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.json`` (one r
     python -m synthetic.mamba_regression                 # auto: mamba_ssm + paper preset on a GPU, else CPU preset
     python -m synthetic.mamba_regression --preset paper --backend mamba_ssm --out figures
     python -m synthetic.mamba_regression --plot-only --preset paper
+    python -m synthetic.mamba_regression --methods all   # + the benchmark's methods -> peft_methods_mamba_<preset>.*
 """
 
 from __future__ import annotations

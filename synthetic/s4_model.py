@@ -26,6 +26,11 @@ C_re, C_im`` (rank ≤ ``ssm_rank_max``), with a per-run rank mask. All methods 
 entries plus the unmasked LoRA factor entries; ``tests/test_s4_regression.py`` checks it equals
 ``theory.peft.count_trainable`` of the theory package's modules for the same method.
 
+The benchmark's other methods (prompt, prefix, initial state, state offset, DoRA, Additional-scan) use a
+second path: trainable tensors in ``RunState.extra`` (:data:`EXTRA_SHAPES`) and :func:`deep_forward_extra`
+(sequence length ``N + M`` with prompt/prefix positions). A RunState without extras runs the graph above
+unchanged; :func:`theory_forward_extra` is that path's float64 twin.
+
 The reference twin is :func:`to_theory_model` (float64, ``theory.deep`` / ``theory.ssm`` FFT
 convolution); a test holds the two together.
 """

@@ -17,7 +17,14 @@ Methods (:data:`METHODS`; SSM module × linear projection):
 - SDT + LoRA: the same SSM update × LoRA rank r on W.
 - Full: every parameter.
 
-Methods other than Full train neither the skip ``u`` nor ``log_dt`` nor ``β`` by default.
+Methods other than Full (and BitFit's β) train neither the skip ``u`` nor ``log_dt`` nor ``β`` by default.
+
+The benchmark's other methods (Sec. 3-4; :data:`BENCHMARK_METHODS`, not in the default ``--methods``;
+``--methods all`` runs every method and writes ``peft_methods_s4_<preset>.json`` / ``.png``): Prompt
+tuning (``--prompt-lens``), Prefix-tuning (``--prefix-lens``, M < H and M >= H for Proposition 1),
+Initial-state tuning, State-offset tuning (Kang et al.), BitFit (β), DoRA (Proj) (``--dora-ranks``),
+Additional-scan (``--additional-states``). They run on the fast model's second path
+(``s4_model.RunState.extra``); their budget lists are not part of run keys.
 Opt-in options closer to the official code (``notes/s4_official_differences.md``; at their defaults
 they are left out of run keys, so earlier results still resume): ``--state-convention complex``
 (``H`` complex modes per channel instead of ``H/2`` pairs), ``--sdt-prune usable`` with
@@ -30,6 +37,7 @@ Usage::
     python -m synthetic.s4_regression                  # reduced default, any device (CPU < 3 min)
     python -m synthetic.s4_regression --preset paper   # the paper's configuration (GPU)
     python -m synthetic.s4_regression --preset paper --plot-only
+    python -m synthetic.s4_regression --methods all    # every method, the benchmark's included
 
 Outputs in ``--out``: ``s4_regression_<preset>.json`` (one record per run, appended atomically;
 rerunning resumes), ``s4_mse_vs_params_<preset>.png`` / ``.pdf``.
