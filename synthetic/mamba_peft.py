@@ -18,6 +18,10 @@ Parameter roles are declared where the wrapper creates each parameter (``PeftMam
   everything else is frozen, stored as :class:`theory.peft.MaskedParameter` (frozen entries stay
   bit-identical under AdamW).
 
+- ``dora``: :class:`theory.peft.DoRAMatrix` (LoRA factors + row magnitudes) on in_proj/out_proj;
+- ``added`` (``PeftMambaBlock.added``, all trainable): prefix vectors, initial state ``h_0``, state offset
+  ``h'``, Additional-scan's states; prompt vectors on :class:`PeftMambaStack` (see :data:`BENCHMARK_METHODS`).
+
 Algorithm 1 for S6 (channel level): warm up the S6 parameters (A_log, x_proj, dt_proj) on a copy,
 score channel d by the mean change of ``Ā_t^(d) = exp(Δ_t^(d) A^(d))`` over a probe batch
 (:func:`abar_change_scores`), keep the top channels per layer (:func:`select_channels`).
@@ -31,11 +35,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from theory.peft import LoRAConfig, LoRAMatrix, MaskedParameter, Role, count_trainable
+from theory.peft import (DoRAMatrix, LoRAConfig, LoRAMatrix, MaskedParameter, PrefixParameters, Role, StateParameters,
+                         count_trainable)
 
-from .mamba_ref import MambaRef, PARAM_NAMES, delta_of, mamba_forward, selective_scan_reference
+from .mamba_ref import MambaRef, PARAM_NAMES, delta_of, mamba_forward, mamba_s6_inputs, selective_scan_reference
 
 Tensor = torch.Tensor
 
@@ -129,8 +135,16 @@ class MambaPeftConfig:
     lora_dropout: float = 0.0
     lora_x_proj_split: bool = False
     sdt_states: int = 0
+    # The benchmark's other methods (:data:`BENCHMARK_METHODS`); see :class:`PeftMambaBlock`.
+    dora: Tuple[str, ...] = ()  # weight names given a DoRA update of rank lora_rank (subset of DORA_TARGETS)
+    prompt_len: int = 0  # prompt tuning: M vectors prepended to the stack's input
+    prefix_len: int = 0  # prefix-tuning: M vectors prepended to every block's input
+    initial_state: bool = False  # a learned initial state h_0 (D, H) per block
+    state_offset: bool = False  # state-offset tuning: y_t += SiLU(z_t) ⊙ (C_t · h') with h' (D, H) per block
+    additional_states: int = 0  # Additional-scan: states added per channel (A_log, W_B, W_C rows trainable)
 
     def __post_init__(self):
+        self._check_benchmark_fields()
         bad = [n for n in self.lora if n not in LORA_TARGETS]
         if bad:
             raise ValueError(f"lora: unknown targets {bad}; choose from {LORA_TARGETS}")
@@ -149,6 +163,21 @@ class MambaPeftConfig:
             raise ValueError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
         if self.sdt_states < 0 or (self.sdt_states and not self.sdt_channels):
             raise ValueError("sdt_states: must be >= 0, and > 0 only together with sdt_channels")
+
+    def _check_benchmark_fields(self):
+        bad = [n for n in self.dora if n not in DORA_TARGETS]
+        if bad:
+            raise ValueError(f"dora: unknown targets {bad}; choose from {DORA_TARGETS}")
+        if self.dora and self.lora_rank < 1:
+            raise ValueError("lora_rank: must be >= 1 when dora targets are given (DoRA's rank)")
+        if set(self.dora) & (set(self.lora) | set(self.full)):
+            raise ValueError("dora: overlaps the LoRA / full parameters")
+        for name in ("prompt_len", "prefix_len", "additional_states"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+        if self.additional_states and self.sdt_channels:
+            raise ValueError("additional_states: not supported together with SDT (both change x_proj's W_B/W_C)")
 
 
 def _key(name: str) -> str:
@@ -247,7 +276,11 @@ class PeftMambaBlock(nn.Module):
         self.states = None if states is None else [[int(s) for s in st] for st in states]
         for name, w in weights.items():
             w = w.detach()
-            if name in config.full:
+            if name in config.dora:
+                r = min(config.lora_rank, *w.shape)
+                self.lora[_key(name)] = DoRAMatrix(w, LoRAConfig(r, config.lora_alpha), generator=generator)
+                self.roles[name] = "dora"  # LoRA factors + magnitude (out,), trainable
+            elif name in config.full:
                 self.full[_key(name)] = nn.Parameter(w.clone())
                 self.roles[name] = "full"
             elif name in config.lora:
@@ -269,6 +302,13 @@ class PeftMambaBlock(nn.Module):
             else:
                 self.frozen.register_buffer(_key(name), w.clone())
                 self.roles[name] = "frozen"
+        self.added = _benchmark_parameters(weights, config, d_state, generator)  # name -> module, all trainable
+        self.added_roles = {k: "trainable" for k in self.added}
+
+    @property
+    def d_state_effective(self) -> int:
+        """``H`` plus Additional-scan's added states."""
+        return self.d_state + self.config.additional_states
 
     def _lora_parts(self, name: str) -> List[LoRAMatrix]:
         k = _key(name)
@@ -294,6 +334,8 @@ class PeftMambaBlock(nn.Module):
             k = _key(name)
             if role == "full":
                 out[name] = self.full[k]
+            elif role == "dora":
+                out[name] = self.lora[k]()
             elif role == "lora" and act and name != "A_log":
                 out[name] = DropoutLoRA(self._lora_parts(name), self.config.lora_dropout)
             elif role == "lora":
@@ -305,9 +347,13 @@ class PeftMambaBlock(nn.Module):
                 out[name] = torch.cat([self.frozen.x_proj_dt, self.sdt["x_proj_BC"]().T], dim=0)  # (R + 2H, D)
             else:
                 out[name] = getattr(self.frozen, k)
+        if "additional_scan" in self.added:
+            out = _with_added_states(out, self.added["additional_scan"], self.dt_rank, self.d_state)
         return out
 
     def forward(self, hidden: Tensor, backend: Backend) -> Tensor:
+        if self.added:
+            return _benchmark_block_forward(self, hidden, backend)
         inner = None if self.fused_fallback(backend) else backend.inner_fn  # explicit fallback, see fused_fallback
         return mamba_forward(self.effective_weights(), hidden, d_state=self.d_state, dt_rank=self.dt_rank,
                              scan_fn=backend.scan_fn, inner_fn=inner)
@@ -333,9 +379,17 @@ class PeftMambaStack(nn.Module):
         self.blocks = nn.ModuleList(PeftMambaBlock(w, d_state=d_state, dt_rank=dt_rank, config=config, channels=c,
                                                    generator=generator, states=s)
                                     for w, c, s in zip(layer_weights, chans, sts))
+        self.prompt = None  # prompt tuning: (d_model, M) trainable vectors prepended to the input
+        if config.prompt_len:
+            w0 = layer_weights[0]["in_proj.weight"]
+            self.prompt = PrefixParameters(w0.shape[1], config.prompt_len, dtype=w0.dtype).to(w0.device)
 
     def forward(self, hidden: Tensor, backend: Backend) -> Tensor:
-        return residual_stack([lambda h, b=b: b(h, backend) for b in self.blocks], hidden)
+        if self.prompt is None:
+            return residual_stack([lambda h, b=b: b(h, backend) for b in self.blocks], hidden)
+        M = self.prompt.prefix.shape[1]
+        hidden = torch.cat([self.prompt.prefix.T.expand(hidden.shape[0], -1, -1), hidden], dim=1)  # (Bt, M + N, d)
+        return residual_stack([lambda h, b=b: b(h, backend) for b in self.blocks], hidden)[:, M:]
 
     def fused_fallback(self, backend: Backend) -> Optional[str]:
         """The first block's reason for not running fused now (all blocks share one config)."""
@@ -392,6 +446,100 @@ def official_counts(D: int, H: int, channel_freeze: float, state_freeze: float) 
     return max(1, D - int(round(channel_freeze * D))), max(1, H - int(round(state_freeze * H)))
 
 
+# ----------------------------------------------------------- the benchmark's other methods (Sec. 3-4)
+DORA_TARGETS = PROJ_NAMES + ("x_proj.weight", "dt_proj.weight")  # linear maps (A_log is not one)
+BITFIT_NAMES = ("conv1d.bias", "dt_proj.bias", "in_proj.bias", "out_proj.bias")  # the biases present in a block
+
+
+def _benchmark_parameters(weights: Mapping[str, Tensor], config: MambaPeftConfig, d_state: int,
+                          generator: Optional[torch.Generator]) -> nn.ModuleDict:
+    """The trainable modules the benchmark's methods add to one block (every parameter trainable):
+
+    - ``prefix``: :class:`theory.peft.PrefixParameters` (d_model, M), zero at start;
+    - ``initial_state``: :class:`theory.peft.StateParameters` ``h_0`` (D, H), zero at start;
+    - ``state_offset``: :class:`theory.peft.StateParameters` ``h'`` (D, H), zero at start (Kang et al.);
+    - ``additional_scan``: ``A_log`` (D, n) = log(H+1..H+n) (S4D-real continued), ``W_B`` (n, D) ~ U(±1/√D)
+      (nn.Linear's bound), ``W_C`` (n, D) = 0 (so the block starts as the frozen one).
+    """
+    W_in = weights["in_proj.weight"]
+    D, dev, dt = weights["A_log"].shape[0], W_in.device, W_in.dtype
+    added = nn.ModuleDict()
+    if config.prefix_len:
+        added["prefix"] = PrefixParameters(W_in.shape[1], config.prefix_len, dtype=dt).to(dev)
+    if config.initial_state:
+        added["initial_state"] = StateParameters(D, d_state, dtype=torch.float32).to(dev)
+    if config.state_offset:
+        added["state_offset"] = StateParameters(D, d_state, dtype=torch.float32).to(dev)
+    if config.additional_states:
+        n = config.additional_states
+        m = nn.Module()
+        m.A_log = nn.Parameter(torch.log(torch.arange(d_state + 1, d_state + n + 1, dtype=torch.float32)).repeat(D, 1).to(dev))
+        W_B = (2 * torch.rand(n, D, generator=generator) - 1) / math.sqrt(D)
+        m.W_B = nn.Parameter(W_B.to(dev, dt))  # (n, D)
+        m.W_C = nn.Parameter(torch.zeros(n, D, device=dev, dtype=dt))  # (n, D)
+        added["additional_scan"] = m
+    return added
+
+
+def _with_added_states(w: Dict[str, Tensor], add: nn.Module, dt_rank: int, H: int) -> Dict[str, Tensor]:
+    """Effective weights with ``n`` added states: ``A_log`` (D, H + n), x_proj rows ``[W_Δ↓; W_B; W_B'; W_C; W_C']``."""
+    xp = w["x_proj.weight"]  # (R + 2H, D)
+    out = dict(w)
+    out["x_proj.weight"] = torch.cat([xp[:dt_rank + H], add.W_B, xp[dt_rank + H:], add.W_C], dim=0)  # (R + 2(H+n), D)
+    out["A_log"] = torch.cat([w["A_log"], add.A_log], dim=1)  # (D, H + n)
+    return out
+
+
+def state_terms(w: Mapping[str, Tensor], dt_low: Tensor, C: Tensor, h0: Optional[Tensor],
+                offset: Optional[Tensor]) -> Tensor:
+    """Output terms of a learned initial state and a state offset, before the gate: (Bt, D, N), fp32.
+
+    Initial state: ``h_t`` starts at ``h_0`` (D, H), whose free response is
+    ``C_t · (exp(A Σ_{s<=t} Δ_s) ⊙ h_0)`` (the product of the ``Ā_s``). State offset (Kang et al., 2025,
+    "state_tuning"): ``y_t = C_t · (h_t + h')``, i.e. ``+ C_t · h'``. dt_low: (Bt, R, N); C: (Bt, H, N).
+    """
+    wdt = torch.float64 if C.dtype == torch.float64 else torch.float32  # fp32 at least, as the scan
+    C = C.to(wdt)
+    out = 0
+    if h0 is not None:
+        delta = F.softplus(torch.einsum("dr,brn->bdn", w["dt_proj.weight"].to(wdt), dt_low.to(wdt))
+                           + w["dt_proj.bias"].to(wdt)[:, None])  # (Bt, D, N)
+        A = -torch.exp(w["A_log"].to(wdt))  # (D, H)
+        decay = torch.exp(torch.cumsum(delta, dim=-1)[..., None] * A[:, None, :])  # (Bt, D, N, H)
+        out = out + torch.einsum("bhn,bdnh,dh->bdn", C, decay, h0.to(wdt))
+    if offset is not None:
+        out = out + torch.einsum("bhn,dh->bdn", C, offset.to(wdt))
+    return out
+
+
+def _benchmark_block_forward(block: "PeftMambaBlock", hidden: Tensor, backend: Backend) -> Tensor:
+    """A block with the benchmark's additions: prefix positions prepended (outputs there dropped); with an
+    initial state or state offset, the unfused path plus :func:`state_terms` gated by ``SiLU(z)``."""
+    added = block.added
+    M = 0
+    if "prefix" in added:
+        M = added["prefix"].prefix.shape[1]
+        hidden = torch.cat([added["prefix"].prefix.T.expand(hidden.shape[0], -1, -1), hidden], dim=1)
+    w = block.effective_weights()
+    H = block.d_state_effective
+    if "initial_state" not in added and "state_offset" not in added:
+        out = mamba_forward(w, hidden, d_state=H, dt_rank=block.dt_rank, scan_fn=backend.scan_fn,
+                            inner_fn=None if block.fused_fallback(backend) else backend.inner_fn)
+        return out[:, M:] if M else out
+    x, z, dt_low, B, C = mamba_s6_inputs(w, hidden, H, block.dt_rank)
+    delta = torch.einsum("dr,brn->bdn", w["dt_proj.weight"], dt_low)  # (Bt, D, N)
+    y = backend.scan_fn(x, delta, -torch.exp(w["A_log"].float()), B, C, w["D"].float(), z=z,
+                        delta_bias=w["dt_proj.bias"].float(), delta_softplus=True)  # (Bt, D, N), gated
+    h0 = added["initial_state"].state if "initial_state" in added else None
+    off = added["state_offset"].state if "state_offset" in added else None
+    terms = state_terms(w, dt_low, C, h0, off)  # (Bt, D, N)
+    y = y + (terms * F.silu(z.to(terms.dtype))).to(y.dtype)
+    out = torch.einsum("md,bdn->bnm", w["out_proj.weight"], y)
+    b_out = w.get("out_proj.bias")
+    out = out if b_out is None else out + b_out
+    return out[:, M:] if M else out
+
+
 # -------------------------------------------------------------------------------- the registry
 ALL_NAMES = PARAM_NAMES
 
@@ -409,6 +557,23 @@ METHODS: Dict[str, Callable[[dict], MambaPeftConfig]] = {
     "Full": lambda b: MambaPeftConfig(full=ALL_NAMES),
 }
 """Method name -> (budget dict -> config). Budgets: ``{"rank"}``, ``{"channels"}`` or both."""
+
+BENCHMARK_METHODS: Dict[str, Callable[[dict], MambaPeftConfig]] = {
+    "Prompt tuning": lambda b: MambaPeftConfig(prompt_len=int(b["prompt_len"])),
+    "Prefix-tuning": lambda b: MambaPeftConfig(prefix_len=int(b["prefix_len"])),
+    "Initial-state tuning": lambda b: MambaPeftConfig(initial_state=True),
+    "State-offset tuning": lambda b: MambaPeftConfig(state_offset=True),
+    "BitFit": lambda b: MambaPeftConfig(full=BITFIT_NAMES),
+    "DoRA (Proj)": lambda b: MambaPeftConfig(dora=PROJ_NAMES, lora_rank=_rank(b)),
+    "Additional-scan": lambda b: MambaPeftConfig(additional_states=int(b["states"])),
+}
+"""The benchmark's other methods. BitFit trains the biases a block has (official ssm-peft
+``cfg/peft/bitfit/conv_dt.json``: conv1d and dt_proj; Mamba's in_proj/out_proj have none by default).
+State-offset tuning is Kang et al.'s ``STATE_OFFSET_TUNING`` / ssm-state-tuning's ``SILU_Z_C`` variant
+(``y += SiLU(z) ⊙ C_t·h'``, dense h' (D, H), zero init), not the ``OUTPUT_TUNING`` / ``SILU_Z`` one
+(``y += SiLU(z) ⊙ b``, b (D,)). Budgets: ``{"prompt_len"}``, ``{"prefix_len"}``, ``{}``, ``{"rank"}``,
+``{"states"}``."""
+METHODS.update(BENCHMARK_METHODS)
 
 
 def frozen_param_count(layer_weights: Sequence[Mapping[str, Tensor]]) -> int:

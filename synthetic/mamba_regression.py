@@ -14,6 +14,7 @@ Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.json`` (one r
     python -m synthetic.mamba_regression                 # auto: mamba_ssm + paper preset on a GPU, else CPU preset
     python -m synthetic.mamba_regression --preset paper --backend mamba_ssm --out figures
     python -m synthetic.mamba_regression --plot-only --preset paper
+    python -m synthetic.mamba_regression --methods all   # + the benchmark's methods -> peft_methods_mamba_<preset>.*
 
 Parallel shards on one GPU (each process takes every n-th run of the grid and writes its own file
 ``mamba_regression_<preset>.shard<i>of<n>.json``; ``--merge`` folds them into the main file atomically):
@@ -37,15 +38,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .mamba_peft import (BACKENDS, METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
-                         frozen_param_count, get_backend, mamba_ssm_available, official_select, residual_stack,
-                         select_channels, trainable_count)
+from .mamba_peft import (BACKENDS, BENCHMARK_METHODS, METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack,
+                         abar_change_scores, frozen_param_count, get_backend, mamba_ssm_available, official_select,
+                         residual_stack, select_channels, trainable_count)
 from .mamba_ref import block_weights
 from .progress import progress
 from .sweep import (LrPolicy, ResultsFile, best_of_grid, environment, is_diverged, lr_extension_plan,
                     plot_mse_vs_params, run_key, utc_now)
 
 METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full")
+BENCHMARK_ORDER = tuple(BENCHMARK_METHODS)  # the benchmark's other methods (``--methods all``)
+ALL_METHODS = METHOD_ORDER[:-1] + BENCHMARK_ORDER + ("Full",)
+BENCHMARK_BUDGET_FIELDS = ("prompt_lens", "prefix_lens", "dora_ranks", "additional_states")
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,12 @@ class MambaRegressionConfig:
     lora_ranks: Tuple[int, ...] = (1, 2)
     sdt_channels: Tuple[int, ...] = (8, 16)  # channels per layer
     sdt_lora: Tuple[str, ...] = ("8x1",)  # "<channels>x<rank>"
-    methods: Tuple[str, ...] = METHOD_ORDER
+    methods: Tuple[str, ...] = METHOD_ORDER  # or "all": ALL_METHODS
+    # budgets of BENCHMARK_ORDER's methods (not part of a run key: each run's budget is)
+    prompt_lens: Tuple[int, ...] = (8, 32)  # prompt tuning: M vectors at the input
+    prefix_lens: Tuple[int, ...] = (4, 16)  # prefix-tuning: M vectors per block
+    dora_ranks: Tuple[int, ...] = (1, 2)  # DoRA on in_proj and out_proj
+    additional_states: Tuple[int, ...] = (1, 2)  # Additional-scan: states added per channel
     time_budget_s: float = 0.0  # stop starting new runs after this many seconds (0: no limit); rerun to resume
     threads: int = 1  # torch CPU threads on the CPU device (tiny ops: one thread is fastest; 0 = torch default)
     out: str = "figures"
@@ -102,12 +111,14 @@ PRESETS: Dict[str, MambaRegressionConfig] = {
         preset="paper", d_model=64, expand=2, frozen_layers=4, frozen_d_state=16, target_layers=1,
         target_d_state=8, batch=64, seq_len=256, iters=500, eval_every=25, eval_batches=4, warmup_iters=50,
         warmup_lr=1e-2, lrs=(1e-2, 3e-2, 3e-3), seeds=(0,), lora_ranks=(1, 2, 4, 8),
-        sdt_channels=(16, 32, 64, 128), sdt_lora=("16x1", "32x2", "64x4")),
+        sdt_channels=(16, 32, 64, 128), sdt_lora=("16x1", "32x2", "64x4"),
+        prompt_lens=(32, 64, 128, 256), prefix_lens=(8, 16, 32, 64), dora_ranks=(1, 2, 4, 8),
+        additional_states=(1, 2, 4, 8)),
     # seconds; for tests
     "tiny": MambaRegressionConfig(
         preset="tiny", d_model=8, frozen_layers=2, frozen_d_state=4, target_d_state=2, batch=2, seq_len=8,
         iters=6, eval_every=3, eval_batches=1, warmup_iters=2, lrs=(1e-2,), lora_ranks=(1,), sdt_channels=(4,),
-        sdt_lora=("4x1",)),
+        sdt_lora=("4x1",), prompt_lens=(2,), prefix_lens=(2,), dora_ranks=(1,), additional_states=(1,)),
 }
 
 
@@ -201,9 +212,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
     """Config from the CLI; the default preset is ``paper`` when mamba-ssm and CUDA are available, else ``cpu``."""
     cfg, p = parse_config(MambaRegressionConfig, PRESETS, "paper" if mamba_ssm_available() else "cpu", argv,
                           "python -m synthetic.mamba_regression", __doc__.split("\n\n")[0])
+    if cfg.methods == ("all",):
+        cfg = dataclasses.replace(cfg, methods=ALL_METHODS)
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
-        p.error(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+        p.error(f"--methods: unknown {bad}; choose from {list(METHODS)} or 'all'")
+    for name in BENCHMARK_BUDGET_FIELDS:
+        vals = getattr(cfg, name)
+        if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in vals):
+            p.error(f"--{name.replace('_', '-')}: need one or more integers >= 1, got {vals}")
+    if max(cfg.dora_ranks) > cfg.d_model:
+        p.error(f"--dora-ranks: each rank must be <= d_model={cfg.d_model} (the smaller side of out_proj), "
+                f"got {cfg.dora_ranks}")
     try:
         check_options(cfg)
     except ValueError as e:
@@ -252,6 +272,8 @@ def check_options(cfg: MambaRegressionConfig) -> None:
 # ------------------------------------------------------------------------------------ the grid
 def budgets(cfg: MambaRegressionConfig, method: str) -> List[dict]:
     """The budget dicts swept for one method."""
+    if method in BENCHMARK_BUDGETS:
+        return BENCHMARK_BUDGETS[method](cfg)
     if method in ("Frozen", "Full"):
         return [{}]
     if method in ("LoRA (Proj)", "LoRA (S6+Proj)"):
@@ -263,13 +285,24 @@ def budgets(cfg: MambaRegressionConfig, method: str) -> List[dict]:
     raise ValueError(f"method: no budget grid for {method!r}")
 
 
+BENCHMARK_BUDGETS = {
+    "Prompt tuning": lambda c: [{"prompt_len": m} for m in c.prompt_lens],
+    "Prefix-tuning": lambda c: [{"prefix_len": m} for m in c.prefix_lens],
+    "Initial-state tuning": lambda c: [{}],
+    "State-offset tuning": lambda c: [{}],
+    "BitFit": lambda c: [{}],
+    "DoRA (Proj)": lambda c: [{"rank": r} for r in c.dora_ranks],
+    "Additional-scan": lambda c: [{"states": n} for n in c.additional_states],
+}
+
+
 def budget_label(b: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(b.items())) or "-"
 
 
 def run_grid(cfg: MambaRegressionConfig) -> List[dict]:
     """All runs, ordered so the central comparison (SDT vs LoRA (S6+Proj)) comes first, then by seed."""
-    order = ["Frozen", "SDT", "LoRA (S6+Proj)", "SDT + LoRA", "LoRA (Proj)", "Full"]
+    order = ["Frozen", "SDT", "LoRA (S6+Proj)", "SDT + LoRA", "LoRA (Proj)", "Full"] + list(BENCHMARK_ORDER)
     runs = []
     for seed in cfg.seeds:
         for i, lr in enumerate(cfg.lrs):  # lr outermost: every (method, budget) gets the first lr first
@@ -445,7 +478,12 @@ class Experiment:
 
 # ----------------------------------------------------------------------------------------- main
 def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
+    """Results and figures; a run with any of BENCHMARK_ORDER's methods (``--methods all``) writes its own
+    ``peft_methods_mamba_<preset>.json`` / ``.png`` and ``peft_methods_mamba_loss_curves_<preset>.png``."""
     out = Path(cfg.out)
+    if any(m in BENCHMARK_ORDER for m in cfg.methods):
+        return {"json": out / f"peft_methods_mamba_{cfg.preset}.json", "mse": out / f"peft_methods_mamba_{cfg.preset}",
+                "curves": out / f"peft_methods_mamba_loss_curves_{cfg.preset}.png"}
     return {"json": out / f"mamba_regression_{cfg.preset}.json",
             "mse": out / f"mamba_mse_vs_params_{cfg.preset}",
             "curves": out / f"mamba_loss_curves_{cfg.preset}.png"}
@@ -459,6 +497,8 @@ def _config_dict(cfg: MambaRegressionConfig) -> dict:
     for k, v in _OPT_IN_DEFAULTS.items():
         if d[k] == v:
             d.pop(k)
+    for k in BENCHMARK_BUDGET_FIELDS:
+        d.pop(k)  # budget lists added later: left out so earlier run keys stay valid (a run key holds its budget)
     return d
 
 
@@ -590,7 +630,7 @@ def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[
     that stopped the grid, or 'not extended' for a sweep cut short)."""
     rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
     print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}  lr edge")
-    for r in sorted(rows, key=lambda r: (METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99,
+    for r in sorted(rows, key=lambda r: (ALL_METHODS.index(r["method"]) if r["method"] in ALL_METHODS else 99,
                                          r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
         edge = "" if not r.get("lr_at_edge") else (
@@ -613,7 +653,7 @@ def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
             f"frozen {cfg.get('frozen_layers')}x Mamba(d_model {cfg.get('d_model')}, H {cfg.get('frozen_d_state')}), "
             f"target {cfg.get('target_layers')}x (H {cfg.get('target_d_state')}); {cfg.get('iters')} AdamW iters, "
             f"best lr per point; commit {r0.get('commit')}")
-    plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note,
+    plot_mse_vs_params(rows, str(paths["mse"]), method_order=ALL_METHODS, note=note,
                        title="Mamba regression: MSE vs. trainable parameters")
     plot_loss_curves(records, rows, paths["curves"], note)
 

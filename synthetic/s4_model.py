@@ -26,6 +26,11 @@ C_re, C_im`` (rank ≤ ``ssm_rank_max``), with a per-run rank mask. All methods 
 entries plus the unmasked LoRA factor entries; ``tests/test_s4_regression.py`` checks it equals
 ``theory.peft.count_trainable`` of the theory package's modules for the same method.
 
+The benchmark's other methods (prompt, prefix, initial state, state offset, DoRA, Additional-scan) use a
+second path: trainable tensors in ``RunState.extra`` (:data:`EXTRA_SHAPES`) and :func:`deep_forward_extra`
+(sequence length ``N + M`` with prompt/prefix positions). A RunState without extras runs the graph above
+unchanged; :func:`theory_forward_extra` is that path's float64 twin.
+
 The reference twin is :func:`to_theory_model` (float64, ``theory.deep`` / ``theory.ssm`` FFT
 convolution); a test holds the two together.
 """
@@ -266,6 +271,7 @@ class RunState:
     mask: List[Dict[str, Tensor]]
     lora: List[Dict[str, Tensor]]
     rank_mask: List[Dict[str, Tensor]]
+    extra: Optional[List[Dict[str, Tensor]]] = None  # per layer, see EXTRA_SHAPES; None/empty: the default graph
 
     @classmethod
     def create(cls, base: List[Dict[str, Tensor]], R: int, proj_rank_max: int, ssm_rank_max: int,
@@ -298,7 +304,31 @@ class RunState:
         out = []
         for t, lo in zip(self.train, self.lora):
             out += [t[k] for k in ALL_PARAMS] + [lo[k] for k in ("proj_A", "proj_B", "ssm_A", "ssm_B")]
+        for ex in self.extra or ():
+            out += [ex[k] for k in sorted(ex)]  # every entry of an extra tensor is trainable
         return out
+
+    def has_extra(self) -> bool:
+        return bool(self.extra) and any(self.extra)
+
+    def add_extra(self, layer: int, name: str, value: Tensor) -> Tensor:
+        """Create the trainable extra tensor ``name`` (:data:`EXTRA_SHAPES`) of one layer: ``value`` (R, ...)
+        becomes a leaf that requires grad; every entry is trainable (counted by :meth:`trainable_count`)."""
+        if name not in EXTRA_SHAPES:
+            raise ValueError(f"name: unknown extra parameter {name!r}; choose from {sorted(EXTRA_SHAPES)}")
+        if self.extra is None:
+            self.extra = [{} for _ in self.base]
+        t = value.detach().to(self.base[0]["W"].device, self.base[0]["W"].dtype).clone().requires_grad_(True)
+        self.extra[layer][name] = t
+        return t
+
+    def prefix_length(self) -> int:
+        """``M``, the number of prompt / prefix positions prepended (0 without prompt or prefix)."""
+        for ex in self.extra or ():
+            for k in ("prompt", "prefix"):
+                if k in ex:
+                    return ex[k].shape[-1]
+        return 0
 
     def trainable_count(self) -> List[int]:
         """Per run: unmasked dense entries + LoRA factor entries of unmasked ranks."""
@@ -311,10 +341,22 @@ class RunState:
             D = lo["proj_A"].shape[-1]
             n4, Hc = lo["ssm_A"].shape[1], lo["ssm_A"].shape[-1]
             total += rp * 2 * D + rs * n4 * (D + Hc)
+        for ex in self.extra or ():
+            total += sum(v[0].numel() for v in ex.values())
         return total.tolist()
 
     def effective(self) -> List[Dict[str, Tensor]]:
+        """Effective per-layer parameters (R, shape); with extras, the extra tensors ride along in the dicts."""
+        if self.has_extra():
+            return effective_layers_extra(self.base, self.train, self.mask, self.lora, self.rank_mask, self.extra)
         return effective_layers(self.base, self.train, self.mask, self.lora, self.rank_mask)
+
+    def loss_args(self, idx: Tensor, idx_extra: Optional[Tensor] = None) -> tuple:
+        """Arguments of :func:`run_losses` after (x, y): the default graph's ``(idx,)`` or, with extras,
+        ``(idx_extra, extra)`` where ``idx_extra`` is the Toeplitz index for ``N + M`` positions."""
+        if not self.has_extra():
+            return (idx,)
+        return (idx if idx_extra is None else idx_extra, self.extra)
 
 
 def effective_layers(base, train, mask, lora, rank_mask) -> List[Dict[str, Tensor]]:
@@ -332,8 +374,15 @@ def effective_layers(base, train, mask, lora, rank_mask) -> List[Dict[str, Tenso
     return out
 
 
-def run_losses(base, train, mask, lora, rank_mask, x: Tensor, y: Tensor, idx: Tensor) -> Tensor:
-    """Per-run MSE over all tokens: x (D, N, B) input, y (D, N, B) target output -> (R,)."""
+def run_losses(base, train, mask, lora, rank_mask, x: Tensor, y: Tensor, idx: Tensor, extra=None) -> Tensor:
+    """Per-run MSE over all tokens: x (D, N, B) input, y (D, N, B) target output -> (R,).
+
+    ``extra`` (the methods of :data:`EXTRA_SHAPES`) switches to :func:`deep_forward_extra`; then ``idx``
+    is the Toeplitz index for ``N + M`` positions (M prompt/prefix positions, 0 without them).
+    """
+    if extra:
+        out = deep_forward_extra(effective_layers_extra(base, train, mask, lora, rank_mask, extra), x, idx)
+        return ((out - y) ** 2).mean(dim=(1, 2, 3))
     out = deep_forward(effective_layers(base, train, mask, lora, rank_mask), x, idx)  # (R, D, N, B)
     return ((out - y) ** 2).mean(dim=(1, 2, 3))
 
@@ -357,6 +406,120 @@ def adamw_step(params: List[Tensor], grads: List[Tensor], exp_avg: List[Tensor],
         p.sub_(lr_b / bc1 * m / ((v / bc2).sqrt() + eps))
 
 
+# ------------------------------------------------- the benchmark's other PEFT methods (second path)
+# Trainable tensors these methods add to a layer (RunState.extra[l]), each with a leading run axis R; every
+# entry is trainable. A RunState without extras runs the default graph above, bit-identically; with
+# extras, the graph below (a second torch.compile specialisation per extra layout).
+EXTRA_SHAPES = {
+    "prompt": "(R, D, M): prompt tuning, layer 0 only; prepended to the input, outputs dropped after the last layer",
+    "prefix": "(R, D, M): prefix-tuning, every layer; prepended to the layer's input, its outputs there dropped",
+    "h0_re": "(R, D, Hc): Re of the initial state h_0 (initial-state tuning)",
+    "h0_im": "(R, D, Hc): Im of h_0",
+    "offset_re": "(R, D, Hc): Re of the state offset h' (state-offset tuning, y_t = C (h_t + h'))",
+    "offset_im": "(R, D, Hc): Im of h'",
+    "add_log_A_re": "(R, D, Ha): log(-Re A) of Ha additional modes per channel (Additional-scan)",
+    "add_A_im": "(R, D, Ha): Im A of the additional modes",
+    "add_C_re": "(R, D, Ha): Re C of the additional modes (zero at start: the model starts as the frozen one)",
+    "add_C_im": "(R, D, Ha): Im C of the additional modes",
+    "dora_m": "(R, D): DoRA magnitude of W's rows (W' = m ⊙ (W + B A) / ‖W + B A‖_row)",
+}
+
+
+def effective_layers_extra(base, train, mask, lora, rank_mask, extra) -> List[Dict[str, Tensor]]:
+    """:func:`effective_layers` plus the extras: DoRA's ``W' = m ⊙ V / ‖V‖_row`` with ``V = W + B_W A_W``
+    when the layer has ``dora_m``; the other extra tensors are added to the layer dicts as they are."""
+    out = []
+    for p, ex in zip(effective_layers(base, train, mask, lora, rank_mask), extra):
+        p = dict(p)
+        for k, v in ex.items():
+            if k == "dora_m":
+                V = p["W"]  # (R, D, D): W + B_W A_W
+                p["W"] = v[..., None] * V / torch.linalg.vector_norm(V, dim=-1, keepdim=True)
+            else:
+                p[k] = v
+        out.append(p)
+    return out
+
+
+def _modal_response(x: Tensor, y: Tensor, G_re: Tensor, G_im: Tensor, k: Tensor) -> Tensor:
+    """``2 Re(Σ_i G_i Ā_i^k)`` with ``Ā = exp(x + i y)``: x, y, G: (..., D, H); k: (N,) -> (..., D, N)."""
+    mag = torch.exp(x[..., None] * k)  # (..., D, H, N)
+    ang = y[..., None] * k
+    return 2 * (mag * (G_re[..., None] * torch.cos(ang) - G_im[..., None] * torch.sin(ang))).sum(-2)
+
+
+def initial_state_response(p: Dict[str, Tensor], N: int) -> Tensor:
+    """Free response of the initial state, ``r_t = 2 Re(Σ_i C_i Ā_i^{t+1} h_{0,i})`` for t = 0..N-1: (R, D, N).
+
+    Zero-based ``t``: the first output ``y_0 = C (Ā h_0 + B̄ x_0)`` already carries one step of ``Ā``
+    (``theory.ssm``'s ``h_t = Ā h_{t−1} + B̄ x_t`` from ``h_0``, t = 1..N).
+    """
+    dt = torch.exp(p["log_dt"])[..., None]  # (R, D, 1)
+    x, y = -torch.exp(p["log_A_re"]) * dt, p["A_im"] * dt  # ΔA = x + i y
+    G_re = p["C_re"] * p["h0_re"] - p["C_im"] * p["h0_im"]  # C h_0
+    G_im = p["C_re"] * p["h0_im"] + p["C_im"] * p["h0_re"]
+    k = torch.arange(1, N + 1, device=x.device, dtype=x.dtype)  # (N,)
+    return _modal_response(x, y, G_re, G_im, k)
+
+
+def state_offset_response(p: Dict[str, Tensor]) -> Tensor:
+    """``2 Re(Σ_i C_i h'_i)`` (R, D): ``y_t = C (h_t + h')`` adds it at every step (an LTI ``C`` makes it a
+    per-channel constant)."""
+    return 2 * (p["C_re"] * p["offset_re"] - p["C_im"] * p["offset_im"]).sum(-1)
+
+
+def additional_kernel(p: Dict[str, Tensor], N: int) -> Tensor:
+    """Kernel of the additional modes (``B = 1``, the layer's ``Δ``), added to the frozen kernel: (R, D, N)."""
+    q = {"log_A_re": p["add_log_A_re"], "A_im": p["add_A_im"], "C_re": p["add_C_re"], "C_im": p["add_C_im"],
+         "B_re": torch.ones_like(p["add_C_re"]), "B_im": torch.zeros_like(p["add_C_re"]), "log_dt": p["log_dt"],
+         "u": torch.zeros_like(p["log_dt"])}
+    return s4d_kernel(q, N)
+
+
+def layer_forward_extra(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
+    """:func:`layer_forward` with the optional extra terms of ``p``: additional modes in the kernel,
+    initial-state response and state offset added to ``S4(x)`` (before ``u ⊙ x``, W, β, ReLU).
+    x: (R, D, N, B) or (D, N, B) -> (R, D, N, B)."""
+    N = x.shape[-2]
+    K = s4d_kernel(p, N)  # (R, D, N)
+    if "add_C_re" in p:
+        K = K + additional_kernel(p, N)
+    s = ToeplitzConv.apply(K, x, idx)  # (R, D, N, B)
+    if "h0_re" in p:
+        s = s + initial_state_response(p, N)[..., None]
+    if "offset_re" in p:
+        s = s + state_offset_response(p)[..., None, None]
+    R, D = K.shape[0], K.shape[1]
+    z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
+    return torch.relu(z + p["beta"][..., None]).reshape(s.shape)
+
+
+def _prepend(v: Tensor, x: Tensor) -> Tensor:
+    """``[v, x]`` along the sequence axis: v (R, D, M), x (R, D, N, B) or (D, N, B) -> (R, D, M + N, B)."""
+    R, B = v.shape[0], x.shape[-1]
+    if x.dim() == 3:
+        x = x.expand(R, *x.shape)
+    return torch.cat([v[..., None].expand(*v.shape, B), x], dim=-2)
+
+
+def deep_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) -> Tensor:
+    """The stack with prompt / prefix positions: x (D, N, B) -> (R, D, N, B); idx for ``N + M`` positions.
+
+    Prompt tuning: ``[P, x]`` enters layer 0 and the first M outputs of the last layer are dropped.
+    Prefix-tuning: every layer l runs on ``[P_l, x_l]`` and its first M outputs are dropped.
+    """
+    M = layers[0]["prompt"].shape[-1] if "prompt" in layers[0] else 0
+    if M:
+        x = _prepend(layers[0]["prompt"], x)  # (R, D, M + N, B)
+    for p in layers:
+        if "prefix" in p:
+            Mp = p["prefix"].shape[-1]
+            x = layer_forward_extra(p, _prepend(p["prefix"], x), idx)[..., Mp:, :]
+        else:
+            x = layer_forward_extra(p, x, idx)
+    return x[..., M:, :] if M else x
+
+
 # --------------------------------------------------------------------------- reference twin
 def to_theory_model(layers: List[Dict[str, Tensor]]):
     """The same stack as ``theory.deep.DeepSSM`` (float64, conjugate-pair DiagonalSSM, skip inside, ReLU).
@@ -375,3 +538,42 @@ def to_theory_model(layers: List[Dict[str, Tensor]]):
         A_bar, B_bar = discretize_zoh(A, B, torch.exp(q["log_dt"]))
         out.append(DeepLayer(DiagonalSSM(A_bar, B_bar, C), q["W"], q["beta"], q["u"]))
     return DeepSSM(tuple(out), activation="relu", skip="inside")
+
+
+def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:
+    """Float64 reference twin of :func:`deep_forward_extra` built on ``theory``: x (B, D, N) -> (B, D, N).
+
+    layers: per-layer dicts without a run axis (effective parameters, W after DoRA), with the extra keys
+    of :data:`EXTRA_SHAPES`. Per layer: additional modes are appended to the layer's modes (B = 1) and the
+    whole layer becomes a ``theory.ssm.DiagonalSSM`` (via :func:`to_theory_model`); the mechanism is the
+    explicit recurrence ``theory.ssm.ssm_recurrence`` started at ``h_0``; the offset adds ``2 Re(C h')``;
+    then ``ReLU(W (s + u ⊙ x) + β)``. Prompt / prefix positions are prepended and dropped as in the fast model.
+    """
+    from theory.ssm import ssm_recurrence
+
+    def f64(t):
+        return t.detach().to("cpu", torch.float64)
+
+    x = f64(x)
+    Bt = x.shape[0]
+    M = layers[0]["prompt"].shape[-1] if "prompt" in layers[0] else 0
+    if M:
+        x = torch.cat([f64(layers[0]["prompt"])[None].expand(Bt, -1, -1), x], dim=-1)  # (B, D, M + N)
+    for p in layers:
+        q = {k: f64(v) for k, v in p.items()}
+        if "add_C_re" in q:
+            ones = torch.ones_like(q["add_C_re"])
+            for k, a in (("log_A_re", "add_log_A_re"), ("A_im", "add_A_im"), ("C_re", "add_C_re"), ("C_im", "add_C_im")):
+                q[k] = torch.cat([q[k], q[a]], dim=1)  # (D, Hc + Ha)
+            q["B_re"] = torch.cat([q["B_re"], ones], dim=1)
+            q["B_im"] = torch.cat([q["B_im"], 0 * ones], dim=1)
+        layer = to_theory_model([{k: q[k] for k in ALL_PARAMS}]).layers[0]
+        Mp = q["prefix"].shape[-1] if "prefix" in q else 0
+        xin = torch.cat([q["prefix"][None].expand(Bt, -1, -1), x], dim=-1) if Mp else x
+        h0 = torch.complex(q["h0_re"], q["h0_im"]) if "h0_re" in q else None
+        s = ssm_recurrence(layer.ssm, xin, h0)  # (B, D, N'): C h_t from h_0
+        if "offset_re" in q:
+            s = s + 2 * (layer.ssm.C * torch.complex(q["offset_re"], q["offset_im"])).sum(-1).real[None, :, None]
+        pre = torch.einsum("ij,bjn->bin", layer.W, s + layer.u[None, :, None] * xin) + layer.beta[None, :, None]
+        x = torch.relu(pre)[..., Mp:]
+    return x[..., M:]

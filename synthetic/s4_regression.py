@@ -17,7 +17,14 @@ Methods (:data:`METHODS`; SSM module × linear projection):
 - SDT + LoRA: the same SSM update × LoRA rank r on W.
 - Full: every parameter.
 
-Methods other than Full train neither the skip ``u`` nor ``log_dt`` nor ``β`` by default.
+Methods other than Full (and BitFit's β) train neither the skip ``u`` nor ``log_dt`` nor ``β`` by default.
+
+The benchmark's other methods (Sec. 3-4; :data:`BENCHMARK_METHODS`, not in the default ``--methods``;
+``--methods all`` runs every method and writes ``peft_methods_s4_<preset>.json`` / ``.png``): Prompt
+tuning (``--prompt-lens``), Prefix-tuning (``--prefix-lens``, M < H and M >= H for Proposition 1),
+Initial-state tuning, State-offset tuning (Kang et al.), BitFit (β), DoRA (Proj) (``--dora-ranks``),
+Additional-scan (``--additional-states``). They run on the fast model's second path
+(``s4_model.RunState.extra``); their budget lists are not part of run keys.
 Opt-in options closer to the official code (``notes/s4_official_differences.md``; at their defaults
 they are left out of run keys, so earlier results still resume): ``--state-convention complex``
 (``H`` complex modes per channel instead of ``H/2`` pairs), ``--sdt-prune usable`` with
@@ -31,6 +38,7 @@ Usage::
     python -m synthetic.s4_regression --preset paper   # the paper's configuration (GPU)
     python -m synthetic.s4_regression --preset paper --plot-only
     python -m synthetic.s4_regression --preset official   # the official code's conventions (synthetic.s4_official)
+    python -m synthetic.s4_regression --methods all    # every method, the benchmark's included
 
 Outputs in ``--out``: ``s4_regression_<preset>.json`` (one record per run, appended atomically;
 rerunning resumes), ``s4_mse_vs_params_<preset>.png`` / ``.pdf``.
@@ -105,6 +113,12 @@ class Config:
     usable_states: int = 0  # usable states per channel for --sdt-prune usable (0 = all)
     train_skip_dt_bias: bool = False  # every trained method also trains u (skip D), log_dt and beta
     warmup_params: str = "ssm"  # SDT warm-up updates "ssm" (the S4 modules) or "all" parameters (official)
+    # Budgets of the benchmark's other PEFT methods (:data:`BENCHMARK_METHODS`; ``--methods all``). Budget
+    # lists, like lora_ranks: not part of a run key (each run's budget is).
+    prompt_lens: Tuple[int, ...] = (4, 8, 16)  # prompt tuning: M prompt vectors at the input
+    prefix_lens: Tuple[int, ...] = (2, 4, 8)  # prefix-tuning: M vectors per layer (M < H and M = H)
+    dora_ranks: Tuple[int, ...] = (1, 2, 4)  # DoRA (Proj): rank of the LoRA factors of W
+    additional_states: Tuple[int, ...] = (1, 2)  # Additional-scan: complex modes added per channel
 
 
 PRESETS: Dict[str, Dict] = {
@@ -112,16 +126,19 @@ PRESETS: Dict[str, Dict] = {
     "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=4000, iters=500,
                   lrs=(1e-3, 4e-3, 1.6e-2), lora_ranks=(2, 4, 8, 12, 16), s4_lora_ranks=(1, 1, 2, 2, 2),
                   sdt_budgets=("8x2", "16x4", "24x4", "32x4", "36x8"),
-                  sdt_lora_budgets=("8x4:2", "16x4:4", "24x4:8", "32x4:12", "32x8:16")),
+                  sdt_lora_budgets=("8x4:2", "16x4:4", "24x4:8", "32x4:12", "32x8:16"),
+                  prompt_lens=(16, 32, 64, 128), prefix_lens=(4, 8, 16, 32), dora_ranks=(2, 4, 8, 12, 16),
+                  additional_states=(1, 2, 4, 8)),
     "tiny": dict(D=6, H=4, H_star=2, L_frozen=2, N=12, batch=16, iters=12, seeds=(0, 1),
                  lrs=(1e-2, 1e6), lora_ranks=(1, 2), s4_lora_ranks=(1, 1), sdt_budgets=("2x1", "3x2"),
-                 sdt_lora_budgets=("2x1:1", "3x2:2"), warmup_iters=3, frozen_eval_batches=2, curve_points=5),
+                 sdt_lora_budgets=("2x1:1", "3x2:2"), warmup_iters=3, frozen_eval_batches=2, curve_points=5,
+                 prompt_lens=(2,), prefix_lens=(2, 4), dora_ranks=(1,), additional_states=(1,)),
 }
 
 # Fields that do not change a run's result (kept out of the resume key).
 _NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks",
                "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "time_budget", "out",
-               "plot_only", "curve_points"}
+               "plot_only", "curve_points", "prompt_lens", "prefix_lens", "dora_ranks", "additional_states"}
 # Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
 _OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
                     "train_skip_dt_bias": False, "warmup_params": "ssm"}
@@ -195,7 +212,7 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
-        raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+        raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)} or 'all'")
     Hc, D = n_modes(cfg, cfg.H), cfg.D
     hname = "H/2" if cfg.state_convention == "pairs" else "H"
     if not 0 <= cfg.usable_channels <= D:
@@ -227,7 +244,20 @@ def validate(cfg: Config) -> Config:
                 raise ValueError(f"{opt(name)}: {s!r} needs a W rank in [1, D={D}] after ':'")
     if cfg.time_budget < 0:
         raise ValueError(f"--time-budget: must be >= 0, got {cfg.time_budget}")
+    _validate_benchmark_budgets(cfg)
     return cfg
+
+
+def _validate_benchmark_budgets(cfg: Config) -> None:
+    """Budgets of :data:`BENCHMARK_METHODS`: positive integers, DoRA ranks <= D; ValueError naming the option."""
+    for name, hi in (("prompt_lens", None), ("prefix_lens", None), ("dora_ranks", cfg.D), ("additional_states", None)):
+        vals = getattr(cfg, name)
+        if not vals:
+            raise ValueError(f"--{name.replace('_', '-')}: needs at least one budget")
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (hi is not None and v > hi):
+                rule = f"an integer in [1, D={hi}]" if hi is not None else "an integer >= 1"
+                raise ValueError(f"--{name.replace('_', '-')}: each budget must be {rule}, got {v!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +306,8 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
                                for k, v in PRESETS[pre.preset].items()})
     ns = parser.parse_args(argv)
     cfg = Config(**vars(ns))
+    if cfg.methods == ("all",):  # every registered method, the benchmark's included
+        cfg = dataclasses.replace(cfg, methods=tuple(METHODS))
     try:
         return validate(cfg)
     except ValueError as e:
@@ -298,6 +330,7 @@ class Method:
     theory_modules: Callable
     needs_selection: bool = False
     trains: bool = True
+    own_extra: Tuple[str, ...] = ()  # EXTRA_PARAMS the method trains itself (not re-added by --train-skip-dt-bias)
 
 
 @dataclass(frozen=True)
@@ -403,6 +436,114 @@ METHODS: Dict[str, Method] = {
 }
 
 
+# ------------------------------------------------------- the benchmark's other PEFT methods (Sec. 3-4)
+# Each adds trainable tensors to the RunState where it is configured (RunState.add_extra: every entry
+# trainable) or sets masks; the matching theory.peft modules give the count. All start at the frozen
+# model's function except prompt/prefix-tuning deeper than one layer (zero vectors pass through ReLU(β)).
+def _zeros(state: sm.RunState, *tail) -> Tensor:
+    return torch.zeros(state.R, *tail, dtype=torch.float64)
+
+
+def _configure_prompt(state, budget, selection):
+    D = state.base[0]["W"].shape[0]
+    state.add_extra(0, "prompt", _zeros(state, D, budget["prompt_len"]))  # (R, D, M), trainable
+
+
+def _configure_prefix(state, budget, selection):
+    D = state.base[0]["W"].shape[0]
+    for l in range(len(state.base)):
+        state.add_extra(l, "prefix", _zeros(state, D, budget["prefix_len"]))  # (R, D, M) per layer, trainable
+
+
+def _configure_state(kind: str):
+    """Initial-state (``h0``) or state-offset (``offset``) tuning: a complex (D, Hc) state per layer, zero at start."""
+    def configure(state, budget, selection):
+        D, Hc = state.base[0]["log_A_re"].shape
+        for l in range(len(state.base)):
+            state.add_extra(l, f"{kind}_re", _zeros(state, D, Hc))  # trainable
+            state.add_extra(l, f"{kind}_im", _zeros(state, D, Hc))  # trainable
+    return configure
+
+
+def _configure_bitfit(state, budget, selection):
+    for m in state.mask:
+        m["beta"][:] = True  # the layer's only bias
+
+
+def _configure_dora(state, budget, selection):
+    _set_rank(state, "proj", budget["dora_rank"])  # LoRA factors of W (B starts at 0)
+    for l, b in enumerate(state.base):
+        m0 = torch.linalg.vector_norm(b["W"].double(), dim=1).cpu()  # (D,): W' = W at start
+        state.add_extra(l, "dora_m", m0.expand(state.R, -1))  # (R, D), trainable
+
+
+def _configure_additional(state, budget, selection):
+    """``Ha`` extra complex modes per channel: ``A = −0.5 + iπj`` (j = 0..Ha−1, S4D-Lin-like), ``B = 1``,
+    ``C = 0`` (the model starts as the frozen one); A and C of the new modes trainable, the original frozen."""
+    D, Ha = state.base[0]["W"].shape[0], budget["add_states"]
+    for l in range(len(state.base)):
+        state.add_extra(l, "add_log_A_re", _zeros(state, D, Ha) + math.log(0.5))  # trainable
+        state.add_extra(l, "add_A_im", (math.pi * torch.arange(Ha, dtype=torch.float64)).expand(state.R, D, Ha))
+        state.add_extra(l, "add_C_re", _zeros(state, D, Ha))  # trainable
+        state.add_extra(l, "add_C_im", _zeros(state, D, Ha))  # trainable
+
+
+def _theory_all_trainable(t: Tensor):
+    from theory.peft import MaskedParameter, Role
+
+    return MaskedParameter(t, torch.full(t.shape[:1], int(Role.TRAINABLE), dtype=torch.int8))
+
+
+def _theory_prefix(base, M, layers):
+    from theory.peft import PrefixParameters
+
+    return [PrefixParameters(base[0]["W"].shape[0], M) for _ in range(layers)]
+
+
+def _theory_state(base, budget, selection):
+    from theory.peft import StateParameters
+
+    return [StateParameters(*b["log_A_re"].shape, complex_state=True) for b in base]  # h0 or h' per layer
+
+
+def _theory_dora(base, budget, selection):
+    from theory.peft import DoRALinear, LoRAConfig
+
+    return [DoRALinear(b["W"].cpu(), b["beta"].cpu(), LoRAConfig(budget["dora_rank"])) for b in base]
+
+
+def _theory_additional(base, budget, selection):
+    D, Ha = base[0]["W"].shape[0], budget["add_states"]
+    return [_theory_all_trainable(torch.zeros(D, Ha)) for _ in base for _ in range(4)]  # A (re, im), C (re, im)
+
+
+BENCHMARK_METHODS: Dict[str, Method] = {
+    "Prompt tuning": Method(
+        "Prompt tuning", lambda c: [{"prompt_len": m} for m in c.prompt_lens], _configure_prompt,
+        lambda base, b, sel: _theory_prefix(base, b["prompt_len"], 1)),
+    "Prefix-tuning": Method(
+        "Prefix-tuning", lambda c: [{"prefix_len": m} for m in c.prefix_lens], _configure_prefix,
+        lambda base, b, sel: _theory_prefix(base, b["prefix_len"], len(base))),
+    "Initial-state tuning": Method(
+        "Initial-state tuning", lambda c: [{"initial_state": True}], _configure_state("h0"), _theory_state),
+    "State-offset tuning": Method(
+        "State-offset tuning", lambda c: [{"state_offset": True}], _configure_state("offset"), _theory_state),
+    "BitFit": Method(
+        "BitFit", lambda c: [{"bitfit": True}], _configure_bitfit,
+        lambda base, b, sel: [_theory_all_trainable(x["beta"].cpu()) for x in base], own_extra=("beta",)),
+    "DoRA (Proj)": Method(
+        "DoRA (Proj)", lambda c: [{"dora_rank": r} for r in c.dora_ranks], _configure_dora, _theory_dora),
+    "Additional-scan": Method(
+        "Additional-scan", lambda c: [{"add_states": n} for n in c.additional_states], _configure_additional,
+        _theory_additional),
+}
+"""Prompt tuning, prefix-tuning (Li & Liang, 2021), initial-state tuning (Proposition 1's counterpart),
+state-offset tuning (Kang et al., 2025: ``y_t = C (h_t + h')``, their "state_tuning" variant with a full
+(D, H) offset; for the LTI S4 it is a per-channel constant), BitFit (β), DoRA on W, Additional-scan."""
+METHODS = {**{k: v for k, v in METHODS.items() if k != "Full"}, **BENCHMARK_METHODS, "Full": METHODS["Full"]}  # Full last
+_BENCHMARK_LABELS = {"prompt_len": "M={}", "prefix_len": "M={}", "initial_state": "h0", "state_offset": "h'",
+                     "bitfit": "beta", "dora_rank": "r={}", "add_states": "+{} modes"}
+
 EXTRA_PARAMS = ("u", "log_dt", "beta")  # skip D, log Δ, projection bias: trained by --train-skip-dt-bias
 
 
@@ -427,6 +568,9 @@ def budget_label(budget: Dict) -> str:
         parts.append(f"r={budget['proj_rank']}")
     if "ssm_rank" in budget:
         parts.append(f"r_s4={budget['ssm_rank']}")
+    for k, fmt in _BENCHMARK_LABELS.items():
+        if k in budget:
+            parts.append(fmt.format(budget[k]))
     return ",".join(parts)
 
 
@@ -453,7 +597,14 @@ class Trainer:
         self.cfg, self.device, self.log = cfg, device, log
         set_precision(cfg.precision, device)
         self.idx = sm.toeplitz_index(cfg.N, device)
+        self._idx_extra: Dict[int, Tensor] = {}
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
+        if self.use_compile and any(m in BENCHMARK_METHODS for m in cfg.methods):
+            # one graph per extra layout and prompt/prefix length M: room for all of them
+            import torch._dynamo
+            dcfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(dcfg, "recompile_limit") else "cache_size_limit"
+            setattr(dcfg, name, max(getattr(dcfg, name), 64))
         self._loss, self._step = sm.run_losses, sm.adamw_step
         if self.use_compile:
             try:
@@ -514,7 +665,8 @@ class Trainer:
         losses = torch.empty(state.R, iters, device=self.device)
         for it in range(iters):
             x, y = self.batch(g, target)
-            loss = self._call("loss", state.base, state.train, state.mask, state.lora, state.rank_mask, x, y, self.idx)
+            loss = self._call("loss", state.base, state.train, state.mask, state.lora, state.rank_mask, x, y,
+                              *state.loss_args(self.idx, self.idx_for(state.prefix_length())))
             grads = torch.autograd.grad(loss.sum(), params)
             self._call("step", params, list(grads), m, v, step, lr, 0.9, 0.999, 1e-8, cfg.weight_decay)
             losses[:, it] = loss.detach()
@@ -550,8 +702,17 @@ class Trainer:
 
     def rank_max(self) -> Tuple[int, int]:
         cfg = self.cfg
-        rp = max(list(cfg.lora_ranks) + [_parse_sdt(s)["proj_rank"] for s in cfg.sdt_lora_budgets] + [1])
+        dora = list(cfg.dora_ranks) if "DoRA (Proj)" in cfg.methods else []  # else: the default runs' draws unchanged
+        rp = max(list(cfg.lora_ranks) + [_parse_sdt(s)["proj_rank"] for s in cfg.sdt_lora_budgets] + dora + [1])
         return rp, max(list(cfg.s4_lora_ranks) + [1])
+
+    def idx_for(self, M: int) -> Optional[Tensor]:
+        """Toeplitz index for ``N + M`` positions (prompt / prefix methods); None for M = 0."""
+        if not M:
+            return None
+        if M not in self._idx_extra:
+            self._idx_extra[M] = sm.toeplitz_index(self.cfg.N + M, self.device)
+        return self._idx_extra[M]
 
 
 def _A_bar(p) -> Tensor:
@@ -573,7 +734,7 @@ def theory_trainable_count(method: Method, base, budget, selection, cfg: Optiona
     mods = method.theory_modules(base, budget, selection)
     if cfg is not None and cfg.train_skip_dt_bias and method.trains and method.name != "Full":
         mods += [MaskedParameter(b[k].cpu(), torch.full(b[k].shape, int(Role.TRAINABLE), dtype=torch.int8))
-                 for b in base for k in EXTRA_PARAMS]
+                 for b in base for k in EXTRA_PARAMS if k not in method.own_extra]
     return sum(count_trainable(mod) for mod in mods)
 
 
@@ -596,7 +757,11 @@ def run_groups(cfg: Config) -> List[Tuple[int, str, Dict]]:
 
 
 def paths(cfg: Config) -> Dict[str, Path]:
+    """Results and figure paths; a sweep with any of :data:`BENCHMARK_METHODS` (e.g. ``--methods all``)
+    writes its own pair, ``peft_methods_s4_<preset>.json`` / ``.png``."""
     out = Path(cfg.out)
+    if any(m in BENCHMARK_METHODS for m in cfg.methods):
+        return {"json": out / f"peft_methods_s4_{cfg.preset}.json", "fig": out / f"peft_methods_s4_{cfg.preset}"}
     return {"json": out / f"s4_regression_{cfg.preset}.json", "fig": out / f"s4_mse_vs_params_{cfg.preset}"}
 
 

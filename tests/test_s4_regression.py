@@ -148,7 +148,9 @@ def test_masks_respected_during_training(tiny, name):
             if b[k] is not f[k]:  # pruned copy: differs from the frozen model only by zeros
                 assert torch.equal(b[k][b[k] != f[k]], torch.zeros_like(b[k][b[k] != f[k]])), (name, l, k)
             changed += int((eff != f[k]).sum())
-    untouched = ("Frozen",) + (() if cfg.train_skip_dt_bias else ("LoRA (Proj)", "LoRA (S4+Proj)"))
+    extra_only = ("Prompt tuning", "Prefix-tuning", "Initial-state tuning", "State-offset tuning", "DoRA (Proj)",
+                  "Additional-scan")  # their updates live in LoRA factors / RunState.extra, dense ones stay frozen
+    untouched = ("Frozen",) + (() if cfg.train_skip_dt_bias else ("LoRA (Proj)", "LoRA (S4+Proj)") + extra_only)
     assert (changed == 0) == (name in untouched), name
 
 

@@ -272,3 +272,83 @@ def count_trainable(params: Iterable) -> int:
         seen.add(id(p))
         total += p.numel() * (2 if p.is_complex() else 1)
     return total
+
+
+# --------------------------------------------------------------------------------------------- DoRA
+def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor) -> Tensor:
+    """DoRA's effective weight (Liu et al., 2024): ``W' = m ⊙ (W + ΔW) / ‖W + ΔW‖_row``.
+
+    weight, delta: (out, in); magnitude ``m``: (out,). The norm is taken over the input axis, one per
+    output row (the huggingface/peft convention for a Linear weight stored as (out, in)). With
+    ``m = ‖W‖_row`` and ``ΔW = 0`` it returns ``W`` (up to rounding). The norm is differentiated
+    through (the DoRA paper's optional detach is not applied).
+    """
+    V = weight + delta  # (out, in)
+    return magnitude[:, None] * V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
+
+
+class DoRALinear(LoRALinear):
+    """A frozen linear map with a DoRA update: LoRA factors ``A, B`` plus a trainable magnitude ``m``.
+
+    ``m`` (out,) starts at the row norms of the frozen weight, so the adapted map starts equal to the
+    frozen one. ``delta_weight()`` is ``W' − W`` (so :meth:`merge`/:meth:`unmerge` of LoRALinear apply).
+    Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r), ``magnitude`` (out,).
+    """
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
+                 generator: Optional[torch.Generator] = None, train_bias: bool = False):
+        super().__init__(weight, bias, config, generator=generator, train_bias=train_bias)
+        self.magnitude = nn.Parameter(torch.linalg.vector_norm(weight.detach(), dim=1).clone())  # (out,)
+
+    def delta_weight(self) -> Tensor:
+        W = self._frozen_weight if self.merged else self.weight
+        return dora_weight(W, lora_delta(self.lora_A, self.lora_B, self.config.scaling), self.magnitude) - W
+
+
+class DoRAMatrix(LoRAMatrix):
+    """A frozen matrix ``W`` (out, in) with a DoRA update; ``forward()`` returns ``W'`` (see :func:`dora_weight`).
+
+    Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r) (zero at start) and ``magnitude`` (out,) =
+    ``‖W‖_row`` at start.
+    """
+
+    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
+        super().__init__(base, config, generator=generator)
+        self.magnitude = nn.Parameter(torch.linalg.vector_norm(base.detach(), dim=1).clone())  # (out,)
+
+    def delta_weight(self) -> Tensor:
+        return self.forward() - self.base
+
+    def forward(self) -> Tensor:
+        return dora_weight(self.base, lora_delta(self.lora_A, self.lora_B, self.config.scaling), self.magnitude)
+
+
+# ------------------------------------------------------------------- prompt, prefix and state vectors
+class PrefixParameters(nn.Module):
+    """``M`` learned vectors of width ``D`` prepended to a sequence (prompt tuning: at the model's input;
+    prefix-tuning: at every layer's input); the outputs at those positions are discarded.
+
+    ``prefix``: (D, M) trainable, zero at start unless ``init`` is given (same shape).
+    """
+
+    def __init__(self, D: int, M: int, init: Optional[Tensor] = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        check_int("D", D, lo=1)
+        check_int("M", M, lo=1)
+        if init is not None:
+            check_tensor("init", init, shape=(D, M), allow_complex=False)
+        self.prefix = nn.Parameter(torch.zeros(D, M, dtype=dtype) if init is None else init.detach().clone())
+
+
+class StateParameters(nn.Module):
+    """A learned per-channel state vector ``h`` (D, H): the initial state ``h_0`` of initial-state tuning
+    or the offset ``h'`` of state-offset tuning (``y_t = C (h_t + h')``). Complex in the conjugate-pair
+    form (each entry counts 2 real scalars). Zero at start: the adapted model starts equal to the frozen one.
+    """
+
+    def __init__(self, D: int, H: int, complex_state: bool = False, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        check_int("D", D, lo=1)
+        check_int("H", H, lo=1)
+        cdtype = {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype] if complex_state else dtype
+        self.state = nn.Parameter(torch.zeros(D, H, dtype=cdtype))
