@@ -330,9 +330,9 @@ md(r"""
 Frozen: 4 `mamba_ssm.Mamba` blocks ($d_{model}=64$, $H=16$); target: 1 block ($H^\star=8$); regression on
 generated sequences. SDT updates, per selected channel, the `A_log` row and the matching columns of $W_B, W_C$
 inside `x_proj` (channels chosen by Algorithm 1); LoRA (S6+Proj) adapts `in_proj, out_proj, x_proj, dt_proj`
-and `A_log` as a $D\times H$ matrix. The committed GPU sweep is **partial** (7 of 49 runs: Frozen, SDT and
-LoRA (S6+Proj), one seed; the device time ran out); the CPU reference-backend run has all six methods.
-Redrawn from `figures/mamba_regression_*.json`.
+and `A_log` as a $D\times H$ matrix. The GPU sweep is complete: all six methods, every budget, lrs 1e-3…1e-1
+grown to 0.4 where the best was at the top, 3 seeds (H200; 7 early runs from an H100, same keys). The CPU
+reference-backend run uses a smaller configuration. Redrawn from `figures/mamba_regression_*.json`.
 """)
 code(r"""
 from synthetic.mamba_regression import out_paths, parse_args, plot as mamba_plot, summary as mamba_summary
@@ -343,7 +343,8 @@ for preset in ("paper", "cpu"):
     shutil.copy(f"figures/mamba_regression_{preset}.json", tmp / f"mamba_regression_{preset}.json")
     mp = out_paths(parse_args(["--preset", preset, "--out", str(tmp), "--plot-only"]))
     recs = ResultsFile(mp["json"]).load()
-    print(f"--- preset {preset}: backend {recs[0]['backend']}, device {recs[0]['device']}, {len(recs)} runs")
+    devices = sorted({r.get("device", "?") for r in recs})
+    print(f"--- preset {preset}: backend {recs[0]['backend']}, devices {', '.join(devices)}, {len(recs)} runs")
     mamba_summary(recs)
     mamba_plot(mp)
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -361,8 +362,9 @@ for r in s4b["results"]:
 mb = json.loads(Path("figures/bench_mamba.json").read_text())
 print(f"\nMamba-130M-sized (24 x d_model 768) — {mb['device']}, mamba-ssm {mb['mamba_ssm_version']}, commit {mb['commit']}")
 for r in mb["results"]:
-    print(f"  {r['method']:<16} {r['trainable_params']:>9,d} trainable  {r['ms_per_step']:7.1f} ms/step  peak {r['peak_mem_gb']:.2f} GiB")
-print(f"  ratio SDT+LoRA / LoRA = {mb['ratio_sdt_lora_over_lora']:.3f}  (paper Table 2: 330/410 = 0.805)")
+    print(f"  [{r['table']}, {r['path']}] {r['method']:<44} {r['trainable_params']:>9,d} trainable  "
+          f"{r['ms_per_step']:7.1f} ms/step  peak {r['peak_mem_gb']:.2f} GiB")
+print(f"  ratio SDT+LoRA / LoRA (equal budget) = {mb['ratio_sdt_lora_over_lora']:.3f}  (paper Table 2: 330/410 = 0.805)")
 """)
 
 md(r"""

@@ -649,10 +649,11 @@ def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
     rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
     r0 = records[0]
     cfg = r0.get("config", {})
-    note = (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {r0.get('device')}; "
+    devices = ", ".join(sorted({str(r.get("device")) for r in records}))
+    note = (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {devices}; "
             f"frozen {cfg.get('frozen_layers')}x Mamba(d_model {cfg.get('d_model')}, H {cfg.get('frozen_d_state')}), "
             f"target {cfg.get('target_layers')}x (H {cfg.get('target_d_state')}); {cfg.get('iters')} AdamW iters, "
-            f"best lr per point; commit {r0.get('commit')}")
+            f"best lr per point; commits {', '.join(sorted({str(r.get('commit')) for r in records}))}")
     plot_mse_vs_params(rows, str(paths["mse"]), method_order=ALL_METHODS, note=note,
                        title="Mamba regression: MSE vs. trainable parameters")
     plot_loss_curves(records, rows, paths["curves"], note)
