@@ -302,5 +302,8 @@ def test_official_fig2_three_ways_from_tiny_json(tmp_path):
     assert {(p["method"], p["mse"]) for p in data["sources"]["preset_seed123"]} == {("SDT", 1.223), ("Full", 1.223)}
     seeds = {p["method"]: p for p in data["sources"]["preset_seeds"]}
     assert seeds["SDT"]["n_seeds"] == 2 and seeds["SDT"]["min"] == pytest.approx(1.223)
+    # best lr 0.1 is the lowest of (0.1, 0.2): drawn hollow in both panels
+    assert seeds["SDT"]["lr_at_edge"] == "low"
+    assert {p["lr_at_edge"] for p in data["sources"]["preset_seed123"]} == {"low"}
     assert sorted(p["trainable_pct"] for p in data["sources"]["paper"]) == [0.0, 10.0, 47.0, 100.0]
     assert data["files"]["preset"]["sweep_wall_s"] == [5.0]
