@@ -11,6 +11,8 @@ MSE vs trainable % per method, from data only (no training):
 - ``preset_seeds``: the same over every seed (best-of-grid mean, min–max band);
 - ``default_conventions``: our own conventions (``figures/s4_regression_paper.json``, best of grid).
 
+Points of this toolkit whose best lr is the lowest or highest of its group's lrs (``lr_at_edge``,
+:func:`synthetic.sweep.lr_edge`: the optimum may lie outside the grid) are drawn hollow.
 A missing source is skipped and named in the figure's note and the JSON. Writes
 ``<out>.png``, ``.pdf`` and ``.json`` (the points drawn).
 
@@ -29,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from synthetic.sweep import best_of_grid
+from synthetic.sweep import best_of_grid, lr_edge
 
 COLORS = {"Frozen": "tab:gray", "LoRA (Proj)": "tab:blue", "LoRA (S4+Proj)": "tab:orange",
           "LoRA (A&C+Proj)": "tab:brown", "SDT": "tab:green", "SDT + LoRA": "tab:red", "Full": "tab:purple"}
@@ -83,7 +85,8 @@ def seed_rows(records: Sequence[Dict], method_map: Optional[Dict[str, str]] = No
             continue
         out.append({"method": (method_map or {}).get(r["method"], r["method"]), "source_method": r["method"],
                     "budget_label": r["budget_label"], "trainable_pct": r["trainable_pct"], "mse": r["mean"],
-                    "min": r["min"], "max": r["max"], "n_seeds": r["n_seeds"], "lr": r["lr"]})
+                    "min": r["min"], "max": r["max"], "n_seeds": r["n_seeds"], "lr": r["lr"],
+                    "lr_at_edge": r["lr_at_edge"]})
     return out
 
 
@@ -107,8 +110,11 @@ def collect(official_runs_path, preset_path, default_path) -> Dict:
         data["missing"] += ["preset_seed123", "preset_seeds"]
     else:
         recs = [r for r in preset if r.get("kind", "run") == "run"]
-        data["sources"]["preset_seed123"] = best_over_lrs([r for r in recs if r["seed"] == 123],
-                                                          group_keys=("method", "budget_label"))
+        s123 = [r for r in recs if r["seed"] == 123]
+        data["sources"]["preset_seed123"] = best_over_lrs(s123, group_keys=("method", "budget_label"))
+        for p in data["sources"]["preset_seed123"]:
+            p["lr_at_edge"] = lr_edge([r for r in s123 if (r["method"], r["budget_label"]) ==
+                                       (p["method"], p["budget_label"])]).edge
         data["sources"]["preset_seeds"] = seed_rows(recs)
         walls = [r for r in preset if r.get("kind") == "sweep"]
         data["files"]["preset"] = {"path": str(preset_path), "devices": sorted({r.get("device") for r in recs}),
@@ -145,6 +151,7 @@ def plot(data: Dict, out_stem) -> List[str]:
               "(b) over seeds: official preset / own conventions / paper")
     methods = set()
     for ax, srcs, title in zip(axes, panels, titles):
+        n_edge = 0
         for src in srcs:
             pts = data["sources"].get(src)
             if not pts:
@@ -163,12 +170,20 @@ def plot(data: Dict, out_stem) -> List[str]:
                     ax.errorbar(x, y, yerr=err, color=COLORS.get(m, "k"), capsize=3, zorder=3, **st)
                 else:
                     ax.plot(x, y, color=COLORS.get(m, "k"), **{"zorder": 3, **st})
+                edge = [p for p in ps if p.get("lr_at_edge")]
+                if edge:  # hollow: the best lr is at an edge of the lrs tried
+                    ax.plot([p["trainable_pct"] for p in edge], [p["mse"] for p in edge], ls="none", marker=st["marker"],
+                            ms=st["ms"] + 2, mfc="white", mec=COLORS.get(m, "k"), zorder=4)
+                    n_edge += len(edge)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("trainable parameters (%)")
         ax.grid(alpha=0.3)
         src_handles = [Line2D([], [], color="k", marker=STYLE[s]["marker"], ls=STYLE[s]["ls"],
                               mfc=STYLE[s].get("mfc"), label=LABELS[s])
                        for s in srcs if data["sources"].get(s)]
+        if n_edge:
+            src_handles.append(Line2D([], [], color="gray", marker="o", mfc="white", ls="none",
+                                      label=f"hollow: best lr at an edge of its grid ({n_edge} points)"))
         ax.legend(handles=src_handles, fontsize=7, loc="upper right")
     axes[0].set_ylabel("MSE (best training-batch loss)")
     order = [m for m in COLORS if m in methods]

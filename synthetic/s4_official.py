@@ -29,6 +29,9 @@ each a named option of :class:`OfficialConfig` (facts: ``notes/s4_official_diffe
   over the frozen model's count (33,536 at the paper's size; :func:`official_param_count`).
 - ``best_mse`` = minimum training-batch loss (the official "Best Loss"), ``eval_mse`` = MSE on
   ``eval_batches`` fresh batches after training.
+- **Learning rates**: the grid ``lrs`` per (method, budget), grown past an edge where the best lr (mean
+  ``best_mse`` over seeds) sits at it: ×/÷ ``lr_extend_factor`` within ``[lr_min, lr_max]``, in rounds
+  (:func:`sweep`, :func:`synthetic.sweep.lr_extension_plan`); none of the three is in the run keys.
 - ``data='exact'``: batches as the official ``generate_input`` (``randint(0, 10, (B, d_model, L))``
   on the CPU generator; training restarts it at ``seed``; the SDT warm-up continues it after the
   initialisation). ``data='device'`` (the GPU sweep) draws on the device.
@@ -59,7 +62,7 @@ import torch
 
 from synthetic import s4_model as sm
 from synthetic.progress import progress
-from synthetic.sweep import ResultsFile, environment, run_key, utc_now
+from synthetic.sweep import LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, run_key, utc_now
 
 Tensor = torch.Tensor
 
@@ -84,6 +87,9 @@ class OfficialConfig:
     iters: int = 500  # official n_epochs (one batch each)
     weight_decay: float = 0.01  # torch.optim.AdamW's default; the official code passes only lr
     lrs: Tuple[float, ...] = (2e-3, 5e-3, 1e-2, 2e-2)
+    lr_extend_factor: float = 4.0  # a best lr at the grid's edge adds edge×factor (or /factor); 0 = off
+    lr_min: float = 1e-6  # bounds of the extension (sweep.LrPolicy)
+    lr_max: float = 1.0
     seeds: Tuple[int, ...] = (123, 124, 125, 126, 127)
     methods: Tuple[str, ...] = ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "LoRA (A&C+Proj)", "SDT",
                                 "SDT + LoRA", "Full")
@@ -116,7 +122,7 @@ PRESETS: Dict[str, Dict] = {
                           sdt_lora_budgets=("2x2/4x3:1",), warmup_iters=3, eval_batches=2, curve_points=5),
 }
 
-_NOT_IN_KEY = {"conv", "preset", "lrs", "seeds", "methods", "lora_ranks", "s4proj_ranks", "ac_lora_budgets", "sdt_budgets",
+_NOT_IN_KEY = {"conv", "preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks", "s4proj_ranks", "ac_lora_budgets", "sdt_budgets",
                "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "curve_points"}
 
 
@@ -168,6 +174,10 @@ def validate(cfg: OfficialConfig) -> OfficialConfig:
         raise ValueError(f"--lrs: need positive finite learning rates, got {cfg.lrs}")
     if not cfg.seeds:
         raise ValueError("--seeds: need at least one seed")
+    try:
+        lr_policy(cfg)
+    except ValueError as e:
+        raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
@@ -705,9 +715,26 @@ def _subsample(curve: List[float], n: int) -> List[List[float]]:
     return [[i, curve[i]] for i in idx]
 
 
+def lr_policy(cfg: OfficialConfig) -> LrPolicy:
+    """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
+    return LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
+
+
 def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
     """Every (seed, method, budget) group not yet in the results file, R = len(lrs) runs per group;
-    records appended atomically as groups finish; a final ``kind: "sweep"`` record holds the wall time."""
+    records appended atomically as groups finish.
+
+    Then the learning-rate grid grows where a (method, budget)'s best lr (mean ``best_mse`` over
+    ``cfg.seeds``) is at an edge (:func:`synthetic.sweep.lr_extension_plan` under :func:`lr_policy`),
+    in rounds, until every best is interior or at a bound. An extension round trains the new lrs of
+    one (seed, method, budget) as one run group (same models, warm-up, ``W_down`` and batches as the
+    base group); with torch.compile it is padded to R runs by repeating its last lr (one compiled
+    graph; padding runs are not recorded). LoRA (A&C+Proj)'s A, C factors are drawn per run position
+    (``RunState.create``), so there an extension run's factors are those of the group's first
+    positions. A final ``kind: "sweep"`` record holds the wall time.
+    """
+    from synthetic.s4_regression import _padded_chunks
+
     device = resolve_device(cfg)
     rf = ResultsFile(results_path(cfg))
     env = environment()
@@ -720,53 +747,112 @@ def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
         f"official model {total} parameters")
     t0 = time.monotonic()
     cache: Dict[int, Dict] = {}
-    n_run = n_skipped = 0
-    for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
-        method = METHODS[mname]
-        lrs = list(cfg.lrs)
-        keys = [run_key({"cfg": kc, "method": mname, "budget": budget, "lr": lr, "seed": seed}) for lr in lrs]
-        if all(k in done for k in keys):
-            n_skipped += 1
-            continue
-        if cfg.time_budget and n_run and time.monotonic() - t0 > cfg.time_budget:
-            log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
-            break
+    R = len(cfg.lrs)
+
+    def key(mname, budget, lr, seed):
+        return run_key({"cfg": kc, "method": mname, "budget": budget, "lr": lr, "seed": seed})
+
+    def out_of_time():
+        return cfg.time_budget and time.monotonic() - t0 > cfg.time_budget
+
+    def run_group(seed, mname, budget, lrs, n_keep, source):
+        """Train one run group (len(lrs) runs of one seed, method and budget); record the first n_keep."""
+        nonlocal cache
+        keys = [key(mname, budget, lr, seed) for lr in lrs[:n_keep]]
         if seed not in cache:
-            cache = {seed: seed_models(cfg, seed, device)}  # seed-major order: one seed's models at a time
+            cache = {seed: seed_models(cfg, seed, device)}  # one seed's models at a time
         c = cache[seed]
         tg = time.monotonic()
-        group, warm_losses = prepare_group(cfg, trainer, c, method, budget, len(lrs))
+        group, warm_losses = prepare_group(cfg, trainer, c, METHODS[mname], budget, len(lrs))
         counts = group.state.trainable_count()
         curves = trainer.train(group, lrs, cfg.iters, training_batches(cfg, trainer, c)).tolist()
         ev = trainer.evaluate(group, training_batches(cfg, trainer, c, stream=2), cfg.eval_batches)
         wall = time.monotonic() - tg
         recs = []
-        for i, (lr, key) in enumerate(zip(lrs, keys)):
+        for i, (lr, k) in enumerate(zip(lrs, keys)):
             curve = curves[i]
             finite = all(math.isfinite(v) for v in curve) and math.isfinite(ev[i])
             tail = curve[-max(1, len(curve) // 50):]
             recs.append({
-                "key": key, "kind": "run", "method": mname, "budget": budget, "budget_label": budget_label(budget),
+                "key": k, "kind": "run", "method": mname, "budget": budget, "budget_label": budget_label(budget),
                 "lr": lr, "seed": seed, "status": "ok" if finite else "diverged",
                 "best_mse": min(curve) if finite else None, "eval_mse": ev[i] if finite else None,
                 "final_mse": sum(tail) / len(tail) if finite else None,
                 "trainable": counts[i], "total_params": total, "trainable_pct": 100.0 * counts[i] / total,
                 "iters": cfg.iters, "loss_curve": _subsample(curve, cfg.curve_points),
-                "warmup_losses": warm_losses, "wall_s": wall / len(lrs), "group_wall_s": wall, "runs_in_group": len(lrs),
+                "warmup_losses": warm_losses, "wall_s": wall / len(lrs), "group_wall_s": wall,
+                "runs_in_group": len(lrs), "lr_source": source,
                 "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
                 "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
             })
         rf.extend(recs)
         done.update(keys)
+
+    n_run = n_skipped = 0
+    stopped = False
+    for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
+        if all(key(mname, budget, lr, seed) in done for lr in cfg.lrs):
+            n_skipped += 1
+            continue
+        if n_run and out_of_time():
+            stopped = True
+            break
+        run_group(seed, mname, budget, list(cfg.lrs), R, "grid")
         n_run += 1
+    log(f"sweep: {len(groups)} groups, {n_run} run, {n_skipped} already done, wall {time.monotonic() - t0:.1f}s")
+
+    n_round, n_ext, planned = 0, 0, set()
+    while not stopped:
+        todo = extension_plan(cfg, rf.load())
+        if not todo:
+            break
+        keys = {key(m, b, lr, seed) for seed, m, b, lrs in todo for lr in lrs}
+        if keys & planned:  # their records should be in the file by now: stop rather than loop
+            raise RuntimeError(f"lr extension: runs planned twice; their records are not in {rf.path}")
+        planned |= keys
+        n_round += 1
+        for seed, mname, budget, lrs in progress(todo, desc=f"s4 {cfg.preset} lr extension {n_round}"):
+            if (n_run or n_ext) and out_of_time():
+                stopped = True
+                break
+            for chunk, n_keep in _padded_chunks(lrs, R, pad=trainer.use_compile):
+                run_group(seed, mname, budget, chunk, n_keep, "extension")
+                n_ext += 1
+    if stopped:
+        log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
     wall = time.monotonic() - t0
-    if n_run:
+    if n_run or n_ext:
         rf.append({"key": f"sweep@{utc_now()}", "kind": "sweep", "wall_s": wall, "groups": len(groups),
-                   "groups_run": n_run, "groups_skipped": n_skipped, "device": env["device"], "torch": env["torch"],
+                   "groups_run": n_run, "groups_skipped": n_skipped, "extension_rounds": n_round,
+                   "extension_groups_run": n_ext, "device": env["device"], "torch": env["torch"],
                    "commit": env["commit"], "date": utc_now(), "compiled": trainer.use_compile,
                    "config": dataclasses.asdict(cfg)})
-    log(f"sweep: {len(groups)} groups, {n_run} run, {n_skipped} already done, wall {wall:.1f}s")
+    log(f"sweep: {n_round} lr-extension rounds ({n_ext} run groups), wall {wall:.1f}s")
     return rf
+
+
+def current_runs(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Dict]:
+    """The run records of ``cfg``'s configuration and seeds: those whose key is the one ``cfg`` gives them."""
+    kc = key_config(cfg)
+    return [r for r in run_records(records) if r.get("seed") in cfg.seeds and r.get("key") == run_key(
+        {"cfg": kc, "method": r.get("method"), "budget": r.get("budget"), "lr": r.get("lr"), "seed": r.get("seed")})]
+
+
+def extension_plan(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Tuple[int, str, Dict, List[float]]]:
+    """The next round of runs: ``(seed, method, budget, lrs)`` per run group still needed by
+    :func:`synthetic.sweep.lr_extension_plan` (missing grid lrs first, then the edge extensions), for the
+    methods and budgets of ``cfg``; ``[]`` when every group's best lr is interior or at a bound."""
+    recs, policy = current_runs(cfg, records), lr_policy(cfg)
+    todo = []
+    for mname in cfg.methods:
+        for budget in METHODS[mname].budgets(cfg):
+            plan = lr_extension_plan([r for r in recs if r["method"] == mname and r["budget"] == budget],
+                                     cfg.lrs, cfg.seeds, policy)
+            for seed in cfg.seeds:
+                lrs = [lr for s, lr in plan if s == seed]
+                if lrs:
+                    todo.append((seed, mname, budget, lrs))
+    return todo
 
 
 def run_records(records: Sequence[Dict]) -> List[Dict]:
@@ -774,18 +860,23 @@ def run_records(records: Sequence[Dict]) -> List[Dict]:
     return [r for r in records if r.get("kind", "run") == "run"]
 
 
-def summary_table(cfg: OfficialConfig) -> str:
-    from synthetic.sweep import best_of_grid
+def _edge_text(row: Dict) -> str:
+    """'high (lr_max)' for a best lr still at an edge of its grid, '-' when interior."""
+    if not row.get("lr_at_edge"):
+        return "-"
+    return row["lr_at_edge"] + (f" ({row['lr_bound_reached']})" if row.get("lr_bound_reached") else " (not extended)")
 
+
+def summary_table(cfg: OfficialConfig) -> str:
     recs = run_records(ResultsFile(results_path(cfg)).load())
-    rows = best_of_grid(recs, group_keys=("method", "budget_label"))
-    lines = ["| method | budget | trainable % | best_mse (mean ± std over seeds) | lr | seeds | diverged |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
+    lines = ["| method | budget | trainable % | best_mse (mean ± std over seeds) | lr | lr at grid edge | seeds "
+             "| diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
         lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.2f} | {mse} | {r['lr']} | "
-                     f"{r['n_seeds']} | {r['n_diverged']} |")
+                     f"{_edge_text(r)} | {r['n_seeds']} | {r['n_diverged']} |")
     return "\n".join(lines)
 
 

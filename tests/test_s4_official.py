@@ -200,7 +200,8 @@ def test_official_sdt_score_options_differ_only_in_the_update_order():
 def test_official_bad_options_rejected():
     for kw, match in ((dict(batch=0), "--batch"), (dict(data="cpu"), "--data"),
                       (dict(sdt_budgets=("9x4/8x8",)), "--sdt-budgets"), (dict(methods=("LoRA",)), "--methods"),
-                      (dict(ac_lora_budgets=("4",)), "--ac-lora-budgets"), (dict(lrs=(-1.0,)), "--lrs")):
+                      (dict(ac_lora_budgets=("4",)), "--ac-lora-budgets"), (dict(lrs=(-1.0,)), "--lrs"),
+                      (dict(lr_extend_factor=0.5), "--lr-extend-factor"), (dict(lr_min=2.0), "--lr-min")):
         with pytest.raises(ValueError, match=match):
             so.validate(so.OfficialConfig(**kw))
 
@@ -210,7 +211,8 @@ def test_official_preset_runs_and_resumes(tmp_path):
     from synthetic import s4_regression
 
     args = ["--preset", "official-tiny", "--out", str(tmp_path), "--seeds", "123", "--iters", "3",
-            "--methods", "Frozen,LoRA (Proj),SDT,Full", "--sdt-budgets", "2x2/4x3"]
+            "--methods", "Frozen,LoRA (Proj),SDT,Full", "--sdt-budgets", "2x2/4x3",
+            "--lr-extend-factor", "0"]  # the base grid only (the extension: the next test)
     assert s4_regression.main(args) == 0  # dispatched to synthetic.s4_official
     path = tmp_path / "s4_regression_official-tiny.json"
     recs = json.loads(path.read_text())
@@ -225,6 +227,60 @@ def test_official_preset_runs_and_resumes(tmp_path):
     assert frozen["trainable"] == 2 * 6  # the skip D of both layers
     assert so.main(args) == 0
     assert json.loads(path.read_text()) == recs  # resumed: nothing rerun, no new record
+
+
+def test_official_lr_grid_extends_at_an_edge_and_resumes(tmp_path):
+    """Grid (1e-2, 1e6): 1e6 is far too high, so the best (1e-2) sits at the low edge and 1e-2/4 = 2.5e-3 is
+    added for every seed; lr_min = 2.5e-3 bounds the grid there, so one extension round at most."""
+    args = ["--preset", "official-tiny", "--out", str(tmp_path), "--methods", "Frozen,Full", "--iters", "4",
+            "--lrs", "1e-2,1e6", "--lr-min", "2.5e-3"]
+    cfg = so.parse_config(args)
+    assert so.key_config(cfg) == so.key_config(so.parse_config(args[:-2] + ["--lr-extend-factor", "2"]))
+    assert so.main(args) == 0
+    path = tmp_path / "s4_regression_official-tiny.json"
+    recs = json.loads(path.read_text())
+    runs = so.run_records(recs)
+    ext = [r for r in runs if r["lr_source"] == "extension"]
+    assert len(runs) == 2 * 2 * 3 and len(ext) == 2 * 2  # (Frozen, Full) × 2 seeds × 3 lrs
+    assert {r["lr"] for r in ext} == {2.5e-3} and {r["runs_in_group"] for r in ext} == {1}  # eager: no padding
+    assert so.extension_plan(cfg, recs) == []
+    rows = so.best_of_grid(runs, lr_policy=so.lr_policy(cfg))
+    assert all(r["lr"] != 1e6 and r["lr_at_edge"] in (None, "low") for r in rows)
+    assert all(r["lr_bound_reached"] == "lr_min" for r in rows if r["lr_at_edge"])
+    assert "| lr at grid edge |" in so.summary_table(cfg)
+    sweeps = [r for r in recs if r["kind"] == "sweep"]
+    assert len(sweeps) == 1 and sweeps[0]["extension_rounds"] == 1 and sweeps[0]["extension_groups_run"] == 4
+    assert so.main(args) == 0
+    assert json.loads(path.read_text()) == recs  # resumed: nothing rerun, no new record
+
+
+def test_official_extension_groups_padded_when_compiled(tmp_path, monkeypatch):
+    """Under torch.compile an extension group is padded to R = len(lrs) runs (one compiled graph); the
+    padding runs are not recorded. Compilation itself is faked (eager functions, use_compile set)."""
+    class FakeCompiled(so.Trainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.use_compile = True
+
+    monkeypatch.setattr(so, "Trainer", FakeCompiled)
+    args = ["--preset", "official-tiny", "--out", str(tmp_path), "--methods", "Full", "--seeds", "123",
+            "--iters", "4", "--lrs", "1e-2,1e6", "--lr-min", "2.5e-3", "--no-compile"]
+    assert so.main(args) == 0
+    runs = so.run_records(json.loads((tmp_path / "s4_regression_official-tiny.json").read_text()))
+    ext = [r for r in runs if r["lr_source"] == "extension"]
+    assert len(runs) == 3 and [(r["lr"], r["runs_in_group"]) for r in ext] == [(2.5e-3, 2)]
+
+
+def test_official_committed_results_keep_their_keys():
+    """figures/s4_regression_official.json resumes under the current code: each run's key is the one the
+    sweep computes for it (the lr-extension options are not in the key)."""
+    path = Path(__file__).resolve().parent.parent / "figures" / "s4_regression_official.json"
+    if not path.exists():
+        pytest.skip("no committed official-preset results")
+    recs = json.loads(path.read_text())
+    runs = so.run_records(recs)
+    cfg = so.OfficialConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in runs[0]["config"].items()})
+    assert len(so.current_runs(cfg, recs)) == len(runs) > 0
 
 
 def test_official_fig2_three_ways_from_tiny_json(tmp_path):
@@ -246,5 +302,8 @@ def test_official_fig2_three_ways_from_tiny_json(tmp_path):
     assert {(p["method"], p["mse"]) for p in data["sources"]["preset_seed123"]} == {("SDT", 1.223), ("Full", 1.223)}
     seeds = {p["method"]: p for p in data["sources"]["preset_seeds"]}
     assert seeds["SDT"]["n_seeds"] == 2 and seeds["SDT"]["min"] == pytest.approx(1.223)
+    # best lr 0.1 is the lowest of (0.1, 0.2): drawn hollow in both panels
+    assert seeds["SDT"]["lr_at_edge"] == "low"
+    assert {p["lr_at_edge"] for p in data["sources"]["preset_seed123"]} == {"low"}
     assert sorted(p["trainable_pct"] for p in data["sources"]["paper"]) == [0.0, 10.0, 47.0, 100.0]
     assert data["files"]["preset"]["sweep_wall_s"] == [5.0]
