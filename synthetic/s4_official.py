@@ -49,7 +49,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import math
 import sys
@@ -61,6 +60,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic import s4_model as sm
+from synthetic.cli import dataclass_parser, parse_dataclass
 from synthetic.progress import progress
 from synthetic.sweep import LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, run_key, utc_now
 
@@ -882,50 +882,14 @@ def summary_table(cfg: OfficialConfig) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m synthetic.s4_official", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    for f in dataclasses.fields(OfficialConfig):
-        name, default = "--" + f.name.replace("_", "-"), f.default
-        if f.name == "compile":
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=None,
-                           help="torch.compile the training step (default: on for CUDA, off for CPU)")
-        elif f.name == "plot_only":
-            p.add_argument(name, action="store_true", help="print the summary of the JSON, no training")
-        elif isinstance(default, tuple):
-            typ = type(default[0])
-            p.add_argument(name, default=",".join(map(str, default)), metavar="A,B,...",
-                           type=_list_of(typ), help=f"comma-separated {typ.__name__} list")
-        elif f.name == "preset":
-            p.add_argument(name, default=default, choices=sorted(PRESETS), help="named configuration")
-        else:
-            p.add_argument(name, default=default, type=type(default), help=f.name)
-    return p
-
-
-def _list_of(typ):
-    def parse(s):
-        try:
-            return tuple(typ(x.strip()) for x in s.split(",") if x.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {typ.__name__}, got {s!r}")
-    parse.__name__ = f"list of {typ.__name__}"
-    return parse
+    return dataclass_parser(OfficialConfig, PRESETS, prog="python -m synthetic.s4_official",
+                            description=__doc__.split("\n\n")[0],
+                            plot_only_help="print the summary of the JSON, no training")
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> OfficialConfig:
     """CLI -> OfficialConfig: the preset's values become the defaults, explicit options override them."""
-    parser = build_parser()
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--preset", default="official")
-    known, _ = pre.parse_known_args(argv)
-    if known.preset in PRESETS:
-        parser.set_defaults(**{k: (",".join(map(str, v)) if isinstance(v, tuple) else v)
-                               for k, v in PRESETS[known.preset].items()})
-    cfg = OfficialConfig(**vars(parser.parse_args(argv)))
-    try:
-        return validate(cfg)
-    except ValueError as e:
-        parser.error(str(e))
+    return parse_dataclass(OfficialConfig, PRESETS, build_parser(), "official", argv, validate)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

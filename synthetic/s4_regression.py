@@ -51,13 +51,14 @@ import dataclasses
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from synthetic import s4_model as sm
+from synthetic.cli import dataclass_parser, parse_dataclass
 from synthetic.progress import progress
 from synthetic.sdt_select import SDTRanking, rank_dimensions, select, select_pruned
 from synthetic.sweep import (LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, plot_mse_vs_params,
@@ -261,57 +262,17 @@ def _validate_benchmark_budgets(cfg: Config) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m synthetic.s4_regression", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    for f in dataclasses.fields(Config):
-        name = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.name == "compile":
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=None,
-                           help="torch.compile the training step (default: on for CUDA, off for CPU)")
-        elif f.name == "plot_only":
-            p.add_argument(name, action="store_true", help="redraw the figure from the JSON, no training")
-        elif isinstance(default, bool):
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=f.name)
-        elif isinstance(default, tuple):
-            typ = type(default[0])
-            p.add_argument(name, default=",".join(map(str, default)), metavar="A,B,...",
-                           type=_list_of(typ, name), help=f"comma-separated {typ.__name__} list")
-        elif f.name == "preset":
-            p.add_argument(name, default=default, choices=sorted(PRESETS),
-                           help="named configuration (also 'official', 'official-tiny': synthetic.s4_official)")
-        else:
-            p.add_argument(name, default=default, type=type(default), help=f.name)
-    return p
-
-
-def _list_of(typ, name):
-    def parse(s):
-        try:
-            return tuple(typ(x.strip()) for x in s.split(",") if x.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {typ.__name__}, got {s!r}")
-    parse.__name__ = f"list of {typ.__name__}"
-    return parse
+    return dataclass_parser(Config, PRESETS, prog="python -m synthetic.s4_regression",
+                            description=__doc__.split("\n\n")[0],
+                            preset_help="named configuration (also 'official', 'official-tiny': synthetic.s4_official)")
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
     """CLI -> Config: the preset's values become the defaults, explicit options override them."""
-    parser = build_parser()
-    known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    known.add_argument("--preset", default="default")
-    pre, _ = known.parse_known_args(argv)
-    if pre.preset in PRESETS:
-        parser.set_defaults(**{k: (",".join(map(str, v)) if isinstance(v, tuple) else v)
-                               for k, v in PRESETS[pre.preset].items()})
-    ns = parser.parse_args(argv)
-    cfg = Config(**vars(ns))
-    if cfg.methods == ("all",):  # every registered method, the benchmark's included
-        cfg = dataclasses.replace(cfg, methods=tuple(METHODS))
-    try:
-        return validate(cfg)
-    except ValueError as e:
-        parser.error(str(e))
+    def expand_all(cfg):  # --methods all: every registered method, the benchmark's included
+        return dataclasses.replace(cfg, methods=tuple(METHODS)) if cfg.methods == ("all",) else cfg
+
+    return parse_dataclass(Config, PRESETS, build_parser(), "default", argv, validate, post=expand_all)
 
 
 # --------------------------------------------------------------------------------- methods
