@@ -12,7 +12,8 @@
 # Then:
 #   GIT_COMMIT=<sha> bash scripts/gpu_mamba.sh
 # Environment (defaults):
-#   STEPS=install,test,bench,sweep,check   which steps to run (also: build)
+#   STEPS=install,test,bench,sweep,check   which steps to run (also: build; extend = after the sharded
+#                                          sweep's merge, the lr-extension rounds in one process, EXTEND_BUDGET s)
 #   PYTHON=python3   WHEELS=build/wheels   SHARDS=6   SEEDS=0,1,2   SWEEP_BUDGET=300 (s, per shard)
 #   SWEEP_ARGS=""  extra mamba_regression options   BENCH_ARGS=""  extra mamba_bench options
 #   RESULTS=figures  where the sweep / bench files live (the committed ones resume)
@@ -118,6 +119,14 @@ if has sweep || has check; then
         "$PY" -m synthetic.mamba_regression --preset "$PRESET" --backend "$BACKEND" --seeds "$SEEDS" --out "$RESULTS" \
             --merge 2>&1 | tee -a "$LOG"
         step_rc "${PIPESTATUS[0]}" merge
+        if has extend; then  # lr-extension rounds: one process (shards run the base grid only)
+            log "extend: lr-extension rounds of the merged results, ${EXTEND_BUDGET:-240}s budget"
+            # shellcheck disable=SC2086
+            "$PY" -m synthetic.mamba_regression --preset "$PRESET" --backend "$BACKEND" --seeds "$SEEDS" \
+                --out "$RESULTS" --time-budget-s "${EXTEND_BUDGET:-240}" ${SWEEP_ARGS:-} 2>&1 \
+                | tr '\r' '\n' | grep -v '^USDT:' | grep -v 'it/s\]$' | tee -a "$LOG"
+            step_rc "${PIPESTATUS[0]}" extend
+        fi
         cp "$RESULTS/mamba_regression_$PRESET.json" "$RESULTS/mamba_mse_vs_params_$PRESET.png" \
             "$RESULTS/mamba_loss_curves_$PRESET.png" "$OUT/" 2>/dev/null
     fi
