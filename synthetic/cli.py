@@ -68,3 +68,30 @@ def parse_dataclass(cls, presets: Dict[str, Dict], parser: argparse.ArgumentPars
         return validate(cfg)
     except ValueError as e:
         parser.error(str(e))
+
+
+def check_sweep_options(cfg, methods, *, all_allowed: bool = False) -> None:
+    """The options every deep-S4 sweep config shares (``device``, ``lrs``, ``seeds``, the lr-grid policy
+    ``lr_extend_factor``/``lr_min``/``lr_max``, ``methods`` against the registry ``methods``; ``all_allowed``:
+    the CLI also takes ``--methods all``); ValueError naming the option."""
+    import math
+
+    import torch
+
+    from synthetic.sweep import LrPolicy
+
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {cfg.device!r} requested but CUDA is not available; use --device cpu or auto")
+    if not cfg.lrs or any(not (math.isfinite(x) and x > 0) for x in cfg.lrs):
+        raise ValueError(f"--lrs: need positive finite learning rates, got {cfg.lrs}")
+    if not cfg.seeds:
+        raise ValueError("--seeds: need at least one seed")
+    try:
+        LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
+    except ValueError as e:
+        raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
+    bad = [m for m in cfg.methods if m not in methods]
+    if bad:
+        raise ValueError(f"--methods: unknown {bad}; choose from {list(methods)}" + (" or 'all'" if all_allowed else ""))

@@ -60,7 +60,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic import s4_model as sm
-from synthetic.cli import dataclass_parser, parse_dataclass
+from synthetic.cli import check_sweep_options, dataclass_parser, parse_dataclass
 from synthetic.progress import progress
 from synthetic.sweep import LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, run_key, utc_now
 
@@ -168,19 +168,7 @@ def validate(cfg: OfficialConfig) -> OfficialConfig:
     for name, ok in choices.items():
         if getattr(cfg, name) not in ok:
             raise ValueError(f"{opt(name)}: must be one of {sorted(ok)}, got {getattr(cfg, name)!r}")
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
-    if not cfg.lrs or any(not (math.isfinite(x) and x > 0) for x in cfg.lrs):
-        raise ValueError(f"--lrs: need positive finite learning rates, got {cfg.lrs}")
-    if not cfg.seeds:
-        raise ValueError("--seeds: need at least one seed")
-    try:
-        lr_policy(cfg)
-    except ValueError as e:
-        raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
-    bad = [m for m in cfg.methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+    check_sweep_options(cfg, METHODS)
     D, N = cfg.d_model, cfg.frozen_d_state
     for name in ("lora_ranks", "s4proj_ranks"):
         for r in getattr(cfg, name):

@@ -58,7 +58,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic import s4_model as sm
-from synthetic.cli import dataclass_parser, parse_dataclass
+from synthetic.cli import check_sweep_options, dataclass_parser, parse_dataclass
 from synthetic.progress import progress
 from synthetic.sdt_select import SDTRanking, rank_dimensions, select, select_pruned
 from synthetic.sweep import (LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, plot_mse_vs_params,
@@ -199,21 +199,7 @@ def validate(cfg: Config) -> Config:
                          "uses the float64 reference for the linear variant)")
     if cfg.precision not in ("tf32", "fp32", "fp16"):
         raise ValueError(f"--precision: must be 'tf32', 'fp32' or 'fp16', got {cfg.precision!r}")
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device: {cfg.device!r} requested but CUDA is not available; use --device cpu or auto")
-    if not cfg.lrs or any(not (math.isfinite(x) and x > 0) for x in cfg.lrs):
-        raise ValueError(f"--lrs: need positive finite learning rates, got {cfg.lrs}")
-    if not cfg.seeds:
-        raise ValueError("--seeds: need at least one seed")
-    try:
-        lr_policy(cfg)
-    except ValueError as e:
-        raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
-    bad = [m for m in cfg.methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)} or 'all'")
+    check_sweep_options(cfg, METHODS, all_allowed=True)
     Hc, D = n_modes(cfg, cfg.H), cfg.D
     hname = "H/2" if cfg.state_convention == "pairs" else "H"
     if not 0 <= cfg.usable_channels <= D:
