@@ -89,7 +89,7 @@ def check_sweep_options(cfg, methods, *, all_allowed: bool = False) -> None:
     if not cfg.seeds:
         raise ValueError("--seeds: need at least one seed")
     try:
-        LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
+        LrPolicy.from_config(cfg)
     except ValueError as e:
         raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
     bad = [m for m in cfg.methods if m not in methods]

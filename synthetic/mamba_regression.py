@@ -42,8 +42,8 @@ from .mamba_peft import (BACKENDS, BENCHMARK_METHODS, METHODS, S6_NAMES, Backend
                          residual_stack, select_channels, trainable_count)
 from .mamba_ref import block_weights
 from .progress import progress
-from .sweep import (LrPolicy, ResultsFile, best_of_grid, environment, is_diverged, lr_extension_plan,
-                    plot_mse_vs_params, run_key, utc_now)
+from .sweep import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
+                    lr_extension_plan, plot_mse_vs_params, run_key, utc_now)
 
 METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full")
 BENCHMARK_ORDER = tuple(BENCHMARK_METHODS)  # the benchmark's other methods (``--methods all``)
@@ -236,7 +236,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
 
 def lr_policy(cfg: MambaRegressionConfig) -> LrPolicy:
     """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
-    return LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
+    return LrPolicy.from_config(cfg)
 
 
 def parse_shard(s: str) -> Optional[Tuple[int, int]]:
@@ -632,10 +632,8 @@ def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[
     for r in sorted(rows, key=lambda r: (ALL_METHODS.index(r["method"]) if r["method"] in ALL_METHODS else 99,
                                          r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
-        edge = "" if not r.get("lr_at_edge") else (
-            f"{r['lr_at_edge']} ({r['lr_bound_reached'] or 'not extended'})")
         print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}  "
-              f"{edge}")
+              f"{edge_label(r)}")
     return rows
 
 

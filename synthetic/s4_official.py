@@ -62,7 +62,8 @@ import torch
 from synthetic import s4_model as sm
 from synthetic.cli import check_sweep_options, dataclass_parser, parse_dataclass
 from synthetic.progress import progress
-from synthetic.sweep import LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, run_key, utc_now
+from synthetic.s4_regression import _padded_chunks, _subsample, lr_policy, resolve_device, set_precision
+from synthetic.sweep import ResultsFile, best_of_grid, edge_label, environment, lr_extension_plan, run_key, utc_now
 
 Tensor = torch.Tensor
 
@@ -523,9 +524,7 @@ class Trainer:
 
     def __init__(self, cfg: OfficialConfig, device: torch.device, log=print):
         self.cfg, self.device, self.log = cfg, device, log
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
+        set_precision(cfg.precision, device)
         self.idx = sm.toeplitz_index(cfg.seq_len, device)
         self.conv = cfg.conv if cfg.conv != "auto" else ("toeplitz" if device.type == "cuda" else "fft")
         self.run_losses, self.deep_forward = CONVS[self.conv]
@@ -692,22 +691,6 @@ def results_path(cfg: OfficialConfig) -> Path:
     return Path(cfg.out) / f"s4_regression_{cfg.preset}.json"
 
 
-def resolve_device(cfg: OfficialConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def _subsample(curve: List[float], n: int) -> List[List[float]]:
-    idx = sorted({round(i * (len(curve) - 1) / max(n - 1, 1)) for i in range(min(n, len(curve)))})
-    return [[i, curve[i]] for i in idx]
-
-
-def lr_policy(cfg: OfficialConfig) -> LrPolicy:
-    """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
-    return LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
-
-
 def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
     """Every (seed, method, budget) group not yet in the results file, R = len(lrs) runs per group;
     records appended atomically as groups finish.
@@ -721,7 +704,6 @@ def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
     (``RunState.create``), so there an extension run's factors are those of the group's first
     positions. A final ``kind: "sweep"`` record holds the wall time.
     """
-    from synthetic.s4_regression import _padded_chunks
 
     device = resolve_device(cfg)
     rf = ResultsFile(results_path(cfg))
@@ -848,13 +830,6 @@ def run_records(records: Sequence[Dict]) -> List[Dict]:
     return [r for r in records if r.get("kind", "run") == "run"]
 
 
-def _edge_text(row: Dict) -> str:
-    """'high (lr_max)' for a best lr still at an edge of its grid, '-' when interior."""
-    if not row.get("lr_at_edge"):
-        return "-"
-    return row["lr_at_edge"] + (f" ({row['lr_bound_reached']})" if row.get("lr_bound_reached") else " (not extended)")
-
-
 def summary_table(cfg: OfficialConfig) -> str:
     recs = run_records(ResultsFile(results_path(cfg)).load())
     rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
@@ -864,7 +839,7 @@ def summary_table(cfg: OfficialConfig) -> str:
     for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
         lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.2f} | {mse} | {r['lr']} | "
-                     f"{_edge_text(r)} | {r['n_seeds']} | {r['n_diverged']} |")
+                     f"{edge_label(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
     return "\n".join(lines)
 
 

@@ -61,8 +61,8 @@ from synthetic import s4_model as sm
 from synthetic.cli import check_sweep_options, dataclass_parser, parse_dataclass
 from synthetic.progress import progress
 from synthetic.sdt_select import SDTRanking, rank_dimensions, select, select_pruned
-from synthetic.sweep import (LrPolicy, ResultsFile, best_of_grid, environment, lr_extension_plan, plot_mse_vs_params,
-                             run_key, utc_now)
+from synthetic.sweep import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, lr_extension_plan,
+                             plot_mse_vs_params, run_key, utc_now)
 
 Tensor = torch.Tensor
 
@@ -714,7 +714,7 @@ def paths(cfg: Config) -> Dict[str, Path]:
 
 def lr_policy(cfg: Config) -> LrPolicy:
     """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
-    return LrPolicy(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
+    return LrPolicy.from_config(cfg)
 
 
 def _padded_chunks(lrs: List[float], R: int, pad: bool) -> List[Tuple[List[float], int]]:
@@ -915,13 +915,6 @@ def _lr_grid_text(recs: List[Dict], c0: Dict) -> str:
     return f"lrs {tried[0]:g}-{tried[-1]:g} (base {base}, ×{c0.get('lr_extend_factor', 4.0):g} at edges)"
 
 
-def _edge_text(row: Dict) -> str:
-    """'high (lr_max)' for a best lr still at an edge of its grid, '' when interior."""
-    if not row.get("lr_at_edge"):
-        return ""
-    return row["lr_at_edge"] + (f" ({row['lr_bound_reached']})" if row.get("lr_bound_reached") else " (not extended)")
-
-
 def _fingerprint(config: Dict) -> str:
     return run_key(_key_fields(config))
 
@@ -954,7 +947,7 @@ def summary_table(cfg: Config) -> str:
         mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
         lr = "-" if r["lr"] is None else f"{r['lr']:g}"
         lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.1f} | {mse} | {lr} | "
-                     f"{_edge_text(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
+                     f"{edge_label(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
     return "\n".join(lines)
 
 

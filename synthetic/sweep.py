@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 __all__ = ["run_key", "ResultsFile", "is_diverged", "best_of_grid", "plot_mse_vs_params",
-           "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "environment", "git_commit"]
+           "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "edge_label", "environment", "git_commit"]
 
 
 # ------------------------------------------------------------------------------------------ keys
@@ -214,6 +214,11 @@ class LrPolicy:
     lr_min: float = 1e-6
     lr_max: float = 1.0
 
+    @classmethod
+    def from_config(cls, cfg) -> "LrPolicy":
+        """The policy of an experiment config with fields ``lr_extend_factor``, ``lr_min``, ``lr_max``."""
+        return cls(cfg.lr_extend_factor, cfg.lr_min, cfg.lr_max)
+
     def __post_init__(self):
         if not (self.factor == 0 or (math.isfinite(self.factor) and self.factor > 1)):
             raise ValueError(f"factor: must be 0 (no extension) or a finite number > 1, got {self.factor}")
@@ -330,6 +335,14 @@ def lr_extension_plan(records: Sequence[Dict[str, Any]], base_lrs: Sequence[floa
     if missing:
         return missing
     return [(s, lr) for lr in lr_edge(records, policy, lr_key, value_key).next_lrs for s in seeds]
+
+
+def edge_label(row: Dict[str, Any]) -> str:
+    """Summary-table text for a :func:`best_of_grid` row: ``"high (lr_max)"``, ``"low (not extended)"``, ...
+    for a best lr still at an edge of its grid (with the bound that stopped it), ``""`` when interior."""
+    if not row.get("lr_at_edge"):
+        return ""
+    return row["lr_at_edge"] + f" ({row.get('lr_bound_reached') or 'not extended'})"
 
 
 # ---------------------------------------------------------------------------------------- plots
