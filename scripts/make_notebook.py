@@ -342,7 +342,7 @@ for preset in ("paper", "cpu"):
     tmp = Path(tempfile.mkdtemp())
     shutil.copy(f"figures/mamba_regression_{preset}.json", tmp / f"mamba_regression_{preset}.json")
     mp = out_paths(parse_args(["--preset", preset, "--out", str(tmp), "--plot-only"]))
-    recs = ResultsFile(mp["json"]).load()
+    recs = ResultsFile(mp["json"]).runs()
     devices = sorted({r.get("device", "?") for r in recs})
     print(f"--- preset {preset}: backend {recs[0]['backend']}, devices {', '.join(devices)}, {len(recs)} runs")
     mamba_summary(recs)

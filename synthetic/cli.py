@@ -95,3 +95,13 @@ def check_sweep_options(cfg, methods, *, all_allowed: bool = False) -> None:
     bad = [m for m in cfg.methods if m not in methods]
     if bad:
         raise ValueError(f"--methods: unknown {bad}; choose from {list(methods)}" + (" or 'all'" if all_allowed else ""))
+
+
+def check_shard_options(cfg) -> None:
+    """``--shard i/n`` well formed, and not combined with ``--merge``, ``--plot-only`` or ``--dry-run``'s
+    opposite (a shard runs; merge and plot-only do not); ValueError naming the option."""
+    from synthetic.runner import parse_shard
+
+    parse_shard(cfg.shard)
+    if cfg.shard and (cfg.merge or cfg.plot_only):
+        raise ValueError("--shard: cannot be combined with --merge or --plot-only")

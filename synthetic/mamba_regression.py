@@ -41,9 +41,9 @@ from .mamba_peft import (BACKENDS, BENCHMARK_METHODS, METHODS, S6_NAMES, Backend
                          abar_change_scores, frozen_param_count, get_backend, mamba_ssm_available, official_select,
                          residual_stack, select_channels, trainable_count)
 from .mamba_ref import block_weights
-from .progress import progress
-from .sweep import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
-                    lr_extension_plan, plot_mse_vs_params, run_key, utc_now)
+from .runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+from .sweep import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged, plot_mse_vs_params,
+                    run_key, utc_now)
 
 METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full")
 BENCHMARK_ORDER = tuple(BENCHMARK_METHODS)  # the benchmark's other methods (``--methods all``)
@@ -92,6 +92,7 @@ class MambaRegressionConfig:
     threads: int = 1  # torch CPU threads on the CPU device (tiny ops: one thread is fastest; 0 = torch default)
     out: str = "figures"
     plot_only: bool = False
+    dry_run: bool = False  # print the plan (runs done / to do per method, estimated time) and exit
     shard: str = ""  # "i/n": run only grid runs j with j % n == i, into this shard's own results file
     merge: bool = False  # fold the shard files into the main results file (atomically), then plot
     # Opt-in options matching the official code (furiosa-ai/ssm-peft, mamba_ssm_peft/peft/sd_lora.py and
@@ -196,7 +197,7 @@ def check_config(cfg) -> None:
     backend = getattr(cfg, "backend", "auto")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"--backend: one of {['auto'] + sorted(BACKENDS)}, got {backend!r}")
-    if backend == "mamba_ssm" and not mamba_ssm_available():
+    if backend == "mamba_ssm" and not mamba_ssm_available() and not getattr(cfg, "dry_run", False):
         raise ValueError("--backend: 'mamba_ssm' needs CUDA and the mamba-ssm package (not usable here); "
                          "use --backend reference or auto")
     device = getattr(cfg, "device", "auto")
@@ -237,19 +238,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
 def lr_policy(cfg: MambaRegressionConfig) -> LrPolicy:
     """The config's rule for growing the learning-rate grid at its edges (``synthetic.sweep.LrPolicy``)."""
     return LrPolicy.from_config(cfg)
-
-
-def parse_shard(s: str) -> Optional[Tuple[int, int]]:
-    """'i/n' -> (i, n) with 0 <= i < n; '' -> None."""
-    if not s:
-        return None
-    try:
-        i, n = (int(v) for v in s.split("/"))
-    except ValueError:
-        raise ValueError(f"shard: expected 'i/n' (e.g. 0/4), got {s!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard: need 0 <= i < n, got {s!r}")
-    return i, n
 
 
 def check_options(cfg: MambaRegressionConfig) -> None:
@@ -467,11 +455,11 @@ class Experiment:
             extra["fused_fallback"] = fallback
         return {**extra,
             "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
-            "trainable_count": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
+            "trainable": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
             "best_mse": min(finite) if finite and status == "ok" else None,
             "final_mse": ev_vals[-1] if status == "ok" else None, "status": status,
             "loss_curve": losses, "eval_curve": evals, "sdt_channels": channels,
-            "wall_time_s": time.perf_counter() - t0,
+            "wall_s": time.perf_counter() - t0,
         }
 
 
@@ -490,7 +478,7 @@ def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
 
 def _config_dict(cfg: MambaRegressionConfig) -> dict:
     d = dataclasses.asdict(cfg)
-    for k in ("out", "plot_only", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods",
+    for k in ("out", "plot_only", "dry_run", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods",
               "shard", "merge", "lr_extend_factor", "lr_min", "lr_max"):
         d.pop(k)  # not part of what a run computes (a run key holds its own lr and seed)
     for k, v in _OPT_IN_DEFAULTS.items():
@@ -501,36 +489,75 @@ def _config_dict(cfg: MambaRegressionConfig) -> dict:
     return d
 
 
-def shard_path(main: Path, i: int, n: int) -> Path:
-    return main.with_name(f"{main.stem}.shard{i}of{n}{main.suffix}")
+class MambaExperiment:
+    """The Mamba experiment as a :class:`synthetic.runner.Experiment`: one run per train call (runs are
+    trained one at a time), groups of one lr each, lr outermost within a seed so that a truncated sweep
+    has every (method, budget) at the first lr. The frozen and target stacks are drawn once from
+    ``model_seed`` (shared by every run and seed: the seeds vary the data and the adapters' initialisation)."""
 
+    name = "mamba"
+    max_runs_per_call = 1
+    pad_calls = False
 
-def shard_files(main: Path) -> List[Path]:
-    return sorted(main.parent.glob(f"{main.stem}.shard*of*{main.suffix}"))
+    def __init__(self, cfg: MambaRegressionConfig, log=None):
+        self.cfg = cfg
+        self.log = log or (lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
+        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
+        self.lr_policy = lr_policy(cfg)
+        self.results_path = out_paths(cfg)["json"]
+        name = cfg.backend if cfg.backend != "auto" else ("mamba_ssm" if mamba_ssm_available() else "reference")
+        # --dry-run needs only the backend's name (its key); a run needs the backend itself
+        self.backend = get_backend(name, fused=cfg.fused) if not cfg.dry_run or name == "reference" else None
+        self.backend_name = name
+        self.device = torch.device(("cuda" if torch.cuda.is_available() and name == "mamba_ssm"
+                                    else "cpu") if cfg.device == "auto" else cfg.device)
+        self.cdict = _config_dict(cfg)
+        self._exp: Optional[Experiment] = None
+        self._env = environment()
+        self._commit = os.environ.get("GIT_COMMIT") or self._env["commit"]
 
+    def describe(self) -> str:
+        b = self.backend
+        if b is None:
+            return f"preset {self.cfg.preset}, backend {self.backend_name} (not loaded: dry run)"
+        return (f"preset {self.cfg.preset}, backend {b.name} (mamba-ssm {b.version}, fused {b.inner_fn is not None}), "
+                f"device {self.device}")
 
-def merge_shards(main: Path) -> int:
-    """Fold every shard file of ``main`` into it (one atomic write; records already there are kept,
-    duplicate keys skipped), then delete the shard files. Returns the number of records added."""
-    rf = ResultsFile(main)
-    files = shard_files(main)
-    recs = [r for f in files for r in ResultsFile(f).load()]
-    before = len(rf.completed_keys())
-    rf.extend(recs)
-    added = len(rf.completed_keys()) - before
-    for f in files:
-        f.unlink()
-    print(f"mamba_regression: merged {len(files)} shard files ({len(recs)} records, {added} new) into {main}",
-          file=sys.stderr)
-    return added
+    def groups(self) -> List[Group]:
+        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=r["method"] != "Frozen")
+                for r in run_grid(self.cfg)]
+
+    def key(self, seed, method, budget, lr) -> str:
+        return run_key({"method": method, "budget": budget, "lr": lr, "seed": seed, "config": self.cdict,
+                        "backend": self.backend_name})
+
+    def train(self, runs: Sequence[Run]) -> List[dict]:
+        cfg, (run,) = self.cfg, runs
+        if self._exp is None:
+            if self.device.type == "cpu" and cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            self._exp = Experiment(cfg, self.backend, self.device)
+        exp = self._exp
+        try:
+            rec = exp.train(run.method, dict(run.budget), run.lr, run.seed)
+        except torch.cuda.OutOfMemoryError as e:  # record and go on; the grid point is shown as failed
+            rec = {"method": run.method, "budget": dict(run.budget), "lr": run.lr, "seed": run.seed,
+                   "budget_label": budget_label(run.budget), "status": f"error: {type(e).__name__}",
+                   "best_mse": None, "final_mse": None, "trainable_pct": None}
+        b = self.backend
+        rec.update(model_seed=cfg.model_seed, config=self.cdict, backend=b.name, mamba_ssm_version=b.version,
+                   fused=b.inner_fn is not None and not rec.get("fused_fallback"),
+                   device=self._env["device"] if self.device.type == "cuda" else "cpu",
+                   commit=self._commit, date=utc_now(), frozen_params=exp.n_frozen)
+        return [rec]
 
 
 def run(cfg: MambaRegressionConfig) -> Path:
     check_options(cfg)
     paths = out_paths(cfg)
     if cfg.merge:
-        merge_shards(paths["json"])
-        summary(ResultsFile(paths["json"]).load(), lr_policy(cfg))
+        merge_shards(paths["json"], log=lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
+        summary(ResultsFile(paths["json"]).runs(), lr_policy(cfg))
         try:
             plot(paths, lr_policy(cfg))
         except ImportError as e:
@@ -540,83 +567,15 @@ def run(cfg: MambaRegressionConfig) -> Path:
         plot(paths, lr_policy(cfg))
         return paths["json"]
     shard = parse_shard(cfg.shard)
-    backend = get_backend(cfg.backend, fused=cfg.fused)
-    dev = torch.device(("cuda" if torch.cuda.is_available() and backend.name == "mamba_ssm" else "cpu")
-                       if cfg.device == "auto" else cfg.device)
-    if dev.type == "cpu" and cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    env = environment()
-    commit = os.environ.get("GIT_COMMIT") or env["commit"]
-    cdict = _config_dict(cfg)
-    rf = ResultsFile(paths["json"])
-    done = rf.completed_keys()
-    for f in shard_files(paths["json"]):  # runs already in some shard file are done too
-        done |= ResultsFile(f).completed_keys()
-    grid = run_grid(cfg)
-    mine = [r for j, r in enumerate(grid) if shard is None or j % shard[1] == shard[0]]
-    todo = [r for r in mine if run_key({**r, "config": cdict, "backend": backend.name}) not in done]
+    exp = MambaExperiment(cfg)
+    if cfg.dry_run:
+        print_plan(exp, shard)
+        return paths["json"]
+    st = run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
     if shard is not None:
-        rf = ResultsFile(shard_path(paths["json"], *shard))
-    print(f"mamba_regression: preset {cfg.preset}, backend {backend.name} (mamba-ssm {backend.version}, "
-          f"fused {backend.inner_fn is not None}), device {dev}; {len(mine) - len(todo)} of {len(mine)} runs done"
-          + (f" (shard {shard[0]}/{shard[1]} of {len(grid)}) -> {rf.path}" if shard else ""), file=sys.stderr)
-    t_start = time.perf_counter()
-    exp = None
-
-    def out_of_time():
-        return cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s
-
-    def run_one(r, source):
-        nonlocal exp
-        exp = exp or Experiment(cfg, backend, dev)
-        key = run_key({**r, "config": cdict, "backend": backend.name})
-        try:
-            rec = exp.train(r["method"], r["budget"], r["lr"], r["seed"])
-        except torch.cuda.OutOfMemoryError as e:  # record and go on; the grid point is shown as failed
-            rec = {**r, "budget_label": budget_label(r["budget"]), "status": f"error: {type(e).__name__}",
-                   "best_mse": None, "final_mse": None, "trainable_pct": None}
-        rec.update(key=key, config=cdict, backend=backend.name, mamba_ssm_version=backend.version,
-                   fused=backend.inner_fn is not None and not rec.get("fused_fallback"),
-                   device=env["device"] if dev.type == "cuda" else "cpu",
-                   commit=commit, date=utc_now(), frozen_params=exp.n_frozen, lr_source=source)
-        rf.append(rec)
-
-    stopped = False
-    for r in progress(todo, desc="mamba runs"):
-        if out_of_time():
-            stopped = True
-            break
-        run_one(r, "grid")
-    # grow the lr grid where a (method, budget)'s best lr is at an edge, in rounds (synthetic.sweep)
-    policy, ckey = lr_policy(cfg), run_key(cdict)  # run_key: the JSON round trip turns tuples into lists
-    groups = [(m, b) for m in cfg.methods if m != "Frozen" for b in budgets(cfg, m)]
-    n_round, planned = 0, set()
-    # Shards run the base grid only: which lrs an extension round adds depends on the runs finished before
-    # it, so rounds are planned by one process after --merge (a plain rerun of the command).
-    while not stopped and shard is None:
-        recs = [x for x in rf.load() if x.get("backend") == backend.name and run_key(x.get("config", {})) == ckey]
-        ext = [{"method": m, "budget": b, "lr": lr, "seed": seed} for m, b in groups
-               for seed, lr in lr_extension_plan([x for x in recs if x["method"] == m and x["budget"] == b],
-                                                 cfg.lrs, cfg.seeds, policy)]
-        if not ext:
-            break
-        again = [r for r in ext if run_key(r) in planned]
-        if again:  # its record should be in the file by now: stop rather than loop
-            raise RuntimeError(f"lr extension: {again[0]} planned twice; its record is not in {paths['json']}")
-        planned.update(run_key(r) for r in ext)
-        n_round += 1
-        for r in progress(ext, desc=f"mamba lr extension {n_round}"):
-            if out_of_time():
-                stopped = True
-                break
-            run_one(r, "extension")
-    if stopped:
-        print("mamba_regression: time budget reached; rerun the same command to resume", file=sys.stderr)
-    if shard is not None:
-        print("mamba_regression: shard done; fold the shard files in with --merge, then rerun without --shard to "
-              "grow the lr grid where a best lr is at an edge", file=sys.stderr)
-        return rf.path
-    summary(rf.load(), policy)
+        return st.results
+    policy = lr_policy(cfg)
+    summary(ResultsFile(paths["json"]).runs(), policy)
     try:
         plot(paths, policy)
     except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
@@ -639,7 +598,7 @@ def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[
 
 def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
     """Both figures from the results file alone (``policy``: how the lr grid was grown, for the edge flags)."""
-    records = ResultsFile(paths["json"]).load()
+    records = ResultsFile(paths["json"]).runs()
     if not records:
         print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
         return

@@ -60,10 +60,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic import s4_model as sm
-from synthetic.cli import check_sweep_options, dataclass_parser, parse_dataclass
-from synthetic.progress import progress
-from synthetic.s4_regression import _padded_chunks, _subsample, lr_policy, resolve_device, set_precision
-from synthetic.sweep import ResultsFile, best_of_grid, edge_label, environment, lr_extension_plan, run_key, utc_now
+from synthetic.cli import check_shard_options, check_sweep_options, dataclass_parser, parse_dataclass
+from synthetic import runner
+from synthetic.runner import Group as RunGroup, Run, run_sweep
+from synthetic.s4_regression import lr_policy, resolve_device, set_precision
+from synthetic.sweep import ResultsFile, best_of_grid, edge_label, environment, run_key, subsample_curve, utc_now
 
 Tensor = torch.Tensor
 
@@ -113,6 +114,9 @@ class OfficialConfig:
     time_budget: float = 0.0  # seconds; stop starting new groups after this (0 = no limit)
     out: str = "figures"
     plot_only: bool = False
+    dry_run: bool = False  # print the plan (runs done / to do per method, estimated time) and exit
+    shard: str = ""  # "i/n": run only base-grid groups j with j % n == i, into this shard's own results file
+    merge: bool = False  # fold the shard files into the main results file (atomically), then summarise
 
 
 PRESETS: Dict[str, Dict] = {
@@ -124,7 +128,8 @@ PRESETS: Dict[str, Dict] = {
 }
 
 _NOT_IN_KEY = {"conv", "preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks", "s4proj_ranks", "ac_lora_budgets", "sdt_budgets",
-               "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "curve_points"}
+               "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "dry_run", "shard", "merge",
+               "curve_points"}
 
 
 def _parse_sdt(s: str) -> Dict[str, int]:
@@ -170,6 +175,7 @@ def validate(cfg: OfficialConfig) -> OfficialConfig:
         if getattr(cfg, name) not in ok:
             raise ValueError(f"{opt(name)}: must be one of {sorted(ok)}, got {getattr(cfg, name)!r}")
     check_sweep_options(cfg, METHODS)
+    check_shard_options(cfg)
     D, N = cfg.d_model, cfg.frozen_d_state
     for name in ("lora_ranks", "s4proj_ranks"):
         for r in getattr(cfg, name):
@@ -691,47 +697,57 @@ def results_path(cfg: OfficialConfig) -> Path:
     return Path(cfg.out) / f"s4_regression_{cfg.preset}.json"
 
 
-def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
-    """Every (seed, method, budget) group not yet in the results file, R = len(lrs) runs per group;
-    records appended atomically as groups finish.
+class OfficialExperiment:
+    """The official-convention deep-S4 experiment as a :class:`synthetic.runner.Experiment`.
 
-    Then the learning-rate grid grows where a (method, budget)'s best lr (mean ``best_mse`` over
-    ``cfg.seeds``) is at an edge (:func:`synthetic.sweep.lr_extension_plan` under :func:`lr_policy`),
-    in rounds, until every best is interior or at a bound. An extension round trains the new lrs of
-    one (seed, method, budget) as one run group (same models, warm-up, ``W_down`` and batches as the
-    base group); with torch.compile it is padded to R runs by repeating its last lr (one compiled
-    graph; padding runs are not recorded). LoRA (A&C+Proj)'s A, C factors are drawn per run position
-    (``RunState.create``), so there an extension run's factors are those of the group's first
-    positions. A final ``kind: "sweep"`` record holds the wall time.
+    A train call takes the runs of one (seed, method, budget) group (same models, warm-up, ``W_down`` and
+    batches); with torch.compile a short call (an lr-extension round) is padded to ``len(cfg.lrs)`` runs by
+    repeating its last lr (padding runs are not recorded). LoRA (A&C+Proj)'s A, C factors are drawn per run
+    position (``RunState.create``), so there an extension run's factors are those of the group's first positions.
     """
 
-    device = resolve_device(cfg)
-    rf = ResultsFile(results_path(cfg))
-    env = environment()
-    kc = key_config(cfg)
-    trainer = Trainer(cfg, device, log)
-    done = rf.completed_keys()
-    groups = run_groups(cfg)
-    total = official_param_count(cfg.d_model, cfg.frozen_d_state, cfg.frozen_layers)
-    log(f"device {env['device']}, compile={trainer.use_compile}, data={cfg.data}; {len(groups)} groups, "
-        f"official model {total} parameters")
-    t0 = time.monotonic()
-    cache: Dict[int, Dict] = {}
-    R = len(cfg.lrs)
+    name = "s4_official"
 
-    def key(mname, budget, lr, seed):
-        return run_key({"cfg": kc, "method": mname, "budget": budget, "lr": lr, "seed": seed})
+    def __init__(self, cfg: OfficialConfig, log=print):
+        self.cfg, self.log = cfg, log
+        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
+        self.lr_policy = lr_policy(cfg)
+        self.results_path = results_path(cfg)
+        self.kc = key_config(cfg)
+        self.device = resolve_device(cfg)
+        self.max_runs_per_call = len(cfg.lrs)
+        self.total = official_param_count(cfg.d_model, cfg.frozen_d_state, cfg.frozen_layers)
+        self._trainer: Optional[Trainer] = None
+        self._cache: Dict[int, Dict] = {}
 
-    def out_of_time():
-        return cfg.time_budget and time.monotonic() - t0 > cfg.time_budget
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            self._trainer = Trainer(self.cfg, self.device, self.log)
+        return self._trainer
 
-    def run_group(seed, mname, budget, lrs, n_keep, source):
-        """Train one run group (len(lrs) runs of one seed, method and budget); record the first n_keep."""
-        nonlocal cache
-        keys = [key(mname, budget, lr, seed) for lr in lrs[:n_keep]]
-        if seed not in cache:
-            cache = {seed: seed_models(cfg, seed, device)}  # one seed's models at a time
-        c = cache[seed]
+    @property
+    def pad_calls(self) -> bool:
+        return self.trainer.use_compile
+
+    def describe(self) -> str:
+        return (f"device {environment()['device']}, compile={self.trainer.use_compile}, data={self.cfg.data}; "
+                f"official model {self.total} parameters")
+
+    def groups(self) -> List[RunGroup]:
+        return [RunGroup(s, m, b, tuple(self.cfg.lrs)) for s, m, b in run_groups(self.cfg)]
+
+    def key(self, seed, method, budget, lr) -> str:
+        return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
+
+    def train(self, runs: Sequence[Run]) -> List[Dict]:
+        cfg, trainer = self.cfg, self.trainer
+        seed, mname, budget = runs[0].seed, runs[0].method, runs[0].budget
+        lrs = [r.lr for r in runs]
+        env = environment()
+        if seed not in self._cache:
+            self._cache = {seed: seed_models(cfg, seed, self.device)}  # one seed's models at a time
+        c = self._cache[seed]
         tg = time.monotonic()
         group, warm_losses = prepare_group(cfg, trainer, c, METHODS[mname], budget, len(lrs))
         counts = group.state.trainable_count()
@@ -739,90 +755,42 @@ def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
         ev = trainer.evaluate(group, training_batches(cfg, trainer, c, stream=2), cfg.eval_batches)
         wall = time.monotonic() - tg
         recs = []
-        for i, (lr, k) in enumerate(zip(lrs, keys)):
+        for i, lr in enumerate(lrs):
             curve = curves[i]
             finite = all(math.isfinite(v) for v in curve) and math.isfinite(ev[i])
             tail = curve[-max(1, len(curve) // 50):]
             recs.append({
-                "key": k, "kind": "run", "method": mname, "budget": budget, "budget_label": budget_label(budget),
-                "lr": lr, "seed": seed, "status": "ok" if finite else "diverged",
+                "method": mname, "budget": budget, "budget_label": budget_label(budget),
+                "lr": lr, "seed": seed, "model_seed": seed, "status": "ok" if finite else "diverged",
                 "best_mse": min(curve) if finite else None, "eval_mse": ev[i] if finite else None,
                 "final_mse": sum(tail) / len(tail) if finite else None,
-                "trainable": counts[i], "total_params": total, "trainable_pct": 100.0 * counts[i] / total,
-                "iters": cfg.iters, "loss_curve": _subsample(curve, cfg.curve_points),
+                "trainable": counts[i], "frozen_params": self.total, "trainable_pct": 100.0 * counts[i] / self.total,
+                "iters": cfg.iters, "loss_curve": subsample_curve(curve, cfg.curve_points),
                 "warmup_losses": warm_losses, "wall_s": wall / len(lrs), "group_wall_s": wall,
-                "runs_in_group": len(lrs), "lr_source": source,
+                "runs_in_group": len(lrs),
                 "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
                 "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
             })
-        rf.extend(recs)
-        done.update(keys)
+        return recs
 
-    n_run = n_skipped = 0
-    stopped = False
-    for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
-        if all(key(mname, budget, lr, seed) in done for lr in cfg.lrs):
-            n_skipped += 1
-            continue
-        if n_run and out_of_time():
-            stopped = True
-            break
-        run_group(seed, mname, budget, list(cfg.lrs), R, "grid")
-        n_run += 1
-    log(f"sweep: {len(groups)} groups, {n_run} run, {n_skipped} already done, wall {time.monotonic() - t0:.1f}s")
 
-    n_round, n_ext, planned = 0, 0, set()
-    while not stopped:
-        todo = extension_plan(cfg, rf.load())
-        if not todo:
-            break
-        keys = {key(m, b, lr, seed) for seed, m, b, lrs in todo for lr in lrs}
-        if keys & planned:  # their records should be in the file by now: stop rather than loop
-            raise RuntimeError(f"lr extension: runs planned twice; their records are not in {rf.path}")
-        planned |= keys
-        n_round += 1
-        for seed, mname, budget, lrs in progress(todo, desc=f"s4 {cfg.preset} lr extension {n_round}"):
-            if (n_run or n_ext) and out_of_time():
-                stopped = True
-                break
-            for chunk, n_keep in _padded_chunks(lrs, R, pad=trainer.use_compile):
-                run_group(seed, mname, budget, chunk, n_keep, "extension")
-                n_ext += 1
-    if stopped:
-        log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
-    wall = time.monotonic() - t0
-    if n_run or n_ext:
-        rf.append({"key": f"sweep@{utc_now()}", "kind": "sweep", "wall_s": wall, "groups": len(groups),
-                   "groups_run": n_run, "groups_skipped": n_skipped, "extension_rounds": n_round,
-                   "extension_groups_run": n_ext, "device": env["device"], "torch": env["torch"],
-                   "commit": env["commit"], "date": utc_now(), "compiled": trainer.use_compile,
-                   "config": dataclasses.asdict(cfg)})
-    log(f"sweep: {n_round} lr-extension rounds ({n_ext} run groups), wall {wall:.1f}s")
-    return rf
+def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
+    """Every (seed, method, budget) group not yet in the results file, R = len(lrs) runs per group, then the
+    lr grid grown where a (method, budget)'s best lr is at an edge (:func:`synthetic.runner.run_sweep`)."""
+    st = run_sweep(OfficialExperiment(cfg, log), time_budget=cfg.time_budget, log=log)
+    return ResultsFile(st.results)
 
 
 def current_runs(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Dict]:
     """The run records of ``cfg``'s configuration and seeds: those whose key is the one ``cfg`` gives them."""
-    kc = key_config(cfg)
-    return [r for r in run_records(records) if r.get("seed") in cfg.seeds and r.get("key") == run_key(
-        {"cfg": kc, "method": r.get("method"), "budget": r.get("budget"), "lr": r.get("lr"), "seed": r.get("seed")})]
+    return runner.current_runs(OfficialExperiment(cfg), records)
 
 
 def extension_plan(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Tuple[int, str, Dict, List[float]]]:
-    """The next round of runs: ``(seed, method, budget, lrs)`` per run group still needed by
-    :func:`synthetic.sweep.lr_extension_plan` (missing grid lrs first, then the edge extensions), for the
-    methods and budgets of ``cfg``; ``[]`` when every group's best lr is interior or at a bound."""
-    recs, policy = current_runs(cfg, records), lr_policy(cfg)
-    todo = []
-    for mname in cfg.methods:
-        for budget in METHODS[mname].budgets(cfg):
-            plan = lr_extension_plan([r for r in recs if r["method"] == mname and r["budget"] == budget],
-                                     cfg.lrs, cfg.seeds, policy)
-            for seed in cfg.seeds:
-                lrs = [lr for s, lr in plan if s == seed]
-                if lrs:
-                    todo.append((seed, mname, budget, lrs))
-    return todo
+    """The next round of runs: ``(seed, method, budget, lrs)`` per run group still needed (missing grid lrs
+    first, then the edge extensions); ``[]`` when every group's best lr is interior or at a bound."""
+    exp = OfficialExperiment(cfg)
+    return runner.extension_todo(exp, records, exp.groups())
 
 
 def run_records(records: Sequence[Dict]) -> List[Dict]:
@@ -857,8 +825,15 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> OfficialConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv)
-    if not cfg.plot_only:
-        sweep(cfg)
+    if cfg.dry_run:
+        runner.print_plan(OfficialExperiment(cfg), runner.parse_shard(cfg.shard))
+        return 0
+    if cfg.merge:
+        runner.merge_shards(results_path(cfg))
+    elif not cfg.plot_only:
+        run_sweep(OfficialExperiment(cfg), time_budget=cfg.time_budget, shard=runner.parse_shard(cfg.shard))
+        if cfg.shard:
+            return 0
     print(summary_table(cfg))
     return 0
 

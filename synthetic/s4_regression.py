@@ -58,11 +58,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic import s4_model as sm
-from synthetic.cli import check_sweep_options, dataclass_parser, parse_dataclass
-from synthetic.progress import progress
+from synthetic.cli import check_shard_options, check_sweep_options, dataclass_parser, parse_dataclass
 from synthetic.sdt_select import SDTRanking, rank_dimensions, select, select_pruned
-from synthetic.sweep import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, lr_extension_plan,
-                             plot_mse_vs_params, run_key, utc_now)
+from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.sweep import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, plot_mse_vs_params, run_key,
+                             subsample_curve, utc_now)
 
 Tensor = torch.Tensor
 
@@ -105,6 +105,9 @@ class Config:
     time_budget: float = 0.0  # seconds; stop starting new run groups after this (0 = no limit)
     out: str = "figures"
     plot_only: bool = False
+    dry_run: bool = False  # print the plan (runs done / to do per method, estimated time) and exit
+    shard: str = ""  # "i/n": run only base-grid groups j with j % n == i, into this shard's own results file
+    merge: bool = False  # fold the shard files into the main results file (atomically), then summarise
     # Opt-in options matching the official code (furiosa-ai/ssm-peft, S4/run_s4.py); see
     # notes/s4_official_differences.md. At their defaults they are left out of run keys and
     # fingerprints (:data:`_OPT_IN_DEFAULTS`), so results computed before they existed still resume.
@@ -139,7 +142,7 @@ PRESETS: Dict[str, Dict] = {
 # Fields that do not change a run's result (kept out of the resume key).
 _NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks",
                "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "time_budget", "out",
-               "plot_only", "curve_points", "prompt_lens", "prefix_lens", "dora_ranks", "additional_states"}
+               "plot_only", "dry_run", "shard", "merge", "curve_points", "prompt_lens", "prefix_lens", "dora_ranks", "additional_states"}
 # Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
 _OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
                     "train_skip_dt_bias": False, "warmup_params": "ssm"}
@@ -231,6 +234,7 @@ def validate(cfg: Config) -> Config:
                 raise ValueError(f"{opt(name)}: {s!r} needs a W rank in [1, D={D}] after ':'")
     if cfg.time_budget < 0:
         raise ValueError(f"--time-budget: must be >= 0, got {cfg.time_budget}")
+    check_shard_options(cfg)
     _validate_benchmark_budgets(cfg)
     return cfg
 
@@ -685,14 +689,6 @@ def theory_trainable_count(method: Method, base, budget, selection, cfg: Optiona
     return sum(count_trainable(mod) for mod in mods)
 
 
-def _subsample(curve: List[float], n: int) -> List[List[float]]:
-    """[[iteration, loss], ...] at about n evenly spaced iterations (first and last included)."""
-    if not curve:
-        return []
-    idx = sorted({round(i * (len(curve) - 1) / max(n - 1, 1)) for i in range(min(n, len(curve)))})
-    return [[i, curve[i]] for i in idx]
-
-
 # -------------------------------------------------------------------------------------- sweep
 def _key_config(cfg: Config) -> Dict:
     return _key_fields(dataclasses.asdict(cfg))
@@ -717,55 +713,64 @@ def lr_policy(cfg: Config) -> LrPolicy:
     return LrPolicy.from_config(cfg)
 
 
-def _padded_chunks(lrs: List[float], R: int, pad: bool) -> List[Tuple[List[float], int]]:
-    """Split ``lrs`` into run groups of at most R; with ``pad`` each is filled to exactly R by repeating its
-    last lr (one compiled graph per R: a new R would recompile). Returns (lrs to train, number to keep)."""
-    out = []
-    for i in range(0, len(lrs), R):
-        chunk = lrs[i:i + R]
-        out.append((chunk + [chunk[-1]] * (R - len(chunk)) if pad else chunk, len(chunk)))
-    return out
+class S4Experiment:
+    """The deep-S4 experiment as a :class:`synthetic.runner.Experiment`: its run groups, run keys and training.
 
-
-def sweep(cfg: Config, log=print) -> ResultsFile:
-    """Run every (seed, method, budget) group not yet in the results file; append records as they finish.
-
-    Then grow the learning-rate grid where a (method, budget)'s best lr (mean over seeds) is at an edge
-    (:func:`synthetic.sweep.lr_extension_plan` under :func:`lr_policy`), in rounds, until every best is
-    interior or at a bound. An extension round trains the new lrs of one (seed, method, budget) as one
-    run group; with torch.compile the group is padded to ``len(cfg.lrs)`` runs (padding runs are not
-    recorded) so the compiled graph is reused instead of recompiled for another R; eager (CPU) groups
-    are not padded. As for base groups, a run's LoRA initialisation beyond the first layer depends on
-    its group's size and position (``RunState.create`` draws all R runs from one generator), so an
-    extension lr's run differs slightly between a padded and an unpadded group.
+    A train call takes the runs of one (seed, method, budget) group (at most ``len(cfg.lrs)`` runs; with
+    torch.compile a short call is padded to that size so the compiled graph is reused). As for base groups,
+    a run's LoRA initialisation beyond the first layer depends on its call's size and position
+    (``RunState.create`` draws all R runs from one generator).
     """
-    device = resolve_device(cfg)
-    rf = ResultsFile(paths(cfg)["json"])
-    env = environment()
-    kc = _key_config(cfg)
-    trainer = Trainer(cfg, device, log)
-    done = rf.completed_keys()
-    groups = run_groups(cfg)
-    t0 = time.monotonic()
-    cache: Dict[int, Dict] = {}
-    total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
-    log(f"device {env['device']}, compile={trainer.use_compile}, precision={cfg.precision if device.type == 'cuda' else 'fp32'}; "
-        f"{len(groups)} groups, frozen model {total_params} parameters")
-    R = len(cfg.lrs)
 
-    def key(mname, budget, lr, seed):
-        return run_key({"cfg": kc, "method": mname, "budget": budget, "lr": lr, "seed": seed})
+    name = "s4"
 
-    def out_of_time():
-        return cfg.time_budget and time.monotonic() - t0 > cfg.time_budget
+    def __init__(self, cfg: Config, log=print):
+        self.cfg, self.log = cfg, log
+        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
+        self.lr_policy = lr_policy(cfg)
+        self.results_path = paths(cfg)["json"]
+        self.kc = _key_config(cfg)
+        self.device = resolve_device(cfg)
+        self.max_runs_per_call = len(cfg.lrs)
+        self._trainer: Optional[Trainer] = None
+        self._cache: Dict[int, Dict] = {}
+        self.total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
 
-    def run_group(seed, mname, budget, lrs, n_keep, source):
-        """Train one run group (all runs share seed, method and budget); record the first n_keep runs."""
+    @property
+    def trainer(self) -> "Trainer":
+        if self._trainer is None:
+            self._trainer = Trainer(self.cfg, self.device, self.log)
+        return self._trainer
+
+    @property
+    def pad_calls(self) -> bool:
+        return self.trainer.use_compile
+
+    def describe(self) -> str:
+        t, cfg = self.trainer, self.cfg
+        return (f"device {environment()['device']}, compile={t.use_compile}, "
+                f"precision={cfg.precision if self.device.type == 'cuda' else 'fp32'}; "
+                f"frozen model {self.total_params} parameters")
+
+    def groups(self) -> List[Group]:
+        """(seed, method, budget) groups in execution order: seed-major, so a cut-short sweep covers every point."""
+        cfg = self.cfg
+        return [Group(s, m, b, tuple(cfg.lrs) if METHODS[m].trains else (None,), grows=METHODS[m].trains)
+                for s, m, b in run_groups(cfg)]
+
+    def key(self, seed, method, budget, lr) -> str:
+        return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
+
+    def train(self, runs: Sequence[Run]) -> List[Dict]:
+        """Train the runs of one group together (one RunState of R = len(runs)); one record per run."""
+        cfg, trainer = self.cfg, self.trainer
+        seed, mname, budget = runs[0].seed, runs[0].method, runs[0].budget
+        lrs = [r.lr for r in runs]
         method = METHODS[mname]
-        keys = [key(mname, budget, lr, seed) for lr in lrs[:n_keep]]
-        if seed not in cache:
-            cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
-        c = cache[seed]
+        env = environment()
+        if seed not in self._cache:
+            self._cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
+        c = self._cache[seed]
         sel = None
         if method.needs_selection:
             if "selection" not in c:
@@ -787,71 +792,33 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
             curves = [[mse]]
         wall = time.monotonic() - tg
         recs = []
-        for i, (lr, k) in enumerate(zip(lrs, keys)):
+        for i, lr in enumerate(lrs):
             curve = curves[i]
             finite = all(math.isfinite(v) for v in curve)
             tail = curve[-max(1, len(curve) // 50):]
             recs.append({
-                "key": k, "method": mname, "budget": budget, "budget_label": budget_label(budget),
-                "lr": lr, "seed": seed, "status": "ok" if finite else "diverged",
+                "method": mname, "budget": budget, "budget_label": budget_label(budget),
+                "lr": lr, "seed": seed, "model_seed": seed, "status": "ok" if finite else "diverged",
                 "best_mse": min(curve) if finite else None, "final_mse": sum(tail) / len(tail) if finite else None,
                 "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
-                "trainable": counts[i], "trainable_theory": theory_count, "frozen_params": total_params,
-                "trainable_pct": 100.0 * counts[i] / total_params, "iters": cfg.iters if method.trains else 0,
-                "loss_curve": _subsample(curve, cfg.curve_points), "wall_s": wall / len(lrs), "group_wall_s": wall,
-                "runs_in_group": len(lrs), "lr_source": source,
+                "trainable": counts[i], "trainable_theory": theory_count, "frozen_params": self.total_params,
+                "trainable_pct": 100.0 * counts[i] / self.total_params, "iters": cfg.iters if method.trains else 0,
+                "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / len(lrs),
+                "group_wall_s": wall, "runs_in_group": len(lrs),
                 "warmup_s": c.get("warmup_s") if method.needs_selection else None,
                 "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
-                "precision": cfg.precision if device.type == "cuda" else "fp32",
+                "precision": cfg.precision if self.device.type == "cuda" else "fp32",
                 "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
             })
-        rf.extend(recs)
-        done.update(keys)
+        return recs
 
-    n_skipped = n_run = 0
-    stopped = False
-    for seed, mname, budget in progress(groups, total=len(groups), desc=f"s4 {cfg.preset}"):
-        lrs = list(cfg.lrs) if METHODS[mname].trains else [None]
-        if all(key(mname, budget, lr, seed) in done for lr in lrs):
-            n_skipped += 1
-            continue
-        if n_run and out_of_time():
-            stopped = True
-            break
-        run_group(seed, mname, budget, lrs, len(lrs), "grid")
-        n_run += 1
-    log(f"sweep: {len(groups)} groups, {n_skipped} already done, wall {time.monotonic() - t0:.1f}s")
 
-    policy, want = lr_policy(cfg), _fingerprint(dataclasses.asdict(cfg))
-    budgets = [(m, b) for m in cfg.methods if METHODS[m].trains for b in METHODS[m].budgets(cfg)]
-    n_round, planned = 0, set()
-    while not stopped:
-        recs = [r for r in rf.load() if _fingerprint(r.get("config", {})) == want]
-        todo = []  # (seed, method, budget, lrs)
-        for mname, budget in budgets:
-            plan = lr_extension_plan([r for r in recs if r["method"] == mname and r["budget"] == budget],
-                                     cfg.lrs, cfg.seeds, policy)
-            for seed in cfg.seeds:
-                lrs = [lr for s, lr in plan if s == seed]
-                if lrs:
-                    todo.append((seed, mname, budget, lrs))
-        if not todo:
-            break
-        keys = {key(m, b, lr, seed) for seed, m, b, lrs in todo for lr in lrs}
-        if keys & planned:  # their records should be in the file by now: stop rather than loop
-            raise RuntimeError(f"lr extension: runs planned twice; their records are not in {rf.path}")
-        planned |= keys
-        n_round += 1
-        for seed, mname, budget, lrs in progress(todo, desc=f"s4 {cfg.preset} lr extension {n_round}"):
-            if out_of_time():
-                stopped = True
-                break
-            for chunk, n_keep in _padded_chunks(lrs, R, pad=trainer.use_compile):
-                run_group(seed, mname, budget, chunk, n_keep, "extension")
-    if stopped:
-        log(f"time budget {cfg.time_budget:.0f}s reached; stopping (rerun the same command to resume)")
-    log(f"sweep: {n_round} lr-extension rounds, wall {time.monotonic() - t0:.1f}s")
-    return rf
+def sweep(cfg: Config, log=print) -> ResultsFile:
+    """Run every (seed, method, budget) group not yet in the results file, then grow the lr grid where a
+    best lr is at an edge (:func:`synthetic.runner.run_sweep` with :class:`S4Experiment`)."""
+    exp = S4Experiment(cfg, log)
+    st = run_sweep(exp, time_budget=cfg.time_budget, log=log)
+    return ResultsFile(st.results)
 
 
 # ------------------------------------------------------------------------------- theory point
@@ -924,7 +891,9 @@ def _current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
 
     A results file can hold runs of several configurations (e.g. a rerun with another --batch);
     mixing them in one best-of-grid would be wrong, so only one is plotted and summarised.
+    Only run records count (``kind: "sweep"`` records hold a sweep's wall time).
     """
+    recs = [r for r in recs if r.get("kind", "run") == "run"]
     if not recs:
         return recs
     want = _fingerprint(dataclasses.asdict(cfg))
@@ -959,11 +928,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if pre.parse_known_args(argv)[0].preset in s4_official.PRESETS:
         return s4_official.main(argv)
     cfg = parse_config(argv)
-    if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).load():
+    shard = parse_shard(cfg.shard)
+    if cfg.dry_run:
+        print_plan(S4Experiment(cfg), shard)
+        return 0
+    if cfg.merge:
+        merge_shards(paths(cfg)["json"])
+    if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).runs():
         build_parser().error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
                              "or pass the --out and --preset of an earlier run)")
-    if not cfg.plot_only:
-        sweep(cfg)
+    if not (cfg.plot_only or cfg.merge):
+        run_sweep(S4Experiment(cfg), time_budget=cfg.time_budget, shard=shard)
+        if shard:
+            return 0
     for path in plot(cfg):
         print("wrote", path)
     print(summary_table(cfg))

@@ -102,6 +102,11 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+def run_records(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The per-run records of a results file (drops ``kind: "sweep"`` wall-time records)."""
+    return [r for r in records if r.get("kind", "run") == "run"]
+
+
 class ResultsFile:
     """A JSON list of run records, appended to atomically (see the module docstring)."""
 
@@ -116,6 +121,10 @@ class ResultsFile:
         if not isinstance(data, list):
             raise ValueError(f"{self.path}: expected a JSON list of run records")
         return data
+
+    def runs(self) -> List[Dict[str, Any]]:
+        """The run records (``kind`` ``"run"``; a ``"sweep"`` record holds a sweep's wall time)."""
+        return run_records(self.load())
 
     def completed_keys(self) -> set:
         return {r["key"] for r in self.load() if "key" in r}
@@ -147,6 +156,14 @@ class ResultsFile:
 
     def append(self, record: Dict[str, Any]) -> None:
         self.extend([record])
+
+
+def subsample_curve(curve: List[float], n: int) -> List[List[float]]:
+    """[[iteration, loss], ...] at about n evenly spaced iterations (first and last included)."""
+    if not curve:
+        return []
+    idx = sorted({round(i * (len(curve) - 1) / max(n - 1, 1)) for i in range(min(n, len(curve)))})
+    return [[i, curve[i]] for i in idx]
 
 
 # ---------------------------------------------------------------------------------- aggregation

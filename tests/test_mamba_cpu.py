@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from synthetic.sweep import run_records
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -176,12 +178,13 @@ def test_select_channels_top_k_and_bounds():
 def test_regression_reference_backend_end_to_end(tmp_path):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path)]
     mamba_regression.main(argv)
-    recs = json.loads((tmp_path / "mamba_regression_tiny.json").read_text())
+    recs = run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text()))
     methods = {r["method"] for r in recs}
     assert methods == set(mamba_regression.METHOD_ORDER)
     for r in recs:
         for k in ("method", "trainable_pct", "best_mse", "final_mse", "lr", "seed", "status", "config", "budget",
-                  "loss_curve", "trainable_count", "device", "commit", "wall_time_s", "backend"):
+                  "loss_curve", "trainable", "device", "commit", "wall_s", "backend", "model_seed",
+                  "experiment", "preset", "kind"):
             assert k in r, k
         assert r["backend"] == "reference" and r["status"] == "ok" and math.isfinite(r["best_mse"])
     # the tiny grid is one lr (1e-2): every trained point is at both edges, so the sweep adds 1e-2/4 and 1e-2×4
@@ -191,11 +194,11 @@ def test_regression_reference_backend_end_to_end(tmp_path):
     full = next(r for r in recs if r["method"] == "Full")
     assert full["trainable_pct"] == pytest.approx(100.0)
     sdt = next(r for r in recs if r["method"] == "SDT")
-    assert sdt["trainable_count"] == 2 * 4 * 3 * 4  # 2 layers x 4 channels x 3H, H = 4
+    assert sdt["trainable"] == 2 * 4 * 3 * 4  # 2 layers x 4 channels x 3H, H = 4
     for name in ("mamba_mse_vs_params_tiny.png", "mamba_loss_curves_tiny.png"):
         assert (tmp_path / name).stat().st_size > 0
     mamba_regression.main(argv)  # resume: every run is done, nothing is appended
-    assert json.loads((tmp_path / "mamba_regression_tiny.json").read_text()) == recs
+    assert run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text())) == recs
     mamba_regression.main(argv + ["--plot-only"])
 
 
@@ -328,14 +331,14 @@ def test_regression_shards_merge_to_one_process_key_set(tmp_path):
     mamba_regression.main(base + ["--out", str(tmp_path / "one")])
     for i in (0, 1):  # shards: the base grid only
         mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--shard", f"{i}/2"])
-    shard_recs = [json.loads(f.read_text()) for f in sorted((tmp_path / "two").glob("*.shard*of2.json"))]
+    shard_recs = [run_records(json.loads(f.read_text())) for f in sorted((tmp_path / "two").glob("*.shard*of2.json"))]
     assert len(shard_recs) == 2 and all(shard_recs)
     assert not {r["key"] for r in shard_recs[0]} & {r["key"] for r in shard_recs[1]}  # disjoint
     mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--merge"])
     assert not list((tmp_path / "two").glob("*.shard*"))
     mamba_regression.main(base + ["--out", str(tmp_path / "two")])  # the lr-extension rounds, in one process
-    one = json.loads((tmp_path / "one" / "mamba_regression_tiny.json").read_text())
-    two = json.loads((tmp_path / "two" / "mamba_regression_tiny.json").read_text())
+    one = run_records(json.loads((tmp_path / "one" / "mamba_regression_tiny.json").read_text()))
+    two = run_records(json.loads((tmp_path / "two" / "mamba_regression_tiny.json").read_text()))
     assert {r["key"] for r in one} == {r["key"] for r in two}
     assert {r["key"]: r["best_mse"] for r in one} == {r["key"]: r["best_mse"] for r in two}
     mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--shard", "1/2"])  # resume: nothing to run
@@ -346,13 +349,13 @@ def test_regression_official_rule_option(tmp_path):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--methods", "SDT,SDT + LoRA",
             "--sdt-rule", "official", "--sdt-state-freeze", "0.5", "--lora-dropout", "0.1"]
     mamba_regression.main(argv)
-    recs = json.loads((tmp_path / "mamba_regression_tiny.json").read_text())
+    recs = run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text()))
     assert {r["method"] for r in recs} == {"SDT", "SDT + LoRA"}
     for r in recs:  # tiny: H = 4, half the A_log states frozen -> 2 trained per channel
         assert all(len(s) == 2 for layer in r["sdt_states"] for s in layer)
         assert r["config"]["sdt_rule"] == "official" and '"sdt_state_freeze":0.5' in r["key"]
     sdt = next(r for r in recs if r["method"] == "SDT")
-    assert sdt["trainable_count"] == 2 * 4 * (2 + 2 * 4)
+    assert sdt["trainable"] == 2 * 4 * (2 + 2 * 4)
     default = mamba_regression._config_dict(mamba_regression.PRESETS["tiny"])
     assert not {"sdt_rule", "sdt_state_freeze", "lora_dropout", "shard", "merge"} & set(default)  # keys unchanged
 

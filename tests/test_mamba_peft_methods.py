@@ -5,6 +5,8 @@ bit-identical after training, bad configs rejected, and ``--methods all`` end to
 import json
 
 import pytest
+
+from synthetic.sweep import run_records
 import torch
 import torch.nn.functional as F
 
@@ -156,7 +158,7 @@ def test_run_keys_of_existing_methods_unchanged():
 def test_methods_all_end_to_end(tmp_path):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--methods", "all"]
     mamba_regression.main(argv)
-    recs = json.loads((tmp_path / "peft_methods_mamba_tiny.json").read_text())
+    recs = run_records(json.loads((tmp_path / "peft_methods_mamba_tiny.json").read_text()))
     assert {r["method"] for r in recs} == set(mamba_regression.ALL_METHODS)
     assert all(r["status"] == "ok" for r in recs)
     assert (tmp_path / "peft_methods_mamba_tiny.png").stat().st_size > 0

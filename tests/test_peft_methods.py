@@ -5,6 +5,8 @@ entries, bad budgets, ``--methods all``, and Proposition 1 on a layer built by t
 import json
 
 import pytest
+
+from synthetic.sweep import run_records
 import torch
 
 from synthetic import s4_model as sm
@@ -174,7 +176,7 @@ def test_methods_all_end_to_end(tmp_path):
     argv = ["--preset", "tiny", "--no-compile", "--device", "cpu", "--out", str(tmp_path), "--methods", "all",
             "--seeds", "0", "--lrs", "1e-2"]
     s4r.main(argv)
-    recs = json.loads((tmp_path / "peft_methods_s4_tiny.json").read_text())
+    recs = run_records(json.loads((tmp_path / "peft_methods_s4_tiny.json").read_text()))
     assert {r["method"] for r in recs} == set(s4r.METHODS)
     assert all(r["trainable"] == r["trainable_theory"] for r in recs)
     assert (tmp_path / "peft_methods_s4_tiny.png").stat().st_size > 0

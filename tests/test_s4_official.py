@@ -249,7 +249,7 @@ def test_official_lr_grid_extends_at_an_edge_and_resumes(tmp_path):
     assert all(r["lr_bound_reached"] == "lr_min" for r in rows if r["lr_at_edge"])
     assert "| lr at grid edge |" in so.summary_table(cfg)
     sweeps = [r for r in recs if r["kind"] == "sweep"]
-    assert len(sweeps) == 1 and sweeps[0]["extension_rounds"] == 1 and sweeps[0]["extension_groups_run"] == 4
+    assert len(sweeps) == 1 and sweeps[0]["extension_rounds"] == 1 and sweeps[0]["extension_runs"] == 4
     assert so.main(args) == 0
     assert json.loads(path.read_text()) == recs  # resumed: nothing rerun, no new record
 

@@ -218,9 +218,15 @@ def test_bad_options_fail_with_a_clear_message(capsys):
 
 
 def test_extension_groups_are_padded_to_the_compiled_run_count():
-    assert s4r._padded_chunks([0.1], 3, pad=True) == [([0.1, 0.1, 0.1], 1)]
-    assert s4r._padded_chunks([0.1, 0.2, 0.3, 0.4], 3, pad=True) == [([0.1, 0.2, 0.3], 3), ([0.4, 0.4, 0.4], 1)]
-    assert s4r._padded_chunks([0.1, 0.2], 3, pad=False) == [([0.1, 0.2], 2)]
+    from synthetic.runner import Run, _calls
+
+    def lrs(calls):
+        return [([r.lr for r in runs], n) for runs, n in calls]
+
+    runs = [Run(0, "Full", {}, lr) for lr in (0.1, 0.2, 0.3, 0.4)]
+    assert lrs(_calls(runs[:1], 3, pad=True)) == [([0.1, 0.1, 0.1], 1)]
+    assert lrs(_calls(runs, 3, pad=True)) == [([0.1, 0.2, 0.3], 3), ([0.4, 0.4, 0.4], 1)]
+    assert lrs(_calls(runs[:2], 3, pad=False)) == [([0.1, 0.2], 2)]
 
 
 def test_tiny_end_to_end_and_resume(tmp_path):
@@ -228,11 +234,11 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     out = str(tmp_path)
     argv = ["--preset", "tiny", "--no-compile", "--device", "cpu", "--out", out]
     s4r.main(argv + ["--time-budget", "1e-9"])  # stops after the first group: an interrupted sweep
-    recs = json.loads((tmp_path / "s4_regression_tiny.json").read_text())
+    recs = [r for r in json.loads((tmp_path / "s4_regression_tiny.json").read_text()) if r["kind"] == "run"]
     assert 0 < len(recs) < 20
     first = {r["key"]: r["wall_s"] for r in recs}
     s4r.main(argv)
-    recs = json.loads((tmp_path / "s4_regression_tiny.json").read_text())
+    recs = [r for r in json.loads((tmp_path / "s4_regression_tiny.json").read_text()) if r["kind"] == "run"]
     assert all(r["wall_s"] == first[r["key"]] for r in recs if r["key"] in first)  # not redone
     n_groups = len(s4r.run_groups(s4r.parse_config(argv)))
     # grid (1e-2, 1e6): 1e6 diverges, so the best (1e-2) sat at the low edge and 1e-2/4 was added for every

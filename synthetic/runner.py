@@ -1,0 +1,349 @@
+"""The one sweep loop of ``synthetic/``: every experiment (deep S4, its official-convention preset, Mamba)
+plugs into :func:`run_sweep` and owns only what its runs are and how to train them.
+
+An experiment (:class:`Experiment`) hands the runner
+- its run groups (:class:`Group`: seed, method, budget, the base learning-rate grid), in execution order;
+- ``key(seed, method, budget, lr)``: the run key that identifies a run's result (resume, duplicates);
+- ``train(runs)``: train a list of runs of one seed together and return one record per run;
+- ``max_runs_per_call`` / ``pad_calls``: how many runs one ``train`` call may take, and whether a short
+  call is filled up to that size by repeating its last run (one compiled graph per size; the padding
+  runs are not recorded).
+
+The runner owns the rest, the same way for every experiment: resume by key (runs whose key is in the
+results file or one of its shard files are skipped), execution order, the time budget, learning-rate
+grid growth (:class:`synthetic.sweep.LrPolicy`: rounds of :func:`synthetic.sweep.lr_extension_plan`
+after the base grid until every best lr is interior or at a bound), progress bars, atomic appends
+(:class:`synthetic.sweep.ResultsFile`), the fields every record shares (``key``, ``kind``,
+``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.sweep`), a closing ``kind: "sweep"``
+record with the wall time, ``shard=(i, n)`` (base-grid groups ``j`` with ``j % n == i``, into the
+shard's own file; lr-extension rounds are planned later by one process, since which lrs a round adds
+depends on which runs finished), :func:`merge_shards`, and :func:`plan` (``--dry-run``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+from synthetic.progress import progress
+from synthetic.sweep import LrPolicy, ResultsFile, environment, lr_extension_plan, run_key, utc_now
+
+__all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "plan", "format_plan", "merge_shards",
+           "shard_path", "shard_files", "parse_shard", "current_runs"]
+
+
+@dataclass(frozen=True)
+class Group:
+    """The runs of one (seed, method, budget) over the base lr grid.
+
+    lrs: the base grid, in the order the experiment wants them trained; an untrained method (Frozen)
+    has one run with its placeholder lr (``None`` or ``0.0``, whatever its key used) and ``grows=False``.
+    grows: whether this (method, budget)'s lr grid is extended at its edges.
+    """
+
+    seed: int
+    method: str
+    budget: Mapping[str, Any]
+    lrs: Tuple[Any, ...]
+    grows: bool = True
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run to train: a group's run at learning rate ``lr``; ``source`` is ``"grid"`` or ``"extension"``."""
+
+    seed: int
+    method: str
+    budget: Mapping[str, Any]
+    lr: Any
+    source: str = "grid"
+
+
+class Experiment(Protocol):
+    """What an experiment hands :func:`run_sweep` (see the module docstring)."""
+
+    name: str  # the records' "experiment" field: "s4", "s4_official", "mamba"
+    preset: str
+    seeds: Sequence[int]
+    base_lrs: Sequence[float]
+    lr_policy: LrPolicy
+    results_path: Path
+    max_runs_per_call: Optional[int]  # None: any number of runs in one train call
+    pad_calls: bool
+
+    def groups(self) -> List[Group]: ...
+
+    def key(self, seed: int, method: str, budget: Mapping[str, Any], lr: Any) -> str: ...
+
+    def train(self, runs: Sequence[Run]) -> List[Dict[str, Any]]: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass
+class SweepStats:
+    groups: int = 0
+    groups_run: int = 0
+    groups_skipped: int = 0
+    calls: int = 0
+    runs: int = 0
+    extension_rounds: int = 0
+    extension_runs: int = 0
+    stopped: bool = False
+    wall_s: float = 0.0
+    results: Optional[Path] = None
+    per_method: Dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ shards
+def parse_shard(s: str) -> Optional[Tuple[int, int]]:
+    """'i/n' -> (i, n) with 0 <= i < n; '' -> None; ValueError naming --shard otherwise."""
+    if not s:
+        return None
+    try:
+        i, n = (int(v) for v in s.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard: expected 'i/n' (e.g. 0/4), got {s!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard: need 0 <= i < n, got {s!r}")
+    return i, n
+
+
+def shard_path(main: Path, i: int, n: int) -> Path:
+    main = Path(main)
+    return main.with_name(f"{main.stem}.shard{i}of{n}{main.suffix}")
+
+
+def shard_files(main: Path) -> List[Path]:
+    main = Path(main)
+    return sorted(main.parent.glob(f"{main.stem}.shard*of*{main.suffix}"))
+
+
+def merge_shards(main: Path, log: Callable[[str], None] = print) -> int:
+    """Fold every shard file of ``main`` into it (one atomic write; records already there are kept,
+    duplicate keys skipped), then delete the shard files. Returns the number of records added."""
+    rf = ResultsFile(main)
+    files = shard_files(main)
+    recs = [r for f in files for r in ResultsFile(f).load()]
+    before = len(rf.completed_keys())
+    rf.extend(recs)
+    added = len(rf.completed_keys()) - before
+    for f in files:
+        f.unlink()
+    log(f"merged {len(files)} shard files ({len(recs)} records, {added} new) into {main}")
+    return added
+
+
+# ------------------------------------------------------------------------------------ the loop
+def current_runs(exp: Experiment, records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The run records of ``exp``'s configuration and seeds: those whose key is the one ``exp`` gives them
+    (a file may hold runs of other configurations, e.g. an earlier ``--batch``)."""
+    seeds = set(exp.seeds)
+    out = []
+    for r in records:
+        if r.get("kind", "run") != "run" or r.get("seed") not in seeds:
+            continue
+        try:
+            if r.get("key") == exp.key(r["seed"], r["method"], r["budget"], r.get("lr")):
+                out.append(r)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _growing(groups: Sequence[Group]) -> List[Tuple[str, Mapping[str, Any]]]:
+    """The (method, budget) pairs whose lr grid may grow, in group order, once each."""
+    pairs: "OrderedDict[str, Tuple[str, Mapping[str, Any]]]" = OrderedDict()
+    for g in groups:
+        if g.grows:
+            pairs.setdefault(run_key({"m": g.method, "b": dict(g.budget)}), (g.method, g.budget))
+    return list(pairs.values())
+
+
+def extension_todo(exp: Experiment, records: Sequence[Dict[str, Any]], groups: Sequence[Group]
+                   ) -> List[Tuple[int, str, Mapping[str, Any], List[Any]]]:
+    """The next lr-extension round: ``(seed, method, budget, lrs)`` for every (method, budget) whose grid
+    still needs runs (missing grid lrs first, then the lrs past an edge); ``[]`` when the grid is done."""
+    recs = current_runs(exp, records)
+    bk = lambda b: run_key(dict(b))  # noqa: E731 - budgets compare by content (JSON lists vs tuples)
+    todo = []
+    for method, budget in _growing(groups):
+        mine = [r for r in recs if r["method"] == method and bk(r["budget"]) == bk(budget)]
+        pl = lr_extension_plan(mine, exp.base_lrs, exp.seeds, exp.lr_policy)
+        for seed in exp.seeds:
+            lrs = [lr for s, lr in pl if s == seed]
+            if lrs:
+                todo.append((seed, method, budget, lrs))
+    return todo
+
+
+def _calls(runs: Sequence[Run], size: Optional[int], pad: bool) -> List[Tuple[List[Run], int]]:
+    """Split the runs of one group into train calls of at most ``size`` runs; with ``pad`` each call is
+    filled to exactly ``size`` by repeating its last run. Returns (runs to train, number to record)."""
+    if not size:
+        return [(list(runs), len(runs))] if runs else []
+    out = []
+    for i in range(0, len(runs), size):
+        chunk = list(runs[i:i + size])
+        out.append((chunk + [chunk[-1]] * (size - len(chunk)) if pad else chunk, len(chunk)))
+    return out
+
+
+def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tuple[int, int]] = None,
+              log: Callable[[str], None] = print) -> SweepStats:
+    """Train every run of ``exp`` not yet in its results file, then grow the lr grids (see the module
+    docstring). Returns what was done; the records are in ``exp.results_path`` (or the shard's file)."""
+    t0 = time.monotonic()
+    main = ResultsFile(exp.results_path)
+    done = main.completed_keys()
+    for f in shard_files(exp.results_path):  # runs already in some shard file are done too
+        done |= ResultsFile(f).completed_keys()
+    all_groups = exp.groups()
+    groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
+    out = ResultsFile(shard_path(exp.results_path, *shard)) if shard else main
+    st = SweepStats(groups=len(groups), results=out.path)
+    log(f"{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of {len(all_groups)})"
+                                                          if shard else "") + f" -> {out.path}")
+
+    def out_of_time() -> bool:
+        return bool(time_budget) and st.calls > 0 and time.monotonic() - t0 > time_budget
+
+    def train(runs: List[Run]) -> None:
+        for chunk, n_keep in _calls(runs, exp.max_runs_per_call, exp.pad_calls):
+            recs = exp.train(chunk)
+            if len(recs) != len(chunk):
+                raise RuntimeError(f"{exp.name}: train returned {len(recs)} records for {len(chunk)} runs")
+            stamped = []
+            for run, rec in zip(chunk[:n_keep], recs[:n_keep]):
+                k = exp.key(run.seed, run.method, run.budget, run.lr)
+                stamped.append({"key": k, "kind": "run", "experiment": exp.name, "preset": exp.preset,
+                                **rec, "lr_source": run.source})
+                done.add(k)
+                st.per_method[run.method] = st.per_method.get(run.method, 0) + 1
+            out.extend(stamped)
+            st.calls += 1
+            st.runs += n_keep
+
+    for g in progress(groups, total=len(groups), desc=f"{exp.name} {exp.preset}"):
+        todo = [Run(g.seed, g.method, g.budget, lr) for lr in g.lrs
+                if exp.key(g.seed, g.method, g.budget, lr) not in done]
+        if not todo:
+            st.groups_skipped += 1
+            continue
+        if out_of_time():
+            st.stopped = True
+            break
+        train(todo)
+        st.groups_run += 1
+    log(f"base grid: {len(groups)} groups, {st.groups_run} run, {st.groups_skipped} already done, "
+        f"wall {time.monotonic() - t0:.1f}s")
+
+    planned: set = set()
+    while not st.stopped and shard is None:
+        todo = extension_todo(exp, main.load(), all_groups)
+        if not todo:
+            break
+        keys = {exp.key(s, m, b, lr) for s, m, b, lrs in todo for lr in lrs}
+        if keys & planned:  # their records should be in the file by now: stop rather than loop
+            raise RuntimeError(f"lr extension: runs planned twice; their records are not in {main.path}")
+        planned |= keys
+        st.extension_rounds += 1
+        for seed, method, budget, lrs in progress(todo, desc=f"{exp.name} lr extension {st.extension_rounds}"):
+            if out_of_time():
+                st.stopped = True
+                break
+            n0 = st.runs
+            train([Run(seed, method, budget, lr, "extension") for lr in lrs])
+            st.extension_runs += st.runs - n0
+    st.wall_s = time.monotonic() - t0
+    if st.stopped:
+        log(f"time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")
+    if shard is not None:
+        log("shard done; fold the shard files in with --merge, then rerun without --shard to grow the lr grid "
+            "where a best lr is at an edge")
+    log(f"sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
+        f"{st.extension_runs} extension runs), wall {st.wall_s:.1f}s")
+    if st.runs:
+        env = environment()
+        out.append({"key": f"sweep@{utc_now()}", "kind": "sweep", "experiment": exp.name, "preset": exp.preset,
+                    "wall_s": st.wall_s, "groups": st.groups, "groups_run": st.groups_run,
+                    "groups_skipped": st.groups_skipped, "runs": st.runs, "calls": st.calls,
+                    "extension_rounds": st.extension_rounds, "extension_runs": st.extension_runs,
+                    "stopped": st.stopped, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+                    "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now()})
+    return st
+
+
+# -------------------------------------------------------------------------------------- dry run
+def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """What :func:`run_sweep` would do now, without training: per method the groups and runs done / to do
+    in the base grid, the next lr-extension round (once the base grid is complete), and an estimated time
+    from the wall time per run recorded in the results file (None where no run of that method is there)."""
+    main = ResultsFile(exp.results_path)
+    records = main.load()
+    done = {r.get("key") for r in records}
+    for f in shard_files(exp.results_path):
+        done |= ResultsFile(f).completed_keys()
+    all_groups = exp.groups()
+    groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
+    per: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+    for g in groups:
+        row = per.setdefault(g.method, {"groups": 0, "groups_done": 0, "runs": 0, "runs_done": 0})
+        keys = [exp.key(g.seed, g.method, g.budget, lr) for lr in g.lrs]
+        n_done = sum(k in done for k in keys)
+        row["groups"] += 1
+        row["groups_done"] += n_done == len(keys)
+        row["runs"] += len(keys)
+        row["runs_done"] += n_done
+    base_todo = sum(r["runs"] - r["runs_done"] for r in per.values())
+    ext = [] if (base_todo or shard is not None) else extension_todo(exp, records, all_groups)
+    ext_runs: Dict[str, int] = {}
+    for _, m, _, lrs in ext:
+        ext_runs[m] = ext_runs.get(m, 0) + len(lrs)
+    walls: Dict[str, List[float]] = {}
+    for r in current_runs(exp, records):
+        if isinstance(r.get("wall_s"), (int, float)) and math.isfinite(r["wall_s"]):
+            walls.setdefault(r["method"], []).append(float(r["wall_s"]))
+    est_total: Optional[float] = 0.0
+    for m, row in per.items():
+        row["extension_runs_next"] = ext_runs.get(m, 0)
+        n = row["runs"] - row["runs_done"] + row["extension_runs_next"]
+        w = walls.get(m)
+        row["est_s"] = statistics.fmean(w) * n if w else (0.0 if n == 0 else None)
+        if row["est_s"] is None:
+            est_total = None
+        elif est_total is not None:
+            est_total += row["est_s"]
+    return {"experiment": exp.name, "preset": exp.preset, "results": str(exp.results_path),
+            "shard": f"{shard[0]}/{shard[1]}" if shard else None, "methods": per, "base_runs_to_do": base_todo,
+            "extension_runs_next": sum(ext_runs.values()), "est_s": est_total,
+            "extension_known": not base_todo and shard is None}
+
+
+def format_plan(p: Dict[str, Any]) -> str:
+    """The :func:`plan` as a table, one row per method, and a closing line."""
+    lines = [f"dry run: {p['experiment']} preset {p['preset']} -> {p['results']}"
+             + (f" (shard {p['shard']})" if p["shard"] else ""),
+             "| method | groups done / all | runs done / all | next lr-extension runs | est. time |",
+             "| --- | --- | --- | --- | --- |"]
+    for m, r in p["methods"].items():
+        est = "-" if r["est_s"] is None else f"{r['est_s']:.0f} s"
+        nxt = r["extension_runs_next"] if p["extension_known"] else "after the grid"
+        lines.append(f"| {m} | {r['groups_done']} / {r['groups']} | {r['runs_done']} / {r['runs']} | {nxt} | {est} |")
+    est = ("unknown (no recorded runs to time some methods)" if p["est_s"] is None else f"~{p['est_s']:.0f} s "
+           "(from the wall time per run recorded in the results file)")
+    lines.append(f"{p['base_runs_to_do']} base-grid runs to do, {p['extension_runs_next'] if p['extension_known'] else '?'}"
+                 f" lr-extension runs next; estimated {est}")
+    return "\n".join(lines)
+
+
+def print_plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None, stream=None) -> Dict[str, Any]:
+    p = plan(exp, shard)
+    print(format_plan(p), file=stream or sys.stdout)
+    return p

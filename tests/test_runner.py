@@ -1,0 +1,128 @@
+"""synthetic.runner: the one sweep loop, driven by a toy experiment whose 'training' is a formula.
+
+The toy's best_mse is (log10(lr) - log10(best_lr))^2 + seed/100, so the lr grid must grow towards best_lr;
+every property of the loop (resume by key, time budget, shards and merge, lr-extension rounds, padding,
+the dry-run plan) is checked on it without any model.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from synthetic import runner
+from synthetic.sweep import LrPolicy, ResultsFile, run_key, run_records
+
+
+class Toy:
+    name = "toy"
+    preset = "test"
+
+    def __init__(self, path: Path, best_lr: float = 1e-3, lrs=(1e-2, 4e-2), seeds=(0, 1), size=None, pad=False):
+        self.results_path = Path(path)
+        self.best_lr, self.base_lrs, self.seeds = best_lr, tuple(lrs), tuple(seeds)
+        self.lr_policy = LrPolicy(4.0, 1e-6, 1.0)
+        self.max_runs_per_call, self.pad_calls = size, pad
+        self.calls = []
+
+    def describe(self):
+        return "toy"
+
+    def groups(self):
+        return [runner.Group(s, m, b, (None,) if m == "Frozen" else self.base_lrs, grows=m != "Frozen")
+                for s in self.seeds for m, b in (("Frozen", {}), ("A", {"r": 1}), ("A", {"r": 2}))]
+
+    def key(self, seed, method, budget, lr):
+        return run_key({"method": method, "budget": budget, "lr": lr, "seed": seed, "best": self.best_lr})
+
+    def train(self, runs):
+        self.calls.append([(r.method, r.lr, r.source) for r in runs])
+        out = []
+        for r in runs:
+            v = 3.0 if r.lr is None else (math.log10(r.lr) - math.log10(self.best_lr)) ** 2 + r.seed / 100
+            out.append({"method": r.method, "budget": dict(r.budget), "lr": r.lr, "seed": r.seed, "status": "ok",
+                        "best_mse": v, "trainable_pct": 1.0, "wall_s": 0.5})
+        return out
+
+
+def test_grid_grows_until_the_best_lr_is_interior_and_resumes(tmp_path):
+    exp = Toy(tmp_path / "r.json")
+    st = runner.run_sweep(exp, log=lambda s: None)
+    runs = ResultsFile(exp.results_path).runs()
+    assert len({r["key"] for r in runs}) == len(runs)  # no duplicate keys
+    lrs = sorted({r["lr"] for r in runs if r["method"] == "A"})
+    assert lrs[0] < exp.best_lr < lrs[-1] or math.isclose(lrs[1], exp.best_lr, rel_tol=0.5)
+    assert st.extension_rounds >= 2 and st.extension_runs == len([r for r in runs if r["lr_source"] == "extension"])
+    assert all(r["experiment"] == "toy" and r["preset"] == "test" and r["kind"] == "run" for r in runs)
+    sweeps = [r for r in ResultsFile(exp.results_path).load() if r["kind"] == "sweep"]
+    assert len(sweeps) == 1 and sweeps[0]["runs"] == len(runs)
+    before = exp.results_path.read_bytes()
+    again = Toy(exp.results_path)
+    assert runner.run_sweep(again, log=lambda s: None).runs == 0 and again.calls == []
+    assert exp.results_path.read_bytes() == before  # nothing appended on a resume with nothing to do
+    p = runner.plan(again)
+    assert p["base_runs_to_do"] == 0 and p["extension_runs_next"] == 0 and p["est_s"] == 0.0
+
+
+def test_time_budget_stops_after_one_call_and_the_rerun_completes_it(tmp_path):
+    cut = Toy(tmp_path / "r.json")
+    st = runner.run_sweep(cut, time_budget=1e-9, log=lambda s: None)
+    assert st.stopped and st.calls == 1
+    full = Toy(tmp_path / "f.json")
+    runner.run_sweep(full, log=lambda s: None)
+    runner.run_sweep(Toy(tmp_path / "r.json"), log=lambda s: None)
+    key = lambda p: {r["key"]: r["best_mse"] for r in ResultsFile(p).runs()}  # noqa: E731
+    assert key(tmp_path / "r.json") == key(tmp_path / "f.json")
+
+
+def test_shards_are_disjoint_and_merge_to_the_one_process_result(tmp_path):
+    one = Toy(tmp_path / "one" / "r.json")
+    runner.run_sweep(one, log=lambda s: None)
+    main = tmp_path / "two" / "r.json"
+    for i in range(3):
+        runner.run_sweep(Toy(main), shard=(i, 3), log=lambda s: None)
+    files = runner.shard_files(main)
+    keys = [set(r["key"] for r in ResultsFile(f).runs()) for f in files]
+    assert len(files) == 3 and sum(map(len, keys)) == len(set().union(*keys))  # disjoint
+    assert runner.plan(Toy(main))["base_runs_to_do"] == 0  # shard files count as done
+    runner.merge_shards(main, log=lambda s: None)
+    assert runner.shard_files(main) == []
+    runner.run_sweep(Toy(main), log=lambda s: None)  # the lr-extension rounds, in one process
+    a = {r["key"]: r["best_mse"] for r in ResultsFile(one.results_path).runs()}
+    b = {r["key"]: r["best_mse"] for r in ResultsFile(main).runs()}
+    assert a == b
+
+
+def test_calls_are_split_and_padded(tmp_path):
+    exp = Toy(tmp_path / "r.json", lrs=(1e-2, 4e-2, 1.6e-1), size=2, pad=True)
+    runner.run_sweep(exp, log=lambda s: None)
+    assert all(len(c) == 2 for c in exp.calls if c[0][0] != "Frozen")
+    runs = ResultsFile(exp.results_path).runs()
+    assert len({r["key"] for r in runs}) == len(runs)  # the padding runs are not recorded
+
+
+def test_dry_run_counts_what_is_left(tmp_path):
+    exp = Toy(tmp_path / "r.json")
+    p = runner.plan(exp)
+    assert p["base_runs_to_do"] == 2 * (1 + 2 + 2) and p["est_s"] is None and not exp.calls
+    runner.run_sweep(exp, time_budget=1e-9, log=lambda s: None)
+    p = runner.plan(Toy(exp.results_path))
+    assert p["methods"]["Frozen"]["runs_done"] == 1 and p["base_runs_to_do"] == 9
+    assert "| Frozen | 1 / 2 | 1 / 2 |" in runner.format_plan(p)
+
+
+def test_records_of_another_configuration_are_not_current(tmp_path):
+    runner.run_sweep(Toy(tmp_path / "r.json", best_lr=1e-3), log=lambda s: None)
+    other = Toy(tmp_path / "r.json", best_lr=1e-1)
+    assert runner.current_runs(other, ResultsFile(other.results_path).load()) == []
+    runner.run_sweep(other, log=lambda s: None)
+    recs = run_records(json.loads(other.results_path.read_text()))
+    assert len(runner.current_runs(other, recs)) > 0 and len(runner.current_runs(other, recs)) < len(recs)
+
+
+def test_bad_shard_is_refused():
+    for s in ("1/1", "x", "3/2", "-1/2"):
+        with pytest.raises(ValueError, match="--shard"):
+            runner.parse_shard(s)
+    assert runner.parse_shard("") is None and runner.parse_shard("1/3") == (1, 3)
