@@ -64,6 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from synthetic.records import infer_from_path, normalise
+
 __all__ = ["run_key", "ResultsFile", "is_diverged", "best_of_grid", "plot_mse_vs_params",
            "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "edge_label", "environment", "git_commit"]
 
@@ -114,13 +116,15 @@ class ResultsFile:
         self.path = Path(path)
 
     def load(self) -> List[Dict[str, Any]]:
+        """The records, in the current schema (older files pass through :func:`synthetic.records.normalise`)."""
         if not self.path.exists():
             return []
         with open(self.path) as f:
             data = json.load(f)
         if not isinstance(data, list):
             raise ValueError(f"{self.path}: expected a JSON list of run records")
-        return data
+        hint = infer_from_path(self.path)
+        return [normalise(r, **hint) if isinstance(r, dict) else r for r in data]
 
     def runs(self) -> List[Dict[str, Any]]:
         """The run records (``kind`` ``"run"``; a ``"sweep"`` record holds a sweep's wall time)."""

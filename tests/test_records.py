@@ -1,0 +1,82 @@
+"""synthetic.records: one schema; old records load through the normaliser; committed results resume with
+nothing left to do in their base grid."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from synthetic import runner
+from synthetic.records import RUN_FIELDS, normalise, infer_from_path
+from synthetic.sweep import ResultsFile
+
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+COMMITTED = sorted(p for p in FIGURES.glob("*.json")
+                   if p.name.startswith(("s4_regression_", "mamba_regression_", "peft_methods_")))
+
+
+def test_old_mamba_record_is_renamed_and_completed():
+    old = {"key": "k", "method": "SDT", "budget": {"channels": 4}, "lr": 0.01, "seed": 1, "trainable_count": 7,
+           "wall_time_s": 2.0, "backend": "reference", "config": {"model_seed": 3, "d_model": 8}}
+    new = normalise(old, **infer_from_path("figures/mamba_regression_tiny.json"))
+    assert new["trainable"] == 7 and new["wall_s"] == 2.0 and "trainable_count" not in new
+    assert (new["experiment"], new["preset"], new["kind"], new["model_seed"]) == ("mamba", "tiny", "run", 3)
+    assert normalise(new) == new  # idempotent
+    assert {k: v for k, v in old.items() if k not in ("trainable_count", "wall_time_s")}.items() <= new.items()
+
+
+def test_old_official_records_and_sweep_records():
+    run = normalise({"key": "k", "seed": 124, "total_params": 10, "config": {"preset": "official", "sdt_score": "x"}})
+    assert (run["experiment"], run["preset"], run["model_seed"], run["frozen_params"]) == ("s4_official",
+                                                                                           "official", 124, 10)
+    sweep = normalise({"key": "sweep@2026-11-26T00:00:00Z", "wall_s": 3.0})
+    assert sweep["kind"] == "sweep" and "model_seed" not in sweep
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_results_are_in_the_current_schema(path):
+    data = json.loads(path.read_text())
+    assert ResultsFile(path).load() == data, "run scripts/migrate_results.py"
+    fields = [f for f, _, _ in RUN_FIELDS]
+    for r in ResultsFile(path).runs():
+        missing = [f for f in fields if f not in r]
+        assert not missing or r["status"].startswith("error"), (r["key"][:60], missing)
+
+
+def _experiment_for(path: Path):
+    """The experiment (config) that wrote a committed results file, rebuilt from its records."""
+    runs = ResultsFile(path).runs()
+    r0 = runs[0]
+    seeds = tuple(sorted({r["seed"] for r in runs}))
+    lrs = tuple(sorted({r["lr"] for r in runs if r["lr_source"] == "grid" and r["lr"]}))
+    methods = tuple(dict.fromkeys(r["method"] for r in runs))
+    if r0["experiment"] == "mamba":
+        from synthetic import mamba_regression as mr
+
+        fields = {f.name for f in dataclasses.fields(mr.MambaRegressionConfig)}
+        c = {k: tuple(v) if isinstance(v, list) else v for k, v in r0["config"].items() if k in fields}
+        c.update(seeds=seeds, lrs=lrs, methods=methods, dry_run=True, out=str(path.parent))
+        cfg = dataclasses.replace(mr.PRESETS[r0["preset"]], **c)
+        if any(m in mr.BENCHMARK_ORDER for m in methods):
+            cfg = dataclasses.replace(cfg, methods=mr.ALL_METHODS)
+        return mr.MambaExperiment(cfg)
+    c = {k: tuple(v) if isinstance(v, list) else v for k, v in r0["config"].items()}
+    c["out"] = str(path.parent)  # the run wrote elsewhere (a GPU machine's folder)
+    if r0["experiment"] == "s4_official":
+        from synthetic import s4_official as so
+
+        fields = {f.name for f in dataclasses.fields(so.OfficialConfig)}
+        return so.OfficialExperiment(so.OfficialConfig(**{k: v for k, v in c.items() if k in fields}))
+    from synthetic import s4_regression as s4r
+
+    fields = {f.name for f in dataclasses.fields(s4r.Config)}
+    return s4r.S4Experiment(s4r.Config(**{k: v for k, v in c.items() if k in fields}))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_results_resume_with_no_base_run_to_do(path):
+    exp = _experiment_for(path)
+    assert Path(exp.results_path).resolve() == path.resolve()
+    p = runner.plan(exp)
+    assert p["base_runs_to_do"] == 0, runner.format_plan(p)
