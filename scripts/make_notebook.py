@@ -277,11 +277,12 @@ demotes "unusable" dimensions of tiny kernel magnitude $|C_i\bar B_i\bar A_i^{N/
 $\bar A$ and $C$ entries whose channel *and* state are selected ($\bar B$ frozen).
 
 Modules: `synthetic/sdt_select.py` (ranking, selection → `theory.peft.SDTMask`), the warm-up in
-`synthetic/s4_regression.py`. Below: the tiny preset's frozen/target models on the CPU.
+`synthetic/s4/experiment.py`. Below: the tiny preset's frozen/target models on the CPU.
 """)
 code(r"""
-from synthetic.s4_regression import Trainer, parse_config
-from synthetic.sdt_select import select
+from synthetic.s4.config import parse_config
+from synthetic.s4.train import Trainer
+from synthetic.s4.selection import select
 
 torch.set_default_dtype(torch.float32)            # the experiment code runs in float32
 cfg_tiny = parse_config(["--preset", "tiny", "--no-compile"])
@@ -310,7 +311,7 @@ The committed results come from an H100 run of `python -m synthetic.s4_regressio
 """)
 code(r"""
 import shutil, tempfile
-from synthetic.s4_regression import plot, summary_table
+from synthetic.s4.experiment import plot, summary_table
 
 tmp = Path(tempfile.mkdtemp())
 shutil.copy("figures/s4_regression_paper.json", tmp / "s4_regression_paper.json")
@@ -335,8 +336,8 @@ grown to 0.4 where the best was at the top, 3 seeds (H200; 7 early runs from an 
 reference-backend run uses a smaller configuration. Redrawn from `figures/mamba_regression_*.json`.
 """)
 code(r"""
-from synthetic.mamba_regression import out_paths, parse_args, plot as mamba_plot, summary as mamba_summary
-from synthetic.sweep import ResultsFile
+from synthetic.mamba.experiment import out_paths, parse_args, plot as mamba_plot, summary as mamba_summary
+from synthetic.results import ResultsFile
 
 for preset in ("paper", "cpu"):
     tmp = Path(tempfile.mkdtemp())

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from synthetic.records import RENAMED  # noqa: E402
-from synthetic.sweep import ResultsFile  # noqa: E402
+from synthetic.results import ResultsFile  # noqa: E402
 
 
 def is_results_list(data) -> bool:

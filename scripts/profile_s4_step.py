@@ -18,14 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from synthetic import s4_regression as s4r  # noqa: E402
+from synthetic.s4 import config as s4c, methods as s4m, train as s4t  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/profile_s4_step.py", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--runs", type=int, default=16)
-    p.add_argument("--method", default="Full", choices=list(s4r.METHODS))
+    p.add_argument("--method", default="Full", choices=list(s4m.METHODS))
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warm", type=int, default=3)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
@@ -36,15 +36,15 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
-    cfg = s4r.parse_config(["--preset", "paper", "--batch", str(a.batch), "--lrs", ",".join(["4e-3"] * a.runs),
+    cfg = s4c.parse_config(["--preset", "paper", "--batch", str(a.batch), "--lrs", ",".join(["4e-3"] * a.runs),
                             "--precision", a.precision]
                            + (["--compile"] if a.compile else ["--no-compile"]))
     dev = torch.device("cuda")
-    tr = s4r.Trainer(cfg, dev)
+    tr = s4t.Trainer(cfg, dev)
     frozen, target = tr.models(0)
-    m = s4r.METHODS[a.method]
+    m = s4m.METHODS[a.method]
     sel = tr.warmup_selection(frozen, target, 0) if m.needs_selection else None
-    import synthetic.s4_model as sm
+    import synthetic.s4.model as sm
     st = sm.RunState.create(frozen, a.runs, *tr.rank_max(), generator=torch.Generator().manual_seed(0))
     m.configure(st, m.budgets(cfg)[-1], sel)
     g = tr.data(0, 0)

@@ -78,7 +78,7 @@ def check_sweep_options(cfg, methods, *, all_allowed: bool = False) -> None:
 
     import torch
 
-    from synthetic.sweep import LrPolicy
+    from synthetic.results import LrPolicy
 
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ValueError(f"--device: must be 'auto', 'cpu' or 'cuda[:i]', got {cfg.device!r}")

@@ -19,7 +19,7 @@ __all__ = ["RUN_FIELDS", "SWEEP_FIELDS", "EXPERIMENT_FIELDS", "RENAMED", "normal
            "schema_table"]
 
 RUN_FIELDS = (
-    ("key", "str", "canonical JSON of what identifies the run's result (synthetic.sweep.run_key); resume and "
+    ("key", "str", "canonical JSON of what identifies the run's result (synthetic.results.run_key); resume and "
                    "duplicates go by it"),
     ("kind", "str", '"run"'),
     ("experiment", "str", '"s4" (paper conventions), "s4_official" (the official code\'s conventions) or "mamba"'),

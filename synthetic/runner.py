@@ -11,10 +11,10 @@ An experiment (:class:`Experiment`) hands the runner
 
 The runner owns the rest, the same way for every experiment: resume by key (runs whose key is in the
 results file or one of its shard files are skipped), execution order, the time budget, learning-rate
-grid growth (:class:`synthetic.sweep.LrPolicy`: rounds of :func:`synthetic.sweep.lr_extension_plan`
+grid growth (:class:`synthetic.results.LrPolicy`: rounds of :func:`synthetic.results.lr_extension_plan`
 after the base grid until every best lr is interior or at a bound), progress bars, atomic appends
-(:class:`synthetic.sweep.ResultsFile`), the fields every record shares (``key``, ``kind``,
-``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.sweep`), a closing ``kind: "sweep"``
+(:class:`synthetic.results.ResultsFile`), the fields every record shares (``key``, ``kind``,
+``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.results`), a closing ``kind: "sweep"``
 record with the wall time, ``shard=(i, n)`` (base-grid groups ``j`` with ``j % n == i``, into the
 shard's own file; lr-extension rounds are planned later by one process, since which lrs a round adds
 depends on which runs finished), :func:`merge_shards`, and :func:`plan` (``--dry-run``).
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from synthetic.progress import progress
-from synthetic.sweep import LrPolicy, ResultsFile, environment, lr_extension_plan, run_key, utc_now
+from synthetic.results import LrPolicy, ResultsFile, environment, lr_extension_plan, run_key, utc_now
 
 __all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "plan", "format_plan", "merge_shards",
            "shard_path", "shard_files", "parse_shard", "current_runs"]

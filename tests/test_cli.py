@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import theory.__main__ as theory_main
-from synthetic import bench, mamba_regression
-from synthetic import s4_regression as s4r
+from synthetic import bench
+from synthetic.mamba import experiment as mamba_regression
+from synthetic.s4 import experiment as s4r
 from theory import capacity
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")

@@ -9,16 +9,18 @@ import sys
 
 import pytest
 
-from synthetic.sweep import run_records
+from synthetic.results import run_records
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synthetic import mamba_bench, mamba_regression
-from synthetic.mamba_peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock, PeftMambaStack,
-                                  abar_change_scores, channel_roles, get_backend, official_counts, official_select,
+from synthetic.mamba import bench as mamba_bench, experiment as mamba_regression
+from synthetic.mamba import config as mcfg
+from synthetic.mamba.peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock, PeftMambaStack,
+                                  abar_change_scores, channel_roles, get_backend,
                                   residual_stack, select_channels, trainable_count)
-from synthetic.mamba_ref import (PARAM_NAMES, MambaRef, block_weights, mamba_forward, mamba_s6_inputs,
+from synthetic.mamba.official import official_counts, official_select
+from synthetic.mamba.ref import (PARAM_NAMES, MambaRef, block_weights, mamba_forward, mamba_s6_inputs,
                                  selective_scan_reference)
 from theory.s6 import selective_scan
 from theory.tolerances import RTOL, rel_err
@@ -180,7 +182,7 @@ def test_regression_reference_backend_end_to_end(tmp_path):
     mamba_regression.main(argv)
     recs = run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text()))
     methods = {r["method"] for r in recs}
-    assert methods == set(mamba_regression.METHOD_ORDER)
+    assert methods == set(mcfg.METHOD_ORDER)
     for r in recs:
         for k in ("method", "trainable_pct", "best_mse", "final_mse", "lr", "seed", "status", "config", "budget",
                   "loss_curve", "trainable", "device", "commit", "wall_s", "backend", "model_seed",
@@ -204,10 +206,10 @@ def test_regression_reference_backend_end_to_end(tmp_path):
 
 def test_cli_rejects_unknown_options():
     with pytest.raises(SystemExit):
-        mamba_regression.parse_args(["--preset", "tiny", "--no-such-option", "1"])
+        mcfg.parse_args(["--preset", "tiny", "--no-such-option", "1"])
     with pytest.raises(SystemExit):
-        mamba_regression.parse_args(["--methods", "LoRA (everything)"])
-    cfg = mamba_regression.parse_args(["--preset", "tiny", "--lrs", "1e-3,2e-3", "--fused", "false"])
+        mcfg.parse_args(["--methods", "LoRA (everything)"])
+    cfg = mcfg.parse_args(["--preset", "tiny", "--lrs", "1e-3,2e-3", "--fused", "false"])
     assert cfg.lrs == (1e-3, 2e-3) and cfg.fused is False and cfg.d_model == 8
 
 
@@ -356,7 +358,7 @@ def test_regression_official_rule_option(tmp_path):
         assert r["config"]["sdt_rule"] == "official" and '"sdt_state_freeze":0.5' in r["key"]
     sdt = next(r for r in recs if r["method"] == "SDT")
     assert sdt["trainable"] == 2 * 4 * (2 + 2 * 4)
-    default = mamba_regression._config_dict(mamba_regression.PRESETS["tiny"])
+    default = mcfg.config_dict(mcfg.PRESETS["tiny"])
     assert not {"sdt_rule", "sdt_state_freeze", "lora_dropout", "shard", "merge"} & set(default)  # keys unchanged
 
 
@@ -364,11 +366,11 @@ def test_regression_official_rule_option(tmp_path):
                                   ["--shard", "x"], ["--lora-dropout", "1.0"], ["--shard", "0/2", "--merge"]])
 def test_cli_rejects_bad_official_and_shard_options(argv):
     with pytest.raises(SystemExit):
-        mamba_regression.parse_args(["--preset", "tiny"] + argv)
+        mcfg.parse_args(["--preset", "tiny"] + argv)
 
 
 def test_cpu_paths_never_import_mamba_ssm():
-    code = ("import sys, torch; from synthetic import mamba_regression, mamba_bench; "
-            "from synthetic.mamba_peft import get_backend; get_backend('reference'); "
+    code = ("import sys, torch; from synthetic.mamba import experiment as mamba_regression, bench as mamba_bench; "
+            "from synthetic.mamba.peft import get_backend; get_backend('reference'); "
             "assert 'mamba_ssm' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

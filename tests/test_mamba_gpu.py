@@ -11,9 +11,9 @@ if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so 
     pytest.skip("needs CUDA", allow_module_level=True)
 mamba_ssm = pytest.importorskip("mamba_ssm")
 
-from synthetic.mamba_peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock,  # noqa: E402
+from synthetic.mamba.peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock,  # noqa: E402
                                   get_backend)
-from synthetic.mamba_ref import MambaRef, block_weights  # noqa: E402
+from synthetic.mamba.ref import MambaRef, block_weights  # noqa: E402
 from theory.tolerances import rel_err  # noqa: E402
 
 DEV = torch.device("cuda")

@@ -1,4 +1,4 @@
-"""The benchmark's other PEFT methods on Mamba blocks (synthetic.mamba_peft.BENCHMARK_METHODS): each new term
+"""The benchmark's other PEFT methods on Mamba blocks (synthetic.mamba.peft.BENCHMARK_METHODS): each new term
 against a float64 composition around theory.s6, counts == entries with a non-zero gradient, frozen weights
 bit-identical after training, bad configs rejected, and ``--methods all`` end to end on the CPU."""
 
@@ -6,14 +6,15 @@ import json
 
 import pytest
 
-from synthetic.sweep import run_records
+from synthetic.results import run_records
 import torch
 import torch.nn.functional as F
 
-from synthetic import mamba_regression
-from synthetic.mamba_peft import (BENCHMARK_METHODS, METHODS, MambaPeftConfig, PeftMambaBlock, PeftMambaStack,
+from synthetic.mamba import experiment as mamba_regression
+from synthetic.mamba import config as mcfg
+from synthetic.mamba.peft import (BENCHMARK_METHODS, METHODS, MambaPeftConfig, PeftMambaBlock, PeftMambaStack,
                                   get_backend, residual_stack)
-from synthetic.mamba_ref import MambaRef, block_weights, mamba_forward, mamba_s6_inputs
+from synthetic.mamba.ref import MambaRef, block_weights, mamba_forward, mamba_s6_inputs
 from theory.peft import count_trainable, dora_weight
 from theory.s6 import selective_scan
 from theory.tolerances import RTOL, rel_err
@@ -145,21 +146,21 @@ def test_benchmark_configs_reject_what_they_cannot_do(capsys):
     for argv, needle in ((["--prompt-lens", "0"], "--prompt-lens"), (["--dora-ranks", "99"], "--dora-ranks"),
                          (["--prefix-lens", "0"], "--prefix-lens")):
         with pytest.raises(SystemExit):
-            mamba_regression.parse_args(["--preset", "tiny"] + argv)
+            mcfg.parse_args(["--preset", "tiny"] + argv)
         assert needle in capsys.readouterr().err, argv
 
 
 def test_run_keys_of_existing_methods_unchanged():
     """The budget lists added for the new methods are not part of a run's config dict."""
-    d = mamba_regression._config_dict(mamba_regression.PRESETS["cpu"])
-    assert not set(d) & set(mamba_regression.BENCHMARK_BUDGET_FIELDS)
+    d = mcfg.config_dict(mcfg.PRESETS["cpu"])
+    assert not set(d) & set(mcfg.BENCHMARK_BUDGET_FIELDS)
 
 
 def test_methods_all_end_to_end(tmp_path):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--methods", "all"]
     mamba_regression.main(argv)
     recs = run_records(json.loads((tmp_path / "peft_methods_mamba_tiny.json").read_text()))
-    assert {r["method"] for r in recs} == set(mamba_regression.ALL_METHODS)
+    assert {r["method"] for r in recs} == set(mcfg.ALL_METHODS)
     assert all(r["status"] == "ok" for r in recs)
     assert (tmp_path / "peft_methods_mamba_tiny.png").stat().st_size > 0
     assert not (tmp_path / "mamba_regression_tiny.json").exists()

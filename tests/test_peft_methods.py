@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from synthetic.sweep import run_records
+from synthetic.results import run_records
 import torch
 
-from synthetic import s4_model as sm
-from synthetic import s4_regression as s4r
+from synthetic.s4 import model as sm
+from synthetic.s4 import config as s4c, methods as s4m, train as s4t, experiment as s4r
 from theory.peft import DoRALinear, LoRAConfig, count_trainable, dora_weight
 from theory.proposition1 import (initial_state_to_prefix, prefix_to_initial_state, prefix_tuned_output,
                                  reachability_matrix, reachability_residual, reachable_dimension)
@@ -18,13 +18,13 @@ from theory.ssm import ssm_recurrence
 from theory.tolerances import RTOL, rel_err
 
 F64 = torch.float64
-NEW = list(s4r.BENCHMARK_METHODS)
+NEW = list(s4m.BENCHMARK_METHODS)
 
 
 def _state(layers, method, budget, R=1, seed=0):
     """A RunState over float64 ``layers`` configured for one method (the experiment's code path)."""
     state = sm.RunState.create(layers, R, 4, 2, generator=torch.Generator().manual_seed(seed))
-    s4r.METHODS[method].configure(state, budget, None)
+    s4m.METHODS[method].configure(state, budget, None)
     return state
 
 
@@ -81,7 +81,7 @@ def test_new_methods_start_at_the_frozen_function_where_they_should():
     x = torch.randint(0, 10, (D, N, B), generator=torch.Generator().manual_seed(3)).to(F64)
     frozen = sm.deep_forward([{k: v[None] for k, v in p.items()} for p in layers], x, sm.toeplitz_index(N, "cpu"))
     for method in NEW:
-        budget = s4r.METHODS[method].budgets(s4r.parse_config(["--preset", "tiny"]))[0]
+        budget = s4m.METHODS[method].budgets(s4c.parse_config(["--preset", "tiny"]))[0]
         out = _fast_out(_state(layers, method, budget), x)
         assert rel_err(out, frozen) < RTOL[F64], method
 
@@ -106,23 +106,23 @@ def test_dora_linear_merge_unmerge_and_count():
 # ------------------------------------------------------------------------------ counts and updates
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = s4r.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu", "--methods", "all"])
-    trainer = s4r.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
+    cfg = s4c.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu", "--methods", "all"])
+    trainer = s4t.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
     frozen, target = trainer.models(0)
     sel = trainer.warmup_selection(frozen, target, 0)
     return cfg, trainer, frozen, target, sel
 
 
-@pytest.mark.parametrize("name", list(s4r.METHODS))
+@pytest.mark.parametrize("name", list(s4m.METHODS))
 def test_trainable_count_equals_entries_with_nonzero_gradient(tiny, name):
     """The count (== theory.peft.count_trainable) is the number of scalars that receive a gradient.
     β is raised so every ReLU is active (a dead channel would hide its W row's gradient)."""
     cfg, trainer, frozen, target, sel = tiny
     frozen = [{**p, "beta": p["beta"] + 10.0} for p in frozen]
-    method = s4r.METHODS[name]
+    method = s4m.METHODS[name]
     for budget in method.budgets(cfg):
         state = sm.RunState.create(frozen, 1, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
-        s4r.configure(cfg, method, state, budget, sel)
+        s4m.configure(cfg, method, state, budget, sel)
         _perturb(state, scale=0.05)
         x, y = trainer.batch(trainer.data(0, stream=0), target)
         loss = sm.run_losses(state.base, state.train, state.mask, state.lora, state.rank_mask, x, y,
@@ -135,16 +135,16 @@ def test_trainable_count_equals_entries_with_nonzero_gradient(tiny, name):
         dead = sum(int((m["C_im"][0] & (e["A_im"][0] == 0) & (e["B_im"][0] == 0)).sum())
                    for m, e in zip(state.mask, state.effective()))
         assert nonzero == count - dead, (name, budget, dead)
-        assert count == s4r.theory_trainable_count(method, frozen, budget, sel, cfg), (name, budget)
+        assert count == s4m.theory_trainable_count(method, frozen, budget, sel, cfg), (name, budget)
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_new_methods_keep_frozen_entries_bit_identical(tiny, name):
     cfg, trainer, frozen, target, sel = tiny
-    method = s4r.METHODS[name]
+    method = s4m.METHODS[name]
     budget = method.budgets(cfg)[-1]
     state = sm.RunState.create(frozen, 1, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
-    s4r.configure(cfg, method, state, budget, sel)
+    s4m.configure(cfg, method, state, budget, sel)
     extra0 = [{k: v.detach().clone() for k, v in ex.items()} for ex in state.extra or ()]
     losses = trainer.train(state, [3e-2], 5, target, trainer.data(0, stream=0))
     assert torch.isfinite(losses).all()
@@ -165,7 +165,7 @@ def test_bad_benchmark_budgets_fail_with_a_clear_message(capsys):
              (["--methods", "all,Full"], "--methods")]
     for argv, needle in cases:
         with pytest.raises(SystemExit):
-            s4r.parse_config(argv)
+            s4c.parse_config(argv)
         assert needle in capsys.readouterr().err, argv
     state = _state(_layers(), "Frozen", {})
     with pytest.raises(ValueError, match="name"):
@@ -177,7 +177,7 @@ def test_methods_all_end_to_end(tmp_path):
             "--seeds", "0", "--lrs", "1e-2"]
     s4r.main(argv)
     recs = run_records(json.loads((tmp_path / "peft_methods_s4_tiny.json").read_text()))
-    assert {r["method"] for r in recs} == set(s4r.METHODS)
+    assert {r["method"] for r in recs} == set(s4m.METHODS)
     assert all(r["trainable"] == r["trainable_theory"] for r in recs)
     assert (tmp_path / "peft_methods_s4_tiny.png").stat().st_size > 0
     assert not (tmp_path / "s4_regression_tiny.json").exists()
@@ -188,7 +188,7 @@ def _prop1_layer(D=3, Hc=2, seed=4):
     """One S4 layer from the experiment's initialiser (float64), its Ā, B̄ (D, Hc) and the real
     state dimension per channel (2 per complex mode, 1 per real mode: Im A = 0 makes Ā real)."""
     layer = sm.init_layer(D, Hc, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    A_bar, B_bar = s4r._A_bar(layer), s4r._B_bar(layer)
+    A_bar, B_bar = s4t.A_bar(layer), s4t.B_bar(layer)
     real = layer["A_im"] == 0  # (D, Hc)
     return layer, A_bar, B_bar, real
 

@@ -9,7 +9,7 @@ import pytest
 
 from synthetic import runner
 from synthetic.records import RUN_FIELDS, normalise, infer_from_path
-from synthetic.sweep import ResultsFile
+from synthetic.results import ResultsFile
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 COMMITTED = sorted(p for p in FIGURES.glob("*.json")
@@ -52,26 +52,26 @@ def _experiment_for(path: Path):
     lrs = tuple(sorted({r["lr"] for r in runs if r["lr_source"] == "grid" and r["lr"]}))
     methods = tuple(dict.fromkeys(r["method"] for r in runs))
     if r0["experiment"] == "mamba":
-        from synthetic import mamba_regression as mr
+        from synthetic.mamba import config as mcfg, experiment as mr
 
-        fields = {f.name for f in dataclasses.fields(mr.MambaRegressionConfig)}
+        fields = {f.name for f in dataclasses.fields(mcfg.MambaRegressionConfig)}
         c = {k: tuple(v) if isinstance(v, list) else v for k, v in r0["config"].items() if k in fields}
         c.update(seeds=seeds, lrs=lrs, methods=methods, dry_run=True, out=str(path.parent))
-        cfg = dataclasses.replace(mr.PRESETS[r0["preset"]], **c)
-        if any(m in mr.BENCHMARK_ORDER for m in methods):
-            cfg = dataclasses.replace(cfg, methods=mr.ALL_METHODS)
+        cfg = dataclasses.replace(mcfg.PRESETS[r0["preset"]], **c)
+        if any(m in mcfg.BENCHMARK_ORDER for m in methods):
+            cfg = dataclasses.replace(cfg, methods=mcfg.ALL_METHODS)
         return mr.MambaExperiment(cfg)
     c = {k: tuple(v) if isinstance(v, list) else v for k, v in r0["config"].items()}
     c["out"] = str(path.parent)  # the run wrote elsewhere (a GPU machine's folder)
     if r0["experiment"] == "s4_official":
-        from synthetic import s4_official as so
+        from synthetic.s4 import official as soc, official_experiment as so
 
-        fields = {f.name for f in dataclasses.fields(so.OfficialConfig)}
-        return so.OfficialExperiment(so.OfficialConfig(**{k: v for k, v in c.items() if k in fields}))
-    from synthetic import s4_regression as s4r
+        fields = {f.name for f in dataclasses.fields(soc.OfficialConfig)}
+        return so.OfficialExperiment(soc.OfficialConfig(**{k: v for k, v in c.items() if k in fields}))
+    from synthetic.s4 import config as s4c, experiment as s4r
 
-    fields = {f.name for f in dataclasses.fields(s4r.Config)}
-    return s4r.S4Experiment(s4r.Config(**{k: v for k, v in c.items() if k in fields}))
+    fields = {f.name for f in dataclasses.fields(s4c.Config)}
+    return s4r.S4Experiment(s4c.Config(**{k: v for k, v in c.items() if k in fields}))
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)

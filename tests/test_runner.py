@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from synthetic import runner
-from synthetic.sweep import LrPolicy, ResultsFile, run_key, run_records
+from synthetic.results import LrPolicy, ResultsFile, run_key, run_records
 
 
 class Toy:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import s4_fig2
-from synthetic import s4_model as sm
-from synthetic import s4_official as so
+from synthetic.s4 import fig2 as s4_fig2
+from synthetic.s4 import model as sm
+from synthetic.s4 import official as soc, official_experiment as so
 
 DATA = Path(__file__).parent / "data" / "official_s4"
 CASES = json.loads((DATA / "short_runs_cpu.json").read_text())["cases"]
@@ -42,7 +42,7 @@ def _method(c):
 
 def _cfg(c, **kw):
     warm = {"full": "all", "ssm": "ssm"}[c["ssm_warmup_method"]]
-    return so.OfficialConfig(batch=c["batch_size"], seq_len=c["seq_len"], iters=c["n_epochs"],
+    return soc.OfficialConfig(batch=c["batch_size"], seq_len=c["seq_len"], iters=c["n_epochs"],
                              warmup_iters=c["warmup_epochs"], warmup_lr=c["warmup_lr"], warmup_params=warm,
                              lrs=(c["lr"],), data="exact", device="cpu", eval_batches=1, **kw)
 
@@ -70,7 +70,7 @@ def _rel(a, b):
 # ---------------------------------------------------------------------------------- weights, outputs
 def test_official_initial_weights_bit_identical_to_npz():
     z = np.load(DATA / "models_seed123.npz")
-    target, frozen, _ = so.official_models(so.OfficialConfig(), so.OFFICIAL_SEED)
+    target, frozen, _ = soc.official_models(soc.OfficialConfig(), soc.OFFICIAL_SEED)
     n_log_ulp = 0
     for pre, layers in (("target", target), ("frozen", frozen)):
         for l, p in enumerate(layers):
@@ -106,7 +106,7 @@ def test_official_float64_outputs_match():
 
 
 def test_official_param_count_is_33536():
-    assert so.official_param_count(64, 16, 4) == 33536
+    assert soc.official_param_count(64, 16, 4) == 33536
 
 
 # ---------------------------------------------------------------------------------- the short runs
@@ -136,10 +136,10 @@ def test_official_sdt_selection_matches(official_results, case):
 # ---------------------------------------------------------------------------------- pieces
 def test_official_fft_twin_equals_toeplitz():
     g = torch.Generator().manual_seed(0)
-    layers = [{k: v.double()[None] for k, v in so.official_layer(5, 3, g).items()} for _ in range(2)]
+    layers = [{k: v.double()[None] for k, v in soc.official_layer(5, 3, g).items()} for _ in range(2)]
     x = torch.randint(0, 10, (5, 17, 4), generator=g).double()
     idx = sm.toeplitz_index(17, "cpu")
-    a, b = sm.deep_forward(layers, x, idx), so.fft_deep_forward(layers, x, idx)
+    a, b = sm.deep_forward(layers, x, idx), soc.fft_deep_forward(layers, x, idx)
     assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
@@ -158,7 +158,7 @@ def test_official_anchored_adamw_is_torch_adamw_on_the_delta():
         for gr in grads:
             ref.grad = gr.clone()
             opt.step()
-            so.adamw_step_anchored([p], [gr], [m], [v], [a], step, torch.tensor([0.1], dtype=torch.float64),
+            soc.adamw_step_anchored([p], [gr], [m], [v], [a], step, torch.tensor([0.1], dtype=torch.float64),
                                    0.9, 0.999, 1e-8, 0.01)
         want = (P0 + ref.detach()) if anchored else ref.detach()
         assert torch.allclose(p, want, rtol=1e-12, atol=1e-12)
@@ -166,10 +166,10 @@ def test_official_anchored_adamw_is_torch_adamw_on_the_delta():
 
 def test_official_trainable_sets_follow_get_optimizer():
     """Skip D always; bias iff the projection is not frozen; log_dt iff the SSM is not frozen; never B."""
-    cfg = so.OfficialConfig(d_model=4, frozen_d_state=3, frozen_layers=1)
-    _, frozen, g = so.official_models(cfg, 0)
-    down = [so.official_lora_down(4, 2, g)]
-    for name, m in so.METHODS.items():
+    cfg = soc.OfficialConfig(d_model=4, frozen_d_state=3, frozen_layers=1)
+    _, frozen, g = soc.official_models(cfg, 0)
+    down = [soc.official_lora_down(4, 2, g)]
+    for name, m in soc.METHODS.items():
         if m.needs_selection:
             continue
         b = m.budgets(cfg)[0] if name != "LoRA (Proj)" else {"proj_rank": 2}
@@ -177,7 +177,7 @@ def test_official_trainable_sets_follow_get_optimizer():
             b = {**b, "proj_rank": 2}
         if "ssm_rank" in b:
             b = {**b, "ssm_rank": 1}
-        grp = so.build_group(frozen, m, b, 1, (2, 1), lora_down=down)
+        grp = soc.build_group(frozen, m, b, 1, (2, 1), lora_down=down)
         mk = grp.state.mask[0]
         assert mk["u"].all() and not mk["B_re"].any() and not mk["B_im"].any()
         assert bool(mk["beta"].all()) == (m.lp != "freeze")
@@ -186,15 +186,15 @@ def test_official_trainable_sets_follow_get_optimizer():
 
 
 def test_official_sdt_score_options_differ_only_in_the_update_order():
-    cfg = so.OfficialConfig(d_model=8, frozen_d_state=4, frozen_layers=1)
-    _, frozen, _ = so.official_models(cfg, 5)
+    cfg = soc.OfficialConfig(d_model=8, frozen_d_state=4, frozen_layers=1)
+    _, frozen, _ = soc.official_models(cfg, 5)
     warm = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(2)) for k, v in frozen[0].items()}
-    sel = {s: so.select_layer(warm, frozen[0], 6, 3, 3, 2, 20, score=s) for s in so.SCORES}
+    sel = {s: soc.select_layer(warm, frozen[0], 6, 3, 3, 2, 20, score=s) for s in soc.SCORES}
     for s, (uc, upc, us, ups) in sel.items():
         assert len(uc) == 6 and len(upc) == 3 and set(upc) <= set(uc)
         assert all(set(ups[c]) <= set(us[c]) and len(ups[c]) == 2 for c in upc)
     with pytest.raises(ValueError, match="--sdt-score"):
-        so.validate(so.OfficialConfig(sdt_score="fixed"))
+        soc.validate(soc.OfficialConfig(sdt_score="fixed"))
 
 
 def test_official_bad_options_rejected():
@@ -203,7 +203,7 @@ def test_official_bad_options_rejected():
                       (dict(ac_lora_budgets=("4",)), "--ac-lora-budgets"), (dict(lrs=(-1.0,)), "--lrs"),
                       (dict(lr_extend_factor=0.5), "--lr-extend-factor"), (dict(lr_min=2.0), "--lr-min")):
         with pytest.raises(ValueError, match=match):
-            so.validate(so.OfficialConfig(**kw))
+            soc.validate(soc.OfficialConfig(**kw))
 
 
 # ---------------------------------------------------------------------------------- preset end to end
@@ -279,7 +279,7 @@ def test_official_committed_results_keep_their_keys():
         pytest.skip("no committed official-preset results")
     recs = json.loads(path.read_text())
     runs = so.run_records(recs)
-    cfg = so.OfficialConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in runs[0]["config"].items()})
+    cfg = soc.OfficialConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in runs[0]["config"].items()})
     assert len(so.current_runs(cfg, recs)) == len(runs) > 0
 
 

@@ -3,12 +3,15 @@ trainable counts vs the theory package, resume, bad options, and a tiny end-to-e
 
 import json
 
+import dataclasses
+
 import pytest
 import torch
 
-from synthetic import s4_model as sm
-from synthetic import s4_regression as s4r
-from synthetic.sdt_select import rank_dimensions, select, select_pruned
+from synthetic.s4 import model as sm
+from synthetic.s4 import config as s4c, methods as s4m, train as s4t, experiment as s4r
+from synthetic.results import best_of_grid
+from synthetic.s4.selection import rank_dimensions, select, select_pruned
 from theory.peft import Role
 from theory.deep import deep_forward as reference_forward
 from theory.tolerances import RTOL, rel_err
@@ -100,8 +103,8 @@ OFFICIAL = ["--state-convention", "complex", "--sdt-prune", "usable", "--usable-
 @pytest.fixture(scope="module", params=["default", "official"])
 def tiny(request):
     extra = OFFICIAL if request.param == "official" else []
-    cfg = s4r.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu"] + extra)
-    trainer = s4r.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
+    cfg = s4c.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu"] + extra)
+    trainer = s4t.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
     frozen, target = trainer.models(0)
     sel = trainer.warmup_selection(frozen, target, 0)
     return cfg, trainer, frozen, target, sel
@@ -110,30 +113,30 @@ def tiny(request):
 def test_trainable_count_equals_theory_package(tiny):
     cfg, trainer, frozen, target, sel = tiny
     total = sum(v.numel() for p in frozen for v in p.values())
-    assert total == sm.count_layer_params(cfg.D, s4r.n_modes(cfg, cfg.H)) * cfg.L_frozen
+    assert total == sm.count_layer_params(cfg.D, s4c.n_modes(cfg, cfg.H)) * cfg.L_frozen
     assert frozen[0]["C_re"].shape[1] == (cfg.H if cfg.state_convention == "complex" else cfg.H // 2)
-    for name, method in s4r.METHODS.items():
+    for name, method in s4m.METHODS.items():
         for budget in method.budgets(cfg):
             state = sm.RunState.create(frozen, 2, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
-            s4r.configure(cfg, method, state, budget, sel)
+            s4m.configure(cfg, method, state, budget, sel)
             counts = state.trainable_count()
-            assert counts[0] == counts[1] == s4r.theory_trainable_count(method, frozen, budget, sel, cfg), (name, budget)
+            assert counts[0] == counts[1] == s4m.theory_trainable_count(method, frozen, budget, sel, cfg), (name, budget)
     assert counts[0] == total  # the last method is Full
 
 
 def _train_method(tiny, name):
     cfg, trainer, frozen, target, sel = tiny
-    method = s4r.METHODS[name]
+    method = s4m.METHODS[name]
     budget = method.budgets(cfg)[-1]
     state = sm.RunState.create(frozen, 1, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
-    s4r.configure(cfg, method, state, budget, sel)
+    s4m.configure(cfg, method, state, budget, sel)
     lora0 = [{k: v.detach().clone() for k, v in lo.items()} for lo in state.lora]
     losses = trainer.train(state, [3e-2], 5, target, trainer.data(0, stream=0))
     assert torch.isfinite(losses).all()
     return state, lora0
 
 
-@pytest.mark.parametrize("name", list(s4r.METHODS))
+@pytest.mark.parametrize("name", list(s4m.METHODS))
 def test_masks_respected_during_training(tiny, name):
     """Frozen entries of every dense parameter are bit-identical to the frozen model after training
     (to its pruned copy where SDT prunes C)."""
@@ -160,8 +163,8 @@ def test_pruned_c_entries_are_exactly_zero_after_training(tiny, name):
     if cfg.sdt_prune == "none":
         pytest.skip("no pruning in the default configuration")
     state, _ = _train_method(tiny, name)
-    budget = s4r.METHODS[name].budgets(cfg)[-1]
-    masks = s4r._layer_sdt_masks(sel, budget)
+    budget = s4m.METHODS[name].budgets(cfg)[-1]
+    masks = s4m.layer_sdt_masks(sel, budget)
     n_pruned = 0
     for l, (e, mk) in enumerate(zip(state.effective(), masks)):
         pr = mk.pruned
@@ -175,22 +178,22 @@ def test_pruned_c_entries_are_exactly_zero_after_training(tiny, name):
 
 
 def test_opt_in_fields_at_default_stay_out_of_the_run_key():
-    base = s4r.parse_config(["--preset", "tiny"])
-    kc = s4r._key_config(base)
-    assert not set(kc) & set(s4r._OPT_IN_DEFAULTS)
+    base = s4c.parse_config(["--preset", "tiny"])
+    kc = s4r.key_config(base)
+    assert not set(kc) & set(s4c.OPT_IN_DEFAULTS)
     for argv in (["--state-convention", "complex"], ["--train-skip-dt-bias"], ["--warmup-params", "all"],
                  ["--sdt-prune", "usable"]):
-        other = s4r._key_config(s4r.parse_config(["--preset", "tiny"] + argv))
+        other = s4r.key_config(s4c.parse_config(["--preset", "tiny"] + argv))
         assert other != kc, argv
-    assert s4r._fingerprint({**s4r.dataclasses.asdict(base), **s4r._OPT_IN_DEFAULTS}) == s4r._fingerprint(
-        {k: v for k, v in s4r.dataclasses.asdict(base).items() if k not in s4r._OPT_IN_DEFAULTS})
+    assert s4r.fingerprint({**dataclasses.asdict(base), **s4c.OPT_IN_DEFAULTS}) == s4r.fingerprint(
+        {k: v for k, v in dataclasses.asdict(base).items() if k not in s4c.OPT_IN_DEFAULTS})
 
 
 def test_lora_proj_updates_only_lora_factors(tiny):
     cfg, _, frozen, _, _ = tiny
     state, lora0 = _train_method(tiny, "LoRA (Proj)")
     eff = state.effective()
-    extra = s4r.EXTRA_PARAMS if cfg.train_skip_dt_bias else ()  # u, log_dt, beta: trained too
+    extra = s4m.EXTRA_PARAMS if cfg.train_skip_dt_bias else ()  # u, log_dt, beta: trained too
     for l, (b, e, lo, lo0) in enumerate(zip(frozen, eff, state.lora, lora0)):
         for k in sm.ALL_PARAMS:
             if k != "W" and k not in extra:
@@ -213,7 +216,7 @@ def test_bad_options_fail_with_a_clear_message(capsys):
              (["--lr-min", "2", "--lr-max", "1"], "--lr-min")]
     for argv, needle in cases:
         with pytest.raises(SystemExit):
-            s4r.parse_config(argv)
+            s4c.parse_config(argv)
         assert needle in capsys.readouterr().err, argv
 
 
@@ -240,15 +243,15 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     s4r.main(argv)
     recs = [r for r in json.loads((tmp_path / "s4_regression_tiny.json").read_text()) if r["kind"] == "run"]
     assert all(r["wall_s"] == first[r["key"]] for r in recs if r["key"] in first)  # not redone
-    n_groups = len(s4r.run_groups(s4r.parse_config(argv)))
+    n_groups = len(s4r.run_groups(s4c.parse_config(argv)))
     # grid (1e-2, 1e6): 1e6 diverges, so the best (1e-2) sat at the low edge and 1e-2/4 was added for every
     # trained group and seed, after which 1e-2 is interior
     n_lr = 3
     assert len(recs) == len(set(r["key"] for r in recs)) == (n_groups - 2) * n_lr + 2  # 2 seeds × Frozen: 1 run
     assert {r["lr"] for r in recs if r["lr_source"] == "extension"} == {2.5e-3}
-    rows = s4r.best_of_grid(recs, lr_policy=s4r.lr_policy(s4r.parse_config(argv)))
+    rows = best_of_grid(recs, lr_policy=s4r.lr_policy(s4c.parse_config(argv)))
     assert all(r["lr_at_edge"] is None for r in rows)
-    assert "| lr at grid edge |" in s4r.summary_table(s4r.parse_config(argv))
+    assert "| lr at grid edge |" in s4r.summary_table(s4c.parse_config(argv))
     for key in ("method", "trainable_pct", "best_mse", "final_mse", "lr", "seed", "status", "config", "budget",
                 "loss_curve", "trainable", "device", "commit", "wall_s"):
         assert all(key in r for r in recs), key

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from synthetic.sweep import (LrEdge, LrPolicy, ResultsFile, best_of_grid, is_diverged, lr_edge, lr_extension_plan,
+from synthetic.results import (LrEdge, LrPolicy, ResultsFile, best_of_grid, is_diverged, lr_edge, lr_extension_plan,
                              plot_mse_vs_params, run_key)
 
 

@@ -91,7 +91,7 @@ def _opt(w: Mapping[str, Optional[Tensor]], name: str) -> Optional[Tensor]:
 
 def linear_map(w, x: Tensor, eq: str) -> Tensor:
     """``einsum(eq, w, x)`` for a weight tensor ``w``; an object with ``.linear(x, eq)`` (e.g. an
-    activation-side LoRA with dropout, :class:`synthetic.mamba_peft.DropoutLoRA`) applies itself."""
+    activation-side LoRA with dropout, :class:`synthetic.mamba.peft.DropoutLoRA`) applies itself."""
     return torch.einsum(eq, w, x) if isinstance(w, Tensor) else w.linear(x, eq)
 
 

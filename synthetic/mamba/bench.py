@@ -44,11 +44,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .mamba_peft import (PROJ_NAMES, MambaPeftConfig, PeftMambaStack, get_backend, mamba_ssm_available,
-                         official_counts, trainable_count)
-from .mamba_regression import parse_config
-from .mamba_ref import block_weights
-from .sweep import environment
+from synthetic.mamba.config import parse_config
+from synthetic.mamba.official import official_counts
+from synthetic.mamba.peft import (PROJ_NAMES, MambaPeftConfig, PeftMambaStack, get_backend, mamba_ssm_available,
+                                  trainable_count)
+from synthetic.mamba.ref import block_weights
+from synthetic.results import environment
 
 LORA_ALL_LINEAR = PROJ_NAMES + ("x_proj.weight", "dt_proj.weight")
 PATHS = ("unfused", "fused")

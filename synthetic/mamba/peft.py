@@ -1,9 +1,9 @@
 """PEFT on Mamba blocks: LoRA, SDT and Algorithm 1's channel selection for S6 (Galim et al., ICML 2025,
 Secs. 5-6).
 
-Every method wraps the *frozen weights* of one Mamba block (mamba-ssm names, :mod:`synthetic.mamba_ref`)
+Every method wraps the *frozen weights* of one Mamba block (mamba-ssm names, :mod:`synthetic.mamba.ref`)
 and, on each forward, builds the block's **effective weights** (frozen + update) and calls the
-functional block :func:`synthetic.mamba_ref.mamba_forward` with the backend's scan. So the adapters
+functional block :func:`synthetic.mamba.ref.mamba_forward` with the backend's scan. So the adapters
 are in the compute path by construction, with either backend and even with mamba-ssm's fused
 ``mamba_inner_fn`` (which reads the x_proj/dt_proj/out_proj weights it is *given*; we pass the
 effective ones) — unlike wrapping ``nn.Linear`` submodules, which the fused path bypasses.
@@ -41,7 +41,7 @@ from torch import nn
 from theory.peft import (DoRAMatrix, LoRAConfig, LoRAMatrix, MaskedParameter, PrefixParameters, Role, StateParameters,
                          count_trainable)
 
-from .mamba_ref import MambaRef, PARAM_NAMES, delta_of, mamba_forward, mamba_s6_inputs, selective_scan_reference
+from synthetic.mamba.ref import MambaRef, PARAM_NAMES, delta_of, mamba_forward, mamba_s6_inputs, selective_scan_reference
 
 Tensor = torch.Tensor
 
@@ -190,7 +190,7 @@ class DropoutLoRA:
     ``parts``: LoRAMatrix objects whose bases stacked along rows form the frozen ``W`` (out, in);
     part k adds its update to its own rows (one part, or the three x_proj blocks), each with its own
     dropout mask, as separate peft LoRA modules do. Passed in a weight dict in place of a tensor;
-    :func:`synthetic.mamba_ref.linear_map` calls :meth:`linear`.
+    :func:`synthetic.mamba.ref.linear_map` calls :meth:`linear`.
     """
 
     def __init__(self, parts: Sequence[LoRAMatrix], p: float):
@@ -420,32 +420,6 @@ def select_channels(scores: Tensor, n_channels: int) -> List[int]:
     return sorted(order[:n_channels])
 
 
-def official_select(delta_a_log: Tensor, n_channels: int, n_states: int = 0) -> Tuple[List[int], List[List[int]]]:
-    """The official SDLoRA selection (furiosa-ai/ssm-peft ``sd_lora.py``), facts re-implemented.
-
-    delta_a_log: (D, H) change of ``A_log`` learnt in the warm-up. Channels: the ``n_channels``
-    largest ``Σ_h δ[d, h]²``; per selected channel, the ``n_states`` largest ``δ[d, h]²`` (0 = all H).
-    Ties go to the lower index. Returns (channels ascending, states per channel ascending).
-    """
-    if delta_a_log.dim() != 2:
-        raise ValueError(f"delta_a_log: expected (D, H), got shape {tuple(delta_a_log.shape)}")
-    D, H = delta_a_log.shape
-    if not 0 <= n_states <= H:
-        raise ValueError(f"n_states: must be in [0, {H}], got {n_states}")
-    sq = delta_a_log.detach().double().square().cpu()
-    channels = select_channels(sq.sum(dim=1), n_channels)
-    states = [select_channels(sq[c], n_states or H) for c in channels]
-    return channels, states
-
-
-def official_counts(D: int, H: int, channel_freeze: float, state_freeze: float) -> Tuple[int, int]:
-    """(channels, states) trained per layer by the official rule: ``D − round(f_d·D)``, ``H − round(f_n·H)``."""
-    for name, f in (("channel_freeze", channel_freeze), ("state_freeze", state_freeze)):
-        if not 0.0 <= f < 1.0:
-            raise ValueError(f"{name}: must be in [0, 1), got {f!r}")
-    return max(1, D - int(round(channel_freeze * D))), max(1, H - int(round(state_freeze * H)))
-
-
 # ----------------------------------------------------------- the benchmark's other methods (Sec. 3-4)
 DORA_TARGETS = PROJ_NAMES + ("x_proj.weight", "dt_proj.weight")  # linear maps (A_log is not one)
 BITFIT_NAMES = ("conv1d.bias", "dt_proj.bias", "in_proj.bias", "out_proj.bias")  # the biases present in a block
@@ -548,25 +522,63 @@ def _rank(b):
     return int(b["rank"])
 
 
-METHODS: Dict[str, Callable[[dict], MambaPeftConfig]] = {
-    "Frozen": lambda b: MambaPeftConfig(),
-    "LoRA (Proj)": lambda b: MambaPeftConfig(lora=PROJ_NAMES, lora_rank=_rank(b)),
-    "LoRA (S6+Proj)": lambda b: MambaPeftConfig(lora=PROJ_NAMES + S6_LORA_NAMES, lora_rank=_rank(b)),
-    "SDT": lambda b: MambaPeftConfig(sdt_channels=int(b["channels"])),
-    "SDT + LoRA": lambda b: MambaPeftConfig(sdt_channels=int(b["channels"]), lora=PROJ_NAMES, lora_rank=_rank(b)),
-    "Full": lambda b: MambaPeftConfig(full=ALL_NAMES),
-}
-"""Method name -> (budget dict -> config). Budgets: ``{"rank"}``, ``{"channels"}`` or both."""
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: everything about one PEFT method in one place.
 
-BENCHMARK_METHODS: Dict[str, Callable[[dict], MambaPeftConfig]] = {
-    "Prompt tuning": lambda b: MambaPeftConfig(prompt_len=int(b["prompt_len"])),
-    "Prefix-tuning": lambda b: MambaPeftConfig(prefix_len=int(b["prefix_len"])),
-    "Initial-state tuning": lambda b: MambaPeftConfig(initial_state=True),
-    "State-offset tuning": lambda b: MambaPeftConfig(state_offset=True),
-    "BitFit": lambda b: MambaPeftConfig(full=BITFIT_NAMES),
-    "DoRA (Proj)": lambda b: MambaPeftConfig(dora=PROJ_NAMES, lora_rank=_rank(b)),
-    "Additional-scan": lambda b: MambaPeftConfig(additional_states=int(b["states"])),
-}
+    ``method(budget)`` -> the :class:`MambaPeftConfig` a budget dict gives; ``budgets(cfg)`` -> the budget
+    dicts an experiment config sweeps (read from its fields, e.g. ``cfg.lora_ranks``); ``trains``: False
+    for an untrained baseline (one run, no lr grid).
+    """
+
+    name: str
+    config: Callable[[dict], MambaPeftConfig]
+    budgets: Callable[[object], List[dict]]
+    trains: bool = True
+
+    def __call__(self, budget: dict) -> MambaPeftConfig:
+        return self.config(budget)
+
+
+def _sdt_lora_budgets(c) -> List[dict]:
+    """``"<channels>x<rank>"`` strings -> budgets; ValueError naming --sdt-lora otherwise."""
+    out = []
+    for s in c.sdt_lora:
+        try:
+            ch, r = (int(v) for v in s.split("x"))
+        except ValueError:
+            raise ValueError(f"--sdt-lora: expected '<channels>x<rank>' (e.g. 8x1), got {s!r}") from None
+        out.append({"channels": ch, "rank": r})
+    return out
+
+
+METHODS: Dict[str, Method] = {m.name: m for m in (
+    Method("Frozen", lambda b: MambaPeftConfig(), lambda c: [{}], trains=False),
+    Method("LoRA (Proj)", lambda b: MambaPeftConfig(lora=PROJ_NAMES, lora_rank=_rank(b)),
+           lambda c: [{"rank": r} for r in c.lora_ranks]),
+    Method("LoRA (S6+Proj)", lambda b: MambaPeftConfig(lora=PROJ_NAMES + S6_LORA_NAMES, lora_rank=_rank(b)),
+           lambda c: [{"rank": r} for r in c.lora_ranks]),
+    Method("SDT", lambda b: MambaPeftConfig(sdt_channels=int(b["channels"])),
+           lambda c: [{"channels": ch} for ch in c.sdt_channels]),
+    Method("SDT + LoRA", lambda b: MambaPeftConfig(sdt_channels=int(b["channels"]), lora=PROJ_NAMES,
+                                                   lora_rank=_rank(b)), _sdt_lora_budgets),
+    Method("Full", lambda b: MambaPeftConfig(full=ALL_NAMES), lambda c: [{}]),
+)}
+"""Method name -> :class:`Method`. Budgets: ``{"rank"}``, ``{"channels"}`` or both."""
+
+BENCHMARK_METHODS: Dict[str, Method] = {m.name: m for m in (
+    Method("Prompt tuning", lambda b: MambaPeftConfig(prompt_len=int(b["prompt_len"])),
+           lambda c: [{"prompt_len": m} for m in c.prompt_lens]),
+    Method("Prefix-tuning", lambda b: MambaPeftConfig(prefix_len=int(b["prefix_len"])),
+           lambda c: [{"prefix_len": m} for m in c.prefix_lens]),
+    Method("Initial-state tuning", lambda b: MambaPeftConfig(initial_state=True), lambda c: [{}]),
+    Method("State-offset tuning", lambda b: MambaPeftConfig(state_offset=True), lambda c: [{}]),
+    Method("BitFit", lambda b: MambaPeftConfig(full=BITFIT_NAMES), lambda c: [{}]),
+    Method("DoRA (Proj)", lambda b: MambaPeftConfig(dora=PROJ_NAMES, lora_rank=_rank(b)),
+           lambda c: [{"rank": r} for r in c.dora_ranks]),
+    Method("Additional-scan", lambda b: MambaPeftConfig(additional_states=int(b["states"])),
+           lambda c: [{"states": n} for n in c.additional_states]),
+)}
 """The benchmark's other methods. BitFit trains the biases a block has (official ssm-peft
 ``cfg/peft/bitfit/conv_dt.json``: conv1d and dt_proj; Mamba's in_proj/out_proj have none by default).
 State-offset tuning is Kang et al.'s ``STATE_OFFSET_TUNING`` / ssm-state-tuning's ``SILU_Z_C`` variant

@@ -1,0 +1,379 @@
+"""Real Mamba runs: SDT vs. LoRA on Mamba blocks, regression to a smaller target (Galim et al., ICML 2025,
+Sec. 6, the S6/Mamba counterpart of Figure 2; official plots: SDT vs. LoRA (S6+Proj) loss curves).
+
+Setup: a *frozen* residual stack of Mamba blocks (deeper, more states) is fine-tuned so that its output
+matches a *target* stack (one block, fewer states) on fresh random sequences; loss = MSE over all
+tokens. Both are randomly initialised with the backend's own block class (mamba-ssm's ``Mamba`` on the
+``mamba_ssm`` backend, :class:`synthetic.mamba.ref.MambaRef` on ``reference``). Methods
+(:data:`synthetic.mamba.peft.METHODS`): Frozen; LoRA (Proj); LoRA (S6+Proj); SDT (channels chosen by
+Algorithm 1); SDT + LoRA; Full. Each (method, budget) is the best of a learning-rate grid.
+
+Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.json`` (one record per run, resumable),
+``mamba_mse_vs_params_<preset>.png`` and ``mamba_loss_curves_<preset>.png``.
+
+    python -m synthetic.mamba_regression                 # auto: mamba_ssm + paper preset on a GPU, else CPU preset
+    python -m synthetic.mamba_regression --preset paper --backend mamba_ssm --out figures
+    python -m synthetic.mamba_regression --plot-only --preset paper
+    python -m synthetic.mamba_regression --methods all   # + the benchmark's methods -> peft_methods_mamba_<preset>.*
+
+Parallel shards on one GPU (each process takes every n-th run of the grid and writes its own file
+``mamba_regression_<preset>.shard<i>of<n>.json``; ``--merge`` folds them into the main file atomically):
+
+    for i in 0 1 2 3; do python -m synthetic.mamba_regression --preset paper --shard $i/4 & done; wait
+    python -m synthetic.mamba_regression --preset paper --merge
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from synthetic.mamba.config import (ALL_METHODS, MambaRegressionConfig, budget_label, check_options,
+                                    config_dict, lr_policy, out_paths, parse_args, run_grid)
+from synthetic.mamba.official import official_select
+from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
+                                  frozen_param_count, get_backend, mamba_ssm_available, residual_stack,
+                                  select_channels, trainable_count)
+from synthetic.mamba.ref import block_weights
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
+                               plot_mse_vs_params, run_key, utc_now)
+from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+
+
+# ----------------------------------------------------------------------------------- the models
+class Experiment:
+    """Frozen and target stacks, data streams and one training run per grid point."""
+
+    def __init__(self, cfg: MambaRegressionConfig, backend: Backend, device: torch.device):
+        self.cfg, self.backend, self.device = cfg, backend, device
+        torch.manual_seed(cfg.model_seed)
+        self.frozen_blocks = [backend.make_block(cfg.d_model, cfg.frozen_d_state, cfg.expand, device)
+                              for _ in range(cfg.frozen_layers)]
+        torch.manual_seed(cfg.model_seed + 1)
+        self.target_blocks = [backend.make_block(cfg.d_model, cfg.target_d_state, cfg.expand, device)
+                              for _ in range(cfg.target_layers)]
+        for b in self.frozen_blocks + self.target_blocks:
+            b.requires_grad_(False)
+        self.layer_weights = [block_weights(b) for b in self.frozen_blocks]
+        self.dt_rank = self.frozen_blocks[0].dt_rank
+        self.n_frozen = frozen_param_count(self.layer_weights)
+        g = torch.Generator(device="cpu").manual_seed(10_000 + cfg.model_seed)
+        self.eval_x = [self._inputs(g) for _ in range(cfg.eval_batches)]
+        with torch.no_grad():
+            self.eval_y = [residual_stack(self.target_blocks, x) for x in self.eval_x]
+        self._scores: Dict[object, List[torch.Tensor]] = {}
+
+    def _inputs(self, g: torch.Generator) -> torch.Tensor:
+        c = self.cfg
+        return torch.randn(c.batch, c.seq_len, c.d_model, generator=g).to(self.device)  # (Bt, N, d_model)
+
+    def batch(self, g: torch.Generator):
+        x = self._inputs(g)
+        with torch.no_grad():
+            y = residual_stack(self.target_blocks, x)
+        return x, y
+
+    def eval_mse(self, model: PeftMambaStack) -> float:
+        """Mean eval MSE, in eval mode (LoRA dropout off), restoring the model's mode."""
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            tot = sum(float(torch.mean((model(x, self.backend) - y) ** 2)) for x, y in zip(self.eval_x, self.eval_y))
+        model.train(was)
+        return tot / len(self.eval_x)
+
+    def stack(self, config: MambaPeftConfig, channels=None, seed: int = 0, states=None) -> PeftMambaStack:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        return PeftMambaStack(self.layer_weights, d_state=self.cfg.frozen_d_state, dt_rank=self.dt_rank,
+                              config=config, channels=channels, generator=g, states=states).to(self.device)
+
+    def sdt_scores(self, seed: int) -> List[torch.Tensor]:
+        """Algorithm 1, steps 1-2 for S6: warm up A_log, x_proj, dt_proj on a copy; score channels
+        per layer by the change of Ā on a probe batch (cached per seed)."""
+        if seed in self._scores:
+            return self._scores[seed]
+        c = self.cfg
+        model = self.stack(MambaPeftConfig(full=S6_NAMES), seed=seed)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
+                                weight_decay=c.weight_decay)
+        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
+        for _ in range(c.warmup_iters):
+            self.step(model, opt, g)
+        probe = self.eval_x[0]
+        scores, h = [], probe
+        with torch.no_grad():
+            for w_before, blk_f, blk_w in zip(self.layer_weights, self.frozen_blocks, model.blocks):
+                scores.append(abar_change_scores(w_before, blk_w.effective_weights(), h, c.frozen_d_state,
+                                                 self.dt_rank).cpu())
+                h = h + blk_f(h)  # the frozen model's input to the next layer
+        self._scores[seed] = scores
+        return scores
+
+    def official_deltas(self, seed: int, lr: float, config: MambaPeftConfig) -> List[torch.Tensor]:
+        """The official SDLoRA warm-up (``sd_lora.py``): train a full additive change of ``A_log``
+        (plus the method's LoRA, as the official warm-up trains the out_proj LoRA too) for
+        ``warmup_iters`` steps at the run's lr; returns per layer the learnt ``ΔA_log`` (D, H)
+        (cached per seed, lr and LoRA)."""
+        key = ("official", seed, lr, config.lora, config.lora_rank)
+        if key in self._scores:
+            return self._scores[key]
+        c = self.cfg
+        warm = MambaPeftConfig(full=("A_log",), lora=config.lora, lora_rank=config.lora_rank,
+                               lora_alpha=config.lora_alpha, lora_dropout=c.lora_dropout if config.lora else 0.0)
+        model = self.stack(warm, seed=seed)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                weight_decay=c.weight_decay)
+        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
+        for _ in range(c.warmup_iters):
+            self.step(model, opt, g)
+        deltas = [(blk.full["A_log"].detach() - w["A_log"]).cpu() for blk, w in zip(model.blocks, self.layer_weights)]
+        self._scores[key] = deltas
+        return deltas
+
+    def sdt_selection(self, config: MambaPeftConfig, lr: float, seed: int):
+        """(channels per layer, A_log states per layer or None) for an SDT config, by ``cfg.sdt_rule``."""
+        c = self.cfg
+        if c.sdt_rule == "official":
+            n_states = c.frozen_d_state - int(round(c.sdt_state_freeze * c.frozen_d_state)) if c.sdt_state_freeze else 0
+            sel = [official_select(d, config.sdt_channels, n_states) for d in self.official_deltas(seed, lr, config)]
+            return [ch for ch, _ in sel], ([st for _, st in sel] if n_states else None)
+        return [select_channels(s, config.sdt_channels) for s in self.sdt_scores(seed)], None
+
+    def step(self, model, opt, g: torch.Generator) -> torch.Tensor:
+        """One AdamW step on a fresh batch; returns the (detached) training MSE without a host sync."""
+        x, y = self.batch(g)
+        loss = torch.mean((model(x, self.backend) - y) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def train(self, method: str, budget: dict, lr: float, seed: int) -> dict:
+        c = self.cfg
+        t0 = time.perf_counter()
+        config = METHODS[method](budget)
+        if c.lora_dropout and config.lora:
+            config = dataclasses.replace(config, lora_dropout=c.lora_dropout)
+        channels = states = None
+        if config.sdt_channels:
+            channels, states = self.sdt_selection(config, lr, seed)
+            if states is not None:
+                config = dataclasses.replace(config, sdt_states=len(states[0][0]))
+        torch.manual_seed(seed)
+        model = self.stack(config, channels, seed=seed, states=states)
+        fallback = model.fused_fallback(self.backend)
+        n_train = trainable_count(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        g = torch.Generator(device="cpu").manual_seed(30_000 + seed)
+        losses, evals, status = [], [(0, self.eval_mse(model))], "ok"
+        if params and c.iters > 0:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
+            buf = torch.zeros(c.iters, device=self.device)
+            for it in range(c.iters):
+                try:
+                    buf[it] = self.step(model, opt, g)
+                except ValueError:  # theory.peft refuses non-finite factors: a step diverged since the last eval
+                    if all(bool(torch.isfinite(p).all()) for p in params):
+                        raise
+                    buf[it] = float("nan")
+                    status = "diverged"
+                    break
+                if (it + 1) % c.eval_every == 0 or it + 1 == c.iters:
+                    ev = self.eval_mse(model)
+                    evals.append((it + 1, ev))
+                    if is_diverged(ev):
+                        status = "diverged"
+                        break
+            losses = [float(v) for v in buf[: it + 1].cpu()]
+        ev_vals = [v for _, v in evals]
+        finite = [v for v in ev_vals if not is_diverged(v)]
+        extra = {}
+        if states is not None:
+            extra["sdt_states"] = states
+        if fallback:  # trained unfused although the backend has a fused path
+            extra["fused_fallback"] = fallback
+        return {**extra,
+            "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
+            "trainable": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
+            "best_mse": min(finite) if finite and status == "ok" else None,
+            "final_mse": ev_vals[-1] if status == "ok" else None, "status": status,
+            "loss_curve": losses, "eval_curve": evals, "sdt_channels": channels,
+            "wall_s": time.perf_counter() - t0,
+        }
+
+
+class MambaExperiment:
+    """The Mamba experiment as a :class:`synthetic.runner.Experiment`: one run per train call (runs are
+    trained one at a time), groups of one lr each, lr outermost within a seed so that a truncated sweep
+    has every (method, budget) at the first lr. The frozen and target stacks are drawn once from
+    ``model_seed`` (shared by every run and seed: the seeds vary the data and the adapters' initialisation)."""
+
+    name = "mamba"
+    max_runs_per_call = 1
+    pad_calls = False
+
+    def __init__(self, cfg: MambaRegressionConfig, log=None):
+        self.cfg = cfg
+        self.log = log or (lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
+        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
+        self.lr_policy = lr_policy(cfg)
+        self.results_path = out_paths(cfg)["json"]
+        name = cfg.backend if cfg.backend != "auto" else ("mamba_ssm" if mamba_ssm_available() else "reference")
+        # --dry-run needs only the backend's name (its key); a run needs the backend itself
+        self.backend = get_backend(name, fused=cfg.fused) if not cfg.dry_run or name == "reference" else None
+        self.backend_name = name
+        self.device = torch.device(("cuda" if torch.cuda.is_available() and name == "mamba_ssm"
+                                    else "cpu") if cfg.device == "auto" else cfg.device)
+        self.cdict = config_dict(cfg)
+        self._exp: Optional[Experiment] = None
+        self._env = environment()
+        self._commit = os.environ.get("GIT_COMMIT") or self._env["commit"]
+
+    def describe(self) -> str:
+        b = self.backend
+        if b is None:
+            return f"preset {self.cfg.preset}, backend {self.backend_name} (not loaded: dry run)"
+        return (f"preset {self.cfg.preset}, backend {b.name} (mamba-ssm {b.version}, fused {b.inner_fn is not None}), "
+                f"device {self.device}")
+
+    def groups(self) -> List[Group]:
+        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=METHODS[r["method"]].trains)
+                for r in run_grid(self.cfg)]
+
+    def key(self, seed, method, budget, lr) -> str:
+        return run_key({"method": method, "budget": budget, "lr": lr, "seed": seed, "config": self.cdict,
+                        "backend": self.backend_name})
+
+    def train(self, runs: Sequence[Run]) -> List[dict]:
+        cfg, (run,) = self.cfg, runs
+        if self._exp is None:
+            if self.device.type == "cpu" and cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            self._exp = Experiment(cfg, self.backend, self.device)
+        exp = self._exp
+        try:
+            rec = exp.train(run.method, dict(run.budget), run.lr, run.seed)
+        except torch.cuda.OutOfMemoryError as e:  # record and go on; the grid point is shown as failed
+            rec = {"method": run.method, "budget": dict(run.budget), "lr": run.lr, "seed": run.seed,
+                   "budget_label": budget_label(run.budget), "status": f"error: {type(e).__name__}",
+                   "best_mse": None, "final_mse": None, "trainable_pct": None}
+        b = self.backend
+        rec.update(model_seed=cfg.model_seed, config=self.cdict, backend=b.name, mamba_ssm_version=b.version,
+                   fused=b.inner_fn is not None and not rec.get("fused_fallback"),
+                   device=self._env["device"] if self.device.type == "cuda" else "cpu",
+                   commit=self._commit, date=utc_now(), frozen_params=exp.n_frozen)
+        return [rec]
+
+
+def run(cfg: MambaRegressionConfig) -> Path:
+    check_options(cfg)
+    paths = out_paths(cfg)
+    if cfg.merge:
+        merge_shards(paths["json"], log=lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
+        summary(ResultsFile(paths["json"]).runs(), lr_policy(cfg))
+        try:
+            plot(paths, lr_policy(cfg))
+        except ImportError as e:
+            print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
+        return paths["json"]
+    if cfg.plot_only:
+        plot(paths, lr_policy(cfg))
+        return paths["json"]
+    shard = parse_shard(cfg.shard)
+    exp = MambaExperiment(cfg)
+    if cfg.dry_run:
+        print_plan(exp, shard)
+        return paths["json"]
+    st = run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
+    if shard is not None:
+        return st.results
+    policy = lr_policy(cfg)
+    summary(ResultsFile(paths["json"]).runs(), policy)
+    try:
+        plot(paths, policy)
+    except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
+        print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
+    return paths["json"]
+
+
+def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
+    """Best-of-grid table on stdout; 'lr edge' flags a best lr still at an edge of its grid (with the bound
+    that stopped the grid, or 'not extended' for a sweep cut short)."""
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}  lr edge")
+    for r in sorted(rows, key=lambda r: (ALL_METHODS.index(r["method"]) if r["method"] in ALL_METHODS else 99,
+                                         r["trainable_pct"] or 0)):
+        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
+        print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}  "
+              f"{edge_label(r)}")
+    return rows
+
+
+def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
+    """Both figures from the results file alone (``policy``: how the lr grid was grown, for the edge flags)."""
+    records = ResultsFile(paths["json"]).runs()
+    if not records:
+        print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
+        return
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    r0 = records[0]
+    cfg = r0.get("config", {})
+    devices = ", ".join(sorted({str(r.get("device")) for r in records}))
+    note = (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {devices}; "
+            f"frozen {cfg.get('frozen_layers')}x Mamba(d_model {cfg.get('d_model')}, H {cfg.get('frozen_d_state')}), "
+            f"target {cfg.get('target_layers')}x (H {cfg.get('target_d_state')}); {cfg.get('iters')} AdamW iters, "
+            f"best lr per point; commits {', '.join(sorted({str(r.get('commit')) for r in records}))}")
+    plot_mse_vs_params(rows, str(paths["mse"]), method_order=ALL_METHODS, note=note,
+                       title="Mamba regression: MSE vs. trainable parameters")
+    plot_loss_curves(records, rows, paths["curves"], note)
+
+
+def plot_loss_curves(records: Sequence[dict], rows: Sequence[dict], path: Path, note: str = "") -> None:
+    """Training loss over iterations: SDT vs LoRA (S6+Proj), each budget at its best lr, seed 0 run."""
+    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+
+    best = {(r["method"], r["budget_label"]): r["lr"] for r in rows if r.get("lr") is not None}
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    styles = {"SDT": "-", "LoRA (S6+Proj)": "--"}
+    cmap = matplotlib.colormaps["viridis"]
+    for m, ls in styles.items():
+        recs = sorted((r for r in records if r["method"] == m and r.get("status") == "ok"
+                       and best.get((m, r["budget_label"])) == r["lr"] and r["seed"] == min(
+                           x["seed"] for x in records if x["method"] == m)), key=lambda r: r["trainable_pct"])
+        for i, r in enumerate(recs):
+            y = r["loss_curve"]
+            k = max(1, len(y) // 200)  # running mean over k iterations for readability
+            ys = [sum(y[j:j + k]) / len(y[j:j + k]) for j in range(0, len(y), k)]
+            ax.plot([j + k / 2 for j in range(0, len(y), k)], ys, ls=ls, color=cmap(i / max(1, len(recs) - 1) * 0.85),
+                    label=f"{m}, {r['trainable_pct']:.2f}% (lr {r['lr']:g})")
+    frozen = [r for r in records if r["method"] == "Frozen" and r.get("final_mse") is not None]
+    if frozen:
+        ax.axhline(frozen[0]["final_mse"], color="k", lw=0.8, ls=":", label="Frozen (eval MSE)")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training MSE")
+    ax.set_title("Mamba regression: SDT vs. LoRA (S6+Proj), best lr per budget", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=5.5, va="bottom", ha="left", wrap=True)
+    fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Deep-S4 synthetic regression: MSE vs trainable parameters (Galim et al., ICML 2025, Sec. 6.1, Fig. 2).
+
+A frozen randomly initialised deep S4 (``L_frozen`` layers, ``H`` real states = ``H/2`` conjugate
+pairs) is fine-tuned to reproduce a random target deep S4 (``L_target`` layers, ``H_star`` states) on
+integer inputs in {0..9}; every method is swept over its budgets, a learning-rate grid and seeds;
+the figure shows best-of-grid mean MSE vs trainable % (of the frozen model's parameters) with the
+seed spread. Layers: skip inside the projection (the official code), ``y = σ(W(S4(x) + u ⊙ x) + β)``.
+
+Methods (:data:`METHODS`; SSM module × linear projection):
+- Frozen: none × none.
+- LoRA (Proj): frozen × LoRA rank r on W.
+- LoRA (S4+Proj): LoRA rank s on log(−Re A), Im A, Re C, Im C as D×Hc matrices × LoRA rank r on W.
+- SDT: Algorithm 1 (``synthetic.s4.selection``: 20-iteration warm-up of the SSM modules on a copy,
+  lr 1e-2, then channels/states ranked by the change of Ā, magnitude as usability rule); A and C of
+  selected (channel, state) entries trained, B and Δ frozen × channel-sparse W (the columns of W
+  reading the selected channels).
+- SDT + LoRA: the same SSM update × LoRA rank r on W.
+- Full: every parameter.
+
+Methods other than Full (and BitFit's β) train neither the skip ``u`` nor ``log_dt`` nor ``β`` by default.
+
+The benchmark's other methods (Sec. 3-4; :data:`BENCHMARK_METHODS`, not in the default ``--methods``;
+``--methods all`` runs every method and writes ``peft_methods_s4_<preset>.json`` / ``.png``): Prompt
+tuning (``--prompt-lens``), Prefix-tuning (``--prefix-lens``, M < H and M >= H for Proposition 1),
+Initial-state tuning, State-offset tuning (Kang et al.), BitFit (β), DoRA (Proj) (``--dora-ranks``),
+Additional-scan (``--additional-states``). They run on the fast model's second path
+(``s4_model.RunState.extra``); their budget lists are not part of run keys.
+Opt-in options closer to the official code (``notes/s4_official_differences.md``; at their defaults
+they are left out of run keys, so earlier results still resume): ``--state-convention complex``
+(``H`` complex modes per channel instead of ``H/2`` pairs), ``--sdt-prune usable`` with
+``--usable-channels``/``--usable-states`` (SDT zeroes ``C`` outside the usable dimensions, counted as
+pruned, and updates only usable ones), ``--train-skip-dt-bias`` (u, log_dt, β trainable in every
+trained method), ``--warmup-params all`` (the warm-up updates every parameter).
+
+Usage::
+
+    python -m synthetic.s4_regression                  # reduced default, any device (CPU < 3 min)
+    python -m synthetic.s4_regression --preset paper   # the paper's configuration (GPU)
+    python -m synthetic.s4_regression --preset paper --plot-only
+    python -m synthetic.s4_regression --preset official   # the official code's conventions (synthetic.s4_official)
+    python -m synthetic.s4_regression --methods all    # every method, the benchmark's included
+
+Outputs in ``--out``: ``s4_regression_<preset>.json`` (one record per run, appended atomically;
+rerunning resumes), ``s4_mse_vs_params_<preset>.png`` / ``.pdf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, plot_mse_vs_params, run_key,
+                               subsample_curve, utc_now)
+from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.s4 import model as sm
+from synthetic.s4.config import OPT_IN_DEFAULTS, Config, build_parser, key_fields, n_modes, parse_config
+from synthetic.s4.methods import METHODS, BENCHMARK_METHODS, configure, method_label, theory_trainable_count
+from synthetic.s4.train import Trainer, resolve_device
+
+# -------------------------------------------------------------------------------------- sweep
+def key_config(cfg: Config) -> Dict:
+    return key_fields(dataclasses.asdict(cfg))
+
+
+def run_groups(cfg: Config) -> List[Tuple[int, str, Dict]]:
+    """(seed, method, budget) groups in execution order: seed-major, so a cut-short sweep covers every point."""
+    return [(s, m, b) for s in cfg.seeds for m in cfg.methods for b in METHODS[m].budgets(cfg)]
+
+
+def paths(cfg: Config) -> Dict[str, Path]:
+    """Results and figure paths; a sweep with any of :data:`BENCHMARK_METHODS` (e.g. ``--methods all``)
+    writes its own pair, ``peft_methods_s4_<preset>.json`` / ``.png``."""
+    out = Path(cfg.out)
+    if any(m in BENCHMARK_METHODS for m in cfg.methods):
+        return {"json": out / f"peft_methods_s4_{cfg.preset}.json", "fig": out / f"peft_methods_s4_{cfg.preset}"}
+    return {"json": out / f"s4_regression_{cfg.preset}.json", "fig": out / f"s4_mse_vs_params_{cfg.preset}"}
+
+
+def lr_policy(cfg: Config) -> LrPolicy:
+    """The config's rule for growing the learning-rate grid at its edges (``synthetic.results.LrPolicy``)."""
+    return LrPolicy.from_config(cfg)
+
+
+class S4Experiment:
+    """The deep-S4 experiment as a :class:`synthetic.runner.Experiment`: its run groups, run keys and training.
+
+    A train call takes the runs of one (seed, method, budget) group (at most ``len(cfg.lrs)`` runs; with
+    torch.compile a short call is padded to that size so the compiled graph is reused). As for base groups,
+    a run's LoRA initialisation beyond the first layer depends on its call's size and position
+    (``RunState.create`` draws all R runs from one generator).
+    """
+
+    name = "s4"
+
+    def __init__(self, cfg: Config, log=print):
+        self.cfg, self.log = cfg, log
+        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
+        self.lr_policy = lr_policy(cfg)
+        self.results_path = paths(cfg)["json"]
+        self.kc = key_config(cfg)
+        self.device = resolve_device(cfg)
+        self.max_runs_per_call = len(cfg.lrs)
+        self._trainer: Optional[Trainer] = None
+        self._cache: Dict[int, Dict] = {}
+        self.total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
+
+    @property
+    def trainer(self) -> "Trainer":
+        if self._trainer is None:
+            self._trainer = Trainer(self.cfg, self.device, self.log)
+        return self._trainer
+
+    @property
+    def pad_calls(self) -> bool:
+        return self.trainer.use_compile
+
+    def describe(self) -> str:
+        t, cfg = self.trainer, self.cfg
+        return (f"device {environment()['device']}, compile={t.use_compile}, "
+                f"precision={cfg.precision if self.device.type == 'cuda' else 'fp32'}; "
+                f"frozen model {self.total_params} parameters")
+
+    def groups(self) -> List[Group]:
+        """(seed, method, budget) groups in execution order: seed-major, so a cut-short sweep covers every point."""
+        cfg = self.cfg
+        return [Group(s, m, b, tuple(cfg.lrs) if METHODS[m].trains else (None,), grows=METHODS[m].trains)
+                for s, m, b in run_groups(cfg)]
+
+    def key(self, seed, method, budget, lr) -> str:
+        return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
+
+    def train(self, runs: Sequence[Run]) -> List[Dict]:
+        """Train the runs of one group together (one RunState of R = len(runs)); one record per run."""
+        cfg, trainer = self.cfg, self.trainer
+        seed, mname, budget = runs[0].seed, runs[0].method, runs[0].budget
+        lrs = [r.lr for r in runs]
+        method = METHODS[mname]
+        env = environment()
+        if seed not in self._cache:
+            self._cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
+        c = self._cache[seed]
+        sel = None
+        if method.needs_selection:
+            if "selection" not in c:
+                tw = time.monotonic()
+                c["selection"] = trainer.warmup_selection(c["frozen"], c["target"], seed)
+                c["warmup_s"] = time.monotonic() - tw
+            sel = c["selection"]
+        tg = time.monotonic()
+        state = sm.RunState.create(c["frozen"], len(lrs), *trainer.rank_max(),
+                                   generator=torch.Generator().manual_seed(seed))
+        configure(cfg, method, state, budget, sel)
+        counts = state.trainable_count()
+        theory_count = theory_trainable_count(method, c["frozen"], budget, sel, cfg)
+        if method.trains:
+            curves = trainer.train(state, lrs, cfg.iters, c["target"], trainer.data(seed, stream=0)).tolist()
+        else:
+            mse = trainer.evaluate([{k: v[None] for k, v in p.items()} for p in c["frozen"]], c["target"],
+                                   trainer.data(seed, stream=0), cfg.frozen_eval_batches)
+            curves = [[mse]]
+        wall = time.monotonic() - tg
+        recs = []
+        for i, lr in enumerate(lrs):
+            curve = curves[i]
+            finite = all(math.isfinite(v) for v in curve)
+            tail = curve[-max(1, len(curve) // 50):]
+            recs.append({
+                "method": mname, "budget": budget, "budget_label": method_label(method, budget),
+                "lr": lr, "seed": seed, "model_seed": seed, "status": "ok" if finite else "diverged",
+                "best_mse": min(curve) if finite else None, "final_mse": sum(tail) / len(tail) if finite else None,
+                "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
+                "trainable": counts[i], "trainable_theory": theory_count, "frozen_params": self.total_params,
+                "trainable_pct": 100.0 * counts[i] / self.total_params, "iters": cfg.iters if method.trains else 0,
+                "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / len(lrs),
+                "group_wall_s": wall, "runs_in_group": len(lrs),
+                "warmup_s": c.get("warmup_s") if method.needs_selection else None,
+                "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
+                "precision": cfg.precision if self.device.type == "cuda" else "fp32",
+                "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
+            })
+        return recs
+
+
+def sweep(cfg: Config, log=print) -> ResultsFile:
+    """Run every (seed, method, budget) group not yet in the results file, then grow the lr grid where a
+    best lr is at an edge (:func:`synthetic.runner.run_sweep` with :class:`S4Experiment`)."""
+    exp = S4Experiment(cfg, log)
+    st = run_sweep(exp, time_budget=cfg.time_budget, log=log)
+    return ResultsFile(st.results)
+
+
+# ------------------------------------------------------------------------------- theory point
+def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
+    """Theorem 1's construction in the linear-activation variant: its budget (trainable %) and MSE.
+
+    ``theory.theorem1.construct_theorem1`` works on real diagonal SSMs (not the conjugate-pair form
+    the experiment trains), linear activations and a target without residual; so the point is
+    computed on a random real-diagonal instance with the experiment's sizes (L = L_frozen,
+    L* = L_target, D, H, H*), float64, skip inside, with integer inputs 0-9 of the experiment's
+    length. Returns None if the theory module is unavailable or refuses the sizes.
+    """
+    try:
+        from theory.deep import deep_forward
+        from theory.theorem1 import construct_theorem1, random_instance
+    except ImportError:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    try:
+        frozen, target = random_instance(cfg.L_frozen, cfg.L_target, cfg.D, cfg.H, cfg.H_star, kind="s4",
+                                         skip="inside", generator=g)
+        update = construct_theorem1(frozen, target)
+    except ValueError:
+        return None
+    x = torch.randint(0, 10, (2, cfg.D, cfg.N), generator=g).to(torch.float64)  # (B, D, N)
+    mse = float(((deep_forward(update.model, x) - deep_forward(target, x)) ** 2).mean())
+    b = update.budget
+    return {"trainable_pct": b.percent, "mse": mse, "trainable": b.total_trainable, "model_params": b.model_params,
+            "label": f"Theorem 1 construction (linear, real diag.): {b.percent:.1f}%, MSE {mse:.1e}"}
+
+
+def plot(cfg: Config) -> List[str]:
+    p = paths(cfg)
+    recs = current_records(cfg, ResultsFile(p["json"]).load())
+    if not recs:
+        raise SystemExit(f"{p['json']}: no results to plot")
+    rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
+    extra, note = [], ""
+    tp = theory_point(cfg)
+    if tp is not None:
+        extra.append({"x": tp["trainable_pct"], "y": tp["mse"], "label": tp.get("label", "Theorem 1 (linear), exact")})
+    else:
+        note = "Theorem 1 point (linear variant): not drawn, theory.theorem1 unavailable or refused these sizes."
+    c0 = recs[0]["config"]
+    title = (f"deep S4 regression ({cfg.preset}): frozen {c0['L_frozen']}L H={c0['H']}, target {c0['L_target']}L "
+             f"H*={c0['H_star']}, D={c0['D']}\nN={c0['N']}, batch {c0['batch']}, {c0['iters']} it, "
+             f"best lr of {_lr_grid_text(recs, c0)}, ReLU, skip inside")
+    opts = [f"{k}={c0[k]}" for k in OPT_IN_DEFAULTS if c0.get(k, OPT_IN_DEFAULTS[k]) != OPT_IN_DEFAULTS[k]]
+    if opts:
+        title += "\n" + ", ".join(opts)
+    return plot_mse_vs_params(rows, p["fig"], method_order=list(METHODS), title=title, extra_points=extra, note=note,
+                              hline_methods=("Frozen",))
+
+
+def _lr_grid_text(recs: List[Dict], c0: Dict) -> str:
+    """The lrs tried, e.g. '0.004-0.256 (base 0.004,0.016,0.064, ×4 at edges)'."""
+    tried = sorted({r["lr"] for r in recs if r.get("lr") is not None})
+    base = ",".join(f"{x:g}" for x in c0["lrs"])
+    if not tried or tried == sorted(c0["lrs"]):
+        return f"lrs {base}"
+    return f"lrs {tried[0]:g}-{tried[-1]:g} (base {base}, ×{c0.get('lr_extend_factor', 4.0):g} at edges)"
+
+
+def fingerprint(config: Dict) -> str:
+    return run_key(key_fields(config))
+
+
+def current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
+    """Records of one configuration: the current one if the file has it, else the last record's.
+
+    A results file can hold runs of several configurations (e.g. a rerun with another --batch);
+    mixing them in one best-of-grid would be wrong, so only one is plotted and summarised.
+    Only run records count (``kind: "sweep"`` records hold a sweep's wall time).
+    """
+    recs = [r for r in recs if r.get("kind", "run") == "run"]
+    if not recs:
+        return recs
+    want = fingerprint(dataclasses.asdict(cfg))
+    fps = [fingerprint(r.get("config", {})) for r in recs]
+    if want not in fps:
+        want = fps[-1]
+    kept = [r for r, f in zip(recs, fps) if f == want]
+    if len(kept) < len(recs):
+        print(f"note: {len(recs) - len(kept)} records of other configurations in the file are not shown")
+    return kept
+
+
+def summary_table(cfg: Config) -> str:
+    rows = best_of_grid(current_records(cfg, ResultsFile(paths(cfg)["json"]).load()),
+                        group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
+    lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | lr at grid edge | seeds "
+             "| diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    order = {m: i for i, m in enumerate(METHODS)}
+    for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
+        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
+        lr = "-" if r["lr"] is None else f"{r['lr']:g}"
+        lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.1f} | {mse} | {lr} | "
+                     f"{edge_label(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_config(argv)
+    shard = parse_shard(cfg.shard)
+    if cfg.dry_run:
+        print_plan(S4Experiment(cfg), shard)
+        return 0
+    if cfg.merge:
+        merge_shards(paths(cfg)["json"])
+    if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).runs():
+        build_parser().error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
+                             "or pass the --out and --preset of an earlier run)")
+    if not (cfg.plot_only or cfg.merge):
+        run_sweep(S4Experiment(cfg), time_budget=cfg.time_budget, shard=shard)
+        if shard:
+            return 0
+    for path in plot(cfg):
+        print("wrote", path)
+    print(summary_table(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
