@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -18,9 +18,6 @@ from synthetic.s4 import model as sm
 from synthetic.s4.selection import SDTRanking, select, select_pruned
 
 Tensor = torch.Tensor
-
-if TYPE_CHECKING:  # annotations only: config imports this module
-    from synthetic.s4.config import Config
 
 
 def parse_sdt(s: str) -> Dict[str, int]:
@@ -47,7 +44,7 @@ class Method:
     """
 
     name: str
-    budgets: Callable[[Config], List[Dict]]
+    budgets: Callable[[object], List[Dict]]  # config -> budget dicts
     configure: Callable
     theory_modules: Callable
     needs_selection: bool = False
@@ -271,7 +268,7 @@ BENCHMARK_LABELS = {"prompt_len": "M={}", "prefix_len": "M={}", "initial_state":
 EXTRA_PARAMS = ("u", "log_dt", "beta")  # skip D, log Δ, projection bias: trained by --train-skip-dt-bias
 
 
-def configure(cfg: Config, method: Method, state: sm.RunState, budget, selection) -> None:
+def configure(cfg, method: Method, state: sm.RunState, budget, selection) -> None:
     """The method's masks, plus the opt-in extras of ``cfg`` (u, log_dt, β trainable)."""
     method.configure(state, budget, selection)
     if cfg.train_skip_dt_bias and method.trains:
@@ -305,7 +302,7 @@ def method_label(method: Method, budget: Dict) -> str:
     return method.label(budget) if method.label is not None else budget_label(budget)
 
 
-def theory_trainable_count(method: Method, base, budget, selection, cfg: Optional[Config] = None) -> int:
+def theory_trainable_count(method: Method, base, budget, selection, cfg=None) -> int:
     from theory.peft import MaskedParameter, Role, count_trainable
 
     mods = method.theory_modules(base, budget, selection)
