@@ -91,7 +91,7 @@ def method_style(method: str) -> Dict[str, str]:
     if m in METHOD_STYLE:
         return dict(METHOD_STYLE[m])
     h = sum(ord(c) for c in m)
-    return {"color": FALLBACK_COLORS[h % len(FALLBACK_COLORS)], "marker": "o*x+"[h % 4]}
+    return {"color": FALLBACK_COLORS[h % len(FALLBACK_COLORS)], "marker": "osv^"[h % 4]}
 
 
 def choose_yscale(values: Iterable[Optional[float]], ratio: float = LOG_RATIO) -> str:
@@ -256,7 +256,7 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
     scale = choose_yscale(values) if logy is None else ("log" if logy else "linear")
     bottom = _log_limits(values)[0] if scale == "log" and choose_yscale(values, 1.0) == "log" else None
     if scale == "log" and bottom is None:  # forced log without a positive value: leave it to matplotlib
-        scale = "linear_log"
+        scale = "log_unbounded"
     # a linear axis is clipped above the other points when a one-budget line (e.g. Frozen) lies far above
     # them (its value is written in the plot instead); on a log axis it always fits
     others = [v for m in order if m not in hline for r in pts_of[m] for v in (r["mean"], r.get("min"), r.get("max"))
@@ -268,11 +268,11 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
     for ax in axes:
         if scale == "log":
             _set_yscale(ax, "log", _log_limits(values))
-        elif scale == "linear_log":
+        elif scale == "log_unbounded":
             ax.set_yscale("log")
         if off_scale:
             ax.set_ylim(bottom=min(0.0, min(others)) - 0.04 * max(others), top=1.15 * max(others))
-    n_edge = 0
+    n_edge, drawn = 0, []  # drawn: legend labels in drawing order
     for k, ax in enumerate(axes):
         for m in order:
             st, pts = method_style(m), pts_of[m]
@@ -281,6 +281,7 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
             label = f"{m} ({n_seeds} seed{'s' if n_seeds != 1 else ''}" + (f", {n_div} diverged)" if n_div else ")")
             if not pts:
                 ax.plot([], [], color=st["color"], marker=st["marker"], label=label + " [no finite runs]")
+                drawn.append(label + " [no finite runs]")
                 continue
             if m in hline:
                 r = pts[0]
@@ -291,17 +292,21 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
                         ax.annotate(f"{m} = {r['mean']:.3g} (off scale)", xy=(0.02, 0.97), xycoords="axes fraction",
                                     va="top", fontsize=FONTS["annot"], color=st["color"])
                 ax.axhline(r["mean"], ls="--", lw=LW, color=st["color"], label=lab)
+                drawn.append(lab)
                 continue
             err = [[r["mean"] - r["min"] for r in pts], [r["max"] - r["mean"] for r in pts]]
             edge = [bool(r.get("lr_at_edge")) for r in pts]
             _series(ax, [r["trainable_pct"] for r in pts], [r["mean"] for r in pts], err, color=st["color"],
                     marker=st["marker"], ms=MS, ls="-", label=label, edge=edge)
+            drawn.append(label)
             n_edge += sum(edge) if k == 0 else 0
         for p in extra_points:
             color = p.get("color", "k")
             _series(ax, [p["x"]], [p["y"]], None, color=color, marker="*", ms=13, ls="none", label=p["label"],
                     bottom=bottom, below_text=lambda y: f"{y:.1e} (below the axis)")
-    handles, _ = axes[0].get_legend_handles_labels()
+            drawn.append(p["label"])
+    handles, labels = axes[0].get_legend_handles_labels()  # lines first, then error bars: back to draw order
+    handles = [h for _, h in sorted(zip(labels, handles), key=lambda lh: drawn.index(lh[0]))]
     if n_edge:
         handles.append(_hollow_handle(n_edge))
     _style_axes(axes[0], xlabel, ylabel, title)
@@ -357,7 +362,7 @@ def draw_fig2_three_ways(data: Dict):
     values = [v for _, p in drawn for v in (p["mse"], p.get("min"), p.get("max"))]
     scale = choose_yscale(values)
     bottom = _log_limits(values)[0] if scale == "log" else None
-    fig = Figure(figsize=(12, 6.8))
+    fig = Figure(figsize=(12, 6.3))
     panels = _panel_axes(fig, [_x_ranges([p["trainable_pct"] for src in srcs for p in data["sources"].get(src) or []])
                                for srcs in FIG2_PANELS])
     for ax in (a for axes in panels for a in axes):
@@ -387,7 +392,7 @@ def draw_fig2_three_ways(data: Dict):
     panels[0][0].set_ylabel("MSE (best training-batch loss)", fontsize=FONTS["label"])
     order = [m for m in METHOD_STYLE if m in methods] + sorted(m for m in methods if m not in METHOD_STYLE)
     fig.legend(handles=[Line2D([], [], color=method_style(m)["color"], lw=4, label=m) for m in order],
-               loc="lower center", bbox_to_anchor=(0.5, 0.15), ncol=len(order), fontsize=FONTS["legend"] + 1,
+               loc="lower center", bbox_to_anchor=(0.5, 0.145), ncol=len(order), fontsize=FONTS["legend"] + 1,
                frameon=False, title="colour: method", title_fontsize=FONTS["legend"] + 1)
     src_handles = []
     for s in [s for s in SOURCE_STYLE if data["sources"].get(s)]:
@@ -407,7 +412,7 @@ def draw_fig2_three_ways(data: Dict):
         fig.text(0.01, 0.94, "missing (not drawn): " + ", ".join(data["missing"]), fontsize=FONTS["note"] + 1)
     fig.suptitle("Deep-S4 synthetic regression (Galim et al., ICML 2025, Fig. 2), three ways",
                  fontsize=FONTS["title"] + 1)
-    fig.tight_layout(rect=(0, 0.25, 1, 0.98), w_pad=W_PAD)
+    fig.tight_layout(rect=(0, 0.235, 1, 0.98), w_pad=W_PAD)
     return fig
 
 
@@ -441,9 +446,12 @@ def draw_loss_curves(records: Sequence[dict], rows: Sequence[dict], note: str = 
     values, seeds_used = [], set()
     for m, ls in LOSS_CURVE_METHODS.items():
         seeds = [x["seed"] for x in records if x["method"] == m]
-        recs = sorted((r for r in records if r["method"] == m and r.get("status") == "ok"
-                       and best.get((m, r["budget_label"])) == r["lr"] and r["seed"] == min(seeds)),
-                      key=lambda r: r["trainable_pct"])
+        one = {}  # one curve per budget: a results file may hold the same run twice (e.g. under two configs)
+        for r in records:
+            if (r["method"] == m and r.get("status") == "ok" and best.get((m, r["budget_label"])) == r["lr"]
+                    and r["seed"] == min(seeds)):
+                one.setdefault(r["budget_label"], r)
+        recs = sorted(one.values(), key=lambda r: r["trainable_pct"])
         color = method_style(m)["color"]
         for i, r in enumerate(recs):
             seeds_used.add(r["seed"])
