@@ -98,26 +98,32 @@ def choose_yscale(values: Iterable[Optional[float]], ratio: float = LOG_RATIO) -
     """``"log"`` when the finite positive ``values`` span at least ``ratio`` (max / min ≥ ratio), else
     ``"linear"``. Zeros, negatives, None and non-finite values do not count (they cannot sit on a log axis;
     the drawing functions put them on its bottom edge)."""
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x)) and float(x) > 0]
+    v = _positive(values)
     return "log" if v and max(v) / min(v) >= ratio else "linear"
 
 
+def _positive(values: Iterable[Optional[float]]) -> List[float]:
+    return [float(x) for x in values if x is not None and math.isfinite(float(x)) and float(x) > 0]
+
+
 def _log_limits(values: Iterable[Optional[float]]) -> tuple:
-    """(bottom, top) of a log axis holding the positive ``values`` with a margin of a factor 1.5 each side."""
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x)) and float(x) > 0]
-    return min(v) / 1.5, max(v) * 1.5
+    """(bottom, top) of a log axis holding the positive ``values`` with a margin of a factor 1.5 each side;
+    None when there is no positive value."""
+    v = _positive(values)
+    return (min(v) / 1.5, max(v) * 1.5) if v else None
 
 
 def _set_yscale(ax, scale: str, limits: Optional[tuple]) -> None:
-    """Log axis: the limits, and ticks at 1, 2, 5 × 10^k written as plain numbers when it spans ≤ 3.5 decades
-    (a reader then reads 0.5 or 2 off the axis, not only the powers of ten)."""
+    """Log axis: the limits (if any), and ticks at 1, 2, 5 × 10^k written as plain numbers when it spans
+    ≤ 3.5 decades (a reader then reads 0.5 or 2 off the axis, not only the powers of ten)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if scale != "log":
         return
     ax.set_yscale("log")
-    ax.set_ylim(*limits)
-    if limits[1] / limits[0] <= 10 ** 3.5:
+    if limits:
+        ax.set_ylim(*limits)
+    if limits and limits[1] / limits[0] <= 10 ** 3.5:
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
@@ -241,7 +247,15 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
                        ylabel: str = "MSE (mean over seeds; bars: min–max)",
                        extra_points: Sequence[Dict[str, Any]] = (), logy: Optional[bool] = None,
                        note: str = "", hline_methods: Sequence[str] = ("Frozen",)):
-    """The figure of :func:`plot_mse_vs_params` (same arguments, no file written); returns the Figure."""
+    """MSE (best-of-grid mean, min–max over seeds as error bars) vs trainable % per method.
+
+    rows: output of :func:`synthetic.sweep.best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` drawn
+    as stars (e.g. a theory construction's budget and MSE; below a log axis: on its bottom edge, value
+    written). hline_methods: one-budget methods (default Frozen) drawn as dashed horizontal lines. logy:
+    None decides from the rows' values (:func:`choose_yscale`), True / False force a log / linear axis.
+    Points whose best lr is still at an edge of its grid (row ``lr_at_edge``) are hollow, with one legend
+    entry. The x-axis is broken before 100 % when every other point is at ≤ 65 %. Returns the Figure.
+    """
     from matplotlib.figure import Figure
 
     by_method: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
@@ -254,9 +268,8 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
     hline = [m for m in order if m in hline_methods and pts_of[m]]
     values = [v for m in order for r in pts_of[m] for v in (r["mean"], r.get("min"), r.get("max"))]
     scale = choose_yscale(values) if logy is None else ("log" if logy else "linear")
-    bottom = _log_limits(values)[0] if scale == "log" and choose_yscale(values, 1.0) == "log" else None
-    if scale == "log" and bottom is None:  # forced log without a positive value: leave it to matplotlib
-        scale = "log_unbounded"
+    limits = _log_limits(values) if scale == "log" else None
+    bottom = limits[0] if limits else None
     # a linear axis is clipped above the other points when a one-budget line (e.g. Frozen) lies far above
     # them (its value is written in the plot instead); on a log axis it always fits
     others = [v for m in order if m not in hline for r in pts_of[m] for v in (r["mean"], r.get("min"), r.get("max"))
@@ -266,10 +279,7 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
     fig = Figure(figsize=SINGLE_SIZE)
     (axes,) = _panel_axes(fig, [_x_ranges(xs)])
     for ax in axes:
-        if scale == "log":
-            _set_yscale(ax, "log", _log_limits(values))
-        elif scale == "log_unbounded":
-            ax.set_yscale("log")
+        _set_yscale(ax, scale, limits)
         if off_scale:
             ax.set_ylim(bottom=min(0.0, min(others)) - 0.04 * max(others), top=1.15 * max(others))
     n_edge, drawn = 0, []  # drawn: legend labels in drawing order
@@ -319,25 +329,10 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
     return fig
 
 
-def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: str = "method",
-                       method_order: Optional[Sequence[str]] = None, title: str = "",
-                       xlabel: str = "trainable parameters (% of frozen model)",
-                       ylabel: str = "MSE (mean over seeds; bars: min–max)",
-                       extra_points: Sequence[Dict[str, Any]] = (), logy: Optional[bool] = None,
-                       note: str = "", hline_methods: Sequence[str] = ("Frozen",)) -> List[str]:
-    """MSE (best-of-grid mean, min–max over seeds as error bars) vs trainable % per method.
-
-    rows: output of :func:`synthetic.sweep.best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` drawn
-    as stars (e.g. a theory construction's budget and MSE; below a log axis: on its bottom edge, value
-    written). hline_methods: one-budget methods (default Frozen) drawn as dashed horizontal lines. logy:
-    None decides from the rows' values (:func:`choose_yscale`), True / False force a log / linear axis.
-    Points whose best lr is still at an edge of its grid (row ``lr_at_edge``) are hollow, with one legend
-    entry. The x-axis is broken before 100 % when every other point is at ≤ 65 %. Writes
-    ``<out_stem>.png`` and ``.pdf`` and returns their paths.
-    """
-    return save(draw_mse_vs_params(rows, method_key=method_key, method_order=method_order, title=title,
-                                   xlabel=xlabel, ylabel=ylabel, extra_points=extra_points, logy=logy, note=note,
-                                   hline_methods=hline_methods), out_stem)
+def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, **options) -> List[str]:
+    """:func:`draw_mse_vs_params` (``options``: its keyword arguments) saved as ``<out_stem>.png`` and ``.pdf``;
+    returns their paths."""
+    return save(draw_mse_vs_params(rows, **options), out_stem)
 
 
 # ----------------------------------------------------------------------------- Figure 2 three ways
@@ -361,12 +356,13 @@ def draw_fig2_three_ways(data: Dict):
     drawn = [(src, p) for srcs in FIG2_PANELS for src in srcs for p in data["sources"].get(src) or []]
     values = [v for _, p in drawn for v in (p["mse"], p.get("min"), p.get("max"))]
     scale = choose_yscale(values)
-    bottom = _log_limits(values)[0] if scale == "log" else None
+    limits = _log_limits(values) if scale == "log" else None
+    bottom = limits[0] if limits else None
     fig = Figure(figsize=(12, 6.3))
     panels = _panel_axes(fig, [_x_ranges([p["trainable_pct"] for src in srcs for p in data["sources"].get(src) or []])
                                for srcs in FIG2_PANELS])
     for ax in (a for axes in panels for a in axes):
-        _set_yscale(ax, scale, _log_limits(values) if scale == "log" else None)
+        _set_yscale(ax, scale, limits)
     methods, n_edge = set(), 0
     for axes, srcs, title in zip(panels, FIG2_PANELS, FIG2_TITLES):
         for k, ax in enumerate(axes):
