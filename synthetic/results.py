@@ -25,10 +25,6 @@ API
   ``lr_min``, ``lr_max``, or a divergence at the top); :func:`lr_extension_plan(group_records,
   base_lrs, seeds, policy) <lr_extension_plan>` -> the ``(seed, lr)`` runs a group still needs.
   Drivers call the plan in rounds after the base grid until no group needs a run.
-- :func:`plot_mse_vs_params(rows, out_stem, ...) <plot_mse_vs_params>`: draws best-of-grid mean
-  MSE vs trainable % per method with the seed spread (min-max band and error bars), the diverged
-  count in the legend, optional extra labelled points (e.g. a theory point), writes
-  ``out_stem + ".png"`` and ``".pdf"``.
 - :func:`environment()`: ``{"device", "torch", "commit", "date"}`` for records and benchmarks.
 
 Example::
@@ -66,7 +62,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from synthetic.records import infer_from_path, normalise
 
-__all__ = ["run_key", "ResultsFile", "is_diverged", "best_of_grid", "plot_mse_vs_params",
+__all__ = ["run_key", "ResultsFile", "is_diverged", "best_of_grid",
            "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "edge_label", "environment", "git_commit"]
 
 
@@ -364,93 +360,6 @@ def edge_label(row: Dict[str, Any]) -> str:
     if not row.get("lr_at_edge"):
         return ""
     return row["lr_at_edge"] + f" ({row.get('lr_bound_reached') or 'not extended'})"
-
-
-# ---------------------------------------------------------------------------------------- plots
-def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, *, method_key: str = "method",
-                       method_order: Optional[Sequence[str]] = None, title: str = "",
-                       xlabel: str = "trainable parameters (% of frozen model)", ylabel: str = "MSE",
-                       extra_points: Sequence[Dict[str, Any]] = (), logy: bool = False,
-                       note: str = "", hline_methods: Sequence[str] = ()) -> List[str]:
-    """MSE (best-of-grid mean, min-max seed band) vs trainable % per method.
-
-    rows: output of :func:`best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` drawn as
-    stars (e.g. a theory construction's budget and MSE). hline_methods: methods with one budget
-    (e.g. "Frozen") drawn as dashed horizontal lines; if such a line lies far above every other
-    point, the y-axis is clipped and the line's value is written on the plot instead. Points whose best
-    lr is still at an edge of its grid (row ``lr_at_edge``) are drawn hollow, with a legend note.
-    Writes ``<out_stem>.png`` and ``.pdf`` and returns their paths.
-    """
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone (notebooks)
-
-    by_method: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_method[r[method_key]].append(r)
-    order = list(method_order or []) + sorted(m for m in by_method if m not in (method_order or []))
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.subplots()
-    markers = "osD^vP*Xh"
-    hlines = []
-    n_edge = 0
-    for i, m in enumerate(o for o in order if o in by_method):
-        if m in hline_methods:
-            vals = [r for r in by_method[m] if r.get("mean") is not None]
-            if vals:
-                hlines.append((m, vals[0], markers[i % len(markers)]))
-            continue
-        pts = sorted((r for r in by_method[m] if r.get("mean") is not None), key=lambda r: r["trainable_pct"])
-        n_div = sum(r.get("n_diverged", 0) for r in by_method[m])
-        n_seeds = max((r.get("n_seeds", 0) for r in pts), default=0)
-        label = f"{m} ({n_seeds} seeds" + (f", {n_div} diverged)" if n_div else ")")
-        if not pts:
-            ax.plot([], [], label=label + " [no finite runs]")
-            continue
-        x = [r["trainable_pct"] for r in pts]
-        y = [r["mean"] for r in pts]
-        lo = [r["mean"] - r["min"] for r in pts]
-        hi = [r["max"] - r["mean"] for r in pts]
-        line = ax.errorbar(x, y, yerr=[lo, hi], marker=markers[i % len(markers)], ms=5, capsize=3, label=label)
-        edge = [r for r in pts if r.get("lr_at_edge")]
-        if edge:  # hollow: the optimum may lie outside the lrs tried
-            ax.plot([r["trainable_pct"] for r in edge], [r["mean"] for r in edge], ls="none",
-                    marker=markers[i % len(markers)], ms=7, mfc="white", mec=line[0].get_color(), zorder=3)
-            n_edge += len(edge)
-        if len(pts) > 1:
-            ax.fill_between(x, [r["min"] for r in pts], [r["max"] for r in pts], alpha=0.15,
-                            color=line[0].get_color())
-    ys = [v for line in ax.get_lines() for v in line.get_ydata()] + [p["y"] for p in extra_points]
-    top = max(ys) if ys else 1.0
-    for m, r, mk in hlines:
-        lab = f"{m}: {r['mean']:.3g} (min {r['min']:.3g}, max {r['max']:.3g}, {r['n_seeds']} seeds)"
-        if ys and r["mean"] > 1.5 * top:
-            ax.set_ylim(bottom=min(0.0, min(ys)) - 0.04 * top, top=1.15 * top)
-            ax.plot([], [], ls="--", color="gray", label=lab + ", off scale")
-            ax.annotate(f"{m} = {r['mean']:.3g} (off scale)", xy=(0.02, 0.97), xycoords="axes fraction",
-                        va="top", fontsize=8, color="gray")
-        else:
-            ax.axhline(r["mean"], ls="--", color="gray", label=lab)
-    if n_edge:
-        ax.plot([], [], ls="none", marker="o", mfc="white", mec="gray",
-                label=f"hollow: best lr at an edge of its grid ({n_edge} points)")
-    for p in extra_points:
-        ax.plot([p["x"]], [p["y"]], marker="*", ms=14, ls="none", color=p.get("color", "k"), label=p["label"])
-    if logy:
-        ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=6, va="bottom", ha="left", wrap=True)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
-    out_stem = str(out_stem)
-    Path(out_stem).parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem + ".png", out_stem + ".pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible bytes on redraw
-    return paths
 
 
 # ---------------------------------------------------------------------------------- environment

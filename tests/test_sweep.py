@@ -6,7 +6,8 @@ import math
 import pytest
 
 from synthetic.results import (LrEdge, LrPolicy, ResultsFile, best_of_grid, is_diverged, lr_edge, lr_extension_plan,
-                             plot_mse_vs_params, run_key)
+                               run_key)
+from synthetic.plots import plot_mse_vs_params
 
 
 def test_run_key_is_order_independent():

@@ -41,8 +41,9 @@ from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, P
                                   frozen_param_count, get_backend, mamba_ssm_available, residual_stack,
                                   select_channels, trainable_count)
 from synthetic.mamba.ref import block_weights
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
-                               plot_mse_vs_params, run_key, utc_now)
+from synthetic.plots import plot_mamba
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged, run_key,
+                               utc_now)
 from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
 
 
@@ -322,52 +323,7 @@ def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
         print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
         return
     rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
-    r0 = records[0]
-    cfg = r0.get("config", {})
-    devices = ", ".join(sorted({str(r.get("device")) for r in records}))
-    note = (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {devices}; "
-            f"frozen {cfg.get('frozen_layers')}x Mamba(d_model {cfg.get('d_model')}, H {cfg.get('frozen_d_state')}), "
-            f"target {cfg.get('target_layers')}x (H {cfg.get('target_d_state')}); {cfg.get('iters')} AdamW iters, "
-            f"best lr per point; commits {', '.join(sorted({str(r.get('commit')) for r in records}))}")
-    plot_mse_vs_params(rows, str(paths["mse"]), method_order=ALL_METHODS, note=note,
-                       title="Mamba regression: MSE vs. trainable parameters")
-    plot_loss_curves(records, rows, paths["curves"], note)
-
-
-def plot_loss_curves(records: Sequence[dict], rows: Sequence[dict], path: Path, note: str = "") -> None:
-    """Training loss over iterations: SDT vs LoRA (S6+Proj), each budget at its best lr, seed 0 run."""
-    import matplotlib
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
-
-    best = {(r["method"], r["budget_label"]): r["lr"] for r in rows if r.get("lr") is not None}
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.subplots()
-    styles = {"SDT": "-", "LoRA (S6+Proj)": "--"}
-    cmap = matplotlib.colormaps["viridis"]
-    for m, ls in styles.items():
-        recs = sorted((r for r in records if r["method"] == m and r.get("status") == "ok"
-                       and best.get((m, r["budget_label"])) == r["lr"] and r["seed"] == min(
-                           x["seed"] for x in records if x["method"] == m)), key=lambda r: r["trainable_pct"])
-        for i, r in enumerate(recs):
-            y = r["loss_curve"]
-            k = max(1, len(y) // 200)  # running mean over k iterations for readability
-            ys = [sum(y[j:j + k]) / len(y[j:j + k]) for j in range(0, len(y), k)]
-            ax.plot([j + k / 2 for j in range(0, len(y), k)], ys, ls=ls, color=cmap(i / max(1, len(recs) - 1) * 0.85),
-                    label=f"{m}, {r['trainable_pct']:.2f}% (lr {r['lr']:g})")
-    frozen = [r for r in records if r["method"] == "Frozen" and r.get("final_mse") is not None]
-    if frozen:
-        ax.axhline(frozen[0]["final_mse"], color="k", lw=0.8, ls=":", label="Frozen (eval MSE)")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training MSE")
-    ax.set_title("Mamba regression: SDT vs. LoRA (S6+Proj), best lr per budget", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=5.5, va="bottom", ha="left", wrap=True)
-    fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    plot_mamba(records, rows, paths["mse"], paths["curves"], method_order=ALL_METHODS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

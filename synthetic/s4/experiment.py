@@ -55,8 +55,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, plot_mse_vs_params, run_key,
-                               subsample_curve, utc_now)
+from synthetic.plots import plot_mse_vs_params
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, run_key, subsample_curve,
+                               utc_now)
 from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.config import OPT_IN_DEFAULTS, Config, build_parser, key_fields, n_modes, parse_config

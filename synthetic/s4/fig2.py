@@ -12,7 +12,7 @@ MSE vs trainable % per method, from data only (no training):
 - ``default_conventions``: our own conventions (``figures/s4_regression_paper.json``, best of grid).
 
 Points of this toolkit whose best lr is the lowest or highest of its group's lrs (``lr_at_edge``,
-:func:`synthetic.results.lr_edge`: the optimum may lie outside the grid) are drawn hollow.
+:func:`synthetic.sweep.lr_edge`: the optimum may lie outside the grid) are drawn hollow.
 A missing source is skipped and named in the figure's note and the JSON. Writes
 ``<out>.png``, ``.pdf`` and ``.json`` (the points drawn).
 
@@ -27,21 +27,12 @@ import argparse
 import json
 import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from synthetic.plots import plot_fig2_three_ways
 from synthetic.results import best_of_grid, lr_edge
 
-COLORS = {"Frozen": "tab:gray", "LoRA (Proj)": "tab:blue", "LoRA (S4+Proj)": "tab:orange",
-          "LoRA (A&C+Proj)": "tab:brown", "SDT": "tab:green", "SDT + LoRA": "tab:red", "Full": "tab:purple"}
-STYLE = {"paper": dict(marker="*", ms=12, ls=":", mfc="none", zorder=1), "official_code": dict(marker="s", ms=6, ls="--"),
-         "preset_seed123": dict(marker="o", ms=5, ls="-"), "preset_seeds": dict(marker="o", ms=5, ls="-"),
-         "default_conventions": dict(marker="^", ms=5, ls="-.")}
-LABELS = {"paper": "paper (read off Fig. 2)", "official_code": "official code (seed 123, best lr)",
-          "preset_seed123": "this toolkit, official preset (seed 123, best lr)",
-          "preset_seeds": "this toolkit, official preset (mean over seeds, min–max)",
-          "default_conventions": "this toolkit, own conventions (paper preset, mean, min–max)"}
 # our default conventions' "LoRA (S4+Proj)" puts LoRA on A and C: the official preset's "LoRA (A&C+Proj)"
 DEFAULT_METHOD_MAP = {"LoRA (S4+Proj)": "LoRA (A&C+Proj)"}
 
@@ -140,65 +131,8 @@ def _one_config(records: List[Dict]) -> List[Dict]:
 
 
 def plot(data: Dict, out_stem) -> List[str]:
-    """Two panels: (a) seed 123 (paper / official code / preset), (b) over seeds (preset / own conventions / paper)."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    fig = Figure(figsize=(12, 5))
-    axes = fig.subplots(1, 2, sharey=True)
-    panels = (("paper", "official_code", "preset_seed123"), ("paper", "preset_seeds", "default_conventions"))
-    titles = ("(a) seed 123: paper / official code / official preset",
-              "(b) over seeds: official preset / own conventions / paper")
-    methods = set()
-    for ax, srcs, title in zip(axes, panels, titles):
-        n_edge = 0
-        for src in srcs:
-            pts = data["sources"].get(src)
-            if not pts:
-                continue
-            by_m = defaultdict(list)
-            for p in pts:
-                by_m[p["method"]].append(p)
-            for m, ps in by_m.items():
-                methods.add(m)
-                ps = sorted(ps, key=lambda p: p["trainable_pct"])
-                x = [p["trainable_pct"] for p in ps]
-                y = [p["mse"] for p in ps]
-                st = STYLE[src]
-                if "min" in ps[0]:
-                    err = [[p["mse"] - p["min"] for p in ps], [p["max"] - p["mse"] for p in ps]]
-                    ax.errorbar(x, y, yerr=err, color=COLORS.get(m, "k"), capsize=3, zorder=3, **st)
-                else:
-                    ax.plot(x, y, color=COLORS.get(m, "k"), **{"zorder": 3, **st})
-                edge = [p for p in ps if p.get("lr_at_edge")]
-                if edge:  # hollow: the best lr is at an edge of the lrs tried
-                    ax.plot([p["trainable_pct"] for p in edge], [p["mse"] for p in edge], ls="none", marker=st["marker"],
-                            ms=st["ms"] + 2, mfc="white", mec=COLORS.get(m, "k"), zorder=4)
-                    n_edge += len(edge)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("trainable parameters (%)")
-        ax.grid(alpha=0.3)
-        src_handles = [Line2D([], [], color="k", marker=STYLE[s]["marker"], ls=STYLE[s]["ls"],
-                              mfc=STYLE[s].get("mfc"), label=LABELS[s])
-                       for s in srcs if data["sources"].get(s)]
-        if n_edge:
-            src_handles.append(Line2D([], [], color="gray", marker="o", mfc="white", ls="none",
-                                      label=f"hollow: best lr at an edge of its grid ({n_edge} points)"))
-        ax.legend(handles=src_handles, fontsize=7, loc="upper right")
-    axes[0].set_ylabel("MSE (best training-batch loss)")
-    order = [m for m in COLORS if m in methods]
-    fig.legend(handles=[Line2D([], [], color=COLORS[m], lw=3, label=m) for m in order], loc="lower center",
-               ncol=len(order), fontsize=8)
-    note = "missing (not drawn): " + ", ".join(data["missing"]) if data["missing"] else ""
-    if note:
-        fig.text(0.01, 0.94, note, fontsize=7)
-    fig.suptitle("Deep-S4 synthetic regression (Galim et al., ICML 2025, Fig. 2), three ways", fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
-    out_stem = str(out_stem)
-    Path(out_stem).parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem + ".png", out_stem + ".pdf", out_stem + ".json"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})
+    """The figure (:func:`synthetic.plots.plot_fig2_three_ways`) and the points drawn (``<out_stem>.json``)."""
+    paths = plot_fig2_three_ways(data, out_stem) + [str(out_stem) + ".json"]
     Path(paths[2]).write_text(json.dumps(data, indent=1) + "\n")
     return paths
 

@@ -1,0 +1,91 @@
+"""synthetic.plots: log MSE axis only where the values span a decade, one legend entry for hollow, one look
+per method across figures, files written."""
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from synthetic import plots  # noqa: E402
+from synthetic.results import best_of_grid  # noqa: E402
+
+
+def _rows(values_by_method, edge_method=None):
+    """best_of_grid rows from {method: [(trainable %, mse), ...]}, lrs 1e-3, 1e-2, 1e-1: the best lr is the
+    middle one, except for ``edge_method`` (the highest: at its grid's edge)."""
+    factors = {False: (2.0, 1.0, 3.0), True: (2.0, 1.5, 1.0)}
+    return best_of_grid([{"method": m, "budget_label": str(pct), "lr": lr, "seed": 0, "trainable_pct": pct,
+                          "best_mse": f * mse, "status": "ok"}
+                         for m, pts in values_by_method.items() for pct, mse in pts
+                         for lr, f in zip((1e-3, 1e-2, 1e-1), factors[m == edge_method])])
+
+
+def _legend_texts(fig):
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()] + \
+        [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+
+
+def test_choose_yscale_is_log_from_a_decade_on():
+    assert plots.choose_yscale([0.5, 4.9]) == "linear"
+    assert plots.choose_yscale([0.5, 5.0]) == "log"
+    assert plots.choose_yscale([0.0, 1e-26, 0.4, 2.0]) == "log"  # 1e-26 is positive: it counts
+    assert plots.choose_yscale([0.0, None, float("nan"), 1.0, 2.0]) == "linear"  # zeros, None, NaN do not
+    assert plots.choose_yscale([]) == "linear"
+
+
+def test_mse_axis_is_log_for_data_spanning_a_decade_and_linear_otherwise():
+    wide = _rows({"LoRA (Proj)": [(5.0, 2.0), (10.0, 1.5)], "Full": [(100.0, 0.05)]})
+    narrow = _rows({"LoRA (Proj)": [(5.0, 2.0), (10.0, 1.5)], "SDT": [(7.0, 1.0)]})
+    assert plots.draw_mse_vs_params(wide).axes[0].get_yscale() == "log"
+    assert plots.draw_mse_vs_params(narrow).axes[0].get_yscale() == "linear"
+    assert plots.draw_mse_vs_params(narrow, logy=True).axes[0].get_yscale() == "log"
+
+
+def test_one_legend_entry_explains_hollow_and_only_edge_points_are_hollow():
+    rows = _rows({"LoRA (Proj)": [(5.0, 2.0), (10.0, 1.5)], "SDT": [(7.0, 1.0), (14.0, 0.8)]}, edge_method="SDT")
+    assert {r["method"]: r["lr_at_edge"] for r in rows} == {"LoRA (Proj)": None, "SDT": "high"}
+    fig = plots.draw_mse_vs_params(rows, extra_points=[{"x": 40.0, "y": 1e-26, "label": "theory"}])
+    texts = _legend_texts(fig)
+    assert sum("hollow" in t for t in texts) == 1 and any("2 points" in t for t in texts if "hollow" in t)
+    hollow = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_markerfacecolor() == "white"]
+    assert sum(len(ln.get_xdata()) for ln in hollow) == 2  # SDT's two points, nothing else
+    no_edge = plots.draw_mse_vs_params(_rows({"LoRA (Proj)": [(5.0, 2.0)]}))
+    assert not any("hollow" in t for t in _legend_texts(no_edge))
+
+
+def test_fig2_paper_points_are_filled_stars_and_hollow_has_one_entry():
+    data = {"missing": [], "sources": {
+        "paper": [{"method": "SDT", "trainable_pct": 10.0, "mse": 1.2}, {"method": "SDT", "trainable_pct": 47.0,
+                                                                           "mse": 0.0}],
+        "preset_seed123": [{"method": "SDT", "trainable_pct": 10.0, "mse": 1.5, "lr_at_edge": "high"},
+                           {"method": "Frozen", "trainable_pct": 0.8, "mse": 12.0, "lr_at_edge": None}],
+        "preset_seeds": [{"method": "SDT", "trainable_pct": 10.0, "mse": 1.4, "min": 1.2, "max": 1.7,
+                          "lr_at_edge": "high"}]}}
+    fig = plots.draw_fig2_three_ways(data)
+    assert all(ax.get_yscale() == "log" for ax in fig.axes)  # 0.0 does not count: 1.2 ... 12
+    texts = _legend_texts(fig)
+    assert sum("hollow" in t for t in texts) == 1
+    stars = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_marker() == "*"]
+    assert stars and all(ln.get_markerfacecolor() != "white" for ln in stars)
+    assert any("below the axis" in t.get_text() for ax in fig.axes for t in ax.texts)  # the paper's 0.0
+
+
+def test_same_style_for_a_method_across_s4_and_mamba():
+    assert plots.method_style("LoRA (S6+Proj)") == plots.method_style("LoRA (S4+Proj)")
+    styles = [(s["color"], s["marker"]) for s in plots.METHOD_STYLE.values()]
+    assert len(set(styles)) == len(styles) and len({c for c, _ in styles}) == len(styles)
+    fig = plots.draw_mse_vs_params(_rows({"SDT": [(5.0, 1.0), (9.0, 0.9)]}))
+    (bars,) = [c for c in fig.axes[0].containers if c.get_label().startswith("SDT")]  # errorbar container
+    assert bars.lines[0].get_color() == plots.METHOD_STYLE["SDT"]["color"]
+    assert bars.lines[0].get_marker() == plots.METHOD_STYLE["SDT"]["marker"]
+
+
+def test_files_are_written(tmp_path):
+    rows = _rows({"Frozen": [(0.0, 5.0)], "LoRA (Proj)": [(5.0, 2.0)], "Full": [(100.0, 0.01)]})
+    paths = plots.plot_mse_vs_params(rows, tmp_path / "sub" / "fig")
+    assert paths == [str(tmp_path / "sub" / "fig.png"), str(tmp_path / "sub" / "fig.pdf")]
+    assert all((tmp_path / "sub" / p).stat().st_size > 0 for p in ("fig.png", "fig.pdf"))
+    recs = [{"method": m, "budget_label": "b", "lr": 0.01, "seed": 0, "status": "ok", "trainable_pct": pct,
+             "best_mse": 0.1, "final_mse": 0.2, "loss_curve": [1.0, 0.5, 0.1], "config": {}}
+            for m, pct in (("SDT", 5.0), ("LoRA (S6+Proj)", 6.0), ("Frozen", 0.0))]
+    out = plots.plot_mamba(recs, best_of_grid(recs), tmp_path / "mse", tmp_path / "curves.png")
+    assert sorted(p.rsplit("/", 1)[1] for p in out) == ["curves.pdf", "curves.png", "mse.pdf", "mse.png"]
