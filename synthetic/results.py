@@ -62,7 +62,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from synthetic.records import infer_from_path, normalise
 
-__all__ = ["run_key", "ResultsFile", "is_diverged", "best_of_grid",
+__all__ = ["run_key", "ResultsFile", "ResultsFileError", "is_diverged", "best_of_grid",
            "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "edge_label", "environment", "git_commit"]
 
 
@@ -100,9 +100,20 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 def run_records(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The per-run records of a results file (drops ``kind: "sweep"`` wall-time records)."""
     return [r for r in records if r.get("kind", "run") == "run"]
+
+
+class ResultsFileError(ValueError):
+    """A results file that cannot be read as one (corrupted, truncated, not a list of records): the message names
+    the file and, for broken JSON, the line."""
 
 
 class ResultsFile:
@@ -115,10 +126,19 @@ class ResultsFile:
         """The records, in the current schema (older files pass through :func:`synthetic.records.normalise`)."""
         if not self.path.exists():
             return []
-        with open(self.path) as f:
-            data = json.load(f)
-        if not isinstance(data, list):
-            raise ValueError(f"{self.path}: expected a JSON list of run records")
+        if self.path.is_dir():
+            raise ResultsFileError(f"{self.path}: is a folder, not a results file")
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ResultsFileError(f"{self.path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                                   "the file was left as it is: repair or move it, or pass another --out") from None
+        except UnicodeDecodeError:
+            raise ResultsFileError(f"{self.path}: not a text file; the file was left as it is") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ResultsFileError(f"{self.path}: expected a JSON list of run records (objects); the file was left "
+                                   "as it is")
         hint = infer_from_path(self.path)
         return [normalise(r, **hint) if isinstance(r, dict) else r for r in data]
 
@@ -137,6 +157,7 @@ class ResultsFile:
                 json.dump(_json_safe(records), f, indent=1, allow_nan=False)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a results file is data to share
             os.replace(tmp, self.path)
         except BaseException:
             if os.path.exists(tmp):

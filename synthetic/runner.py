@@ -7,7 +7,10 @@ An experiment (:class:`Experiment`) hands the runner
 - ``train(runs)``: train a list of runs of one seed together and return one record per run;
 - ``max_runs_per_call`` / ``pad_calls``: how many runs one ``train`` call may take, and whether a short
   call is filled up to that size by repeating its last run (one compiled graph per size; the padding
-  runs are not recorded).
+  runs are not recorded);
+- optionally ``pack_key(run)``: runs of consecutive groups with the same (not None) pack key are trained
+  together, up to ``max_runs_per_call`` per call (packing runs of different methods and budgets into one
+  step); None keeps a group's runs to themselves.
 
 The runner owns the rest, the same way for every experiment: resume by key (runs whose key is in the
 results file or one of its shard files are skipped), execution order, the time budget, learning-rate
@@ -230,17 +233,46 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
             st.calls += 1
             st.runs += n_keep
 
+    pack_key = getattr(exp, "pack_key", None)
+    pending: List[Run] = []  # runs waiting to share a step (one pack key)
+
+    def flush() -> None:
+        if pending:
+            runs = list(pending)
+            pending.clear()
+            train(runs)
+
+    def submit(runs: List[Run]) -> None:
+        """Train ``runs`` (one group), or hold them to share a step with the next groups of the same pack key."""
+        pk = pack_key(runs[0]) if pack_key else None
+        if pk is None:
+            flush()
+            train(runs)
+            return
+        if pending and pack_key(pending[0]) != pk:
+            flush()
+        pending.extend(runs)
+        size = exp.max_runs_per_call or len(pending)
+        while len(pending) >= size:
+            chunk = pending[:size]
+            del pending[:size]
+            train(chunk)
+
     for g in progress(groups, total=len(groups), desc=f"{exp.name} {exp.preset}"):
-        todo = [Run(g.seed, g.method, g.budget, lr) for lr in g.lrs
-                if exp.key(g.seed, g.method, g.budget, lr) not in done]
-        if not todo:
+        keys = [exp.key(g.seed, g.method, g.budget, lr) for lr in g.lrs]
+        if all(k in done for k in keys):
             st.groups_skipped += 1
             continue
         if out_of_time():
             st.stopped = True
             break
-        train(todo)
+        # the whole group (its records already in the file are not written twice): a group's runs are
+        # trained as they were when it first ran, whatever was cut short before
+        submit([Run(g.seed, g.method, g.budget, lr) for lr in g.lrs])
         st.groups_run += 1
+    if not st.stopped:
+        flush()
+    pending.clear()
     log(f"base grid: {len(groups)} groups, {st.groups_run} run, {st.groups_skipped} already done, "
         f"wall {time.monotonic() - t0:.1f}s")
 
@@ -249,18 +281,22 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
         todo = extension_todo(exp, main.load(), all_groups)
         if not todo:
             break
+        todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)  # seed-major: steps can be shared
         keys = {exp.key(s, m, b, lr) for s, m, b, lrs in todo for lr in lrs}
         if keys & planned:  # their records should be in the file by now: stop rather than loop
             raise RuntimeError(f"lr extension: runs planned twice; their records are not in {main.path}")
         planned |= keys
         st.extension_rounds += 1
+        n0 = st.runs
         for seed, method, budget, lrs in progress(todo, desc=f"{exp.name} lr extension {st.extension_rounds}"):
             if out_of_time():
                 st.stopped = True
                 break
-            n0 = st.runs
-            train([Run(seed, method, budget, lr, "extension") for lr in lrs])
-            st.extension_runs += st.runs - n0
+            submit([Run(seed, method, budget, lr, "extension") for lr in lrs])
+        if not st.stopped:
+            flush()
+        pending.clear()
+        st.extension_runs += st.runs - n0
     st.wall_s = time.monotonic() - t0
     if st.stopped:
         log(f"time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")

@@ -10,7 +10,7 @@ import torch
 
 from synthetic.s4 import model as sm
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t, experiment as s4r
-from synthetic.results import best_of_grid
+from synthetic.results import best_of_grid, run_records
 from synthetic.s4.selection import rank_dimensions, select, select_pruned
 from theory.peft import Role
 from theory.deep import deep_forward as reference_forward
@@ -280,3 +280,20 @@ def test_half_precision_conv_matches_fp32_conv():
         for a, b in zip(g16, g32):
             assert rel_err(a, b) < 2e-3
         assert rel_err(out16, out32) > 0  # the half path really rounds (it is not the fp32 path)
+
+
+def test_a_run_does_not_depend_on_the_runs_packed_with_it(tmp_path):
+    """runs_per_step packs runs of different methods and budgets of one seed into one step; each run's result
+    equals the same run trained alone (its own generator; the stacked runs do not interact)."""
+    base = ["--preset", "tiny", "--no-compile", "--device", "cpu", "--seeds", "0", "--lrs", "1e-2",
+            "--lr-extend-factor", "0", "--methods", "LoRA (Proj),LoRA (S4+Proj),SDT,SDT + LoRA,Full"]
+    s4r.main(base + ["--out", str(tmp_path / "alone")])
+    s4r.main(base + ["--out", str(tmp_path / "packed"), "--runs-per-step", "5"])
+    alone = {r["key"]: r for r in run_records(json.loads((tmp_path / "alone" / "s4_regression_tiny.json").read_text()))}
+    packed = run_records(json.loads((tmp_path / "packed" / "s4_regression_tiny.json").read_text()))
+    assert len(packed) == len(alone) == 2 + 2 + 2 + 2 + 1 and max(r["runs_in_group"] for r in packed) == 5
+    for r in packed:
+        a = alone[r["key"]]  # same key: runs_per_step is not part of it
+        assert a["runs_in_group"] == 1 and r["trainable"] == a["trainable"]
+        assert rel_err(torch.tensor([v for _, v in r["loss_curve"]]),
+                       torch.tensor([v for _, v in a["loss_curve"]])) < 1e-5, r["method"]

@@ -32,7 +32,6 @@ that differ between configurations into the JSON and ``bench_mamba_profile.txt``
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -44,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from synthetic.cli import check_overwrite, write_json_atomic
 from synthetic.mamba.config import parse_config
 from synthetic.mamba.official import official_counts
 from synthetic.mamba.peft import (PROJ_NAMES, MambaPeftConfig, PeftMambaStack, get_backend, mamba_ssm_available,
@@ -91,6 +91,7 @@ class MambaBenchConfig:
     profile: bool = False
     profile_top: int = 15
     out: str = "figures"
+    force: bool = False  # replace a bench_mamba.json of another configuration
 
 
 PRESETS: Dict[str, MambaBenchConfig] = {
@@ -316,7 +317,7 @@ def bench(cfg: MambaBenchConfig) -> dict:
         "commit": os.environ.get("GIT_COMMIT") or env["commit"], "date": env["date"], "torch": env["torch"],
         "mamba_ssm_version": any_backend.version, "backend": any_backend.name,
         "fused_available": "fused" in backends, "notes": notes,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "force")},
         "results": results,
         "ratios": ratios,
         # kept for scripts/make_notebook.py: the equal-budget ratio (unfused when timed) of medians
@@ -350,15 +351,15 @@ def profile_text(res: dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, p = parse_config(MambaBenchConfig, PRESETS, "paper" if mamba_ssm_available() else "tiny", argv,
                           "python -m synthetic.bench --mamba", __doc__.split("\n\n")[0])
-    try:
+    out = Path(cfg.out) / "bench_mamba.json"
+    ident = {"device": environment()["device"] if torch.cuda.is_available() else "cpu",
+             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "force")}}
+    try:  # before anything runs: a report of another device or configuration there is kept unless --force
+        check_overwrite(out, ident, cfg.force, fields=("config",))
         res = bench(cfg)
     except ValueError as e:
         p.error(str(e))
-    out = Path(cfg.out) / "bench_mamba.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(res, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, out)
+    write_json_atomic(out, res)
     if res["profile"]:
         (Path(cfg.out) / "bench_mamba_profile.txt").write_text(profile_text(res) + "\n")
     for r in res["results"]:

@@ -16,6 +16,7 @@ import torch
 from synthetic.mamba.official import SDT_RULES
 from synthetic.mamba.peft import BACKENDS, BENCHMARK_METHODS, METHODS, mamba_ssm_available
 from synthetic.results import LrPolicy
+from synthetic.cli import check_numbers, check_out_dir, field_help
 from synthetic.runner import parse_shard
 
 
@@ -56,7 +57,7 @@ class MambaRegressionConfig:
     lora_ranks: Tuple[int, ...] = (1, 2)
     sdt_channels: Tuple[int, ...] = (8, 16)  # channels per layer
     sdt_lora: Tuple[str, ...] = ("8x1",)  # "<channels>x<rank>"
-    methods: Tuple[str, ...] = METHOD_ORDER  # or "all": ALL_METHODS
+    methods: Tuple[str, ...] = METHOD_ORDER  # methods to run (registry names, comma-separated) or "all"
     # budgets of BENCHMARK_ORDER's methods (not part of a run key: each run's budget is)
     prompt_lens: Tuple[int, ...] = (8, 32)  # prompt tuning: M vectors at the input
     prefix_lens: Tuple[int, ...] = (4, 16)  # prefix-tuning: M vectors per block
@@ -121,12 +122,14 @@ def parse_config(cls, presets: Dict[str, object], default_preset: str, argv: Opt
     then apply the options given (every field is an option; unknown options are rejected)."""
     p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     fields = dataclasses.fields(cls)
+    helps = field_help(cls)
     for f in fields:
         opt = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
-            p.add_argument(opt, nargs="?", const="true", default=None, metavar="BOOL", help=f"(default {f.default})")
+            p.add_argument(opt, nargs="?", const="true", default=None, metavar="BOOL",
+                           help=f"{helps[f.name]} (default {f.default})")
         else:
-            p.add_argument(opt, default=None, help=f"(default {f.default!r})")
+            p.add_argument(opt, default=None, help=f"{helps[f.name]} (default {f.default!r})")
     ns = p.parse_args(argv)  # exits with an error on unknown options
     preset = ns.preset or default_preset
     if preset not in presets:
@@ -167,6 +170,9 @@ def check_config(cfg) -> None:
             raise ValueError(f"{opt}: need positive learning rates, got {v!r}")
         if f.name == "seeds" and not vals:
             raise ValueError(f"{opt}: need at least one seed")
+    check_numbers(cfg)
+    if hasattr(cfg, "out"):
+        check_out_dir(cfg.out)
     backend = getattr(cfg, "backend", "auto")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"--backend: one of {['auto'] + sorted(BACKENDS)}, got {backend!r}")
@@ -216,17 +222,30 @@ def lr_policy(cfg: MambaRegressionConfig) -> LrPolicy:
 def check_options(cfg: MambaRegressionConfig) -> None:
     """ValueError naming the option for inconsistent opt-in / shard options."""
     if cfg.sdt_rule not in SDT_RULES:
-        raise ValueError(f"sdt_rule: one of {SDT_RULES}, got {cfg.sdt_rule!r}")
+        raise ValueError(f"--sdt-rule: one of {SDT_RULES}, got {cfg.sdt_rule!r}")
     if not 0.0 <= cfg.sdt_state_freeze < 1.0:
-        raise ValueError(f"sdt_state_freeze: must be in [0, 1), got {cfg.sdt_state_freeze}")
+        raise ValueError(f"--sdt-state-freeze: must be in [0, 1), got {cfg.sdt_state_freeze}")
     if cfg.sdt_state_freeze and cfg.sdt_rule != "official":
-        raise ValueError("sdt_state_freeze: state-level freezing needs --sdt-rule official (it ranks states by "
+        raise ValueError("--sdt-state-freeze: state-level freezing needs --sdt-rule official (it ranks states by "
                          "the warm-up's A_log change)")
     if not 0.0 <= cfg.lora_dropout < 1.0:
-        raise ValueError(f"lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
+        raise ValueError(f"--lora-dropout: must be in [0, 1), got {cfg.lora_dropout}")
     parse_shard(cfg.shard)
     if cfg.shard and (cfg.merge or cfg.plot_only):
-        raise ValueError("shard: cannot be combined with --merge or --plot-only")
+        raise ValueError("--shard: cannot be combined with --merge or --plot-only")
+    d_inner = cfg.expand * cfg.d_model
+    if any(r > cfg.d_model for r in cfg.lora_ranks):
+        raise ValueError(f"--lora-ranks: each rank must be <= d_model={cfg.d_model} (the smaller side of in_proj and "
+                         f"out_proj), got {cfg.lora_ranks}")
+    if any(c > d_inner for c in cfg.sdt_channels):
+        raise ValueError(f"--sdt-channels: each count must be <= d_inner = expand x d_model = {d_inner}, "
+                         f"got {cfg.sdt_channels}")
+    for m in cfg.methods:  # every budget of the grid is built here, before anything runs
+        for b in METHODS[m].budgets(cfg):
+            if b.get("channels", 0) > d_inner or b.get("channels", 1) < 1:
+                raise ValueError(f"--sdt-lora: channels must be in [1, d_inner={d_inner}], got {b}")
+            if not 1 <= b.get("rank", 1) <= cfg.d_model:
+                raise ValueError(f"--sdt-lora: rank must be in [1, d_model={cfg.d_model}], got {b}")
 
 
 # ------------------------------------------------------------------------------------ the grid

@@ -277,14 +277,14 @@ def run(cfg: MambaRegressionConfig) -> Path:
     paths = out_paths(cfg)
     if cfg.merge:
         merge_shards(paths["json"], log=lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
-        summary(ResultsFile(paths["json"]).runs(), lr_policy(cfg))
+        summary(current_records(cfg, ResultsFile(paths["json"]).runs()), lr_policy(cfg))
         try:
-            plot(paths, lr_policy(cfg))
+            plot(paths, lr_policy(cfg), cfg)
         except ImportError as e:
             print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
         return paths["json"]
     if cfg.plot_only:
-        plot(paths, lr_policy(cfg))
+        plot(paths, lr_policy(cfg), cfg)
         return paths["json"]
     shard = parse_shard(cfg.shard)
     exp = MambaExperiment(cfg)
@@ -295,12 +295,29 @@ def run(cfg: MambaRegressionConfig) -> Path:
     if shard is not None:
         return st.results
     policy = lr_policy(cfg)
-    summary(ResultsFile(paths["json"]).runs(), policy)
+    summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
     try:
-        plot(paths, policy)
+        plot(paths, policy, cfg)
     except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
         print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
     return paths["json"]
+
+
+def current_records(cfg: MambaRegressionConfig, records: Sequence[dict]) -> List[dict]:
+    """Records of one configuration (the ``config`` a run key holds): ``cfg``'s if the file has it, else the last
+    record's. A file can hold runs of several configurations (a rerun with another ``--iters``, or ``--backend``);
+    one summary or figure never mixes them, and says how many records it leaves out."""
+    if not records:
+        return list(records)
+    fps = [run_key(r.get("config", {})) for r in records]
+    want = run_key(config_dict(cfg))
+    if want not in fps:
+        want = fps[-1]
+    kept = [r for r, f in zip(records, fps) if f == want]
+    if len(kept) < len(records):
+        print(f"mamba_regression: note: {len(records) - len(kept)} records of other configurations in the file are "
+              "not shown", file=sys.stderr)
+    return kept
 
 
 def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
@@ -316,9 +333,12 @@ def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[
     return rows
 
 
-def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
+def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None,
+         cfg: Optional[MambaRegressionConfig] = None) -> None:
     """Both figures from the results file alone (``policy``: how the lr grid was grown, for the edge flags)."""
     records = ResultsFile(paths["json"]).runs()
+    if cfg is not None:
+        records = current_records(cfg, records)
     if not records:
         print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
         return
@@ -327,7 +347,17 @@ def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run(parse_args(argv))
+    cfg = parse_args(argv)
+    path = out_paths(cfg)["json"]
+    try:  # before anything runs: the results file reads (a corrupted one is never touched)
+        ResultsFile(path).load()
+        if cfg.plot_only and not ResultsFile(path).runs():
+            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
+                             "and --preset of an earlier run)")
+    except ValueError as e:
+        print(f"python -m synthetic.mamba_regression: error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
     return 0
 
 

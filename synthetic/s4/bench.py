@@ -17,7 +17,6 @@ relative difference, so the TF32 speed-up is shown not to change the result.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from synthetic.s4 import model as sm
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
+from synthetic.cli import check_out_dir, check_overwrite, write_json_atomic
 from synthetic.results import environment
 
 
@@ -106,6 +106,9 @@ def precision_check(cfg: s4c.Config, device: torch.device, iters: int, seed: int
     return out
 
 
+REPORT_CONFIG = ("D", "H", "H_star", "L_frozen", "L_target", "N", "batch")  # the sizes a report is made for
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m synthetic.bench", description=__doc__.split("\n\n")[0],
@@ -119,7 +122,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--precision", default="tf32", choices=("tf32", "fp32", "fp16"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--check-iters", type=int, default=100, help="iterations of the fp32-vs-TF32 check (0: skip)")
-    p.add_argument("--out", default="figures/bench_s4.json")
+    p.add_argument("--out", default="figures/bench_s4.json",
+                   help="the report (JSON); a report of another device or configuration there is kept unless --force")
+    p.add_argument("--force", action="store_true", help="replace a report of another device or configuration")
     a = p.parse_args(argv)
     for name in ("iters", "warm", "runs"):
         if getattr(a, name) < 1:
@@ -128,9 +133,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bad = [m for m in methods if m not in s4m.METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; choose from {list(s4m.METHODS)}")
+    if not methods:
+        p.error("--methods: nothing to benchmark (give at least one method); no report written")
     cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision]
                            + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"]))
     device = s4t.resolve_device(cfg)
+    ident = {"device": environment()["device"], "config": {k: getattr(cfg, k) for k in REPORT_CONFIG}}
+    try:
+        check_out_dir(Path(a.out).parent)
+        check_overwrite(a.out, ident, a.force)
+    except ValueError as e:
+        p.error(str(e))
     cfg = s4c.Config(**{**cfg.__dict__, "lrs": tuple([sorted(cfg.lrs)[(len(cfg.lrs) - 1) // 2]] * a.runs)})
     trainer = s4t.Trainer(cfg, device)
     env = environment()
@@ -150,12 +163,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"fp16 {c['rel_diff_best_mse_fp16']:.2e}", flush=True)
     report = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
               "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
-              "compiled": trainer.use_compile, "config": {k: getattr(cfg, k) for k in
-                                                          ("D", "H", "H_star", "L_frozen", "L_target", "N", "batch")},
+              "compiled": trainer.use_compile, "config": {k: getattr(cfg, k) for k in REPORT_CONFIG},
               "runs_per_step": a.runs, "timed_iters": a.iters, "results": results, "precision_check": check,
               "wall_s": round(time.perf_counter() - t_all, 1)}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=1))
+    write_json_atomic(a.out, report)
     print("wrote", a.out)
     return 0
 

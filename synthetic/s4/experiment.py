@@ -47,6 +47,7 @@ rerunning resumes), ``s4_mse_vs_params_<preset>.png`` / ``.pdf``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import sys
 import time
@@ -62,7 +63,8 @@ from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, 
 from synthetic.s4 import model as sm
 from synthetic.s4.config import OPT_IN_DEFAULTS, Config, build_parser, key_fields, n_modes, parse_config
 from synthetic.s4.methods import METHODS, BENCHMARK_METHODS, configure, method_label, theory_trainable_count
-from synthetic.s4.train import Trainer, resolve_device
+from synthetic.cli import check_memory
+from synthetic.s4.train import Trainer, estimate_step_bytes, resolve_device
 
 # -------------------------------------------------------------------------------------- sweep
 def key_config(cfg: Config) -> Dict:
@@ -88,13 +90,21 @@ def lr_policy(cfg: Config) -> LrPolicy:
     return LrPolicy.from_config(cfg)
 
 
+def run_generator(key: str) -> torch.Generator:
+    """The generator of one run's adapter initialisation, seeded from its key: a run's LoRA factors do not depend
+    on which other runs share its step (nor on their number or its position among them)."""
+    return torch.Generator().manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:15], 16))
+
+
 class S4Experiment:
     """The deep-S4 experiment as a :class:`synthetic.runner.Experiment`: its run groups, run keys and training.
 
-    A train call takes the runs of one (seed, method, budget) group (at most ``len(cfg.lrs)`` runs; with
-    torch.compile a short call is padded to that size so the compiled graph is reused). As for base groups,
-    a run's LoRA initialisation beyond the first layer depends on its call's size and position
-    (``RunState.create`` draws all R runs from one generator).
+    Packing: with ``runs_per_step`` R > 0, the runs of one seed whose methods share the default graph (every
+    registry entry without extra tensors, except Frozen, which is only evaluated) are trained together, up to R
+    per step, whatever their method and budget; with R = 0 a step trains one (seed, method, budget) group.
+    Each run's state is built alone (its own generator, :func:`run_generator`) and the states are stacked, so
+    a run's result does not depend on the others in its step. With torch.compile a short step is padded to R
+    runs (one compiled graph; the padding runs are not recorded).
     """
 
     name = "s4"
@@ -106,7 +116,7 @@ class S4Experiment:
         self.results_path = paths(cfg)["json"]
         self.kc = key_config(cfg)
         self.device = resolve_device(cfg)
-        self.max_runs_per_call = len(cfg.lrs)
+        self.max_runs_per_call = cfg.runs_per_step or len(cfg.lrs)
         self._trainer: Optional[Trainer] = None
         self._cache: Dict[int, Dict] = {}
         self.total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
@@ -124,7 +134,8 @@ class S4Experiment:
     def describe(self) -> str:
         t, cfg = self.trainer, self.cfg
         return (f"device {environment()['device']}, compile={t.use_compile}, "
-                f"precision={cfg.precision if self.device.type == 'cuda' else 'fp32'}; "
+                f"precision={cfg.precision if self.device.type == 'cuda' else 'fp32'}, "
+                f"runs per step {self.max_runs_per_call}{' (packed)' if cfg.runs_per_step else ''}; "
                 f"frozen model {self.total_params} parameters")
 
     def groups(self) -> List[Group]:
@@ -136,51 +147,64 @@ class S4Experiment:
     def key(self, seed, method, budget, lr) -> str:
         return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
 
+    def pack_key(self, run: Run):
+        """Runs with the same pack key may share a step (None: the run's group trains alone)."""
+        m = METHODS[run.method]
+        if not self.cfg.runs_per_step or not m.trains or m.extra or (m.needs_selection and self.cfg.sdt_prune != "none"):
+            return None
+        return run.seed
+
+    def _selection(self, seed: int):
+        c = self._cache[seed]
+        if "selection" not in c:
+            tw = time.monotonic()
+            c["selection"] = self.trainer.warmup_selection(c["frozen"], c["target"], seed)
+            c["warmup_s"] = time.monotonic() - tw
+        return c["selection"]
+
     def train(self, runs: Sequence[Run]) -> List[Dict]:
-        """Train the runs of one group together (one RunState of R = len(runs)); one record per run."""
+        """Train ``runs`` (one seed) in one step: one RunState per run, stacked; one record per run."""
         cfg, trainer = self.cfg, self.trainer
-        seed, mname, budget = runs[0].seed, runs[0].method, runs[0].budget
-        lrs = [r.lr for r in runs]
-        method = METHODS[mname]
+        seed = runs[0].seed
         env = environment()
         if seed not in self._cache:
             self._cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
         c = self._cache[seed]
-        sel = None
-        if method.needs_selection:
-            if "selection" not in c:
-                tw = time.monotonic()
-                c["selection"] = trainer.warmup_selection(c["frozen"], c["target"], seed)
-                c["warmup_s"] = time.monotonic() - tw
-            sel = c["selection"]
+        methods = [METHODS[r.method] for r in runs]
+        sels = [self._selection(seed) if m.needs_selection else None for m in methods]
         tg = time.monotonic()
-        state = sm.RunState.create(c["frozen"], len(lrs), *trainer.rank_max(),
-                                   generator=torch.Generator().manual_seed(seed))
-        configure(cfg, method, state, budget, sel)
-        counts = state.trainable_count()
-        theory_count = theory_trainable_count(method, c["frozen"], budget, sel, cfg)
-        if method.trains:
-            curves = trainer.train(state, lrs, cfg.iters, c["target"], trainer.data(seed, stream=0)).tolist()
+        states, counts, theory = [], [], []
+        for r, m, sel in zip(runs, methods, sels):
+            st = sm.RunState.create(c["frozen"], 1, *trainer.rank_max(),
+                                    generator=run_generator(self.key(r.seed, r.method, r.budget, r.lr)))
+            configure(cfg, m, st, r.budget, sel)
+            states.append(st)
+            counts.append(st.trainable_count()[0])
+            theory.append(theory_trainable_count(m, c["frozen"], r.budget, sel, cfg))
+        if methods[0].trains:
+            state = sm.RunState.concat(states)
+            curves = trainer.train(state, [r.lr for r in runs], cfg.iters, c["target"],
+                                   trainer.data(seed, stream=0)).tolist()
         else:
             mse = trainer.evaluate([{k: v[None] for k, v in p.items()} for p in c["frozen"]], c["target"],
                                    trainer.data(seed, stream=0), cfg.frozen_eval_batches)
-            curves = [[mse]]
+            curves = [[mse] for _ in runs]
         wall = time.monotonic() - tg
         recs = []
-        for i, lr in enumerate(lrs):
+        for i, (r, m) in enumerate(zip(runs, methods)):
             curve = curves[i]
             finite = all(math.isfinite(v) for v in curve)
             tail = curve[-max(1, len(curve) // 50):]
             recs.append({
-                "method": mname, "budget": budget, "budget_label": method_label(method, budget),
-                "lr": lr, "seed": seed, "model_seed": seed, "status": "ok" if finite else "diverged",
+                "method": r.method, "budget": r.budget, "budget_label": method_label(m, r.budget),
+                "lr": r.lr, "seed": seed, "model_seed": seed, "status": "ok" if finite else "diverged",
                 "best_mse": min(curve) if finite else None, "final_mse": sum(tail) / len(tail) if finite else None,
                 "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
-                "trainable": counts[i], "trainable_theory": theory_count, "frozen_params": self.total_params,
-                "trainable_pct": 100.0 * counts[i] / self.total_params, "iters": cfg.iters if method.trains else 0,
-                "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / len(lrs),
-                "group_wall_s": wall, "runs_in_group": len(lrs),
-                "warmup_s": c.get("warmup_s") if method.needs_selection else None,
+                "trainable": counts[i], "trainable_theory": theory[i], "frozen_params": self.total_params,
+                "trainable_pct": 100.0 * counts[i] / self.total_params, "iters": cfg.iters if m.trains else 0,
+                "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / len(runs),
+                "group_wall_s": wall, "runs_in_group": len(runs),
+                "warmup_s": c.get("warmup_s") if m.needs_selection else None,
                 "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
                 "precision": cfg.precision if self.device.type == "cuda" else "fp32",
                 "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
@@ -295,8 +319,22 @@ def summary_table(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def check_can_run(cfg: Config) -> None:
+    """Before anything runs: the results file reads (a corrupted one is never touched) and, for a sweep, a
+    training step fits the device's memory; parser error (exit 2) naming the file or the options."""
+    try:
+        ResultsFile(paths(cfg)["json"]).load()
+        if not (cfg.plot_only or cfg.dry_run or cfg.merge):
+            R = cfg.runs_per_step or len(cfg.lrs)
+            check_memory(estimate_step_bytes(R, cfg.D, cfg.N, cfg.batch, max(cfg.L_frozen, cfg.L_target)),
+                         resolve_device(cfg), "--batch or --runs-per-step")
+    except ValueError as e:
+        build_parser().error(str(e))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv)
+    check_can_run(cfg)
     shard = parse_shard(cfg.shard)
     if cfg.dry_run:
         print_plan(S4Experiment(cfg), shard)

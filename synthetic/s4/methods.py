@@ -51,6 +51,7 @@ class Method:
     trains: bool = True
     own_extra: Tuple[str, ...] = ()  # EXTRA_PARAMS the method trains itself (not re-added by --train-skip-dt-bias)
     label: Optional[Callable[[Dict], str]] = None  # budget -> summary label; None: :func:`budget_label`
+    extra: bool = False  # adds extra tensors (RunState.extra): the second graph, not packed with the default one
 
 
 @dataclass(frozen=True)
@@ -241,22 +242,22 @@ def _theory_additional(base, budget, selection):
 BENCHMARK_METHODS: Dict[str, Method] = {
     "Prompt tuning": Method(
         "Prompt tuning", lambda c: [{"prompt_len": m} for m in c.prompt_lens], _configure_prompt,
-        lambda base, b, sel: _theory_prefix(base, b["prompt_len"], 1)),
+        lambda base, b, sel: _theory_prefix(base, b["prompt_len"], 1), extra=True),
     "Prefix-tuning": Method(
         "Prefix-tuning", lambda c: [{"prefix_len": m} for m in c.prefix_lens], _configure_prefix,
-        lambda base, b, sel: _theory_prefix(base, b["prefix_len"], len(base))),
+        lambda base, b, sel: _theory_prefix(base, b["prefix_len"], len(base)), extra=True),
     "Initial-state tuning": Method(
-        "Initial-state tuning", lambda c: [{"initial_state": True}], _configure_state("h0"), _theory_state),
+        "Initial-state tuning", lambda c: [{"initial_state": True}], _configure_state("h0"), _theory_state, extra=True),
     "State-offset tuning": Method(
-        "State-offset tuning", lambda c: [{"state_offset": True}], _configure_state("offset"), _theory_state),
+        "State-offset tuning", lambda c: [{"state_offset": True}], _configure_state("offset"), _theory_state, extra=True),
     "BitFit": Method(
         "BitFit", lambda c: [{"bitfit": True}], _configure_bitfit,
         lambda base, b, sel: [_theory_all_trainable(x["beta"].cpu()) for x in base], own_extra=("beta",)),
     "DoRA (Proj)": Method(
-        "DoRA (Proj)", lambda c: [{"dora_rank": r} for r in c.dora_ranks], _configure_dora, _theory_dora),
+        "DoRA (Proj)", lambda c: [{"dora_rank": r} for r in c.dora_ranks], _configure_dora, _theory_dora, extra=True),
     "Additional-scan": Method(
         "Additional-scan", lambda c: [{"add_states": n} for n in c.additional_states], _configure_additional,
-        _theory_additional),
+        _theory_additional, extra=True),
 }
 """Prompt tuning, prefix-tuning (Li & Liang, 2021), initial-state tuning (Proposition 1's counterpart),
 state-offset tuning (Kang et al., 2025: ``y_t = C (h_t + h')``, their "state_tuning" variant with a full

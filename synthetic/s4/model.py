@@ -299,6 +299,35 @@ class RunState:
     def R(self) -> int:
         return self.rank_mask[0]["proj"].shape[0]
 
+    @classmethod
+    def concat(cls, states: List["RunState"]) -> "RunState":
+        """The runs of several states as one state (runs stacked in order), e.g. runs of different methods and
+        budgets of one frozen stack trained in one step. They must share ``base`` (the same frozen tensors) and
+        have the same LoRA rank maxima and extra layout."""
+        if len(states) == 1:
+            return states[0]
+        s0 = states[0]
+        for s in states[1:]:
+            if any(a[k] is not b[k] for a, b in zip(s.base, s0.base) for k in a):
+                raise ValueError("states: runs packed into one step must share the frozen base tensors")
+            if bool(s.extra) != bool(s0.extra) or (s.extra and [sorted(e) for e in s.extra] != [sorted(e) for e in s0.extra]):
+                raise ValueError("states: runs packed into one step need the same extra parameters")
+
+        def cat(field):
+            per_layer = [getattr(s, field) for s in states]
+            out = []
+            for layer in zip(*per_layer):
+                d = {}
+                for k in layer[0]:
+                    t = torch.cat([x[k].detach() for x in layer])
+                    d[k] = t.requires_grad_(True) if layer[0][k].requires_grad else t
+                out.append(d)
+            return out
+
+        return cls(s0.base, cat("train"), cat("mask"), cat("lora"), cat("rank_mask"),
+                   cat("extra") if s0.extra else s0.extra)
+
+
     def parameters(self) -> List[Tensor]:
         """Every tensor the optimizer steps (dense copies and LoRA factors); masks decide what counts."""
         out = []

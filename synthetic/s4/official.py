@@ -54,7 +54,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.cli import check_shard_options, check_sweep_options
+from synthetic.cli import check_numbers, check_out_dir, check_shard_options, check_sweep_options
 from synthetic.s4 import model as sm
 
 Tensor = torch.Tensor
@@ -167,6 +167,8 @@ def validate(cfg: OfficialConfig) -> OfficialConfig:
             raise ValueError(f"{opt(name)}: must be one of {sorted(ok)}, got {getattr(cfg, name)!r}")
     check_sweep_options(cfg, METHODS)
     check_shard_options(cfg)
+    check_numbers(cfg, nonnegative=("weight_decay", "time_budget"), positive=("warmup_lr",))
+    check_out_dir(cfg.out)
     D, N = cfg.d_model, cfg.frozen_d_state
     for name in ("lora_ranks", "s4proj_ranks"):
         for r in getattr(cfg, name):

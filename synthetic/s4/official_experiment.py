@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic import runner
-from synthetic.cli import dataclass_parser, parse_dataclass
+from synthetic.cli import check_memory, dataclass_parser, parse_dataclass
 from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, environment, run_key, subsample_curve, utc_now
 from synthetic.runner import Group as RunGroup, Run, run_sweep
 from synthetic.s4 import model as sm
@@ -30,7 +30,7 @@ from synthetic.s4.official import (CONVS, METHODS, NOT_IN_KEY, OFFICIAL_SEED, PR
                                    concat_groups,
                                    official_lora_down, official_models, official_param_count, official_selection,
                                    validate)
-from synthetic.s4.train import resolve_device, set_precision
+from synthetic.s4.train import estimate_step_bytes, resolve_device, set_precision
 
 Tensor = torch.Tensor
 
@@ -341,6 +341,17 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> OfficialConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv)
+    try:  # before anything runs: the results file reads, a training step fits the device
+        ResultsFile(results_path(cfg)).load()
+        if cfg.plot_only and not ResultsFile(results_path(cfg)).runs():
+            raise ValueError(f"--plot-only: no results in {results_path(cfg)} (run without --plot-only first, or "
+                             "pass the --out and --preset of an earlier run)")
+        if not (cfg.plot_only or cfg.dry_run or cfg.merge):
+            check_memory(estimate_step_bytes(len(cfg.lrs), cfg.d_model, cfg.seq_len, cfg.batch,
+                                             max(cfg.frozen_layers, cfg.target_layers)),
+                         resolve_device(cfg), "--batch (or fewer --lrs: one step trains a group of len(lrs) runs)")
+    except ValueError as e:
+        build_parser().error(str(e))
     if cfg.dry_run:
         runner.print_plan(OfficialExperiment(cfg), runner.parse_shard(cfg.shard))
         return 0

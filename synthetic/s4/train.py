@@ -42,8 +42,8 @@ class Trainer:
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
         if self.use_compile and any(m in BENCHMARK_METHODS for m in cfg.methods):
             # one graph per extra layout and prompt/prefix length M: room for all of them
-            import torch._dynamo
-            dcfg = torch._dynamo.config
+            import torch._dynamo as dynamo  # not "import torch._dynamo": that would make torch a local name here
+            dcfg = dynamo.config
             name = "recompile_limit" if hasattr(dcfg, "recompile_limit") else "cache_size_limit"
             setattr(dcfg, name, max(getattr(dcfg, name), 64))
         self._loss, self._step = sm.run_losses, sm.adamw_step
@@ -167,3 +167,13 @@ def B_bar(p) -> Tensor:
     A = torch.complex(-torch.exp(p["log_A_re"].double().cpu()), p["A_im"].double().cpu())
     B = torch.complex(p["B_re"].double().cpu(), p["B_im"].double().cpu())
     return discretize_zoh(A, B, torch.exp(p["log_dt"].double().cpu()))[1]
+
+
+ACTIVATION_COPIES = 8  # (R, D, N, B) float32 tensors alive per layer in a training step (forward saves + grads)
+
+
+def estimate_step_bytes(R: int, D: int, N: int, B: int, L: int) -> int:
+    """Peak bytes of one training step of R runs: ``ACTIVATION_COPIES`` activation tensors of R·D·N·B floats per
+    layer (inputs kept for the backward of the Toeplitz products, projection and ReLU, and their gradients) plus
+    the R·D·N² Toeplitz matrices; a guard's estimate, not a measurement."""
+    return 4 * (ACTIVATION_COPIES * L * R * D * N * B + 2 * L * R * D * N * N)
