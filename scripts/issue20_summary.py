@@ -79,6 +79,8 @@ def main(which):
         for a, b in [(("Initial-state tuning", "h0"), ("Prefix-tuning", "M=16")),
                      (("Initial-state tuning", "h0"), ("Prefix-tuning", "M=32")),
                      (("State-offset tuning", "h'"), ("Prefix-tuning", "M=16")),
+                     (("Initial-state tuning", "h0"), ("Prompt tuning", "M=64")),
+                     (("State-offset tuning", "h'"), ("Prompt tuning", "M=64")),
                      (("LoRA (Proj)", "r=8"), ("DoRA (Proj)", "r=8")),
                      (("LoRA (Proj)", "r=16"), ("DoRA (Proj)", "r=16"))]:
             print(f"s4: {a} below {b} in {lower_in(t[a], t[b])} seeds")
@@ -87,6 +89,7 @@ def main(which):
         for a, b in [(("State-offset tuning", "-"), ("Prefix-tuning", "prefix_len=32")),
                      (("Initial-state tuning", "-"), ("Prefix-tuning", "prefix_len=32")),
                      (("Initial-state tuning", "-"), ("Prompt tuning", "prompt_len=128")),
+                     (("State-offset tuning", "-"), ("Prompt tuning", "prompt_len=128")),
                      (("DoRA (Proj)", "rank=1"), ("LoRA (S6+Proj)", "rank=1")),
                      (("BitFit", "-"), ("LoRA (Proj)", "rank=8"))]:
             print(f"mamba: {a} below {b} in {lower_in(t[a], t[b])} seeds")
