@@ -176,7 +176,8 @@ def check_config(cfg) -> None:
     backend = getattr(cfg, "backend", "auto")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"--backend: one of {['auto'] + sorted(BACKENDS)}, got {backend!r}")
-    if backend == "mamba_ssm" and not mamba_ssm_available() and not getattr(cfg, "dry_run", False):
+    if backend == "mamba_ssm" and not mamba_ssm_available() and not (getattr(cfg, "dry_run", False)
+                                                                   or getattr(cfg, "plot_only", False)):
         raise ValueError("--backend: 'mamba_ssm' needs CUDA and the mamba-ssm package (not usable here); "
                          "use --backend reference or auto")
     device = getattr(cfg, "device", "auto")

@@ -284,6 +284,7 @@ def run(cfg: MambaRegressionConfig) -> Path:
             print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
         return paths["json"]
     if cfg.plot_only:
+        summary(current_records(cfg, ResultsFile(paths["json"]).runs()), lr_policy(cfg))
         plot(paths, lr_policy(cfg), cfg)
         return paths["json"]
     shard = parse_shard(cfg.shard)
