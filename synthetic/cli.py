@@ -23,7 +23,7 @@ def list_of(typ):
 
 
 def dataclass_parser(cls, presets: Dict[str, Dict], *, prog: str, description: str,
-                     preset_help: str = "named configuration",
+                     preset_help: str = "named configuration", extra_presets: Sequence[str] = (),
                      plot_only_help: str = "redraw the figure from the JSON, no training") -> argparse.ArgumentParser:
     """An option per field of ``cls``; ``compile`` is a tri-state (None = by device), ``plot_only`` a flag."""
     p = argparse.ArgumentParser(prog=prog, description=description,
@@ -43,7 +43,8 @@ def dataclass_parser(cls, presets: Dict[str, Dict], *, prog: str, description: s
             p.add_argument(name, default=",".join(map(str, default)), metavar="A,B,...", type=list_of(typ),
                            help=f"{helps[f.name]} (comma-separated {typ.__name__} list)")
         elif f.name == "preset":
-            p.add_argument(name, default=default, choices=sorted(presets), help=f"{helps['preset']}; {preset_help}")
+            p.add_argument(name, default=default, choices=sorted(set(presets) | set(extra_presets)),
+                           help=f"{helps['preset']}; {preset_help}")
         else:
             p.add_argument(name, default=default, type=type(default), help=helps[f.name])
     return p

@@ -10,6 +10,7 @@ import pytest
 
 from synthetic import s4_regression
 from synthetic.mamba import experiment as mamba_experiment
+from synthetic.s4 import fig2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,17 +46,20 @@ CASES = [
     ("mamba", MAMBA + ["--out", "{file}"], "--out"),
     ("mamba", MAMBA + ["--out", "{corrupt}"], "not valid JSON"),
     ("mamba", MAMBA + ["--plot-only", "--out", "{empty}"], "--plot-only"),
+    ("fig2", ["--preset", "{empty}/none.json", "--out", "{empty}/fig"], "--preset"),
+    ("fig2", ["--preset", str(ROOT / "figures" / "s4_regression_paper.json"), "--out", "{empty}/fig"],
+     "no official-preset runs"),
+    ("fig2", ["--preset", "{corrupt}/s4_regression_official.json", "--out", "{empty}/fig"], "not valid JSON"),
 ]
 CORRUPT = {"s4": "s4_regression_tiny.json", "official": "s4_regression_official-tiny.json",
-           "mamba": "mamba_regression_tiny.json"}
+           "mamba": "mamba_regression_tiny.json", "fig2": "s4_regression_official.json"}
 
 
 def _digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("entry,argv,needle", CASES, ids=[f"{e}:{' '.join(a[5:] if e != 'mamba' else a[4:])}"
-                                                           for e, a, _ in CASES])
+@pytest.mark.parametrize("entry,argv,needle", CASES, ids=[f"{e}:{' '.join(a[-2:])}" for e, a, _ in CASES])
 def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys, entry, argv, needle):
     afile = tmp_path / "a_file"
     afile.write_text("not a folder")
@@ -68,7 +72,7 @@ def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys,
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     before = _digest(tmp_path)
-    main = mamba_experiment.main if entry == "mamba" else s4_regression.main
+    main = {"mamba": mamba_experiment.main, "fig2": fig2.main}.get(entry, s4_regression.main)
     try:
         code = main(argv)
     except SystemExit as e:

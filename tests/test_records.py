@@ -49,8 +49,9 @@ def _experiment_for(path: Path):
     runs = ResultsFile(path).runs()
     r0 = runs[0]
     seeds = tuple(sorted({r["seed"] for r in runs}))
-    lrs = tuple(sorted({r["lr"] for r in runs if r["lr_source"] == "grid" and r["lr"]}))
     methods = tuple(dict.fromkeys(r["method"] for r in runs))
+    grids = [{r["lr"] for r in runs if r["method"] == m and r["lr_source"] == "grid"} for m in methods]
+    lrs = tuple(sorted(set.intersection(*[g for g in grids if None not in g and 0.0 not in g])))  # every method's
     if r0["experiment"] == "mamba":
         from synthetic.mamba import config as mcfg, experiment as mr
 
@@ -71,7 +72,14 @@ def _experiment_for(path: Path):
     from synthetic.s4 import config as s4c, experiment as s4r
 
     fields = {f.name for f in dataclasses.fields(s4c.Config)}
+    c = {**s4c.PRESETS.get(r0["preset"], {}), **c}  # fields older records lack: the preset's values
+    c.update(methods=methods, seeds=seeds)  # a sweep split over processes by method: the whole file's
     return s4r.S4Experiment(s4c.Config(**{k: v for k, v in c.items() if k in fields}))
+
+
+# Base-grid runs a committed file still lacks, and why (nothing else may be missing)
+INCOMPLETE = {"peft_methods_mamba_paper.json": ({"DoRA (Proj)": 16},  # of 4 ranks x 3 lrs x 3 seeds: seed 2, part
+                                                "device time ran out on the H200 (issue 20)")}  # of seed 1
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
@@ -79,4 +87,5 @@ def test_committed_results_resume_with_no_base_run_to_do(path):
     exp = _experiment_for(path)
     assert Path(exp.results_path).resolve() == path.resolve()
     p = runner.plan(exp)
-    assert p["base_runs_to_do"] == 0, runner.format_plan(p)
+    todo = {m: r["runs"] - r["runs_done"] for m, r in p["methods"].items() if r["runs"] > r["runs_done"]}
+    assert todo == INCOMPLETE.get(path.name, ({}, ""))[0], runner.format_plan(p)

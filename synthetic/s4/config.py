@@ -190,8 +190,8 @@ def _validate_benchmark_budgets(cfg: Config) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     return dataclass_parser(Config, PRESETS, prog="python -m synthetic.s4_regression",
-                            description=__doc__.split("\n\n")[0],
-                            preset_help="named configuration (also 'official', 'official-tiny': synthetic.s4_official)")
+                            description=__doc__.split("\n\n")[0], extra_presets=("official", "official-tiny"),
+                            preset_help="'official' and 'official-tiny' run synthetic.s4.official_experiment")
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> Config:

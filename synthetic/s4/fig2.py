@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from synthetic.plots import plot_fig2_three_ways
-from synthetic.results import best_of_grid, lr_edge
+from synthetic.results import ResultsFile, best_of_grid, lr_edge
 
 # our default conventions' "LoRA (S4+Proj)" puts LoRA on A and C: the official preset's "LoRA (A&C+Proj)"
 DEFAULT_METHOD_MAP = {"LoRA (S4+Proj)": "LoRA (A&C+Proj)"}
@@ -149,6 +149,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--default", default="figures/s4_regression_paper.json")
     p.add_argument("--out", default="figures/s4_fig2_three_ways")
     a = p.parse_args(argv)
+    try:  # before drawing: the inputs exist, read, and are what their option says
+        for opt, path in (("--official-runs", a.official_runs), ("--preset", a.preset)):
+            if not Path(path).is_file():
+                raise ValueError(f"{opt}: {path} not found (a figure without it would drop a source; run the "
+                                 "experiment first or pass the file)")
+        recs = ResultsFile(a.preset).runs()
+        other = sorted({str(r.get("experiment")) for r in recs} - {"s4_official"})
+        if other or not recs:
+            raise ValueError(f"--preset: {a.preset} holds no official-preset runs (experiment {other or 'none'}); "
+                             "pass the results of python -m synthetic.s4_regression --preset official")
+        if Path(a.default).exists():
+            ResultsFile(a.default).load()
+        json.loads(Path(a.official_runs).read_text())
+    except ValueError as e:  # json.JSONDecodeError and ResultsFileError are ValueErrors
+        p.error(f"{e}")
     for path in three_ways(a.official_runs, a.preset, a.default, a.out):
         print("wrote", path)
     return 0
