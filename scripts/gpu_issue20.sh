@@ -32,7 +32,7 @@ union() {  # union TARGET SRC...: every record of the SRC files into TARGET (key
     "$PY" - "$@" <<'EOF'
 import sys
 from pathlib import Path
-from synthetic.sweep import ResultsFile
+from synthetic.results import ResultsFile
 target, srcs = ResultsFile(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 recs = [r for p in srcs if p.exists() for r in ResultsFile(p).load()]
 n0 = len(target.completed_keys())

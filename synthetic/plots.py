@@ -18,7 +18,7 @@ is left alone, e.g. in notebooks); the ``plot_*`` wrappers save it as ``<stem>.p
 functions, so importing this module needs no matplotlib.
 
 - :func:`plot_mse_vs_params(rows, out_stem, ...) <plot_mse_vs_params>`: best-of-grid mean MSE vs trainable %
-  per method, min–max over seeds as error bars (rows of :func:`synthetic.sweep.best_of_grid`);
+  per method, min–max over seeds as error bars (rows of :func:`synthetic.results.best_of_grid`);
 - :func:`plot_fig2_three_ways(data, out_stem) <plot_fig2_three_ways>`: deep-S4 Figure 2 from the paper, the
   official code and this toolkit (``data`` of :func:`synthetic.s4_fig2.collect`);
 - :func:`plot_loss_curves(records, rows, path, note) <plot_loss_curves>`: Mamba training loss, SDT vs LoRA
@@ -249,7 +249,7 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
                        note: str = "", hline_methods: Sequence[str] = ("Frozen",)):
     """MSE (best-of-grid mean, min–max over seeds as error bars) vs trainable % per method.
 
-    rows: output of :func:`synthetic.sweep.best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` drawn
+    rows: output of :func:`synthetic.results.best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` drawn
     as stars (e.g. a theory construction's budget and MSE; below a log axis: on its bottom edge, value
     written). hline_methods: one-budget methods (default Frozen) drawn as dashed horizontal lines. logy:
     None decides from the rows' values (:func:`choose_yscale`), True / False force a log / linear axis.

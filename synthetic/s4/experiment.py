@@ -24,7 +24,7 @@ The benchmark's other methods (Sec. 3-4; :data:`BENCHMARK_METHODS`, not in the d
 tuning (``--prompt-lens``), Prefix-tuning (``--prefix-lens``, M < H and M >= H for Proposition 1),
 Initial-state tuning, State-offset tuning (Kang et al.), BitFit (β), DoRA (Proj) (``--dora-ranks``),
 Additional-scan (``--additional-states``). They run on the fast model's second path
-(``s4_model.RunState.extra``); their budget lists are not part of run keys.
+(``synthetic.s4.model.RunState.extra``); their budget lists are not part of run keys.
 Opt-in options closer to the official code (``notes/s4_official_differences.md``; at their defaults
 they are left out of run keys, so earlier results still resume): ``--state-convention complex``
 (``H`` complex modes per channel instead of ``H/2`` pairs), ``--sdt-prune usable`` with

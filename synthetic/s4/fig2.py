@@ -12,7 +12,7 @@ MSE vs trainable % per method, from data only (no training):
 - ``default_conventions``: our own conventions (``figures/s4_regression_paper.json``, best of grid).
 
 Points of this toolkit whose best lr is the lowest or highest of its group's lrs (``lr_at_edge``,
-:func:`synthetic.sweep.lr_edge`: the optimum may lie outside the grid) are drawn hollow.
+:func:`synthetic.results.lr_edge`: the optimum may lie outside the grid) are drawn hollow.
 A missing source is skipped and named in the figure's note and the JSON. Writes
 ``<out>.png``, ``.pdf`` and ``.json`` (the points drawn).
 

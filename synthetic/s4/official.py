@@ -31,7 +31,7 @@ each a named option of :class:`OfficialConfig` (facts: ``notes/s4_official_diffe
   ``eval_batches`` fresh batches after training.
 - **Learning rates**: the grid ``lrs`` per (method, budget), grown past an edge where the best lr (mean
   ``best_mse`` over seeds) sits at it: ×/÷ ``lr_extend_factor`` within ``[lr_min, lr_max]``, in rounds
-  (:func:`sweep`, :func:`synthetic.results.lr_extension_plan`); none of the three is in the run keys.
+  (:func:`synthetic.runner.run_sweep`, :func:`synthetic.results.lr_extension_plan`); none of the three is in the run keys.
 - ``data='exact'``: batches as the official ``generate_input`` (``randint(0, 10, (B, d_model, L))``
   on the CPU generator; training restarts it at ``seed``; the SDT warm-up continues it after the
   initialisation). ``data='device'`` (the GPU sweep) draws on the device.
@@ -42,8 +42,8 @@ CPU test vectors run for run.
 
 Usage::
 
-    python -m synthetic.s4_regression --preset official        # = python -m synthetic.s4_official
-    python -m synthetic.s4_official --preset official-tiny --out /tmp/x   # seconds, any device
+    python -m synthetic.s4_regression --preset official
+    python -m synthetic.s4_regression --preset official-tiny --out /tmp/x   # seconds, any device
 """
 
 from __future__ import annotations
