@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 from synthetic.progress import progress
 from synthetic.results import LrPolicy, ResultsFile, environment, lr_extension_plan, run_key, utc_now
 
-__all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "plan", "format_plan", "merge_shards",
+__all__ = ["Group", "Run", "Experiment", "SweepStats", "Dist", "distributed", "is_main_process", "run_sweep", "plan", "format_plan", "merge_shards",
            "shard_path", "shard_files", "parse_shard", "current_runs"]
 
 
@@ -198,21 +198,96 @@ def _calls(runs: Sequence[Run], size: Optional[int], pad: bool) -> List[Tuple[Li
     return out
 
 
+@dataclass
+class Dist:
+    """The process group of a ``torchrun`` launch: this process's rank, the world size and the group's store
+    (a shared counter hands out the work)."""
+
+    rank: int
+    world: int
+    store: Any
+
+    def next_index(self, name: str) -> int:
+        """The next index of the counter ``name``, shared by every rank: each index goes to exactly one rank."""
+        return int(self.store.add(name, 1)) - 1
+
+    def barrier(self) -> None:
+        import torch.distributed as td
+
+        td.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        import torch.distributed as td
+
+        box = [obj]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, name: str, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on some rank (call on all ranks, then a barrier, then read)."""
+        if flag:
+            self.store.add(name, 1)
+        self.barrier()
+        return int(self.store.add(name, 0)) > 0
+
+
+def distributed() -> Optional[Dist]:
+    """The process group when launched by ``torchrun`` (WORLD_SIZE > 1), initialised once: NCCL with one GPU per
+    rank (``LOCAL_RANK``) where CUDA is available, gloo on CPU; None for a plain one-process run."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as td
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    if not td.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        td.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(td.get_rank(), td.get_world_size(), _get_default_store())
+
+
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun launch (they leave summaries and figures to rank 0)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tuple[int, int]] = None,
-              log: Callable[[str], None] = print) -> SweepStats:
+              log: Callable[[str], None] = print, dist: Any = "auto") -> SweepStats:
     """Train every run of ``exp`` not yet in its results file, then grow the lr grids (see the module
-    docstring). Returns what was done; the records are in ``exp.results_path`` (or the shard's file)."""
+    docstring). Returns what was done; the records are in ``exp.results_path`` (or the shard's file).
+
+    Under ``torchrun`` (``dist``: :func:`distributed`'s process group; "auto" detects it) the ranks take the next
+    run group from a counter on the group's store, each appends to its own file (``<results>.shard<r>of<n>.json``),
+    and after a barrier rank 0 merges them into the results file; lr-extension rounds are planned by rank 0 from
+    the merged records and handed out the same way. The records do not depend on the number of ranks.
+    """
+    ctx: Optional[Dist] = distributed() if dist == "auto" else dist
+    if ctx is not None and shard is not None:
+        raise ValueError("--shard: not with torchrun (the ranks share the work already)")
     t0 = time.monotonic()
     main = ResultsFile(exp.results_path)
     done = main.completed_keys()
     for f in shard_files(exp.results_path):  # runs already in some shard file are done too
         done |= ResultsFile(f).completed_keys()
+    if ctx is not None:
+        ctx.barrier()  # every rank has read what is done before any writes
     all_groups = exp.groups()
     groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
-    out = ResultsFile(shard_path(exp.results_path, *shard)) if shard else main
-    st = SweepStats(groups=len(groups), results=out.path)
-    log(f"{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of {len(all_groups)})"
-                                                          if shard else "") + f" -> {out.path}")
+    if ctx is not None:
+        out = ResultsFile(shard_path(exp.results_path, ctx.rank, ctx.world))
+        tag = f"rank {ctx.rank}/{ctx.world}: "
+    else:
+        out = ResultsFile(shard_path(exp.results_path, *shard)) if shard else main
+        tag = ""
+    st = SweepStats(groups=len(groups), results=main.path if ctx is not None else out.path)
+    log(f"{tag}{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of {len(all_groups)})"
+                                                               if shard else "") + f" -> {out.path}")
 
     def out_of_time() -> bool:
         return bool(time_budget) and st.calls > 0 and time.monotonic() - t0 > time_budget
@@ -258,7 +333,29 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
             del pending[:size]
             train(chunk)
 
-    for g in progress(groups, total=len(groups), desc=f"{exp.name} {exp.preset}"):
+    def items(seq: Sequence, counter: str):
+        """The items this process takes: all of them, or under torchrun the indices the shared counter gives it."""
+        if ctx is None:
+            yield from progress(seq, total=len(seq), desc=f"{exp.name} {exp.preset} {counter}")
+            return
+        while True:
+            j = ctx.next_index(f"{exp.results_path}:{counter}")
+            if j >= len(seq):
+                return
+            yield seq[j]
+
+    def merge() -> None:
+        """Under torchrun: after a barrier, rank 0 folds the ranks' files into the results file."""
+        if ctx is not None:
+            ctx.barrier()
+            if ctx.rank == 0:
+                merge_shards(exp.results_path, log=lambda s: log(tag + s))
+            ctx.barrier()
+
+    def stop_everywhere(flag: bool, name: str) -> bool:
+        return ctx.any(f"{exp.results_path}:{name}", flag) if ctx is not None else flag
+
+    for g in items(groups, "base"):
         keys = [exp.key(g.seed, g.method, g.budget, lr) for lr in g.lrs]
         if all(k in done for k in keys):
             st.groups_skipped += 1
@@ -273,12 +370,16 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
     if not st.stopped:
         flush()
     pending.clear()
-    log(f"base grid: {len(groups)} groups, {st.groups_run} run, {st.groups_skipped} already done, "
+    st.stopped = stop_everywhere(st.stopped, "stopped-base")
+    merge()
+    log(f"{tag}base grid: {len(groups)} groups, {st.groups_run} run, {st.groups_skipped} already done, "
         f"wall {time.monotonic() - t0:.1f}s")
 
     planned: set = set()
     while not st.stopped and shard is None:
-        todo = extension_todo(exp, main.load(), all_groups)
+        todo = extension_todo(exp, main.load(), all_groups) if ctx is None or ctx.rank == 0 else None
+        if ctx is not None:
+            todo = ctx.broadcast(todo)
         if not todo:
             break
         todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)  # seed-major: steps can be shared
@@ -288,7 +389,7 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
         planned |= keys
         st.extension_rounds += 1
         n0 = st.runs
-        for seed, method, budget, lrs in progress(todo, desc=f"{exp.name} lr extension {st.extension_rounds}"):
+        for seed, method, budget, lrs in items(todo, f"extension {st.extension_rounds}"):
             if out_of_time():
                 st.stopped = True
                 break
@@ -297,22 +398,27 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
             flush()
         pending.clear()
         st.extension_runs += st.runs - n0
+        st.stopped = stop_everywhere(st.stopped, f"stopped-{st.extension_rounds}")
+        merge()
     st.wall_s = time.monotonic() - t0
     if st.stopped:
-        log(f"time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")
+        log(f"{tag}time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")
     if shard is not None:
         log("shard done; fold the shard files in with --merge, then rerun without --shard to grow the lr grid "
             "where a best lr is at an edge")
-    log(f"sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
+    log(f"{tag}sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
         f"{st.extension_runs} extension runs), wall {st.wall_s:.1f}s")
     if st.runs:
         env = environment()
-        out.append({"key": f"sweep@{utc_now()}", "kind": "sweep", "experiment": exp.name, "preset": exp.preset,
+        out.append({"key": f"sweep@{utc_now()}" + (f"@rank{ctx.rank}" if ctx else ""), "kind": "sweep",
+                    "experiment": exp.name, "preset": exp.preset,
                     "wall_s": st.wall_s, "groups": st.groups, "groups_run": st.groups_run,
                     "groups_skipped": st.groups_skipped, "runs": st.runs, "calls": st.calls,
                     "extension_rounds": st.extension_rounds, "extension_runs": st.extension_runs,
                     "stopped": st.stopped, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+                    "rank": ctx.rank if ctx else None, "world_size": ctx.world if ctx else 1,
                     "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now()})
+    merge()
     return st
 
 

@@ -44,7 +44,7 @@ from synthetic.mamba.ref import block_weights
 from synthetic.plots import plot_mamba
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged, run_key,
                                utc_now)
-from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 
 
 # ----------------------------------------------------------------------------------- the models
@@ -293,7 +293,7 @@ def run(cfg: MambaRegressionConfig) -> Path:
         print_plan(exp, shard)
         return paths["json"]
     st = run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
-    if shard is not None:
+    if shard is not None or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
         return st.results
     policy = lr_policy(cfg)
     summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)

@@ -59,7 +59,7 @@ import torch
 from synthetic.plots import plot_mse_vs_params
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, run_key, subsample_curve,
                                utc_now)
-from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.config import OPT_IN_DEFAULTS, Config, build_parser, key_fields, n_modes, parse_config
 from synthetic.s4.methods import METHODS, BENCHMARK_METHODS, configure, method_label, theory_trainable_count
@@ -346,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "or pass the --out and --preset of an earlier run)")
     if not (cfg.plot_only or cfg.merge):
         run_sweep(S4Experiment(cfg), time_budget=cfg.time_budget, shard=shard)
-        if shard:
+        if shard or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
             return 0
     for path in plot(cfg):
         print("wrote", path)

@@ -359,7 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runner.merge_shards(results_path(cfg))
     elif not cfg.plot_only:
         run_sweep(OfficialExperiment(cfg), time_budget=cfg.time_budget, shard=runner.parse_shard(cfg.shard))
-        if cfg.shard:
+        if cfg.shard or not runner.is_main_process():  # under torchrun, rank 0 alone summarises
             return 0
     print(summary_table(cfg))
     return 0
