@@ -314,8 +314,25 @@ def run_records(records: Sequence[Dict]) -> List[Dict]:
     return [r for r in records if r.get("kind", "run") == "run"]
 
 
+def one_config(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Dict]:
+    """The run records of one configuration (the fields in the key): ``cfg``'s if the file has it, else the last
+    record's; a summary never mixes configurations, and says how many records it leaves out."""
+    recs = run_records(records)
+    if not recs:
+        return recs
+    fields = {f.name for f in dataclasses.fields(OfficialConfig)}
+    fp = [run_key({k: v for k, v in r.get("config", {}).items() if k in fields and k not in NOT_IN_KEY}) for r in recs]
+    want = run_key(key_config(cfg))
+    if want not in fp:
+        want = fp[-1]
+    kept = [r for r, f in zip(recs, fp) if f == want]
+    if len(kept) < len(recs):
+        print(f"note: {len(recs) - len(kept)} records of other configurations in the file are not shown")
+    return kept
+
+
 def summary_table(cfg: OfficialConfig) -> str:
-    recs = run_records(ResultsFile(results_path(cfg)).load())
+    recs = one_config(cfg, ResultsFile(results_path(cfg)).load())
     rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
     lines = ["| method | budget | trainable % | best_mse (mean ± std over seeds) | lr | lr at grid edge | seeds "
              "| diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
