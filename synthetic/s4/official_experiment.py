@@ -346,7 +346,7 @@ def summary_table(cfg: OfficialConfig) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
-    return dataclass_parser(OfficialConfig, PRESETS, prog="python -m synthetic.s4_official",
+    return dataclass_parser(OfficialConfig, PRESETS, prog="python -m synthetic.s4_regression --preset official",
                             description=__doc__.split("\n\n")[0],
                             plot_only_help="print the summary of the JSON, no training")
 
