@@ -48,13 +48,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ._validate import check_choice, check_int
-from .theorem1 import channel_blocks, group_sizes
+from .layout import (channel_blocks, free_dim_formula, group_sizes, smallest_count_feasible_rank,
+                     target_dim_formula)
+# Singular values below RANK_RTOL · σ_max count as zero: the Jacobians here have σ_max ~ 1..1e3 and
+# structural zeros at ~1e-14 relative; the reported gap (σ_r / σ_{r+1}) shows the cut.
+from .tolerances import RANK_RTOL
 
 Tensor = torch.Tensor
 F64 = torch.float64
-# Singular values below RANK_RTOL · σ_max count as zero. Why 1e-9: the Jacobians here have
-# σ_max ~ 1..1e3 and structural zeros at ~1e-14 relative; the reported gap (σ_r / σ_{r+1}) shows the cut.
-RANK_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -337,27 +338,6 @@ def zero_block_bound(cfg: ProbeConfig) -> int:
         for b0, b1 in zip(blks, blks[1:]):
             bound = max(bound, min(len(b0), len(b1)))
     return bound
-
-
-def target_dim_formula(D: int, L_star: int, H_star: int) -> int:
-    """Dimension of the target family, ``L*(D² + 2H*D) − (L*−1)·D``: per layer W*, β*, a*, b*c*, less one
-    kernel/W-column scale per channel, and per interior boundary one more diagonal gauge (rows of
-    ``W*_l, β*_l`` scaled by ``t``, the next layer's kernels by ``1/t``). Checked against the Jacobian rank by the tests."""
-    return L_star * (D * D + 2 * H_star * D) - (L_star - 1) * D
-
-
-def free_dim_formula(D: int, L: int, L_star: int, H_star: int, rank: int) -> int:
-    """Free scalars of the construction's layout with LoRA rank r (rank-r matrices counted as ``2Dr − r²``)."""
-    blocks = [b for M in group_sizes(L, L_star) for b in channel_blocks(D, M)]
-    return sum(2 * H_star * len(b) + 2 * D for b in blocks) + (L - 1) * (2 * D * rank - rank**2) + D * D
-
-
-def smallest_count_feasible_rank(D: int, L: int, L_star: int, H_star: int) -> int:
-    """The smallest r whose free-parameter count reaches the target dimension (a necessary condition)."""
-    for r in range(0, D + 1):
-        if free_dim_formula(D, L, L_star, H_star, r) >= target_dim_formula(D, L_star, H_star):
-            return r
-    return D + 1
 
 
 # ----------------------------------------------------------------------------------- S6 obstruction
