@@ -443,16 +443,70 @@ def default_configs() -> List[ProbeConfig]:
 
 
 def _atomic_write(path: str, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then ``os.replace`` it: a reader sees the old
+    file or the new one, never a half-written one. The file gets the umask's usual mode, not mkstemp's 0600."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_json(path: str, data: Dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=1)
+    _atomic_write(path, write)
+
+
+GRID_FIELDS = ("D", "L", "L_star", "H", "H_star", "rank", "skip")
+
+
+def grid_of(data: Dict) -> Dict:
+    """The configuration a results file was made from: seed, quick flag and the probed grid (from its rows)."""
+    cfg = data.get("config", {})
+    return {"seed": cfg.get("seed"), "quick": cfg.get("quick"),
+            "grid": [[r.get(k) for k in GRID_FIELDS] for r in data.get("rows", [])]}
+
+
+def load_results(path: str) -> Dict:
+    """Parse a results file; ``ValueError`` naming the file and the position when it is not valid JSON
+    or not a probe table (a dict with ``config`` and ``rows``)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text file ({exc.reason})") from None
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read ({exc.strerror})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("rows"), list) and isinstance(data.get("config"), dict)):
+        raise ValueError(f"{path} is not a probe results file (needs 'config' and 'rows')")
+    return data
+
+
+def _writable_file_path(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as a file (None if it can): a directory, a parent that is a file, or a
+    directory without write permission."""
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def run_table(configs: Sequence[ProbeConfig], seed: int = 0) -> List[ProbeRow]:
@@ -532,23 +586,48 @@ def plot(data: Dict, path: str) -> None:
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
+def quick_configs() -> List[ProbeConfig]:
+    """The ``--quick`` grid (tests and smoke runs)."""
+    return [ProbeConfig(4, 2, 1, 2, 1, r) for r in (1, 2)] + [ProbeConfig(4, 2, 1, 2, 1, 4, "outside")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m theory.capacity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="figures/theorem1_capacity.json")
-    p.add_argument("--figure", default="figures/theorem1_capacity.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random frozen/target points (default 0)")
+    p.add_argument("--out", default="figures/theorem1_capacity.json",
+                   help="results file (JSON); refused if it holds results of another configuration, unless --force")
+    p.add_argument("--figure", default="figures/theorem1_capacity.png", help="figure drawn from the results (PNG)")
     p.add_argument("--replot", action="store_true", help="redraw the figure from the existing JSON only")
     p.add_argument("--quick", action="store_true", help="a tiny grid (for tests and smoke runs)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --out even if it holds results of another configuration")
     args = p.parse_args(argv)
+    # every check before anything is computed or written
+    for opt, path in (("--out", args.out), ("--figure", args.figure)):
+        why = _writable_file_path(path)
+        if why is not None and not (opt == "--out" and args.replot and os.path.isfile(path)):
+            p.error(f"{opt}: cannot write {path}: {why}")
+    if os.path.abspath(args.out) == os.path.abspath(args.figure):
+        p.error(f"--figure: {args.figure} is also the results file --out")
     if args.replot and not os.path.exists(args.out):
         p.error(f"--replot: no results file {args.out} (run without --replot first, or pass --out)")
+    configs = quick_configs() if args.quick else default_configs()
+    if args.replot or (os.path.exists(args.out) and not args.force):
+        try:
+            existing = load_results(args.out)
+        except ValueError as exc:
+            p.error(f"{'--replot' if args.replot else '--out'}: {exc}"
+                    + ("" if args.replot else "; pass --force to overwrite it, or another --out"))
     if args.replot:
-        with open(args.out) as fh:
-            data = json.load(fh)
+        data = existing
     else:
+        new = {"seed": args.seed, "quick": args.quick, "grid": [[getattr(c, k) for k in GRID_FIELDS] for c in configs]}
+        if os.path.exists(args.out) and not args.force and grid_of(existing) != new:
+            old = grid_of(existing)
+            p.error(f"--out: {args.out} holds results of another configuration ({len(old['grid'])} rows, seed "
+                    f"{old['seed']}, quick={old['quick']}; this run: {len(new['grid'])} rows, seed {args.seed}, "
+                    f"quick={args.quick}); pass --force to overwrite it, or another --out")
         t0 = time.time()
-        configs = default_configs() if not args.quick else [ProbeConfig(4, 2, 1, 2, 1, r) for r in (1, 2)] + [
-            ProbeConfig(4, 2, 1, 2, 1, 4, "outside")]
         rows = run_table(configs, args.seed)
         print(format_rows(rows))
         data = {"config": {"seed": args.seed, "rank_rtol": RANK_RTOL, "H": 2, "H_star": 1, "quick": args.quick,
@@ -569,9 +648,9 @@ def main(argv=None) -> int:
         for k, v in data["groebner_D2"].items():
             print(f"Gröbner D=2 L=2 L*=1 {k}: {'solvable' if v else 'no solution'}")
         data["seconds"] = time.time() - t0
-        _atomic_write(args.out, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=1)))
+        _write_json(args.out, data)
     plot(data, args.figure)
-    print(f"wrote {args.out} and {args.figure}")
+    print(f"wrote {'' if args.replot else args.out + ' and '}{args.figure}")
     return 0
 
 
