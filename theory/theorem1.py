@@ -29,9 +29,10 @@ Construction for ``skip="inside"`` (the paper's budget; exact):
   projection is set in full, ``W_L = W*_{L*} G^{-1}`` (condition 3 of the theorem).
   Budget: ``⌈D/⌊L/L*⌋⌉`` updated channels per layer (``= ⌈D·L*/L⌉`` when ``L*`` divides ``L``),
   ``H*`` tuned states per channel, LoRA rank ``≤ ⌈D/⌊L/L*⌋⌉`` on every projection but the last.
-  When ``L*`` does not divide ``L`` the smaller groups (``⌊L/L*⌋`` layers) set the budget: a layer can
-  serve only one target layer, because a channel of target layer ``l+1`` needs ``y_l = W*_l K*_l y_{l-1}``,
-  which exists only after every channel of layer ``l`` has been processed and mixed by one ``W``.
+  When ``L*`` does not divide ``L`` the construction gives every frozen layer to one target layer, so the
+  smaller groups (``⌊L/L*⌋`` layers) set its budget. That is this construction's choice, not a lower bound:
+  at D = 3, L = 3, L* = 2 an exact update with ``⌈D·L*/L⌉ = 2`` channels and LoRA rank 2 exists, in which one
+  frozen layer processes channels of both target layers (``nondividing.py``).
 
 ``skip="outside"`` (weaker budget; exact): a pruned channel's ``u_d x_d`` is added *after* ``W``, so
   pass-through channels are only scaled, never mixed; the content of a channel processed in layer ``m``
