@@ -51,3 +51,9 @@ def test_a_perturbed_pole_breaks_equality(update):
 def test_refusal():
     with pytest.raises(ValueError, match="alpha2_layer"):
         nd.find_update(0, alpha2_layer=0)
+
+
+def test_survey_cli_refuses_bad_counts(capsys):
+    with pytest.raises(SystemExit) as e:
+        nd.main(["--targets", "0"])
+    assert e.value.code == 2 and "--targets" in capsys.readouterr().err
