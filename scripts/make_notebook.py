@@ -243,7 +243,9 @@ The value of $r$ is lost in the extracted text ("rank L/L").
 - skip *outside* (paper eq. 4): pass-through channels never reach $W$; the paper's channel budget is impossible
   (exact Gröbner check at $D=2$); exact with all $D$ channels in one layer per group;
 - S6: processing a block of channels in place destroys inputs later channels' $\Delta, B, C$ need (a dimension count);
-  exact only with the weaker one-layer-per-group budget.
+  exact only with the weaker one-layer-per-group budget;
+- with ReLU (the experiment's layer) the same budget is exact on bounded nonnegative inputs; and when $L^\star\nmid L$
+  the paper's $\lceil DL^\star/L\rceil$ is reached at $D=3, L=3, L^\star=2$ (next section).
 """)
 code(r"""
 from theory.theorem1 import construct_theorem1, random_instance, zero_block_bounds
@@ -265,6 +267,50 @@ fields = set(ProbeRow.__dataclass_fields__)
 print(format_rows([ProbeRow(**{k: v for k, v in r.items() if k in fields}) for r in data["rows"]]))
 img = plt.imread("figures/theorem1_capacity.png")
 plt.figure(figsize=(10, 5)); plt.imshow(img); plt.axis("off"); plt.show()
+""")
+
+# ---------------------------------------------------------------------------------- Theorem 1 with ReLU, L* ∤ L, exact ranks
+md(r"""
+### Theorem 1 with the experiment's ReLU, when $L^\star\nmid L$, and the probe rows settled exactly
+
+**ReLU** (`theory/theorem1_relu.py`). The experiment's layer is $y=\mathrm{ReLU}(W(Kx+u\odot x)+\beta)$ with integer
+inputs $0..9$. Keeping every kernel, $u$ and $W$ of the linear construction and changing only the biases makes
+it exact on every input in $[0, x_{\max}]$, at the same budget: rows that carry mixtures get a bias shift (a sound
+$\ell_1$ bound, so their ReLU is the identity; the next layer's bias removes it), and the block about to be processed
+is left unshifted, so its ReLU is the identity on raw inputs $x\ge0$ and the *target's* ReLU on a target layer's
+pre-activation ("lazy" ReLU). Negative inputs, inputs far above $x_{\max}$, or the linear biases break it.
+
+**$L^\star\nmid L$** (`theory/nondividing.py`). The construction gives each frozen layer to one target layer and so
+needs $\lceil D/\lfloor L/L^\star\rfloor\rceil$ channels; that is not a lower bound: at $D=3, L=3, L^\star=2$ an update
+with $\lceil DL^\star/L\rceil=2$ channels per layer and LoRA rank 2 is exact (found by Levenberg–Marquardt with the poles
+fixed by a determinant argument, then checked with `deep_forward`); one frozen layer serves both target layers.
+
+**Exact ranks** (`theory/exact_rank.py`). Probe rows with no clean float64 singular-value gap are recomputed over
+$\mathrm{GF}(p)$ at a random integer point: a certified *lower* bound on the generic rank.
+""")
+code(r"""
+from theory.theorem1_relu import construct_theorem1_relu, random_relu_instance, integer_inputs
+from theory import nondividing, exact_rank
+from theory.capacity import ProbeConfig
+
+g = torch.Generator().manual_seed(0)
+frozen_r, target_r = random_relu_instance(L=4, L_star=2, D=6, H=3, H_star=2, generator=g)
+up_r = construct_theorem1_relu(frozen_r, target_r, x_max=9.0)
+x = integer_inputs(4, 6, 64, 9, g)
+y_t = deep_forward(target_r, x)
+print("ReLU: relative error vs target", f"{rel_err(deep_forward(up_r.model, x), y_t):.1e}",
+      f"(target outputs that are 0: {float((y_t == 0).double().mean()):.0%})")
+print("      with negative inputs:", f"{rel_err(deep_forward(up_r.model, -x), deep_forward(target_r, -x)):.1e}")
+print(up_r.budget.table().splitlines()[-2:])
+
+nd = nondividing.find_update(1, max_tries=5, alpha2_layer=2)
+xn = torch.randn(3, 3, 40, generator=g)
+print("L*∤L: D=3, L=3, L*=2, poles per frozen layer", nd.layer_poles, "relative error",
+      f"{rel_err(deep_forward(nd.model, xn), deep_forward(nd.target, xn)):.1e}", nondividing.recount(nd))
+
+for D, L, Ls, r in [(5, 5, 2, 1), (4, 4, 2, 1)]:
+    ex = exact_rank.exact_row(ProbeConfig(D, L, Ls, 2, 1, r))
+    print(f"D={D} L={L} L*={Ls} r={r}: rank mod p >= {ex.budget_rank_p}, target dimension {ex.target_dim}")
 """)
 
 # ---------------------------------------------------------------------------------- Algorithm 1

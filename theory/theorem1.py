@@ -29,9 +29,10 @@ Construction for ``skip="inside"`` (the paper's budget; exact):
   projection is set in full, ``W_L = W*_{L*} G^{-1}`` (condition 3 of the theorem).
   Budget: ``⌈D/⌊L/L*⌋⌉`` updated channels per layer (``= ⌈D·L*/L⌉`` when ``L*`` divides ``L``),
   ``H*`` tuned states per channel, LoRA rank ``≤ ⌈D/⌊L/L*⌋⌉`` on every projection but the last.
-  When ``L*`` does not divide ``L`` the smaller groups (``⌊L/L*⌋`` layers) set the budget: a layer can
-  serve only one target layer, because a channel of target layer ``l+1`` needs ``y_l = W*_l K*_l y_{l-1}``,
-  which exists only after every channel of layer ``l`` has been processed and mixed by one ``W``.
+  When ``L*`` does not divide ``L`` the construction gives every frozen layer to one target layer, so the
+  smaller groups (``⌊L/L*⌋`` layers) set its budget. That is this construction's choice, not a lower bound:
+  at D = 3, L = 3, L* = 2 an exact update with ``⌈D·L*/L⌉ = 2`` channels and LoRA rank 2 exists, in which one
+  frozen layer processes channels of both target layers (``nondividing.py``).
 
 ``skip="outside"`` (weaker budget; exact): a pruned channel's ``u_d x_d`` is added *after* ``W``, so
   pass-through channels are only scaled, never mixed; the content of a channel processed in layer ``m``
@@ -61,13 +62,14 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ._validate import check_choice, check_int
+from ._validate import check_choice
 from .deep import DeepLayer, DeepSSM, deep_forward, random_deep
-from .peft import Role, SDTMask, sdt_mask
+from .layout import channel_blocks, free_dim_formula, group_sizes, target_dim_formula
+from .peft import SDTMask, sdt_mask
 from .report import ClaimResult, claim
 from .s6 import S6Params
 from .ssm import DiagonalSSM
-from .tolerances import RTOL, rel_err
+from .tolerances import BREAK_RTOL, DEEP_RTOL, RANK_RTOL, RTOL, rel_err
 
 Tensor = torch.Tensor
 
@@ -185,25 +187,6 @@ class Theorem1Update:
 
 
 # ------------------------------------------------------------------------------------ pure pieces
-def group_sizes(L: int, L_star: int) -> Tuple[int, ...]:
-    """Sizes of ``L*`` contiguous groups covering ``L`` layers: ``L mod L*`` groups of ``⌈L/L*⌉``, rest ``⌊L/L*⌋``."""
-    L_star = check_int("L_star", L_star, lo=1)
-    L = check_int("L", L, lo=L_star)
-    q, rem = divmod(L, L_star)
-    return tuple([q + 1] * rem + [q] * (L_star - rem))
-
-
-def channel_blocks(D: int, M: int) -> List[Tuple[int, ...]]:
-    """Split channels ``0..D-1`` into ``M`` contiguous blocks of sizes ``⌈D/M⌉`` or less (some empty if M > D)."""
-    base, rem = divmod(D, M)
-    out, start = [], 0
-    for m in range(M):
-        n = base + (1 if m < rem else 0)
-        out.append(tuple(range(start, start + n)))
-        start += n
-    return out
-
-
 def routing_update(W0: Tensor, G_eff: Tensor, S_next: Tuple[int, ...]) -> Tuple[Tensor, Tensor, str]:
     """Low-rank ``ΔW = lora_B @ lora_A`` with ``(W0 + ΔW) G_eff`` the identity on the block ``S_next``.
 
@@ -240,8 +223,8 @@ def _block_structured(G: Tensor, S) -> bool:
         return True
     D = G.shape[0]
     E = torch.eye(D, dtype=G.dtype)[:, S]
-    scale = max(1.0, float(G.abs().max()))
-    return bool(((G[S, :] - E.T).abs().max() <= 1e-8 * scale) and ((G[:, S] - E).abs().max() <= 1e-8 * scale))
+    tol = DEEP_RTOL[torch.float64] * max(1.0, float(G.abs().max()))  # G is a product of up to L solves
+    return bool(((G[S, :] - E.T).abs().max() <= tol) and ((G[:, S] - E).abs().max() <= tol))
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -416,7 +399,7 @@ def s6_obstruction_note(D: int, H_star: int, R_star: int, s: int) -> str:
 
 def _s6_embed(f: S6Params, t: S6Params) -> S6Params:
     """The frozen S6 with the target's S6 embedded: first H* states and R* dt-ranks, the rest switched off."""
-    H, R, Hs, Rs = f.H, f.R, t.H, t.R
+    Hs, Rs = t.H, t.R
     A_log = f.A_log.clone()
     A_log[:, :Hs] = t.A_log
     W_down = torch.zeros_like(f.W_dt_down)
@@ -548,8 +531,8 @@ def zero_block_bounds(frozen: DeepSSM, update: Theorem1Update) -> List[Dict[str,
 
 # ------------------------------------------------------------------------------------ report rows
 def _numerical_rank(M: Tensor, scale: float) -> int:
-    """Singular values above ``1e-9 · max(1, scale)``."""
-    return int((torch.linalg.svdvals(M) > 1e-9 * max(1.0, scale)).sum())
+    """Singular values above ``RANK_RTOL · max(1, scale)``."""
+    return int((torch.linalg.svdvals(M) > RANK_RTOL * max(1.0, scale)).sum())
 
 
 def _draw_sizes(g: torch.Generator, kind: str):
@@ -580,14 +563,14 @@ def check_theorem1_s4(n: int, seed: int) -> ClaimResult:
         if skip == "inside":
             need = math.ceil(D / (L // Ls))
             within &= b.max_channels <= need and b.max_lora_rank <= need and b.full_W_layers == (L - 1,)
-            # recount rank ΔW by SVD; 1e-9 relative cut: rounding leaves ~1e-15, real directions are O(1)
+            # recount rank ΔW by SVD (RANK_RTOL cut: rounding leaves ~1e-15, real directions are O(1))
             within &= all(_numerical_rank(lay.W - f.W, float(f.W.abs().max())) <= k for lay, f, k, jj in
                           zip(up.model.layers, frozen.layers, b.lora_rank_per_layer, range(L))
                           if jj not in b.full_W_layers)
         else:
             within &= [j for j, c in enumerate(changed) if c] == sorted(b.full_W_layers)
             within &= len(b.full_W_layers) == Ls and set(b.channels_per_layer) <= {0, D}
-    ok = worst <= 1e-8 and within
+    ok = worst <= DEEP_RTOL[torch.float64] and within
     return ClaimResult("Theorem 1: SDT-P + LoRA matches a smaller deep S4", n, worst, "verified" if ok else "FAILED",
                        "skip inside: ⌈D/⌊L/L*⌋⌉ channels & LoRA rank/layer (=⌈D·L*/L⌉ if L*|L), H* states, last W "
                        "full; skip outside: exact only with all D channels + full W in one layer per group")
@@ -605,7 +588,7 @@ def check_theorem1_s6(n: int, seed: int) -> ClaimResult:
         up = construct_theorem1(frozen, target)
         x = torch.randn(2, D, 10, generator=g, dtype=torch.float64)
         worst = max(worst, rel_err(deep_forward(up.model, x), deep_forward(target, x)))
-    ok = worst <= 1e-8
+    ok = worst <= DEEP_RTOL[torch.float64]
     return ClaimResult("Theorem 1 (S6): exact only with a weaker budget", m, worst, "finding" if ok else "FAILED",
                        "exact with all D channels + full W in one layer per group; ⌈D·L*/L⌉ channels/layer "
                        "is obstructed (dimension count; capacity.s6_obstruction_instance)")
@@ -616,8 +599,6 @@ def check_theorem1_rank(n: int, seed: int) -> ClaimResult:
     """Instances with M = L/L* dividing D: the construction's rank equals the zero-block lower bound
     D·L*/L, the block really must be zero (perturbing it breaks equality), and for D > (L/L*)² this
     exceeds ⌈L/L*⌉; plus the parameter count that excludes ⌈L/L*⌉ for every layout at large D."""
-    from .capacity import free_dim_formula, target_dim_formula
-
     g = torch.Generator().manual_seed(seed)
     worst, ok, shown = 0.0, True, []
     for i in range(max(1, n // 2)):
@@ -631,20 +612,20 @@ def check_theorem1_rank(n: int, seed: int) -> ClaimResult:
         y_t = deep_forward(target, x)
         worst = max(worst, rel_err(deep_forward(up.model, x), y_t))
         for rec in zero_block_bounds(frozen, up):
-            ok &= rec["bound"] == D // M == rec["lora_rank"] and rec["updated_block_max"] <= 1e-9
+            ok &= rec["bound"] == D // M == rec["lora_rank"] and rec["updated_block_max"] <= RTOL[torch.float64]
             # necessity in numbers: one entry of size 1e-2·max|W| in the zero block breaks equality far
-            # above rounding (the unperturbed error is ~1e-13; the threshold 1e-9 sits between)
+            # above rounding (the unperturbed error is ~1e-13; BREAK_RTOL sits far above it)
             layers = list(up.model.layers)
             j = rec["layer"]
             P1, P0 = up.layers[j + 1].channels, up.layers[j].channels
             W = layers[j].W.clone()
             W[P1[0], P0[0]] += 1e-2 * float(W.abs().max())
             layers[j] = DeepLayer(layers[j].ssm, W, layers[j].beta, layers[j].u)
-            ok &= rel_err(deep_forward(up.model.with_layers(layers), x), y_t) > 1e-9
+            ok &= rel_err(deep_forward(up.model.with_layers(layers), x), y_t) > BREAK_RTOL
         shown.append(f"D={D},L={L},L*={Ls}:r={D // M}>{math.ceil(L / Ls)}" if D // M > math.ceil(L / Ls) else "")
     # every layout: the count with r = ⌈L/L*⌉ = 2 falls below the target dimension (L = 4, L* = 2, H* = 1)
     D_cross = next(D for D in range(2, 200) if free_dim_formula(D, 4, 2, 1, 2) < target_dim_formula(D, 2, 1))
-    ok &= worst <= 1e-8
+    ok &= worst <= DEEP_RTOL[torch.float64]
     note = (f"rank = zero-block bound = D·L*/L on every instance; e.g. {[s for s in shown if s][:2]}; "
             f"count: r=⌈L/L*⌉=2 cannot reach the target dim for D >= {D_cross} (L=4, L*=2, H*=1), any layout")
     return ClaimResult("Theorem 1 rank: ⌈D·L*/L⌉ needed, ⌈L/L*⌉ is not enough", max(1, n // 2), worst,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from theory.lemma2 import planted_channel
 from theory.ssm import DiagonalSSM
-from theory.strategies import dims, generator, seeds
+from theory.tests.strategies import dims, generator, seeds
 
 F64 = torch.float64
 _GRID = torch.linspace(-0.9, 0.9, 19, dtype=F64)  # spacing 0.1

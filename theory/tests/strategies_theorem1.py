@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from theory.strategies import seeds
+from theory.tests.strategies import seeds
 
 
 @dataclass(frozen=True)

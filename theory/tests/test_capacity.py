@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +11,7 @@ from theory import capacity
 from theory.capacity import (ProbeConfig, budget_map, free_dim_formula, groebner_oracle, impulse_response_map,
                              jacobian_rank, probe, s6_obstruction_instance, target_dim_formula, target_map,
                              zero_block_bound)
-from theory.strategies import generator
+from theory.tests.strategies import generator
 
 
 @pytest.mark.parametrize("D, L_star, H_star", [(2, 1, 1), (3, 1, 2), (3, 2, 1), (2, 3, 1)])

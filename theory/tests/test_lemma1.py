@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from theory.lemma1 import (ALIGN_RTOL, align_input_projection, align_s6_input_projection, alignment_residual,
                            input_projection_null_space, lemma1_pair)
 from theory.s6 import S6Params, s6_inputs, s6_two_projection
-from theory.strategies import dims, generator, seeds
+from theory.tests.strategies import dims, generator, seeds
 from theory.tolerances import RTOL, rel_err
 
 TOL = RTOL[torch.float64]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from theory.lemma2 import (MATCH_RTOL, apply_update_rules, counterexamples, merge_target_states, minimal_update,
                            minimal_update_bruteforce, minimal_update_ssm, paper_formula_count)
 from theory.ssm import DiagonalSSM, ssm_kernel, ssm_recurrence
-from theory.strategies import dims, generator, seeds
+from theory.tests.strategies import dims, generator, seeds
 from theory.tests.strategies_lemmas import lemma2_instances
 from theory.tolerances import RTOL, rel_err
 

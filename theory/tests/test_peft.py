@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from theory.peft import (LoRAConfig, LoRALinear, LoRAMatrix, MaskedParameter, Role, SDTMask, count_trainable,
                          lora_delta, sdt_budget_mask, sdt_mask)
-from theory.strategies import dims, generator, seeds
+from theory.tests.strategies import dims, generator, seeds
 from theory.tolerances import RTOL, rel_err
 
 TOL = RTOL[torch.float64]

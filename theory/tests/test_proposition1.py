@@ -12,7 +12,7 @@ from theory.proposition1 import (REACH_RTOL, initial_state_from_prefix, initial_
                                  reachability_matrix, reachability_residual, reachable_dimension,
                                  unreachability_certificate)
 from theory.ssm import DiagonalSSM, ssm_recurrence
-from theory.strategies import diagonal_ssms, dims, generator, inputs, seeds
+from theory.tests.strategies import diagonal_ssms, dims, generator, inputs, seeds
 from theory.tests.strategies_lemmas import separated_ssms
 from theory.tolerances import RTOL, rel_err
 

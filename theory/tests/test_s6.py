@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from theory.deep import deep_forward, layer_forward, random_deep
 from theory.s6 import S6Params, random_s6, s6_forward, s6_inputs, s6_two_projection, selective_scan
 from theory.ssm import DiagonalSSM, ssm_convolution
-from theory.strategies import deep_models, dims, generator, inputs, s6_params, seeds
+from theory.tests.strategies import deep_models, dims, generator, inputs, s6_params, seeds
 from theory.tolerances import RTOL, rel_err
 
 TOL = RTOL[torch.float64]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from theory.deep import random_s4_ssm
 from theory.ssm import (DiagonalSSM, causal_conv_fft, dense_recurrence, discretize_zoh, real_realisation,
                         ssm_convolution, ssm_kernel, ssm_recurrence)
-from theory.strategies import diagonal_ssms, dims, generator, inputs, seeds
+from theory.tests.strategies import diagonal_ssms, dims, generator, inputs, seeds
 from theory.tolerances import RTOL, rel_err
 
 TOL = RTOL[torch.float64]

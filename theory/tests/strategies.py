@@ -1,6 +1,6 @@
 """Shared hypothesis strategies: small typed functions, bounded and finite elements, small shapes.
 
-Used by ``theory/tests`` and ``tests``. Every model is float64 unless a strategy says otherwise.
+Used by ``theory/tests`` (it needs hypothesis, a test extra, so it lives beside the tests). Every model is float64 unless a strategy says otherwise.
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from .deep import DeepSSM, random_deep, random_s4_ssm
-from .s6 import S6Params, random_s6
-from .ssm import DiagonalSSM
+from theory.deep import DeepSSM, random_deep, random_s4_ssm
+from theory.s6 import S6Params, random_s6
+from theory.ssm import DiagonalSSM
 
 F64 = torch.float64
 
