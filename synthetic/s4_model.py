@@ -433,8 +433,9 @@ def effective_layers_extra(base, train, mask, lora, rank_mask, extra) -> List[Di
         p = dict(p)
         for k, v in ex.items():
             if k == "dora_m":
-                V = p["W"]  # (R, D, D): W + B_W A_W
-                p["W"] = v[..., None] * V / torch.linalg.vector_norm(V, dim=-1, keepdim=True)
+                from theory.peft import dora_normalize  # norm detached in the backward, as peft and the DoRA paper
+
+                p["W"] = dora_normalize(p["W"], v)  # p["W"] (R, D, D) = W + B_W A_W
             else:
                 p[k] = v
         out.append(p)

@@ -8,6 +8,8 @@
   optimizer holds exactly the trainable scalars, and frozen entries are read from a buffer, so they
   stay bit-identical under any optimizer (AdamW's weight decay included).
 - LoRA on an SSM parameter treated as a D×H matrix, the paper's "LoRA (S4)" (:class:`LoRAMatrix`).
+- DoRA on a linear map, ``W' = m ⊙ (W + s·B A) / ‖W + s·B A‖_row`` with the norm detached in the
+  backward by default (:class:`DoRAConfig`, :class:`DoRALinear`, :class:`DoRAMatrix`).
 - :func:`count_trainable`: the number of scalars an optimizer updates.
 """
 
@@ -275,16 +277,54 @@ def count_trainable(params: Iterable) -> int:
 
 
 # --------------------------------------------------------------------------------------------- DoRA
-def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class DoRAConfig(LoRAConfig):
+    """DoRA's LoRA factors (``rank``, ``alpha`` as :class:`LoRAConfig`) and its norm convention.
+
+    detach_norm: True (default) treats the row norm ``‖W + ΔW‖_row`` as a constant in the backward
+      pass, as the DoRA paper (Liu et al., 2024, Sec. 4.3) and huggingface/peft do
+      (``weight_norm.detach()``); the paper's benchmark trained DoRA with peft, so this is the
+      convention its runs used. False differentiates through the norm as well (the forward values
+      are the same; the gradients of ``A`` and ``B`` differ).
+    """
+
+    detach_norm: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.detach_norm, bool):
+            raise ValueError(f"detach_norm: must be a bool, got {self.detach_norm!r}")
+
+    @staticmethod
+    def of(config: LoRAConfig) -> "DoRAConfig":
+        """``config`` itself if it is a DoRAConfig, else a DoRAConfig with its rank and alpha (norm detached)."""
+        return config if isinstance(config, DoRAConfig) else DoRAConfig(config.rank, config.alpha)
+
+
+def dora_normalize(V: Tensor, magnitude: Tensor, *, detach_norm: bool = True) -> Tensor:
+    """``m ⊙ V / ‖V‖_row``: V (..., out, in), magnitude ``m`` (..., out) -> (..., out, in).
+
+    The norm is over the input axis, one per output row (huggingface/peft's convention for a Linear
+    weight stored as (out, in)). ``detach_norm`` (default True): the norm is a constant in the
+    backward pass (see :class:`DoRAConfig`). A row with ``‖V‖ = 0`` (a zero row of the frozen
+    weight at initialisation) is divided by 1 instead of 0, so it stays zero and finite (the exact
+    formula is 0/0 there) and its gradients stay finite.
+    """
+    norm = torch.linalg.vector_norm(V, dim=-1, keepdim=True)  # (..., out, 1)
+    if detach_norm:
+        norm = norm.detach()
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # zero rows: 0 / 1 = 0, not 0 / 0
+    return magnitude[..., None] * V / norm
+
+
+def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor, *, detach_norm: bool = True) -> Tensor:
     """DoRA's effective weight (Liu et al., 2024): ``W' = m ⊙ (W + ΔW) / ‖W + ΔW‖_row``.
 
-    weight, delta: (out, in); magnitude ``m``: (out,). The norm is taken over the input axis, one per
-    output row (the huggingface/peft convention for a Linear weight stored as (out, in)). With
-    ``m = ‖W‖_row`` and ``ΔW = 0`` it returns ``W`` (up to rounding). The norm is differentiated
-    through (the DoRA paper's optional detach is not applied).
+    weight, delta: (out, in) (or with leading batch axes); magnitude ``m``: (out,). With
+    ``m = ‖W‖_row`` and ``ΔW = 0`` it returns ``W`` (up to rounding). ``detach_norm`` (default True,
+    peft's and the DoRA paper's convention): see :class:`DoRAConfig` and :func:`dora_normalize`.
     """
-    V = weight + delta  # (out, in)
-    return magnitude[:, None] * V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
+    return dora_normalize(weight + delta, magnitude, detach_norm=detach_norm)
 
 
 class DoRALinear(LoRALinear):
@@ -292,35 +332,39 @@ class DoRALinear(LoRALinear):
 
     ``m`` (out,) starts at the row norms of the frozen weight, so the adapted map starts equal to the
     frozen one. ``delta_weight()`` is ``W' − W`` (so :meth:`merge`/:meth:`unmerge` of LoRALinear apply).
-    Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r), ``magnitude`` (out,).
+    Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r), ``magnitude`` (out,). ``config``: a
+    :class:`DoRAConfig` (a plain :class:`LoRAConfig` means the default, norm detached).
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
                  generator: Optional[torch.Generator] = None, train_bias: bool = False):
+        config = DoRAConfig.of(config)
         super().__init__(weight, bias, config, generator=generator, train_bias=train_bias)
-        self.magnitude = nn.Parameter(torch.linalg.vector_norm(weight.detach(), dim=1).clone())  # (out,)
+        self.magnitude = nn.Parameter(torch.linalg.vector_norm(self.weight, dim=1).clone())  # (out,)
 
     def delta_weight(self) -> Tensor:
         W = self._frozen_weight if self.merged else self.weight
-        return dora_weight(W, lora_delta(self.lora_A, self.lora_B, self.config.scaling), self.magnitude) - W
+        delta = lora_delta(self.lora_A, self.lora_B, self.config.scaling)
+        return dora_weight(W, delta, self.magnitude, detach_norm=self.config.detach_norm) - W
 
 
 class DoRAMatrix(LoRAMatrix):
     """A frozen matrix ``W`` (out, in) with a DoRA update; ``forward()`` returns ``W'`` (see :func:`dora_weight`).
 
     Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r) (zero at start) and ``magnitude`` (out,) =
-    ``‖W‖_row`` at start.
+    ``‖W‖_row`` at start. ``config``: a :class:`DoRAConfig` (a plain :class:`LoRAConfig`: norm detached).
     """
 
     def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
-        super().__init__(base, config, generator=generator)
-        self.magnitude = nn.Parameter(torch.linalg.vector_norm(base.detach(), dim=1).clone())  # (out,)
+        super().__init__(base, DoRAConfig.of(config), generator=generator)
+        self.magnitude = nn.Parameter(torch.linalg.vector_norm(self.base, dim=1).clone())  # (out,)
 
     def delta_weight(self) -> Tensor:
         return self.forward() - self.base
 
     def forward(self) -> Tensor:
-        return dora_weight(self.base, lora_delta(self.lora_A, self.lora_B, self.config.scaling), self.magnitude)
+        delta = lora_delta(self.lora_A, self.lora_B, self.config.scaling)
+        return dora_weight(self.base, delta, self.magnitude, detach_norm=self.config.detach_norm)
 
 
 # ------------------------------------------------------------------- prompt, prefix and state vectors
