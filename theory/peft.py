@@ -11,6 +11,12 @@
 - DoRA on a linear map, ``W' = m ⊙ (W + s·B A) / ‖W + s·B A‖_row`` with the norm detached in the
   backward by default (:class:`DoRAConfig`, :class:`DoRALinear`, :class:`DoRAMatrix`).
 - :func:`count_trainable`: the number of scalars an optimizer updates.
+
+Dtypes: LoRA, DoRA and the masks are plain matmuls and indexing, so any real floating dtype works
+(float16/bfloat16 included); complex weights are refused (``ValueError``). A bias must be finite, of
+shape (out,) and of the weight's dtype. Wrapping a weight costs a copy of it plus the factors: the
+estimated bytes are checked against the size limit (``max_bytes``, else ``$THEORY_MAX_BYTES``, else
+4 GiB; :func:`theory._validate.check_size`) before anything is allocated.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from ._validate import check_int, check_tensor
+from ._validate import check_finite, check_int, check_size, check_tensor
 
 Tensor = torch.Tensor
 
@@ -53,21 +59,45 @@ def lora_delta(lora_A: Tensor, lora_B: Tensor, scaling: float = 1.0) -> Tensor:
     return scaling * (lora_B @ lora_A)
 
 
+def _check_adapted(name: str, weight, rank: int, max_bytes) -> Tensor:
+    """The frozen matrix of a LoRA/DoRA wrapper: 2-D, real floating, small enough to copy (its copy, the
+    copy kept while merged, and the factors; checked before the finiteness scan, which allocates too), finite."""
+    weight = check_tensor(name, weight, shape=(None, None), allow_complex=False, finite=False)
+    out_f, in_f = weight.shape
+    check_size(name, 2 * out_f * in_f + rank * (out_f + in_f), weight.dtype, max_bytes=max_bytes,
+               what=f"a copy of the ({out_f}, {in_f}) {name} (twice while merged) plus rank-{rank} factors",
+               lower=f"the size of {name}")
+    if rank > min(out_f, in_f):
+        raise ValueError(f"rank: must be <= min(out, in) = {min(out_f, in_f)}, got {rank}")
+    return check_finite(name, weight)
+
+
+def _check_bias(bias, weight: Tensor) -> Optional[Tensor]:
+    """``bias`` None, or a finite (out,) tensor of ``weight``'s dtype."""
+    if bias is None:
+        return None
+    bias = check_tensor("bias", bias, shape=(weight.shape[0],), allow_complex=False)
+    if bias.dtype != weight.dtype:
+        raise ValueError(f"bias: dtype {bias.dtype} must match the weight's {weight.dtype}")
+    return bias
+
+
 class LoRALinear(nn.Module):
     """A frozen linear map ``y = W x + b`` plus a trainable rank-``r`` update ``s · B A``.
 
-    ``B`` starts at zero (the adapted map starts equal to the frozen one); ``A`` is random.
-    :meth:`merge` folds the update into the weight; :meth:`unmerge` restores the frozen weight
-    bit-exactly (it keeps the original, rather than subtracting in floating point).
+    weight (out, in), any real floating dtype; bias None or (out,), same dtype, finite. ``B`` starts
+    at zero (the adapted map starts equal to the frozen one); ``A`` is random. :meth:`merge` folds
+    the update into the weight; :meth:`unmerge` restores the frozen weight bit-exactly (it keeps the
+    original, rather than subtracting in floating point). ``max_bytes``: the size limit for the copies
+    (see the module docstring).
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
-                 generator: Optional[torch.Generator] = None, train_bias: bool = False):
+                 generator: Optional[torch.Generator] = None, train_bias: bool = False, *, max_bytes=None):
         super().__init__()
-        weight = check_tensor("weight", weight, shape=(None, None), allow_complex=False)
+        weight = _check_adapted("weight", weight, config.rank, max_bytes)
+        bias = _check_bias(bias, weight)
         out_f, in_f = weight.shape
-        if config.rank > min(out_f, in_f):
-            raise ValueError(f"rank: must be <= min(out, in) = {min(out_f, in_f)}, got {config.rank}")
         self.config = config
         self.register_buffer("weight", weight.detach().clone())
         if bias is None:
@@ -120,12 +150,11 @@ class LoRAMatrix(nn.Module):
     per real part).
     """
 
-    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
+    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None, *,
+                 max_bytes=None):
         super().__init__()
-        base = check_tensor("base", base, shape=(None, None), allow_complex=False)
+        base = _check_adapted("base", base, config.rank, max_bytes)
         rows, cols = base.shape
-        if config.rank > min(rows, cols):
-            raise ValueError(f"rank: must be <= min{tuple(base.shape)} = {min(rows, cols)}, got {config.rank}")
         self.config = config
         self.register_buffer("base", base.detach().clone())
         a = torch.randn(config.rank, cols, generator=generator, dtype=base.dtype) / math.sqrt(cols)
@@ -337,9 +366,9 @@ class DoRALinear(LoRALinear):
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
-                 generator: Optional[torch.Generator] = None, train_bias: bool = False):
+                 generator: Optional[torch.Generator] = None, train_bias: bool = False, *, max_bytes=None):
         config = DoRAConfig.of(config)
-        super().__init__(weight, bias, config, generator=generator, train_bias=train_bias)
+        super().__init__(weight, bias, config, generator=generator, train_bias=train_bias, max_bytes=max_bytes)
         self.magnitude = nn.Parameter(torch.linalg.vector_norm(self.weight, dim=1).clone())  # (out,)
 
     def delta_weight(self) -> Tensor:
@@ -355,8 +384,9 @@ class DoRAMatrix(LoRAMatrix):
     ``‖W‖_row`` at start. ``config``: a :class:`DoRAConfig` (a plain :class:`LoRAConfig`: norm detached).
     """
 
-    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
-        super().__init__(base, DoRAConfig.of(config), generator=generator)
+    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None, *,
+                 max_bytes=None):
+        super().__init__(base, DoRAConfig.of(config), generator=generator, max_bytes=max_bytes)
         self.magnitude = nn.Parameter(torch.linalg.vector_norm(self.base, dim=1).clone())  # (out,)
 
     def delta_weight(self) -> Tensor:
