@@ -136,8 +136,8 @@ def check_size(name: str, numel: int, dtype: torch.dtype, *, what: str, copies: 
     limit = max_bytes_limit(max_bytes)
     if nbytes > limit:
         raise ValueError(f"{name}: {what} would allocate about {_fmt_bytes(nbytes)} ({_dtype_name(dtype)}), above "
-                         f"the limit of {_fmt_bytes(limit)}; lower {lower or name}, or raise the limit with max_bytes=... "
-                         f"or the environment variable {MAX_BYTES_ENV}")
+                         f"the limit of {_fmt_bytes(limit)}; lower {lower or name}, or raise the limit with "
+                         f"max_bytes=... or the environment variable {MAX_BYTES_ENV}")
     return nbytes
 
 

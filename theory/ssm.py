@@ -103,7 +103,8 @@ def check_powers(a: Tensor, N: int, *, copies: int = 1, max_bytes=None, name: st
     ``ValueError`` naming A_bar)."""
     if size:
         check_size(name, a.numel() * N, a.dtype, copies=copies, max_bytes=max_bytes,
-                   what=f"the powers Ā^k, shape {tuple(a.shape) + (N,)}" + (f" ({copies} live copies)" if copies > 1 else ""),
+                   what=f"the powers Ā^k, shape {tuple(a.shape) + (N,)}"
+                        + (f" ({copies} live copies)" if copies > 1 else ""),
                    lower=f"{name} (the length)")
     if N > 1 and a.numel():
         amax = float(a.detach().abs().max())
