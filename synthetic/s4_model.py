@@ -43,6 +43,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm detached in the backward (as peft)
+
 Tensor = torch.Tensor
 
 SSM_PARAMS = ("log_A_re", "A_im", "B_re", "B_im", "C_re", "C_im", "log_dt")  # the S4 module
@@ -433,8 +435,6 @@ def effective_layers_extra(base, train, mask, lora, rank_mask, extra) -> List[Di
         p = dict(p)
         for k, v in ex.items():
             if k == "dora_m":
-                from theory.peft import dora_normalize  # norm detached in the backward, as peft and the DoRA paper
-
                 p["W"] = dora_normalize(p["W"], v)  # p["W"] (R, D, D) = W + B_W A_W
             else:
                 p[k] = v
