@@ -36,7 +36,7 @@ def _no_tf32():
 def _pair(d_model=32, d_state=16, seed=0):
     torch.manual_seed(seed)
     real = mamba_ssm.Mamba(d_model, d_state=d_state, expand=2, device=DEV)
-    ref = MambaRef(d_model, d_state=d_state, expand=2, device=DEV)
+    ref = MambaRef(d_model, d_state=d_state, expand=2, device=DEV, fp32_ssm_params=True)  # A_log, D fp32 as mamba-ssm
     ref.load_state_dict(real.state_dict(), strict=True)  # same names and shapes
     return real, ref
 

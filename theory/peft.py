@@ -8,7 +8,15 @@
   optimizer holds exactly the trainable scalars, and frozen entries are read from a buffer, so they
   stay bit-identical under any optimizer (AdamW's weight decay included).
 - LoRA on an SSM parameter treated as a D×H matrix, the paper's "LoRA (S4)" (:class:`LoRAMatrix`).
+- DoRA on a linear map, ``W' = m ⊙ (W + s·B A) / ‖W + s·B A‖_row`` with the norm detached in the
+  backward by default (:class:`DoRAConfig`, :class:`DoRALinear`, :class:`DoRAMatrix`).
 - :func:`count_trainable`: the number of scalars an optimizer updates.
+
+Dtypes: LoRA, DoRA and the masks are plain matmuls and indexing, so any real floating dtype works
+(float16/bfloat16 included); complex weights are refused (``ValueError``). A bias must be finite, of
+shape (out,) and of the weight's dtype. Wrapping a weight costs a copy of it plus the factors: the
+estimated bytes are checked against the size limit (``max_bytes``, else ``$THEORY_MAX_BYTES``, else
+4 GiB; :func:`theory._validate.check_size`) before anything is allocated.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from ._validate import check_int, check_tensor
+from ._validate import check_finite, check_int, check_size, check_tensor
 
 Tensor = torch.Tensor
 
@@ -51,21 +59,45 @@ def lora_delta(lora_A: Tensor, lora_B: Tensor, scaling: float = 1.0) -> Tensor:
     return scaling * (lora_B @ lora_A)
 
 
+def _check_adapted(name: str, weight, rank: int, max_bytes) -> Tensor:
+    """The frozen matrix of a LoRA/DoRA wrapper: 2-D, real floating, small enough to copy (its copy, the
+    copy kept while merged, and the factors; checked before the finiteness scan, which allocates too), finite."""
+    weight = check_tensor(name, weight, shape=(None, None), allow_complex=False, finite=False)
+    out_f, in_f = weight.shape
+    check_size(name, 2 * out_f * in_f + rank * (out_f + in_f), weight.dtype, max_bytes=max_bytes,
+               what=f"a copy of the ({out_f}, {in_f}) {name} (twice while merged) plus rank-{rank} factors",
+               lower=f"the size of {name}")
+    if rank > min(out_f, in_f):
+        raise ValueError(f"rank: must be <= min(out, in) = {min(out_f, in_f)}, got {rank}")
+    return check_finite(name, weight)
+
+
+def _check_bias(bias, weight: Tensor) -> Optional[Tensor]:
+    """``bias`` None, or a finite (out,) tensor of ``weight``'s dtype."""
+    if bias is None:
+        return None
+    bias = check_tensor("bias", bias, shape=(weight.shape[0],), allow_complex=False)
+    if bias.dtype != weight.dtype:
+        raise ValueError(f"bias: dtype {bias.dtype} must match the weight's {weight.dtype}")
+    return bias
+
+
 class LoRALinear(nn.Module):
     """A frozen linear map ``y = W x + b`` plus a trainable rank-``r`` update ``s · B A``.
 
-    ``B`` starts at zero (the adapted map starts equal to the frozen one); ``A`` is random.
-    :meth:`merge` folds the update into the weight; :meth:`unmerge` restores the frozen weight
-    bit-exactly (it keeps the original, rather than subtracting in floating point).
+    weight (out, in), any real floating dtype; bias None or (out,), same dtype, finite. ``B`` starts
+    at zero (the adapted map starts equal to the frozen one); ``A`` is random. :meth:`merge` folds
+    the update into the weight; :meth:`unmerge` restores the frozen weight bit-exactly (it keeps the
+    original, rather than subtracting in floating point). ``max_bytes``: the size limit for the copies
+    (see the module docstring).
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
-                 generator: Optional[torch.Generator] = None, train_bias: bool = False):
+                 generator: Optional[torch.Generator] = None, train_bias: bool = False, *, max_bytes=None):
         super().__init__()
-        weight = check_tensor("weight", weight, shape=(None, None), allow_complex=False)
+        weight = _check_adapted("weight", weight, config.rank, max_bytes)
+        bias = _check_bias(bias, weight)
         out_f, in_f = weight.shape
-        if config.rank > min(out_f, in_f):
-            raise ValueError(f"rank: must be <= min(out, in) = {min(out_f, in_f)}, got {config.rank}")
         self.config = config
         self.register_buffer("weight", weight.detach().clone())
         if bias is None:
@@ -118,12 +150,11 @@ class LoRAMatrix(nn.Module):
     per real part).
     """
 
-    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
+    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None, *,
+                 max_bytes=None):
         super().__init__()
-        base = check_tensor("base", base, shape=(None, None), allow_complex=False)
+        base = _check_adapted("base", base, config.rank, max_bytes)
         rows, cols = base.shape
-        if config.rank > min(rows, cols):
-            raise ValueError(f"rank: must be <= min{tuple(base.shape)} = {min(rows, cols)}, got {config.rank}")
         self.config = config
         self.register_buffer("base", base.detach().clone())
         a = torch.randn(config.rank, cols, generator=generator, dtype=base.dtype) / math.sqrt(cols)
@@ -275,16 +306,54 @@ def count_trainable(params: Iterable) -> int:
 
 
 # --------------------------------------------------------------------------------------------- DoRA
-def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class DoRAConfig(LoRAConfig):
+    """DoRA's LoRA factors (``rank``, ``alpha`` as :class:`LoRAConfig`) and its norm convention.
+
+    detach_norm: True (default) treats the row norm ``‖W + ΔW‖_row`` as a constant in the backward
+      pass, as the DoRA paper (Liu et al., 2024, Sec. 4.3) and huggingface/peft do
+      (``weight_norm.detach()``); the paper's benchmark trained DoRA with peft, so this is the
+      convention its runs used. False differentiates through the norm as well (the forward values
+      are the same; the gradients of ``A`` and ``B`` differ).
+    """
+
+    detach_norm: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.detach_norm, bool):
+            raise ValueError(f"detach_norm: must be a bool, got {self.detach_norm!r}")
+
+    @staticmethod
+    def of(config: LoRAConfig) -> "DoRAConfig":
+        """``config`` itself if it is a DoRAConfig, else a DoRAConfig with its rank and alpha (norm detached)."""
+        return config if isinstance(config, DoRAConfig) else DoRAConfig(config.rank, config.alpha)
+
+
+def dora_normalize(V: Tensor, magnitude: Tensor, *, detach_norm: bool = True) -> Tensor:
+    """``m ⊙ V / ‖V‖_row``: V (..., out, in), magnitude ``m`` (..., out) -> (..., out, in).
+
+    The norm is over the input axis, one per output row (huggingface/peft's convention for a Linear
+    weight stored as (out, in)). ``detach_norm`` (default True): the norm is a constant in the
+    backward pass (see :class:`DoRAConfig`). A row with ``‖V‖ = 0`` (a zero row of the frozen
+    weight at initialisation) is divided by 1 instead of 0, so it stays zero and finite (the exact
+    formula is 0/0 there) and its gradients stay finite.
+    """
+    norm = torch.linalg.vector_norm(V, dim=-1, keepdim=True)  # (..., out, 1)
+    if detach_norm:
+        norm = norm.detach()
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # zero rows: 0 / 1 = 0, not 0 / 0
+    return magnitude[..., None] * V / norm
+
+
+def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor, *, detach_norm: bool = True) -> Tensor:
     """DoRA's effective weight (Liu et al., 2024): ``W' = m ⊙ (W + ΔW) / ‖W + ΔW‖_row``.
 
-    weight, delta: (out, in); magnitude ``m``: (out,). The norm is taken over the input axis, one per
-    output row (the huggingface/peft convention for a Linear weight stored as (out, in)). With
-    ``m = ‖W‖_row`` and ``ΔW = 0`` it returns ``W`` (up to rounding). The norm is differentiated
-    through (the DoRA paper's optional detach is not applied).
+    weight, delta: (out, in) (or with leading batch axes); magnitude ``m``: (out,). With
+    ``m = ‖W‖_row`` and ``ΔW = 0`` it returns ``W`` (up to rounding). ``detach_norm`` (default True,
+    peft's and the DoRA paper's convention): see :class:`DoRAConfig` and :func:`dora_normalize`.
     """
-    V = weight + delta  # (out, in)
-    return magnitude[:, None] * V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
+    return dora_normalize(weight + delta, magnitude, detach_norm=detach_norm)
 
 
 class DoRALinear(LoRALinear):
@@ -292,35 +361,40 @@ class DoRALinear(LoRALinear):
 
     ``m`` (out,) starts at the row norms of the frozen weight, so the adapted map starts equal to the
     frozen one. ``delta_weight()`` is ``W' − W`` (so :meth:`merge`/:meth:`unmerge` of LoRALinear apply).
-    Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r), ``magnitude`` (out,).
+    Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r), ``magnitude`` (out,). ``config``: a
+    :class:`DoRAConfig` (a plain :class:`LoRAConfig` means the default, norm detached).
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], config: LoRAConfig,
-                 generator: Optional[torch.Generator] = None, train_bias: bool = False):
-        super().__init__(weight, bias, config, generator=generator, train_bias=train_bias)
-        self.magnitude = nn.Parameter(torch.linalg.vector_norm(weight.detach(), dim=1).clone())  # (out,)
+                 generator: Optional[torch.Generator] = None, train_bias: bool = False, *, max_bytes=None):
+        config = DoRAConfig.of(config)
+        super().__init__(weight, bias, config, generator=generator, train_bias=train_bias, max_bytes=max_bytes)
+        self.magnitude = nn.Parameter(torch.linalg.vector_norm(self.weight, dim=1).clone())  # (out,)
 
     def delta_weight(self) -> Tensor:
         W = self._frozen_weight if self.merged else self.weight
-        return dora_weight(W, lora_delta(self.lora_A, self.lora_B, self.config.scaling), self.magnitude) - W
+        delta = lora_delta(self.lora_A, self.lora_B, self.config.scaling)
+        return dora_weight(W, delta, self.magnitude, detach_norm=self.config.detach_norm) - W
 
 
 class DoRAMatrix(LoRAMatrix):
     """A frozen matrix ``W`` (out, in) with a DoRA update; ``forward()`` returns ``W'`` (see :func:`dora_weight`).
 
     Trainable: ``lora_A`` (r, in), ``lora_B`` (out, r) (zero at start) and ``magnitude`` (out,) =
-    ``‖W‖_row`` at start.
+    ``‖W‖_row`` at start. ``config``: a :class:`DoRAConfig` (a plain :class:`LoRAConfig`: norm detached).
     """
 
-    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None):
-        super().__init__(base, config, generator=generator)
-        self.magnitude = nn.Parameter(torch.linalg.vector_norm(base.detach(), dim=1).clone())  # (out,)
+    def __init__(self, base: Tensor, config: LoRAConfig, generator: Optional[torch.Generator] = None, *,
+                 max_bytes=None):
+        super().__init__(base, DoRAConfig.of(config), generator=generator, max_bytes=max_bytes)
+        self.magnitude = nn.Parameter(torch.linalg.vector_norm(self.base, dim=1).clone())  # (out,)
 
     def delta_weight(self) -> Tensor:
         return self.forward() - self.base
 
     def forward(self) -> Tensor:
-        return dora_weight(self.base, lora_delta(self.lora_A, self.lora_B, self.config.scaling), self.magnitude)
+        delta = lora_delta(self.lora_A, self.lora_B, self.config.scaling)
+        return dora_weight(self.base, delta, self.magnitude, detach_norm=self.config.detach_norm)
 
 
 # ------------------------------------------------------------------- prompt, prefix and state vectors

@@ -20,6 +20,11 @@ system), and only an ``M``-dimensional subspace when ``M < H`` (:func:`reachable
 Conjugate-pair (S4D) form: complex ``a_i, b_i`` with a real prefix; the state is complex and the
 system is solved over the reals by stacking ``[Re G; Im G]`` (2H real equations), so the generic
 reachable dimension is ``min(M, 2H)``.
+
+Dtypes: float32/float64 (complex64/complex128 for the conjugate-pair form; the prefix real); others
+are refused by :mod:`theory._validate`. The reachability matrix ``G`` (D, H, M) is size-checked before
+it is built (``max_bytes``, else ``$THEORY_MAX_BYTES``, else 4 GiB), and an unstable ``|Ā| > 1``
+whose powers ``Ā^M`` would overflow is refused (:func:`theory.ssm.check_powers`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._validate import check_int, check_same_dtype, check_tensor
+from ._validate import REAL_DTYPES, SSM_DTYPES, check_int, check_same_dtype, check_tensor
 from .deep import random_s4_ssm
 from .report import ClaimResult, claim
-from .ssm import DiagonalSSM, _powers, ssm_recurrence
+from .ssm import DiagonalSSM, _powers, check_overflow, check_powers, ssm_recurrence
 from .tolerances import RTOL, rel_err
 
 Tensor = torch.Tensor
@@ -44,8 +49,8 @@ REACH_RTOL = 1.5e-8
 
 def _check_pair(A_bar: Tensor, B_bar: Tensor) -> Tuple[Tensor, Tensor, dict]:
     dims: dict = {}
-    A_bar = check_tensor("A_bar", A_bar, shape=("D", "H"), dims=dims)
-    B_bar = check_tensor("B_bar", B_bar, shape=("D", "H"), dims=dims)
+    A_bar = check_tensor("A_bar", A_bar, shape=("D", "H"), dims=dims, dtypes=SSM_DTYPES)
+    B_bar = check_tensor("B_bar", B_bar, shape=("D", "H"), dims=dims, dtypes=SSM_DTYPES)
     check_same_dtype(A_bar=A_bar, B_bar=B_bar)
     if A_bar.is_complex() != B_bar.is_complex():
         raise ValueError("A_bar, B_bar: must be both real or both complex (conjugate-pair form)")
@@ -56,40 +61,45 @@ def _check_h0(h0: Optional[Tensor], A_bar: Tensor, name: str = "h0") -> Tensor:
     """``h0`` (D, H), complex exactly when ``A_bar`` is; ``None`` means zeros."""
     if h0 is None:
         return torch.zeros_like(A_bar)
-    h0 = check_tensor(name, h0, shape=tuple(A_bar.shape))
+    h0 = check_tensor(name, h0, shape=tuple(A_bar.shape), dtypes=SSM_DTYPES)
     if h0.is_complex() != A_bar.is_complex():
         raise ValueError(f"{name}: must be complex exactly when A_bar is (conjugate-pair form)")
     return h0.to(A_bar.dtype)
 
 
-def reachability_matrix(A_bar: Tensor, B_bar: Tensor, M: int) -> Tensor:
+def reachability_matrix(A_bar: Tensor, B_bar: Tensor, M: int, *, max_bytes=None, name: str = "M") -> Tensor:
     """``G[d, i, m] = b_i a_i^{M−m}`` for m = 1..M: the state reached from ``h_0 = 0`` is ``G p``.
 
-    A_bar, B_bar: (D, H) real or complex. Returns (D, H, M), same dtype.
+    A_bar, B_bar: (D, H) real or complex. Returns (D, H, M), same dtype. Three (D, H, M) tensors are
+    live while it is built (powers, flipped, G): refused above ``max_bytes`` (see module docstring).
     """
     A_bar, B_bar, _ = _check_pair(A_bar, B_bar)
-    M = check_int("M", M, lo=1)
-    V = _powers(A_bar, M).flip(-1)  # (D, H, M): a^{M−1}, ..., a^0
+    M = check_int(name, M, lo=1)
+    V = _powers(A_bar, M, copies=3, max_bytes=max_bytes, name=name).flip(-1)  # (D, H, M): a^{M−1}, ..., a^0
     return B_bar[..., None] * V  # (D, H, M)
 
 
-def prefix_to_initial_state(A_bar: Tensor, B_bar: Tensor, prefix: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+def prefix_to_initial_state(A_bar: Tensor, B_bar: Tensor, prefix: Tensor, h0: Optional[Tensor] = None, *,
+                            max_bytes=None) -> Tensor:
     """Proposition 1, part 1: the initial state equivalent to a prefix.
 
     ``h_0* = Ā^M h_0 + Σ_{m=1}^{M} Ā^{M−m} B̄ p_m`` per channel.
     A_bar, B_bar: (D, H) real or complex (conjugate-pair form); prefix: (D, M) real, M >= 1;
-    h0: (D, H) or None (zeros). Returns h0_star (D, H), dtype of ``A_bar``.
+    h0: (D, H) or None (zeros). Returns h0_star (D, H), dtype of ``A_bar``. ``max_bytes``: the size
+    limit for the (D, H, M) reachability matrix (``ValueError`` naming ``prefix`` above it).
     """
     A_bar, B_bar, dims = _check_pair(A_bar, B_bar)
-    prefix = check_tensor("prefix", prefix, shape=("D", None), dims=dims, allow_complex=False)
+    prefix = check_tensor("prefix", prefix, shape=("D", None), dims=dims, allow_complex=False, dtypes=REAL_DTYPES)
     M = prefix.shape[1]
     if M < 1:
         raise ValueError(f"prefix: needs at least one token (M >= 1), got shape {tuple(prefix.shape)}")
     check_same_dtype(A_bar=A_bar, prefix=prefix)
     h0 = _check_h0(h0, A_bar)
-    G = reachability_matrix(A_bar, B_bar, M)  # (D, H, M)
+    check_powers(A_bar, M + 1, name="prefix", size=False)  # Ā^M must not overflow (size: checked for G below)
+    G = reachability_matrix(A_bar, B_bar, M, max_bytes=max_bytes, name="prefix")  # (D, H, M)
     A_pow_M = A_bar**M  # (D, H)
-    return A_pow_M * h0 + torch.einsum("dhm,dm->dh", G, prefix.to(G.dtype))  # (D, H)
+    h0_star = A_pow_M * h0 + torch.einsum("dhm,dm->dh", G, prefix.to(G.dtype))  # (D, H)
+    return check_overflow("h0_star", h0_star, A_bar)
 
 
 def _real_system(G: Tensor, r: Tensor):
@@ -231,8 +241,8 @@ def prefix_tuned_output(ssm: DiagonalSSM, prefix: Tensor, x: Tensor, h0: Optiona
 
     prefix: (D, M) shared by the batch; x: (B, D, N); h0: (D, H) or None. Returns (B, D, N).
     """
-    prefix = check_tensor("prefix", prefix, shape=(ssm.D, None), allow_complex=False)
-    x = check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False)
+    prefix = check_tensor("prefix", prefix, shape=(ssm.D, None), allow_complex=False, dtypes=REAL_DTYPES)
+    x = check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False, dtypes=REAL_DTYPES)
     M = prefix.shape[1]
     xp = torch.cat([prefix[None].expand(x.shape[0], -1, -1), x], dim=-1)  # (B, D, M + N)
     return ssm_recurrence(ssm, xp, h0)[..., M:]  # (B, D, N)

@@ -12,18 +12,25 @@ Two forms:
   block-diagonal SSM with 2H states.
 
 Layout: inputs and outputs are (B, D, N) = (batch, channels, length).
+
+Dtypes: float32 and float64 (complex64 and complex128 for the conjugate-pair form); float16 and
+bfloat16 are refused (``ValueError`` from :mod:`theory._validate`: ``torch.linalg.vander`` and the FFT
+have no half-precision CPU kernels). Functions that build the powers ``Ā^k`` for k < N, O(D·H·N)
+entries, check the estimated size first (``max_bytes``, else ``$THEORY_MAX_BYTES``, else 4 GiB), and
+refuse an unstable ``|Ā| > 1`` whose powers or outputs would overflow the dtype over N steps.
 Two implementations of the same map, held together by tests:
 ``ssm_recurrence`` (explicit loop, the reference) and ``ssm_convolution`` (FFT).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
-from ._validate import check_int, check_positive, check_same_dtype, check_tensor
+from ._validate import REAL_DTYPES, SSM_DTYPES, check_int, check_positive, check_same_dtype, check_size, check_tensor
 
 Tensor = torch.Tensor
 
@@ -42,7 +49,8 @@ class DiagonalSSM:
     def __post_init__(self):
         dims: dict = {}
         for name in ("A_bar", "B_bar", "C"):
-            object.__setattr__(self, name, check_tensor(name, getattr(self, name), shape=("D", "H"), dims=dims))
+            object.__setattr__(self, name, check_tensor(name, getattr(self, name), shape=("D", "H"), dims=dims,
+                                                        dtypes=SSM_DTYPES))
         check_same_dtype(A_bar=self.A_bar, B_bar=self.B_bar, C=self.C)
         kinds = {t.is_complex() for t in (self.A_bar, self.B_bar, self.C)}
         if len(kinds) != 1:
@@ -73,9 +81,9 @@ def discretize_zoh(A: Tensor, B: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]
     Returns ``(A_bar, B_bar)``, both (D, H).
     """
     dims: dict = {}
-    A = check_tensor("A", A, shape=("D", "H"), dims=dims)
-    B = check_tensor("B", B, shape=("D", "H"), dims=dims)
-    delta = check_tensor("delta", delta, shape=("D",), dims=dims, allow_complex=False)
+    A = check_tensor("A", A, shape=("D", "H"), dims=dims, dtypes=SSM_DTYPES)
+    B = check_tensor("B", B, shape=("D", "H"), dims=dims, dtypes=SSM_DTYPES)
+    delta = check_tensor("delta", delta, shape=("D",), dims=dims, allow_complex=False, dtypes=REAL_DTYPES)
     check_positive("delta", delta)
     dA = delta[:, None] * A  # (D, H)
     A_bar = torch.exp(dA)  # (D, H)
@@ -87,29 +95,65 @@ def discretize_zoh(A: Tensor, B: Tensor, delta: Tensor) -> Tuple[Tensor, Tensor]
     return A_bar, B_bar
 
 
-def _powers(a: Tensor, N: int) -> Tensor:
-    """``a^k`` for k = 0..N-1 as the last axis: (..., N). Exact integer powers (negative a is fine)."""
+def check_powers(a: Tensor, N: int, *, copies: int = 1, max_bytes=None, name: str = "N",
+                 size: bool = True) -> None:
+    """Before building ``a^k`` for k < N (``a``: ``Ā``, (..., H)): refuse when ``copies`` tensors of that
+    size exceed the size limit (``ValueError`` naming ``name``; skipped with ``size=False``), and when
+    ``|a| > 1`` makes ``|a|^{N−1}`` overflow the dtype (an unstable SSM over a long sequence:
+    ``ValueError`` naming A_bar)."""
+    if size:
+        check_size(name, a.numel() * N, a.dtype, copies=copies, max_bytes=max_bytes,
+                   what=f"the powers Ā^k, shape {tuple(a.shape) + (N,)}"
+                        + (f" ({copies} live copies)" if copies > 1 else ""),
+                   lower=f"{name} (the length)")
+    if N > 1 and a.numel():
+        amax = float(a.detach().abs().max())
+        log_max = math.log(torch.finfo(a.real.dtype if a.is_complex() else a.dtype).max)
+        if amax > 1 and (N - 1) * math.log(amax) >= log_max:
+            raise ValueError(
+                f"A_bar: unstable, max |Ā| = {amax:.6g} > 1, and |Ā|^{N - 1} ≈ 10^{(N - 1) * math.log10(amax):.4g} "
+                f"overflows {str(a.dtype).replace('torch.', '')} at length {N}; keep |Ā| < 1 (Re(A) < 0 before "
+                f"discretisation) or shorten the sequence below {int(log_max / math.log(amax)) + 1} steps")
+
+
+def check_overflow(name: str, out: Tensor, A_bar: Tensor) -> Tensor:
+    """``out`` computed from finite inputs is finite; else ``ValueError`` saying it overflowed (and that
+    ``|Ā| ≥ 1`` is why, when it is)."""
+    if out.numel() and not bool(torch.isfinite(out).all()):
+        amax = float(A_bar.detach().abs().max()) if A_bar.numel() else 0.0
+        why = (f"max |Ā| = {amax:.6g} >= 1: the SSM is unstable and the result grows as |Ā|^t" if amax >= 1 else
+               "the inputs are too large for the dtype")
+        raise ValueError(f"{name}: overflowed to inf/NaN from finite inputs; {why}")
+    return out
+
+
+def _powers(a: Tensor, N: int, *, copies: int = 1, max_bytes=None, name: str = "N") -> Tensor:
+    """``a^k`` for k = 0..N-1 as the last axis: (..., N). Exact integer powers (negative a is fine).
+    Checked first by :func:`check_powers` (size and overflow)."""
+    check_powers(a, N, copies=copies, max_bytes=max_bytes, name=name)
     if N == 1:
         return torch.ones_like(a)[..., None]
     return torch.linalg.vander(a, N=N)
 
 
-def ssm_kernel(ssm: DiagonalSSM, N: int) -> Tensor:
+def ssm_kernel(ssm: DiagonalSSM, N: int, *, max_bytes=None) -> Tensor:
     """Convolution kernel ``K_k = C Ā^k B̄ = Σ_i c_i b_i a_i^k``, k = 0..N-1, shape (D, N), real.
 
-    For the conjugate-pair form the kernel is ``2·Re(Σ_i c_i b_i a_i^k)``.
+    For the conjugate-pair form the kernel is ``2·Re(Σ_i c_i b_i a_i^k)``. Materialises the powers
+    (D, H, N): refused above the size limit (``max_bytes``, see :func:`theory._validate.check_size`)
+    and, for ``|Ā| > 1``, where they would overflow (:func:`check_powers`).
     """
     N = check_int("N", N, lo=1)
-    K = torch.einsum("dh,dhn->dn", ssm.C * ssm.B_bar, _powers(ssm.A_bar, N))  # (D, N)
-    return 2 * K.real if ssm.conj_pairs else K
+    K = torch.einsum("dh,dhn->dn", ssm.C * ssm.B_bar, _powers(ssm.A_bar, N, max_bytes=max_bytes))  # (D, N)
+    return check_overflow("kernel", 2 * K.real if ssm.conj_pairs else K, ssm.A_bar)
 
 
 def _check_input(ssm: DiagonalSSM, x: Tensor, h0: Optional[Tensor]) -> None:
-    x = check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False)
+    x = check_tensor("x", x, shape=(None, ssm.D, None), allow_complex=False, dtypes=REAL_DTYPES)
     if x.dtype != ssm.dtype:
         raise ValueError(f"x: dtype {x.dtype} must match the SSM's {ssm.dtype}")
     if h0 is not None:
-        h0 = check_tensor("h0", h0, shape=(ssm.D, ssm.H))
+        h0 = check_tensor("h0", h0, shape=(ssm.D, ssm.H), dtypes=SSM_DTYPES)
         if h0.is_complex() != ssm.conj_pairs:
             raise ValueError("h0: must be complex exactly when the SSM is in conjugate-pair form")
 
@@ -121,6 +165,7 @@ def ssm_recurrence(
 
     x: (B, D, N) real; h0: (D, H) initial state (zeros if None), shared across the batch,
     or (B, D, H). Returns y (B, D, N); with ``return_state`` also the final state (B, D, H).
+    An output that overflows (unstable ``|Ā| ≥ 1`` over a long sequence) raises ``ValueError``.
     """
     if h0 is not None and h0.dim() == 3:
         h0 = check_tensor("h0", h0, shape=(x.shape[0], ssm.D, ssm.H))
@@ -137,7 +182,7 @@ def ssm_recurrence(
         h = ssm.A_bar * h + ssm.B_bar * x[:, :, t, None]  # (B, D, H)
         y = (ssm.C * h).sum(-1)  # (B, D)
         ys.append(2 * y.real if ssm.conj_pairs else y)
-    y = torch.stack(ys, dim=-1) if ys else x.new_zeros(Bt, D, 0)  # (B, D, N)
+    y = check_overflow("y", torch.stack(ys, dim=-1) if ys else x.new_zeros(Bt, D, 0), ssm.A_bar)  # (B, D, N)
     return (y, h) if return_state else y
 
 
@@ -146,8 +191,8 @@ def causal_conv_fft(K: Tensor, x: Tensor) -> Tensor:
 
     K: (D, N_K) real kernel with N_K >= N; x: (B, D, N). Returns (B, D, N).
     """
-    K = check_tensor("K", K, shape=(None, None), allow_complex=False)
-    x = check_tensor("x", x, shape=(None, K.shape[0], None), allow_complex=False)
+    K = check_tensor("K", K, shape=(None, None), allow_complex=False, dtypes=REAL_DTYPES)
+    x = check_tensor("x", x, shape=(None, K.shape[0], None), allow_complex=False, dtypes=REAL_DTYPES)
     N = x.shape[-1]
     if K.shape[-1] < N:
         raise ValueError(f"K: kernel length {K.shape[-1]} must be >= sequence length {N}")
@@ -157,25 +202,26 @@ def causal_conv_fft(K: Tensor, x: Tensor) -> Tensor:
     return torch.fft.irfft(Kf * xf, n=n_fft)[..., :N]  # (B, D, N)
 
 
-def initial_state_response(ssm: DiagonalSSM, h0: Tensor, N: int) -> Tensor:
-    """Free response of the initial state: ``C Ā^t h_0`` for t = 1..N, shape (D, N) (or (B, D, N))."""
+def initial_state_response(ssm: DiagonalSSM, h0: Tensor, N: int, *, max_bytes=None) -> Tensor:
+    """Free response of the initial state: ``C Ā^t h_0`` for t = 1..N, shape (D, N) (or (B, D, N)).
+    Size and overflow checked as :func:`ssm_kernel`."""
     N = check_int("N", N, lo=0)
-    pw = _powers(ssm.A_bar, N + 1)[..., 1:]  # (D, H, N): a^1..a^N
+    pw = _powers(ssm.A_bar, N + 1, max_bytes=max_bytes)[..., 1:]  # (D, H, N): a^1..a^N
     r = torch.einsum("dh,...dh,dhn->...dn", ssm.C, h0.to(ssm.A_bar.dtype), pw)
-    return 2 * r.real if ssm.conj_pairs else r
+    return check_overflow("initial_state_response", 2 * r.real if ssm.conj_pairs else r, ssm.A_bar)
 
 
-def ssm_convolution(ssm: DiagonalSSM, x: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+def ssm_convolution(ssm: DiagonalSSM, x: Tensor, h0: Optional[Tensor] = None, *, max_bytes=None) -> Tensor:
     """Same map as :func:`ssm_recurrence`, computed as ``K * x`` (FFT) plus the initial-state response.
 
-    x: (B, D, N); h0: (D, H) or (B, D, H) or None. Returns (B, D, N).
+    x: (B, D, N); h0: (D, H) or (B, D, H) or None. Returns (B, D, N). ``max_bytes``: as :func:`ssm_kernel`.
     """
     _check_input(ssm, x, h0 if h0 is None or h0.dim() == 2 else h0[0])
     N = x.shape[-1]
-    y = causal_conv_fft(ssm_kernel(ssm, max(N, 1)), x)  # (B, D, N)
+    y = causal_conv_fft(ssm_kernel(ssm, max(N, 1), max_bytes=max_bytes), x)  # (B, D, N)
     if h0 is not None:
-        y = y + initial_state_response(ssm, h0, N)
-    return y
+        y = y + initial_state_response(ssm, h0, N, max_bytes=max_bytes)
+    return check_overflow("y", y, ssm.A_bar)
 
 
 def real_realisation(ssm: DiagonalSSM) -> Tuple[Tensor, Tensor, Tensor]:
@@ -207,10 +253,10 @@ def dense_recurrence(A: Tensor, B: Tensor, C: Tensor, x: Tensor, h0: Optional[Te
     A: (D, S, S); B, C: (D, S); x: (B, D, N); h0: (D, S) or None. Returns (B, D, N).
     """
     dims: dict = {}
-    A = check_tensor("A", A, shape=("D", "S", "S"), dims=dims, allow_complex=False)
-    B = check_tensor("B", B, shape=("D", "S"), dims=dims, allow_complex=False)
-    C = check_tensor("C", C, shape=("D", "S"), dims=dims, allow_complex=False)
-    x = check_tensor("x", x, shape=(None, "D", None), dims=dims, allow_complex=False)
+    A = check_tensor("A", A, shape=("D", "S", "S"), dims=dims, allow_complex=False, dtypes=REAL_DTYPES)
+    B = check_tensor("B", B, shape=("D", "S"), dims=dims, allow_complex=False, dtypes=REAL_DTYPES)
+    C = check_tensor("C", C, shape=("D", "S"), dims=dims, allow_complex=False, dtypes=REAL_DTYPES)
+    x = check_tensor("x", x, shape=(None, "D", None), dims=dims, allow_complex=False, dtypes=REAL_DTYPES)
     h = x.new_zeros(x.shape[0], A.shape[0], A.shape[1])  # (B, D, S)
     if h0 is not None:
         h = h + h0

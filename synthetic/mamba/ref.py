@@ -114,6 +114,12 @@ def mamba_s6_inputs(w: Mapping[str, Tensor], hidden: Tensor, d_state: int, dt_ra
     return x, z, dt_low, B.contiguous(), C.contiguous()
 
 
+def _fp32_at_least(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 if it is float64: the scan's working precision (half types go up
+    to float32 as mamba-ssm does; a float64 block stays float64 throughout)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_rank: int,
                   scan_fn: ScanFn = selective_scan_reference, inner_fn: Optional[Callable] = None) -> Tensor:
     """The Mamba block as a pure function of its weights; hidden (Bt, N, d_model) -> (Bt, N, d_model).
@@ -125,7 +131,7 @@ def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_r
     if a linear map is given as an activation-side op (:func:`linear_map`), pass ``inner_fn=None``
     (``ValueError`` otherwise).
     """
-    A = -torch.exp(w["A_log"].float())  # (D, H)
+    A = -torch.exp(_fp32_at_least(w["A_log"]))  # (D, H)
     if inner_fn is not None:
         ops = [k for k in ("in_proj.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight")
                if not isinstance(w[k], Tensor)]
@@ -140,7 +146,7 @@ def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_r
                         delta_bias=w["dt_proj.bias"].float(), delta_softplus=True)
     x, z, dt_low, B, C = mamba_s6_inputs(w, hidden, d_state, dt_rank)
     delta = linear_map(w["dt_proj.weight"], dt_low, "dr,brn->bdn")  # (Bt, D, N), bias added in the scan
-    y = scan_fn(x, delta, A, B, C, w["D"].float(), z=z, delta_bias=w["dt_proj.bias"].float(),
+    y = scan_fn(x, delta, A, B, C, _fp32_at_least(w["D"]), z=z, delta_bias=_fp32_at_least(w["dt_proj.bias"]),
                 delta_softplus=True)  # (Bt, D, N)
     out = linear_map(w["out_proj.weight"], y, "md,bdn->bnm")  # (Bt, N, d_model)
     b_out = _opt(w, "out_proj.bias")
@@ -158,11 +164,16 @@ class MambaRef(nn.Module):
 
     d_model: model width; d_state: H; expand: D / d_model; dt_rank: R ("auto" = ceil(d_model/16)).
     forward(hidden (Bt, N, d_model)) -> (Bt, N, d_model), using :func:`selective_scan_reference`.
+
+    dtype: every parameter's dtype (default torch's default dtype), ``A_log`` and ``D`` included, so a
+    float64 block is float64 throughout. fp32_ssm_params: keep ``A_log`` and ``D`` in float32 whatever
+    ``dtype`` is, as mamba-ssm's ``Mamba`` does (for a block that must mirror its numerics, e.g. a
+    bf16 block held against it).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, conv_bias: bool = True,
-                 bias: bool = False, device=None, dtype=None):
+                 bias: bool = False, device=None, dtype=None, fp32_ssm_params: bool = False):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
@@ -180,10 +191,11 @@ class MambaRef(nn.Module):
         dt0 = dt0.clamp(min=dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt0 + torch.log(-torch.expm1(-dt0)))
-        # S4D-real initialisation: A^(d) = −(1, 2, ..., H) for every channel, stored as A_log (kept in fp32)
-        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(D, 1)  # (D, H)
+        ssm_dtype = torch.float32 if fp32_ssm_params else (dtype or torch.get_default_dtype())
+        # S4D-real initialisation: A^(d) = −(1, 2, ..., H) for every channel, stored as A_log
+        A = torch.arange(1, d_state + 1, dtype=ssm_dtype, device=device).repeat(D, 1)  # (D, H)
         self.A_log = nn.Parameter(torch.log(A))
-        self.D = nn.Parameter(torch.ones(D, device=device))  # skip term, fp32
+        self.D = nn.Parameter(torch.ones(D, dtype=ssm_dtype, device=device))  # skip term
         self.out_proj = nn.Linear(D, d_model, bias=bias, **kw)
 
     def weights(self) -> Dict[str, Tensor]:

@@ -43,6 +43,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm detached in the backward (as peft)
+
 Tensor = torch.Tensor
 
 SSM_PARAMS = ("log_A_re", "A_im", "B_re", "B_im", "C_re", "C_im", "log_dt")  # the S4 module
@@ -462,8 +464,7 @@ def effective_layers_extra(base, train, mask, lora, rank_mask, extra) -> List[Di
         p = dict(p)
         for k, v in ex.items():
             if k == "dora_m":
-                V = p["W"]  # (R, D, D): W + B_W A_W
-                p["W"] = v[..., None] * V / torch.linalg.vector_norm(V, dim=-1, keepdim=True)
+                p["W"] = dora_normalize(p["W"], v)  # p["W"] (R, D, D) = W + B_W A_W
             else:
                 p[k] = v
         out.append(p)

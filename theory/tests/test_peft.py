@@ -5,8 +5,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from theory.peft import (LoRAConfig, LoRALinear, LoRAMatrix, MaskedParameter, Role, SDTMask, count_trainable,
-                         lora_delta, sdt_budget_mask, sdt_mask)
+from theory.peft import (DoRAConfig, DoRALinear, DoRAMatrix, LoRAConfig, LoRALinear, LoRAMatrix, MaskedParameter, Role,
+                         SDTMask, count_trainable, dora_weight, lora_delta, sdt_budget_mask, sdt_mask)
 from theory.tests.strategies import dims, generator, seeds
 from theory.tolerances import RTOL, rel_err
 
@@ -130,3 +130,52 @@ def test_channel_roles_broadcast():
     mp = MaskedParameter(base, roles)
     assert count_trainable(mp) == 6
     assert bool((mp()[2] == 0).all()) and torch.equal(mp()[1], base[1])
+
+
+# --------------------------------------------------------------------------------------------- DoRA
+def _dora_grads(detach_norm, seed=0):
+    g = generator(seed)
+    W = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    mod = DoRALinear(W, None, DoRAConfig(2, detach_norm=detach_norm), generator=g)
+    with torch.no_grad():
+        mod.lora_B.copy_(torch.randn(5, 2, generator=g, dtype=torch.float64))
+        mod.magnitude.mul_(1.3)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    w_out = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y = mod(x)
+    (y * w_out).sum().backward()
+    return mod, x, w_out, y
+
+
+def test_dora_norm_is_detached_by_default():
+    """Default (DoRA paper Sec. 4.3, peft): the gradients are those of ``m ⊙ V / c`` with the row norm
+    ``c = ‖V‖`` a constant; the named option ``detach_norm=False`` differentiates through it. Forward
+    values agree bit for bit; the gradients of A and B differ."""
+    mod, x, w_out, y = _dora_grads(True)
+    assert DoRALinear(torch.eye(3, dtype=torch.float64), None, LoRAConfig(1)).config.detach_norm  # LoRAConfig: default
+    A = mod.lora_A.detach().clone().requires_grad_(True)
+    B = mod.lora_B.detach().clone().requires_grad_(True)
+    V = mod.weight + B @ A
+    c = torch.linalg.vector_norm(V, dim=1, keepdim=True).detach()  # a constant
+    ((x @ (mod.magnitude.detach()[:, None] * V / c).T) * w_out).sum().backward()
+    assert rel_err(mod.lora_A.grad, A.grad) <= TOL and rel_err(mod.lora_B.grad, B.grad) <= TOL
+    through, _, _, y2 = _dora_grads(False)
+    assert torch.equal(y, y2)
+    assert rel_err(through.lora_A.grad, mod.lora_A.grad) > 1e-3  # a different gradient, not rounding
+    assert rel_err(through.magnitude.grad, mod.magnitude.grad) <= TOL  # m enters linearly either way
+
+
+def test_dora_config_refuses_non_bool_detach():
+    with pytest.raises(ValueError, match="detach_norm"):
+        DoRAConfig(2, detach_norm="yes")
+
+
+def test_dora_matrix_follows_its_config():
+    W = torch.randn(4, 3, dtype=torch.float64)
+    for detach in (True, False):
+        m = DoRAMatrix(W, DoRAConfig(1, detach_norm=detach))
+        with torch.no_grad():
+            m.lora_B.fill_(0.5)
+        assert rel_err(m(), dora_weight(W, m.lora_B @ m.lora_A, m.magnitude, detach_norm=detach)) <= TOL
+        m().sum().backward()
+        assert bool(torch.isfinite(m.lora_A.grad).all())
