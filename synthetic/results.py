@@ -1,7 +1,8 @@
-"""Shared sweep machinery for the synthetic experiments (Galim et al., ICML 2025, Sec. 6 figures).
+"""Results files and what is computed from them: run keys, atomic resumable files, best-of-grid, the adaptive
+learning-rate grid (Galim et al., ICML 2025, Sec. 6 figures).
 
-Used by ``synthetic.s4_regression`` (deep S4, Figure 2) and the Mamba experiment. Nothing here
-knows about a particular model; a *run* is a dict of plain JSON values.
+Used by :mod:`synthetic.runner` (the one sweep loop) and every experiment's summary. Nothing here knows about a
+particular model; a *run* is a dict of plain JSON values (schema: :mod:`synthetic.records`).
 
 API
 ---
