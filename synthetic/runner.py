@@ -257,6 +257,158 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+class _Sweep:
+    """One invocation of :func:`run_sweep`: its state (what is done, the output file, the runs waiting to share a
+    step, the statistics) and its steps (train, pack, hand out work, merge)."""
+
+    def __init__(self, exp: Experiment, time_budget: float, shard: Optional[Tuple[int, int]], log, ctx: Optional[Dist]):
+        self.exp, self.time_budget, self.shard, self.log, self.ctx = exp, time_budget, shard, log, ctx
+        self.t0 = time.monotonic()
+        self.main = ResultsFile(exp.results_path)
+        self.done = self.main.completed_keys()
+        for f in shard_files(exp.results_path):  # runs already in some shard file are done too
+            self.done |= ResultsFile(f).completed_keys()
+        if ctx is not None:
+            ctx.barrier()  # every rank has read what is done before any writes
+            self.out = ResultsFile(shard_path(exp.results_path, ctx.rank, ctx.world))
+            self.tag = f"rank {ctx.rank}/{ctx.world}: "
+        else:
+            self.out = ResultsFile(shard_path(exp.results_path, *shard)) if shard else self.main
+            self.tag = ""
+        self.pack_key = getattr(exp, "pack_key", None)
+        self.pending: List[Run] = []  # runs waiting to share a step (one pack key)
+        self.st = SweepStats(results=self.main.path if ctx is not None else self.out.path)
+
+    def out_of_time(self) -> bool:
+        return bool(self.time_budget) and self.st.calls > 0 and time.monotonic() - self.t0 > self.time_budget
+
+    def train(self, runs: List[Run]) -> None:
+        """Train ``runs`` in calls of the experiment's size; stamp the shared fields; append atomically."""
+        exp, st = self.exp, self.st
+        for chunk, n_keep in _calls(runs, exp.max_runs_per_call, exp.pad_calls):
+            recs = exp.train(chunk)
+            if len(recs) != len(chunk):
+                raise RuntimeError(f"{exp.name}: train returned {len(recs)} records for {len(chunk)} runs")
+            stamped = []
+            for run, rec in zip(chunk[:n_keep], recs[:n_keep]):
+                k = exp.key(run.seed, run.method, run.budget, run.lr)
+                stamped.append({"key": k, "kind": "run", "experiment": exp.name, "preset": exp.preset,
+                                **rec, "lr_source": run.source})
+                self.done.add(k)
+                st.per_method[run.method] = st.per_method.get(run.method, 0) + 1
+            self.out.extend(stamped)
+            st.calls += 1
+            st.runs += n_keep
+
+    def flush(self) -> None:
+        if self.pending:
+            runs = list(self.pending)
+            self.pending.clear()
+            self.train(runs)
+
+    def submit(self, runs: List[Run]) -> None:
+        """Train ``runs`` (one group), or hold them to share a step with the next groups of the same pack key."""
+        pk = self.pack_key(runs[0]) if self.pack_key else None
+        if pk is None:
+            self.flush()
+            self.train(runs)
+            return
+        if self.pending and self.pack_key(self.pending[0]) != pk:
+            self.flush()
+        self.pending.extend(runs)
+        size = self.exp.max_runs_per_call or len(self.pending)
+        while len(self.pending) >= size:
+            chunk = self.pending[:size]
+            del self.pending[:size]
+            self.train(chunk)
+
+    def items(self, seq: Sequence, counter: str):
+        """The items this process takes: all of them, or under torchrun the indices the shared counter gives it."""
+        if self.ctx is None:
+            yield from progress(seq, total=len(seq), desc=f"{self.exp.name} {self.exp.preset} {counter}")
+            return
+        while True:
+            j = self.ctx.next_index(f"{self.exp.results_path}:{counter}")
+            if j >= len(seq):
+                return
+            yield seq[j]
+
+    def end_of_round(self, name: str) -> None:
+        """Train what waits, agree on stopping (torchrun: any rank out of time stops all), merge the ranks' files."""
+        if not self.st.stopped:
+            self.flush()
+        self.pending.clear()
+        if self.ctx is not None:
+            self.st.stopped = self.ctx.any(f"{self.exp.results_path}:stopped-{name}", self.st.stopped)
+        self.merge()
+
+    def merge(self) -> None:
+        """Under torchrun: after a barrier, rank 0 folds the ranks' files into the results file."""
+        if self.ctx is not None:
+            self.ctx.barrier()
+            if self.ctx.rank == 0:
+                merge_shards(self.exp.results_path, log=lambda s: self.log(self.tag + s))
+            self.ctx.barrier()
+
+    def base_grid(self, groups: Sequence[Group]) -> None:
+        st = self.st
+        for g in self.items(groups, "base"):
+            keys = [self.exp.key(g.seed, g.method, g.budget, lr) for lr in g.lrs]
+            if all(k in self.done for k in keys):
+                st.groups_skipped += 1
+                continue
+            if self.out_of_time():
+                st.stopped = True
+                break
+            # the whole group (its records already in the file are not written twice): a group's runs are
+            # trained as they were when it first ran, whatever was cut short before
+            self.submit([Run(g.seed, g.method, g.budget, lr) for lr in g.lrs])
+            st.groups_run += 1
+        self.end_of_round("base")
+        self.log(f"{self.tag}base grid: {len(groups)} groups, {st.groups_run} run, {st.groups_skipped} already done, "
+                 f"wall {time.monotonic() - self.t0:.1f}s")
+
+    def extension_rounds(self, all_groups: Sequence[Group]) -> None:
+        """Rounds of lr-grid growth (planned by one process: rank 0 under torchrun) until no group needs a run."""
+        exp, st, ctx = self.exp, self.st, self.ctx
+        planned: set = set()
+        while not st.stopped:
+            todo = extension_todo(exp, self.main.load(), all_groups) if ctx is None or ctx.rank == 0 else None
+            if ctx is not None:
+                todo = ctx.broadcast(todo)
+            if not todo:
+                return
+            todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)  # seed-major: shared steps
+            keys = {exp.key(s, m, b, lr) for s, m, b, lrs in todo for lr in lrs}
+            if keys & planned:  # their records should be in the file by now: stop rather than loop
+                raise RuntimeError(f"lr extension: runs planned twice; their records are not in {self.main.path}")
+            planned |= keys
+            st.extension_rounds += 1
+            n0 = st.runs
+            for seed, method, budget, lrs in self.items(todo, f"extension {st.extension_rounds}"):
+                if self.out_of_time():
+                    st.stopped = True
+                    break
+                self.submit([Run(seed, method, budget, lr, "extension") for lr in lrs])
+            self.end_of_round(f"extension-{st.extension_rounds}")
+            st.extension_runs += st.runs - n0
+
+    def record(self) -> None:
+        """A ``kind: "sweep"`` record with this invocation's wall time and counts (none if nothing ran)."""
+        st, ctx, shard = self.st, self.ctx, self.shard
+        if not st.runs:
+            return
+        env = environment()
+        self.out.append({"key": f"sweep@{utc_now()}" + (f"@rank{ctx.rank}" if ctx else ""), "kind": "sweep",
+                         "experiment": self.exp.name, "preset": self.exp.preset,
+                         "wall_s": st.wall_s, "groups": st.groups, "groups_run": st.groups_run,
+                         "groups_skipped": st.groups_skipped, "runs": st.runs, "calls": st.calls,
+                         "extension_rounds": st.extension_rounds, "extension_runs": st.extension_runs,
+                         "stopped": st.stopped, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+                         "rank": ctx.rank if ctx else None, "world_size": ctx.world if ctx else 1,
+                         "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now()})
+
+
 def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tuple[int, int]] = None,
               log: Callable[[str], None] = print, dist: Any = "auto") -> SweepStats:
     """Train every run of ``exp`` not yet in its results file, then grow the lr grids (see the module
@@ -270,155 +422,27 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
     ctx: Optional[Dist] = distributed() if dist == "auto" else dist
     if ctx is not None and shard is not None:
         raise ValueError("--shard: not with torchrun (the ranks share the work already)")
-    t0 = time.monotonic()
-    main = ResultsFile(exp.results_path)
-    done = main.completed_keys()
-    for f in shard_files(exp.results_path):  # runs already in some shard file are done too
-        done |= ResultsFile(f).completed_keys()
-    if ctx is not None:
-        ctx.barrier()  # every rank has read what is done before any writes
+    sw = _Sweep(exp, time_budget, shard, log, ctx)
     all_groups = exp.groups()
     groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
-    if ctx is not None:
-        out = ResultsFile(shard_path(exp.results_path, ctx.rank, ctx.world))
-        tag = f"rank {ctx.rank}/{ctx.world}: "
-    else:
-        out = ResultsFile(shard_path(exp.results_path, *shard)) if shard else main
-        tag = ""
-    st = SweepStats(groups=len(groups), results=main.path if ctx is not None else out.path)
-    log(f"{tag}{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of {len(all_groups)})"
-                                                               if shard else "") + f" -> {out.path}")
-
-    def out_of_time() -> bool:
-        return bool(time_budget) and st.calls > 0 and time.monotonic() - t0 > time_budget
-
-    def train(runs: List[Run]) -> None:
-        for chunk, n_keep in _calls(runs, exp.max_runs_per_call, exp.pad_calls):
-            recs = exp.train(chunk)
-            if len(recs) != len(chunk):
-                raise RuntimeError(f"{exp.name}: train returned {len(recs)} records for {len(chunk)} runs")
-            stamped = []
-            for run, rec in zip(chunk[:n_keep], recs[:n_keep]):
-                k = exp.key(run.seed, run.method, run.budget, run.lr)
-                stamped.append({"key": k, "kind": "run", "experiment": exp.name, "preset": exp.preset,
-                                **rec, "lr_source": run.source})
-                done.add(k)
-                st.per_method[run.method] = st.per_method.get(run.method, 0) + 1
-            out.extend(stamped)
-            st.calls += 1
-            st.runs += n_keep
-
-    pack_key = getattr(exp, "pack_key", None)
-    pending: List[Run] = []  # runs waiting to share a step (one pack key)
-
-    def flush() -> None:
-        if pending:
-            runs = list(pending)
-            pending.clear()
-            train(runs)
-
-    def submit(runs: List[Run]) -> None:
-        """Train ``runs`` (one group), or hold them to share a step with the next groups of the same pack key."""
-        pk = pack_key(runs[0]) if pack_key else None
-        if pk is None:
-            flush()
-            train(runs)
-            return
-        if pending and pack_key(pending[0]) != pk:
-            flush()
-        pending.extend(runs)
-        size = exp.max_runs_per_call or len(pending)
-        while len(pending) >= size:
-            chunk = pending[:size]
-            del pending[:size]
-            train(chunk)
-
-    def items(seq: Sequence, counter: str):
-        """The items this process takes: all of them, or under torchrun the indices the shared counter gives it."""
-        if ctx is None:
-            yield from progress(seq, total=len(seq), desc=f"{exp.name} {exp.preset} {counter}")
-            return
-        while True:
-            j = ctx.next_index(f"{exp.results_path}:{counter}")
-            if j >= len(seq):
-                return
-            yield seq[j]
-
-    def merge() -> None:
-        """Under torchrun: after a barrier, rank 0 folds the ranks' files into the results file."""
-        if ctx is not None:
-            ctx.barrier()
-            if ctx.rank == 0:
-                merge_shards(exp.results_path, log=lambda s: log(tag + s))
-            ctx.barrier()
-
-    def stop_everywhere(flag: bool, name: str) -> bool:
-        return ctx.any(f"{exp.results_path}:{name}", flag) if ctx is not None else flag
-
-    for g in items(groups, "base"):
-        keys = [exp.key(g.seed, g.method, g.budget, lr) for lr in g.lrs]
-        if all(k in done for k in keys):
-            st.groups_skipped += 1
-            continue
-        if out_of_time():
-            st.stopped = True
-            break
-        # the whole group (its records already in the file are not written twice): a group's runs are
-        # trained as they were when it first ran, whatever was cut short before
-        submit([Run(g.seed, g.method, g.budget, lr) for lr in g.lrs])
-        st.groups_run += 1
-    if not st.stopped:
-        flush()
-    pending.clear()
-    st.stopped = stop_everywhere(st.stopped, "stopped-base")
-    merge()
-    log(f"{tag}base grid: {len(groups)} groups, {st.groups_run} run, {st.groups_skipped} already done, "
-        f"wall {time.monotonic() - t0:.1f}s")
-
-    planned: set = set()
-    while not st.stopped and shard is None:
-        todo = extension_todo(exp, main.load(), all_groups) if ctx is None or ctx.rank == 0 else None
-        if ctx is not None:
-            todo = ctx.broadcast(todo)
-        if not todo:
-            break
-        todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)  # seed-major: steps can be shared
-        keys = {exp.key(s, m, b, lr) for s, m, b, lrs in todo for lr in lrs}
-        if keys & planned:  # their records should be in the file by now: stop rather than loop
-            raise RuntimeError(f"lr extension: runs planned twice; their records are not in {main.path}")
-        planned |= keys
-        st.extension_rounds += 1
-        n0 = st.runs
-        for seed, method, budget, lrs in items(todo, f"extension {st.extension_rounds}"):
-            if out_of_time():
-                st.stopped = True
-                break
-            submit([Run(seed, method, budget, lr, "extension") for lr in lrs])
-        if not st.stopped:
-            flush()
-        pending.clear()
-        st.extension_runs += st.runs - n0
-        st.stopped = stop_everywhere(st.stopped, f"stopped-{st.extension_rounds}")
-        merge()
-    st.wall_s = time.monotonic() - t0
+    sw.st.groups = len(groups)
+    log(f"{sw.tag}{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of "
+                                                                  f"{len(all_groups)})" if shard else "")
+        + f" -> {sw.out.path}")
+    sw.base_grid(groups)
+    if shard is None:  # shards run the base grid only: which lrs a round adds depends on every shard's runs
+        sw.extension_rounds(all_groups)
+    st = sw.st
+    st.wall_s = time.monotonic() - sw.t0
     if st.stopped:
-        log(f"{tag}time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")
+        log(f"{sw.tag}time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")
     if shard is not None:
         log("shard done; fold the shard files in with --merge, then rerun without --shard to grow the lr grid "
             "where a best lr is at an edge")
-    log(f"{tag}sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
+    log(f"{sw.tag}sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
         f"{st.extension_runs} extension runs), wall {st.wall_s:.1f}s")
-    if st.runs:
-        env = environment()
-        out.append({"key": f"sweep@{utc_now()}" + (f"@rank{ctx.rank}" if ctx else ""), "kind": "sweep",
-                    "experiment": exp.name, "preset": exp.preset,
-                    "wall_s": st.wall_s, "groups": st.groups, "groups_run": st.groups_run,
-                    "groups_skipped": st.groups_skipped, "runs": st.runs, "calls": st.calls,
-                    "extension_rounds": st.extension_rounds, "extension_runs": st.extension_runs,
-                    "stopped": st.stopped, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
-                    "rank": ctx.rank if ctx else None, "world_size": ctx.world if ctx else 1,
-                    "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now()})
-    merge()
+    sw.record()
+    sw.merge()
     return st
 
 
