@@ -99,3 +99,17 @@ def test_results_files_are_readable_by_others(tmp_path):
     rf = ResultsFile(tmp_path / "r.json")
     rf.append({"key": "a"})
     assert (rf.path.stat().st_mode & 0o044) == 0o044  # group and others may read (mkstemp alone gives 0600)
+
+
+def test_mamba_summary_keeps_to_one_configuration(tmp_path, capsys):
+    """Two configurations in one results file (another --iters): the summary and figures use one of them and say
+    how many records they leave out (they used to average both)."""
+    base = ["--preset", "tiny", "--backend", "reference", "--methods", "Frozen,Full", "--lr-extend-factor", "0",
+            "--out", str(tmp_path)]
+    assert mamba_experiment.main(base) == 0
+    capsys.readouterr()
+    assert mamba_experiment.main(base + ["--iters", "3"]) == 0
+    out = capsys.readouterr()
+    recs = mamba_experiment.ResultsFile(tmp_path / "mamba_regression_tiny.json").runs()
+    assert len(recs) == 4  # Frozen + Full, twice
+    assert "2 records of other configurations in the file are not shown" in out.err
