@@ -18,7 +18,7 @@ rank for (target parameters ↦ response), the dimension of the target family.
 - A count of free parameters (LoRA counted as the rank-r matrix variety, ``2Dr − r²``) below the
   target dimension proves insufficiency for *every* layout of that budget: any choice of which channels and
   states are tuned, at the same per-layer counts of channels, states and LoRA rank (a larger channel budget
-  can clear the count, e.g. 36 instead of 24 tuned channels at D = 12, L = 3, L* = 2, r = 1).
+  has more free parameters and can clear the count).
 - Jacobian rank >= target dimension is necessary, not sufficient: the image may be a different
   set of that dimension. Sufficiency comes from the explicit construction in ``theorem1.py``.
   In practice the image of a budget is larger than the target family (it also reaches functions with
