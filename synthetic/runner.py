@@ -143,6 +143,15 @@ def merge_shards(main: Path, log: Callable[[str], None] = print) -> int:
     return added
 
 
+def done_keys(main: Path, records: Optional[Sequence[Dict[str, Any]]] = None) -> set:
+    """Keys of the runs already recorded: in the results file (``records``, if already loaded) and in every shard
+    file beside it (a shard's or a torchrun rank's)."""
+    done = {r.get("key") for r in (ResultsFile(main).load() if records is None else records)}
+    for f in shard_files(main):
+        done |= ResultsFile(f).completed_keys()
+    return done
+
+
 # ------------------------------------------------------------------------------------ the loop
 def current_runs(exp: Experiment, records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The run records of ``exp``'s configuration and seeds: those whose key is the one ``exp`` gives them
@@ -265,9 +274,7 @@ class _Sweep:
         self.exp, self.time_budget, self.shard, self.log, self.ctx = exp, time_budget, shard, log, ctx
         self.t0 = time.monotonic()
         self.main = ResultsFile(exp.results_path)
-        self.done = self.main.completed_keys()
-        for f in shard_files(exp.results_path):  # runs already in some shard file are done too
-            self.done |= ResultsFile(f).completed_keys()
+        self.done = done_keys(exp.results_path)
         if ctx is not None:
             ctx.barrier()  # every rank has read what is done before any writes
             self.out = ResultsFile(shard_path(exp.results_path, ctx.rank, ctx.world))
@@ -453,9 +460,7 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
     from the wall time per run recorded in the results file (None where no run of that method is there)."""
     main = ResultsFile(exp.results_path)
     records = main.load()
-    done = {r.get("key") for r in records}
-    for f in shard_files(exp.results_path):
-        done |= ResultsFile(f).completed_keys()
+    done = done_keys(exp.results_path, records)
     all_groups = exp.groups()
     groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
     per: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()

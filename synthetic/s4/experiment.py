@@ -64,7 +64,7 @@ from synthetic.s4 import model as sm
 from synthetic.s4.config import OPT_IN_DEFAULTS, Config, build_parser, key_fields, n_modes, parse_config
 from synthetic.s4.methods import METHODS, BENCHMARK_METHODS, configure, method_label, theory_trainable_count
 from synthetic.cli import check_memory
-from synthetic.s4.train import Trainer, estimate_step_bytes, resolve_device
+from synthetic.s4.train import Trainer, TrainerExperiment, estimate_step_bytes, resolve_device
 
 # -------------------------------------------------------------------------------------- sweep
 def key_config(cfg: Config) -> Dict:
@@ -96,7 +96,7 @@ def run_generator(key: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:15], 16))
 
 
-class S4Experiment:
+class S4Experiment(TrainerExperiment):
     """The deep-S4 experiment as a :class:`synthetic.runner.Experiment`: its run groups, run keys and training.
 
     Packing: with ``runs_per_step`` R > 0, the runs of one seed whose methods share the default graph (every
@@ -117,19 +117,11 @@ class S4Experiment:
         self.kc = key_config(cfg)
         self.device = resolve_device(cfg)
         self.max_runs_per_call = cfg.runs_per_step or len(cfg.lrs)
-        self._trainer: Optional[Trainer] = None
         self._cache: Dict[int, Dict] = {}
         self.total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
 
-    @property
-    def trainer(self) -> "Trainer":
-        if self._trainer is None:
-            self._trainer = Trainer(self.cfg, self.device, self.log)
-        return self._trainer
-
-    @property
-    def pad_calls(self) -> bool:
-        return self.trainer.use_compile
+    def make_trainer(self) -> "Trainer":
+        return Trainer(self.cfg, self.device, self.log)  # looked up here: tests may replace the class
 
     def describe(self) -> str:
         t, cfg = self.trainer, self.cfg
@@ -143,9 +135,6 @@ class S4Experiment:
         cfg = self.cfg
         return [Group(s, m, b, tuple(cfg.lrs) if METHODS[m].trains else (None,), grows=METHODS[m].trains)
                 for s, m, b in run_groups(cfg)]
-
-    def key(self, seed, method, budget, lr) -> str:
-        return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
 
     def pack_key(self, run: Run):
         """Runs with the same pack key may share a step (None: the run's group trains alone)."""

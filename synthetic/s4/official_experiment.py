@@ -30,7 +30,7 @@ from synthetic.s4.official import (CONVS, METHODS, NOT_IN_KEY, OFFICIAL_SEED, PR
                                    concat_groups,
                                    official_lora_down, official_models, official_param_count, official_selection,
                                    validate)
-from synthetic.s4.train import estimate_step_bytes, resolve_device, set_precision
+from synthetic.s4.train import TrainerExperiment, estimate_step_bytes, resolve_device, set_precision
 
 Tensor = torch.Tensor
 
@@ -213,7 +213,7 @@ def results_path(cfg: OfficialConfig) -> Path:
     return Path(cfg.out) / f"s4_regression_{cfg.preset}.json"
 
 
-class OfficialExperiment:
+class OfficialExperiment(TrainerExperiment):
     """The official-convention deep-S4 experiment as a :class:`synthetic.runner.Experiment`.
 
     A train call takes the runs of one (seed, method, budget) group (same models, warm-up, ``W_down`` and
@@ -233,18 +233,10 @@ class OfficialExperiment:
         self.device = resolve_device(cfg)
         self.max_runs_per_call = len(cfg.lrs)
         self.total = official_param_count(cfg.d_model, cfg.frozen_d_state, cfg.frozen_layers)
-        self._trainer: Optional[Trainer] = None
         self._cache: Dict[int, Dict] = {}
 
-    @property
-    def trainer(self) -> Trainer:
-        if self._trainer is None:
-            self._trainer = Trainer(self.cfg, self.device, self.log)
-        return self._trainer
-
-    @property
-    def pad_calls(self) -> bool:
-        return self.trainer.use_compile
+    def make_trainer(self) -> "Trainer":
+        return Trainer(self.cfg, self.device, self.log)  # looked up here: tests may replace the class
 
     def describe(self) -> str:
         return (f"device {environment()['device']}, compile={self.trainer.use_compile}, data={self.cfg.data}; "
@@ -252,9 +244,6 @@ class OfficialExperiment:
 
     def groups(self) -> List[RunGroup]:
         return [RunGroup(s, m, b, tuple(self.cfg.lrs)) for s, m, b in run_groups(self.cfg)]
-
-    def key(self, seed, method, budget, lr) -> str:
-        return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
 
     def train(self, runs: Sequence[Run]) -> List[Dict]:
         cfg, trainer = self.cfg, self.trainer

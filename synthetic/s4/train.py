@@ -7,6 +7,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from synthetic.results import run_key
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes
 from synthetic.s4.methods import BENCHMARK_METHODS, PrunedSelection, parse_sdt
@@ -177,3 +178,28 @@ def estimate_step_bytes(R: int, D: int, N: int, B: int, L: int) -> int:
     layer (inputs kept for the backward of the Toeplitz products, projection and ReLU, and their gradients) plus
     the R·D·N² Toeplitz matrices; a guard's estimate, not a measurement."""
     return 4 * (ACTIVATION_COPIES * L * R * D * N * B + 2 * L * R * D * N * N)
+
+
+class TrainerExperiment:
+    """What the paper- and the official-convention deep-S4 experiments share as runner plug-ins: a run's key from
+    the config's key fields (``self.kc``), a trainer built on first use (a dry run builds none; subclasses say how,
+    :meth:`make_trainer`), and padding of a short step to the compiled run count when that trainer compiles."""
+
+    kc: Dict
+    _trainer = None
+
+    def make_trainer(self):
+        raise NotImplementedError
+
+    @property
+    def trainer(self):
+        if self._trainer is None:
+            self._trainer = self.make_trainer()
+        return self._trainer
+
+    @property
+    def pad_calls(self) -> bool:
+        return self.trainer.use_compile
+
+    def key(self, seed, method, budget, lr) -> str:
+        return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
