@@ -63,7 +63,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from synthetic.records import infer_from_path, normalise
 
-__all__ = ["run_key", "ResultsFile", "ResultsFileError", "is_diverged", "best_of_grid",
+__all__ = ["run_key", "ResultsFile", "ResultsFileError", "one_configuration", "is_diverged", "best_of_grid",
            "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "edge_label", "environment", "git_commit"]
 
 
@@ -186,6 +186,22 @@ def subsample_curve(curve: List[float], n: int) -> List[List[float]]:
         return []
     idx = sorted({round(i * (len(curve) - 1) / max(n - 1, 1)) for i in range(min(n, len(curve)))})
     return [[i, curve[i]] for i in idx]
+
+
+def one_configuration(records: Sequence[Dict[str, Any]], fingerprint, want: str,
+                      note=print) -> List[Dict[str, Any]]:
+    """The records of one configuration: those whose ``fingerprint(record)`` is ``want`` if any is, else those of
+    the last record's. A results file can hold runs of several configurations (a rerun with another ``--batch``);
+    a summary or figure never mixes them, and ``note`` says how many records it leaves out."""
+    if not records:
+        return list(records)
+    fps = [fingerprint(r) for r in records]
+    if want not in fps:
+        want = fps[-1]
+    kept = [r for r, f in zip(records, fps) if f == want]
+    if len(kept) < len(records):
+        note(f"note: {len(records) - len(kept)} records of other configurations in the file are not shown")
+    return kept
 
 
 # ---------------------------------------------------------------------------------- aggregation

@@ -42,8 +42,8 @@ from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, P
                                   select_channels, trainable_count)
 from synthetic.mamba.ref import block_weights
 from synthetic.plots import plot_mamba
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged, run_key,
-                               utc_now)
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
+                               one_configuration, run_key, utc_now)
 from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 
 
@@ -308,17 +308,8 @@ def current_records(cfg: MambaRegressionConfig, records: Sequence[dict]) -> List
     """Records of one configuration (the ``config`` a run key holds): ``cfg``'s if the file has it, else the last
     record's. A file can hold runs of several configurations (a rerun with another ``--iters``, or ``--backend``);
     one summary or figure never mixes them, and says how many records it leaves out."""
-    if not records:
-        return list(records)
-    fps = [run_key(r.get("config", {})) for r in records]
-    want = run_key(config_dict(cfg))
-    if want not in fps:
-        want = fps[-1]
-    kept = [r for r, f in zip(records, fps) if f == want]
-    if len(kept) < len(records):
-        print(f"mamba_regression: note: {len(records) - len(kept)} records of other configurations in the file are "
-              "not shown", file=sys.stderr)
-    return kept
+    return one_configuration(records, lambda r: run_key(r.get("config", {})), run_key(config_dict(cfg)),
+                             note=lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
 
 
 def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:

@@ -57,8 +57,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic.plots import plot_mse_vs_params
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, run_key, subsample_curve,
-                               utc_now)
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration,
+                               run_key, run_records, subsample_curve, utc_now)
 from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.config import OPT_IN_DEFAULTS, Config, build_parser, key_fields, n_modes, parse_config
@@ -281,17 +281,8 @@ def current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
     mixing them in one best-of-grid would be wrong, so only one is plotted and summarised.
     Only run records count (``kind: "sweep"`` records hold a sweep's wall time).
     """
-    recs = [r for r in recs if r.get("kind", "run") == "run"]
-    if not recs:
-        return recs
-    want = fingerprint(dataclasses.asdict(cfg))
-    fps = [fingerprint(r.get("config", {})) for r in recs]
-    if want not in fps:
-        want = fps[-1]
-    kept = [r for r, f in zip(recs, fps) if f == want]
-    if len(kept) < len(recs):
-        print(f"note: {len(recs) - len(kept)} records of other configurations in the file are not shown")
-    return kept
+    return one_configuration(run_records(recs), lambda r: fingerprint(r.get("config", {})),
+                             fingerprint(dataclasses.asdict(cfg)))
 
 
 def summary_table(cfg: Config) -> str:

@@ -22,7 +22,8 @@ import torch
 
 from synthetic import runner
 from synthetic.cli import check_memory, dataclass_parser, parse_dataclass
-from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, environment, run_key, subsample_curve, utc_now
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration, run_key,
+                               run_records, subsample_curve, utc_now)
 from synthetic.runner import Group as RunGroup, Run, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.official import (CONVS, METHODS, NOT_IN_KEY, OFFICIAL_SEED, PRESETS, WARMUP_PARAMS, Group,
@@ -298,26 +299,14 @@ def extension_plan(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Tuple[i
     return runner.extension_todo(exp, records, exp.groups())
 
 
-def run_records(records: Sequence[Dict]) -> List[Dict]:
-    """The per-run records of a results file (drops the sweep wall-time records)."""
-    return [r for r in records if r.get("kind", "run") == "run"]
-
-
 def one_config(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Dict]:
     """The run records of one configuration (the fields in the key): ``cfg``'s if the file has it, else the last
     record's; a summary never mixes configurations, and says how many records it leaves out."""
-    recs = run_records(records)
-    if not recs:
-        return recs
     fields = {f.name for f in dataclasses.fields(OfficialConfig)}
-    fp = [run_key({k: v for k, v in r.get("config", {}).items() if k in fields and k not in NOT_IN_KEY}) for r in recs]
-    want = run_key(key_config(cfg))
-    if want not in fp:
-        want = fp[-1]
-    kept = [r for r, f in zip(recs, fp) if f == want]
-    if len(kept) < len(recs):
-        print(f"note: {len(recs) - len(kept)} records of other configurations in the file are not shown")
-    return kept
+    return one_configuration(
+        run_records(records),
+        lambda r: run_key({k: v for k, v in r.get("config", {}).items() if k in fields and k not in NOT_IN_KEY}),
+        run_key(key_config(cfg)))
 
 
 def summary_table(cfg: OfficialConfig) -> str:
