@@ -51,7 +51,7 @@ import torch
 
 from . import exact_rank
 from ._validate import check_choice, check_int
-from .layout import (channel_blocks, free_dim_formula, group_sizes, smallest_count_feasible_rank,
+from .layout import (budget_shapes, channel_blocks, free_dim_formula, group_sizes, smallest_count_feasible_rank,
                      target_dim_formula)
 # Singular values below RANK_RTOL · σ_max count as zero: the Jacobians here have σ_max ~ 1..1e3 and
 # structural zeros at ~1e-14 relative; the reported gap (σ_r / σ_{r+1}) shows the cut.
@@ -135,14 +135,7 @@ def budget_map(cfg: ProbeConfig, generator: torch.Generator, z: Optional[Tensor]
     blocks = cfg.blocks
     frozen_W = [torch.randn(D, D, generator=g, dtype=F64) / D**0.5 for _ in range(cfg.L)]
     frozen_b = [torch.randn(D, Hs, generator=g, dtype=F64) for _ in range(cfg.L)]  # B̄ of the tuned states
-    shapes: List[Tuple[str, int, Tuple[int, ...]]] = []
-    for j, blk in enumerate(blocks):
-        s = len(blk)
-        shapes += [("a", j, (s, Hs)), ("c", j, (s, Hs)), ("u", j, (D,)), ("beta", j, (D,))]
-        if j == cfg.L - 1:
-            shapes.append(("W", j, (D, D)))
-        elif cfg.rank:
-            shapes += [("lora_A", j, (cfg.rank, D)), ("lora_B", j, (D, cfg.rank))]
+    shapes = budget_shapes(blocks, cfg.L, D, Hs, cfg.rank)
     sizes = [math.prod(sh) for _, _, sh in shapes]
     parts = []
     for name, j, sh in shapes:

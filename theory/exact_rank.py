@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .layout import target_dim_formula
+from .layout import budget_shapes, target_dim_formula
 
 P_DEFAULT = 536870909  # the largest prime below 2^29 (checked by the tests with sympy.isprime)
 _MAX_D = 12  # int64 headroom: 2·D·p² < 2^63 needs D <= 15; 12 leaves margin
@@ -132,14 +132,7 @@ def budget_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
     z = _distinct_points(rng, K, p)
     frozen_W = [rng.integers(0, p, (D, D), dtype=np.int64) for _ in range(cfg.L)]
     frozen_b = [rng.integers(1, p, (D, Hs), dtype=np.int64) for _ in range(cfg.L)]
-    shapes = []
-    for j, blk in enumerate(cfg.blocks):
-        s = len(blk)
-        shapes += [("a", j, (s, Hs)), ("c", j, (s, Hs)), ("u", j, (D,)), ("beta", j, (D,))]
-        if j == cfg.L - 1:
-            shapes.append(("W", j, (D, D)))
-        elif cfg.rank:
-            shapes += [("lora_A", j, (cfg.rank, D)), ("lora_B", j, (D, cfg.rank))]
+    shapes = budget_shapes(cfg.blocks, cfg.L, D, Hs, cfg.rank)
     sizes = [math.prod(sh) for _, _, sh in shapes]
     P = sum(sizes)
     theta = rng.integers(0, p, P, dtype=np.int64)

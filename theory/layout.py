@@ -51,3 +51,18 @@ def smallest_count_feasible_rank(D: int, L: int, L_star: int, H_star: int) -> in
         if free_dim_formula(D, L, L_star, H_star, r) >= target_dim_formula(D, L_star, H_star):
             return r
     return D + 1
+
+
+def budget_shapes(blocks, L: int, D: int, H_star: int, rank: int) -> List[Tuple[str, int, Tuple[int, ...]]]:
+    """The trainable tensors of the probe's budget, in order: per layer ``j`` the tuned block's ``a``, ``c``
+    (|block| x H*), the skip ``u`` and bias ``beta`` (D,), then the last layer's full ``W`` (D x D) or, before it,
+    the LoRA factors of rank ``rank`` (none for rank 0). Shared by the float64 probe and its exact twin."""
+    shapes: List[Tuple[str, int, Tuple[int, ...]]] = []
+    for j, blk in enumerate(blocks):
+        s = len(blk)
+        shapes += [("a", j, (s, H_star)), ("c", j, (s, H_star)), ("u", j, (D,)), ("beta", j, (D,))]
+        if j == L - 1:
+            shapes.append(("W", j, (D, D)))
+        elif rank:
+            shapes += [("lora_A", j, (rank, D)), ("lora_B", j, (D, rank))]
+    return shapes
