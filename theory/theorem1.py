@@ -228,7 +228,7 @@ def _block_structured(G: Tensor, S) -> bool:
 
 
 # ------------------------------------------------------------------------------------ validation
-def _validate(frozen: DeepSSM, target: DeepSSM) -> None:
+def _validate(frozen: DeepSSM, target: DeepSSM, target_residual: bool = False) -> None:
     for name, m in (("frozen", frozen), ("target", target)):
         if not isinstance(m, DeepSSM):
             raise ValueError(f"{name}: expected a DeepSSM, got {type(m).__name__}")
@@ -246,13 +246,17 @@ def _validate(frozen: DeepSSM, target: DeepSSM) -> None:
     H, H_star = frozen.layers[0].ssm.H, target.layers[0].ssm.H
     if H_star > H:
         raise ValueError(f"target: needs H* <= H, got H* = {H_star}, H = {H}")
+    if target_residual and not (frozen.kind == "s4" and frozen.skip == "inside"):
+        raise ValueError("target_residual: a target with a residual is handled for deep S4 with the skip inside "
+                         f"only (kind 's4', skip 'inside'), got kind {frozen.kind!r}, skip {frozen.skip!r}")
     for l, layer in enumerate(target.layers):
-        if bool((layer.u != 0).any()):
-            raise ValueError(f"target: layer {l} has a residual (u != 0); Theorem 1's target has none")
+        if bool((layer.u != 0).any()) and not target_residual:
+            raise ValueError(f"target: layer {l} has a residual (u != 0); Theorem 1's target has none "
+                             "(target_residual=True handles the experiment's skip-inside target)")
     if frozen.kind == "s4":
-        for name, m in (("frozen", frozen), ("target", target)):
-            if m.layers[0].ssm.conj_pairs:
-                raise ValueError(f"{name}: the construction is for real diagonal SSMs, not the conjugate-pair form")
+        forms = {m.layers[0].ssm.conj_pairs for m in (frozen, target)}
+        if len(forms) != 1:
+            raise ValueError("target: frozen and target must both be real diagonal or both conjugate-pair SSMs")
         for j, layer in enumerate(frozen.layers):
             b = layer.ssm.B_bar[:, :H_star].abs()
             if bool((b <= _B_MIN * max(1.0, float(layer.ssm.B_bar.abs().max()))).any()):
@@ -269,7 +273,7 @@ def _model_params(m: DeepSSM) -> int:
     for layer in m.layers:
         s = layer.ssm
         if isinstance(s, DiagonalSSM):
-            total += 3 * s.A_bar.numel()
+            total += 3 * s.A_bar.numel() * (2 if s.conj_pairs else 1)  # complex entries: two reals each
         else:
             total += s.A_log.numel() + s.x_proj.numel() + s.dt_proj_weight.numel() + s.dt_proj_bias.numel()
         total += layer.W.numel() + layer.beta.numel() + layer.u.numel()
@@ -293,7 +297,7 @@ def _tuned_s4(frozen_ssm: DiagonalSSM, target_ssm: DiagonalSSM, channels, H_star
     return DiagonalSSM(a, b, c), mask
 
 
-def _construct_s4_inside(frozen: DeepSSM, target: DeepSSM):
+def _construct_s4_inside(frozen: DeepSSM, target: DeepSSM, target_residual: bool = False):
     L, D, Ls = frozen.L, frozen.D, target.L
     H_star = target.layers[0].ssm.H
     sizes = group_sizes(L, Ls)
@@ -310,7 +314,8 @@ def _construct_s4_inside(frozen: DeepSSM, target: DeepSSM):
             raise RuntimeError(f"internal: coordinates not block-structured at layer {j}")
         ssm, mask = _tuned_s4(f.ssm, t.ssm, blk, H_star)
         u = torch.ones(D, dtype=torch.float64)
-        u[list(blk)] = 0.0  # processed channels: kernel only; others pass through
+        # processed channels: the target channel's operator K* + u* δ_0 (u* = 0 for Theorem 1's target); others pass through
+        u[list(blk)] = t.u[list(blk)] if target_residual else 0.0
         last_in_group = (j + 1 == len(plan)) or plan[j + 1][1] != l
         G_eff = torch.linalg.solve(t.W.T, G.T).T if last_in_group else G  # G (W*_l)^{-1}
         if j == L - 1:  # condition (3): the model's last projection is set in full
@@ -358,6 +363,7 @@ def _construct_s4_outside(frozen: DeepSSM, target: DeepSSM):
 def _s4_budget(frozen, target, records, sizes, skip) -> Theorem1Budget:
     L, D, Ls = frozen.L, frozen.D, target.L
     H, H_star = frozen.layers[0].ssm.H, target.layers[0].ssm.H
+    cx = 2 if frozen.layers[0].ssm.conj_pairs else 1  # real scalars per entry (complex: two)
     ranks = tuple(r.lora_rank for r in records)
     full = tuple(r.layer for r in records if r.full_W)
     q = L // Ls
@@ -372,8 +378,8 @@ def _s4_budget(frozen, target, records, sizes, skip) -> Theorem1Budget:
         kind="s4", skip=skip, L=L, L_star=Ls, D=D, H=H, H_star=H_star, group_sizes=sizes,
         channels_per_layer=tuple(len(r.channels) for r in records), tuned_states_per_channel=H_star,
         lora_rank_per_layer=ranks, full_W_layers=full,
-        ssm_tuned=sum(2 * H_star * len(r.channels) for r in records),  # a and c of each tuned state
-        ssm_pruned=sum(3 * int(r.mask.pruned.sum()) for r in records),  # a, b, c of each pruned entry
+        ssm_tuned=sum(2 * cx * H_star * len(r.channels) for r in records),  # a and c of each tuned state
+        ssm_pruned=sum(3 * cx * int(r.mask.pruned.sum()) for r in records),  # a, b, c of each pruned entry
         lora_params=sum(2 * D * k for k in ranks), full_W_params=D * D * len(full),
         residual_params=L * D, bias_params=L * D, model_params=_model_params(frozen),
         paper_channels=math.ceil(D * Ls / L), note=note)
@@ -476,16 +482,24 @@ def _s6_budget(frozen, target, records, sizes, updated_layers) -> Theorem1Budget
 
 
 # ------------------------------------------------------------------------------------ entry point
-def construct_theorem1(frozen: DeepSSM, target: DeepSSM) -> Theorem1Update:
+def construct_theorem1(frozen: DeepSSM, target: DeepSSM, *, target_residual: bool = False) -> Theorem1Update:
     """Update ``frozen`` (L layers, H states, linear, residual, bias) so that it equals ``target``
     (L* < L layers, H* <= H states, no residual) on every input. Returns the updated model, the
     per-layer record and the budget. See the module docstring for which budget each
-    ``(kind, skip)`` gets and why."""
-    _validate(frozen, target)
+    ``(kind, skip)`` gets and why.
+
+    S4 modules may be real diagonal or conjugate-pair (the experiment's form: each stored mode carries its
+    conjugate, and copying ``(a*, c* b*/b)`` per stored mode copies the pair). ``target_residual=True`` (deep
+    S4, skip inside only) accepts a target with a residual ``u* != 0``, as the synthetic experiment's target
+    (``y = W*(K* x + u* ⊙ x) + β*``): a processed channel then takes ``u = u*`` instead of 0, so it applies
+    the target channel's operator ``K* + u* δ_0``; the budget is unchanged (``u`` is trained anyway)."""
+    _validate(frozen, target, target_residual)
     check_choice("frozen.skip", frozen.skip, ("inside", "outside"))
     if frozen.kind == "s4":
-        build = _construct_s4_inside if frozen.skip == "inside" else _construct_s4_outside
-        layers, records, sizes = build(frozen, target)
+        if frozen.skip == "inside":
+            layers, records, sizes = _construct_s4_inside(frozen, target, target_residual)
+        else:
+            layers, records, sizes = _construct_s4_outside(frozen, target)
         budget = _s4_budget(frozen, target, records, sizes, frozen.skip)
     else:
         layers, records, sizes = _construct_s6(frozen, target)

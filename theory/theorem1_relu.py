@@ -28,8 +28,9 @@ ReLU, let the signal be ``G_j z + o_j`` with a constant offset ``o_j`` that is z
 The offsets are sound bounds, not estimates: ``|K * y|_∞ ≤ ‖K‖_1 |y|_∞`` with
 ``‖K‖_1 ≤ Σ_i |c_i b_i| / (1 − |a_i|)``, propagated through the target's layers from ``|x| ≤ x_max``.
 
-Assumptions (each refused when violated): frozen and target use ReLU, skip inside, real diagonal S4,
-target without residual (Theorem 1's target; as in ``theorem1``); target poles ``|a*| < 1`` (the ℓ1
+Assumptions (each refused when violated): frozen and target use ReLU, skip inside, diagonal S4 (real or
+conjugate-pair, both alike), target without residual (Theorem 1's target; as in ``theorem1``) unless
+``target_residual=True`` (the experiment's target, ``u* != 0``: processed channels take ``u = u*``); target poles ``|a*| < 1`` (the ℓ1
 bound); inputs in ``[0, x_max]`` with ``x_max`` finite (nonnegative: a raw channel routed to the next
 block is rectified unshifted; bounded: the offsets are finite). Outside them the construction is not
 claimed: negative inputs or inputs far above ``x_max`` break it (shown in the tests and the report).
@@ -65,12 +66,13 @@ class Theorem1ReluUpdate:
 
 
 def kernel_l1_bound(ssm) -> Tensor:
-    """``Σ_k |K_k| ≤ Σ_i |c_i b_i| / (1 − |a_i|)`` per channel (D,), for a real diagonal SSM with |a| < 1."""
+    """``Σ_k |K_k| ≤ Σ_i |c_i b_i| / (1 − |a_i|)`` per channel (D,), for a diagonal SSM with |a| < 1
+    (conjugate-pair form: ``K_k = 2 Re Σ_i c_i b_i a_i^k``, so twice that)."""
     a = ssm.A_bar.abs()
     if bool((a >= 1).any()):
         raise ValueError("target: needs |a*| < 1 (a stable kernel) for the input-to-signal bound; got max |a*| = "
                          f"{float(a.max()):.3g}")
-    return ((ssm.C * ssm.B_bar).abs() / (1 - a)).sum(-1)  # (D,)
+    return (2 if ssm.conj_pairs else 1) * ((ssm.C * ssm.B_bar).abs() / (1 - a)).sum(-1)  # (D,)
 
 
 def _coordinates(update, target: DeepSSM) -> List[Tensor]:
@@ -89,13 +91,15 @@ def _coordinates(update, target: DeepSSM) -> List[Tensor]:
 
 
 def construct_theorem1_relu(frozen: DeepSSM, target: DeepSSM, x_max: float = 9.0,
-                            margin: float = 1.0) -> Theorem1ReluUpdate:
+                            margin: float = 1.0, *, target_residual: bool = False) -> Theorem1ReluUpdate:
     """Update ``frozen`` (L layers, ReLU, skip inside, residual, bias) to equal ``target`` (L* < L layers,
     ReLU, no residual) on every input (B, D, N) with entries in ``[0, x_max]``.
 
     x_max: the input bound (the experiment's integers 0..9: 9). margin: the smallest pre-activation of
     a shifted row (> 0; any positive value is exact, a larger one only costs range). Raises ValueError
-    naming the argument when an assumption of the module docstring fails."""
+    naming the argument when an assumption of the module docstring fails. ``target_residual=True``: the
+    target may have a residual (the experiment's target), as in ``theorem1.construct_theorem1``; its
+    operator bound is then ``‖K*‖_1 + |u*|``."""
     for name, m in (("frozen", frozen), ("target", target)):
         if not isinstance(m, DeepSSM):
             raise ValueError(f"{name}: expected a DeepSSM, got {type(m).__name__}")
@@ -111,9 +115,10 @@ def construct_theorem1_relu(frozen: DeepSSM, target: DeepSSM, x_max: float = 9.0
         raise ValueError(f"x_max: must be a finite number >= 0 (inputs lie in [0, x_max]), got {x_max!r}")
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0):
         raise ValueError(f"margin: must be a finite number > 0, got {margin!r}")
-    lin = construct_theorem1(replace(frozen, activation="identity"), replace(target, activation="identity"))
+    lin = construct_theorem1(replace(frozen, activation="identity"), replace(target, activation="identity"),
+                             target_residual=target_residual)
     recs, D, L = lin.layers, frozen.D, frozen.L
-    kappa = [kernel_l1_bound(t.ssm) for t in target.layers]  # (D,) per target layer
+    kappa = [kernel_l1_bound(t.ssm) + t.u.abs() for t in target.layers]  # (D,) per target layer: ‖K* + u* δ_0‖_1
     G = _coordinates(lin, target)
     bound = torch.full((D,), float(x_max), dtype=F64)  # |z| entering the current group (|v_{l-1}| or x)
     offsets = [torch.zeros(D, dtype=F64)]

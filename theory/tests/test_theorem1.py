@@ -320,8 +320,11 @@ def test_refuses_zero_b_and_conjugate_pairs_and_large_dt_rank():
     from theory.deep import random_s4_ssm
     cp = frozen.with_layers([DeepLayer(random_s4_ssm(3, 3, generator=g, conj_pairs=True), l.W, l.beta, l.u)
                              for l in frozen.layers])
-    with pytest.raises(ValueError, match="conjugate-pair"):
+    with pytest.raises(ValueError, match="both conjugate-pair"):  # a conjugate-pair frozen model, a real target
         construct_theorem1(cp, target)
+    outside = random_deep(3, 3, 3, skip="outside", generator=g)
+    with pytest.raises(ValueError, match="target_residual"):  # the residual target: skip inside only
+        construct_theorem1(outside, random_deep(1, 3, 2, residual=True, generator=g), target_residual=True)
     f6 = random_deep(3, 3, 3, kind="s6", R=1, generator=g)
     t6 = random_deep(1, 3, 2, kind="s6", R=2, residual=False, generator=g)
     with pytest.raises(ValueError, match="R\\* <= R"):
@@ -333,3 +336,40 @@ def test_budget_table_lists_every_layer():
     text = up.budget.table()
     assert text.count("\n") >= up.budget.L + 2
     assert "⌈D·L*/L⌉" in text and f"{up.budget.total_trainable}" in text
+
+
+def _conj_pair_model(L, D, H, residual, g, activation="identity"):
+    from theory.deep import random_s4_ssm
+    base = random_deep(L, D, H, skip="inside", residual=residual, activation=activation, generator=g)
+    return base.with_layers([DeepLayer(random_s4_ssm(D, H, generator=g, conj_pairs=True), l.W, l.beta, l.u)
+                             for l in base.layers])
+
+
+@settings(max_examples=15, deadline=None)
+@given(L=st.integers(2, 4), L_star=st.integers(1, 2), D=st.integers(2, 5), H=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_experiment_form_conj_pairs_and_target_residual_is_exact(L, L_star, D, H, seed):
+    """The synthetic experiment's form: conjugate-pair modes and a target with a skip inside (u* != 0); with
+    ``target_residual=True`` the construction equals the target at the same channel/rank budget, and without
+    it the residual target is refused."""
+    if L_star >= L:
+        L_star = L - 1
+    g = generator(seed)
+    H_star = 1 + seed % H
+    frozen = _conj_pair_model(L, D, H, True, g)
+    target = _conj_pair_model(L_star, D, H_star, True, g)
+    with pytest.raises(ValueError, match="residual"):
+        construct_theorem1(frozen, target)
+    up = construct_theorem1(frozen, target, target_residual=True)
+    x = torch.randn(3, D, 17, generator=g, dtype=torch.float64)
+    assert rel_err(deep_forward(up.model, x), deep_forward(target, x)) <= EXACT
+    need = math.ceil(D / (L // L_star))
+    assert up.budget.max_channels <= need and up.budget.max_lora_rank <= need
+    for rec, layer in zip(up.layers, up.model.layers):  # processed channels carry u*, the others pass through
+        t = target.layers[rec.target_layer]
+        assert torch.equal(layer.u[list(rec.channels)], t.u[list(rec.channels)])
+        assert bool((layer.u[list(rec.pruned_channels)] == 1).all())
+    # oracle of the residual's role: zeroing u* of the processed channels (Theorem 1's rule) misses the target
+    wrong = up.model.with_layers([dataclasses.replace(l, u=torch.where(l.u == 1, l.u, torch.zeros_like(l.u)))
+                                  for l in up.model.layers])
+    assert rel_err(deep_forward(wrong, x), deep_forward(target, x)) > 1e-6

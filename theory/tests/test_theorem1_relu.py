@@ -147,3 +147,23 @@ def test_kernel_l1_bound_bounds_the_kernel(seed):
     t = random_deep(1, 3, 3, generator=g).layers[0].ssm
     K = ssm_kernel(t, 400)  # (D, N)
     assert bool((K.abs().sum(-1) <= kernel_l1_bound(t) * (1 + 1e-12)).all())
+
+
+@settings(max_examples=10, deadline=None)
+@given(L=st.integers(2, 4), D=st.integers(2, 4), H=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_relu_experiment_form_conj_pairs_and_target_residual_is_exact(L, D, H, seed):
+    """The experiment's own layer and target: conjugate-pair modes, ReLU, skip inside, a target residual u* != 0,
+    integer inputs 0..9: exact with target_residual=True (offsets bound ‖K*‖_1 + |u*|, twice the mode sum for pairs)."""
+    from theory.deep import DeepLayer, random_s4_ssm
+
+    g = torch.Generator().manual_seed(seed)
+
+    def model(L_, H_):
+        base = random_deep(L_, D, H_, activation="relu", skip="inside", residual=True, generator=g)
+        return base.with_layers([DeepLayer(random_s4_ssm(D, H_, generator=g, conj_pairs=True), l.W, l.beta, l.u)
+                                 for l in base.layers])
+
+    frozen, target = model(L, H), model(1, 1 + seed % H)
+    up = construct_theorem1_relu(frozen, target, x_max=9.0, target_residual=True)
+    x = integer_inputs(3, D, 19, 9, g)
+    assert rel_err(deep_forward(up.model, x), deep_forward(target, x)) <= DEEP_RTOL[torch.float64]
