@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
+from ._validate import check_int
 from .deep import DeepSSM, deep_forward, random_deep
+from .ssm import ssm_kernel
 from .report import ClaimResult, claim
 from .theorem1 import LayerUpdate, Theorem1Budget, construct_theorem1
 from .tolerances import BREAK_RTOL, DEEP_RTOL, rel_err
@@ -65,9 +67,12 @@ class Theorem1ReluUpdate:
     x_max: float
 
 
-def kernel_l1_bound(ssm) -> Tensor:
+def kernel_l1_bound(ssm, seq_len: Optional[int] = None) -> Tensor:
     """``Σ_k |K_k| ≤ Σ_i |c_i b_i| / (1 − |a_i|)`` per channel (D,), for a diagonal SSM with |a| < 1
-    (conjugate-pair form: ``K_k = 2 Re Σ_i c_i b_i a_i^k``, so twice that)."""
+    (conjugate-pair form: ``K_k = 2 Re Σ_i c_i b_i a_i^k``, so twice that). With ``seq_len`` = N: the exact
+    ``Σ_{k<N} |K_k|`` instead, the operator bound for sequences of length <= N (much tighter for poles near 1)."""
+    if seq_len is not None:
+        return ssm_kernel(ssm, check_int("seq_len", seq_len, lo=1)).abs().sum(-1)  # (D,)
     a = ssm.A_bar.abs()
     if bool((a >= 1).any()):
         raise ValueError("target: needs |a*| < 1 (a stable kernel) for the input-to-signal bound; got max |a*| = "
@@ -91,7 +96,8 @@ def _coordinates(update, target: DeepSSM) -> List[Tensor]:
 
 
 def construct_theorem1_relu(frozen: DeepSSM, target: DeepSSM, x_max: float = 9.0,
-                            margin: float = 1.0, *, target_residual: bool = False) -> Theorem1ReluUpdate:
+                            margin: float = 1.0, *, target_residual: bool = False,
+                            seq_len: Optional[int] = None) -> Theorem1ReluUpdate:
     """Update ``frozen`` (L layers, ReLU, skip inside, residual, bias) to equal ``target`` (L* < L layers,
     ReLU, no residual) on every input (B, D, N) with entries in ``[0, x_max]``.
 
@@ -99,7 +105,8 @@ def construct_theorem1_relu(frozen: DeepSSM, target: DeepSSM, x_max: float = 9.0
     a shifted row (> 0; any positive value is exact, a larger one only costs range). Raises ValueError
     naming the argument when an assumption of the module docstring fails. ``target_residual=True``: the
     target may have a residual (the experiment's target), as in ``theorem1.construct_theorem1``; its
-    operator bound is then ``‖K*‖_1 + |u*|``."""
+    operator bound is then ``‖K*‖_1 + |u*|``. ``seq_len`` = N: exact for inputs of length <= N only, with
+    offsets from the kernels' first N taps (:func:`kernel_l1_bound`); None: every length."""
     for name, m in (("frozen", frozen), ("target", target)):
         if not isinstance(m, DeepSSM):
             raise ValueError(f"{name}: expected a DeepSSM, got {type(m).__name__}")
@@ -118,7 +125,7 @@ def construct_theorem1_relu(frozen: DeepSSM, target: DeepSSM, x_max: float = 9.0
     lin = construct_theorem1(replace(frozen, activation="identity"), replace(target, activation="identity"),
                              target_residual=target_residual)
     recs, D, L = lin.layers, frozen.D, frozen.L
-    kappa = [kernel_l1_bound(t.ssm) + t.u.abs() for t in target.layers]  # (D,) per target layer: ‖K* + u* δ_0‖_1
+    kappa = [kernel_l1_bound(t.ssm, seq_len) + t.u.abs() for t in target.layers]  # (D,) per target layer: ‖K* + u* δ_0‖_1
     G = _coordinates(lin, target)
     bound = torch.full((D,), float(x_max), dtype=F64)  # |z| entering the current group (|v_{l-1}| or x)
     offsets = [torch.zeros(D, dtype=F64)]

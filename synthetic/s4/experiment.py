@@ -179,26 +179,29 @@ class S4Experiment(TrainerExperiment):
                                    trainer.data(seed, stream=0), cfg.frozen_eval_batches)
             curves = [[mse] for _ in runs]
         wall = time.monotonic() - tg
-        recs = []
-        for i, (r, m) in enumerate(zip(runs, methods)):
-            curve = curves[i]
-            finite = all(math.isfinite(v) for v in curve)
-            tail = curve[-max(1, len(curve) // 50):]
-            recs.append({
-                "method": r.method, "budget": r.budget, "budget_label": method_label(m, r.budget),
-                "lr": r.lr, "seed": seed, "model_seed": seed, "status": "ok" if finite else "diverged",
-                "best_mse": min(curve) if finite else None, "final_mse": sum(tail) / len(tail) if finite else None,
-                "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
-                "trainable": counts[i], "trainable_theory": theory[i], "frozen_params": self.total_params,
-                "trainable_pct": 100.0 * counts[i] / self.total_params, "iters": cfg.iters if m.trains else 0,
-                "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / len(runs),
-                "group_wall_s": wall, "runs_in_group": len(runs),
-                "warmup_s": c.get("warmup_s") if m.needs_selection else None,
-                "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
-                "precision": cfg.precision if self.device.type == "cuda" else "fp32",
-                "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
-            })
-        return recs
+        return [self.record(r, method_label(m, r.budget), curves[i], counts[i], theory[i], wall, len(runs),
+                            cfg.iters if m.trains else 0, c.get("warmup_s") if m.needs_selection else None, env)
+                for i, (r, m) in enumerate(zip(runs, methods))]
+
+    def record(self, r: Run, label: str, curve: List[float], count: int, theory: Optional[int], wall: float,
+               n_runs: int, iters: int, warmup_s: Optional[float], env: Dict) -> Dict:
+        """One run's record (schema: ``synthetic.records``) from its loss curve and counts."""
+        cfg = self.cfg
+        finite = all(math.isfinite(v) for v in curve)
+        tail = curve[-max(1, len(curve) // 50):]
+        return {
+            "method": r.method, "budget": r.budget, "budget_label": label,
+            "lr": r.lr, "seed": r.seed, "model_seed": r.seed, "status": "ok" if finite else "diverged",
+            "best_mse": min(curve) if finite else None, "final_mse": sum(tail) / len(tail) if finite else None,
+            "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
+            "trainable": count, "trainable_theory": theory, "frozen_params": self.total_params,
+            "trainable_pct": 100.0 * count / self.total_params, "iters": iters,
+            "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / n_runs,
+            "group_wall_s": wall, "runs_in_group": n_runs, "warmup_s": warmup_s,
+            "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
+            "precision": cfg.precision if self.device.type == "cuda" else "fp32",
+            "compiled": self.trainer.use_compile, "config": dataclasses.asdict(cfg),
+        }
 
 
 def sweep(cfg: Config, log=print) -> ResultsFile:

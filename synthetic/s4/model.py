@@ -238,6 +238,16 @@ def set_half_conv(enabled: bool) -> None:
     _HALF_CONV = bool(enabled)
 
 
+_LINEAR = False  # the layer's activation: ReLU (the experiment), or identity (Theorem 1's linear variant; set_linear)
+
+
+def set_linear(enabled: bool) -> None:
+    """Identity activation instead of ReLU in every layer of the default graph (Theorem 1's linear setting, used
+    by ``synthetic.s4.theorem1_study``); read when a step is traced, so set it before compiling."""
+    global _LINEAR
+    _LINEAR = bool(enabled)
+
+
 def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B).
 
@@ -248,7 +258,8 @@ def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     s = (ToeplitzConvHalf if _HALF_CONV else ToeplitzConv).apply(K, x, idx)  # (R, D, N, B): conv + skip
     R, D = K.shape[0], K.shape[1]
     z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
-    return torch.relu(z + p["beta"][..., None]).reshape(s.shape)  # (R, D, N, B)
+    pre = z + p["beta"][..., None]
+    return (pre if _LINEAR else torch.relu(pre)).reshape(s.shape)  # (R, D, N, B)
 
 
 def deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) -> Tensor:
@@ -551,8 +562,9 @@ def deep_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) 
 
 
 # --------------------------------------------------------------------------- reference twin
-def to_theory_model(layers: List[Dict[str, Tensor]]):
-    """The same stack as ``theory.deep.DeepSSM`` (float64, conjugate-pair DiagonalSSM, skip inside, ReLU).
+def to_theory_model(layers: List[Dict[str, Tensor]], activation: str = "relu"):
+    """The same stack as ``theory.deep.DeepSSM`` (float64, conjugate-pair DiagonalSSM, skip inside, ReLU or
+    ``activation="identity"``).
 
     layers: per-layer dicts without a run axis. Uses ``theory.ssm.discretize_zoh`` for Ā, B̄.
     """
@@ -567,7 +579,7 @@ def to_theory_model(layers: List[Dict[str, Tensor]]):
         C = torch.complex(q["C_re"], q["C_im"])
         A_bar, B_bar = discretize_zoh(A, B, torch.exp(q["log_dt"]))
         out.append(DeepLayer(DiagonalSSM(A_bar, B_bar, C), q["W"], q["beta"], q["u"]))
-    return DeepSSM(tuple(out), activation="relu", skip="inside")
+    return DeepSSM(tuple(out), activation=activation, skip="inside")
 
 
 def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:

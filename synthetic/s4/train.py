@@ -38,6 +38,7 @@ class Trainer:
     def __init__(self, cfg: Config, device: torch.device, log=print):
         self.cfg, self.device, self.log = cfg, device, log
         set_precision(cfg.precision, device)
+        sm.set_linear(cfg.activation == "identity")  # process-wide, read when the step is traced
         self.idx = sm.toeplitz_index(cfg.N, device)
         self._idx_extra: Dict[int, Tensor] = {}
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile

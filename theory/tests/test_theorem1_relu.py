@@ -167,3 +167,9 @@ def test_relu_experiment_form_conj_pairs_and_target_residual_is_exact(L, D, H, s
     up = construct_theorem1_relu(frozen, target, x_max=9.0, target_residual=True)
     x = integer_inputs(3, D, 19, 9, g)
     assert rel_err(deep_forward(up.model, x), deep_forward(target, x)) <= DEEP_RTOL[torch.float64]
+    # offsets for length <= 19 only (the first 19 taps): exact on length 19, never larger than the all-length ones
+    short = construct_theorem1_relu(frozen, target, x_max=9.0, target_residual=True, seq_len=19)
+    assert rel_err(deep_forward(short.model, x), deep_forward(target, x)) <= DEEP_RTOL[torch.float64]
+    assert all(bool((a <= b + 1e-12).all()) for a, b in zip(short.offsets, up.offsets))
+    with pytest.raises(ValueError, match="seq_len"):
+        construct_theorem1_relu(frozen, target, target_residual=True, seq_len=0)

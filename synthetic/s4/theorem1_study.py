@@ -1,0 +1,321 @@
+"""Why SDT does not reach the zero Theorem 1 guarantees in Figure 2 (Galim et al., ICML 2025, Sec. 5 and 6.1).
+
+Theorem 1's construction (``synthetic.s4.oracle``) turns the frozen deep S4 into the target exactly at ~40 % of
+the parameters, yet Figure 2's SDT stays near the frozen model's MSE. On the same frozen/target pairs as the
+deep-S4 experiment (``synthetic.s4.train.Trainer.models``: its seeds, ZOH S4D conjugate-pair layers, skip inside,
+a target with a skip, integer inputs 0..9), this experiment trains "arms" (:data:`ARMS`) that separate the factors:
+
+- (a) ``SDT (Alg. 1)`` / ``SDT + LoRA (Alg. 1)``: Figure 2's methods (Algorithm 1's warm-up selection; A and C
+  of the selected modes; W columns or LoRA), at the theorem's budget ``c × s`` (``c = ⌈D/⌊L/L*⌋⌉`` channels,
+  ``s = H*`` modes) and at the experiment's SDT budgets;
+- (b) ``Oracle masks``: the construction's own trainable set (its channel blocks and modes, untuned modes pruned,
+  ``u`` and ``β``, LoRA of the construction's rank, the last ``W`` in full), started from the frozen model;
+- (c) ``Oracle start``: (b) started at the exact solution plus Gaussian noise of relative size ``noise`` (0: does
+  training keep it; larger: how far away it still recovers from);
+- (d) ``SDT (Alg. 1) long`` / ``Oracle masks long``: (a) and (b) at ``long_factor`` × the iterations;
+  every arm's lr grid grows at its edges until the best lr is interior (``synthetic.results.LrPolicy``);
+- each in the theorem's linear variant (``--activation identity``) and with the experiment's ReLU.
+
+Records are the deep-S4 experiment's (``synthetic.records``), plus ``arm`` fields: the selection's agreement
+with the construction (``synthetic.s4.oracle.selection_agreement``) for Algorithm 1 arms, and for oracle arms the
+exact solution's float64 MSE (``exact_mse64``). Outputs: ``theorem1_training_<preset>_<variant>.json``
+(one per variant, resumable) and, from both, ``theorem1_training[_<preset>].{json,png,pdf}``
+(:mod:`synthetic.s4.theorem1_figure`).
+
+    python -m synthetic.s4_theorem1 --activation identity      # CPU default (< 2 min on 2 cores)
+    python -m synthetic.s4_theorem1 --activation relu
+    python -m synthetic.s4_theorem1 --preset paper --activation relu   # the paper's sizes (GPU)
+    python -m synthetic.s4_theorem1 --plot-only                 # summary JSON + figure from both variants
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from synthetic.cli import (check_numbers, check_out_dir, check_shard_options, dataclass_parser, parse_dataclass)
+from synthetic.results import LrPolicy, environment
+from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.s4 import model as sm
+from synthetic.s4.config import Config, n_modes, validate as validate_s4
+from synthetic.s4.experiment import S4Experiment, key_config, run_generator
+from synthetic.s4.methods import METHODS, budget_label, configure, layer_sdt_masks, parse_sdt, theory_trainable_count
+from synthetic.s4.oracle import Oracle, oracle_masks, pruned_base, selection_agreement, start_at, theorem1_oracle
+from synthetic.s4.train import Trainer
+
+
+# ----------------------------------------------------------------------------------------- config
+@dataclass
+class StudyConfig:
+    """Every field is a CLI option (``--field-name``); tuples are comma-separated lists. The model, data and
+    training fields mean what they mean in ``synthetic.s4_regression`` (validated by the same rules)."""
+
+    preset: str = "default"
+    activation: str = "relu"  # "relu" (the experiment) or "identity" (Theorem 1's linear variant)
+    D: int = 16
+    H: int = 8  # real states of the frozen model (H/2 conjugate pairs)
+    H_star: int = 4
+    L_frozen: int = 2
+    L_target: int = 1
+    N: int = 32
+    batch: int = 128
+    iters: int = 150
+    weight_decay: float = 0.01
+    lrs: Tuple[float, ...] = (4e-3, 1.6e-2, 6.4e-2)
+    lr_extend_factor: float = 4.0
+    lr_min: float = 1e-6
+    lr_max: float = 1.0
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    arms: Tuple[str, ...] = ("SDT (Alg. 1)", "SDT + LoRA (Alg. 1)", "Oracle masks", "Oracle start",
+                             "SDT (Alg. 1) long", "Oracle masks long")
+    sdt_budgets: Tuple[str, ...] = ("2x2", "6x4")  # the experiment's SDT budgets (channels x modes), besides the theorem's
+    sdt_lora_budgets: Tuple[str, ...] = ("2x2:1", "6x4:2")
+    noise_levels: Tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)  # Oracle start: relative perturbation sizes
+    long_factor: int = 10  # the "long" arms train long_factor × iters
+    warmup_iters: int = 20
+    warmup_lr: float = 1e-2
+    magnitude_floor: float = 1e-3
+    curve_points: int = 50
+    device: str = "auto"
+    precision: str = "tf32"
+    compile: Optional[bool] = None
+    runs_per_step: int = 64  # pack up to this many runs of one seed (same iterations and pruned layout) per step
+    time_budget: float = 0.0
+    out: str = "figures"
+    plot_only: bool = False
+    dry_run: bool = False
+    shard: str = ""
+    merge: bool = False
+
+
+PRESETS: Dict[str, Dict] = {
+    "default": {},
+    "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=1000, iters=500,
+                  lrs=(1e-3, 4e-3, 1.6e-2), sdt_budgets=("16x4", "32x4", "36x8"),
+                  sdt_lora_budgets=("16x4:4", "32x4:12", "32x8:16"), runs_per_step=12),
+    "tiny": dict(D=6, H=4, H_star=2, L_frozen=2, N=12, batch=16, iters=12, seeds=(0, 1), lrs=(1e-2, 4e-2),
+                 sdt_budgets=("2x1",), sdt_lora_budgets=("2x1:1",), noise_levels=(0.0, 0.1), long_factor=2,
+                 warmup_iters=3, curve_points=5, runs_per_step=8),
+}
+VARIANTS = {"identity": "linear", "relu": "relu"}
+
+
+def base_config(cfg: StudyConfig) -> Config:
+    """The deep-S4 experiment's Config with the study's shared fields (its trainer, run keys and validation)."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config) if hasattr(cfg, f.name)}
+    shared.update(methods=("SDT", "SDT + LoRA"),
+                  sdt_budgets=tuple(cfg.sdt_budgets) or ("1x1",), sdt_lora_budgets=tuple(cfg.sdt_lora_budgets) or ("1x1:1",))
+    return Config(**shared)
+
+
+def theorem_budget(cfg: StudyConfig) -> Dict[str, int]:
+    """Theorem 1's per-layer budget for the config's sizes: ``c = ⌈D/⌊L/L*⌋⌉`` channels, ``s = H*`` modes."""
+    from theory.layout import channel_blocks, group_sizes
+
+    c = max(len(b) for M in group_sizes(cfg.L_frozen, cfg.L_target) for b in channel_blocks(cfg.D, M))
+    return {"channels": c, "states": n_modes(base_config(cfg), cfg.H_star)}
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    """Raise ValueError naming the offending option (shared fields by the deep-S4 experiment's rules)."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--preset: must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
+    bad = [a for a in cfg.arms if a not in ARMS]
+    if bad or not cfg.arms:
+        raise ValueError(f"--arms: unknown {bad or 'none given'}; choose from {list(ARMS)}")
+    if isinstance(cfg.long_factor, bool) or not isinstance(cfg.long_factor, int) or cfg.long_factor < 1:
+        raise ValueError(f"--long-factor: must be an integer >= 1, got {cfg.long_factor!r}")
+    if not cfg.noise_levels:
+        raise ValueError("--noise-levels: needs at least one level (0 = start at the exact solution)")
+    check_numbers(cfg, nonnegative=("noise_levels", "time_budget", "runs_per_step"))
+    if cfg.L_target >= cfg.L_frozen:
+        raise ValueError(f"--L-target: Theorem 1 needs L* < L, got L* = {cfg.L_target}, L = {cfg.L_frozen}")
+    if cfg.H_star > cfg.H:
+        raise ValueError(f"--H-star: Theorem 1 needs H* <= H, got H* = {cfg.H_star}, H = {cfg.H}")
+    validate_s4(base_config(cfg))
+    check_shard_options(cfg)
+    check_out_dir(cfg.out)
+    return cfg
+
+
+def build_parser():
+    return dataclass_parser(StudyConfig, PRESETS, prog="python -m synthetic.s4_theorem1",
+                            description=__doc__.split("\n\n")[0])
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> StudyConfig:
+    return parse_dataclass(StudyConfig, PRESETS, build_parser(), "default", argv, validate)
+
+
+# ------------------------------------------------------------------------------------------ arms
+@dataclass(frozen=True)
+class Arm:
+    """One factor of the study: Figure 2's SDT (``method``, Algorithm 1) or the construction's trainable set
+    (``method=None``), started from the frozen model or (``exact_start``) at the exact solution, for
+    ``long`` × the iterations (``long``: use the config's long_factor), at ``budgets(cfg)``."""
+
+    name: str
+    budgets: Callable[[StudyConfig], List[Dict]]
+    method: Optional[str] = None  # a synthetic.s4.methods.METHODS entry, or None: the construction's masks
+    exact_start: bool = False
+    long: bool = False
+
+
+def _sdt_budgets(cfg):
+    return [theorem_budget(cfg)] + [parse_sdt(b) for b in cfg.sdt_budgets]
+
+
+def _sdt_lora_budgets(cfg):
+    t = theorem_budget(cfg)
+    return [dict(t, proj_rank=t["channels"])] + [parse_sdt(b) for b in cfg.sdt_lora_budgets]
+
+
+ARMS: Dict[str, Arm] = {a.name: a for a in (
+    Arm("SDT (Alg. 1)", _sdt_budgets, method="SDT"),
+    Arm("SDT + LoRA (Alg. 1)", _sdt_lora_budgets, method="SDT + LoRA"),
+    Arm("Oracle masks", _sdt_budgets),
+    Arm("Oracle start", lambda cfg: [dict(theorem_budget(cfg), noise=float(s)) for s in cfg.noise_levels],
+        exact_start=True),
+    Arm("SDT (Alg. 1) long", lambda cfg: [theorem_budget(cfg)], method="SDT", long=True),
+    Arm("Oracle masks long", lambda cfg: [theorem_budget(cfg)], long=True),
+)}
+
+
+def results_path(cfg: StudyConfig) -> Path:
+    return Path(cfg.out) / f"theorem1_training_{cfg.preset}_{VARIANTS[cfg.activation]}.json"
+
+
+# ------------------------------------------------------------------------------------ experiment
+class StudyTrainer(Trainer):
+    """The deep-S4 trainer with LoRA factors wide enough for the construction's rank."""
+
+    def __init__(self, cfg: Config, device, log, min_proj_rank: int):
+        super().__init__(cfg, device, log)
+        self.min_proj_rank = min_proj_rank
+
+    def rank_max(self) -> Tuple[int, int]:
+        rp, rs = super().rank_max()
+        return max(rp, self.min_proj_rank), rs
+
+
+class Theorem1Study(S4Experiment):
+    """The study as a runner plug-in: groups are (seed, arm, budget) over the lr grid; runs of one seed with the same
+    iterations and pruned layout share a step."""
+
+    name = "s4_theorem1"
+
+    def __init__(self, cfg: StudyConfig, log=print):
+        super().__init__(base_config(cfg), log)
+        self.study = cfg
+        self.preset = cfg.preset
+        self.lr_policy = LrPolicy.from_config(cfg)
+        self.results_path = results_path(cfg)
+        self.kc = dict(key_config(self.cfg), study="theorem1")
+        self.max_runs_per_call = cfg.runs_per_step or len(cfg.lrs)
+
+    def make_trainer(self) -> Trainer:
+        return StudyTrainer(self.cfg, self.device, self.log, theorem_budget(self.study)["channels"])
+
+    def describe(self) -> str:
+        return super().describe() + f"; activation {self.study.activation}"
+
+    def groups(self) -> List[Group]:
+        cfg = self.study
+        return [Group(s, a, b, tuple(cfg.lrs)) for s in cfg.seeds for a in cfg.arms for b in ARMS[a].budgets(cfg)]
+
+    def iters_of(self, arm: Arm) -> int:
+        return self.cfg.iters * (self.study.long_factor if arm.long else 1)
+
+    def pack_key(self, run: Run):
+        arm = ARMS[run.method]
+        layout = None if arm.method else (run.budget["channels"], run.budget["states"])
+        return (run.seed, self.iters_of(arm), layout)
+
+    def _oracle(self, seed: int) -> Oracle:
+        c = self._cache[seed]
+        if "oracle" not in c:
+            target = [{k: v[0] for k, v in p.items()} for p in c["target"]]
+            c["oracle"] = theorem1_oracle(c["frozen"], target, self.cfg.N, self.study.activation,
+                                          generator=torch.Generator().manual_seed(seed))
+            c["pruned"] = {}
+        return c["oracle"]
+
+    def _pruned(self, seed: int, budget) -> List[Dict]:
+        """The frozen base with the construction's untuned modes pruned at ``budget`` (shared by its runs)."""
+        c, key = self._cache[seed], (budget["channels"], budget["states"])
+        if key not in c["pruned"]:
+            c["pruned"][key] = pruned_base(c["frozen"], self._oracle(seed), budget)
+        return c["pruned"][key]
+
+    def train(self, runs: Sequence[Run]) -> List[Dict]:
+        cfg, trainer, seed = self.cfg, self.trainer, runs[0].seed
+        env = environment()
+        if seed not in self._cache:
+            self._cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
+        c = self._cache[seed]
+        arms = [ARMS[r.method] for r in runs]
+        tg = time.monotonic()
+        states, counts, theory, extra = [], [], [], []
+        for r, arm in zip(runs, arms):
+            g = run_generator(self.key(r.seed, r.method, r.budget, r.lr))
+            if arm.method:
+                m, sel = METHODS[arm.method], self._selection(seed)
+                budget = {k: v for k, v in r.budget.items()}
+                st = sm.RunState.create(c["frozen"], 1, *trainer.rank_max(), generator=g)
+                configure(cfg, m, st, budget, sel)
+                theory.append(theory_trainable_count(m, c["frozen"], budget, sel, cfg))
+                masks = [mk.trainable for mk in layer_sdt_masks(sel, budget)]
+                extra.append({"selection": selection_agreement(masks, self._oracle(seed))})
+            else:
+                o = self._oracle(seed)
+                st = sm.RunState.create(self._pruned(seed, r.budget), 1, *trainer.rank_max(), generator=g)
+                oracle_masks(st, o, r.budget)
+                if arm.exact_start:
+                    start_at(st, o, r.budget["noise"], g)
+                theory.append(None)
+                extra.append({"exact_mse64": o.mse64})
+            states.append(st)
+            counts.append(st.trainable_count()[0])
+        iters = self.iters_of(arms[0])
+        state = sm.RunState.concat(states)
+        curves = trainer.train(state, [r.lr for r in runs], iters, c["target"], trainer.data(seed, stream=0)).tolist()
+        wall = time.monotonic() - tg
+        recs = []
+        for i, (r, arm) in enumerate(zip(runs, arms)):
+            rec = self.record(r, budget_label(r.budget), curves[i], counts[i], theory[i], wall, len(runs), iters,
+                              c.get("warmup_s") if arm.method else None, env)
+            rec.update(extra[i], arm=r.method, activation=self.study.activation, start_mse=curves[i][0],
+                       study_config=dataclasses.asdict(self.study))
+            recs.append(rec)
+        return recs
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from synthetic.s4.theorem1_figure import write_summary
+
+    cfg = parse_config(argv)
+    shard = parse_shard(cfg.shard)
+    if cfg.dry_run:
+        print_plan(Theorem1Study(cfg), shard)
+        return 0
+    if cfg.merge:
+        merge_shards(results_path(cfg))
+    if not (cfg.plot_only or cfg.merge):
+        st = run_sweep(Theorem1Study(cfg), time_budget=cfg.time_budget, shard=shard)
+        if shard:
+            return 0
+    for path in write_summary(cfg.out, cfg.preset):
+        print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
