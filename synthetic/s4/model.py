@@ -315,14 +315,15 @@ class RunState:
     @classmethod
     def concat(cls, states: List["RunState"]) -> "RunState":
         """The runs of several states as one state (runs stacked in order), e.g. runs of different methods and
-        budgets of one frozen stack trained in one step. They must share ``base`` (the same frozen tensors) and
-        have the same LoRA rank maxima and extra layout."""
+        budgets of one frozen stack trained in one step. Base tensors the states share stay shared; a base tensor
+        that differs between them (e.g. SDT-P's pruned ``C``) gets a run axis (R, shape). The states' bases must
+        have no run axis, and the states the same LoRA rank maxima and extra layout."""
         if len(states) == 1:
             return states[0]
         s0 = states[0]
         for s in states[1:]:
-            if any(a[k] is not b[k] for a, b in zip(s.base, s0.base) for k in a):
-                raise ValueError("states: runs packed into one step must share the frozen base tensors")
+            if any(a[k].shape != b[k].shape for a, b in zip(s.base, s0.base) for k in a):
+                raise ValueError("states: runs packed into one step need base tensors of one shape (no run axis)")
             if bool(s.extra) != bool(s0.extra) or (s.extra and [sorted(e) for e in s.extra] != [sorted(e) for e in s0.extra]):
                 raise ValueError("states: runs packed into one step need the same extra parameters")
 
@@ -337,7 +338,10 @@ class RunState:
                 out.append(d)
             return out
 
-        return cls(s0.base, cat("train"), cat("mask"), cat("lora"), cat("rank_mask"),
+        base = [{k: v if all(s.base[l][k] is v for s in states)
+                 else torch.cat([s.base[l][k].expand(s.R, *v.shape) for s in states])  # (R, shape)
+                 for k, v in b.items()} for l, b in enumerate(s0.base)]
+        return cls(base, cat("train"), cat("mask"), cat("lora"), cat("rank_mask"),
                    cat("extra") if s0.extra else s0.extra)
 
 

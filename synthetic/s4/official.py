@@ -476,25 +476,7 @@ def concat_groups(groups: Sequence[Group]) -> Group:
     """
     if len(groups) == 1:
         return groups[0]
-    sts = [g.state for g in groups]
-    base = []
-    for l in range(len(sts[0].base)):
-        b = {}
-        for k, v in sts[0].base[l].items():
-            if all(s.base[l][k] is v for s in sts):
-                b[k] = v
-            else:
-                b[k] = torch.cat([s.base[l][k].expand(s.R, *v.shape) for s in sts])  # (R, shape)
-        base.append(b)
-
-    def cat(field, leaf):
-        out = []
-        for l in range(len(sts[0].base)):
-            d = {k: torch.cat([getattr(s, field)[l][k].detach() for s in sts]) for k in getattr(sts[0], field)[l]}
-            out.append({k: v.requires_grad_(True) for k, v in d.items()} if leaf else d)
-        return out
-
-    state = sm.RunState(base, cat("train", True), cat("mask", False), cat("lora", True), cat("rank_mask", False))
+    state = sm.RunState.concat([g.state for g in groups])  # differing bases (pruned C) get a run axis
     per = [g.anchors for g in groups]
     anchors = [torch.cat(a) for a in zip(*per)]
     return Group(state, anchors, None)

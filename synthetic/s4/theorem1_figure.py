@@ -118,7 +118,8 @@ def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> Lis
         frozen = _mean(r["start_mse_mean"] for r in rows if r["arm"].startswith("SDT"))
         ax = axes[i][0]
         for arm, mk in (("SDT (Alg. 1)", "o-"), ("SDT + LoRA (Alg. 1)", "s-"), ("Oracle masks", "^-")):
-            pts = sorted((r["trainable_pct"], r) for r in rows if r["arm"] == arm and r["best_mse_mean"] is not None)
+            pts = sorted(((r["trainable_pct"], r) for r in rows if r["arm"] == arm and r["best_mse_mean"] is not None),
+                         key=lambda p: p[0])
             if pts:
                 ax.errorbar([p for p, _ in pts], [r["best_mse_mean"] for _, r in pts],
                             yerr=[[r["best_mse_mean"] - r["best_mse_min"] for _, r in pts],
@@ -126,7 +127,7 @@ def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> Lis
                             capsize=3)
         ax.set(title=f"{v}: (a) Algorithm 1 vs (b) the construction's masks", xlabel="trainable %", ylabel="best MSE")
         ax = axes[i][1]
-        pts = sorted((r["budget"]["noise"], r) for r in rows if r["arm"] == "Oracle start")
+        pts = sorted(((r["budget"]["noise"], r) for r in rows if r["arm"] == "Oracle start"), key=lambda p: p[0])
         if pts:
             xs = [max(s, 1e-4) for s, _ in pts]  # noise 0 drawn at 1e-4 (log axis)
             ax.plot(xs, [r["start_mse_mean"] for _, r in pts], "x--", label="at start (after the perturbation)")

@@ -22,7 +22,7 @@ exact solution's float64 MSE (``exact_mse64``). Outputs: ``theorem1_training_<pr
 (one per variant, resumable) and, from both, ``theorem1_training[_<preset>].{json,png,pdf}``
 (:mod:`synthetic.s4.theorem1_figure`).
 
-    python -m synthetic.s4_theorem1 --activation identity      # CPU default (< 2 min on 2 cores)
+    python -m synthetic.s4_theorem1 --activation identity      # CPU preset "cpu" (the default)
     python -m synthetic.s4_theorem1 --activation relu
     python -m synthetic.s4_theorem1 --preset paper --activation relu   # the paper's sizes (GPU)
     python -m synthetic.s4_theorem1 --plot-only                 # summary JSON + figure from both variants
@@ -57,7 +57,7 @@ class StudyConfig:
     """Every field is a CLI option (``--field-name``); tuples are comma-separated lists. The model, data and
     training fields mean what they mean in ``synthetic.s4_regression`` (validated by the same rules)."""
 
-    preset: str = "default"
+    preset: str = "cpu"
     activation: str = "relu"  # "relu" (the experiment) or "identity" (Theorem 1's linear variant)
     D: int = 16
     H: int = 8  # real states of the frozen model (H/2 conjugate pairs)
@@ -96,7 +96,7 @@ class StudyConfig:
 
 
 PRESETS: Dict[str, Dict] = {
-    "default": {},
+    "cpu": {},  # the deep-S4 experiment's CPU default sizes (its results are committed: not named "default")
     "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=1000, iters=500,
                   lrs=(1e-3, 4e-3, 1.6e-2), sdt_budgets=("16x4", "32x4", "36x8"),
                   sdt_lora_budgets=("16x4:4", "32x4:12", "32x8:16"), runs_per_step=12),
@@ -110,7 +110,7 @@ VARIANTS = {"identity": "linear", "relu": "relu"}
 def base_config(cfg: StudyConfig) -> Config:
     """The deep-S4 experiment's Config with the study's shared fields (its trainer, run keys and validation)."""
     shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config) if hasattr(cfg, f.name)}
-    shared.update(methods=("SDT", "SDT + LoRA"),
+    shared.update(preset="default" if cfg.preset == "cpu" else cfg.preset, methods=("SDT", "SDT + LoRA"),
                   sdt_budgets=tuple(cfg.sdt_budgets) or ("1x1",), sdt_lora_budgets=tuple(cfg.sdt_lora_budgets) or ("1x1:1",))
     return Config(**shared)
 
@@ -151,7 +151,7 @@ def build_parser():
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> StudyConfig:
-    return parse_dataclass(StudyConfig, PRESETS, build_parser(), "default", argv, validate)
+    return parse_dataclass(StudyConfig, PRESETS, build_parser(), "cpu", argv, validate)
 
 
 # ------------------------------------------------------------------------------------------ arms
@@ -207,7 +207,7 @@ class StudyTrainer(Trainer):
 
 class Theorem1Study(S4Experiment):
     """The study as a runner plug-in: groups are (seed, arm, budget) over the lr grid; runs of one seed with the same
-    iterations and pruned layout share a step."""
+    iterations share a step."""
 
     name = "s4_theorem1"
 
@@ -234,9 +234,8 @@ class Theorem1Study(S4Experiment):
         return self.cfg.iters * (self.study.long_factor if arm.long else 1)
 
     def pack_key(self, run: Run):
-        arm = ARMS[run.method]
-        layout = None if arm.method else (run.budget["channels"], run.budget["states"])
-        return (run.seed, self.iters_of(arm), layout)
+        """Runs of one seed and iteration count share a step (pruned layouts stack their bases on a run axis)."""
+        return (run.seed, self.iters_of(ARMS[run.method]))
 
     def _oracle(self, seed: int) -> Oracle:
         c = self._cache[seed]
