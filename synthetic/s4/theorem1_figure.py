@@ -34,6 +34,9 @@ def summarise(records: List[Dict]) -> List[Dict]:
     if not records:
         return []
     policy = LrPolicy.from_config(_ns(records[0]["study_config"]))
+    precisions = {r.get("precision") for r in records}
+    records = [dict(r, arm=f"{r['arm']} [{r.get('precision')}]" if len(precisions) > 1 else r["arm"])
+               for r in records]  # a file with runs at two matmul precisions keeps them apart
     rows = best_of_grid(records, group_keys=("arm", "budget_label"), lr_policy=policy)
     out = []
     for row in rows:
@@ -93,7 +96,10 @@ def write_summary(out: str, preset: str) -> List[str]:
     for v in VARIANT_FILES:
         p = Path(out) / f"theorem1_training_{preset}_{v}.json"
         if p.exists():
-            rows_by_variant[v] = summarise(run_records(ResultsFile(p).load()))
+            recs = {}
+            for r in run_records(ResultsFile(p).load()):
+                recs.setdefault(r["key"], r)  # a run trained twice (e.g. a duplicated group) counts once
+            rows_by_variant[v] = summarise(list(recs.values()))
     rows_by_variant = {k: v for k, v in rows_by_variant.items() if v}
     if not rows_by_variant:
         raise SystemExit(f"{out}: no theorem1_training_{preset}_*.json results (run python -m synthetic.s4_theorem1)")
@@ -115,10 +121,10 @@ def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> Lis
     for i, v in enumerate(variants):
         rows = rows_by_variant[v]
         floor = _mean(r["exact_mse64_mean"] for r in rows)
-        frozen = _mean(r["start_mse_mean"] for r in rows if r["arm"].startswith("SDT"))
+        frozen = _mean(r["start_mse_mean"] for r in rows if r["arm"].startswith("SDT") and r["budget_label"])
         ax = axes[i][0]
         for arm, mk in (("SDT (Alg. 1)", "o-"), ("SDT + LoRA (Alg. 1)", "s-"), ("Oracle masks", "^-")):
-            pts = sorted(((r["trainable_pct"], r) for r in rows if r["arm"] == arm and r["best_mse_mean"] is not None),
+            pts = sorted(((r["trainable_pct"], r) for r in rows if _base(r["arm"]) == arm and r["best_mse_mean"] is not None),
                          key=lambda p: p[0])
             if pts:
                 ax.errorbar([p for p, _ in pts], [r["best_mse_mean"] for _, r in pts],
@@ -127,18 +133,19 @@ def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> Lis
                             capsize=3)
         ax.set(title=f"{v}: (a) Algorithm 1 vs (b) the construction's masks", xlabel="trainable %", ylabel="best MSE")
         ax = axes[i][1]
-        pts = sorted(((r["budget"]["noise"], r) for r in rows if r["arm"] == "Oracle start"), key=lambda p: p[0])
-        if pts:
+        for arm in sorted({r["arm"] for r in rows if _base(r["arm"]) == "Oracle start"}):
+            pts = sorted(((r["budget"]["noise"], r) for r in rows if r["arm"] == arm), key=lambda p: p[0])
             xs = [max(s, 1e-4) for s, _ in pts]  # noise 0 drawn at 1e-4 (log axis)
-            ax.plot(xs, [r["start_mse_mean"] for _, r in pts], "x--", label="at start (after the perturbation)")
-            ax.plot(xs, [r["best_mse_mean"] for _, r in pts], "o-", label="best")
-            ax.plot(xs, [r["final_mse_mean"] for _, r in pts], "s-", label="final")
+            tag = arm[len("Oracle start"):].strip()
+            ax.plot(xs, [r["start_mse_mean"] for _, r in pts], "x--", label=f"at start (after the noise) {tag}")
+            ax.plot(xs, [r["best_mse_mean"] for _, r in pts], "o-", label=f"best {tag}")
+            ax.plot(xs, [r["final_mse_mean"] for _, r in pts], "s-", label=f"final {tag}")
             ax.set_xscale("log")
         ax.set(title=f"{v}: (c) start at the exact solution + noise (0 at 1e-4)", xlabel="relative noise",
                ylabel="MSE")
         ax = axes[i][2]
         for r in rows:
-            if r["arm"] in ("SDT (Alg. 1)", "Oracle masks", "SDT (Alg. 1) long", "Oracle masks long") \
+            if _base(r["arm"]) in ("SDT (Alg. 1)", "Oracle masks", "SDT (Alg. 1) long", "Oracle masks long") \
                     and r["curve"] and r["budget_label"] == _theorem_label(rows):
                 ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], label=f"{r['arm']} (lr {r['lr']:g})")
         ax.set(title=f"{v}: (d) loss curves at the theorem's budget", xlabel="iteration", ylabel="batch MSE")
@@ -162,6 +169,11 @@ def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> Lis
 def _theorem_label(rows: List[Dict]) -> str:
     """The budget label of the theorem's budget (the long arms train only at it)."""
     for r in rows:
-        if r["arm"].endswith(" long"):
+        if _base(r["arm"]).endswith(" long"):
             return r["budget_label"]
     return ""
+
+
+def _base(arm: str) -> str:
+    """The arm's name without a precision tag ("Oracle start [fp32]" -> "Oracle start")."""
+    return arm.split(" [")[0]

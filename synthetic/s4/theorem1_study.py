@@ -98,7 +98,7 @@ class StudyConfig:
 PRESETS: Dict[str, Dict] = {
     "cpu": {},  # the deep-S4 experiment's CPU default sizes (its results are committed: not named "default")
     "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=1000, iters=500,
-                  lrs=(1e-3, 4e-3, 1.6e-2), sdt_budgets=("16x4", "32x4", "36x8"),
+                  lrs=(1e-3, 4e-3, 1.6e-2), sdt_budgets=("8x2", "16x4", "32x4", "36x8"),
                   sdt_lora_budgets=("16x4:4", "32x4:12", "32x8:16"), runs_per_step=12),
     "tiny": dict(D=6, H=4, H_star=2, L_frozen=2, N=12, batch=16, iters=12, seeds=(0, 1), lrs=(1e-2, 4e-2),
                  sdt_budgets=("2x1",), sdt_lora_budgets=("2x1:1",), noise_levels=(0.0, 0.1), long_factor=2,
@@ -168,19 +168,36 @@ class Arm:
     long: bool = False
 
 
+def _unique(budgets: List[Dict]) -> List[Dict]:
+    """Budgets in order, each once (the theorem's budget may also be one of the experiment's)."""
+    out = []
+    for b in budgets:
+        if b not in out:
+            out.append(b)
+    return out
+
+
 def _sdt_budgets(cfg):
-    return [theorem_budget(cfg)] + [parse_sdt(b) for b in cfg.sdt_budgets]
+    return _unique([theorem_budget(cfg)] + [parse_sdt(b) for b in cfg.sdt_budgets])
 
 
 def _sdt_lora_budgets(cfg):
     t = theorem_budget(cfg)
-    return [dict(t, proj_rank=t["channels"])] + [parse_sdt(b) for b in cfg.sdt_lora_budgets]
+    return _unique([dict(t, proj_rank=t["channels"])] + [parse_sdt(b) for b in cfg.sdt_lora_budgets])
+
+
+def _oracle_budgets(cfg):
+    """The theorem's budget and the experiment's SDT budgets below it (the construction's layout has no more
+    channels per block or modes per channel to give: a larger budget is the theorem's)."""
+    t = theorem_budget(cfg)
+    return _unique([t] + [{"channels": min(b["channels"], t["channels"]), "states": min(b["states"], t["states"])}
+                          for b in map(parse_sdt, cfg.sdt_budgets)])
 
 
 ARMS: Dict[str, Arm] = {a.name: a for a in (
     Arm("SDT (Alg. 1)", _sdt_budgets, method="SDT"),
     Arm("SDT + LoRA (Alg. 1)", _sdt_lora_budgets, method="SDT + LoRA"),
-    Arm("Oracle masks", _sdt_budgets),
+    Arm("Oracle masks", _oracle_budgets),
     Arm("Oracle start", lambda cfg: [dict(theorem_budget(cfg), noise=float(s)) for s in cfg.noise_levels],
         exact_start=True),
     Arm("SDT (Alg. 1) long", lambda cfg: [theorem_budget(cfg)], method="SDT", long=True),
