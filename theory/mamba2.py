@@ -162,7 +162,8 @@ def _gain_fix(h: ScalarHead, target_CB: float) -> Tuple[ScalarHead, List[str], L
         B[n] = target_CB / C[n]
         return replace(h, B=B), [f"B[{n}]"], [f"B[{n}]: gain C·B -> {target_CB:.6g} (B = 0, C[{n}] != 0)"]
     B[0], C[0] = 1.0, target_CB
-    return replace(h, B=B, C=C), ["B[0]", "C[0]"], ["B[0], C[0]: B = C = 0, so C·B needs one entry of each"]
+    return replace(h, B=B, C=C), ["B[0]", "C[0]"], ["B[0] := 1: B = C = 0, and C·B is bilinear",
+                                                     f"C[0]: gain C·B -> {target_CB:.6g} with B[0] = 1"]
 
 
 def minimal_update(frozen: ScalarHead, target: ScalarHead) -> HeadUpdate:
@@ -205,8 +206,13 @@ def _vector(h: ScalarHead) -> np.ndarray:
     return np.concatenate([[h.A_log, math.log(h.delta), h.D], h.B.numpy(), h.C.numpy()])
 
 
-def _head(v: np.ndarray, N: int) -> ScalarHead:
-    return ScalarHead(v[0], math.exp(min(v[1], 700.0)), v[2], torch.as_tensor(v[3:3 + N]), torch.as_tensor(v[3 + N:]))
+def _kernel_np(v: np.ndarray, N: int, L: int) -> np.ndarray:
+    """:func:`head_kernel` of the parameter vector ``v`` (:func:`_vector` layout), in numpy (the oracle's inner
+    loop: no validation, no tensors)."""
+    lam = -math.exp(min(v[1], 700.0)) * math.exp(min(v[0], 700.0))  # Δ a
+    K = math.exp(min(v[1], 700.0)) * float(v[3 + N:] @ v[3:3 + N]) * np.exp(lam * np.arange(L))
+    K[0] += v[2]
+    return K
 
 
 def subset_reaches(frozen: ScalarHead, target: ScalarHead, subset: Tuple[int, ...], rng: np.random.Generator) -> bool:
@@ -214,15 +220,15 @@ def subset_reaches(frozen: ScalarHead, target: ScalarHead, subset: Tuple[int, ..
     response: Levenberg-Marquardt from the frozen values and ORACLE_STARTS − 1 random starts."""
     want = head_kernel(target, ORACLE_LAGS).numpy()
     scale = max(float(np.linalg.norm(want)), 1e-300)
-    v0 = _vector(frozen)
+    v0, N = _vector(frozen), frozen.N
     if not subset:
-        return float(np.linalg.norm(head_kernel(frozen, ORACLE_LAGS).numpy() - want)) <= ORACLE_RTOL * scale
+        return float(np.linalg.norm(_kernel_np(v0, N, ORACLE_LAGS) - want)) <= ORACLE_RTOL * scale
     idx = list(subset)
 
     def resid(z):
         v = v0.copy()
         v[idx] = z
-        return (head_kernel(_head(v, frozen.N), ORACLE_LAGS).numpy() - want) / scale
+        return (_kernel_np(v, N, ORACLE_LAGS) - want) / scale
 
     starts = [v0[idx]] + [v0[idx] + rng.normal(size=len(idx)) for _ in range(ORACLE_STARTS - 1)]
     for z0 in starts:
@@ -265,7 +271,8 @@ def selective_state_budget(W_B: Tensor, W_C: Tensor, M_star: Tensor) -> int:
 
     W_B, W_C: (N, d) the head's in_proj rows; M_star: (d, d) the target head's form ``W_C*ᵀ W_B*``. With the rows
     of a state set S free, ``M − M_rest(S)`` ranges over matrices of rank <= |S|, so S reaches M_star iff
-    ``σ_{|S|+1}(M_star − M_rest(S)) = 0`` (relative RTOL); exhaustive over subsets (N <= ~10)."""
+    ``σ_{|S|+1}(M_star − M_rest(S)) = 0`` (relative RTOL); exhaustive over subsets (N <= 10). ValueError if even
+    s = N does not (rank M_star > N)."""
     dims: dict = {}
     W_B = check_tensor("W_B", W_B, shape=("N", "d"), dims=dims, allow_complex=False).to(torch.float64)
     W_C = check_tensor("W_C", W_C, shape=("N", "d"), dims=dims, allow_complex=False).to(torch.float64)
@@ -280,7 +287,8 @@ def selective_state_budget(W_B: Tensor, W_C: Tensor, M_star: Tensor) -> int:
             sv = torch.linalg.svdvals(R)
             if s >= sv.numel() or float(sv[s]) <= RTOL[torch.float64] * scale:
                 return s
-    raise AssertionError("unreachable: s = N frees every row")
+    raise ValueError(f"M_star: rank {int(torch.linalg.matrix_rank(M_star))} exceeds what N = {N} states can form "
+                     "(Σ_n W_C[n]ᵀ W_B[n] has rank <= N): no state budget reaches it")
 
 
 # ------------------------------------------------------------------------------------ instances
