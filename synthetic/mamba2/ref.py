@@ -191,7 +191,8 @@ def mamba2_ssm_inputs(w: Mapping[str, Tensor], hidden: Tensor, ngroups: int):
     xBC = F.silu(F.conv1d(xBC.transpose(1, 2), conv_w, w.get("conv1d.bias"), padding=conv_w.shape[-1] - 1,
                           groups=conv_w.shape[0])[..., :L]).transpose(1, 2)  # (Bt, L, conv_dim): causal depthwise
     x, B, C = torch.split(xBC, [d_inner, ngroups * N, ngroups * N], dim=-1)
-    return z, x, B.reshape(Bt, L, ngroups, N), C.reshape(Bt, L, ngroups, N), dt
+    # contiguous: mamba-ssm's Triton scan takes these as they are (split views have the parent's strides)
+    return z, x, B.reshape(Bt, L, ngroups, N).contiguous(), C.reshape(Bt, L, ngroups, N).contiguous(), dt.contiguous()
 
 
 def mamba2_forward(w: Mapping[str, Tensor], hidden: Tensor, *, ngroups: int = 1, chunk_size: int = 64,
@@ -206,7 +207,7 @@ def mamba2_forward(w: Mapping[str, Tensor], hidden: Tensor, *, ngroups: int = 1,
     nheads = w["A_log"].shape[0]
     wdt = _work_dtype(w["A_log"])
     A = -torch.exp(w["A_log"].to(wdt))  # (Hh,)
-    y = scan_fn(x.reshape(Bt, L, nheads, -1), dt, A, B, C, chunk_size, D=w["D"].to(wdt), z=None,
+    y = scan_fn(x.reshape(Bt, L, nheads, -1).contiguous(), dt, A, B, C, chunk_size, D=w["D"].to(wdt), z=None,
                 dt_bias=w["dt_bias"].to(wdt), dt_softplus=True)  # (Bt, L, Hh, P)
     y = gated_rmsnorm(y.reshape(Bt, L, d_inner), z, w["norm.weight"], d_inner // ngroups)  # (Bt, L, D)
     out = torch.einsum("md,bld->blm", w["out_proj.weight"], y)  # (Bt, L, d_model)
