@@ -225,7 +225,8 @@ class Mamba2Ref(nn.Module):
     (parameters created in mamba-ssm's order: in_proj, conv1d, dt_bias, A_log, D, norm, out_proj).
 
     d_model; d_state: N; expand: D / d_model; headdim: P (must divide D); ngroups: G (must divide D / P).
-    forward(hidden (Bt, L, d_model)) -> (Bt, L, d_model) with :func:`ssd_scan_chunked`.
+    forward(hidden (Bt, L, d_model)) -> (Bt, L, d_model) with :func:`ssd_scan_chunked` in chunks of at most 64
+    steps (the map does not depend on the chunk length; the within-chunk blocks cost O(L·Q) memory).
     """
 
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64,
