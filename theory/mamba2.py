@@ -36,6 +36,9 @@ with fixed decay and Δ the head depends on ``M = Σ_n W_C[n]ᵀ W_B[n]`` (d_mod
 the rows of s states reaches exactly the M with ``rank(M − M_rest) <= s``. Checked numerically (SVD, exhaustive
 over state subsets; not proven beyond that): generic instances with d_model >= N + N* need
 ``s = ⌈(N + N*)/2⌉`` states, not one.
+
+Not covered: several heads sharing one group's B/C (``ngroups < nheads``): their gains ``Δ_h C·B`` share ``C·B``,
+so one C entry cannot set them independently; and selective Δ_t.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ N coordinates of a group's ``B_t, C_t``, produced by one row of ``W_B`` and one 
   4. train ``A_log[h]`` for the selected heads and the ``W_B``, ``W_C`` rows of the selected states in every
      group that holds a selected head (rows are shared by the group's heads); everything else is frozen.
 Why so few states can do: for an LTI head only ``Δ a`` and ``Δ C·B`` matter (:mod:`theory.mamba2`), so one
-state per head reaches every LTI target head; more states help only through the selective (input-dependent)
-``B_t, C_t``.
+state per head reaches every LTI target head (a head with its own B/C: the heads of a group share the rows, which
+the lemma does not cover); more states help only through the selective (input-dependent) ``B_t, C_t``.
 """
 
 from __future__ import annotations
