@@ -2,8 +2,8 @@
 
 One look across the S4 and Mamba figures, from one style table:
 
-- **colour and marker = method** (:data:`METHOD_STYLE`; "LoRA (S6+Proj)" on Mamba is drawn like its S4
-  counterpart "LoRA (S4+Proj)"); in the three-ways figure the marker shape and line style name the *source*
+- **colour and marker = method** (:data:`METHOD_STYLE`; "LoRA (S6+Proj)" on Mamba and "LoRA (SSM+Proj)" on
+  Mamba-II are drawn like their S4 counterpart "LoRA (S4+Proj)"); in the three-ways figure the marker shape and line style name the *source*
   instead (:data:`SOURCE_STYLE`: the paper's points are filled stars on a dotted line);
 - **hollow = the best lr is at an edge of its lr grid** (the optimum may lie outside the lrs tried, so the
   point is an upper bound); that is the only thing hollow means, with one legend entry per figure;
@@ -56,7 +56,8 @@ METHOD_STYLE: Dict[str, Dict[str, str]] = {
     "Additional-scan": {"color": "#393b79", "marker": "H"},
     "Full": {"color": "#9467bd", "marker": "P"},
 }
-ALIASES = {"LoRA (S6+Proj)": "LoRA (S4+Proj)"}  # Mamba's counterpart of the S4 method: same look
+# Mamba's (S6) and Mamba-II's (SSD) counterparts of the S4 method: same look
+ALIASES = {"LoRA (S6+Proj)": "LoRA (S4+Proj)", "LoRA (SSM+Proj)": "LoRA (S4+Proj)"}
 FALLBACK_COLORS = ("#7f7f7f", "#000000", "#aec7e8", "#ffbb78", "#98df8a")  # a method not in the table
 
 # The three-ways figure (s4_fig2): marker shape and line style say where a point comes from.

@@ -22,7 +22,8 @@ RUN_FIELDS = (
     ("key", "str", "canonical JSON of what identifies the run's result (synthetic.results.run_key); resume and "
                    "duplicates go by it"),
     ("kind", "str", '"run"'),
-    ("experiment", "str", '"s4" (paper conventions), "s4_official" (the official code\'s conventions) or "mamba"'),
+    ("experiment", "str", '"s4" (paper conventions), "s4_official" (the official code\'s conventions), "mamba" or '
+                          '"mamba2" (Mamba-II, SSD)'),
     ("preset", "str", "the named configuration (--preset) the run belongs to"),
     ("method", "str", "registry name of the PEFT method, e.g. \"SDT + LoRA\""),
     ("budget", "dict", "the method's budget (ranks, channels, states, ...); part of the key"),
@@ -59,6 +60,8 @@ EXPERIMENT_FIELDS = {
            "torch", "precision", "compiled"),
     "s4_official": ("eval_mse", "iters", "warmup_losses", "group_wall_s", "runs_in_group", "torch", "compiled"),
     "mamba": ("eval_curve", "sdt_channels", "sdt_states", "backend", "mamba_ssm_version", "fused", "fused_fallback"),
+    # Mamba-II: sdt_channels = SDT's heads per layer, sdt_states = its states per layer and B/C group
+    "mamba2": ("eval_curve", "sdt_channels", "sdt_states", "backend", "mamba_ssm_version", "fused"),
 }
 RENAMED = {"trainable_count": "trainable", "wall_time_s": "wall_s", "total_params": "frozen_params"}
 

@@ -49,7 +49,10 @@ from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_sh
 
 # ----------------------------------------------------------------------------------- the models
 class Experiment:
-    """Frozen and target stacks, data streams and one training run per grid point."""
+    """Frozen and target stacks, data streams and one training run per grid point. ``methods``: the registry
+    ``train`` reads (a subclass for another block, e.g. :mod:`synthetic.mamba2.experiment`, sets its own)."""
+
+    methods = METHODS
 
     def __init__(self, cfg: MambaRegressionConfig, backend: Backend, device: torch.device):
         self.cfg, self.backend, self.device = cfg, backend, device
@@ -158,8 +161,8 @@ class Experiment:
     def train(self, method: str, budget: dict, lr: float, seed: int) -> dict:
         c = self.cfg
         t0 = time.perf_counter()
-        config = METHODS[method](budget)
-        if c.lora_dropout and config.lora:
+        config = self.methods[method](budget)
+        if getattr(c, "lora_dropout", 0.0) and config.lora:
             config = dataclasses.replace(config, lora_dropout=c.lora_dropout)
         channels = states = None
         if config.sdt_channels:
@@ -216,6 +219,7 @@ class MambaExperiment:
     ``model_seed`` (shared by every run and seed: the seeds vary the data and the adapters' initialisation)."""
 
     name = "mamba"
+    model_cls = Experiment  # builds the models and trains one run (a subclass may set its own)
     max_runs_per_call = 1
     pad_calls = False
 
@@ -256,7 +260,7 @@ class MambaExperiment:
         if self._exp is None:
             if self.device.type == "cpu" and cfg.threads:
                 torch.set_num_threads(cfg.threads)
-            self._exp = Experiment(cfg, self.backend, self.device)
+            self._exp = self.model_cls(cfg, self.backend, self.device)
         exp = self._exp
         try:
             rec = exp.train(run.method, dict(run.budget), run.lr, run.seed)

@@ -1,0 +1,206 @@
+"""The Mamba-II regression: SDT vs. LoRA on Mamba2 (SSD) blocks, regression to a smaller target (Galim et al.,
+ICML 2025, Sec. 6's synthetic experiment carried to the Mamba-II blocks of App. C.2/E.2; issue 23).
+
+Setup as in :mod:`synthetic.mamba.experiment` (whose classes this module subclasses: one trainer, one runner
+plug-in): a frozen residual stack of Mamba2 blocks (more layers, more states) is fine-tuned so its output matches
+a target stack (one block, fewer states) on fresh random sequences; loss = MSE over all tokens; each (method,
+budget) is the best of a learning-rate grid that grows at its edges. Methods: :data:`synthetic.mamba2.peft.METHODS`.
+Both stacks are drawn with the backend's block class (mamba-ssm's ``Mamba2`` or :class:`Mamba2Ref`) and computed
+by :func:`synthetic.mamba2.ref.mamba2_forward` with the backend's SSD scan.
+
+    python -m synthetic.mamba2_regression                  # auto: mamba_ssm + paper preset on a GPU, else cpu
+    python -m synthetic.mamba2_regression --preset paper --backend reference --device cuda
+    python -m synthetic.mamba2_regression --plot-only --preset cpu
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from synthetic.mamba.experiment import Experiment, MambaExperiment
+from synthetic.mamba.peft import residual_stack
+from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, check_options, config_dict, lr_policy,
+                                     out_paths, parse_args, run_grid)
+from synthetic.mamba2.peft import (METHODS, WARMUP_FULL, Mamba2PeftConfig, PeftMamba2Stack, frozen_param_count,
+                                   get_backend, head_change_scores, mamba_ssm_available, select_heads_states,
+                                   state_change_scores)
+from synthetic.mamba2.ref import block_weights, mamba2_forward
+from synthetic.plots import plot_mse_vs_params
+from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration, run_key
+from synthetic.runner import Group, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
+
+
+class Mamba2Model(Experiment):
+    """Frozen and target Mamba2 stacks and the Mamba-I trainer (``train``, ``step``, ``eval_mse`` inherited);
+    overrides how the models are built, the target computed, and Algorithm 1's selection."""
+
+    methods = METHODS
+
+    def __init__(self, cfg: Mamba2RegressionConfig, backend, device: torch.device):
+        self.cfg, self.backend, self.device = cfg, backend, device
+
+        def make(N):
+            return backend.block_cls(cfg.d_model, d_state=N, expand=cfg.expand, headdim=cfg.headdim,
+                                     ngroups=cfg.ngroups, device=device)
+        torch.manual_seed(cfg.model_seed)
+        self.layer_weights = [block_weights(make(cfg.frozen_d_state)) for _ in range(cfg.frozen_layers)]
+        torch.manual_seed(cfg.model_seed + 1)
+        self.target_weights = [block_weights(make(cfg.target_d_state)) for _ in range(cfg.target_layers)]
+        self.n_frozen = frozen_param_count(self.layer_weights)
+        g = torch.Generator(device="cpu").manual_seed(10_000 + cfg.model_seed)
+        self.eval_x = [self._inputs(g) for _ in range(cfg.eval_batches)]
+        self.eval_y = [self.target(x) for x in self.eval_x]
+        self._scores: Dict[object, object] = {}
+
+    def _block(self, w):
+        c = self.cfg
+        return lambda h: mamba2_forward(w, h, ngroups=c.ngroups, chunk_size=c.chunk_size, scan_fn=self.backend.scan_fn)
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return residual_stack([self._block(w) for w in self.target_weights], x)
+
+    def batch(self, g: torch.Generator):
+        x = self._inputs(g)
+        return x, self.target(x)
+
+    def stack(self, config: Mamba2PeftConfig, channels=None, seed: int = 0, states=None) -> PeftMamba2Stack:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        return PeftMamba2Stack(self.layer_weights, ngroups=self.cfg.ngroups, config=config, heads=channels,
+                               states=states, generator=g, chunk_size=self.cfg.chunk_size).to(self.device)
+
+    def sdt_scores(self, seed: int):
+        """Algorithm 1 for SSD, steps 1-3 (:mod:`synthetic.mamba2.peft`): warm up A_log, dt_bias and in_proj's
+        [B; C; δ] rows on a copy; per layer, head scores (change of Ā on a probe batch) and state scores (G, N)."""
+        if seed in self._scores:
+            return self._scores[seed]
+        c = self.cfg
+        model = self.stack(Mamba2PeftConfig(full=WARMUP_FULL), seed=seed)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
+                                weight_decay=c.weight_decay)
+        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
+        for _ in range(c.warmup_iters):
+            self.step(model, opt, g)
+        scores, h = [], self.eval_x[0]
+        with torch.no_grad():
+            for w_before, blk in zip(self.layer_weights, model.blocks):
+                w_after = blk.effective_weights()
+                scores.append((head_change_scores(w_before, w_after, h, c.ngroups).cpu(),
+                               state_change_scores(w_before, w_after, c.ngroups).cpu()))
+                h = h + self._block(w_before)(h)  # the frozen model's input to the next layer
+        self._scores[seed] = scores
+        return scores
+
+    def sdt_selection(self, config: Mamba2PeftConfig, lr: float, seed: int):
+        """(heads per layer, states per layer and group) for an SDT config."""
+        sel = [select_heads_states(hs, ss, config.sdt_heads, config.sdt_states) for hs, ss in self.sdt_scores(seed)]
+        return [h for h, _ in sel], [s for _, s in sel]
+
+
+class Mamba2Experiment(MambaExperiment):
+    """The Mamba-II experiment as a :class:`synthetic.runner.Experiment` (Mamba-I's plug-in with this module's
+    model class, grid, paths and backends): one run per train call, groups of one lr each."""
+
+    name = "mamba2"
+    model_cls = Mamba2Model
+
+    def __init__(self, cfg: Mamba2RegressionConfig, log=None):
+        self.cfg = cfg
+        self.log = log or (lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
+        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
+        self.lr_policy = lr_policy(cfg)
+        self.results_path = out_paths(cfg)["json"]
+        name = cfg.backend if cfg.backend != "auto" else ("mamba_ssm" if mamba_ssm_available() else "reference")
+        self.backend = get_backend(name) if not cfg.dry_run or name == "reference" else None
+        self.backend_name = name
+        self.device = torch.device(("cuda" if torch.cuda.is_available() and name == "mamba_ssm" else "cpu")
+                                   if cfg.device == "auto" else cfg.device)
+        self.cdict = config_dict(cfg)
+        self._exp: Optional[Mamba2Model] = None
+        self._env = environment()
+        self._commit = os.environ.get("GIT_COMMIT") or self._env["commit"]
+
+    def groups(self) -> List[Group]:
+        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=METHODS[r["method"]].trains)
+                for r in run_grid(self.cfg)]
+
+
+def current_records(cfg: Mamba2RegressionConfig, records: Sequence[dict]) -> List[dict]:
+    """Records of one configuration (``cfg``'s if the file has it, else the last record's)."""
+    return one_configuration(records, lambda r: run_key(r.get("config", {})), run_key(config_dict(cfg)),
+                             note=lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
+
+
+def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
+    """Best-of-grid table on stdout (mean over seeds); 'lr edge' flags a best lr still at its grid's edge."""
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    print(f"{'method':<16} {'budget':<26} {'trainable %':>11} {'best MSE':>10} {'lr':>8}  lr edge")
+    for r in sorted(rows, key=lambda r: (METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99,
+                                         r["trainable_pct"] or 0)):
+        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
+        print(f"{r['method']:<16} {r['budget_label']:<26} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}  "
+              f"{edge_label(r)}")
+    return rows
+
+
+def plot(cfg: Mamba2RegressionConfig, policy: Optional[LrPolicy] = None) -> None:
+    """The MSE-vs-trainable-% figure from the results file alone."""
+    paths = out_paths(cfg)
+    records = current_records(cfg, ResultsFile(paths["json"]).runs())
+    if not records:
+        print(f"mamba2_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
+        return
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    c = records[0].get("config", {})
+    note = (f"backend {records[0].get('backend')}, {', '.join(sorted({str(r.get('device')) for r in records}))}; frozen "
+            f"{c.get('frozen_layers')}x Mamba2(d_model {c.get('d_model')}, P {c.get('headdim')}, G {c.get('ngroups')}, "
+            f"N {c.get('frozen_d_state')}), target {c.get('target_layers')}x (N {c.get('target_d_state')}); "
+            f"{c.get('iters')} AdamW iters, best lr per point; {len({r['seed'] for r in records})} seed(s)")
+    plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note,
+                       title="Mamba-II regression: MSE vs. trainable parameters")
+
+
+def run(cfg: Mamba2RegressionConfig) -> Path:
+    check_options(cfg)
+    paths, policy = out_paths(cfg), lr_policy(cfg)
+    if cfg.merge:
+        merge_shards(paths["json"], log=lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
+    elif not cfg.plot_only:
+        shard = parse_shard(cfg.shard)
+        exp = Mamba2Experiment(cfg)
+        if cfg.dry_run:
+            print_plan(exp, shard)
+            return paths["json"]
+        run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
+        if shard is not None or not is_main_process():
+            return paths["json"]
+    summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
+    try:
+        plot(cfg, policy)
+    except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
+        print(f"mamba2_regression: no plot ({e}); run again with --plot-only", file=sys.stderr)
+    return paths["json"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_args(argv)
+    path = out_paths(cfg)["json"]
+    try:  # before anything runs: the results file reads (a corrupted one is never touched)
+        ResultsFile(path).load()
+        if cfg.plot_only and not ResultsFile(path).runs():
+            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
+                             "and --preset of an earlier run)")
+    except ValueError as e:
+        print(f"python -m synthetic.mamba2_regression: error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
