@@ -285,7 +285,7 @@ def test_configs_refuse_what_they_cannot_do():
     (["--norm", "layernorm"], "--norm"), (["--attention-kernel", "flash"], "--attention-kernel"),
     (["--ssm-ranks", "9"], "--ssm-ranks"), (["--sdt-channels", "0"], "--sdt-channels"), (["--lin-rank", "0"], "--lin-rank"),
     (["--methods", "SDT"], "--methods"), (["--seeds", "0,0"], "--seeds"), (["--shard", "0/2", "--merge"], "--shard"),
-    (["--no-such-option", "1"], "--no-such-option")])
+    (["--backend", "mamba_ssm"], "--backend"), (["--no-such-option", "1"], "--no-such-option")])
 def test_cli_rejects_bad_options_naming_them(argv, option, capsys):
     with pytest.raises(SystemExit) as e:
         hcfg.parse_args(["--preset", "tiny"] + argv)

@@ -29,7 +29,7 @@ class HybridRegressionConfig:
     """Every field is a CLI option (``--d-model 64``; tuples as comma lists: ``--lrs 1e-3,3e-3``)."""
 
     preset: str = "cpu"  # named config (PRESETS); other options override its fields
-    backend: str = "auto"  # Mamba blocks: mamba_ssm | reference | auto (mamba_ssm if CUDA and the package are present)
+    backend: str = "auto"  # Mamba blocks: mamba_ssm | reference | auto (mamba_ssm on a CUDA device where it is installed)
     fused: bool = True  # use mamba_inner_fn when causal-conv1d is installed (mamba_ssm backend)
     device: str = "auto"  # auto | cpu | cuda (auto: cuda when available)
     d_model: int = 16
@@ -110,6 +110,8 @@ def check_options(cfg: HybridRegressionConfig) -> None:
         check_heads(cfg.d_model, cfg.n_heads)
     except ValueError as e:
         raise ValueError(f"--{e}") from None
+    if cfg.backend == "mamba_ssm" and cfg.device == "cpu":
+        raise ValueError("--backend: 'mamba_ssm' runs on CUDA only; with --device cpu use --backend reference or auto")
     if cfg.norm not in NORMS:
         raise ValueError(f"--norm: one of {sorted(NORMS)}, got {cfg.norm!r}")
     if cfg.attention_kernel not in ATTENTION_KERNELS:

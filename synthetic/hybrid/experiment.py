@@ -177,11 +177,12 @@ class HybridExperiment:
         self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
         self.lr_policy = lr_policy(cfg)
         self.results_path = out_paths(cfg)["json"]
-        name = cfg.backend if cfg.backend != "auto" else ("mamba_ssm" if mamba_ssm_available() else "reference")
-        self.backend = get_backend(name, fused=cfg.fused) if not cfg.dry_run or name == "reference" else None
-        self.backend_name = name
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
                                    else cfg.device)
+        auto = "mamba_ssm" if mamba_ssm_available() and self.device.type == "cuda" else "reference"
+        name = cfg.backend if cfg.backend != "auto" else auto
+        self.backend = get_backend(name, fused=cfg.fused) if not cfg.dry_run or name == "reference" else None
+        self.backend_name = name
         self.cdict = config_dict(cfg)
         self._exp: Optional[Experiment] = None
         self._env = environment()
