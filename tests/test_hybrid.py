@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from synthetic.hybrid import config as hcfg
 from synthetic.hybrid import experiment as hexp
 from synthetic.hybrid import peft as hpeft
-from synthetic.hybrid.model import (ATTENTION, MAMBA, AttentionRef, HybridRef, attention_forward,
+from synthetic.hybrid.model import (ATTENTION, MAMBA, AttentionRef, HybridRef,
                                     explicit_causal_attention, layer_kinds, rms_norm, sdpa_causal)
 from synthetic.hybrid.peft import (METHODS, AttentionPeftConfig, HybridPeftConfig, LayerWeights, PeftHybridStack,
                                    frozen_layers, frozen_param_count)

@@ -13,7 +13,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from synthetic.hybrid.model import ATTENTION_KERNELS, NORMS, check_heads, layer_kinds
 from synthetic.hybrid.peft import METHODS
 from synthetic.mamba.config import budget_label, check_config, parse_config
-from synthetic.mamba.peft import mamba_ssm_available
 from synthetic.results import LrPolicy
 from synthetic.runner import parse_shard
 

@@ -192,8 +192,10 @@ class HybridExperiment:
         b = self.backend
         if b is None:
             return f"preset {self.cfg.preset}, backend {self.backend_name} (not loaded: dry run)"
-        return (f"preset {self.cfg.preset}, frozen layers {''.join(k[0].upper() for k in layer_kinds(self.cfg.frozen_layers, self.cfg.frozen_attn_period, self.cfg.frozen_attn_offset))}, "
-                f"backend {b.name} (mamba-ssm {b.version}, fused {b.inner_fn is not None}), device {self.device}")
+        c = self.cfg
+        kinds = "".join(k[0].upper() for k in layer_kinds(c.frozen_layers, c.frozen_attn_period, c.frozen_attn_offset))
+        return (f"preset {c.preset}, frozen layers {kinds}, backend {b.name} (mamba-ssm {b.version}, "
+                f"fused {b.inner_fn is not None}), device {self.device}")
 
     def groups(self) -> List[Group]:
         return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=METHODS[r["method"]].trains)
