@@ -5,12 +5,15 @@
 #   2. pytest tests/test_hybrid_gpu.py (CUDA reference stack vs float64 CPU; mamba_ssm vs reference where built);
 #   3. the paper preset (python -m synthetic.hybrid_regression --preset paper: Jamba's 1 attention : 7 Mamba layout)
 #      in $SHARDS processes on the one GPU, each stopping new runs after $SWEEP_BUDGET s, merged; then the lr-extension
-#      rounds in one process for $EXTEND_BUDGET s (once the base grid is complete); summary table and figure.
+#      rounds in one process for $EXTEND_BUDGET s (once the base grid is complete; a call that finds the base grid
+#      complete skips the shards and gives that process both budgets: the runner plans extension rounds in one
+#      process, so they do not spread over shards); summary table and figure.
 # Time-budgeted and resumable: the sweep resumes from $RESULTS/hybrid_regression_paper.json in the tree. After a call,
 # copy $OUT/hybrid_regression_paper.json to figures/ (commit it) and run the script again until the log says
 # "sweep complete". Expected: ~4 min per call (worst ~5: a run in progress at the budget finishes). Estimated, not
 # measured (no GPU was lent to the author): ~30-45 s per run on the reference backend, a few s with mamba-ssm;
-# the full grid (about 70 base-grid runs + lr extensions) takes ~4-5 calls on the reference backend, 1-2 with mamba-ssm.
+# the base grid (104 runs: 17 budgets x 3 lrs x 2 seeds + Frozen) takes ~3-4 calls on the reference backend with 8
+# shards, then each lr-extension run (serial) ~40 s: a few more calls; with mamba-ssm ~1-2 calls in all.
 #
 #   GIT_COMMIT=<sha> bash scripts/gpu_hybrid.sh
 # Environment (defaults): OUT=out/gpu_hybrid PYTHON=python3 WHEELS=build/wheels STEPS=test,sweep
@@ -60,7 +63,11 @@ fi
 if has sweep; then
     ARGS=(--preset "$PRESET" --backend "$BACKEND" --seeds "$SEEDS" --out "$RESULTS")
     log "sweep: $PRESET preset, seeds $SEEDS, $SHARDS shards x ${SWEEP_BUDGET}s"
-    "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --dry-run 2>&1 | tee -a "$LOG" || true
+    "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --dry-run 2>&1 | tee "$OUT/plan.txt" | tee -a "$LOG" || true
+    if grep -q "^0 base-grid runs to do" "$OUT/plan.txt"; then  # only lr extensions left: one process gets it all
+        log "base grid complete: no shards; the extension step gets $SWEEP_BUDGET + $EXTEND_BUDGET s"
+        EXTEND_BUDGET=$((SWEEP_BUDGET + EXTEND_BUDGET)); SHARDS=0
+    fi
     PIDS=()
     for ((i = 0; i < SHARDS; i++)); do
         # shellcheck disable=SC2086
@@ -68,7 +75,7 @@ if has sweep; then
             --time-budget-s "$SWEEP_BUDGET" ${SWEEP_ARGS:-} >"$OUT/shard$i.log" 2>&1 &
         PIDS+=($!)
     done
-    for p in "${PIDS[@]}"; do rc=0; wait "$p" || rc=$?; step_rc "$rc" "shard process $p"; done
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do rc=0; wait "$p" || rc=$?; step_rc "$rc" "shard process $p"; done
     for ((i = 0; i < SHARDS; i++)); do { echo "---- shard $i"; clean <"$OUT/shard$i.log"; } >>"$LOG"; rm -f "$OUT/shard$i.log"; done
     rc=0; "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --merge 2>&1 | clean | tee -a "$LOG" || rc=$?
     step_rc "$rc" merge

@@ -75,11 +75,12 @@ class HybridRegressionConfig:
 PRESETS: Dict[str, HybridRegressionConfig] = {
     # ~4 minutes on 2 loaded CPU cores with the reference scan (4 layers: M M A M; target M A)
     "cpu": HybridRegressionConfig(),
-    # the GPU configuration: Jamba's own layout (8 layers, attention at 4 of 8: 1 attention : 7 Mamba)
+    # the GPU configuration: Jamba's own layout (8 layers, attention at 4 of 8: 1 attention : 7 Mamba); a wide base lr
+    # grid (the CPU preset's best lrs were 3e-2..1.2e-1), since base-grid runs spread over shards, lr extensions do not
     "paper": HybridRegressionConfig(
         preset="paper", d_model=64, n_heads=4, frozen_layers=8, frozen_attn_period=8, frozen_attn_offset=4,
         frozen_d_state=16, target_layers=2, target_attn_period=2, target_attn_offset=1, target_d_state=8,
-        batch=32, seq_len=128, iters=300, eval_every=25, eval_batches=4, warmup_iters=30, lrs=(1e-2, 3e-3),
+        batch=32, seq_len=128, iters=300, eval_every=25, eval_batches=4, warmup_iters=30, lrs=(3e-2, 1e-2, 1e-1),
         seeds=(0, 1), lin_rank=2, proj_ranks=(1, 2, 4), ssm_ranks=(1, 2, 4), sdt_channels=(8, 16, 32)),
     # seconds; for tests
     "tiny": HybridRegressionConfig(
