@@ -450,6 +450,33 @@ cfg2 = m2_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"])
 m2_summary(ResultsFile(m2_paths(cfg2)["json"]).runs())
 m2_plot(cfg2)
 plt.figure(figsize=(10, 5)); plt.imshow(plt.imread(str(m2_paths(cfg2)["mse"]) + ".png")); plt.axis("off"); plt.show()
+## A Jamba-style hybrid: SDT vs DoRA on the SSM modules (Table 4)
+
+Frozen: attention layers interleaved with Mamba-I blocks by Jamba's rule (layer $i$ is attention iff
+$i \bmod P = o$; Jamba-v0.1: $P=8$, $o=4$, one attention per seven Mamba blocks), each layer pre-norm residual
+$h \leftarrow h + \mathrm{mixer}(\mathrm{RMSNorm}(h))$, no MLP; target: a smaller hybrid. Attention runs through
+`scaled_dot_product_attention(is_causal=True)`, held here against its explicit softmax twin in float64. Table 4
+compares DoRA (Lin) + SDT (SSM) with DoRA (Lin) + DoRA (SSM); the experiment also runs LoRA on the attention
+projections with SDT, LoRA or DoRA on the SSM modules. Redrawn from `figures/hybrid_regression_cpu.json` (the GPU
+paper preset is pending).
+""")
+code(r"""
+from synthetic.hybrid.model import explicit_causal_attention, layer_kinds, sdpa_causal
+from synthetic.hybrid.experiment import out_paths as hybrid_paths, plot as hybrid_plot, summary as hybrid_summary
+from synthetic.hybrid.config import parse_args as hybrid_args
+
+print("Jamba-v0.1 layout, attention layers:", [i for i, k in enumerate(layer_kinds(32, 8, 4)) if k == "attention"])
+print("CPU preset frozen layout:", "".join(k[0].upper() for k in layer_kinds(4, 4, 2)))
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(2, 2, 9, 4, generator=g, dtype=torch.float64) for _ in range(3))
+print(f"SDPA vs explicit softmax attention (float64): rel. err {rel_err(sdpa_causal(q, k, v), explicit_causal_attention(q, k, v)):.1e}")
+
+tmp = Path(tempfile.mkdtemp())
+shutil.copy("figures/hybrid_regression_cpu.json", tmp / "hybrid_regression_cpu.json")
+hp = hybrid_paths(hybrid_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"]))
+hybrid_summary(ResultsFile(hp["json"]).runs())
+hybrid_plot(hp)
+plt.figure(figsize=(11, 5.5)); plt.imshow(plt.imread(str(hp["mse"]) + ".png")); plt.axis("off"); plt.show()
 """)
 
 md(r"""

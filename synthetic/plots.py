@@ -54,10 +54,15 @@ METHOD_STYLE: Dict[str, Dict[str, str]] = {
     "BitFit": {"color": "#c79a00", "marker": "X"},
     "DoRA (Proj)": {"color": "#6baed6", "marker": "p"},
     "Additional-scan": {"color": "#393b79", "marker": "H"},
+    "DoRA (Lin) + DoRA (SSM)": {"color": "#08306b", "marker": "8"},  # the hybrid's Table 4 rows (synthetic.hybrid)
+    "DoRA (Lin) + SDT (SSM)": {"color": "#67000d", "marker": "8"},
     "Full": {"color": "#9467bd", "marker": "P"},
 }
-# Mamba's (S6) and Mamba-II's (SSD) counterparts of the S4 method: same look
-ALIASES = {"LoRA (S6+Proj)": "LoRA (S4+Proj)", "LoRA (SSM+Proj)": "LoRA (S4+Proj)"}
+# Counterparts drawn like the method they extend: Mamba's LoRA (S6+Proj) and Mamba-II's LoRA (SSM+Proj) like
+# LoRA (S4+Proj); the hybrid's "LoRA (Attn) + X" (synthetic.hybrid) like X with LoRA on the projections.
+ALIASES = {"LoRA (S6+Proj)": "LoRA (S4+Proj)", "LoRA (SSM+Proj)": "LoRA (S4+Proj)", "LoRA (Attn) + LoRA (Proj)": "LoRA (Proj)",
+           "LoRA (Attn) + LoRA (SSM)": "LoRA (S4+Proj)", "LoRA (Attn) + DoRA (SSM)": "DoRA (Proj)",
+           "LoRA (Attn) + SDT (SSM)": "SDT + LoRA"}
 FALLBACK_COLORS = ("#7f7f7f", "#000000", "#aec7e8", "#ffbb78", "#98df8a")  # a method not in the table
 
 # The three-ways figure (s4_fig2): marker shape and line style say where a point comes from.

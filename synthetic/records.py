@@ -22,8 +22,8 @@ RUN_FIELDS = (
     ("key", "str", "canonical JSON of what identifies the run's result (synthetic.results.run_key); resume and "
                    "duplicates go by it"),
     ("kind", "str", '"run"'),
-    ("experiment", "str", '"s4" (paper conventions), "s4_official" (the official code\'s conventions), "mamba" or '
-                          '"mamba2" (Mamba-II, SSD)'),
+    ("experiment", "str", '"s4" (paper conventions), "s4_official" (the official code\'s conventions), "s4_theorem1" '
+                          '(the Theorem 1 training study), "mamba", "mamba2" (Mamba-II, SSD) or "hybrid"'),
     ("preset", "str", "the named configuration (--preset) the run belongs to"),
     ("method", "str", "registry name of the PEFT method, e.g. \"SDT + LoRA\""),
     ("budget", "dict", "the method's budget (ranks, channels, states, ...); part of the key"),
@@ -31,7 +31,7 @@ RUN_FIELDS = (
     ("lr", "float | null", "learning rate (null, or 0.0 in Mamba files, for an untrained Frozen run)"),
     ("seed", "int", "data (and adapter initialisation) seed"),
     ("model_seed", "int", "the seed that drew the frozen and target models: the run's seed in the deep-S4 "
-                          "experiments; in the Mamba experiment the config's model_seed, fixed for every run "
+                          "experiments; in the Mamba and hybrid experiments the config's model_seed, fixed for every run "
                           "(seeds there vary data and adapters only)"),
     ("status", "str", '"ok", "diverged" (a non-finite loss) or "error: <Exception>"'),
     ("best_mse", "float | null", "lowest training-batch MSE (Mamba: lowest evaluation MSE); null unless ok"),
@@ -59,9 +59,14 @@ EXPERIMENT_FIELDS = {
     "s4": ("trainable_theory", "iters", "best_mse_before_divergence", "group_wall_s", "runs_in_group", "warmup_s",
            "torch", "precision", "compiled"),
     "s4_official": ("eval_mse", "iters", "warmup_losses", "group_wall_s", "runs_in_group", "torch", "compiled"),
+    # the Theorem 1 training study (synthetic.s4.theorem1_study): the s4 fields plus the arm's
+    "s4_theorem1": ("trainable_theory", "iters", "best_mse_before_divergence", "group_wall_s", "runs_in_group",
+                    "warmup_s", "torch", "precision", "compiled", "arm", "activation", "start_mse", "selection",
+                    "exact_mse64", "study_config"),
     "mamba": ("eval_curve", "sdt_channels", "sdt_states", "backend", "mamba_ssm_version", "fused", "fused_fallback"),
     # Mamba-II: sdt_channels = SDT's heads per layer, sdt_states = its states per layer and B/C group
     "mamba2": ("eval_curve", "sdt_channels", "sdt_states", "backend", "mamba_ssm_version", "fused"),
+    "hybrid": ("eval_curve", "sdt_channels", "layer_kinds", "backend", "mamba_ssm_version", "fused", "fused_fallback"),
 }
 RENAMED = {"trainable_count": "trainable", "wall_time_s": "wall_s", "total_params": "frozen_params"}
 

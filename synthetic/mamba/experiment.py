@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -175,28 +175,10 @@ class Experiment:
         n_train = trainable_count(model)
         params = [p for p in model.parameters() if p.requires_grad]
         g = torch.Generator(device="cpu").manual_seed(30_000 + seed)
-        losses, evals, status = [], [(0, self.eval_mse(model))], "ok"
-        if params and c.iters > 0:
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
-            buf = torch.zeros(c.iters, device=self.device)
-            for it in range(c.iters):
-                try:
-                    buf[it] = self.step(model, opt, g)
-                except ValueError:  # theory.peft refuses non-finite factors: a step diverged since the last eval
-                    if all(bool(torch.isfinite(p).all()) for p in params):
-                        raise
-                    buf[it] = float("nan")
-                    status = "diverged"
-                    break
-                if (it + 1) % c.eval_every == 0 or it + 1 == c.iters:
-                    ev = self.eval_mse(model)
-                    evals.append((it + 1, ev))
-                    if is_diverged(ev):
-                        status = "diverged"
-                        break
-            losses = [float(v) for v in buf[: it + 1].cpu()]
-        ev_vals = [v for _, v in evals]
-        finite = [v for v in ev_vals if not is_diverged(v)]
+        losses, evals, status = fit(params, lambda opt: self.step(model, opt, g), lambda: self.eval_mse(model),
+                                    iters=c.iters, eval_every=c.eval_every, lr=lr, weight_decay=c.weight_decay,
+                                    device=self.device)
+        best, final = best_and_final(evals, status)
         extra = {}
         if states is not None:
             extra["sdt_states"] = states
@@ -205,11 +187,46 @@ class Experiment:
         return {**extra,
             "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
             "trainable": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
-            "best_mse": min(finite) if finite and status == "ok" else None,
-            "final_mse": ev_vals[-1] if status == "ok" else None, "status": status,
+            "best_mse": best, "final_mse": final, "status": status,
             "loss_curve": losses, "eval_curve": evals, "sdt_channels": channels,
             "wall_s": time.perf_counter() - t0,
         }
+
+
+def fit(params: Sequence[torch.Tensor], step: Callable, evaluate: Callable[[], float], *, iters: int,
+        eval_every: int, lr: float, weight_decay: float, device) -> Tuple[List[float], List[Tuple[int, float]], str]:
+    """One run's optimisation: AdamW(lr, weight_decay) on ``params`` for ``iters`` steps of ``step(opt)`` (returns the
+    detached training loss), ``evaluate()`` at iteration 0, every ``eval_every`` and at the end. A step refused by
+    theory.peft (non-finite factors) or a diverged evaluation stops the run with status ``"diverged"``.
+    Returns (training losses, [(iteration, eval MSE)], status). Shared by the Mamba and hybrid experiments."""
+    losses, evals, status = [], [(0, evaluate())], "ok"
+    if params and iters > 0:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        buf = torch.zeros(iters, device=device)
+        for it in range(iters):
+            try:
+                buf[it] = step(opt)
+            except ValueError:  # theory.peft refuses non-finite factors: a step diverged since the last eval
+                if all(bool(torch.isfinite(p).all()) for p in params):
+                    raise
+                buf[it] = float("nan")
+                status = "diverged"
+                break
+            if (it + 1) % eval_every == 0 or it + 1 == iters:
+                ev = evaluate()
+                evals.append((it + 1, ev))
+                if is_diverged(ev):
+                    status = "diverged"
+                    break
+        losses = [float(v) for v in buf[: it + 1].cpu()]
+    return losses, evals, status
+
+
+def best_and_final(evals: Sequence[Tuple[int, float]], status: str) -> Tuple[Optional[float], Optional[float]]:
+    """(lowest finite eval MSE, last eval MSE) of an ``"ok"`` run; (None, None) otherwise."""
+    vals = [v for _, v in evals]
+    finite = [v for v in vals if not is_diverged(v)]
+    return (min(finite) if finite and status == "ok" else None), (vals[-1] if status == "ok" else None)
 
 
 class MambaExperiment:

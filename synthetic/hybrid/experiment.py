@@ -1,0 +1,323 @@
+"""The Jamba-style hybrid regression: SDT vs DoRA (and LoRA) on the SSM modules of a hybrid of attention and
+Mamba-I layers, LoRA/DoRA on its linear projections (Galim et al., ICML 2025, Sec. 6 / Table 4, the synthetic
+counterpart of its Jamba GLUE comparison).
+
+Setup, as the Mamba regression (:mod:`synthetic.mamba.experiment`): a *frozen* hybrid (``frozen_layers`` layers,
+1 attention per ``frozen_attn_period``, :mod:`synthetic.hybrid.model`) is fine-tuned to match a smaller *target*
+hybrid on fresh random sequences (MSE over all tokens); both drawn once from ``model_seed``, so seeds vary the data
+and the adapters' initialisation only. Methods: :data:`synthetic.hybrid.peft.METHODS`; each (method, budget) is the
+best of a learning-rate grid grown at its edges by the runner. SDT's channels come from Algorithm 1 as in the Mamba
+experiment: warm up the Mamba blocks' S6 parameters (A_log, x_proj, dt_proj and its bias) on a copy, score each
+Mamba layer's channels by the change of ``Ā`` on a probe batch (that layer's input in the frozen model), keep the top
+channels per layer.
+
+Outputs (``<out>/``, by preset): ``hybrid_regression_<preset>.json`` (one record per run, resumable) and
+``hybrid_mse_vs_params_<preset>.png/.pdf``.
+
+    python -m synthetic.hybrid_regression                    # CPU preset (the paper preset when CUDA is present)
+    python -m synthetic.hybrid_regression --preset paper --time-budget-s 180   # GPU; rerun to resume
+    python -m synthetic.hybrid_regression --dry-run | --plot-only
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budget_label, check_options, config_dict,
+                                     lr_policy, out_paths, parse_args, run_grid)
+from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
+from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
+                                   trainable_count)
+from synthetic.mamba.experiment import best_and_final, fit
+from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, get_backend, \
+    mamba_ssm_available, select_channels
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration,
+                               run_key, utc_now)
+from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
+
+NAME = "hybrid_regression"
+
+
+def _log(s: str) -> None:
+    print(f"{NAME}: {s}", file=sys.stderr)
+
+
+class Experiment:
+    """Frozen and target hybrids, data streams and one training run per grid point."""
+
+    def __init__(self, cfg: HybridRegressionConfig, backend: Backend, device: torch.device):
+        self.cfg, self.backend, self.device = cfg, backend, device
+        c = cfg
+
+        def model(layers, period, offset, d_state):
+            kinds = layer_kinds(layers, period, offset)
+            return HybridRef(kinds, c.d_model, c.n_heads, lambda: backend.make_block(c.d_model, d_state, c.expand, device),
+                             norm=c.norm, device=device, kernel=c.attention_kernel)
+
+        torch.manual_seed(c.model_seed)
+        self.frozen = model(c.frozen_layers, c.frozen_attn_period, c.frozen_attn_offset, c.frozen_d_state)
+        torch.manual_seed(c.model_seed + 1)
+        self.target = model(c.target_layers, c.target_attn_period, c.target_attn_offset, c.target_d_state)
+        for m in (self.frozen, self.target):
+            m.requires_grad_(False)
+        self.layers = frozen_layers(self.frozen)
+        self.dt_rank = next(m for k, m in zip(self.frozen.kinds, self.frozen.mixers) if k == MAMBA).dt_rank
+        self.n_frozen = frozen_param_count(self.layers)
+        g = torch.Generator(device="cpu").manual_seed(10_000 + c.model_seed)
+        self.eval_x = [self._inputs(g) for _ in range(c.eval_batches)]
+        with torch.no_grad():
+            self.eval_y = [self.target(x) for x in self.eval_x]
+        self._scores: Dict[int, List[torch.Tensor]] = {}
+
+    def _inputs(self, g: torch.Generator) -> torch.Tensor:
+        c = self.cfg
+        return torch.randn(c.batch, c.seq_len, c.d_model, generator=g).to(self.device)  # (Bt, N, d_model)
+
+    def batch(self, g: torch.Generator):
+        x = self._inputs(g)
+        with torch.no_grad():
+            y = self.target(x)
+        return x, y
+
+    def stack(self, config: HybridPeftConfig, channels=None, seed: int = 0) -> PeftHybridStack:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        c = self.cfg
+        return PeftHybridStack(self.layers, d_state=c.frozen_d_state, dt_rank=self.dt_rank, n_heads=c.n_heads,
+                               norm=c.norm, config=config, channels=channels, generator=g,
+                               attention_kernel=c.attention_kernel).to(self.device)
+
+    def eval_mse(self, model: PeftHybridStack) -> float:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            tot = sum(float(torch.mean((model(x, self.backend) - y) ** 2)) for x, y in zip(self.eval_x, self.eval_y))
+        model.train(was)
+        return tot / len(self.eval_x)
+
+    def step(self, model, opt, g: torch.Generator) -> torch.Tensor:
+        x, y = self.batch(g)
+        loss = torch.mean((model(x, self.backend) - y) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def mamba_inputs(self, hidden: torch.Tensor) -> List[torch.Tensor]:
+        """Each Mamba layer's input in the frozen hybrid, ``norm(h)`` (Bt, N, d_model), in layer order."""
+        out, f = [], self.frozen
+        with torch.no_grad():
+            for i, (kind, mixer) in enumerate(zip(f.kinds, f.mixers)):
+                u = f.norm_fn(hidden, f.norm_weight(i))
+                if kind == MAMBA:
+                    out.append(u)
+                hidden = hidden + mixer(u)
+        return out
+
+    def sdt_scores(self, seed: int) -> List[torch.Tensor]:
+        """Algorithm 1, steps 1-2, on the Mamba layers: warm up their S6 parameters on a copy (attention and norms
+        frozen), score channels per Mamba layer by the change of Ā on a probe batch (cached per seed)."""
+        if seed in self._scores:
+            return self._scores[seed]
+        c = self.cfg
+        model = self.stack(HybridPeftConfig(mamba=MambaPeftConfig(full=S6_NAMES)), seed=seed)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
+                                weight_decay=c.weight_decay)
+        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
+        for _ in range(c.warmup_iters):
+            self.step(model, opt, g)
+        before = [lw.weights for lw in self.layers if lw.kind == MAMBA]
+        with torch.no_grad():
+            scores = [abar_change_scores(w, blk.effective_weights(), u, c.frozen_d_state, self.dt_rank).cpu()
+                      for w, blk, u in zip(before, model.mamba_blocks, self.mamba_inputs(self.eval_x[0]))]
+        self._scores[seed] = scores
+        return scores
+
+    def train(self, method: str, budget: dict, lr: float, seed: int) -> dict:
+        c = self.cfg
+        t0 = time.perf_counter()
+        config = METHODS[method](budget)
+        channels = None
+        if config.mamba.sdt_channels:
+            channels = [select_channels(s, config.mamba.sdt_channels) for s in self.sdt_scores(seed)]
+        torch.manual_seed(seed)
+        model = self.stack(config, channels, seed=seed)
+        fallback = model.fused_fallback(self.backend)
+        n_train = trainable_count(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        g = torch.Generator(device="cpu").manual_seed(30_000 + seed)
+        losses, evals, status = fit(params, lambda opt: self.step(model, opt, g), lambda: self.eval_mse(model),
+                                    iters=c.iters, eval_every=c.eval_every, lr=lr, weight_decay=c.weight_decay,
+                                    device=self.device)
+        best, final = best_and_final(evals, status)
+        extra = {"fused_fallback": fallback} if fallback else {}
+        return {**extra,
+                "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
+                "trainable": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen, "best_mse": best,
+                "final_mse": final, "status": status, "loss_curve": losses, "eval_curve": evals,
+                "sdt_channels": channels, "layer_kinds": list(self.frozen.kinds), "wall_s": time.perf_counter() - t0}
+
+
+class HybridExperiment:
+    """The hybrid regression as a :class:`synthetic.runner.Experiment`: one run per train call, groups of one lr,
+    lr outermost within a seed (a truncated sweep has every (method, budget) at the first lr)."""
+
+    name = "hybrid"
+    max_runs_per_call = 1
+    pad_calls = False
+
+    def __init__(self, cfg: HybridRegressionConfig):
+        self.cfg = cfg
+        self.log = _log
+        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
+        self.lr_policy = lr_policy(cfg)
+        self.results_path = out_paths(cfg)["json"]
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
+                                   else cfg.device)
+        auto = "mamba_ssm" if mamba_ssm_available() and self.device.type == "cuda" else "reference"
+        name = cfg.backend if cfg.backend != "auto" else auto
+        self.backend = get_backend(name, fused=cfg.fused) if not cfg.dry_run or name == "reference" else None
+        self.backend_name = name
+        self.cdict = config_dict(cfg)
+        self._exp: Optional[Experiment] = None
+        self._env = environment()
+        self._commit = os.environ.get("GIT_COMMIT") or self._env["commit"]
+
+    def describe(self) -> str:
+        b = self.backend
+        if b is None:
+            return f"preset {self.cfg.preset}, backend {self.backend_name} (not loaded: dry run)"
+        c = self.cfg
+        kinds = "".join(k[0].upper() for k in layer_kinds(c.frozen_layers, c.frozen_attn_period, c.frozen_attn_offset))
+        return (f"preset {c.preset}, frozen layers {kinds}, backend {b.name} (mamba-ssm {b.version}, "
+                f"fused {b.inner_fn is not None}), device {self.device}")
+
+    def groups(self) -> List[Group]:
+        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=METHODS[r["method"]].trains)
+                for r in run_grid(self.cfg)]
+
+    def key(self, seed, method, budget, lr) -> str:
+        return run_key({"method": method, "budget": budget, "lr": lr, "seed": seed, "config": self.cdict,
+                        "backend": self.backend_name, "experiment": self.name})
+
+    def train(self, runs: Sequence[Run]) -> List[dict]:
+        cfg, (run,) = self.cfg, runs
+        if self._exp is None:
+            if self.device.type == "cpu" and cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            self._exp = Experiment(cfg, self.backend, self.device)
+        exp = self._exp
+        try:
+            rec = exp.train(run.method, dict(run.budget), run.lr, run.seed)
+        except torch.cuda.OutOfMemoryError as e:  # record and go on; the grid point is shown as failed
+            rec = {"method": run.method, "budget": dict(run.budget), "lr": run.lr, "seed": run.seed,
+                   "budget_label": budget_label(run.budget), "status": f"error: {type(e).__name__}",
+                   "best_mse": None, "final_mse": None, "trainable_pct": None}
+        b = self.backend
+        rec.update(model_seed=cfg.model_seed, config=self.cdict, backend=b.name, mamba_ssm_version=b.version,
+                   fused=b.inner_fn is not None and not rec.get("fused_fallback"),
+                   device=self._env["device"] if self.device.type == "cuda" else "cpu",
+                   commit=self._commit, date=utc_now(), frozen_params=exp.n_frozen)
+        return [rec]
+
+
+# ------------------------------------------------------------------------------- summary, plot, main
+def current_records(cfg: HybridRegressionConfig, records: Sequence[dict]) -> List[dict]:
+    """Records of one configuration (``cfg``'s if the file has it, else the last record's), never mixed."""
+    return one_configuration(records, lambda r: run_key(r.get("config", {})), run_key(config_dict(cfg)), note=_log)
+
+
+def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
+    """Best-of-grid table on stdout (mean over seeds; 'lr edge' flags a best lr still at an edge of its grid)."""
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    print(f"{'method':<26} {'budget':<26} {'trainable %':>11} {'best MSE':>10} {'min':>10} {'max':>10} {'lr':>8}  lr edge")
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
+        f = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+        print(f"{r['method']:<26} {r['budget_label']:<26} {(r['trainable_pct'] or 0):11.3f} {f(r['mean']):>10} "
+              f"{f(r.get('min')):>10} {f(r.get('max')):>10} {r['lr']!s:>8}  {edge_label(r)}")
+    return rows
+
+
+def note(records: Sequence[dict]) -> str:
+    """The run description under the figure: backend, devices, layout, sizes, iterations, commits."""
+    r0 = records[0]
+    c = r0.get("config", {})
+    kinds = "".join(k[0].upper() for k in r0.get("layer_kinds", []))
+    devices = ", ".join(sorted({str(r.get("device")) for r in records}))
+    return (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {devices}; frozen {kinds} "
+            f"(A = attention, M = Mamba; d_model {c.get('d_model')}, H {c.get('frozen_d_state')}, {c.get('n_heads')} "
+            f"heads, {c.get('norm')}), target {c.get('target_layers')} layers (H {c.get('target_d_state')}); "
+            f"{c.get('iters')} AdamW iters, best lr per point; commits "
+            f"{', '.join(sorted({str(r.get('commit')) for r in records}))}")
+
+
+def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None, cfg: Optional[HybridRegressionConfig] = None):
+    """The MSE-vs-trainable figure from the results file alone."""
+    from synthetic.plots import plot_mse_vs_params
+
+    records = ResultsFile(paths["json"]).runs()
+    if cfg is not None:
+        records = current_records(cfg, records)
+    if not records:
+        _log(f"no records in {paths['json']}; nothing to plot")
+        return []
+    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
+    return plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note(records),
+                              title="Hybrid (attention + Mamba) regression: MSE vs. trainable parameters")
+
+
+def _summarise(cfg: HybridRegressionConfig) -> None:
+    paths, policy = out_paths(cfg), lr_policy(cfg)
+    summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
+    try:
+        plot(paths, policy, cfg)
+    except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
+        _log(f"no plots ({e}); run again with --plot-only")
+
+
+def run(cfg: HybridRegressionConfig) -> Path:
+    check_options(cfg)
+    paths = out_paths(cfg)
+    if cfg.merge:
+        merge_shards(paths["json"], log=_log)
+        _summarise(cfg)
+        return paths["json"]
+    if cfg.plot_only:
+        summary(current_records(cfg, ResultsFile(paths["json"]).runs()), lr_policy(cfg))
+        plot(paths, lr_policy(cfg), cfg)
+        return paths["json"]
+    shard = parse_shard(cfg.shard)
+    exp = HybridExperiment(cfg)
+    if cfg.dry_run:
+        print_plan(exp, shard)
+        return paths["json"]
+    st = run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
+    if shard is not None or not is_main_process():
+        return st.results
+    _summarise(cfg)
+    return paths["json"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_args(argv)
+    path = out_paths(cfg)["json"]
+    try:  # before anything runs: the results file reads (a corrupted one is never touched)
+        ResultsFile(path).load()
+        if cfg.plot_only and not ResultsFile(path).runs():
+            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
+                             "and --preset of an earlier run)")
+    except ValueError as e:
+        print(f"python -m synthetic.{NAME}: error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
