@@ -221,3 +221,52 @@ def check_theorem1_relu(n: int, seed: int) -> ClaimResult:
             f"(lazy ReLU at group boundaries); without shifts {broke_lin}/{tried}, with negative inputs "
             f"{broke_neg}/{tried} instances break (inputs must be in [0, x_max])")
     return ClaimResult(NAME, n, worst, "verified" if ok else "FAILED", note)
+
+
+FORM_NAME = "Theorem 1 in the experiment's own form: conjugate-pair S4D, a target with a skip (u* != 0), linear and ReLU"
+
+
+def _conj_pair_deep(L: int, D: int, H: int, activation: str, g: torch.Generator) -> DeepSSM:
+    """A random deep S4 with conjugate-pair modes (the experiment's form), skip inside, residual and bias."""
+    from .deep import DeepLayer, random_s4_ssm
+
+    base = random_deep(L, D, H, activation=activation, skip="inside", residual=True, bias=True, generator=g)
+    return base.with_layers([DeepLayer(random_s4_ssm(D, H, generator=g, conj_pairs=True), l.W, l.beta, l.u)
+                             for l in base.layers])
+
+
+@claim(FORM_NAME, order=46)
+def check_theorem1_experiment_form(n: int, seed: int) -> ClaimResult:
+    """Random conjugate-pair instances whose target has a skip (as ``synthetic.s4``'s target): with
+    ``target_residual=True`` the linear and the ReLU construction (offsets from the first N taps) equal the target on
+    integer inputs 0..9; the same budget as Theorem 1's; without the option the target is refused; zeroing the
+    processed channels' u (Theorem 1's rule for a target without skip) misses it."""
+    g = torch.Generator().manual_seed(seed)
+    worst, ok, missed = 0.0, True, 0
+    for i in range(n):
+        act = ("identity", "relu")[i % 2]
+        L = 2 + int(torch.randint(0, 3, (1,), generator=g))
+        D = int(torch.randint(2, 6, (1,), generator=g))
+        H = int(torch.randint(1, 4, (1,), generator=g))
+        frozen, target = _conj_pair_deep(L, D, H, act, g), _conj_pair_deep(1, D, 1 + i % H, act, g)
+        N = 20
+        x = integer_inputs(3, D, N, 9, g)
+        if act == "identity":
+            up = construct_theorem1(frozen, target, target_residual=True)
+        else:
+            up = construct_theorem1_relu(frozen, target, x_max=9.0, target_residual=True, seq_len=N)
+        y = deep_forward(target, x)
+        worst = max(worst, rel_err(deep_forward(up.model, x), y))
+        ok &= up.budget.max_channels <= math.ceil(D / L) and up.budget.full_W_layers == (L - 1,)
+        try:
+            construct_theorem1(replace(frozen, activation="identity"), replace(target, activation="identity"))
+            ok = False  # a residual target must be refused without the option
+        except ValueError:
+            pass
+        zero_u = up.model.with_layers([replace(l, u=torch.where(l.u == 1, l.u, torch.zeros_like(l.u)))
+                                       for l in up.model.layers])
+        missed += rel_err(deep_forward(zero_u, x), y) > BREAK_RTOL
+    ok &= worst <= DEEP_RTOL[torch.float64] and missed == n
+    note = (f"the form synthetic.s4.oracle trains from (linear and ReLU alternately); processed channels take u = u*: "
+            f"with u = 0 there {missed}/{n} miss the target")
+    return ClaimResult(FORM_NAME, n, worst, "verified" if ok else "FAILED", note)
