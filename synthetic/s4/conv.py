@@ -123,6 +123,75 @@ class ToeplitzConv(torch.autograd.Function):
         return dK, dx, None
 
 
+def full_diagonal_sums(M: Tensor) -> Tensor:
+    """``out[..., Q−1+k] = Σ_t M[..., t, t − k]`` for k = −(Q−1)..Q−1 (every diagonal of a square M): (..., 2Q−1).
+
+    The skew trick of :func:`diagonal_sums` keeping the diagonals above the main one too.
+    """
+    Q = M.shape[-1]
+    P = torch.nn.functional.pad(M.flip(-1), (0, Q))  # (..., Q, 2Q)
+    P = P.reshape(*M.shape[:-2], 2 * Q * Q)[..., : Q * (2 * Q - 1)].reshape(*M.shape[:-2], Q, 2 * Q - 1)
+    return P.sum(-2)  # (..., 2Q−1)
+
+
+def block_toeplitz_index(nc: int, Q: int, device) -> Tensor:
+    """(nc, Q, Q) indices into ``[K_0..K_{nc·Q−1}, 0]``: block lag d holds ``d·Q + i − j`` (``nc·Q`` where negative)."""
+    i = torch.arange(Q, device=device)
+    lag = torch.arange(nc, device=device)[:, None, None] * Q + i[:, None] - i[None, :]  # (nc, Q, Q)
+    return torch.where(lag >= 0, lag, torch.full_like(lag, nc * Q))
+
+
+class BlockToeplitzConv(torch.autograd.Function):
+    """:class:`ToeplitzConv` by blocks: ``y_c = Σ_{d=0}^{c} T_d x_{c−d}`` over chunks of length Q, where
+    ``T_d[i, j] = K_{dQ+i−j}`` (Q×Q; T_0 lower-triangular). The zero blocks above the diagonal are skipped, so
+    the products cost ``N²·(nc+1)/(2nc)`` instead of ``N²`` per column. One batched matmul per block lag d over
+    the chunks ``c ≥ d``; backward ``dx_{c} += T_dᵀ dy_{c+d}``, ``dT_d = Σ_c dy_{c+d} x_cᵀ`` and ``dK`` from the
+    diagonal sums of each ``dT_d`` (:func:`full_diagonal_sums`).
+
+    K: (R, D, N); x: (R, D, N, B) or (D, N, B), N = nc·Q; bidx = ``block_toeplitz_index(nc, Q)`` -> (R, D, N, B).
+    Same contract as :class:`ToeplitzConv`; a test holds the two together.
+    """
+
+    @staticmethod
+    def forward(ctx, K, x, bidx):
+        nc, Q = bidx.shape[0], bidx.shape[1]
+        T = torch.cat([K, torch.zeros_like(K[..., :1])], dim=-1)[..., bidx]  # (R, D, nc, Q, Q)
+        xc = x.reshape(*x.shape[:-2], nc, Q, x.shape[-1])  # (.., D, nc, Q, B)
+        y = torch.matmul(T[:, :, :1], xc)  # d = 0: (R, D, nc, Q, B)
+        for d in range(1, nc):
+            y[:, :, d:] += torch.matmul(T[:, :, d:d + 1], xc[..., : nc - d, :, :])
+        ctx.save_for_backward(T, x)
+        ctx.nc_Q = (nc, Q)
+        return y.reshape(*y.shape[:2], nc * Q, y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        T, x = ctx.saved_tensors
+        nc, Q = ctx.nc_Q
+        R, D = T.shape[0], T.shape[1]
+        dyc = dy.reshape(R, D, nc, Q, dy.shape[-1])  # (R, D, nc, Q, B)
+        xc = x.reshape(*x.shape[:-2], nc, Q, x.shape[-1])
+        dK = dx = None
+        if ctx.needs_input_grad[0]:
+            dK = dy.new_zeros(R, D, nc, Q)
+            for d in range(nc):
+                dT = torch.matmul(dyc[:, :, d:], xc[..., : nc - d, :, :].transpose(-1, -2)).sum(2)  # (R, D, Q, Q)
+                full = full_diagonal_sums(dT)  # (R, D, 2Q−1): lags dQ − (Q−1) .. dQ + Q − 1
+                dK[:, :, d] += full[..., Q - 1:]
+                if d:
+                    dK[:, :, d - 1, 1:] += full[..., : Q - 1]
+            dK = dK.reshape(R, D, nc * Q)
+        if ctx.needs_input_grad[1]:
+            Tt = T.transpose(-1, -2)
+            dxc = torch.matmul(Tt[:, :, :1], dyc)  # (R, D, nc, Q, B)
+            for d in range(1, nc):
+                dxc[:, :, : nc - d] += torch.matmul(Tt[:, :, d:d + 1], dyc[:, :, d:])
+            dx = dxc.reshape(dy.shape)
+            if x.dim() < dx.dim():
+                dx = dx.sum(0)
+        return dK, dx, None
+
+
 def _unit_scale(t: Tensor, dims) -> Tuple[Tensor, Tensor]:
     """``(t / s, s)`` with ``s = max |t|`` over ``dims`` (kept), 1 where that max is 0: per-(run, channel)
     scaling so that the half-precision copy uses fp16's full relative precision and cannot overflow."""
@@ -264,7 +333,23 @@ def chunked_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None, 
     return s[..., :N, :] if Np > N else s
 
 
-CONV_FORMS = {"toeplitz": toeplitz_form, "fft": fft_form, "chunked": chunked_form}
+def blocked_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None, Q: int = 0) -> Tensor:
+    """The Toeplitz product by Q×Q blocks, zero blocks skipped (:class:`BlockToeplitzConv`; idx unused):
+    exact for any kernel, ``(nc+1)/(2nc)`` of the Toeplitz form's GEMM work -> (R, D, N, B).
+
+    Q: block length (0: :func:`chunk_length`); x is zero-padded to nc·Q positions.
+    """
+    N = x.shape[-2]
+    Q = Q or chunk_length(N)
+    nc = -(-N // Q)
+    if nc * Q > N:
+        x = torch.nn.functional.pad(x, (0, 0, 0, nc * Q - N))  # (..., D, nc·Q, B)
+    K = s4d_kernel(p, nc * Q)  # (R, D, nc·Q)
+    s = BlockToeplitzConv.apply(K, x, block_toeplitz_index(nc, Q, x.device))  # (R, D, nc·Q, B)
+    return s[..., :N, :] if nc * Q > N else s
+
+
+CONV_FORMS = {"toeplitz": toeplitz_form, "blocked": blocked_form, "fft": fft_form, "chunked": chunked_form}
 
 
 def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None) -> Tensor:
@@ -288,6 +373,7 @@ def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None
 # ----------------------------------------------------------------------------------- the selector
 DEFAULT_CROSSOVER_N = 512  # no table: Toeplitz up to N = 512 (its GEMMs win at short N), chunked above
 SCALING_TABLE = "figures/bench_s4_scaling_{device}.json"  # written by ``python -m synthetic.bench --scaling``
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the table is looked up here, whatever the working directory
 
 
 def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
@@ -299,7 +385,7 @@ def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
     ignored). Without one: ``toeplitz`` for N <= :data:`DEFAULT_CROSSOVER_N`, else ``chunked``.
     """
     if table is None:
-        f = Path(path or SCALING_TABLE.format(device=device_type))
+        f = Path(path) if path else REPO_ROOT / SCALING_TABLE.format(device=device_type)
         if f.exists():
             try:
                 table = json.loads(f.read_text())
