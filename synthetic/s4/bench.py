@@ -32,6 +32,7 @@ import torch
 
 from synthetic.s4 import model as sm
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
+from synthetic.s4.conv import CONV_FORMS
 from synthetic.cli import check_out_dir, check_overwrite, write_json_atomic
 from synthetic.results import environment
 
@@ -149,6 +150,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="figures/bench_s4.json",
                    help="the report (JSON); a report of another device or configuration there is kept unless --force")
     p.add_argument("--force", action="store_true", help="replace a report of another device or configuration")
+    p.add_argument("--scaling-N", default="200,800,3200", help="--scaling: sequence lengths")
+    p.add_argument("--scaling-D", default="64,256", help="--scaling: channel counts")
+    p.add_argument("--scaling-forms", default=",".join(CONV_FORMS), help="--scaling: convolution forms")
+    p.add_argument("--scaling-tokens", type=int, default=0,
+                   help="--scaling: batch = max(1, tokens // (D·N)) (0: 64·200·4000 on CUDA, 64·200·64 on CPU)")
+    p.add_argument("--scaling-max-gb", type=float, default=0.0,
+                   help="--scaling: skip a form whose estimated step memory exceeds this (0: 100 on CUDA, 8 on CPU)")
     a = p.parse_args(argv)
     if a.scaling:
         from synthetic.s4.bench_scaling import run_scaling
