@@ -51,7 +51,7 @@ def estimate_gb(form: str, L: int, D: int, N: int, B: int) -> float:
 
 
 def run_scaling(a, p) -> int:
-    from synthetic.s4.bench import bench_method, cpu_info  # here: bench imports this module lazily
+    from synthetic.s4.bench import bench_method  # here: bench imports this module lazily
 
     Ns, Ds = _ints(a.scaling_N, "--scaling-N", p), _ints(a.scaling_D, "--scaling-D", p)
     forms = [f.strip() for f in a.scaling_forms.split(",") if f.strip()]
@@ -104,15 +104,22 @@ def run_scaling(a, p) -> int:
                              "Q": conv.chunk_length(N) if form in ("chunked", "blocked") else None,
                              "est_gb": round(gb, 2), "device_type": device.type, "compiled": tr.use_compile})
                 print(f"N={N:5d} D={D:4d} B={B:5d} {form:9s} {ms:10.2f} ms/iter", flush=True)
+            write_json_atomic(out, _report(env, device, a, tokens, rows, t_all, done=False))  # partial: kept if cut off
     sm.set_conv_form("toeplitz")
+    write_json_atomic(out, _report(env, device, a, tokens, rows, t_all, done=True))
+    print("wrote", out)
+    return 0
+
+
+def _report(env, device, a, tokens, rows, t_all, done: bool) -> Dict:
+    from synthetic.s4.bench import cpu_info
+
     report = {"device": env["device"], "device_type": device.type, "commit": env["commit"], "date": env["date"],
               "torch": env["torch"], "precision": a.precision if device.type == "cuda" else "fp32",
               "what": "ms per run-iteration of a Full training step (R = 1), paper model, batch reduced",
               "batch_rule": f"batch = max(1, {tokens} // (D*N))", "tokens": tokens,
               "state_convention": a.state_convention, "timed_iters": a.iters, "rounds": a.rounds,
-              "results": rows, "wall_s": round(time.perf_counter() - t_all, 1)}
+              "results": rows, "complete": done, "wall_s": round(time.perf_counter() - t_all, 1)}
     if device.type == "cpu":
         report["cpu"] = cpu_info()
-    write_json_atomic(out, report)
-    print("wrote", out)
-    return 0
+    return report
