@@ -140,6 +140,12 @@ def test_choose_form_default_rule_and_table(tmp_path):
     assert conv.choose_form(2000, 64, "cpu", table=_table(rows))[0] == "fft"
     # rows of another device type are ignored: the default rule applies
     assert conv.choose_form(2000, 64, "cuda", table=_table(rows))[0] == "chunked"
+    # the batch is part of the distance: a large-batch row decides for a large batch
+    rows_b = [dict(N=200, D=64, batch=16, form="fft", ms_per_iter=1.0), dict(N=200, D=64, batch=16, form="toeplitz",
+              ms_per_iter=3.0), dict(N=200, D=64, batch=256, form="fft", ms_per_iter=9.0),
+              dict(N=200, D=64, batch=256, form="toeplitz", ms_per_iter=4.0)]
+    assert conv.choose_form(200, 64, "cpu", table=_table(rows_b), B=16)[0] == "fft"
+    assert conv.choose_form(200, 64, "cpu", table=_table(rows_b), B=300)[0] == "toeplitz"
     f = tmp_path / "t.json"
     f.write_text(json.dumps(_table(rows)))
     assert conv.choose_form(3000, 64, "cpu", path=str(f))[0] == "fft"

@@ -8,13 +8,15 @@ one run per step. The batch is reduced so that memory fits: ``batch = max(1, T /
 budget, ``--scaling-tokens``; 64·200·4000, the paper's, on CUDA): every row moves the same number of
 activations except where the floor of 1 applies, so ``us_per_token`` compares rows. A form whose estimated
 step memory exceeds ``--scaling-max-gb`` is recorded as skipped. For each (N, D) the forms are timed in
-interleaved rounds (A B C D A B C D ...), median reported. The file (default
+interleaved rounds (A B C D A B C D ...), median reported. ``--keep-previous`` keeps the file's rows of
+other (N, D, batch, form), so a table can be extended (e.g. by the training batch of a preset). The file (default
 ``figures/bench_s4_scaling_<device type>.json``) is also the calibration table of
 :func:`synthetic.s4.conv.choose_form` (``--conv auto``).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -73,6 +75,7 @@ def run_scaling(a, p) -> int:
     except ValueError as e:
         p.error(str(e))
     env = environment()
+    kept = _old_rows(out, device.type) if a.keep_previous else []  # --keep-previous: rows of other shapes stay
     rows: List[Dict] = []
     t_all = time.perf_counter()
     for N in Ns:
@@ -104,11 +107,30 @@ def run_scaling(a, p) -> int:
                              "Q": conv.chunk_length(N) if form in ("chunked", "blocked") else None,
                              "est_gb": round(gb, 2), "device_type": device.type, "compiled": tr.use_compile})
                 print(f"N={N:5d} D={D:4d} B={B:5d} {form:9s} {ms:10.2f} ms/iter", flush=True)
-            write_json_atomic(out, _report(env, device, a, tokens, rows, t_all, done=False))  # partial: kept if cut off
+            write_json_atomic(out, _report(env, device, a, tokens, _merge(rows, kept), t_all, done=False))  # partial: kept if cut off
     sm.set_conv_form("toeplitz")
-    write_json_atomic(out, _report(env, device, a, tokens, rows, t_all, done=True))
+    write_json_atomic(out, _report(env, device, a, tokens, _merge(rows, kept), t_all, done=True))
     print("wrote", out)
     return 0
+
+
+def _key(r: Dict) -> tuple:
+    return r["N"], r["D"], r["batch"], r["form"]
+
+
+def _old_rows(path: str, device_type: str) -> List[Dict]:
+    """Rows of an earlier table at ``path`` for the same device type (none if missing or unreadable)."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in old.get("results", []) if r.get("device_type") == device_type]
+
+
+def _merge(rows: List[Dict], kept: List[Dict]) -> List[Dict]:
+    """This run's rows, then the kept rows of other (N, D, batch, form)."""
+    new = {_key(r) for r in rows}
+    return rows + [r for r in kept if _key(r) not in new]
 
 
 def _report(env, device, a, tokens, rows, t_all, done: bool) -> Dict:

@@ -377,12 +377,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the table is looked up here, 
 
 
 def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
-                path: Optional[str] = None) -> Tuple[str, str]:
-    """The convolution form for sequence length N and D channels on ``device_type`` ("cpu", "cuda"), and why.
+                path: Optional[str] = None, B: Optional[int] = None) -> Tuple[str, str]:
+    """The convolution form for sequence length N, D channels and batch B on ``device_type`` ("cpu", "cuda"), and why.
 
     With a scaling table (``table``, or the JSON at ``path`` / :data:`SCALING_TABLE` for the device type):
-    the fastest form at the measured (N', D') nearest to (N, D) in log scale (rows of another device type are
-    ignored). Without one: ``toeplitz`` for N <= :data:`DEFAULT_CROSSOVER_N`, else ``chunked``.
+    the fastest form at the measured (N', D', B') nearest to (N, D, B) in log scale (the batch matters: the
+    Toeplitz form's N×N work per channel does not grow with B, its products do; B None: N and D only). Rows of
+    another device type are ignored. Without a table: ``toeplitz`` for N <= :data:`DEFAULT_CROSSOVER_N`, else
+    ``chunked``.
     """
     if table is None:
         f = Path(path) if path else REPO_ROOT / SCALING_TABLE.format(device=device_type)
@@ -395,10 +397,12 @@ def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
             and r.get("device_type", device_type) == device_type and r.get("form") in CONV_FORMS]
     if rows:
         def dist(r):
-            return abs(math.log(r["N"] / N)) + abs(math.log(r["D"] / D))
+            db = abs(math.log(r["batch"] / B)) if B and r.get("batch") else 0.0
+            return abs(math.log(r["N"] / N)) + abs(math.log(r["D"] / D)) + db
         best = min(dist(r) for r in rows)
         near = [r for r in rows if dist(r) == best]
         r = min(near, key=lambda r: r["ms_per_iter"])
-        return r["form"], f"measured: fastest at N={r['N']}, D={r['D']} ({r['ms_per_iter']} ms/iter)"
+        return r["form"], (f"measured: fastest at N={r['N']}, D={r['D']}, batch={r.get('batch')} "
+                           f"({r['ms_per_iter']} ms/iter)")
     form = "toeplitz" if N <= DEFAULT_CROSSOVER_N else "chunked"
     return form, f"default rule (no scaling table): toeplitz for N <= {DEFAULT_CROSSOVER_N}, else chunked"

@@ -40,7 +40,7 @@ def conv_form(cfg: Config, device: torch.device) -> Tuple[str, str]:
         return "toeplitz", "--precision fp16: fp16 Toeplitz GEMMs"
     if cfg.conv != "auto":
         return cfg.conv, "--conv"
-    return choose_form(cfg.N, cfg.D, device.type)
+    return choose_form(cfg.N, cfg.D, device.type, B=cfg.batch)
 
 
 class Trainer:
