@@ -237,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if official:
         report["official"] = official
     if a.keep_previous:
-        report["previous"] = previous_reports(a.out, ident)
+        report["previous"] = previous_reports(a.out, ident, a.runs)
     write_json_atomic(a.out, report)
     print("wrote", a.out)
     return 0
@@ -267,9 +267,9 @@ def load_reports(path) -> List[Dict]:
     return [{k: v for k, v in d.items() if k != "previous"}] + list(d.get("previous", []))
 
 
-def previous_reports(path, ident: Dict) -> List[Dict]:
-    """The reports at ``path`` to keep inside a new one: all of them except one of the same device and config
-    (that one is replaced). A missing file keeps nothing; an unreadable one keeps nothing and says so."""
+def previous_reports(path, ident: Dict, runs: int) -> List[Dict]:
+    """The reports at ``path`` to keep inside a new one: all of them except one of the same device, config and
+    runs per step (that one is replaced). A missing file keeps nothing; an unreadable one keeps nothing and says so."""
     if not Path(path).exists():
         return []
     try:
@@ -278,7 +278,8 @@ def previous_reports(path, ident: Dict) -> List[Dict]:
         print(f"warning: {path} unreadable ({e}); not kept")
         return []
     ident = json.loads(json.dumps(ident))
-    return [r for r in old if not (r.get("device") == ident["device"] and r.get("config") == ident["config"])]
+    return [r for r in old if not (r.get("device") == ident["device"] and r.get("config") == ident["config"]
+                                   and r.get("runs_per_step", 1) == runs)]
 
 
 def cpu_info() -> Dict:
