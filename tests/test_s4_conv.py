@@ -88,7 +88,7 @@ def test_block_toeplitz_conv_equals_toeplitz_conv(nc, Q, R, B, shared):
     K = torch.randn(R, D, N, generator=g, dtype=F64, requires_grad=True)
     x = torch.randn(*((D,) if shared else (R, D)), N, B, generator=g, dtype=F64, requires_grad=True)
     dy = torch.randn(R, D, N, B, generator=g, dtype=F64)
-    a = conv.BlockToeplitzConv.apply(K, x, conv.block_toeplitz_index(nc, Q, "cpu"))
+    a = conv.from_chunks(conv.BlockToeplitzConv.apply(K, conv.to_chunks(x, Q), conv.block_toeplitz_index(nc, Q, "cpu")), nc)
     b = conv.ToeplitzConv.apply(K, x, conv.toeplitz_index(N, "cpu"))
     assert rel_err(a, b) < RTOL[F64]
     for u, v in zip(torch.autograd.grad((a * dy).sum(), (K, x)), torch.autograd.grad((b * dy).sum(), (K, x))):

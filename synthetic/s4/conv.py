@@ -141,41 +141,52 @@ def block_toeplitz_index(nc: int, Q: int, device) -> Tensor:
     return torch.where(lag >= 0, lag, torch.full_like(lag, nc * Q))
 
 
+def to_chunks(x: Tensor, Q: int) -> Tensor:
+    """(..., nc·Q, B) -> chunk-major (..., Q, nc·B): column ``c·B + b`` of row i is ``x[c·Q + i, b]``."""
+    nc, B = x.shape[-2] // Q, x.shape[-1]
+    return x.reshape(*x.shape[:-2], nc, Q, B).transpose(-3, -2).reshape(*x.shape[:-2], Q, nc * B)
+
+
+def from_chunks(y: Tensor, nc: int) -> Tensor:
+    """The inverse of :func:`to_chunks`: (..., Q, nc·B) -> (..., nc·Q, B)."""
+    Q, B = y.shape[-2], y.shape[-1] // nc
+    return y.reshape(*y.shape[:-2], Q, nc, B).transpose(-3, -2).reshape(*y.shape[:-2], nc * Q, B)
+
+
 class BlockToeplitzConv(torch.autograd.Function):
     """:class:`ToeplitzConv` by blocks: ``y_c = Σ_{d=0}^{c} T_d x_{c−d}`` over chunks of length Q, where
     ``T_d[i, j] = K_{dQ+i−j}`` (Q×Q; T_0 lower-triangular). The zero blocks above the diagonal are skipped, so
-    the products cost ``N²·(nc+1)/(2nc)`` instead of ``N²`` per column. One batched matmul per block lag d over
-    the chunks ``c ≥ d``; backward ``dx_{c} += T_dᵀ dy_{c+d}``, ``dT_d = Σ_c dy_{c+d} x_cᵀ`` and ``dK`` from the
-    diagonal sums of each ``dT_d`` (:func:`full_diagonal_sums`).
+    the products cost ``N²·(nc+1)/(2nc)`` instead of ``N²`` per column. In the chunk-major layout
+    (:func:`to_chunks`) the chunks ``c < nc − d`` are the first ``(nc−d)·B`` columns, so each block lag d is one
+    GEMM on a strided view (no copies): ``Y[:, dB:] += T_d X[:, :(nc−d)B]``; backward
+    ``dX[:, :(nc−d)B] += T_dᵀ dY[:, dB:]``, ``dT_d = dY[:, dB:] X[:, :(nc−d)B]ᵀ`` and ``dK`` from the diagonal sums
+    of each ``dT_d`` (:func:`full_diagonal_sums`).
 
-    K: (R, D, N); x: (R, D, N, B) or (D, N, B), N = nc·Q; bidx = ``block_toeplitz_index(nc, Q)`` -> (R, D, N, B).
-    Same contract as :class:`ToeplitzConv`; a test holds the two together.
+    K: (R, D, nc·Q); xc: (R, D, Q, nc·B) or (D, Q, nc·B) chunk-major; bidx = ``block_toeplitz_index(nc, Q)``
+    -> (R, D, Q, nc·B) chunk-major. A test holds it to :class:`ToeplitzConv`.
     """
 
     @staticmethod
-    def forward(ctx, K, x, bidx):
+    def forward(ctx, K, xc, bidx):
         nc, Q = bidx.shape[0], bidx.shape[1]
+        B = xc.shape[-1] // nc
         T = torch.cat([K, torch.zeros_like(K[..., :1])], dim=-1)[..., bidx]  # (R, D, nc, Q, Q)
-        xc = x.reshape(*x.shape[:-2], nc, Q, x.shape[-1])  # (.., D, nc, Q, B)
-        y = torch.matmul(T[:, :, :1], xc)  # d = 0: (R, D, nc, Q, B)
+        y = torch.matmul(T[:, :, 0], xc)  # d = 0: (R, D, Q, nc·B)
         for d in range(1, nc):
-            y[:, :, d:] += torch.matmul(T[:, :, d:d + 1], xc[..., : nc - d, :, :])
-        ctx.save_for_backward(T, x)
-        ctx.nc_Q = (nc, Q)
-        return y.reshape(*y.shape[:2], nc * Q, y.shape[-1])
+            y[..., d * B:] += torch.matmul(T[:, :, d], xc[..., : (nc - d) * B])
+        ctx.save_for_backward(T, xc)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        T, x = ctx.saved_tensors
-        nc, Q = ctx.nc_Q
-        R, D = T.shape[0], T.shape[1]
-        dyc = dy.reshape(R, D, nc, Q, dy.shape[-1])  # (R, D, nc, Q, B)
-        xc = x.reshape(*x.shape[:-2], nc, Q, x.shape[-1])
+        T, xc = ctx.saved_tensors
+        R, D, nc, Q = T.shape[0], T.shape[1], T.shape[2], T.shape[3]
+        B = dy.shape[-1] // nc
         dK = dx = None
         if ctx.needs_input_grad[0]:
             dK = dy.new_zeros(R, D, nc, Q)
             for d in range(nc):
-                dT = torch.matmul(dyc[:, :, d:], xc[..., : nc - d, :, :].transpose(-1, -2)).sum(2)  # (R, D, Q, Q)
+                dT = torch.matmul(dy[..., d * B:], xc[..., : (nc - d) * B].transpose(-1, -2))  # (R, D, Q, Q)
                 full = full_diagonal_sums(dT)  # (R, D, 2Q−1): lags dQ − (Q−1) .. dQ + Q − 1
                 dK[:, :, d] += full[..., Q - 1:]
                 if d:
@@ -183,11 +194,10 @@ class BlockToeplitzConv(torch.autograd.Function):
             dK = dK.reshape(R, D, nc * Q)
         if ctx.needs_input_grad[1]:
             Tt = T.transpose(-1, -2)
-            dxc = torch.matmul(Tt[:, :, :1], dyc)  # (R, D, nc, Q, B)
+            dx = torch.matmul(Tt[:, :, 0], dy)  # (R, D, Q, nc·B)
             for d in range(1, nc):
-                dxc[:, :, : nc - d] += torch.matmul(Tt[:, :, d:d + 1], dyc[:, :, d:])
-            dx = dxc.reshape(dy.shape)
-            if x.dim() < dx.dim():
+                dx[..., : (nc - d) * B] += torch.matmul(Tt[:, :, d], dy[..., d * B:])
+            if xc.dim() < dx.dim():
                 dx = dx.sum(0)
         return dK, dx, None
 
@@ -299,10 +309,9 @@ def chunked_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None, 
     Np = nc * Q
     lx, ly, G_re, G_im = s4d_modes(p)  # (R, D, Hc)
     R, D, Hc = lx.shape
-    lead = x.shape[:-2]  # (R, D) or (D,)
     if Np > N:
         x = torch.nn.functional.pad(x, (0, 0, 0, Np - N))  # (..., D, Np, B)
-    xc = x.reshape(*lead, nc, Q, B).transpose(-3, -2).reshape(*lead, Q, nc * B)  # (..., D, Q, nc·B)
+    xc = to_chunks(x, Q)  # (..., D, Q, nc·B)
     # (1) intra-chunk Toeplitz products, skip folded into lag 0
     KQ = s4d_kernel(p, Q)  # (R, D, Q)
     s = ToeplitzConv.apply(KQ, xc, toeplitz_index(Q, x.device))  # (R, D, Q, nc·B)
@@ -329,7 +338,7 @@ def chunked_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None, 
         GP_im = G_re[..., None] * P_im + G_im[..., None] * P_re  # Im(G λ^{i+1})
         Wout = 2 * torch.cat([GP_re, -GP_im], dim=-2).transpose(-1, -2)  # (R, D, Q, 2Hc)
         s = s + torch.matmul(Wout, S)  # (R, D, Q, nc·B)
-    s = s.reshape(R, D, Q, nc, B).transpose(-3, -2).reshape(R, D, Np, B)  # (R, D, Np, B)
+    s = from_chunks(s, nc)  # (R, D, Np, B)
     return s[..., :N, :] if Np > N else s
 
 
@@ -345,7 +354,8 @@ def blocked_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None, 
     if nc * Q > N:
         x = torch.nn.functional.pad(x, (0, 0, 0, nc * Q - N))  # (..., D, nc·Q, B)
     K = s4d_kernel(p, nc * Q)  # (R, D, nc·Q)
-    s = BlockToeplitzConv.apply(K, x, block_toeplitz_index(nc, Q, x.device))  # (R, D, nc·Q, B)
+    s = BlockToeplitzConv.apply(K, to_chunks(x, Q), block_toeplitz_index(nc, Q, x.device))  # (R, D, Q, nc·B)
+    s = from_chunks(s, nc)  # (R, D, nc·Q, B)
     return s[..., :N, :] if nc * Q > N else s
 
 
