@@ -9,6 +9,7 @@
 #   (iii) the scaling table N in {200, 800, 3200} x D in {64, 256} x form, eager (no compile), batch such that
 #         D*N*B = 64*200*4000, into figures/bench_s4_scaling_cuda.json (choose_form's table on CUDA)
 #   (iv)  RUN_SWEEP=1: the official-preset sweep for SWEEP_BUDGET seconds (default 90) into a scratch folder
+#   SPLITK=16: also the split-K projection lever (--proj-split 16), R = 16, Full, into bench_s4_splitk.json (+~90 s)
 # Everything is written under "$OUT" (figures/ copies, logs, summary.json); the log is tee'd to $OUT/gpu_speed.log.
 #   bash scripts/gpu_speed.sh            (from the repo root; OUT defaults to ./out/gpu_speed)
 set -euo pipefail
@@ -37,6 +38,12 @@ else
 fi
 timeout 200 "$PY" -m synthetic.bench --runs 1 --methods "$METHODS" --iters 20 --warm 3 --check-iters 0 \
     ${OFFICIAL[@]+"${OFFICIAL[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json"
+
+if [ "${SPLITK:-0}" -gt 1 ]; then
+    echo "== lever: split-K projection weight gradient (--proj-split $SPLITK), R = 16, Full (separate file)"
+    timeout 150 "$PY" -m synthetic.bench --runs 16 --methods Full --iters 10 --warm 3 --check-iters 0 \
+        --proj-split "$SPLITK" --out "$OUT/figures/bench_s4_splitk.json" || echo "split-K run stopped"
+fi
 
 echo "== (iii) scaling table (eager)"
 timeout 150 "$PY" -m synthetic.bench --scaling --device cuda --no-compile --iters 5 --warm 2 --rounds 2 \

@@ -165,3 +165,35 @@ def test_conv_option_validated_and_used(tmp_path):
     finally:
         sm.set_conv_form("toeplitz")
     assert "conv" not in s4c.key_fields(vars(cfg))  # the form changes rounding only: not part of a run's key
+
+
+@given(R=st.integers(1, 2), D=st.integers(1, 4), M=st.integers(1, 40), k=st.integers(1, 9))
+def test_split_k_projection_equals_bmm(R, D, M, k):
+    from synthetic.s4.proj import projection, split_k_projection
+
+    g = torch.Generator().manual_seed(R * 1000 + D * 100 + M)
+    W = torch.randn(R, D, D, generator=g, dtype=F64, requires_grad=True)
+    s = torch.randn(R, D, M, generator=g, dtype=F64, requires_grad=True)
+    dz = torch.randn(R, D, M, generator=g, dtype=F64)
+    a, b = split_k_projection(W, s, k), projection(W, s)
+    assert torch.equal(a, b)  # the forward is the same bmm
+    for u, v in zip(torch.autograd.grad((a * dz).sum(), (W, s)), torch.autograd.grad((b * dz).sum(), (W, s))):
+        assert rel_err(u, v) < RTOL[F64]
+
+
+def test_proj_split_option_reaches_the_layer(tmp_path):
+    cfg = s4c.parse_config(["--preset", "tiny", "--proj-split", "4", "--out", str(tmp_path), "--no-compile"])
+    try:
+        s4t.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
+        assert sm._PROJ_SPLIT == 4
+        layers = [sm.init_layer(3, 2, generator=torch.Generator().manual_seed(1), dtype=F64)]
+        stack = [{k: v[None].clone().requires_grad_(True) for k, v in q.items()} for q in layers]
+        x = torch.randn(3, 10, 2, dtype=F64)
+        idx = sm.toeplitz_index(10, "cpu")
+        g4 = torch.autograd.grad(sm.deep_forward(stack, x, idx).sum(), stack[0]["W"])[0]
+        sm.set_proj_split(0)
+        g0 = torch.autograd.grad(sm.deep_forward(stack, x, idx).sum(), stack[0]["W"])[0]
+        assert rel_err(g4, g0) < RTOL[F64]
+    finally:
+        sm.set_proj_split(0)
+    assert "proj_split" not in s4c.key_fields(vars(cfg))

@@ -130,6 +130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--conv", default="auto", choices=s4c.CONV_CHOICES, help="convolution form (synthetic.s4.conv)")
     p.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's)")
+    p.add_argument("--proj-split", type=int, default=0,
+                   help="> 1: the projection's weight gradient split in that many chunks of N·B (synthetic.s4.proj)")
     p.add_argument("--state-convention", default="pairs", choices=("pairs", "complex"),
                    help="'complex': H complex modes per channel, as the official code's d_state (its CPU timing)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -181,7 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision, "--conv", a.conv,
-                            "--state-convention", a.state_convention] + (["--batch", str(a.batch)] if a.batch else [])
+                            "--state-convention", a.state_convention, "--proj-split", str(a.proj_split)]
+                           + (["--batch", str(a.batch)] if a.batch else [])
                            + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"]))
     device = s4t.resolve_device(cfg)
     ident = {"device": environment()["device"], "config": report_config(cfg)}
@@ -229,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
               "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
               "compiled": trainer.use_compile, "config": report_config(cfg), "conv": trainer.conv,
-              "conv_reason": trainer.conv_reason, "runs_per_step": a.runs, "timed_iters": a.iters,
+              "conv_reason": trainer.conv_reason, "proj_split": cfg.proj_split, "runs_per_step": a.runs, "timed_iters": a.iters,
               "rounds": a.rounds, "results": results, "precision_check": check,
               "wall_s": round(time.perf_counter() - t_all, 1)}
     if device.type == "cpu":

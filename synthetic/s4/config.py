@@ -53,6 +53,7 @@ class Config:
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU
     conv: str = "auto"  # causal convolution form (synthetic.s4.conv): "toeplitz", "fft", "chunked", or "auto" (the
     # measured crossover, synthetic.s4.conv.choose_form); with --precision fp16 the Toeplitz form is used
+    proj_split: int = 0  # > 1: the projection's weight gradient as that many chunks of N·B, batched, summed (GPU lever)
     runs_per_step: int = 0  # R > 0: pack up to R runs of one seed (any method of the default graph) into a step
     time_budget: float = 0.0  # seconds; stop starting new run groups after this (0 = no limit)
     out: str = "figures"
@@ -93,7 +94,7 @@ PRESETS: Dict[str, Dict] = {
 
 # Fields that do not change a run's result (kept out of the resume key).
 NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks",
-               "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "conv", "time_budget", "out",
+               "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "conv", "proj_split", "time_budget", "out",
                "plot_only", "dry_run", "shard", "merge", "runs_per_step", "curve_points", "prompt_lens", "prefix_lens", "dora_ranks", "additional_states"}
 # Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
 OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
@@ -178,7 +179,7 @@ def validate(cfg: Config) -> Config:
     if cfg.time_budget < 0:
         raise ValueError(f"--time-budget: must be >= 0, got {cfg.time_budget}")
     check_shard_options(cfg)
-    check_numbers(cfg, nonnegative=("weight_decay", "magnitude_floor", "time_budget", "runs_per_step"),
+    check_numbers(cfg, nonnegative=("weight_decay", "magnitude_floor", "time_budget", "runs_per_step", "proj_split"),
                   positive=("warmup_lr",))
     check_out_dir(cfg.out)
     _validate_benchmark_budgets(cfg)

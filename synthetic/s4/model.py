@@ -46,6 +46,7 @@ import torch
 from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm detached in the backward (as peft)
 from synthetic.s4.conv import (CONV_FORMS, ToeplitzConv, ToeplitzConvHalf, diagonal_sums,  # noqa: F401
                                 s4d_kernel, s4d_modes, toeplitz, toeplitz_index)  # re-exported: the layer's convolution
+from synthetic.s4.proj import split_k_projection
 
 Tensor = torch.Tensor
 
@@ -93,12 +94,19 @@ def count_layer_params(D: int, Hc: int) -> int:
 
 _HALF_CONV = False  # read when layer_forward is traced: set before compiling (set_half_conv)
 _CONV_FORM = "toeplitz"  # likewise (set_conv_form); a key of synthetic.s4.conv.CONV_FORMS
+_PROJ_SPLIT = 0  # likewise (set_proj_split): > 1 = the projection's weight gradient split in that many chunks
 
 
 def set_half_conv(enabled: bool) -> None:
     """Use :class:`ToeplitzConvHalf` (fp16 operands) instead of :class:`ToeplitzConv` in layer_forward."""
     global _HALF_CONV
     _HALF_CONV = bool(enabled)
+
+
+def set_proj_split(k: int) -> None:
+    """``k > 1``: the projection's weight gradient as k chunks of N·B (``synthetic.s4.proj.SplitKProjection``)."""
+    global _PROJ_SPLIT
+    _PROJ_SPLIT = int(k)
 
 
 def set_conv_form(form: str) -> None:
@@ -120,7 +128,10 @@ def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     else:
         s = CONV_FORMS[_CONV_FORM](p, x, idx)  # (R, D, N, B): conv + skip, in the form set by set_conv_form
     R, D = s.shape[0], s.shape[1]
-    z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
+    if _PROJ_SPLIT > 1:
+        z = split_k_projection(p["W"], s.reshape(R, D, -1), _PROJ_SPLIT)  # (R, D, N*B)
+    else:
+        z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
     return torch.relu(z + p["beta"][..., None]).reshape(s.shape)  # (R, D, N, B)
 
 

@@ -51,6 +51,7 @@ class Trainer:
         set_precision(cfg.precision, device)
         self.conv, self.conv_reason = conv_form(cfg, device)
         sm.set_conv_form(self.conv)
+        sm.set_proj_split(cfg.proj_split)
         self.idx = sm.toeplitz_index(cfg.N, device)
         self._idx_extra: Dict[int, Tensor] = {}
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
