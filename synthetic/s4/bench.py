@@ -3,6 +3,15 @@
     python -m synthetic.bench                      # paper configuration, writes figures/bench_s4.json
     python -m synthetic.bench --runs 3             # R runs trained together (the sweep's mode)
     python -m synthetic.bench --mamba [ARGS...]    # delegates to synthetic.mamba_bench.main(ARGS)
+    python -m synthetic.bench --scaling [...]      # the convolution forms' scaling table (synthetic.s4.bench_scaling)
+    python -m synthetic.bench --device cpu --batch 256 --state-convention complex --threads 2 --rounds 3 \
+        --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # issue 21's CPU comparison
+
+``--official-dir`` times the unmodified official code in the same call (``scripts/time_official_s4.py``, the
+difference of an HI- and a LO-iteration run, ``--official-iters``), interleaved with ours round by round
+(``--rounds``: medians reported), and records it under ``official`` with ``official_over_ours`` per method
+(its time is a Full iteration). ``--keep-previous`` keeps the file's reports of other devices, configurations
+or run counts under ``previous`` (:func:`load_reports` reads them all; files without it load as one report).
 
 One iteration = fresh integer batch generated on the device, target forward, loss, backward and
 AdamW step (``synthetic.s4_regression.Trainer.train``). ``ms_per_iter`` is wall time per iteration

@@ -168,7 +168,7 @@ class BlockToeplitzConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, K, xc, bidx):
-        nc, Q = bidx.shape[0], bidx.shape[1]
+        nc = bidx.shape[0]
         B = xc.shape[-1] // nc
         T = torch.cat([K, torch.zeros_like(K[..., :1])], dim=-1)[..., bidx]  # (R, D, nc, Q, Q)
         y = torch.matmul(T[:, :, 0], xc)  # d = 0: (R, D, Q, nc·B)
