@@ -197,3 +197,23 @@ def test_proj_split_option_reaches_the_layer(tmp_path):
     finally:
         sm.set_proj_split(0)
     assert "proj_split" not in s4c.key_fields(vars(cfg))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_each_form_traces_as_one_graph(form):
+    """The training loss stays one dynamo graph (no graph break) whichever form the layer uses."""
+    import torch._dynamo as dynamo
+
+    g = torch.Generator().manual_seed(0)
+    frozen = [sm.init_layer(4, 3, generator=g) for _ in range(2)]
+    st_ = sm.RunState.create(frozen, 2, 2, 1, generator=g)
+    x, y = torch.randn(4, 20, 3, generator=g), torch.randn(4, 20, 3, generator=g)
+    try:
+        sm.set_conv_form(form)
+        dynamo.reset()
+        e = dynamo.explain(sm.run_losses)(st_.base, st_.train, st_.mask, st_.lora, st_.rank_mask, x, y,
+                                          sm.toeplitz_index(20, "cpu"))
+    finally:
+        sm.set_conv_form("toeplitz")
+        dynamo.reset()
+    assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
