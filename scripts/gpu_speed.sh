@@ -10,6 +10,7 @@
 #         D*N*B = 64*200*4000, into figures/bench_s4_scaling_cuda.json (choose_form's table on CUDA)
 #   (iv)  RUN_SWEEP=1: the official-preset sweep for SWEEP_BUDGET seconds (default 90) into a scratch folder
 #   SPLITK=16: also the split-K projection lever (--proj-split 16), R = 16, Full, into bench_s4_splitk.json (+~90 s)
+#   SPLITK and RUN_SWEEP can push one call past 10 minutes: give them their own call with SKIP_MAIN=1 (skips i-iii)
 # Everything is written under "$OUT" (figures/ copies, logs, summary.json); the log is tee'd to $OUT/gpu_speed.log.
 #   bash scripts/gpu_speed.sh            (from the repo root; OUT defaults to ./out/gpu_speed)
 set -euo pipefail
@@ -25,9 +26,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 [ -f figures/bench_s4.json ] && cp figures/bench_s4.json "$OUT/figures/bench_s4.json"
 
+if [ "${SKIP_MAIN:-0}" != 1 ]; then
 echo "== (i) paper configuration, R = 16 runs per step (compiled)"
 timeout 170 "$PY" -m synthetic.bench --runs 16 --methods "$METHODS" --iters 10 --warm 3 --check-iters 0 \
-    --keep-previous --out "$OUT/figures/bench_s4.json"
+    --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 16 bench stopped"
 
 OFFICIAL=()
 if [ -f official_s4/S4/run_s4.py ]; then
@@ -37,17 +39,18 @@ else
     echo "== (i) paper configuration, single run (official_s4/S4 not carried: no official timing)"
 fi
 timeout 200 "$PY" -m synthetic.bench --runs 1 --methods "$METHODS" --iters 20 --warm 3 --check-iters 0 \
-    ${OFFICIAL[@]+"${OFFICIAL[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json"
+    ${OFFICIAL[@]+"${OFFICIAL[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 1 bench stopped"
+
+echo "== (iii) scaling table (eager)"
+timeout 150 "$PY" -m synthetic.bench --scaling --device cuda --no-compile --iters 5 --warm 2 --rounds 2 \
+    --out "$OUT/figures/bench_s4_scaling_cuda.json" || echo "scaling cut off (the table keeps the rows done)"
+fi
 
 if [ "${SPLITK:-0}" -gt 1 ]; then
     echo "== lever: split-K projection weight gradient (--proj-split $SPLITK), R = 16, Full (separate file)"
     timeout 150 "$PY" -m synthetic.bench --runs 16 --methods Full --iters 10 --warm 3 --check-iters 0 \
         --proj-split "$SPLITK" --out "$OUT/figures/bench_s4_splitk.json" || echo "split-K run stopped"
 fi
-
-echo "== (iii) scaling table (eager)"
-timeout 150 "$PY" -m synthetic.bench --scaling --device cuda --no-compile --iters 5 --warm 2 --rounds 2 \
-    --out "$OUT/figures/bench_s4_scaling_cuda.json" || echo "scaling cut off (the table keeps the rows done)"
 
 if [ "${RUN_SWEEP:-0}" = 1 ]; then
     echo "== (iv) official-preset sweep, ${SWEEP_BUDGET:-90} s budget"
@@ -58,7 +61,7 @@ if [ "${RUN_SWEEP:-0}" = 1 ]; then
     echo "sweep wall $(( $(date +%s) - s0 )) s"
 fi
 
-"$PY" - "$OUT" <<'EOF'
+[ -f "$OUT/figures/bench_s4.json" ] && "$PY" - "$OUT" <<'EOF'
 import json, sys
 from synthetic.s4.bench import load_reports
 out = sys.argv[1]

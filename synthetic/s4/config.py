@@ -51,7 +51,7 @@ class Config:
     precision: str = "tf32"  # matmuls on CUDA: "tf32", "fp32", or "fp16" (Toeplitz conv GEMMs with fp16 operands,
     # fp32 accumulation, the rest TF32; synthetic.s4.model.ToeplitzConvHalf). CPU is always fp32.
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU
-    conv: str = "auto"  # causal convolution form (synthetic.s4.conv): "toeplitz", "fft", "chunked", or "auto" (the
+    conv: str = "auto"  # convolution form (synthetic.s4.conv): "toeplitz", "blocked", "fft", "chunked", "auto" (the
     # measured crossover, synthetic.s4.conv.choose_form); with --precision fp16 the Toeplitz form is used
     proj_split: int = 0  # > 1: the projection's weight gradient as that many chunks of N·B, batched, summed (GPU lever)
     runs_per_step: int = 0  # R > 0: pack up to R runs of one seed (any method of the default graph) into a step
