@@ -20,16 +20,20 @@ exec > >(tee -a "$OUT/gpu_speed.log") 2>&1
 export PYTHONPATH="${PYTHONPATH:-}:."
 PY="${PYTHON:-python}"
 METHODS="Frozen,LoRA (Proj),LoRA (S4+Proj),SDT,SDT + LoRA,Full"
+# smoke test on a CPU (not a measurement): BENCH_EXTRA="--preset tiny --device cpu" DEVICE=cpu
+# SCALING_EXTRA="--scaling-N 16 --scaling-D 4" OUT=/tmp/gs bash scripts/gpu_speed.sh
+read -r -a BX <<< "${BENCH_EXTRA:-}"
+read -r -a SX <<< "${SCALING_EXTRA:-}"
 t0=$(date +%s)
 echo "== gpu_speed.sh $(date -u +%FT%TZ) commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')"
 [ -f figures/bench_s4.json ] && cp figures/bench_s4.json "$OUT/figures/bench_s4.json"
 
 if [ "${SKIP_MAIN:-0}" != 1 ]; then
 echo "== (i) paper configuration, R = 16 runs per step (compiled)"
 timeout 170 "$PY" -m synthetic.bench --runs 16 --methods "$METHODS" --iters 10 --warm 3 --check-iters 0 \
-    --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 16 bench stopped"
+    ${BX[@]+"${BX[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 16 bench stopped"
 
 OFFICIAL=()
 if [ -f official_s4/S4/run_s4.py ]; then
@@ -39,17 +43,17 @@ else
     echo "== (i) paper configuration, single run (official_s4/S4 not carried: no official timing)"
 fi
 timeout 200 "$PY" -m synthetic.bench --runs 1 --methods "$METHODS" --iters 20 --warm 3 --check-iters 0 \
-    ${OFFICIAL[@]+"${OFFICIAL[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 1 bench stopped"
+    ${OFFICIAL[@]+"${OFFICIAL[@]}"} ${BX[@]+"${BX[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 1 bench stopped"
 
 echo "== (iii) scaling table (eager)"
-timeout 150 "$PY" -m synthetic.bench --scaling --device cuda --no-compile --iters 5 --warm 2 --rounds 2 \
-    --out "$OUT/figures/bench_s4_scaling_cuda.json" || echo "scaling cut off (the table keeps the rows done)"
+timeout 150 "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 5 --warm 2 --rounds 2 \
+    ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" || echo "scaling cut off (the table keeps the rows done)"
 fi
 
 if [ "${SPLITK:-0}" -gt 1 ]; then
     echo "== lever: split-K projection weight gradient (--proj-split $SPLITK), R = 16, Full (separate file)"
     timeout 150 "$PY" -m synthetic.bench --runs 16 --methods Full --iters 10 --warm 3 --check-iters 0 \
-        --proj-split "$SPLITK" --out "$OUT/figures/bench_s4_splitk.json" || echo "split-K run stopped"
+        --proj-split "$SPLITK" ${BX[@]+"${BX[@]}"} --out "$OUT/figures/bench_s4_splitk.json" || echo "split-K run stopped"
 fi
 
 if [ "${RUN_SWEEP:-0}" = 1 ]; then
