@@ -1,8 +1,9 @@
 """Profile one deep-S4 training step (paper configuration) with torch.profiler: where the time goes.
 
     python scripts/profile_s4_step.py --runs 16 [--method Full] [--precision fp16] [--no-compile] [--out prof.txt]
+    python scripts/profile_s4_step.py --device cpu --runs 1 --batch 256 --state-convention complex --no-compile
 
-Prints the top CUDA kernels by self time for ``--iters`` steps after compilation/warm-up, and the
+Prints the top CUDA kernels (CPU ops with ``--device cpu``) by self time for ``--iters`` steps after compilation/warm-up, and the
 milliseconds per run-iteration measured around them (synchronised). A diagnostic for the speed work
 in notes/s4_speed.md, not a benchmark of record (that is ``python -m synthetic.bench``).
 """
@@ -33,13 +34,18 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="tf32", choices=("tf32", "fp32", "fp16"))
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--out", default="")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--conv", default="auto", choices=s4c.CONV_CHOICES)
+    p.add_argument("--state-convention", default="pairs", choices=("pairs", "complex"))
     a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        p.error("needs a CUDA device")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("needs a CUDA device (or --device cpu)")
     cfg = s4c.parse_config(["--preset", "paper", "--batch", str(a.batch), "--lrs", ",".join(["4e-3"] * a.runs),
-                            "--precision", a.precision]
+                            "--precision", a.precision, "--conv", a.conv, "--device", a.device,
+                            "--state-convention", a.state_convention]
                            + (["--compile"] if a.compile else ["--no-compile"]))
-    dev = torch.device("cuda")
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     tr = s4t.Trainer(cfg, dev)
     frozen, target = tr.models(0)
     m = s4m.METHODS[a.method]
@@ -50,19 +56,22 @@ def main(argv=None) -> int:
     g = tr.data(0, 0)
     t0 = time.perf_counter()
     tr.train(st, list(cfg.lrs), a.warm, target, g)
-    torch.cuda.synchronize()
+    sync()
     print(f"warm-up/compile {time.perf_counter() - t0:.1f}s", flush=True)
     t0 = time.perf_counter()
     tr.train(st, list(cfg.lrs), a.iters, target, g)
-    torch.cuda.synchronize()
+    sync()
     ms = (time.perf_counter() - t0) * 1e3 / a.iters
     print(f"{a.method} R={a.runs} batch={a.batch} {a.precision} compile={a.compile}: {ms:.2f} ms/step, "
-          f"{ms / a.runs:.3f} ms per run-iteration, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+          f"{ms / a.runs:.3f} ms per run-iteration, conv {tr.conv}"
+          + (f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if a.device == "cuda" else ""), flush=True)
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device == "cuda" else [])
+    with profile(activities=acts) as prof:
         tr.train(st, list(cfg.lrs), a.iters, target, g)
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=90)
+        sync()
+    sort = "self_cuda_time_total" if a.device == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=a.rows, max_name_column_width=90)
     print(table)
     if a.out:
         with open(a.out, "w") as f:

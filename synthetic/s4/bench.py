@@ -3,6 +3,15 @@
     python -m synthetic.bench                      # paper configuration, writes figures/bench_s4.json
     python -m synthetic.bench --runs 3             # R runs trained together (the sweep's mode)
     python -m synthetic.bench --mamba [ARGS...]    # delegates to synthetic.mamba_bench.main(ARGS)
+    python -m synthetic.bench --scaling [...]      # the convolution forms' scaling table (synthetic.s4.bench_scaling)
+    python -m synthetic.bench --device cpu --batch 256 --state-convention complex --threads 2 --rounds 3 \
+        --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # issue 21's CPU comparison
+
+``--official-dir`` times the unmodified official code in the same call (``scripts/time_official_s4.py``, the
+difference of an HI- and a LO-iteration run, ``--official-iters``), interleaved with ours round by round
+(``--rounds``: medians reported), and records it under ``official`` with ``official_over_ours`` per method
+(its time is a Full iteration). ``--keep-previous`` keeps the file's reports of other devices, configurations
+or run counts under ``previous`` (:func:`load_reports` reads them all; files without it load as one report).
 
 One iteration = fresh integer batch generated on the device, target forward, loss, backward and
 AdamW step (``synthetic.s4_regression.Trainer.train``). ``ms_per_iter`` is wall time per iteration
@@ -17,6 +26,12 @@ relative difference, so the TF32 speed-up is shown not to change the result.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +41,7 @@ import torch
 
 from synthetic.s4 import model as sm
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
+from synthetic.s4.conv import CONV_FORMS
 from synthetic.cli import check_out_dir, check_overwrite, write_json_atomic
 from synthetic.results import environment
 
@@ -121,41 +137,102 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="tf32", choices=("tf32", "fp32", "fp16"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--conv", default="auto", choices=s4c.CONV_CHOICES, help="convolution form (synthetic.s4.conv)")
+    p.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's)")
+    p.add_argument("--proj-split", type=int, default=0,
+                   help="> 1: the projection's weight gradient split in that many chunks of N·B (synthetic.s4.proj)")
+    p.add_argument("--state-convention", default="pairs", choices=("pairs", "complex"),
+                   help="'complex': H complex modes per channel, as the official code's d_state (its CPU timing)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="timing rounds (median reported); with --official-dir each round also times the official code")
+    p.add_argument("--official-dir", default="",
+                   help="folder holding the official S4/ code (set up as in ../shared/tools/README.md): time it "
+                        "in the same call, interleaved with ours, and record the ratio")
+    p.add_argument("--official-iters", default="45,5", help="the two iteration counts of the official timing "
+                   "(per-iteration time = difference of the train times / difference of the counts)")
+    p.add_argument("--keep-previous", action="store_true",
+                   help="a report of another device or configuration at --out is kept inside the new one "
+                        "(under 'previous') instead of refusing")
+    p.add_argument("--scaling", action="store_true",
+                   help="the scaling table instead (synthetic.s4.bench_scaling; --out defaults to "
+                        "figures/bench_s4_scaling_<device type>.json)")
     p.add_argument("--check-iters", type=int, default=100, help="iterations of the fp32-vs-TF32 check (0: skip)")
     p.add_argument("--out", default="figures/bench_s4.json",
                    help="the report (JSON); a report of another device or configuration there is kept unless --force")
     p.add_argument("--force", action="store_true", help="replace a report of another device or configuration")
+    p.add_argument("--scaling-N", default="200,800,3200", help="--scaling: sequence lengths")
+    p.add_argument("--scaling-D", default="64,256", help="--scaling: channel counts")
+    p.add_argument("--scaling-forms", default=",".join(CONV_FORMS), help="--scaling: convolution forms")
+    p.add_argument("--scaling-tokens", type=int, default=0,
+                   help="--scaling: batch = max(1, tokens // (D·N)) (0: 64·200·4000 on CUDA, 64·200·64 on CPU)")
+    p.add_argument("--scaling-max-gb", type=float, default=0.0,
+                   help="--scaling: skip a form whose estimated step memory exceeds this (0: 100 on CUDA, 8 on CPU)")
     a = p.parse_args(argv)
-    for name in ("iters", "warm", "runs"):
+    if a.scaling:
+        from synthetic.s4.bench_scaling import run_scaling
+        return run_scaling(a, p)
+    for name in ("iters", "warm", "runs", "rounds"):
         if getattr(a, name) < 1:
             p.error(f"--{name}: must be >= 1, got {getattr(a, name)}")
+    if a.batch < 0 or a.threads < 0:
+        p.error("--batch, --threads: must be >= 0")
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in s4m.METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; choose from {list(s4m.METHODS)}")
     if not methods:
         p.error("--methods: nothing to benchmark (give at least one method); no report written")
-    cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision]
+    try:
+        official_iters = parse_official_iters(a.official_iters)
+        if a.official_dir:
+            check_official_dir(a.official_dir)
+    except ValueError as e:
+        p.error(str(e))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision, "--conv", a.conv,
+                            "--state-convention", a.state_convention, "--proj-split", str(a.proj_split)]
+                           + (["--batch", str(a.batch)] if a.batch else [])
                            + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"]))
     device = s4t.resolve_device(cfg)
-    ident = {"device": environment()["device"], "config": {k: getattr(cfg, k) for k in REPORT_CONFIG}}
+    ident = {"device": environment()["device"], "config": report_config(cfg)}
     try:
         check_out_dir(Path(a.out).parent)
-        check_overwrite(a.out, ident, a.force)
+        if not a.keep_previous:
+            check_overwrite(a.out, ident, a.force)
     except ValueError as e:
         p.error(str(e))
     cfg = s4c.Config(**{**cfg.__dict__, "lrs": tuple([sorted(cfg.lrs)[(len(cfg.lrs) - 1) // 2]] * a.runs)})
     trainer = s4t.Trainer(cfg, device)
+    print(f"convolution form: {trainer.conv} ({trainer.conv_reason})", flush=True)
     env = environment()
-    results, cache = [], {}
+    rounds: Dict[str, List[Dict]] = {m: [] for m in methods}
+    official_ms: List[float] = []
+    cache: Dict = {}
     t_all = time.perf_counter()
-    for name in methods:
-        t0 = time.perf_counter()
-        r = bench_method(trainer, name, a.iters, a.warm, a.runs, cache=cache)
-        r["wall_s_incl_compile"] = round(time.perf_counter() - t0, 2)
-        results.append(r)
-        print(f"{name:16s} {r['ms_per_iter']:9.2f} ms/iter  peak {r['peak_mem_gb']} GiB  ({r['wall_s_incl_compile']} s)",
-              flush=True)
+    for rnd in range(a.rounds):  # interleaved: ours (every method), then the official code, per round
+        for name in methods:
+            t0 = time.perf_counter()
+            r = bench_method(trainer, name, a.iters, a.warm, a.runs, cache=cache)
+            r["wall_s_incl_compile"] = round(time.perf_counter() - t0, 2)
+            rounds[name].append(r)
+            print(f"[round {rnd + 1}/{a.rounds}] {name:16s} {r['ms_per_iter']:9.2f} ms/iter  peak {r['peak_mem_gb']} GiB"
+                  f"  ({r['wall_s_incl_compile']} s)", flush=True)
+        if a.official_dir:
+            official_ms.append(time_official(a.official_dir, cfg.batch, cfg.N, official_iters, device, a.threads))
+            print(f"[round {rnd + 1}/{a.rounds}] official (Full)  {official_ms[-1]:9.2f} ms/iter", flush=True)
+    results = [summarise_rounds(rounds[m]) for m in methods]
+    official = None
+    if official_ms:
+        off = statistics.median(official_ms)
+        official = {"method": "Full", "ms_per_iter": round(off, 3), "ms_per_iter_rounds": [round(x, 3) for x in official_ms],
+                    "iters": list(official_iters), "code": "furiosa-ai/ssm-peft S4/run_s4.py, unchanged "
+                    "(scripts/time_official_s4.py)", "how": "difference of two runs' train time / difference of iterations"}
+        for r in results:
+            r["official_over_ours"] = round(off / r["ms_per_iter"], 3) if r["ms_per_iter"] > 0 else None
+            print(f"{r['method']:16s} ours {r['ms_per_iter']:9.2f} ms/iter, official {off:9.2f}: "
+                  f"{r['official_over_ours']}x", flush=True)
     check = precision_check(cfg, device, a.check_iters) if a.check_iters else []
     for c in check:
         print(f"precision check {c['method']}: best MSE fp32 {c['fp32']['best_mse']:.6g}, tf32 {c['tf32']['best_mse']:.6g}, "
@@ -163,12 +240,111 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"fp16 {c['rel_diff_best_mse_fp16']:.2e}", flush=True)
     report = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
               "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
-              "compiled": trainer.use_compile, "config": {k: getattr(cfg, k) for k in REPORT_CONFIG},
-              "runs_per_step": a.runs, "timed_iters": a.iters, "results": results, "precision_check": check,
+              "compiled": trainer.use_compile, "config": report_config(cfg), "conv": trainer.conv,
+              "conv_reason": trainer.conv_reason, "proj_split": cfg.proj_split, "runs_per_step": a.runs, "timed_iters": a.iters,
+              "rounds": a.rounds, "results": results, "precision_check": check,
               "wall_s": round(time.perf_counter() - t_all, 1)}
+    if device.type == "cpu":
+        report["cpu"] = cpu_info()
+    if official:
+        report["official"] = official
+    if a.keep_previous:
+        report["previous"] = previous_reports(a.out, ident, a.runs)
     write_json_atomic(a.out, report)
     print("wrote", a.out)
     return 0
+
+
+def report_config(cfg: s4c.Config) -> Dict:
+    """The sizes a report is made for; ``state_convention`` only when not the default (old reports lack it)."""
+    out = {k: getattr(cfg, k) for k in REPORT_CONFIG}
+    if cfg.state_convention != "pairs":
+        out["state_convention"] = cfg.state_convention
+    return out
+
+
+def summarise_rounds(rs: List[Dict]) -> Dict:
+    """One row per method: the median of the rounds' ms per iteration (and the rounds themselves)."""
+    out = dict(rs[-1])
+    out["ms_per_iter"] = round(statistics.median(r["ms_per_iter"] for r in rs), 3)
+    if len(rs) > 1:
+        out["ms_per_iter_rounds"] = [r["ms_per_iter"] for r in rs]
+    return out
+
+
+def load_reports(path) -> List[Dict]:
+    """Every report in a benchmark file, newest first: the file's own and those kept under ``previous``
+    (``--keep-previous``). Old files without ``previous`` load as one report."""
+    d = json.loads(Path(path).read_text())
+    return [{k: v for k, v in d.items() if k != "previous"}] + list(d.get("previous", []))
+
+
+def previous_reports(path, ident: Dict, runs: int) -> List[Dict]:
+    """The reports at ``path`` to keep inside a new one: all of them except one of the same device, config and
+    runs per step (that one is replaced). A missing file keeps nothing; an unreadable one keeps nothing and says so."""
+    if not Path(path).exists():
+        return []
+    try:
+        old = load_reports(path)
+    except (ValueError, OSError) as e:
+        print(f"warning: {path} unreadable ({e}); not kept")
+        return []
+    ident = json.loads(json.dumps(ident))
+    return [r for r in old if not (r.get("device") == ident["device"] and r.get("config") == ident["config"]
+                                   and r.get("runs_per_step", 1) == runs)]
+
+
+def cpu_info() -> Dict:
+    """CPU model (``/proc/cpuinfo``), logical cores, torch threads."""
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def parse_official_iters(text: str) -> tuple:
+    try:
+        hi, lo = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--official-iters: two integers 'HI,LO' with HI > LO >= 1, got {text!r}") from None
+    if not hi > lo >= 1:
+        raise ValueError(f"--official-iters: needs HI > LO >= 1, got {text!r}")
+    return hi, lo
+
+
+def check_official_dir(path: str) -> None:
+    if not (Path(path) / "run_s4.py").is_file():
+        raise ValueError(f"--official-dir: {path} has no run_s4.py (the official S4/ folder; "
+                         "../shared/tools/README.md says how to set it up)")
+
+
+OFFICIAL_TIMER = Path(__file__).resolve().parents[2] / "scripts" / "time_official_s4.py"
+
+
+def time_official(folder: str, batch: int, N: int, iters: tuple, device: torch.device, threads: int) -> float:
+    """ms per iteration of the unmodified official code (Full fine-tuning at the paper's model): two runs of
+    ``scripts/time_official_s4.py`` (``iters`` = (HI, LO) iterations) in ``folder``; start-up and the first
+    iterations cancel in the difference."""
+    folder = Path(folder).resolve()
+    env = dict(os.environ)
+    extra = [str(q) for q in (folder.parent / "pylib",) if q.is_dir()]  # einops installed with --target there
+    env["PYTHONPATH"] = os.pathsep.join(extra + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    times = {}
+    for n in iters:
+        cmd = [sys.executable, str(OFFICIAL_TIMER), str(batch), str(N), str(n), "--device", device.type,
+               "--threads", str(threads or torch.get_num_threads())]
+        out = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
+        m = re.search(r"train_s=([0-9.]+)", out.stdout)
+        if out.returncode or not m:
+            raise RuntimeError(f"official timing failed (rc {out.returncode}): {out.stderr[-2000:]}")
+        times[n] = float(m.group(1))
+    hi, lo = iters
+    return (times[hi] - times[lo]) * 1e3 / (hi - lo)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from synthetic.cli import (check_numbers, check_out_dir, check_shard_options, check_sweep_options, dataclass_parser,
                            parse_dataclass)
+from synthetic.s4.conv import CONV_FORMS
 from synthetic.s4.methods import METHODS, parse_sdt
+
+CONV_CHOICES = ("auto",) + tuple(CONV_FORMS)
 
 # ------------------------------------------------------------------------------------ config
 @dataclass
@@ -48,6 +51,9 @@ class Config:
     precision: str = "tf32"  # matmuls on CUDA: "tf32", "fp32", or "fp16" (Toeplitz conv GEMMs with fp16 operands,
     # fp32 accumulation, the rest TF32; synthetic.s4.model.ToeplitzConvHalf). CPU is always fp32.
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU
+    conv: str = "auto"  # convolution form (synthetic.s4.conv): "toeplitz", "blocked", "fft", "chunked", "auto" (the
+    # measured crossover, synthetic.s4.conv.choose_form); with --precision fp16 the Toeplitz form is used
+    proj_split: int = 0  # > 1: the projection's weight gradient as that many chunks of N·B, batched, summed (GPU lever)
     runs_per_step: int = 0  # R > 0: pack up to R runs of one seed (any method of the default graph) into a step
     time_budget: float = 0.0  # seconds; stop starting new run groups after this (0 = no limit)
     out: str = "figures"
@@ -88,7 +94,7 @@ PRESETS: Dict[str, Dict] = {
 
 # Fields that do not change a run's result (kept out of the resume key).
 NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks",
-               "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "time_budget", "out",
+               "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "conv", "proj_split", "time_budget", "out",
                "plot_only", "dry_run", "shard", "merge", "runs_per_step", "curve_points", "prompt_lens", "prefix_lens", "dora_ranks", "additional_states"}
 # Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
 OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
@@ -133,6 +139,10 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--activation: must be 'relu' or 'identity', got {cfg.activation!r}")
     if cfg.precision not in ("tf32", "fp32", "fp16"):
         raise ValueError(f"--precision: must be 'tf32', 'fp32' or 'fp16', got {cfg.precision!r}")
+    if cfg.conv not in CONV_CHOICES:
+        raise ValueError(f"--conv: must be one of {', '.join(CONV_CHOICES)}, got {cfg.conv!r}")
+    if cfg.precision == "fp16" and cfg.conv not in ("auto", "toeplitz"):
+        raise ValueError(f"--conv: --precision fp16 has only the Toeplitz form (fp16 GEMM operands); got --conv {cfg.conv}")
     check_sweep_options(cfg, METHODS, all_allowed=True)
     Hc, D = n_modes(cfg, cfg.H), cfg.D
     hname = "H/2" if cfg.state_convention == "pairs" else "H"
@@ -166,7 +176,7 @@ def validate(cfg: Config) -> Config:
     if cfg.time_budget < 0:
         raise ValueError(f"--time-budget: must be >= 0, got {cfg.time_budget}")
     check_shard_options(cfg)
-    check_numbers(cfg, nonnegative=("weight_decay", "magnitude_floor", "time_budget", "runs_per_step"),
+    check_numbers(cfg, nonnegative=("weight_decay", "magnitude_floor", "time_budget", "runs_per_step", "proj_split"),
                   positive=("warmup_lr",))
     check_out_dir(cfg.out)
     _validate_benchmark_budgets(cfg)

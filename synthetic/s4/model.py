@@ -12,9 +12,9 @@ official code's ``d_state``), all real tensors; ``A = −exp(log_A_re) + i A_im`
     log_A_re, A_im, B_re, B_im, C_re, C_im: (D, Hc)   log_dt, u, beta: (D,)   W: (D, D)
 
 Speed (see ``notes/s4_speed.md``): activations are laid out (R, D, N, B) = (runs, channels,
-length, batch); the causal convolution is one batched matmul with per-(run, channel) lower-triangular
-Toeplitz matrices (N×N), the skip ``u ⊙ x`` is folded into the lag-0 tap (``K_0 + u``), the
-projection is one batched GEMM over D. ``R`` independent fine-tuning runs (e.g. the learning-rate
+length, batch); the causal convolution (:mod:`synthetic.s4.conv`, form chosen by :func:`set_conv_form`) is by
+default one batched matmul with per-(run, channel) lower-triangular Toeplitz matrices (N×N), the skip
+``u ⊙ x`` is folded into the lag-0 tap (``K_0 + u``), the projection is one batched GEMM over D. ``R`` independent fine-tuning runs (e.g. the learning-rate
 grid) share one input batch and one target and are trained in the same kernels.
 
 Fine-tuning parameterisation (:class:`RunState`): every parameter has a dense trainable copy ``P``,
@@ -39,11 +39,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
 from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm detached in the backward (as peft)
+from synthetic.s4.conv import (CONV_FORMS, ToeplitzConv, ToeplitzConvHalf, diagonal_sums,  # noqa: F401
+                                s4d_kernel, s4d_modes, toeplitz, toeplitz_index)  # re-exported: the layer's convolution
+from synthetic.s4.proj import split_k_projection
 
 Tensor = torch.Tensor
 
@@ -89,147 +92,9 @@ def init_layer(D: int, Hc: int, *, generator: torch.Generator, dtype=torch.float
 def count_layer_params(D: int, Hc: int) -> int:
     return sum(math.prod(s) for s in param_shapes(D, Hc).values())
 
-
-# ------------------------------------------------------------------------------------- the kernel
-def s4d_kernel(p: Dict[str, Tensor], N: int) -> Tensor:
-    """``K_k = 2 Re(Σ_i C_i B̄_i Ā_i^k)`` plus the skip on lag 0, k = 0..N-1: (..., D, N).
-
-    Real arithmetic only (inductor-friendly). ``exp(ΔA) − 1`` uses ``expm1`` so B̄ keeps full
-    relative precision for tiny ``ΔA`` (Δ can be 1e-3).
-    """
-    A_re = -torch.exp(p["log_A_re"])  # (..., D, Hc)
-    A_im = p["A_im"]
-    dt = torch.exp(p["log_dt"])[..., None]  # (..., D, 1)
-    x, y = dt * A_re, dt * A_im  # ΔA = x + i y
-    e_re = torch.expm1(x) * torch.cos(y) - 2 * torch.sin(y / 2) ** 2  # Re(exp(ΔA) − 1)
-    e_im = torch.exp(x) * torch.sin(y)
-    den = A_re * A_re + A_im * A_im  # |A|^2 > 0 since Re A < 0
-    f_re = (e_re * A_re + e_im * A_im) / den  # (exp(ΔA) − 1) / A
-    f_im = (e_im * A_re - e_re * A_im) / den
-    Bb_re = f_re * p["B_re"] - f_im * p["B_im"]  # B̄ = f · B
-    Bb_im = f_re * p["B_im"] + f_im * p["B_re"]
-    G_re = p["C_re"] * Bb_re - p["C_im"] * Bb_im  # C B̄
-    G_im = p["C_re"] * Bb_im + p["C_im"] * Bb_re
-    k = torch.arange(N, device=A_re.device, dtype=A_re.dtype)  # (N,)
-    mag = torch.exp(x[..., None] * k)  # |Ā|^k  (..., D, Hc, N)
-    ang = y[..., None] * k
-    K = 2 * (mag * (G_re[..., None] * torch.cos(ang) - G_im[..., None] * torch.sin(ang))).sum(-2)  # (..., D, N)
-    lag0 = torch.zeros_like(K)
-    lag0[..., 0] = 1.0
-    return K + p["u"][..., None] * lag0  # skip inside: S4(x) + u ⊙ x = (K + u δ_0) * x
-
-
-def toeplitz_index(N: int, device) -> Tensor:
-    """(N, N) indices into ``[K_0..K_{N-1}, 0]``: ``t − s`` on and below the diagonal, ``N`` above."""
-    t = torch.arange(N, device=device)
-    d = t[:, None] - t[None, :]
-    return torch.where(d >= 0, d, torch.full_like(d, N))
-
-
-def toeplitz(K: Tensor, idx: Tensor) -> Tensor:
-    """Lower-triangular Toeplitz matrices ``T[..., t, s] = K[..., t − s]`` (0 above the diagonal): (..., N, N)."""
-    K_ext = torch.cat([K, torch.zeros_like(K[..., :1])], dim=-1)  # (..., N+1)
-    return K_ext[..., idx]
-
-
-def diagonal_sums(M: Tensor) -> Tensor:
-    """``out[..., k] = Σ_t M[..., t, t − k]`` for k = 0..N-1 (sub-diagonal sums), no scatter/atomics.
-
-    Skew trick: after flipping columns, entry (t, s') sits at flat index t(2N−1) + (t + s') of the
-    zero-padded (N, 2N) matrix, so viewing it as (N, 2N−1) puts diagonal ``t − s = k`` in column N−1+k.
-    """
-    N = M.shape[-1]
-    P = torch.nn.functional.pad(M.flip(-1), (0, N))  # (..., N, 2N)
-    P = P.reshape(*M.shape[:-2], 2 * N * N)[..., : N * (2 * N - 1)].reshape(*M.shape[:-2], N, 2 * N - 1)
-    return P.sum(-2)[..., N - 1:]  # (..., N)
-
-
-class ToeplitzConv(torch.autograd.Function):
-    """``y = T(K) x``: causal convolution as a batched matmul; backward ``dK = diagonal_sums(dy xᵀ)``.
-
-    K: (R, D, N); x: (R, D, N, B) or (D, N, B) shared by the runs -> (R, D, N, B). A custom backward
-    because autograd's gather backward is a scatter-add with up to N atomic adds per tap.
-    """
-
-    @staticmethod
-    def forward(ctx, K, x, idx):
-        T = toeplitz(K, idx)  # (R, D, N, N)
-        ctx.save_for_backward(T, x)
-        return torch.matmul(T, x)
-
-    @staticmethod
-    def backward(ctx, dy):
-        T, x = ctx.saved_tensors
-        dK = dx = None
-        if ctx.needs_input_grad[0]:
-            dT = torch.matmul(dy, x.transpose(-1, -2))  # (R, D, N, N)
-            dK = diagonal_sums(dT)
-        if ctx.needs_input_grad[1]:
-            dx = torch.matmul(T.transpose(-1, -2), dy)
-            if x.dim() < dx.dim():
-                dx = dx.sum(0)
-        return dK, dx, None
-
-
-def _unit_scale(t: Tensor, dims) -> Tuple[Tensor, Tensor]:
-    """``(t / s, s)`` with ``s = max |t|`` over ``dims`` (kept), 1 where that max is 0: per-(run, channel)
-    scaling so that the half-precision copy uses fp16's full relative precision and cannot overflow."""
-    s = t.detach().abs().amax(dim=dims, keepdim=True)
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    return t / s, s
-
-
-def _bmm_fp32_out(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` of fp16 operands with fp32 accumulation and fp32 output, batched over leading dims.
-
-    CUDA: cuBLAS' fp16 tensor-core GEMM writing fp32 (``aten::bmm.dtype``). Elsewhere the fp16
-    operands are multiplied in fp32 (same operand rounding, so CPU tests see the same error model).
-    """
-    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
-    b = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
-    if a.is_cuda:
-        out = torch.bmm(a, b, out_dtype=torch.float32)
-    else:
-        out = torch.bmm(a.float(), b.float())
-    return out.reshape(*lead, *out.shape[-2:])
-
-
-class ToeplitzConvHalf(torch.autograd.Function):
-    """:class:`ToeplitzConv` with fp16 GEMM operands (fp32 accumulation and output): ``--precision fp16``.
-
-    fp16 keeps 11 significant bits, the same as TF32's operand rounding, at twice TF32's tensor-core
-    rate. Each operand is scaled to max |.| = 1 per (run, channel) before the cast (so neither the
-    kernel, the activations nor the tiny loss gradients leave fp16's normal range) and the fp32
-    product is scaled back. Same signature as :class:`ToeplitzConv`; a test holds the two together.
-    """
-
-    @staticmethod
-    def forward(ctx, K, x, idx):
-        T, sT = _unit_scale(toeplitz(K, idx), (-2, -1))  # (R, D, N, N), (R, D, 1, 1)
-        xs, sx = _unit_scale(x, (-2, -1))  # (R, D, N, B) or (D, N, B)
-        Th, xh = T.half(), xs.half()
-        ctx.save_for_backward(Th, sT, xh, sx)
-        ctx.x_shared = x.dim() < K.dim() + 1
-        return _bmm_fp32_out(Th, xh) * (sT * sx)
-
-    @staticmethod
-    def backward(ctx, dy):
-        Th, sT, xh, sx = ctx.saved_tensors
-        dys, sdy = _unit_scale(dy, (-2, -1))
-        dyh = dys.half()
-        dK = dx = None
-        if ctx.needs_input_grad[0]:
-            dT = _bmm_fp32_out(dyh, xh.transpose(-1, -2)) * (sdy * sx)  # (R, D, N, N)
-            dK = diagonal_sums(dT)
-        if ctx.needs_input_grad[1]:
-            dx = _bmm_fp32_out(Th.transpose(-1, -2), dyh) * (sT * sdy)
-            if ctx.x_shared:
-                dx = dx.sum(0)
-        return dK, dx, None
-
-
 _HALF_CONV = False  # read when layer_forward is traced: set before compiling (set_half_conv)
+_CONV_FORM = "toeplitz"  # likewise (set_conv_form); a key of synthetic.s4.conv.CONV_FORMS
+_PROJ_SPLIT = 0  # likewise (set_proj_split): > 1 = the projection's weight gradient split in that many chunks
 
 
 def set_half_conv(enabled: bool) -> None:
@@ -248,16 +113,35 @@ def set_linear(enabled: bool) -> None:
     _LINEAR = bool(enabled)
 
 
+def set_proj_split(k: int) -> None:
+    """``k > 1``: the projection's weight gradient as k chunks of N·B (``synthetic.s4.proj.SplitKProjection``)."""
+    global _PROJ_SPLIT
+    _PROJ_SPLIT = int(k)
+
+
+def set_conv_form(form: str) -> None:
+    """The convolution form of layer_forward (``synthetic.s4.conv.CONV_FORMS``); read when a step is traced,
+    so one compiled graph per form. ``--precision fp16`` (set_half_conv) uses the Toeplitz form whatever this is."""
+    global _CONV_FORM
+    if form not in CONV_FORMS:
+        raise ValueError(f"conv form: must be one of {sorted(CONV_FORMS)}, got {form!r}")
+    _CONV_FORM = form
+
+
 def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B).
 
     ``p`` tensors carry a leading run axis R: log_A_re (R, D, Hc), W (R, D, D), ...
     """
-    N = x.shape[-2]
-    K = s4d_kernel(p, N)  # (R, D, N)
-    s = (ToeplitzConvHalf if _HALF_CONV else ToeplitzConv).apply(K, x, idx)  # (R, D, N, B): conv + skip
-    R, D = K.shape[0], K.shape[1]
-    z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
+    if _HALF_CONV:
+        s = ToeplitzConvHalf.apply(s4d_kernel(p, x.shape[-2]), x, idx)  # (R, D, N, B): conv + skip
+    else:
+        s = CONV_FORMS[_CONV_FORM](p, x, idx)  # (R, D, N, B): conv + skip, in the form set by set_conv_form
+    R, D = s.shape[0], s.shape[1]
+    if _PROJ_SPLIT > 1:
+        z = split_k_projection(p["W"], s.reshape(R, D, -1), _PROJ_SPLIT)  # (R, D, N*B)
+    else:
+        z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
     pre = z + p["beta"][..., None]
     return (pre if _LINEAR else torch.relu(pre)).reshape(s.shape)  # (R, D, N, B)
 

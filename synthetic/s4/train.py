@@ -10,6 +10,7 @@ import torch
 from synthetic.results import run_key
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes
+from synthetic.s4.conv import choose_form
 from synthetic.s4.methods import BENCHMARK_METHODS, PrunedSelection, parse_sdt
 from synthetic.s4.selection import rank_dimensions
 
@@ -32,6 +33,16 @@ def set_precision(precision: str, device: torch.device) -> None:
         sm.set_half_conv(precision == "fp16")
 
 
+def conv_form(cfg: Config, device: torch.device) -> Tuple[str, str]:
+    """The convolution form for ``cfg.conv`` on ``device`` and why: as given, Toeplitz for ``--precision fp16``
+    (its fp16 GEMMs), or for "auto" :func:`synthetic.s4.conv.choose_form` (measured crossover or default rule)."""
+    if cfg.precision == "fp16" and device.type == "cuda":
+        return "toeplitz", "--precision fp16: fp16 Toeplitz GEMMs"
+    if cfg.conv != "auto":
+        return cfg.conv, "--conv"
+    return choose_form(cfg.N, cfg.D, device.type, B=cfg.batch)
+
+
 class Trainer:
     """Owns the (optionally compiled) per-run loss and AdamW step, shared by every method and group."""
 
@@ -39,6 +50,9 @@ class Trainer:
         self.cfg, self.device, self.log = cfg, device, log
         set_precision(cfg.precision, device)
         sm.set_linear(cfg.activation == "identity")  # process-wide, read when the step is traced
+        self.conv, self.conv_reason = conv_form(cfg, device)
+        sm.set_conv_form(self.conv)
+        sm.set_proj_split(cfg.proj_split)
         self.idx = sm.toeplitz_index(cfg.N, device)
         self._idx_extra: Dict[int, Tensor] = {}
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile

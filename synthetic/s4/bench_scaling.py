@@ -1,0 +1,147 @@
+"""The convolution forms' scaling table: ms per run-iteration of a Full training step for N x D x form.
+
+    python -m synthetic.bench --scaling [--device cpu] [--scaling-N 200,800,3200] [--scaling-D 64,256]
+        [--scaling-forms toeplitz,blocked,fft,chunked] [--scaling-tokens T] [--rounds 3] [--out FILE]
+
+The paper's model otherwise (4 frozen layers, H = 16, target 1 layer, H* = 8; ``--state-convention``),
+one run per step. The batch is reduced so that memory fits: ``batch = max(1, T // (D·N))`` (T: the token
+budget, ``--scaling-tokens``; 64·200·4000, the paper's, on CUDA): every row moves the same number of
+activations except where the floor of 1 applies, so ``us_per_token`` compares rows. A form whose estimated
+step memory exceeds ``--scaling-max-gb`` is recorded as skipped. For each (N, D) the forms are timed in
+interleaved rounds (A B C D A B C D ...), median reported. ``--keep-previous`` keeps the file's rows of
+other (N, D, batch, form), so a table can be extended (e.g. by the training batch of a preset). The file (default
+``figures/bench_s4_scaling_<device type>.json``) is also the calibration table of
+:func:`synthetic.s4.conv.choose_form` (``--conv auto``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from synthetic.cli import check_out_dir, write_json_atomic
+from synthetic.results import environment
+from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
+
+PAPER_TOKENS = 64 * 200 * 4000  # D·N·B of the paper's configuration
+CPU_TOKENS = 64 * 200 * 64
+
+
+def _ints(text: str, name: str, p) -> List[int]:
+    try:
+        v = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        p.error(f"{name}: comma-separated integers, got {text!r}")
+    if not v or min(v) < 1:
+        p.error(f"{name}: needs integers >= 1, got {text!r}")
+    return v
+
+
+def estimate_gb(form: str, L: int, D: int, N: int, B: int) -> float:
+    """Rough peak memory of a step (GiB): the activations of ``train.estimate_step_bytes`` without its Toeplitz
+    term, plus what the form keeps per layer (the N×N matrices, the blocks, the spectra)."""
+    act = 4 * s4t.ACTIVATION_COPIES * L * D * N * B
+    Q = conv.chunk_length(N)
+    extra = {"toeplitz": 2 * D * N * N, "blocked": 2 * D * N * Q, "chunked": 2 * D * Q * Q,
+             "fft": 4 * D * (N + 1) * B * 2}[form]
+    return (act + 4 * L * extra) / 2**30
+
+
+def run_scaling(a, p) -> int:
+    from synthetic.s4.bench import bench_method  # here: bench imports this module lazily
+
+    Ns, Ds = _ints(a.scaling_N, "--scaling-N", p), _ints(a.scaling_D, "--scaling-D", p)
+    forms = [f.strip() for f in a.scaling_forms.split(",") if f.strip()]
+    bad = [f for f in forms if f not in conv.CONV_FORMS]
+    if bad or not forms:
+        p.error(f"--scaling-forms: unknown or empty {bad}; choose from {sorted(conv.CONV_FORMS)}")
+    for name in ("iters", "warm", "rounds"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name}: must be >= 1, got {getattr(a, name)}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    probe = s4c.parse_config(["--preset", "paper", "--device", a.device, "--no-compile"])
+    device = s4t.resolve_device(probe)
+    tokens = a.scaling_tokens or (PAPER_TOKENS if device.type == "cuda" else CPU_TOKENS)
+    max_gb = a.scaling_max_gb or (100.0 if device.type == "cuda" else 8.0)
+    out = a.out if a.out != "figures/bench_s4.json" else conv.SCALING_TABLE.format(device=device.type)
+    try:
+        check_out_dir(Path(out).parent)
+    except ValueError as e:
+        p.error(str(e))
+    env = environment()
+    kept = _old_rows(out, device.type) if a.keep_previous else []  # --keep-previous: rows of other shapes stay
+    rows: List[Dict] = []
+    t_all = time.perf_counter()
+    for N in Ns:
+        for D in Ds:
+            B = max(1, tokens // (D * N))
+            base = ["--preset", "paper", "--device", a.device, "--precision", a.precision, "--D", str(D), "--N", str(N),
+                    "--batch", str(B), "--state-convention", a.state_convention, "--lrs", "4e-3",
+                    "--methods", "Full", "--lora-ranks", "1", "--s4-lora-ranks", "1", "--sdt-budgets", "1x1",
+                    "--sdt-lora-budgets", "1x1:1", "--dora-ranks", "1"]  # budgets unused by Full; valid for any D + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"])
+            trainers, times = {}, {f: [] for f in forms}
+            for form in forms:
+                gb = estimate_gb(form, probe.L_frozen + probe.L_target, D, N, B)
+                if gb > max_gb:
+                    rows.append({"N": N, "D": D, "form": form, "batch": B, "ms_per_iter": None, "est_gb": round(gb, 2),
+                                 "skipped": f"estimated {gb:.1f} GiB > --scaling-max-gb {max_gb}",
+                                 "device_type": device.type})
+                    print(f"N={N:5d} D={D:4d} B={B:5d} {form:9s} skipped ({rows[-1]['skipped']})", flush=True)
+                    continue
+                cfg = s4c.parse_config(base + ["--conv", form])
+                trainers[form] = (s4t.Trainer(cfg, device, log=lambda *x: None), {}, gb)
+            for rnd in range(a.rounds):
+                for form, (tr, cache, _) in trainers.items():
+                    sm.set_conv_form(tr.conv)  # the form is read when the step is traced / run
+                    times[form].append(bench_method(tr, "Full", a.iters, a.warm, 1, cache=cache)["ms_per_iter"])
+            for form, (tr, _, gb) in trainers.items():
+                ms = statistics.median(times[form])
+                rows.append({"N": N, "D": D, "form": form, "batch": B, "ms_per_iter": round(ms, 3),
+                             "ms_per_iter_rounds": times[form], "us_per_token": round(ms * 1e3 / (D * N * B), 5),
+                             "Q": conv.chunk_length(N) if form in ("chunked", "blocked") else None,
+                             "est_gb": round(gb, 2), "device_type": device.type, "compiled": tr.use_compile})
+                print(f"N={N:5d} D={D:4d} B={B:5d} {form:9s} {ms:10.2f} ms/iter", flush=True)
+            write_json_atomic(out, _report(env, device, a, tokens, _merge(rows, kept), t_all, done=False))  # partial: kept if cut off
+    sm.set_conv_form("toeplitz")
+    write_json_atomic(out, _report(env, device, a, tokens, _merge(rows, kept), t_all, done=True))
+    print("wrote", out)
+    return 0
+
+
+def _key(r: Dict) -> tuple:
+    return r["N"], r["D"], r["batch"], r["form"]
+
+
+def _old_rows(path: str, device_type: str) -> List[Dict]:
+    """Rows of an earlier table at ``path`` for the same device type (none if missing or unreadable)."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in old.get("results", []) if r.get("device_type") == device_type]
+
+
+def _merge(rows: List[Dict], kept: List[Dict]) -> List[Dict]:
+    """This run's rows, then the kept rows of other (N, D, batch, form)."""
+    new = {_key(r) for r in rows}
+    return rows + [r for r in kept if _key(r) not in new]
+
+
+def _report(env, device, a, tokens, rows, t_all, done: bool) -> Dict:
+    from synthetic.s4.bench import cpu_info
+
+    report = {"device": env["device"], "device_type": device.type, "commit": env["commit"], "date": env["date"],
+              "torch": env["torch"], "precision": a.precision if device.type == "cuda" else "fp32",
+              "what": "ms per run-iteration of a Full training step (R = 1), paper model, batch reduced",
+              "batch_rule": f"batch = max(1, {tokens} // (D*N))", "tokens": tokens,
+              "state_convention": a.state_convention, "timed_iters": a.iters, "rounds": a.rounds,
+              "results": rows, "complete": done, "wall_s": round(time.perf_counter() - t_all, 1)}
+    if device.type == "cpu":
+        report["cpu"] = cpu_info()
+    return report
