@@ -46,7 +46,7 @@ timeout 200 "$PY" -m synthetic.bench --runs 1 --methods "$METHODS" --iters 20 --
     ${OFFICIAL[@]+"${OFFICIAL[@]}"} ${BX[@]+"${BX[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 1 bench stopped"
 
 echo "== (iii) scaling table (eager)"
-timeout 150 "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 5 --warm 2 --rounds 2 \
+timeout "${SCALING_TIMEOUT:-150}" "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 5 --warm 2 --rounds 2 \
     ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" || echo "scaling cut off (the table keeps the rows done)"
 fi
 
