@@ -484,6 +484,9 @@ cfg2 = m2_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"])
 m2_summary(ResultsFile(m2_paths(cfg2)["json"]).runs())
 m2_plot(cfg2)
 plt.figure(figsize=(10, 5)); plt.imshow(plt.imread(str(m2_paths(cfg2)["mse"]) + ".png")); plt.axis("off"); plt.show()
+""")
+
+md(r"""
 ## A Jamba-style hybrid: SDT vs DoRA on the SSM modules (Table 4)
 
 Frozen: attention layers interleaved with Mamba-I blocks by Jamba's rule (layer $i$ is attention iff
