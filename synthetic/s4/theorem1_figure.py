@@ -121,7 +121,7 @@ def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> Lis
     for i, v in enumerate(variants):
         rows = rows_by_variant[v]
         floor = _mean(r["exact_mse64_mean"] for r in rows)
-        frozen = _mean(r["start_mse_mean"] for r in rows if r["arm"].startswith("SDT") and r["budget_label"])
+        frozen = _mean(r["start_mse_mean"] for r in rows if _base(r["arm"]) in ("SDT (Alg. 1)", "SDT + LoRA (Alg. 1)"))
         ax = axes[i][0]
         for arm, mk in (("SDT (Alg. 1)", "o-"), ("SDT + LoRA (Alg. 1)", "s-"), ("Oracle masks", "^-")):
             pts = sorted(((r["trainable_pct"], r) for r in rows if _base(r["arm"]) == arm and r["best_mse_mean"] is not None),
