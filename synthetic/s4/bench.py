@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -39,63 +38,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from synthetic.s4 import model as sm
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
 from synthetic.s4.conv import CONV_FORMS
 from synthetic.cli import check_out_dir, check_overwrite, write_json_atomic
 from synthetic.results import environment
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _state(trainer, cfg, method, budget, frozen, target, seed, R, selection):
-    state = sm.RunState.create(frozen, R, *trainer.rank_max(), generator=torch.Generator().manual_seed(seed))
-    method.configure(state, budget, selection)
-    return state
-
-
-def bench_method(trainer: s4t.Trainer, name: str, iters: int, warm: int, R: int, seed: int = 0,
-                 cache: Optional[Dict] = None) -> Dict:
-    cfg, device = trainer.cfg, trainer.device
-    cache = cache if cache is not None else {}
-    if "models" not in cache:
-        cache["models"] = trainer.models(seed)
-    frozen, target = cache["models"]
-    method = s4m.METHODS[name]
-    budgets = method.budgets(cfg)
-    budget = budgets[len(budgets) // 2]  # a mid-sized budget; the step's cost does not depend on it
-    sel = None
-    if method.needs_selection:
-        if "selection" not in cache:
-            cache["selection"] = trainer.warmup_selection(frozen, target, seed)
-        sel = cache["selection"]
-    g = trainer.data(seed, stream=0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    if method.trains:
-        state = _state(trainer, cfg, method, budget, frozen, target, seed, R, sel)
-        lrs = [sorted(cfg.lrs)[(len(cfg.lrs) - 1) // 2]] * R
-        trainer.train(state, lrs, warm, target, g)  # compile / warm-up
-        _sync(device)
-        t0 = time.perf_counter()
-        trainer.train(state, lrs, iters, target, g)
-        _sync(device)
-        ms = (time.perf_counter() - t0) * 1e3 / iters / R
-    else:
-        layers = [{k: v[None] for k, v in p.items()} for p in frozen]
-        trainer.evaluate(layers, target, g, warm)
-        _sync(device)
-        t0 = time.perf_counter()
-        trainer.evaluate(layers, target, g, iters)
-        _sync(device)
-        ms = (time.perf_counter() - t0) * 1e3 / iters
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"method": name, "ms_per_iter": round(ms, 3), "peak_mem_gb": None if peak is None else round(peak, 3),
-            "budget": s4m.budget_label(budget), "runs_per_step": R if method.trains else 1,
-            "forward_only": not method.trains}
+from synthetic.s4.timing import bench_method, cpu_info, make_state  # noqa: F401 (bench_method: re-exported)
 
 
 def precision_check(cfg: s4c.Config, device: torch.device, iters: int, seed: int = 0) -> List[Dict]:
@@ -111,7 +58,7 @@ def precision_check(cfg: s4c.Config, device: torch.device, iters: int, seed: int
             budgets = method.budgets(c)
             budget = budgets[-1]
             sel = tr.warmup_selection(frozen, target, seed) if method.needs_selection else None
-            state = _state(tr, c, method, budget, frozen, target, seed, 1, sel)
+            state = make_state(tr, c, method, budget, frozen, target, seed, 1, sel)
             curve = tr.train(state, [sorted(c.lrs)[(len(c.lrs) - 1) // 2]], iters, target, tr.data(seed, stream=0))[0]
             res[prec] = {"best_mse": float(curve.min()), "final_mse": float(curve[-1])}
         ref = max(abs(res["fp32"]["best_mse"]), 1e-12)
@@ -292,19 +239,6 @@ def previous_reports(path, ident: Dict, runs: int) -> List[Dict]:
     ident = json.loads(json.dumps(ident))
     return [r for r in old if not (r.get("device") == ident["device"] and r.get("config") == ident["config"]
                                    and r.get("runs_per_step", 1) == runs)]
-
-
-def cpu_info() -> Dict:
-    """CPU model (``/proc/cpuinfo``), logical cores, torch threads."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def parse_official_iters(text: str) -> tuple:

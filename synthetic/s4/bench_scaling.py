@@ -27,6 +27,7 @@ import torch
 from synthetic.cli import check_out_dir, write_json_atomic
 from synthetic.results import environment
 from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
+from synthetic.s4.timing import bench_method, cpu_info
 
 PAPER_TOKENS = 64 * 200 * 4000  # D·N·B of the paper's configuration
 CPU_TOKENS = 64 * 200 * 64
@@ -53,7 +54,6 @@ def estimate_gb(form: str, L: int, D: int, N: int, B: int) -> float:
 
 
 def run_scaling(a, p) -> int:
-    from synthetic.s4.bench import bench_method  # here: bench imports this module lazily
 
     Ns, Ds = _ints(a.scaling_N, "--scaling-N", p), _ints(a.scaling_D, "--scaling-D", p)
     forms = [f.strip() for f in a.scaling_forms.split(",") if f.strip()]
@@ -134,7 +134,6 @@ def _merge(rows: List[Dict], kept: List[Dict]) -> List[Dict]:
 
 
 def _report(env, device, a, tokens, rows, t_all, done: bool) -> Dict:
-    from synthetic.s4.bench import cpu_info
 
     report = {"device": env["device"], "device_type": device.type, "commit": env["commit"], "date": env["date"],
               "torch": env["torch"], "precision": a.precision if device.type == "cuda" else "fp32",

@@ -365,7 +365,7 @@ CONV_FORMS = {"toeplitz": toeplitz_form, "blocked": blocked_form, "fft": fft_for
 def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None) -> Tensor:
     """Float64 reference twin of the forms: per run, ``theory.ssm.ssm_recurrence`` (explicit recurrence
     ``h_t = Ā h_{t−1} + B̄ x_t``, ``y_t = 2 Re C h_t``) plus ``u ⊙ x`` -> (R, D, N, B), float64, CPU."""
-    from synthetic.s4.model import to_theory_model
+    from synthetic.s4.twin import to_theory_model
     from theory.ssm import ssm_recurrence
 
     R = p["u"].shape[0]

@@ -31,7 +31,7 @@ second path: trainable tensors in ``RunState.extra`` (:data:`EXTRA_SHAPES`) and 
 (sequence length ``N + M`` with prompt/prefix positions). A RunState without extras runs the graph above
 unchanged; :func:`theory_forward_extra` is that path's float64 twin.
 
-The reference twin is :func:`to_theory_model` (float64, ``theory.deep`` / ``theory.ssm`` FFT
+The reference twin is :func:`synthetic.s4.twin.to_theory_model` (float64, ``theory.deep`` / ``theory.ssm`` FFT
 convolution); a test holds the two together.
 """
 
@@ -47,6 +47,7 @@ from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm
 from synthetic.s4.conv import (CONV_FORMS, ToeplitzConv, ToeplitzConvHalf, diagonal_sums,  # noqa: F401
                                 s4d_kernel, s4d_modes, toeplitz, toeplitz_index)  # re-exported: the layer's convolution
 from synthetic.s4.proj import split_k_projection
+from synthetic.s4.twin import to_theory_model  # noqa: F401 (the float64 twin, re-exported for its users)
 
 Tensor = torch.Tensor
 
@@ -450,26 +451,6 @@ def deep_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) 
 
 
 # --------------------------------------------------------------------------- reference twin
-def to_theory_model(layers: List[Dict[str, Tensor]], activation: str = "relu"):
-    """The same stack as ``theory.deep.DeepSSM`` (float64, conjugate-pair DiagonalSSM, skip inside, ReLU or
-    ``activation="identity"``).
-
-    layers: per-layer dicts without a run axis. Uses ``theory.ssm.discretize_zoh`` for Ā, B̄.
-    """
-    from theory.deep import DeepLayer, DeepSSM
-    from theory.ssm import DiagonalSSM, discretize_zoh
-
-    out = []
-    for p in layers:
-        q = {k: v.detach().to("cpu", torch.float64) for k, v in p.items()}
-        A = torch.complex(-torch.exp(q["log_A_re"]), q["A_im"])
-        B = torch.complex(q["B_re"], q["B_im"])
-        C = torch.complex(q["C_re"], q["C_im"])
-        A_bar, B_bar = discretize_zoh(A, B, torch.exp(q["log_dt"]))
-        out.append(DeepLayer(DiagonalSSM(A_bar, B_bar, C), q["W"], q["beta"], q["u"]))
-    return DeepSSM(tuple(out), activation=activation, skip="inside")
-
-
 def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:
     """Float64 reference twin of :func:`deep_forward_extra` built on ``theory``: x (B, D, N) -> (B, D, N).
 

@@ -31,7 +31,6 @@ exact solution's float64 MSE (``exact_mse64``). Outputs: ``theorem1_training_<pr
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -325,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.merge:
         merge_shards(results_path(cfg))
     if not (cfg.plot_only or cfg.merge):
-        st = run_sweep(Theorem1Study(cfg), time_budget=cfg.time_budget, shard=shard)
+        run_sweep(Theorem1Study(cfg), time_budget=cfg.time_budget, shard=shard)
         if shard:
             return 0
     for path in write_summary(cfg.out, cfg.preset):
