@@ -149,6 +149,10 @@ def test_choose_form_default_rule_and_table(tmp_path):
     f = tmp_path / "t.json"
     f.write_text(json.dumps(_table(rows)))
     assert conv.choose_form(3000, 64, "cpu", path=str(f))[0] == "fft"
+    # far from every measured row (more than a factor 2 in a coordinate): the default rule, not the nearest row
+    form, why = conv.choose_form(32, 16, "cpu", table=_table(rows_b), B=128)
+    assert form == "toeplitz" and "default rule" in why
+    assert conv.choose_form(200, 64, "cpu", table=_table(rows_b), B=4000)[0] == "toeplitz"  # 16x the largest batch
 
 
 def test_conv_option_validated_and_used(tmp_path):

@@ -381,6 +381,7 @@ def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None
 
 
 # ----------------------------------------------------------------------------------- the selector
+NEAR_FACTOR = 2.0  # a scaling-table row decides only within this factor of (N, D, batch) in every coordinate
 DEFAULT_CROSSOVER_N = 512  # no table: Toeplitz up to N = 512 (its GEMMs win at short N), chunked above
 SCALING_TABLE = "figures/bench_s4_scaling_{device}.json"  # written by ``python -m synthetic.bench --scaling``
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the table is looked up here, whatever the working directory
@@ -392,9 +393,11 @@ def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
 
     With a scaling table (``table``, or the JSON at ``path`` / :data:`SCALING_TABLE` for the device type):
     the fastest form at the measured (N', D', B') nearest to (N, D, B) in log scale (the batch matters: the
-    Toeplitz form's N×N work per channel does not grow with B, its products do; B None: N and D only). Rows of
-    another device type are ignored. Without a table: ``toeplitz`` for N <= :data:`DEFAULT_CROSSOVER_N`, else
-    ``chunked``.
+    Toeplitz form's N×N work per channel does not grow with B, its products do; B None: N and D only), among the
+    rows within :data:`NEAR_FACTOR` of it in every coordinate (a sparse table says nothing about sizes far from its
+    rows: the CPU default preset's D 16, N 32, batch 128 is 4-6x from every committed row, and the nearest one's
+    FFT ran it 25 % slower than Toeplitz). Rows of another device type are ignored. Without such a row:
+    ``toeplitz`` for N <= :data:`DEFAULT_CROSSOVER_N`, else ``chunked``.
     """
     if table is None:
         f = Path(path) if path else REPO_ROOT / SCALING_TABLE.format(device=device_type)
@@ -405,14 +408,17 @@ def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
                 table = None
     rows = [r for r in (table or {}).get("results", []) if r.get("ms_per_iter") is not None
             and r.get("device_type", device_type) == device_type and r.get("form") in CONV_FORMS]
+    def coords(r):  # per-coordinate log distances to the measured (N', D', B')
+        return (abs(math.log(r["N"] / N)), abs(math.log(r["D"] / D)),
+                abs(math.log(r["batch"] / B)) if B and r.get("batch") else 0.0)
+
+    rows = [r for r in rows if max(coords(r)) <= math.log(NEAR_FACTOR)]  # never extrapolate far from a measurement
     if rows:
-        def dist(r):
-            db = abs(math.log(r["batch"] / B)) if B and r.get("batch") else 0.0
-            return abs(math.log(r["N"] / N)) + abs(math.log(r["D"] / D)) + db
-        best = min(dist(r) for r in rows)
-        near = [r for r in rows if dist(r) == best]
+        best = min(sum(coords(r)) for r in rows)
+        near = [r for r in rows if sum(coords(r)) == best]
         r = min(near, key=lambda r: r["ms_per_iter"])
         return r["form"], (f"measured: fastest at N={r['N']}, D={r['D']}, batch={r.get('batch')} "
                            f"({r['ms_per_iter']} ms/iter)")
     form = "toeplitz" if N <= DEFAULT_CROSSOVER_N else "chunked"
-    return form, f"default rule (no scaling table): toeplitz for N <= {DEFAULT_CROSSOVER_N}, else chunked"
+    return form, (f"default rule (no measured row within a factor {NEAR_FACTOR:g} in N, D and batch): toeplitz for "
+                  f"N <= {DEFAULT_CROSSOVER_N}, else chunked")
