@@ -270,3 +270,25 @@ def field_help(cls) -> Dict[str, str]:
     names = [f.name for f in dataclasses.fields(cls)]
     text = {n: out.get(n) or COMMON_HELP.get(n, n.replace("_", " ")) for n in names}
     return {n: t.replace("%", "%%") for n, t in text.items()}  # argparse formats help with %
+
+
+def results_main(argv, parse_args: Callable, results_path: Callable, run: Callable, prog: str) -> int:
+    """A Mamba-family experiment's ``main``: parse, then before anything runs check that the results file reads (a
+    corrupted one is never touched) and, with ``--plot-only``, holds runs; a failure is one line naming the file on
+    stderr and exit 2. Then ``run(cfg)``, exit 0. ``results_path(cfg)``: the results file's path."""
+    import sys
+
+    from synthetic.results import ResultsFile
+
+    cfg = parse_args(argv)
+    path = results_path(cfg)
+    try:
+        ResultsFile(path).load()
+        if cfg.plot_only and not ResultsFile(path).runs():
+            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
+                             "and --preset of an earlier run)")
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0

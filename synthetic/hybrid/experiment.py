@@ -21,7 +21,6 @@ Outputs (``<out>/``, by preset): ``hybrid_regression_<preset>.json`` (one record
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,12 +33,12 @@ from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budge
 from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
 from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
                                    trainable_count)
-from synthetic.mamba.experiment import best_and_final, fit
-from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, get_backend, \
-    mamba_ssm_available, select_channels
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration,
-                               run_key, utc_now)
-from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.mamba.experiment import MambaExperiment, best_and_final, fit
+from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, mamba_ssm_available, \
+    select_channels
+from synthetic.cli import results_main
+from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
+from synthetic.runner import is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 
 NAME = "hybrid_regression"
 
@@ -163,30 +162,29 @@ class Experiment:
                 "sdt_channels": channels, "layer_kinds": list(self.frozen.kinds), "wall_s": time.perf_counter() - t0}
 
 
-class HybridExperiment:
-    """The hybrid regression as a :class:`synthetic.runner.Experiment`: one run per train call, groups of one lr,
-    lr outermost within a seed (a truncated sweep has every (method, budget) at the first lr)."""
+class HybridExperiment(MambaExperiment):
+    """The hybrid regression as a :class:`synthetic.runner.Experiment`: Mamba-I's plug-in (one run per train call,
+    groups of one lr, lr outermost within a seed) with this module's model class, registry and config functions;
+    CUDA whenever present (the reference backend runs there too), the experiment's name in the run key."""
 
     name = "hybrid"
-    max_runs_per_call = 1
-    pad_calls = False
+    prog = NAME
+    model_cls = Experiment
+    methods = METHODS
+    run_grid = staticmethod(run_grid)
+    lr_policy_of = staticmethod(lr_policy)
+    out_paths = staticmethod(out_paths)
+    config_dict = staticmethod(config_dict)
+    budget_label = staticmethod(budget_label)
 
     def __init__(self, cfg: HybridRegressionConfig):
-        self.cfg = cfg
-        self.log = _log
-        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
-        self.lr_policy = lr_policy(cfg)
-        self.results_path = out_paths(cfg)["json"]
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                                   else cfg.device)
-        auto = "mamba_ssm" if mamba_ssm_available() and self.device.type == "cuda" else "reference"
-        name = cfg.backend if cfg.backend != "auto" else auto
-        self.backend = get_backend(name, fused=cfg.fused) if not cfg.dry_run or name == "reference" else None
-        self.backend_name = name
-        self.cdict = config_dict(cfg)
-        self._exp: Optional[Experiment] = None
-        self._env = environment()
-        self._commit = os.environ.get("GIT_COMMIT") or self._env["commit"]
+        super().__init__(cfg, log=_log)
+
+    def backend_and_device(self, cfg):
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
+                              else cfg.device)
+        auto = "mamba_ssm" if mamba_ssm_available() and device.type == "cuda" else "reference"
+        return (cfg.backend if cfg.backend != "auto" else auto), device
 
     def describe(self) -> str:
         b = self.backend
@@ -197,33 +195,9 @@ class HybridExperiment:
         return (f"preset {c.preset}, frozen layers {kinds}, backend {b.name} (mamba-ssm {b.version}, "
                 f"fused {b.inner_fn is not None}), device {self.device}")
 
-    def groups(self) -> List[Group]:
-        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=METHODS[r["method"]].trains)
-                for r in run_grid(self.cfg)]
-
     def key(self, seed, method, budget, lr) -> str:
         return run_key({"method": method, "budget": budget, "lr": lr, "seed": seed, "config": self.cdict,
                         "backend": self.backend_name, "experiment": self.name})
-
-    def train(self, runs: Sequence[Run]) -> List[dict]:
-        cfg, (run,) = self.cfg, runs
-        if self._exp is None:
-            if self.device.type == "cpu" and cfg.threads:
-                torch.set_num_threads(cfg.threads)
-            self._exp = Experiment(cfg, self.backend, self.device)
-        exp = self._exp
-        try:
-            rec = exp.train(run.method, dict(run.budget), run.lr, run.seed)
-        except torch.cuda.OutOfMemoryError as e:  # record and go on; the grid point is shown as failed
-            rec = {"method": run.method, "budget": dict(run.budget), "lr": run.lr, "seed": run.seed,
-                   "budget_label": budget_label(run.budget), "status": f"error: {type(e).__name__}",
-                   "best_mse": None, "final_mse": None, "trainable_pct": None}
-        b = self.backend
-        rec.update(model_seed=cfg.model_seed, config=self.cdict, backend=b.name, mamba_ssm_version=b.version,
-                   fused=b.inner_fn is not None and not rec.get("fused_fallback"),
-                   device=self._env["device"] if self.device.type == "cuda" else "cpu",
-                   commit=self._commit, date=utc_now(), frozen_params=exp.n_frozen)
-        return [rec]
 
 
 # ------------------------------------------------------------------------------- summary, plot, main
@@ -305,18 +279,7 @@ def run(cfg: HybridRegressionConfig) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = parse_args(argv)
-    path = out_paths(cfg)["json"]
-    try:  # before anything runs: the results file reads (a corrupted one is never touched)
-        ResultsFile(path).load()
-        if cfg.plot_only and not ResultsFile(path).runs():
-            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
-                             "and --preset of an earlier run)")
-    except ValueError as e:
-        print(f"python -m synthetic.{NAME}: error: {e}", file=sys.stderr)
-        return 2
-    run(cfg)
-    return 0
+    return results_main(argv, parse_args, lambda cfg: out_paths(cfg)["json"], run, f"python -m synthetic.{NAME}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, P
                                   select_channels, trainable_count)
 from synthetic.mamba.ref import block_weights
 from synthetic.plots import plot_mamba
+from synthetic.cli import results_main
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
                                one_configuration, run_key, utc_now)
 from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
@@ -233,29 +234,46 @@ class MambaExperiment:
     """The Mamba experiment as a :class:`synthetic.runner.Experiment`: one run per train call (runs are
     trained one at a time), groups of one lr each, lr outermost within a seed so that a truncated sweep
     has every (method, budget) at the first lr. The frozen and target stacks are drawn once from
-    ``model_seed`` (shared by every run and seed: the seeds vary the data and the adapters' initialisation)."""
+    ``model_seed`` (shared by every run and seed: the seeds vary the data and the adapters' initialisation).
+
+    The Mamba-II and hybrid experiments are this plug-in with their own model class, registry and config functions
+    (the class attributes below) and, where they differ, their own backend/device choice, run key or description."""
 
     name = "mamba"
+    prog = "mamba_regression"  # the log lines' prefix
     model_cls = Experiment  # builds the models and trains one run (a subclass may set its own)
+    methods = METHODS
+    run_grid = staticmethod(run_grid)
+    lr_policy_of = staticmethod(lr_policy)
+    out_paths = staticmethod(out_paths)
+    config_dict = staticmethod(config_dict)
+    budget_label = staticmethod(budget_label)
     max_runs_per_call = 1
     pad_calls = False
 
-    def __init__(self, cfg: MambaRegressionConfig, log=None):
+    def __init__(self, cfg, log=None):
         self.cfg = cfg
-        self.log = log or (lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
+        self.log = log or (lambda s: print(f"{self.prog}: {s}", file=sys.stderr))
         self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
-        self.lr_policy = lr_policy(cfg)
-        self.results_path = out_paths(cfg)["json"]
-        name = cfg.backend if cfg.backend != "auto" else ("mamba_ssm" if mamba_ssm_available() else "reference")
+        self.lr_policy = self.lr_policy_of(cfg)
+        self.results_path = self.out_paths(cfg)["json"]
+        name, self.device = self.backend_and_device(cfg)
         # --dry-run needs only the backend's name (its key); a run needs the backend itself
-        self.backend = get_backend(name, fused=cfg.fused) if not cfg.dry_run or name == "reference" else None
+        self.backend = self.make_backend(name) if not cfg.dry_run or name == "reference" else None
         self.backend_name = name
-        self.device = torch.device(("cuda" if torch.cuda.is_available() and name == "mamba_ssm"
-                                    else "cpu") if cfg.device == "auto" else cfg.device)
-        self.cdict = config_dict(cfg)
-        self._exp: Optional[Experiment] = None
+        self.cdict = self.config_dict(cfg)
+        self._exp = None
         self._env = environment()
         self._commit = os.environ.get("GIT_COMMIT") or self._env["commit"]
+
+    def backend_and_device(self, cfg) -> Tuple[str, torch.device]:
+        """The backend's name (``--backend``, auto: mamba_ssm where installed) and the device (auto: CUDA with mamba_ssm)."""
+        name = cfg.backend if cfg.backend != "auto" else ("mamba_ssm" if mamba_ssm_available() else "reference")
+        return name, torch.device(("cuda" if torch.cuda.is_available() and name == "mamba_ssm"
+                                   else "cpu") if cfg.device == "auto" else cfg.device)
+
+    def make_backend(self, name: str) -> Backend:
+        return get_backend(name, fused=self.cfg.fused)
 
     def describe(self) -> str:
         b = self.backend
@@ -265,8 +283,8 @@ class MambaExperiment:
                 f"device {self.device}")
 
     def groups(self) -> List[Group]:
-        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=METHODS[r["method"]].trains)
-                for r in run_grid(self.cfg)]
+        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=self.methods[r["method"]].trains)
+                for r in self.run_grid(self.cfg)]
 
     def key(self, seed, method, budget, lr) -> str:
         return run_key({"method": method, "budget": budget, "lr": lr, "seed": seed, "config": self.cdict,
@@ -283,7 +301,7 @@ class MambaExperiment:
             rec = exp.train(run.method, dict(run.budget), run.lr, run.seed)
         except torch.cuda.OutOfMemoryError as e:  # record and go on; the grid point is shown as failed
             rec = {"method": run.method, "budget": dict(run.budget), "lr": run.lr, "seed": run.seed,
-                   "budget_label": budget_label(run.budget), "status": f"error: {type(e).__name__}",
+                   "budget_label": self.budget_label(run.budget), "status": f"error: {type(e).__name__}",
                    "best_mse": None, "final_mse": None, "trainable_pct": None}
         b = self.backend
         rec.update(model_seed=cfg.model_seed, config=self.cdict, backend=b.name, mamba_ssm_version=b.version,
@@ -360,18 +378,7 @@ def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = parse_args(argv)
-    path = out_paths(cfg)["json"]
-    try:  # before anything runs: the results file reads (a corrupted one is never touched)
-        ResultsFile(path).load()
-        if cfg.plot_only and not ResultsFile(path).runs():
-            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
-                             "and --preset of an earlier run)")
-    except ValueError as e:
-        print(f"python -m synthetic.mamba_regression: error: {e}", file=sys.stderr)
-        return 2
-    run(cfg)
-    return 0
+    return results_main(argv, parse_args, lambda cfg: out_paths(cfg)["json"], run, "python -m synthetic.mamba_regression")
 
 
 if __name__ == "__main__":

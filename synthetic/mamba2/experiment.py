@@ -15,7 +15,6 @@ by :func:`synthetic.mamba2.ref.mamba2_forward` with the backend's SSD scan.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -24,15 +23,15 @@ import torch
 
 from synthetic.mamba.experiment import Experiment, MambaExperiment
 from synthetic.mamba.peft import residual_stack
-from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, check_options, config_dict, lr_policy,
-                                     out_paths, parse_args, run_grid)
+from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, budget_label, check_options, config_dict,
+                                     lr_policy, out_paths, parse_args, run_grid)
 from synthetic.mamba2.peft import (METHODS, WARMUP_FULL, Mamba2PeftConfig, PeftMamba2Stack, frozen_param_count,
-                                   get_backend, head_change_scores, mamba_ssm_available, select_heads_states,
-                                   state_change_scores)
+                                   get_backend, head_change_scores, select_heads_states, state_change_scores)
 from synthetic.mamba2.ref import block_weights, mamba2_forward
 from synthetic.plots import plot_mse_vs_params
-from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration, run_key
-from synthetic.runner import Group, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.cli import results_main
+from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
+from synthetic.runner import is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 
 
 class Mamba2Model(Experiment):
@@ -107,27 +106,17 @@ class Mamba2Experiment(MambaExperiment):
     model class, grid, paths and backends): one run per train call, groups of one lr each."""
 
     name = "mamba2"
+    prog = "mamba2_regression"
     model_cls = Mamba2Model
+    methods = METHODS
+    run_grid = staticmethod(run_grid)
+    lr_policy_of = staticmethod(lr_policy)
+    out_paths = staticmethod(out_paths)
+    config_dict = staticmethod(config_dict)
+    budget_label = staticmethod(budget_label)
 
-    def __init__(self, cfg: Mamba2RegressionConfig, log=None):
-        self.cfg = cfg
-        self.log = log or (lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
-        self.preset, self.seeds, self.base_lrs = cfg.preset, tuple(cfg.seeds), tuple(cfg.lrs)
-        self.lr_policy = lr_policy(cfg)
-        self.results_path = out_paths(cfg)["json"]
-        name = cfg.backend if cfg.backend != "auto" else ("mamba_ssm" if mamba_ssm_available() else "reference")
-        self.backend = get_backend(name) if not cfg.dry_run or name == "reference" else None
-        self.backend_name = name
-        self.device = torch.device(("cuda" if torch.cuda.is_available() and name == "mamba_ssm" else "cpu")
-                                   if cfg.device == "auto" else cfg.device)
-        self.cdict = config_dict(cfg)
-        self._exp: Optional[Mamba2Model] = None
-        self._env = environment()
-        self._commit = os.environ.get("GIT_COMMIT") or self._env["commit"]
-
-    def groups(self) -> List[Group]:
-        return [Group(r["seed"], r["method"], r["budget"], (r["lr"],), grows=METHODS[r["method"]].trains)
-                for r in run_grid(self.cfg)]
+    def make_backend(self, name: str):
+        return get_backend(name)  # Mamba-II's backends (the SSD scan); no fused path
 
 
 def current_records(cfg: Mamba2RegressionConfig, records: Sequence[dict]) -> List[dict]:
@@ -188,18 +177,7 @@ def run(cfg: Mamba2RegressionConfig) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = parse_args(argv)
-    path = out_paths(cfg)["json"]
-    try:  # before anything runs: the results file reads (a corrupted one is never touched)
-        ResultsFile(path).load()
-        if cfg.plot_only and not ResultsFile(path).runs():
-            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
-                             "and --preset of an earlier run)")
-    except ValueError as e:
-        print(f"python -m synthetic.mamba2_regression: error: {e}", file=sys.stderr)
-        return 2
-    run(cfg)
-    return 0
+    return results_main(argv, parse_args, lambda cfg: out_paths(cfg)["json"], run, "python -m synthetic.mamba2_regression")
 
 
 if __name__ == "__main__":

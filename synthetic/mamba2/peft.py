@@ -30,14 +30,14 @@ the lemma does not cover); more states help only through the selective (input-de
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from synthetic.mamba.peft import Backend, Method, channel_roles, residual_stack, select_channels
+from synthetic.mamba.peft import (Backend, Method, channel_roles, mamba_ssm_available, residual_stack,
+                                  select_channels)
 from synthetic.mamba2.ref import (PARAM_NAMES, Mamba2Ref, effective_delta, mamba2_dims, mamba2_forward,
                                   ssd_scan_chunked)
 from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix, MaskedParameter, Role, count_trainable
@@ -68,11 +68,6 @@ def _mamba_ssm_backend() -> Backend:
 
 
 BACKENDS: Dict[str, Callable[[], Backend]] = {"reference": _reference_backend, "mamba_ssm": _mamba_ssm_backend}
-
-
-def mamba_ssm_available() -> bool:
-    """CUDA present and mamba-ssm installed (checked without importing it)."""
-    return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
 
 
 def get_backend(name: str = "auto") -> Backend:
