@@ -12,8 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from synthetic.hybrid.model import ATTENTION_KERNELS, NORMS, check_heads, layer_kinds
 from synthetic.hybrid.peft import METHODS
-from synthetic.mamba.config import budget_label, check_config, parse_config
-from synthetic.results import LrPolicy
+from synthetic.mamba.config import budget_label, lr_policy, check_config, lr_outermost_grid, parse_config
 from synthetic.runner import parse_shard
 
 METHOD_ORDER = ("Frozen", "LoRA (Attn) + LoRA (Proj)", "LoRA (Attn) + LoRA (SSM)", "LoRA (Attn) + DoRA (SSM)",
@@ -135,10 +134,6 @@ def check_options(cfg: HybridRegressionConfig) -> None:
         raise ValueError("--shard: cannot be combined with --merge or --plot-only")
 
 
-def lr_policy(cfg: HybridRegressionConfig) -> LrPolicy:
-    return LrPolicy.from_config(cfg)
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> HybridRegressionConfig:
     """Config from the CLI; the default preset is ``paper`` when CUDA is available, else ``cpu``."""
     import torch
@@ -164,24 +159,9 @@ def validate(cfg: HybridRegressionConfig) -> HybridRegressionConfig:
 
 
 # ------------------------------------------------------------------------------------ the grid
-def budgets(cfg: HybridRegressionConfig, method: str) -> List[dict]:
-    if method not in METHODS:
-        raise ValueError(f"method: no registry entry for {method!r}")
-    return METHODS[method].budgets(cfg)
-
-
 def run_grid(cfg: HybridRegressionConfig) -> List[dict]:
     """All runs: per seed, lr outermost, the central comparison (SDT vs DoRA on the SSM modules) first."""
-    order = [m for m in RUN_ORDER if m in cfg.methods] + [m for m in cfg.methods if m not in RUN_ORDER]
-    runs = []
-    for seed in cfg.seeds:
-        for i, lr in enumerate(cfg.lrs):
-            for m in order:
-                if not METHODS[m].trains and i > 0:
-                    continue
-                for b in budgets(cfg, m):
-                    runs.append({"method": m, "budget": b, "lr": lr if METHODS[m].trains else 0.0, "seed": seed})
-    return runs
+    return lr_outermost_grid(cfg, METHODS, RUN_ORDER)
 
 
 def out_paths(cfg: HybridRegressionConfig) -> Dict[str, Path]:

@@ -261,19 +261,27 @@ def budget_label(b: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(b.items())) or "-"
 
 
-def run_grid(cfg: MambaRegressionConfig) -> List[dict]:
-    """All runs, ordered so the central comparison (SDT vs LoRA (S6+Proj)) comes first, then by seed."""
-    first = ["Frozen", "SDT", "LoRA (S6+Proj)", "SDT + LoRA", "LoRA (Proj)", "Full"]
-    order = first + [m for m in cfg.methods if m not in first]  # every method asked for; none dropped
+def lr_outermost_grid(cfg, methods, first: Sequence[str]) -> List[dict]:
+    """All runs of a Mamba-family sweep: per seed, lr outermost (every (method, budget) gets the first lr first, so
+    a truncated sweep has every point), methods in ``first``'s order then the others asked for (none dropped); an
+    untrained method (Frozen) once per seed at lr 0. ``methods``: the experiment's registry."""
+    order = [m for m in first if m in cfg.methods] + [m for m in cfg.methods if m not in first]
     runs = []
     for seed in cfg.seeds:
-        for i, lr in enumerate(cfg.lrs):  # lr outermost: every (method, budget) gets the first lr first
-            for m in [m for m in order if m in cfg.methods]:
-                if not METHODS[m].trains and i > 0:
+        for i, lr in enumerate(cfg.lrs):
+            for m in order:
+                if m not in methods:
+                    raise ValueError(f"method: no registry entry for {m!r}")
+                if not methods[m].trains and i > 0:
                     continue
-                for b in budgets(cfg, m):
-                    runs.append({"method": m, "budget": b, "lr": lr if METHODS[m].trains else 0.0, "seed": seed})
+                for b in methods[m].budgets(cfg):
+                    runs.append({"method": m, "budget": b, "lr": lr if methods[m].trains else 0.0, "seed": seed})
     return runs
+
+
+def run_grid(cfg: MambaRegressionConfig) -> List[dict]:
+    """All runs, ordered so the central comparison (SDT vs LoRA (S6+Proj)) comes first, then by seed."""
+    return lr_outermost_grid(cfg, METHODS, ["Frozen", "SDT", "LoRA (S6+Proj)", "SDT + LoRA", "LoRA (Proj)", "Full"])
 
 
 def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from synthetic.mamba.config import parse_config
+from synthetic.mamba.config import budget_label, lr_outermost_grid, lr_policy, parse_config  # noqa: F401 (budget_label: this experiment's)
 from synthetic.mamba2.peft import METHODS, mamba_ssm_available
-from synthetic.results import LrPolicy
 from synthetic.runner import parse_shard
 
 METHOD_ORDER = tuple(m for m in METHODS if m != "Full") + ("Full",)
@@ -124,28 +123,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Mamba2RegressionConfig:
     return cfg
 
 
-def lr_policy(cfg: Mamba2RegressionConfig) -> LrPolicy:
-    return LrPolicy.from_config(cfg)
-
-
-def budget_label(b: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(b.items())) or "-"
-
-
 def run_grid(cfg: Mamba2RegressionConfig) -> List[dict]:
     """All runs: lr outermost within a seed (a truncated sweep has every point at the first lr), the central
     comparison (SDT vs LoRA (SSM+Proj)) first."""
-    first = ["Frozen", "SDT", "LoRA (SSM+Proj)", "SDT + LoRA", "LoRA (Proj)"]
-    order = [m for m in first if m in cfg.methods] + [m for m in cfg.methods if m not in first]
-    runs = []
-    for seed in cfg.seeds:
-        for i, lr in enumerate(cfg.lrs):
-            for m in order:
-                if not METHODS[m].trains and i > 0:
-                    continue
-                for b in METHODS[m].budgets(cfg):
-                    runs.append({"method": m, "budget": b, "lr": lr if METHODS[m].trains else 0.0, "seed": seed})
-    return runs
+    return lr_outermost_grid(cfg, METHODS, ["Frozen", "SDT", "LoRA (SSM+Proj)", "SDT + LoRA", "LoRA (Proj)"])
 
 
 def out_paths(cfg: Mamba2RegressionConfig) -> Dict[str, Path]:
