@@ -33,12 +33,11 @@ from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budge
 from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
 from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
                                    trainable_count)
-from synthetic.mamba.experiment import MambaExperiment, best_and_final, fit
+from synthetic.mamba.experiment import MambaExperiment, best_and_final, fit, run_experiment
 from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, mamba_ssm_available, \
     select_channels
 from synthetic.cli import results_main
 from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
-from synthetic.runner import is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 
 NAME = "hybrid_regression"
 
@@ -246,36 +245,16 @@ def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None, cfg: Optiona
                               title="Hybrid (attention + Mamba) regression: MSE vs. trainable parameters")
 
 
-def _summarise(cfg: HybridRegressionConfig) -> None:
+def show(cfg: HybridRegressionConfig) -> None:
+    """The summary table and the figure of ``cfg``'s results."""
     paths, policy = out_paths(cfg), lr_policy(cfg)
     summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
-    try:
-        plot(paths, policy, cfg)
-    except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
-        _log(f"no plots ({e}); run again with --plot-only")
+    plot(paths, policy, cfg)
 
 
 def run(cfg: HybridRegressionConfig) -> Path:
     check_options(cfg)
-    paths = out_paths(cfg)
-    if cfg.merge:
-        merge_shards(paths["json"], log=_log)
-        _summarise(cfg)
-        return paths["json"]
-    if cfg.plot_only:
-        summary(current_records(cfg, ResultsFile(paths["json"]).runs()), lr_policy(cfg))
-        plot(paths, lr_policy(cfg), cfg)
-        return paths["json"]
-    shard = parse_shard(cfg.shard)
-    exp = HybridExperiment(cfg)
-    if cfg.dry_run:
-        print_plan(exp, shard)
-        return paths["json"]
-    st = run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
-    if shard is not None or not is_main_process():
-        return st.results
-    _summarise(cfg)
-    return paths["json"]
+    return run_experiment(cfg, out_paths(cfg)["json"], lambda: HybridExperiment(cfg), show, _log)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -311,36 +311,49 @@ class MambaExperiment:
         return [rec]
 
 
-def run(cfg: MambaRegressionConfig) -> Path:
-    check_options(cfg)
-    paths = out_paths(cfg)
-    if cfg.merge:
-        merge_shards(paths["json"], log=lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
-        summary(current_records(cfg, ResultsFile(paths["json"]).runs()), lr_policy(cfg))
+def run_experiment(cfg, results_path: Path, make_experiment: Callable[[], "MambaExperiment"],
+                   show: Callable[[object], None], log: Callable[[str], None]):
+    """What a Mamba-family command does once its options are checked: ``--merge`` folds the shard files and shows
+    the result, ``--plot-only`` shows it, ``--dry-run`` prints the plan, else the sweep and then (no shard; under
+    torchrun rank 0 alone) the result. ``show(cfg)`` prints the summary table and draws the figures; after a sweep or
+    a merge a missing plotting library is a message (redraw later with ``--plot-only``), with ``--plot-only`` an error.
+    The experiment (and its backend) is built only for a sweep or a dry run."""
+    def show_after_run():
         try:
-            plot(paths, lr_policy(cfg), cfg)
-        except ImportError as e:
-            print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
-        return paths["json"]
+            show(cfg)
+        except ImportError as e:  # e.g. a GPU machine without matplotlib
+            log(f"no plots ({e}); run again with --plot-only")
+
+    if cfg.merge:
+        merge_shards(results_path, log=log)
+        show_after_run()
+        return results_path
     if cfg.plot_only:
-        summary(current_records(cfg, ResultsFile(paths["json"]).runs()), lr_policy(cfg))
-        plot(paths, lr_policy(cfg), cfg)
-        return paths["json"]
+        show(cfg)
+        return results_path
     shard = parse_shard(cfg.shard)
-    exp = MambaExperiment(cfg)
+    exp = make_experiment()
     if cfg.dry_run:
         print_plan(exp, shard)
-        return paths["json"]
+        return results_path
     st = run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
     if shard is not None or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
         return st.results
-    policy = lr_policy(cfg)
+    show_after_run()
+    return results_path
+
+
+def show(cfg: MambaRegressionConfig) -> None:
+    """The summary table and both figures of ``cfg``'s results."""
+    paths, policy = out_paths(cfg), lr_policy(cfg)
     summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
-    try:
-        plot(paths, policy, cfg)
-    except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
-        print(f"mamba_regression: no plots ({e}); run again with --plot-only", file=sys.stderr)
-    return paths["json"]
+    plot(paths, policy, cfg)
+
+
+def run(cfg: MambaRegressionConfig) -> Path:
+    check_options(cfg)
+    return run_experiment(cfg, out_paths(cfg)["json"], lambda: MambaExperiment(cfg), show,
+                          lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
 
 
 def current_records(cfg: MambaRegressionConfig, records: Sequence[dict]) -> List[dict]:

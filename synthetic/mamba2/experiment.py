@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from synthetic.mamba.experiment import Experiment, MambaExperiment
+from synthetic.mamba.experiment import Experiment, MambaExperiment, run_experiment
 from synthetic.mamba.peft import residual_stack
 from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, budget_label, check_options, config_dict,
                                      lr_policy, out_paths, parse_args, run_grid)
@@ -31,7 +31,6 @@ from synthetic.mamba2.ref import block_weights, mamba2_forward
 from synthetic.plots import plot_mse_vs_params
 from synthetic.cli import results_main
 from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
-from synthetic.runner import is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 
 
 class Mamba2Model(Experiment):
@@ -154,26 +153,16 @@ def plot(cfg: Mamba2RegressionConfig, policy: Optional[LrPolicy] = None) -> None
                        title="Mamba-II regression: MSE vs. trainable parameters")
 
 
+def show(cfg: Mamba2RegressionConfig) -> None:
+    """The summary table and the figure of ``cfg``'s results."""
+    summary(current_records(cfg, ResultsFile(out_paths(cfg)["json"]).runs()), lr_policy(cfg))
+    plot(cfg, lr_policy(cfg))
+
+
 def run(cfg: Mamba2RegressionConfig) -> Path:
     check_options(cfg)
-    paths, policy = out_paths(cfg), lr_policy(cfg)
-    if cfg.merge:
-        merge_shards(paths["json"], log=lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
-    elif not cfg.plot_only:
-        shard = parse_shard(cfg.shard)
-        exp = Mamba2Experiment(cfg)
-        if cfg.dry_run:
-            print_plan(exp, shard)
-            return paths["json"]
-        run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
-        if shard is not None or not is_main_process():
-            return paths["json"]
-    summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
-    try:
-        plot(cfg, policy)
-    except ImportError as e:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
-        print(f"mamba2_regression: no plot ({e}); run again with --plot-only", file=sys.stderr)
-    return paths["json"]
+    return run_experiment(cfg, out_paths(cfg)["json"], lambda: Mamba2Experiment(cfg), show,
+                          lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
