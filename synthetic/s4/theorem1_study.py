@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic.cli import (check_numbers, check_out_dir, check_shard_options, dataclass_parser, parse_dataclass)
-from synthetic.results import LrPolicy, environment
+from synthetic.results import environment
 from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes, validate as validate_s4
@@ -228,13 +228,11 @@ class Theorem1Study(S4Experiment):
     name = "s4_theorem1"
 
     def __init__(self, cfg: StudyConfig, log=print):
-        super().__init__(base_config(cfg), log)
+        super().__init__(base_config(cfg), log)  # lr policy, seeds, runs per step: the shared fields, as given
         self.study = cfg
-        self.preset = cfg.preset
-        self.lr_policy = LrPolicy.from_config(cfg)
+        self.preset = cfg.preset  # the study's own preset name ("cpu"), not the base config's
         self.results_path = results_path(cfg)
         self.kc = dict(key_config(self.cfg), study="theorem1")
-        self.max_runs_per_call = cfg.runs_per_step or len(cfg.lrs)
 
     def make_trainer(self) -> Trainer:
         return StudyTrainer(self.cfg, self.device, self.log, theorem_budget(self.study)["channels"])
