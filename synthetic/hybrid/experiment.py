@@ -33,7 +33,7 @@ from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budge
 from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
 from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
                                    trainable_count)
-from synthetic.mamba.experiment import MambaExperiment, best_and_final, fit, run_experiment
+from synthetic.mamba.experiment import Experiment as MambaModel, MambaExperiment, best_and_final, fit, run_experiment
 from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, mamba_ssm_available, \
     select_channels
 from synthetic.cli import results_main
@@ -46,8 +46,11 @@ def _log(s: str) -> None:
     print(f"{NAME}: {s}", file=sys.stderr)
 
 
-class Experiment:
-    """Frozen and target hybrids, data streams and one training run per grid point."""
+class Experiment(MambaModel):
+    """Frozen and target hybrids, data streams and one training run per grid point (the inputs, evaluation and
+    AdamW step are the Mamba experiment's; the models, target, SDT scores and a run are this module's)."""
+
+    methods = METHODS
 
     def __init__(self, cfg: HybridRegressionConfig, backend: Backend, device: torch.device):
         self.cfg, self.backend, self.device = cfg, backend, device
@@ -73,10 +76,6 @@ class Experiment:
             self.eval_y = [self.target(x) for x in self.eval_x]
         self._scores: Dict[int, List[torch.Tensor]] = {}
 
-    def _inputs(self, g: torch.Generator) -> torch.Tensor:
-        c = self.cfg
-        return torch.randn(c.batch, c.seq_len, c.d_model, generator=g).to(self.device)  # (Bt, N, d_model)
-
     def batch(self, g: torch.Generator):
         x = self._inputs(g)
         with torch.no_grad():
@@ -89,22 +88,6 @@ class Experiment:
         return PeftHybridStack(self.layers, d_state=c.frozen_d_state, dt_rank=self.dt_rank, n_heads=c.n_heads,
                                norm=c.norm, config=config, channels=channels, generator=g,
                                attention_kernel=c.attention_kernel).to(self.device)
-
-    def eval_mse(self, model: PeftHybridStack) -> float:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            tot = sum(float(torch.mean((model(x, self.backend) - y) ** 2)) for x, y in zip(self.eval_x, self.eval_y))
-        model.train(was)
-        return tot / len(self.eval_x)
-
-    def step(self, model, opt, g: torch.Generator) -> torch.Tensor:
-        x, y = self.batch(g)
-        loss = torch.mean((model(x, self.backend) - y) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
 
     def mamba_inputs(self, hidden: torch.Tensor) -> List[torch.Tensor]:
         """Each Mamba layer's input in the frozen hybrid, ``norm(h)`` (Bt, N, d_model), in layer order."""
