@@ -1,7 +1,10 @@
 """Hypothesis profiles: ``ci`` (default; derandomized and fast) and ``thorough`` (many examples),
-chosen with the environment variable ``HYPOTHESIS_PROFILE`` (e.g. ``HYPOTHESIS_PROFILE=thorough pytest``)."""
+chosen with the environment variable ``HYPOTHESIS_PROFILE`` (e.g. ``HYPOTHESIS_PROFILE=thorough pytest``); and the
+``no_tf32`` fixture the GPU test modules use."""
 
 import os
+
+import pytest
 
 from hypothesis import HealthCheck, settings
 
@@ -14,3 +17,15 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def no_tf32():
+    """CUDA matmuls and convolutions in full fp32 for the test (GPU tests against float64 references), restored
+    afterwards; a GPU test module takes it with ``pytest.mark.usefixtures("no_tf32")``."""
+    import torch
+
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

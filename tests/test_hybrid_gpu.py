@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # fp32 matmuls (conftest.py)
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
@@ -29,14 +29,6 @@ BUDGET = {"rank": 2, "proj_rank": 2, "ssm_rank": 2, "channels": 8}
 # the softmax) and four residual additions compose, so the errors add up to ~4x: 4e-4 on outputs, 2e-3 (relative,
 # Frobenius) on gradients. A missing or wrong term gives O(1e-2..1).
 RTOL_OUT, RTOL_GRAD = 4e-4, 2e-3
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _perturb(module, seed=1, scale=0.05):

@@ -6,7 +6,7 @@ frozen entries bit-identical."""
 import pytest
 import torch
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # fp32 matmuls (conftest.py)
 if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so check CUDA first
     pytest.skip("needs CUDA", allow_module_level=True)
 mamba_ssm = pytest.importorskip("mamba_ssm")
@@ -24,14 +24,6 @@ DEV = torch.device("cuda")
 # ~1e-6); the Triton kernels use tl.dot, which takes TF32 inputs on Hopper (10-bit mantissa, ~5e-4 per product),
 # so the chunked kernel and the Mamba2 module are held to 5e-3 relative (Frobenius); a missing term gives O(1).
 RTOL_MINIMAL, RTOL_TRITON = 1e-5, 5e-3
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _inputs(b=2, l=64, h=4, p=8, g=2, n=16, seed=0):

@@ -6,7 +6,7 @@ fused ``mamba_inner_fn``); SDT masks hold after AdamW steps through the CUDA ker
 import pytest
 import torch
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # fp32 matmuls (conftest.py)
 if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so check CUDA first
     pytest.skip("needs CUDA", allow_module_level=True)
 mamba_ssm = pytest.importorskip("mamba_ssm")
@@ -23,14 +23,6 @@ DEV = torch.device("cuda")
 # selective_scan_ref is ~2.5e-5 (docs/EXPERIMENTS.md); we allow 4x that on outputs and 1e-3 relative
 # (Frobenius) on gradients, which still catches any missing term (those give O(1) errors).
 RTOL_OUT, RTOL_GRAD = 1e-4, 1e-3
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _pair(d_model=32, d_state=16, seed=0):
