@@ -151,37 +151,56 @@ class S4Experiment(TrainerExperiment):
             c["warmup_s"] = time.monotonic() - tw
         return c["selection"]
 
+    def prepare(self, run: Run) -> None:
+        """What a run needs before its step is timed (Algorithm 1's warm-up, cached per seed)."""
+        if METHODS[run.method].needs_selection:
+            self._selection(run.seed)
+
+    def traits(self, run: Run) -> Tuple[str, bool, int, bool]:
+        """(budget label, trains, iterations, uses the warm-up's selection) of a run."""
+        m = METHODS[run.method]
+        return method_label(m, run.budget), m.trains, self.cfg.iters if m.trains else 0, m.needs_selection
+
+    def build_run(self, run: Run, models: Dict) -> Tuple[sm.RunState, Optional[int], Dict]:
+        """One run's state, built alone with its own key-seeded generator (:func:`run_generator`), its trainable count
+        by the ``theory.peft`` modules, and the extra fields of its record."""
+        m = METHODS[run.method]
+        sel = self._selection(run.seed) if m.needs_selection else None
+        st = sm.RunState.create(models["frozen"], 1, *self.trainer.rank_max(),
+                                generator=run_generator(self.key(run.seed, run.method, run.budget, run.lr)))
+        configure(self.cfg, m, st, run.budget, sel)
+        return st, theory_trainable_count(m, models["frozen"], run.budget, sel, self.cfg), {}
+
     def train(self, runs: Sequence[Run]) -> List[Dict]:
-        """Train ``runs`` (one seed) in one step: one RunState per run, stacked; one record per run."""
+        """Train ``runs`` (one seed) in one step: one RunState per run (:meth:`build_run`), stacked; one record per run."""
         cfg, trainer = self.cfg, self.trainer
         seed = runs[0].seed
         env = environment()
         if seed not in self._cache:
             self._cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
         c = self._cache[seed]
-        methods = [METHODS[r.method] for r in runs]
-        sels = [self._selection(seed) if m.needs_selection else None for m in methods]
+        for r in runs:
+            self.prepare(r)
+        traits = [self.traits(r) for r in runs]
         tg = time.monotonic()
-        states, counts, theory = [], [], []
-        for r, m, sel in zip(runs, methods, sels):
-            st = sm.RunState.create(c["frozen"], 1, *trainer.rank_max(),
-                                    generator=run_generator(self.key(r.seed, r.method, r.budget, r.lr)))
-            configure(cfg, m, st, r.budget, sel)
-            states.append(st)
-            counts.append(st.trainable_count()[0])
-            theory.append(theory_trainable_count(m, c["frozen"], r.budget, sel, cfg))
-        if methods[0].trains:
-            state = sm.RunState.concat(states)
-            curves = trainer.train(state, [r.lr for r in runs], cfg.iters, c["target"],
+        built = [self.build_run(r, c) for r in runs]
+        counts = [st.trainable_count()[0] for st, _, _ in built]
+        if traits[0][1]:
+            state = sm.RunState.concat([st for st, _, _ in built])
+            curves = trainer.train(state, [r.lr for r in runs], traits[0][2], c["target"],
                                    trainer.data(seed, stream=0)).tolist()
         else:
             mse = trainer.evaluate([{k: v[None] for k, v in p.items()} for p in c["frozen"]], c["target"],
                                    trainer.data(seed, stream=0), cfg.frozen_eval_batches)
             curves = [[mse] for _ in runs]
         wall = time.monotonic() - tg
-        return [self.record(r, method_label(m, r.budget), curves[i], counts[i], theory[i], wall, len(runs),
-                            cfg.iters if m.trains else 0, c.get("warmup_s") if m.needs_selection else None, env)
-                for i, (r, m) in enumerate(zip(runs, methods))]
+        recs = []
+        for r, (label, _, iters, warm), (_, theory, extra), count, curve in zip(runs, traits, built, counts, curves):
+            rec = self.record(r, label, curve, count, theory, wall, len(runs), iters,
+                              c.get("warmup_s") if warm else None, env)
+            rec.update(extra)
+            recs.append(rec)
+        return recs
 
     def record(self, r: Run, label: str, curve: List[float], count: int, theory: Optional[int], wall: float,
                n_runs: int, iters: int, warmup_s: Optional[float], env: Dict) -> Dict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -40,7 +39,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic.cli import (check_numbers, check_out_dir, check_shard_options, dataclass_parser, parse_dataclass)
-from synthetic.results import environment
 from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes, validate as validate_s4
@@ -267,47 +265,43 @@ class Theorem1Study(S4Experiment):
             c["pruned"][key] = pruned_base(c["frozen"], self._oracle(seed), budget)
         return c["pruned"][key]
 
-    def train(self, runs: Sequence[Run]) -> List[Dict]:
-        cfg, trainer, seed = self.cfg, self.trainer, runs[0].seed
-        env = environment()
-        if seed not in self._cache:
-            self._cache[seed] = dict(zip(("frozen", "target"), trainer.models(seed)))
-        c = self._cache[seed]
-        arms = [ARMS[r.method] for r in runs]
-        tg = time.monotonic()
-        states, counts, theory, extra = [], [], [], []
-        for r, arm in zip(runs, arms):
-            g = run_generator(self.key(r.seed, r.method, r.budget, r.lr))
-            if arm.method:
-                m, sel = METHODS[arm.method], self._selection(seed)
-                budget = {k: v for k, v in r.budget.items()}
-                st = sm.RunState.create(c["frozen"], 1, *trainer.rank_max(), generator=g)
-                configure(cfg, m, st, budget, sel)
-                theory.append(theory_trainable_count(m, c["frozen"], budget, sel, cfg))
-                masks = [mk.trainable for mk in layer_sdt_masks(sel, budget)]
-                extra.append({"selection": selection_agreement(masks, self._oracle(seed))})
-            else:
-                o = self._oracle(seed)
-                st = sm.RunState.create(self._pruned(seed, r.budget), 1, *trainer.rank_max(), generator=g)
-                oracle_masks(st, o, r.budget)
-                if arm.exact_start:
-                    start_at(st, o, r.budget["noise"], g)
-                theory.append(None)
-                extra.append({"exact_mse64": o.mse64})
-            states.append(st)
-            counts.append(st.trainable_count()[0])
-        iters = self.iters_of(arms[0])
-        state = sm.RunState.concat(states)
-        curves = trainer.train(state, [r.lr for r in runs], iters, c["target"], trainer.data(seed, stream=0)).tolist()
-        wall = time.monotonic() - tg
-        recs = []
-        for i, (r, arm) in enumerate(zip(runs, arms)):
-            rec = self.record(r, budget_label(r.budget), curves[i], counts[i], theory[i], wall, len(runs), iters,
-                              c.get("warmup_s") if arm.method else None, env)
-            rec.update(extra[i], arm=r.method, activation=self.study.activation, start_mse=curves[i][0],
-                       study_config=dataclasses.asdict(self.study))
-            recs.append(rec)
-        return recs
+    def prepare(self, run: Run) -> None:
+        """Before the step is timed: Algorithm 1's warm-up (SDT arms) or the construction (oracle arms), per seed."""
+        if ARMS[run.method].method:
+            self._selection(run.seed)
+        else:
+            self._oracle(run.seed)
+
+    def traits(self, run: Run) -> Tuple[str, bool, int, bool]:
+        arm = ARMS[run.method]
+        return budget_label(run.budget), True, self.iters_of(arm), arm.method is not None
+
+    def build_run(self, run: Run, models: Dict) -> Tuple[sm.RunState, Optional[int], Dict]:
+        """An Algorithm 1 arm: Figure 2's method on its selection (and how the selection relates to the
+        construction's layout); an oracle arm: the construction's trainable set on its pruned base, from the frozen
+        model or (``exact_start``) the exact solution plus noise."""
+        arm, seed = ARMS[run.method], run.seed
+        g = run_generator(self.key(seed, run.method, run.budget, run.lr))
+        if arm.method:
+            m, sel = METHODS[arm.method], self._selection(seed)
+            st = sm.RunState.create(models["frozen"], 1, *self.trainer.rank_max(), generator=g)
+            configure(self.cfg, m, st, run.budget, sel)
+            masks = [mk.trainable for mk in layer_sdt_masks(sel, run.budget)]
+            return (st, theory_trainable_count(m, models["frozen"], run.budget, sel, self.cfg),
+                    {"selection": selection_agreement(masks, self._oracle(seed))})
+        o = self._oracle(seed)
+        st = sm.RunState.create(self._pruned(seed, run.budget), 1, *self.trainer.rank_max(), generator=g)
+        oracle_masks(st, o, run.budget)
+        if arm.exact_start:
+            start_at(st, o, run.budget["noise"], g)
+        return st, None, {"exact_mse64": o.mse64}
+
+    def record(self, r: Run, label: str, curve: List[float], *args, **kwargs) -> Dict:
+        """The deep-S4 record plus the study's fields: arm, activation, the MSE at the start, the study's config."""
+        rec = super().record(r, label, curve, *args, **kwargs)
+        rec.update(arm=r.method, activation=self.study.activation, start_mse=curve[0],
+                   study_config=dataclasses.asdict(self.study))
+        return rec
 
 
 # ------------------------------------------------------------------------------------------- main
