@@ -1,0 +1,329 @@
+"""The GPU campaign as one resumable queue: every experiment that still needs a GPU, in priority order.
+
+Each job is an experiment command whose results file already holds what earlier calls ran (the sweeps resume by
+run key), so the queue is the same on every call: it asks each job for its plan (``--dry-run``), runs the first
+jobs with work left within ``--budget`` seconds (the base grid in ``shards`` processes on the one GPU, then
+``--merge``, then the lr-extension rounds in one process), and packs every file it wrote under ``figures/`` plus
+its log into one archive whose paths are the repository's, so bringing a call's results home is one command::
+
+    python -m synthetic.gpu_queue --dry-run                 # the queue: runs done / to do, estimated device time
+    OUT=/tmp/out python -m synthetic.gpu_queue --budget 540 --wheels .whl     # on the device
+    tar xzf <files_at>/gpu_queue.tgz && git add figures notes/gpu_logs      # here, afterwards
+
+The sweeps' ``--time-budget`` stops starting new runs; a run in progress finishes, so every phase is given the
+time left minus ``--margin`` (the longest run expected under load). A job whose packages (``mamba_ssm``,
+``causal_conv1d``) do not import is skipped with a message, never run on a fallback backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+ARMS_TRAINED = "SDT (Alg. 1),SDT + LoRA (Alg. 1),Oracle masks,SDT (Alg. 1) long,Oracle masks long"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One experiment command of the queue; ``args`` give exactly the configuration of its results file."""
+
+    name: str
+    module: str  # python -m <module>
+    args: Tuple[str, ...]
+    shards: int = 1  # processes for the base grid (the lr-extension rounds run in one)
+    needs: Tuple[str, ...] = ()  # modules that must import on the device
+    what: str = ""
+
+    def command(self, *extra: str) -> List[str]:
+        return [sys.executable, "-m", self.module, *self.args, *extra]
+
+
+def _mamba_paper(model_seed: int) -> Job:
+    return Job(f"mamba-model-seed{model_seed}", "synthetic.mamba_regression",
+               ("--preset", "paper", "--backend", "mamba_ssm", "--model-seed", str(model_seed), "--seeds", "0,1",
+                "--out", f"figures/mamba_model_seed{model_seed}"), shards=12, needs=("mamba_ssm", "causal_conv1d"),
+               what=f"Mamba-I paper preset, six core methods, frozen/target pair {model_seed}, data seeds 0, 1")
+
+
+def _theorem1(activation: str, precision: str, arms: str) -> Job:
+    return Job(f"theorem1-{activation}-{precision}", "synthetic.s4_theorem1",
+               ("--preset", "paper", "--activation", activation, "--precision", precision, "--no-compile",
+                "--seeds", "0,1,2", "--arms", arms), shards=1,
+               what=f"Theorem 1 study at paper size, {activation}, {precision}: 3 seeds, lr grids grown")
+
+
+# The order of issue 29: Mamba-II, hybrid, Mamba-I over frozen/target pairs, the S4 official edge, the
+# --methods all edges, the Theorem 1 study.
+JOBS: Tuple[Job, ...] = (
+    Job("mamba2-paper", "synthetic.mamba2_regression",
+        ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2"), shards=16, needs=("mamba_ssm",),
+        what="Mamba-II paper preset on mamba-ssm's Triton SSD, 3 seeds"),
+    Job("hybrid-paper", "synthetic.hybrid_regression",
+        ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2"), shards=16,
+        needs=("mamba_ssm", "causal_conv1d"), what="Jamba-style hybrid paper preset (fused Mamba path), 3 seeds"),
+    _mamba_paper(1),
+    _mamba_paper(2),
+    Job("s4-official", "synthetic.s4_regression", ("--preset", "official", "--precision", "tf32"),
+        what="deep S4, official conventions: lr-extension rounds until every best lr is interior or at a bound"),
+    Job("s4-paper-all", "synthetic.s4_regression",
+        ("--preset", "paper", "--batch", "1000", "--seeds", "0,1,2", "--methods", "all"),
+        what="deep S4 paper preset, every method: the open grid edges"),
+    Job("mamba-paper-all", "synthetic.mamba_regression",
+        ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2", "--methods", "all"), shards=8,
+        needs=("mamba_ssm", "causal_conv1d"), what="Mamba paper preset, every method: DoRA (Proj)'s seeds, edges"),
+    _theorem1("identity", "tf32", ARMS_TRAINED),
+    _theorem1("relu", "tf32", ARMS_TRAINED),
+    _theorem1("identity", "fp32", "Oracle start"),
+    _theorem1("relu", "fp32", "Oracle start"),
+)
+JOB_NAMES = tuple(j.name for j in JOBS)
+
+_TOTAL = re.compile(r"(\d+) base-grid runs to do, (\?|\d+) lr-extension runs next; estimated (?:~(\d+) s|unknown)")
+_ROW = re.compile(r"^\| [^|]+ \| \d+ / \d+ \| (\d+) / (\d+) \|")
+
+
+@dataclass
+class Plan:
+    """A job's state from its ``--dry-run``: base-grid runs done / in all, extension runs next, estimated seconds."""
+
+    done: int
+    total: int
+    todo: int
+    extension: Optional[int]  # None: decided after the base grid
+    est_s: Optional[float]
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return not self.error and self.todo == 0 and self.extension == 0
+
+
+def parse_plan(text: str) -> Plan:
+    """Read an experiment's ``--dry-run`` output (its table rows and its closing total line)."""
+    done = total = 0
+    for line in text.splitlines():
+        m = _ROW.match(line)
+        if m:
+            done, total = done + int(m[1]), total + int(m[2])
+    m = None
+    for m in _TOTAL.finditer(text):
+        pass
+    if m is None:
+        tail = text.strip().splitlines()[-1:] or ["no output"]
+        return Plan(done, total, 0, 0, None, error=f"no plan in the dry-run output: {tail[0][:200]}")
+    ext = None if m[2] == "?" else int(m[2])
+    return Plan(done, total, int(m[1]), ext, float(m[3]) if m[3] else None)
+
+
+def plan(job: Job, env: Optional[Dict[str, str]] = None) -> Plan:
+    p = subprocess.run(job.command("--dry-run"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    if p.returncode != 0:
+        return Plan(0, 0, 0, 0, None, error=f"dry run exit {p.returncode}: {out.strip().splitlines()[-1:]}")
+    return parse_plan(out)
+
+
+def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None) -> List[Tuple[Job, Plan]]:
+    rows = [(j, plan(j, env)) for j in jobs]
+    print("| job | what | base-grid runs done / all | to do | lr-extension next | est. device time |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for j, p in rows:
+        if p.error:
+            print(f"| {j.name} | {j.what} | - | - | - | {p.error} |")
+            continue
+        ext = "after the grid" if p.extension is None else str(p.extension)
+        est = "unknown" if p.est_s is None else f"~{p.est_s / max(1, j.shards if p.todo else 1):.0f} s"
+        print(f"| {j.name} | {j.what} | {p.done} / {p.total} | {p.todo} | {ext} | {est} |")
+    left = [j.name for j, p in rows if not p.finished]
+    print(f"{len(left)} of {len(rows)} jobs with work left" + (f": {', '.join(left)}" if left else ": nothing to do"))
+    print("(est.: the job's recorded wall time per run x runs to do, divided by its shards; runs of a method "
+          "with no record are not counted)")
+    return rows
+
+
+def importable(module: str) -> bool:
+    code = f"import {module}" + ("; import selective_scan_cuda" if module == "mamba_ssm" else "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def install_wheels(wheels: Optional[Path], log) -> None:
+    """pip-install the carried wheels of packages that do not import yet (no index, no dependencies)."""
+    for module, dist in (("mamba_ssm", "mamba_ssm"), ("causal_conv1d", "causal_conv1d")):
+        if importable(module):
+            log(f"{module}: importable")
+            continue
+        found = sorted(wheels.glob(f"{dist}-*.whl")) if wheels else []
+        if not found:
+            log(f"{module}: not importable and no wheel in {wheels}: jobs that need it are skipped")
+            continue
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(found[-1])],
+                           capture_output=True, text=True)
+        log(f"{module}: installed {found[-1].name} (rc {r.returncode}), importable: {importable(module)}"
+            + (f"\n{r.stderr[-800:]}" if r.returncode else ""))
+
+
+def snapshot(folder: Path, base: Path = ROOT) -> Dict[str, Tuple[int, int]]:
+    """(mtime, size) of every file under ``folder``, keyed by its path relative to ``base``."""
+    return {str(p.relative_to(base)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+
+
+class Queue:
+    """Runs the jobs with work left, in order, until ``budget`` seconds have passed since ``start``."""
+
+    def __init__(self, budget: float, margin: float, logs: Path, env: Dict[str, str]):
+        self.start, self.budget, self.margin, self.logs, self.env = time.monotonic(), budget, margin, logs, env
+        self.log_path = logs / "gpu_queue.log"
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.start)
+
+    def log(self, msg: str) -> None:
+        line = f"[gpu_queue +{time.monotonic() - self.start:.0f}s] {msg}"
+        print(line, flush=True)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    def _spawn(self, job: Job, tag: str, extra: Sequence[str]) -> subprocess.Popen:
+        f = open(self.logs / f"{job.name}.{tag}.log", "a")
+        f.write(f"$ {' '.join(job.command(*extra))}\n")
+        f.flush()
+        return subprocess.Popen(job.command(*extra), cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+
+    def _wait(self, procs: Sequence[Tuple[str, subprocess.Popen]]) -> None:
+        deadline = time.monotonic() + max(0.0, self.left()) + 30  # a run in progress may overrun: then kill
+        for tag, p in procs:
+            try:
+                rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait()
+                self.log(f"  {tag}: killed at the deadline (its finished runs are in its results file)")
+            if rc:
+                self.log(f"  {tag}: exit {rc} (see its log)")
+
+    def run(self, job: Job, p: Plan) -> None:
+        self.log(f"job {job.name}: {p.done} / {p.total} base-grid runs done, {p.todo} to do, {self.left():.0f}s left")
+        if p.todo and job.shards > 1:
+            b = self.left() - self.margin
+            if b < 30:
+                self.log("  no time for the sharded base grid")
+                return
+            procs = [(f"shard {i}/{job.shards}", self._spawn(job, f"shard{i}", ("--shard", f"{i}/{job.shards}",
+                                                                                "--time-budget", f"{b:.0f}")))
+                     for i in range(job.shards)]
+            self._wait(procs)
+            self._wait([("merge", self._spawn(job, "merge", ("--merge",)))])
+        b = self.left() - self.margin
+        if b >= 30:  # the base grid (unsharded jobs) and the lr-extension rounds, resumable
+            self._wait([("sweep", self._spawn(job, "sweep", ("--time-budget", f"{b:.0f}")))])
+        after = plan(job, self.env)
+        self.log(f"  {job.name}: {after.done} / {after.total} done, {after.todo} to do, extension next "
+                 f"{'?' if after.extension is None else after.extension}{' ' + after.error if after.error else ''}")
+
+
+def pack(out: Path, before: Dict[str, Tuple[int, int]], logs: Path, folder: Path = ROOT / "figures",
+         base: Path = ROOT) -> Path:
+    """One archive of every file under ``folder`` that changed since ``before`` (paths relative to ``base``, the
+    repository root), plus the logs as notes/gpu_logs/gpu_queue_<date>/."""
+    after = snapshot(folder, base)
+    changed = sorted(k for k, v in after.items() if before.get(k) != v)
+    stamp = time.strftime("%Y-%m-%d_%H%M", time.gmtime())
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "gpu_queue.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        for k in changed:
+            tar.add(base / k, arcname=k)
+        for f in sorted(logs.glob("*.log")):
+            tar.add(f, arcname=f"notes/gpu_logs/gpu_queue_{stamp}/{f.name}")
+    shutil.copy(logs / "gpu_queue.log", out / "gpu_queue.log")
+    print(f"packed {len(changed)} changed results/figure files and the logs into {path}")
+    return path
+
+
+def select(names: str) -> List[Job]:
+    if not names:
+        return list(JOBS)
+    want = [n.strip() for n in names.split(",") if n.strip()]
+    bad = [n for n in want if n not in JOB_NAMES]
+    if bad:
+        raise SystemExit(f"gpu_queue: --jobs: unknown job(s) {', '.join(bad)}; the jobs are {', '.join(JOB_NAMES)}")
+    return [j for j in JOBS if j.name in want]
+
+
+def run_tests(q: Queue, modules: Sequence[str]) -> None:
+    """The GPU test modules, each with its slowest tests listed and a limit so they never eat the call."""
+    for m in modules:
+        t = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "pytest", m, "-q", "-p", "no:cacheprovider", "--durations=5"],
+                           cwd=ROOT, env=q.env, capture_output=True, text=True, timeout=max(10, min(180, q.left())))
+        (q.logs / f"test_{Path(m).stem}.log").write_text(p.stdout + p.stderr)
+        q.log(f"{m}: exit {p.returncode} in {time.monotonic() - t:.0f}s: {(p.stdout.strip().splitlines() or [''])[-1]}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m synthetic.gpu_queue", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", type=float, default=540, help="seconds for the whole call (default 540)")
+    ap.add_argument("--margin", type=float, default=150,
+                    help="seconds kept back from each phase for the run in progress (default 150)")
+    ap.add_argument("--jobs", default="", help=f"comma-separated subset, in queue order (jobs: {', '.join(JOB_NAMES)})")
+    ap.add_argument("--wheels", type=Path, default=None, help="folder with mamba_ssm / causal_conv1d wheels to install")
+    ap.add_argument("--tests", default="", help="GPU test modules to run first, comma-separated")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu_queue")),
+                    help="where the archive goes (default $OUT, else out/gpu_queue)")
+    ap.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
+                    help="print the queue (runs done / to do, estimated device time) and exit")
+    a = ap.parse_args(argv)
+    if not a.budget > 0 or not a.margin >= 0:
+        ap.error("--budget must be > 0 and --margin >= 0 (seconds)")
+    if a.wheels is not None and not a.wheels.is_dir():
+        ap.error(f"--wheels: {a.wheels} is not a folder")
+    jobs = select(a.jobs)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT),
+               TRITON_CACHE_AUTOTUNING="1")  # the shards share Triton's autotuning results instead of each redoing it
+    if a.dry_run:
+        show_queue(jobs, env)
+        return 0
+    logs = ROOT / "out" / "gpu_queue_logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    q = Queue(a.budget, a.margin, logs, env)
+    before = snapshot(ROOT / "figures")
+    q.log(f"start: budget {a.budget:.0f}s, python {sys.executable}")
+    q.log(subprocess.run([sys.executable, "-c", "import torch; print('torch', torch.__version__, 'cuda', "
+                          "torch.cuda.is_available() and torch.cuda.get_device_name(0))"],
+                         capture_output=True, text=True).stdout.strip())
+    install_wheels(a.wheels, q.log)
+    if a.tests:
+        run_tests(q, [t for t in a.tests.split(",") if t])
+    try:
+        for job in jobs:
+            if q.left() < q.margin + 30:
+                q.log(f"stop: {q.left():.0f}s left")
+                break
+            missing = [m for m in job.needs if not importable(m)]
+            if missing:
+                q.log(f"job {job.name}: skipped ({', '.join(missing)} not importable)")
+                continue
+            p = plan(job, env)
+            if p.error:
+                q.log(f"job {job.name}: {p.error}")
+            elif not p.finished:
+                q.run(job, p)
+    finally:
+        pack(a.out, before, logs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

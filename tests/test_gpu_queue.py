@@ -1,0 +1,59 @@
+"""The GPU queue on the CPU: its plan parser on real dry-run output, its refusals, and a rehearsal that runs a
+tiny deep-S4 job sharded over two processes, merges it, finds nothing left and packs what changed."""
+
+import tarfile
+
+import pytest
+
+from synthetic import gpu_queue as gq
+
+DRY_RUN = """dry run: mamba2 preset paper -> figures/mamba2_regression_paper.json
+| method | groups done / all | runs done / all | next lr-extension runs | est. time |
+| --- | --- | --- | --- | --- |
+| Frozen | 3 / 3 | 3 / 3 | after the grid | 0 s |
+| SDT | 31 / 45 | 31 / 45 | after the grid | 1771 s |
+52 base-grid runs to do, ? lr-extension runs next; estimated ~6229 s (from the wall time per run recorded)
+"""
+
+
+def test_parse_plan_reads_the_table_and_the_total():
+    p = gq.parse_plan(DRY_RUN)
+    assert (p.done, p.total, p.todo, p.extension, p.est_s) == (34, 48, 52, None, 6229.0)
+    assert not p.finished
+    done = gq.parse_plan("| A | 1 / 1 | 3 / 3 | 0 | 0 s |\n0 base-grid runs to do, 0 lr-extension runs next; "
+                         "estimated ~0 s (...)")
+    assert done.finished and (done.done, done.total) == (3, 3)
+    assert "no plan" in gq.parse_plan("Traceback ...\nValueError: boom").error
+
+
+def test_unknown_job_is_refused_naming_the_jobs():
+    with pytest.raises(SystemExit, match="--jobs: unknown job.*mamba2-paper"):
+        gq.select("mamba2-paper,nope")
+    assert [j.name for j in gq.select("hybrid-paper,mamba2-paper")] == ["mamba2-paper", "hybrid-paper"]
+
+
+def test_bad_budget_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        gq.main(["--budget", "nan", "--dry-run"])
+    assert e.value.code == 2 and "--budget" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_shards_merges_and_packs(tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    job = gq.Job("toy", "synthetic.s4_regression", ("--preset", "tiny", "--methods", "SDT", "--seeds", "0", "--out", str(out)),
+                 shards=2)
+    before = gq.plan(job)
+    assert before.todo > 0 and not before.error
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    q = gq.Queue(budget=240, margin=0, logs=logs, env=None)
+    snap = gq.snapshot(out, tmp_path)
+    q.run(job, before)
+    after = gq.plan(job)
+    assert after.finished and after.done == after.total == before.total
+    archive = gq.pack(tmp_path / "out", snap, logs, folder=out, base=tmp_path)
+    names = tarfile.open(archive).getnames()
+    assert "results/s4_regression_tiny.json" in names
+    assert not any("shard" in n for n in names if n.startswith("results/"))  # merged and removed
+    assert any(n.endswith("/gpu_queue.log") for n in names) and any(n.endswith("toy.shard1.log") for n in names)
