@@ -1,6 +1,6 @@
 """Hypothesis profiles: ``ci`` (default; derandomized and fast) and ``thorough`` (many examples),
 chosen with the environment variable ``HYPOTHESIS_PROFILE`` (e.g. ``HYPOTHESIS_PROFILE=thorough pytest``); and the
-``no_tf32`` fixture the GPU test modules use."""
+``no_tf32`` and ``triton_first_config`` fixtures the GPU test modules use."""
 
 import os
 
@@ -29,3 +29,44 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _autotuners(obj):
+    """The Triton autotuner inside a kernel object (possibly under ``triton.heuristics`` wrappers), or None."""
+    from triton.runtime.autotuner import Autotuner
+
+    for _ in range(4):
+        if isinstance(obj, Autotuner):
+            return obj
+        obj = getattr(obj, "fn", None)
+    return None
+
+
+@pytest.fixture(scope="session")
+def triton_first_config():
+    """mamba-ssm's Triton kernels run with their first autotuning config only, for the session, restored after.
+
+    Why: on a fresh machine autotuning compiles and times every config of every kernel per shape, which was most
+    of ``tests/test_mamba2_gpu.py``'s 175 s; these tests check values, which do not depend on the tile sizes
+    (every config computes the same sums). The sweeps keep full autotuning."""
+    import importlib
+    import pkgutil
+
+    saved = []
+    try:
+        import mamba_ssm.ops.triton as pkg
+    except ImportError:
+        pkg = None
+    for info in pkgutil.iter_modules(pkg.__path__) if pkg is not None else ():
+        try:
+            mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        except ImportError:  # a module needing an optional package (causal-conv1d): its kernels are not used
+            continue
+        for obj in list(vars(mod).values()):
+            tuner = _autotuners(obj)
+            if tuner is not None and len(tuner.configs) > 1 and all(t is not tuner for t, _ in saved):
+                saved.append((tuner, tuner.configs))
+                tuner.configs = tuner.configs[:1]
+    yield len(saved)
+    for tuner, configs in saved:
+        tuner.configs = configs

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # fp32 matmuls (conftest.py)
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 

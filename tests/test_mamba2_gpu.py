@@ -6,7 +6,7 @@ frozen entries bit-identical."""
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # fp32 matmuls (conftest.py)
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
 if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so check CUDA first
     pytest.skip("needs CUDA", allow_module_level=True)
 mamba_ssm = pytest.importorskip("mamba_ssm")
