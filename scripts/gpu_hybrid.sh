@@ -72,7 +72,7 @@ if has sweep; then
     for ((i = 0; i < SHARDS; i++)); do
         # shellcheck disable=SC2086
         OMP_NUM_THREADS=2 "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --shard "$i/$SHARDS" \
-            --time-budget-s "$SWEEP_BUDGET" ${SWEEP_ARGS:-} >"$OUT/shard$i.log" 2>&1 &
+            --time-budget "$SWEEP_BUDGET" ${SWEEP_ARGS:-} >"$OUT/shard$i.log" 2>&1 &
         PIDS+=($!)
     done
     for p in "${PIDS[@]+"${PIDS[@]}"}"; do rc=0; wait "$p" || rc=$?; step_rc "$rc" "shard process $p"; done
@@ -81,7 +81,7 @@ if has sweep; then
     step_rc "$rc" merge
     log "extend: lr-extension rounds (one process; only once the base grid is complete), ${EXTEND_BUDGET}s"
     # shellcheck disable=SC2086
-    rc=0; "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --time-budget-s "$EXTEND_BUDGET" ${SWEEP_ARGS:-} 2>&1 \
+    rc=0; "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --time-budget "$EXTEND_BUDGET" ${SWEEP_ARGS:-} 2>&1 \
         | clean | tee -a "$LOG" || rc=$?
     step_rc "$rc" extend
     "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --dry-run 2>&1 | tee "$OUT/plan.txt" | tee -a "$LOG" || true

@@ -86,7 +86,7 @@ if has mamba; then
             m=${M_SUBSETS[$i]#--methods }; m=${m%% --*}; rest=${M_SUBSETS[$i]#--methods "$m"}
             # shellcheck disable=SC2086
             OMP_NUM_THREADS=1 timeout "$(left)" "$PY" -m synthetic.mamba_regression --preset paper --backend mamba_ssm \
-                --seeds 0,1,2 --methods "$m" $rest --out "$d" --time-budget-s $(( $(left) - 50 )) \
+                --seeds 0,1,2 --methods "$m" $rest --out "$d" --time-budget $(( $(left) - 50 )) \
                 >"logs/mamba_$i.log" 2>&1 &
             MP+=($!)
         done

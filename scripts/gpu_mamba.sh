@@ -95,7 +95,7 @@ if has sweep || has check; then
         for ((i = 0; i < SHARDS; i++)); do
             # shellcheck disable=SC2086
             OMP_NUM_THREADS=2 "$PY" -m synthetic.mamba_regression --preset "$PRESET" --backend "$BACKEND" --seeds "$SEEDS" \
-                --out "$RESULTS" --shard "$i/$SHARDS" --time-budget-s "$SWEEP_BUDGET" ${SWEEP_ARGS:-} \
+                --out "$RESULTS" --shard "$i/$SHARDS" --time-budget "$SWEEP_BUDGET" ${SWEEP_ARGS:-} \
                 >"/tmp/gpu_mamba_shard$i.log" 2>&1 &
             PIDS+=($!)
         done
@@ -105,8 +105,8 @@ if has sweep || has check; then
         log "check: SDT and LoRA (S6+Proj), smallest budgets, seed 0, lr 1e-2, fused and unfused"
         for fz in true false; do
             rm -rf "/tmp/gpu_mamba_check_$fz"
-            OMP_NUM_THREADS=2 "$PY" -m synthetic.mamba_regression --preset "$PRESET" --backend "$BACKEND" --fused $fz \
-                --seeds 0 --lrs 1e-2 --methods "SDT,LoRA (S6+Proj)" --sdt-channels "${CHECK_CHANNELS:-16}" \
+            OMP_NUM_THREADS=2 "$PY" -m synthetic.mamba_regression --preset "$PRESET" --backend "$BACKEND" $( [ "$fz" = true ] && echo --fused || echo --no-fused ) \
+                --seeds 0 --lrs 1e-2 --methods "SDT,LoRA (S6+Proj)" --sdt "${CHECK_CHANNELS:-16}" \
                 --lora-ranks 1 --out "/tmp/gpu_mamba_check_$fz" >"/tmp/gpu_mamba_check_$fz.log" 2>&1 &
             PIDS+=($!)
         done
@@ -123,7 +123,7 @@ if has sweep || has check; then
             log "extend: lr-extension rounds of the merged results, ${EXTEND_BUDGET:-240}s budget"
             # shellcheck disable=SC2086
             "$PY" -m synthetic.mamba_regression --preset "$PRESET" --backend "$BACKEND" --seeds "$SEEDS" \
-                --out "$RESULTS" --time-budget-s "${EXTEND_BUDGET:-240}" ${SWEEP_ARGS:-} 2>&1 \
+                --out "$RESULTS" --time-budget "${EXTEND_BUDGET:-240}" ${SWEEP_ARGS:-} 2>&1 \
                 | tr '\r' '\n' | grep -v '^USDT:' | grep -v 'it/s\]$' | tee -a "$LOG"
             step_rc "${PIPESTATUS[0]}" extend
         fi

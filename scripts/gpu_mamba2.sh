@@ -88,7 +88,7 @@ if has sweep; then
         log "sweep: $SHARDS shards, ${budget}s each, backend $BACKEND"
         pids=()
         for ((i = 0; i < SHARDS; i++)); do
-            "${SW[@]}" --shard "$i/$SHARDS" --time-budget-s "$budget" >"$OUT/shard$i.log" 2>&1 &
+            "${SW[@]}" --shard "$i/$SHARDS" --time-budget "$budget" >"$OUT/shard$i.log" 2>&1 &
             pids+=($!)
         done
         for i in "${!pids[@]}"; do
@@ -99,7 +99,7 @@ if has sweep; then
         ext=$(( $(left) - 45 ))
         if (( ext > 20 )); then
             log "lr-extension rounds: one process, ${ext}s"
-            set +e; timeout $(( ext + 40 )) "${SW[@]}" --time-budget-s "$ext" 2>&1 | tail -n 30 | tee -a "$LOG"
+            set +e; timeout $(( ext + 40 )) "${SW[@]}" --time-budget "$ext" 2>&1 | tail -n 30 | tee -a "$LOG"
             step_rc "${PIPESTATUS[0]}" "extend"; set -e
         fi
     else

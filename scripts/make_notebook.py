@@ -333,7 +333,7 @@ cfg_o = Config()  # the deep-S4 experiment's CPU default sizes: D=16, 2 frozen l
 frozen_o, target_o = Trainer(cfg_o, torch.device("cpu")).models(0)
 target_o = [{k: v[0] for k, v in p.items()} for p in target_o]
 for act in ("identity", "relu"):
-    o = theorem1_oracle(frozen_o, target_o, cfg_o.N, act)
+    o = theorem1_oracle(frozen_o, target_o, cfg_o.seq_len, act)
     print(f"{act:8s}: exact solution MSE (float64) {o.mse64:.1e} at budget {oracle_budget(o)} per layer")
 sm.set_linear(False)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 
 def list_of(typ):
@@ -22,54 +22,296 @@ def list_of(typ):
     return parse
 
 
-def dataclass_parser(cls, presets: Dict[str, Dict], *, prog: str, description: str,
-                     preset_help: str = "named configuration", extra_presets: Sequence[str] = (),
-                     plot_only_help: str = "redraw the figure from the JSON, no training") -> argparse.ArgumentParser:
-    """An option per field of ``cls``; ``compile`` is a tri-state (None = by device), ``plot_only`` a flag."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    helps = field_help(cls)
+# ------------------------------------------------------------------------------------ field metadata
+def option(default, help: str, *, key: bool = True, key_as: Optional[str] = None, to_key: Optional[Callable] = None,
+           opt_in: bool = False, old: Sequence[str] = (), normalise: Optional[Callable[[str, str], str]] = None):
+    """A config field with its command-line metadata.
+
+    help: the option's help text. key: the field changes a run's result, so it is part of the run key (and of
+    the ``config`` a record holds). key_as: the field's name in run keys and records, where the option was renamed
+    (keys and committed results keep the old name). to_key: the value as run keys hold it (e.g. a budget written in
+    the old notation). opt_in: left out of the key while at its default (an option added later, so results
+    computed before it existed still resume). old: deprecated option names (they still work, with a one-line
+    message naming the new one). normalise: ``(option, element) -> element`` for each element of a list option,
+    turning a deprecated notation into the current one (and saying so).
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "key": key, "key_as": key_as, "to_key": to_key, "opt_in": opt_in, "old": tuple(old),
+        "normalise": normalise})
+
+
+def meta(f: dataclasses.Field, name: str, default=None):
+    return f.metadata.get(name, default)
+
+
+def key_config(cfg) -> Dict:
+    """The fields of ``cfg`` that identify a run's result, under their key names (see :func:`option`)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if not meta(f, "key", True) or (meta(f, "opt_in") and v == f.default):
+            continue
+        out[meta(f, "key_as") or f.name] = meta(f, "to_key")(v) if meta(f, "to_key") else v
+    return out
+
+
+def record_config(cfg) -> Dict:
+    """Every field of ``cfg`` under its key name (the ``config`` a deep-S4 record holds)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[meta(f, "key_as") or f.name] = meta(f, "to_key")(v) if meta(f, "to_key") else v
+    return out
+
+
+def key_of_record_config(cls, config: Dict) -> Dict:
+    """:func:`key_config` of a record's ``config`` dict (key names): the key fields of ``cls``, opt-in ones left
+    out at their defaults; names ``cls`` does not know are kept (a field of another version changes the key)."""
+    by_key = {meta(f, "key_as") or f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in config.items():
+        f = by_key.get(k)
+        if f is None:
+            out[k] = v
+            continue
+        if not meta(f, "key", True):
+            continue
+        dflt = meta(f, "to_key")(f.default) if meta(f, "to_key") else f.default
+        if meta(f, "opt_in") and _plain(v) == _plain(dflt):
+            continue
+        out[k] = v
+    return out
+
+
+def fields_from_record_config(cls, config: Dict) -> Dict:
+    """A record's ``config`` (key names, old notations) as field values of ``cls`` (names it lacks dropped)."""
+    by_key = {meta(f, "key_as") or f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in config.items():
+        f = by_key.get(k)
+        if f is None:
+            continue
+        v = tuple(v) if isinstance(v, list) else v
+        if meta(f, "normalise") and isinstance(v, tuple):
+            v = tuple(meta(f, "normalise")("--" + f.name.replace("_", "-"), x) for x in v)
+        out[f.name] = v
+    return out
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one-line message of a deprecated spelling (stderr); it keeps working for one release."""
+    import sys
+
+    print(f"warning: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ the parser
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _elem_type(cls, f):
+    import typing
+
+    hint = typing.get_type_hints(cls)[f.name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return args[0]
+    if args and type(None) in args:  # Optional[X]
+        return next(a for a in args if a is not type(None))
+    return hint
+
+
+def _fmt(v) -> str:
+    if isinstance(v, tuple):
+        return ",".join(map(str, v)) or "(none)"
+    if v is None:
+        return "by device"
+    if v == "":
+        return "none"
+    return str(v)
+
+
+class _Deprecated(argparse.Action):
+    """A deprecated option name: one line on stderr, then the new option's value."""
+
+    def __init__(self, option_strings, dest, new: str = "", conv=None, **kw):
+        self.new, self.conv = new, conv
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, ns, values, option_string=None):
+        deprecated(option_string, self.new)
+        setattr(ns, self.dest, self.conv(values) if self.conv else values)
+
+
+def build_parser(cls, presets: Dict[str, Dict], preset: str, *, prog: str, description: str,
+                 epilog: str = "") -> argparse.ArgumentParser:
+    """One option per field of ``cls``, its help from the field's metadata and its default the value ``preset``
+    will use (so ``--preset paper --help`` shows the paper preset's values). Booleans are ``--flag/--no-flag``,
+    lists comma-separated; ``compile`` is a tri-state (not given: by device)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    defaults.update(presets.get(preset, {}))
+    defaults["preset"] = preset
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or None, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(cls):
-        name, default = "--" + f.name.replace("_", "-"), f.default
-        if f.name == "compile":
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=None,
-                           help="torch.compile the training step (default: on for CUDA, off for CPU)")
-        elif f.name == "plot_only":
-            p.add_argument(name, action="store_true", help=plot_only_help)
-        elif isinstance(default, bool):
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=helps[f.name])
-        elif isinstance(default, tuple):
-            typ = type(default[0])
-            p.add_argument(name, default=",".join(map(str, default)), metavar="A,B,...", type=list_of(typ),
-                           help=f"{helps[f.name]} (comma-separated {typ.__name__} list)")
-        elif f.name == "preset":
-            p.add_argument(name, default=default, choices=sorted(set(presets) | set(extra_presets)),
-                           help=f"{helps['preset']}; {preset_help}")
+        name, d = "--" + f.name.replace("_", "-"), defaults[f.name]
+        typ = _elem_type(cls, f)
+        text = (meta(f, "help") or f.name.replace("_", " ")).replace("%", "%%")
+        kw: Dict = {"dest": f.name, "default": d}
+        if typ is bool:
+            kw.update(action=argparse.BooleanOptionalAction)
+            text += f" (default: {'--' if d else '--no-'}{f.name.replace('_', '-')}" + \
+                ("; not given: by device)" if d is None else ")")
+        elif isinstance(f.default, tuple):
+            kw.update(type=list_of(typ), metavar="A,B,...")
+            text += f" (default: {_fmt(d)})".replace("%", "%%")
         else:
-            p.add_argument(name, default=default, type=type(default), help=helps[f.name])
+            kw.update(type=typ, metavar=typ.__name__.upper() if typ is not str else "TEXT")
+            if f.name == "preset":
+                kw.update(choices=sorted(presets), metavar="{" + ",".join(presets) + "}")
+            text += f" (default: {_fmt(d)})".replace("%", "%%")
+        p.add_argument(name, help=text, **kw)
+        for old in meta(f, "old", ()):
+            if typ is bool:
+                p.add_argument(old, dest=f.name, action=_Deprecated, nargs=0, new=name, conv=lambda _v: True,
+                               help=argparse.SUPPRESS)
+            else:
+                p.add_argument(old, dest=f.name, action=_Deprecated, new=name, conv=kw.get("type"),
+                               help=argparse.SUPPRESS)
     return p
 
 
-def parse_dataclass(cls, presets: Dict[str, Dict], parser: argparse.ArgumentParser, default_preset: str,
-                    argv: Optional[Sequence[str]], validate: Callable,
-                    post: Optional[Callable] = None):
-    """CLI -> validated ``cls`` instance: the preset's values become the parser's defaults first.
+def _bool_options(cls) -> set:
+    out = set()
+    for f in dataclasses.fields(cls):
+        if _elem_type(cls, f) is bool:
+            out.add("--" + f.name.replace("_", "-"))
+            out.update(meta(f, "old", ()))
+    return out
 
-    post: optional ``cfg -> cfg`` applied before validation (e.g. expanding ``--methods all``).
-    """
+
+def modernise_argv(cls, argv: Sequence[str], preset_aliases: Dict[str, str]) -> List[str]:
+    """Deprecated spellings of values rewritten (each with a one-line message): ``--flag true|false`` (and
+    ``--flag=false``) as ``--flag``/``--no-flag``, and a renamed preset."""
+    bools, out, argv = _bool_options(cls), [], list(argv)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, val = a.partition("=")
+        if name in bools and (eq or (i + 1 < len(argv) and argv[i + 1].lower() in TRUE + FALSE)):
+            v = val if eq else argv[i + 1]
+            i += 1 if eq else 2
+            if v.lower() not in TRUE + FALSE:
+                out.append(a)
+                continue
+            new = name if v.lower() in TRUE else "--no-" + name[2:]
+            deprecated(f"{name} {v}", new)
+            out.append(new)
+            continue
+        if name == "--preset" and (val if eq else (argv[i + 1] if i + 1 < len(argv) else "")) in preset_aliases:
+            old = val if eq else argv[i + 1]
+            deprecated(f"--preset {old}", f"--preset {preset_aliases[old]}")
+            out += ["--preset", preset_aliases[old]]
+            i += 1 if eq else 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def parse_options(cls, presets: Dict[str, Dict], argv: Optional[Sequence[str]], *, prog: str, description: str,
+                  default_preset: str = "cpu", preset_aliases: Optional[Dict[str, str]] = None,
+                  validate: Optional[Callable] = None, post: Optional[Callable] = None, epilog: str = ""):
+    """Command line -> validated ``cls``: the preset's values are the defaults, explicit options override them;
+    unknown options are rejected; a ValueError of ``validate`` becomes a parser error (exit 2, one line).
+    Returns (config, parser). post: ``cfg -> cfg`` before validation (e.g. expanding ``--methods all``)."""
+    import sys
+
+    argv = modernise_argv(cls, sys.argv[1:] if argv is None else argv, preset_aliases or {})
     known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     known.add_argument("--preset", default=default_preset)
     pre, _ = known.parse_known_args(argv)
-    if pre.preset in presets:
-        parser.set_defaults(**{k: (",".join(map(str, v)) if isinstance(v, tuple) else v)
-                               for k, v in presets[pre.preset].items()})
-    cfg = cls(**vars(parser.parse_args(argv)))
-    if post is not None:
-        cfg = post(cfg)
+    preset = pre.preset if pre.preset in presets else default_preset
+    parser = build_parser(cls, presets, preset, prog=prog, description=description, epilog=epilog)
+    ns = parser.parse_args(argv)
+    values = vars(ns)
+    for f in dataclasses.fields(cls):
+        norm = meta(f, "normalise")
+        if norm is not None and isinstance(values[f.name], tuple):
+            try:
+                values[f.name] = tuple(norm("--" + f.name.replace("_", "-"), x) for x in values[f.name])
+            except ValueError as e:
+                parser.error(str(e))
+    cfg = cls(**values)
     try:
-        return validate(cfg)
+        if post is not None:
+            cfg = post(cfg)
+        if validate is not None:
+            cfg = validate(cfg) or cfg
     except ValueError as e:
         parser.error(str(e))
+    return cfg, parser
+
+
+def threads_for(n: int) -> int:
+    """torch CPU threads for ``--threads n``: n, or with 0 every core this process may use (``OMP_NUM_THREADS``
+    when set, as torchrun sets it)."""
+    import os
+
+    if n:
+        return n
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------- the shared sweep fields
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """The fields every experiment's sweep shares, declared once; an experiment's config subclasses this and adds
+    its model fields (one naming convention across architectures: ``d_model``, ``frozen_layers``,
+    ``frozen_d_state``, ``target_layers``, ``target_d_state``, ``seq_len``, ``batch``, ``iters``, ...), changing a
+    shared field's default with :func:`redefault`. None of these fields is part of a run key."""
+
+    preset: str = option("cpu", "named configuration: its values are the defaults shown here (--preset NAME --help "
+                         "shows NAME's); options given override them", key=False)
+    methods: Tuple[str, ...] = option((), "methods to run: comma-separated registry names, or 'all'", key=False)
+    seeds: Tuple[int, ...] = option((0,), "seeds, comma-separated", key=False)
+    lrs: Tuple[float, ...] = option((1e-2,), "base learning-rate grid, comma-separated; grown at its edges "
+                                    "(--lr-extend-factor)", key=False)
+    lr_extend_factor: float = option(4.0, "a best lr at the grid's edge adds edge x factor (or / factor), in rounds, "
+                                     "until the best is interior; 0 = off", key=False)
+    lr_min: float = option(1e-6, "lower bound of the lr-grid growth", key=False)
+    lr_max: float = option(1.0, "upper bound of the lr-grid growth", key=False)
+    time_budget: float = option(0.0, "seconds: stop starting new runs after this (0 = no limit); rerun to resume",
+                                key=False, old=("--time-budget-s",))
+    out: str = option("out", "folder of the results file and figures (out/ is not committed; the committed "
+                      "results are in figures/)", key=False)
+    plot_only: bool = option(False, "print the summary and redraw the figures from the results file; no training",
+                             key=False)
+    dry_run: bool = option(False, "print the plan (runs done / to do per method, estimated time) and exit", key=False)
+    shard: str = option("", "'i/n': run only base-grid groups j with j %% n == i, into this shard's own results file"
+                        .replace("%%", "%"), key=False)
+    merge: bool = option(False, "fold the shard files into the results file, then summarise", key=False)
+    threads: int = option(0, "torch CPU threads on the CPU device (0 = every core this process may use)", key=False)
+    device: str = option("auto", "auto (CUDA if available), cpu, or cuda[:i]", key=False)
+
+
+def redefault(name: str, value, help: Optional[str] = None):
+    """A :class:`SweepConfig` field with another default (and optionally another help) in a subclass."""
+    f = SweepConfig.__dataclass_fields__[name]
+    md = dict(f.metadata)
+    if help is not None:
+        md["help"] = help
+    return dataclasses.field(default=value, metadata=md)
 
 
 def check_sweep_options(cfg, methods, *, all_allowed: bool = False) -> None:

@@ -39,7 +39,7 @@ CASES = [
     ("official", OFF + ["--out", "{corrupt}"], "not valid JSON"),
     ("official", OFF + ["--plot-only", "--out", "{empty}"], "--plot-only"),
     ("mamba", MAMBA + ["--lora-ranks", "1000"], "--lora-ranks"),
-    ("mamba", MAMBA + ["--sdt-channels", "1000"], "--sdt-channels"),
+    ("mamba", MAMBA + ["--sdt", "1000"], "--sdt"),
     ("mamba", MAMBA + ["--sdt-lora", "abc"], "--sdt-lora"),
     ("mamba", MAMBA + ["--seeds", "99999999999999999999999"], "--seeds"),
     ("mamba", MAMBA + ["--lrs", "0.01,0.01"], "--lrs"),

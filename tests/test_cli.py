@@ -54,7 +54,7 @@ def test_cuda_device_without_cuda(capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--d-model", "0"], "--d-model: must be >= 1"), (["--lrs", "1e-2,-1"], "--lrs: must be finite and >= 0"),
-    (["--backend", "foo"], "--backend: one of"), (["--iters", "x"], "--iters: invalid literal"),
+    (["--backend", "foo"], "--backend: one of"), (["--iters", "x"], "--iters: invalid int value"),
     (["--seeds", ""], "--seeds: need at least one seed"), (["--lr-extend-factor", "1"], "--lr-extend-factor")])
 def test_mamba_regression_bad_options(argv, needle, capsys):
     _fails(mamba_regression.main, ["--preset", "tiny"] + argv, needle, capsys)
@@ -62,3 +62,57 @@ def test_mamba_regression_bad_options(argv, needle, capsys):
 
 def test_mamba_bench_bad_options(capsys):
     _fails(bench.main, ["--mamba", "--preset", "tiny", "--d-model", "0"], "--d-model: must be >= 1", capsys)
+
+
+# ------------------------------------------------------------------------------------ one grammar
+SPELLINGS = [  # (module, deprecated spelling, its current spelling)
+    ("synthetic.mamba.config", ["--time-budget-s", "5"], ["--time-budget", "5"]),
+    ("synthetic.mamba.config", ["--dry-run", "true"], ["--dry-run"]),
+    ("synthetic.mamba.config", ["--fused", "false"], ["--no-fused"]),
+    ("synthetic.mamba.config", ["--sdt-channels", "4"], ["--sdt", "4"]),
+    ("synthetic.mamba.config", ["--sdt-lora", "4x1"], ["--sdt-lora", "4:1"]),
+    ("synthetic.mamba2.config", ["--sdt-lora", "2x1x1"], ["--sdt-lora", "2x1:1"]),
+    ("synthetic.hybrid.config", ["--lin-rank", "1", "--ssm-ranks", "1", "--proj-ranks", "1", "--sdt-channels", "4"],
+     ["--lin-lora-rank", "1", "--ssm-lora-ranks", "1", "--proj-lora-ranks", "1", "--sdt", "4"]),
+    ("synthetic.s4.config", ["--D", "8", "--H", "4", "--H-star", "2", "--L-frozen", "2", "--L-target", "1", "--N", "8",
+                             "--sdt-budgets", "2x1", "--sdt-lora-budgets", "2x1:1", "--s4-lora-ranks", "1,1"],
+     ["--d-model", "8", "--frozen-d-state", "4", "--target-d-state", "2", "--frozen-layers", "2", "--target-layers",
+      "1", "--seq-len", "8", "--sdt", "2x1", "--sdt-lora", "2x1:1", "--ssm-lora-ranks", "1,1"]),
+]
+
+
+@pytest.mark.parametrize("module, old, new", SPELLINGS, ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_deprecated_spellings_give_the_same_config_and_say_so(module, old, new, capsys, tmp_path):
+    import importlib
+
+    mod = importlib.import_module(module)
+    parse = getattr(mod, "parse_args", None) or mod.parse_config
+    base = ["--preset", "tiny", "--out", str(tmp_path)]
+    a = parse(base + old)
+    msg = capsys.readouterr().err
+    assert parse(base + new) == a
+    assert msg.count("deprecated") >= 1 and "use " in msg
+
+
+def test_old_s4_preset_name_is_the_cpu_preset(capsys):
+    from synthetic.s4 import config as s4c
+
+    assert s4c.parse_config(["--preset", "default"]) == s4c.parse_config([])
+    assert "--preset cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["synthetic.s4.config", "synthetic.mamba.config", "synthetic.mamba2.config",
+                                    "synthetic.hybrid.config", "synthetic.s4.theorem1_study"])
+def test_help_shows_the_chosen_presets_values_and_the_shared_names(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(module)
+    parse = getattr(mod, "parse_args", None) or mod.parse_config
+    with pytest.raises(SystemExit):
+        parse(["--preset", "paper", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for opt in ("--time-budget", "--dry-run | --no-dry-run", "--d-model", "--seq-len", "--frozen-layers", "--sdt",
+                "--threads", "--out", "--seeds", "--preset"):
+        assert opt in text, (module, opt)
+    assert "(default: figures)" in text  # the paper preset's folder, not the class default
+    assert "(default: 64)" in text  # d_model of every paper preset

@@ -283,7 +283,7 @@ def test_configs_refuse_what_they_cannot_do():
     (["--frozen-attn-period", "1"], "--frozen-attn-period"), (["--frozen-layers", "3"], "--frozen-layers"),
     (["--target-attn-offset", "2"], "--target-attn-offset"), (["--n-heads", "3"], "--n-heads"),
     (["--norm", "layernorm"], "--norm"), (["--attention-kernel", "flash"], "--attention-kernel"),
-    (["--ssm-ranks", "9"], "--ssm-ranks"), (["--sdt-channels", "0"], "--sdt-channels"), (["--lin-rank", "0"], "--lin-rank"),
+    (["--ssm-lora-ranks", "9"], "--ssm-lora-ranks"), (["--sdt", "0"], "--sdt"), (["--lin-lora-rank", "0"], "--lin-lora-rank"),
     (["--methods", "SDT"], "--methods"), (["--seeds", "0,0"], "--seeds"), (["--shard", "0/2", "--merge"], "--shard"),
     (["--backend", "mamba_ssm"], "--backend"), (["--no-such-option", "1"], "--no-such-option")])
 def test_cli_rejects_bad_options_naming_them(argv, option, capsys):
@@ -293,11 +293,11 @@ def test_cli_rejects_bad_options_naming_them(argv, option, capsys):
 
 
 def test_every_preset_is_valid_and_run_keys_leave_budgets_out():
-    for cfg in hcfg.PRESETS.values():
+    for cfg in map(hcfg.make, hcfg.PRESETS):
         hcfg.check_options(cfg)
         assert hcfg.METHOD_ORDER == tuple(METHODS)  # every registry entry is run (and drawn) by default
-    d = hcfg.config_dict(hcfg.PRESETS["cpu"])
-    assert not set(d) & set(hcfg.BUDGET_FIELDS) and "seeds" not in d
+    d = hcfg.config_dict(hcfg.make("cpu"))
+    assert not set(d) & {"lin_lora_rank", "proj_lora_ranks", "ssm_lora_ranks", "sdt", "lin_rank"} and "seeds" not in d
     assert layer_kinds(8, 8, 4).count(ATTENTION) == 1  # the paper preset is Jamba's 1 : 7
 
 
@@ -351,7 +351,7 @@ def test_committed_cpu_result_is_complete():
     path = Path(__file__).resolve().parent.parent / "figures" / "hybrid_regression_cpu.json"
     if not path.exists():
         pytest.skip("no committed CPU result yet")
-    cfg = hcfg.validate(dataclasses.replace(hcfg.PRESETS["cpu"], out=str(path.parent), dry_run=True))
+    cfg = hcfg.validate(hcfg.make("cpu", out=str(path.parent), dry_run=True))
     p = plan(hexp.HybridExperiment(cfg))
     assert p["base_runs_to_do"] == 0 and p["extension_runs_next"] == 0, p  # lr grids grown until interior or bound
     recs = hexp.current_records(cfg, ResultsFile(path).runs())

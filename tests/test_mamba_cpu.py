@@ -358,7 +358,7 @@ def test_regression_official_rule_option(tmp_path):
         assert r["config"]["sdt_rule"] == "official" and '"sdt_state_freeze":0.5' in r["key"]
     sdt = next(r for r in recs if r["method"] == "SDT")
     assert sdt["trainable"] == 2 * 4 * (2 + 2 * 4)
-    default = mcfg.config_dict(mcfg.PRESETS["tiny"])
+    default = mcfg.config_dict(mcfg.make("tiny"))
     assert not {"sdt_rule", "sdt_state_freeze", "lora_dropout", "shard", "merge"} & set(default)  # keys unchanged
 
 

@@ -152,7 +152,7 @@ def test_benchmark_configs_reject_what_they_cannot_do(capsys):
 
 def test_run_keys_of_existing_methods_unchanged():
     """The budget lists added for the new methods are not part of a run's config dict."""
-    d = mcfg.config_dict(mcfg.PRESETS["cpu"])
+    d = mcfg.config_dict(mcfg.make("cpu"))
     assert not set(d) & set(mcfg.BENCHMARK_BUDGET_FIELDS)
 
 

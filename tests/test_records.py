@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from synthetic.cli import fields_from_record_config
+
 from synthetic import runner
 from synthetic.records import RUN_FIELDS, normalise, infer_from_path
 from synthetic.results import ResultsFile
@@ -55,10 +57,9 @@ def _experiment_for(path: Path):
     if r0["experiment"] == "mamba":
         from synthetic.mamba import config as mcfg, experiment as mr
 
-        fields = {f.name for f in dataclasses.fields(mcfg.MambaRegressionConfig)}
-        c = {k: tuple(v) if isinstance(v, list) else v for k, v in r0["config"].items() if k in fields}
+        c = fields_from_record_config(mcfg.MambaRegressionConfig, r0["config"])
         c.update(seeds=seeds, lrs=lrs, methods=methods, dry_run=True, out=str(path.parent))
-        cfg = dataclasses.replace(mcfg.PRESETS[r0["preset"]], **c)
+        cfg = mcfg.make(r0["preset"], **c)
         if any(m in mcfg.BENCHMARK_ORDER for m in methods):
             cfg = dataclasses.replace(cfg, methods=mcfg.ALL_METHODS)
         return mr.MambaExperiment(cfg)
@@ -67,14 +68,12 @@ def _experiment_for(path: Path):
     if r0["experiment"] == "s4_official":
         from synthetic.s4 import official as soc, official_experiment as so
 
-        fields = {f.name for f in dataclasses.fields(soc.OfficialConfig)}
-        return so.OfficialExperiment(soc.OfficialConfig(**{k: v for k, v in c.items() if k in fields}))
+        return so.OfficialExperiment(soc.OfficialConfig(**fields_from_record_config(soc.OfficialConfig, c)))
     from synthetic.s4 import config as s4c, experiment as s4r
 
-    fields = {f.name for f in dataclasses.fields(s4c.Config)}
-    c = {**s4c.PRESETS.get(r0["preset"], {}), **c}  # fields older records lack: the preset's values
+    c = {**s4c.PRESETS.get(r0["preset"], {}), **fields_from_record_config(s4c.Config, c)}  # older records: preset's
     c.update(methods=methods, seeds=seeds)  # a sweep split over processes by method: the whole file's
-    return s4r.S4Experiment(s4c.Config(**{k: v for k, v in c.items() if k in fields}))
+    return s4r.S4Experiment(s4c.Config(**c))
 
 
 # Base-grid runs a committed file still lacks, and why (nothing else may be missing)

@@ -199,8 +199,8 @@ def test_official_sdt_score_options_differ_only_in_the_update_order():
 
 def test_official_bad_options_rejected():
     for kw, match in ((dict(batch=0), "--batch"), (dict(data="cpu"), "--data"),
-                      (dict(sdt_budgets=("9x4/8x8",)), "--sdt-budgets"), (dict(methods=("LoRA",)), "--methods"),
-                      (dict(ac_lora_budgets=("4",)), "--ac-lora-budgets"), (dict(lrs=(-1.0,)), "--lrs"),
+                      (dict(sdt=("9x4/8x8",)), "--sdt"), (dict(methods=("LoRA",)), "--methods"),
+                      (dict(ac_lora=("4",)), "--ac-lora"), (dict(lrs=(-1.0,)), "--lrs"),
                       (dict(lr_extend_factor=0.5), "--lr-extend-factor"), (dict(lr_min=2.0), "--lr-min")):
         with pytest.raises(ValueError, match=match):
             soc.validate(soc.OfficialConfig(**kw))
@@ -279,7 +279,9 @@ def test_official_committed_results_keep_their_keys():
         pytest.skip("no committed official-preset results")
     recs = json.loads(path.read_text())
     runs = so.run_records(recs)
-    cfg = soc.OfficialConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in runs[0]["config"].items()})
+    from synthetic.cli import fields_from_record_config
+
+    cfg = soc.OfficialConfig(**fields_from_record_config(soc.OfficialConfig, runs[0]["config"]))
     assert len(so.current_runs(cfg, recs)) == len(runs) > 0
 
 

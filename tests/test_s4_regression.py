@@ -113,8 +113,8 @@ def tiny(request):
 def test_trainable_count_equals_theory_package(tiny):
     cfg, trainer, frozen, target, sel = tiny
     total = sum(v.numel() for p in frozen for v in p.values())
-    assert total == sm.count_layer_params(cfg.D, s4c.n_modes(cfg, cfg.H)) * cfg.L_frozen
-    assert frozen[0]["C_re"].shape[1] == (cfg.H if cfg.state_convention == "complex" else cfg.H // 2)
+    assert total == sm.count_layer_params(cfg.d_model, s4c.n_modes(cfg, cfg.frozen_d_state)) * cfg.frozen_layers
+    assert frozen[0]["C_re"].shape[1] == (cfg.frozen_d_state if cfg.state_convention == "complex" else cfg.frozen_d_state // 2)
     for name, method in s4m.METHODS.items():
         for budget in method.budgets(cfg):
             state = sm.RunState.create(frozen, 2, *trainer.rank_max(), generator=torch.Generator().manual_seed(0))
@@ -206,12 +206,12 @@ def test_lora_proj_updates_only_lora_factors(tiny):
 
 
 def test_bad_options_fail_with_a_clear_message(capsys):
-    cases = [(["--D", "0"], "--D"), (["--bogus-option", "1"], "unrecognized arguments: --bogus-option"),
-             (["--sdt-budgets", "3by2"], "--sdt-budgets"), (["--methods", "LoRA,Nope"], "--methods"),
-             (["--lrs", "1e-3,-1"], "--lrs"), (["--H", "7"], "--H"), (["--preset", "huge"], "--preset"),
+    cases = [(["--d-model", "0"], "--d-model"), (["--bogus-option", "1"], "unrecognized arguments: --bogus-option"),
+             (["--sdt", "3by2"], "--sdt"), (["--methods", "LoRA,Nope"], "--methods"),
+             (["--lrs", "1e-3,-1"], "--lrs"), (["--frozen-d-state", "7"], "--frozen-d-state"), (["--preset", "huge"], "--preset"),
              (["--lora-ranks", "1,x"], "--lora-ranks"), (["--state-convention", "real"], "--state-convention"),
              (["--sdt-prune", "all"], "--sdt-prune"), (["--usable-states", "99"], "--usable-states"),
-             (["--sdt-prune", "usable", "--usable-channels", "1"], "--sdt-budgets"),
+             (["--sdt-prune", "usable", "--usable-channels", "1"], "--sdt:"),
              (["--warmup-params", "x"], "--warmup-params"), (["--lr-extend-factor", "1"], "--lr-extend-factor"),
              (["--lr-min", "2", "--lr-max", "1"], "--lr-min")]
     for argv, needle in cases:

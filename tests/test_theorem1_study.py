@@ -29,7 +29,7 @@ def relu_afterwards():
 
 
 def _pair(D, H, H_star, L, N, seed, activation):
-    cfg = Config(D=D, H=H, H_star=H_star, L_frozen=L, N=N, activation=activation)
+    cfg = Config(d_model=D, frozen_d_state=H, target_d_state=H_star, frozen_layers=L, seq_len=N, activation=activation)
     tr = Trainer(cfg, torch.device("cpu"))
     frozen, target = tr.models(seed)
     return frozen, [{k: v[0] for k, v in p.items()} for p in target]
@@ -159,7 +159,7 @@ def test_study_sweeps_resumes_and_summarises(tmp_path, activation):
 @pytest.mark.parametrize("argv, match", [
     (["--arms", "SDT"], "--arms"),
     (["--long-factor", "0"], "--long-factor"),
-    (["--L-target", "2"], "L\\* < L"),
+    (["--target-layers", "2"], "L\\* < L"),
     (["--noise-levels", "-0.1"], "--noise-levels"),
     (["--activation", "tanh"], "--activation"),
 ])

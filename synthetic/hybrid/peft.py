@@ -241,28 +241,28 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("Frozen", lambda b: HybridPeftConfig(), lambda c: [{}], trains=False),
     Method("LoRA (Attn) + LoRA (Proj)",
            lambda b: HybridPeftConfig(_attn_lora(b), MambaPeftConfig(lora=PROJ_NAMES, lora_rank=int(b["proj_rank"]))),
-           lambda c: [{"rank": c.lin_rank, "proj_rank": r} for r in c.proj_ranks]),
+           lambda c: [{"rank": c.lin_lora_rank, "proj_rank": r} for r in c.proj_lora_ranks]),
     Method("LoRA (Attn) + LoRA (SSM)",
            lambda b: HybridPeftConfig(_attn_lora(b), MambaPeftConfig(lora=S6_LORA_NAMES, lora_rank=int(b["ssm_rank"]))),
-           lambda c: [{"rank": c.lin_rank, "ssm_rank": r} for r in c.ssm_ranks]),
+           lambda c: [{"rank": c.lin_lora_rank, "ssm_rank": r} for r in c.ssm_lora_ranks]),
     Method("LoRA (Attn) + DoRA (SSM)",
            lambda b: HybridPeftConfig(_attn_lora(b), MambaPeftConfig(dora=SSM_DORA_NAMES, lora_rank=int(b["ssm_rank"]))),
-           lambda c: [{"rank": c.lin_rank, "ssm_rank": r} for r in c.ssm_ranks]),
+           lambda c: [{"rank": c.lin_lora_rank, "ssm_rank": r} for r in c.ssm_lora_ranks]),
     Method("LoRA (Attn) + SDT (SSM)",
            lambda b: HybridPeftConfig(_attn_lora(b), MambaPeftConfig(sdt_channels=int(b["channels"]))),
-           lambda c: [{"rank": c.lin_rank, "channels": ch} for ch in c.sdt_channels]),
+           lambda c: [{"rank": c.lin_lora_rank, "channels": ch} for ch in c.sdt]),
     Method("DoRA (Lin) + DoRA (SSM)",
            lambda b: HybridPeftConfig(_attn_dora(b), MambaPeftConfig(dora=PROJ_NAMES + SSM_DORA_NAMES,
                                                                      lora_rank=int(b["rank"]))),
-           lambda c: [{"rank": c.lin_rank}]),
+           lambda c: [{"rank": c.lin_lora_rank}]),
     Method("DoRA (Lin) + SDT (SSM)",
            lambda b: HybridPeftConfig(_attn_dora(b), MambaPeftConfig(dora=PROJ_NAMES, lora_rank=int(b["rank"]),
                                                                      sdt_channels=int(b["channels"]))),
-           lambda c: [{"rank": c.lin_rank, "channels": ch} for ch in c.sdt_channels]),
+           lambda c: [{"rank": c.lin_lora_rank, "channels": ch} for ch in c.sdt]),
     Method("Full", lambda b: HybridPeftConfig(AttentionPeftConfig(full=ATTN_TARGETS), MambaPeftConfig(full=ALL_NAMES),
                                               norms=True), lambda c: [{}]),
 )}
 """Method name -> :class:`synthetic.mamba.peft.Method` (its config: a :class:`HybridPeftConfig`). Budgets:
-``rank`` = the linear-projection adapter's rank (``cfg.lin_rank``, one value, so SSM-side methods compare at the
+``rank`` = the linear-projection adapter's rank (``cfg.lin_lora_rank``, one value, so SSM-side methods compare at the
 same attention adapter), ``proj_rank`` / ``ssm_rank`` / ``channels`` = the Mamba side's budget."""
 

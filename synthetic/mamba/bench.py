@@ -43,8 +43,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.cli import check_overwrite, write_json_atomic
-from synthetic.mamba.config import parse_config
+from synthetic.cli import check_overwrite, option, parse_options, write_json_atomic
+from synthetic.mamba.config import check_config
 from synthetic.mamba.official import official_counts
 from synthetic.mamba.peft import (PROJ_NAMES, MambaPeftConfig, PeftMambaStack, get_backend, mamba_ssm_available,
                                   trainable_count)
@@ -67,37 +67,41 @@ SDLORA_OFFICIAL = "SDLoRA: SDT + LoRA r8 out_proj (official)"
 
 @dataclass(frozen=True)
 class MambaBenchConfig:
-    preset: str = "paper"
-    backend: str = "auto"
-    fused: bool = True  # also time the fused path (mamba_inner_fn) when causal-conv1d is installed
-    unfused: bool = True  # time the unfused path
-    tables: Tuple[str, ...] = TABLES
-    device: str = "auto"
-    d_model: int = 768
-    n_layers: int = 24
-    d_state: int = 16
-    expand: int = 2
-    batch: int = 4
-    seq_len: int = 1024
-    lora_rank: int = 8  # equal-budget table: LoRA rank on every linear map
-    channel_frac: float = 0.01  # equal-budget table: SDT channels per layer
-    official_channel_freeze: float = 0.99  # official SDLoRA: fraction of channels frozen
-    official_state_freeze: float = 0.75  # official SDLoRA: fraction of A_log states frozen per channel
-    official_sdlora_rank: int = 8
-    lora_dropout: float = 0.1  # official LoRA dropout (unfused rows)
-    warmup_steps: int = 3
-    steps: int = 10  # timed steps per configuration per round
-    rounds: int = 5
-    profile: bool = False
-    profile_top: int = 15
-    out: str = "figures"
-    force: bool = False  # replace a bench_mamba.json of another configuration
+    """Every field is an option of ``python -m synthetic.bench --mamba``."""
+
+    preset: str = option("cpu", "named configuration: its values are the defaults shown here; options override them")
+    backend: str = option("auto", "mamba_ssm | reference | auto (mamba_ssm if CUDA and the package are present)")
+    fused: bool = option(True, "also time the fused path (mamba_inner_fn) when causal-conv1d is installed")
+    unfused: bool = option(True, "time the unfused path")
+    tables: Tuple[str, ...] = option(TABLES, "tables to time: official (Table 2's configurations), equal_budget")
+    device: str = option("auto", "auto (CUDA if available), cpu, or cuda[:i]")
+    d_model: int = option(768, "model width")
+    n_layers: int = option(24, "Mamba blocks")
+    d_state: int = option(16, "states per channel")
+    expand: int = option(2, "expansion factor (d_inner = expand x d_model)")
+    batch: int = option(4, "sequences per step")
+    seq_len: int = option(1024, "sequence length")
+    lora_rank: int = option(8, "equal-budget table: LoRA rank on every linear map")
+    channel_frac: float = option(0.01, "equal-budget table: SDT channels per layer, as a fraction of d_inner")
+    official_channel_freeze: float = option(0.99, "official SDLoRA: fraction of channels frozen")
+    official_state_freeze: float = option(0.75, "official SDLoRA: fraction of A_log states frozen per channel")
+    official_sdlora_rank: int = option(8, "official SDLoRA: LoRA rank on out_proj")
+    lora_dropout: float = option(0.1, "official LoRA dropout (unfused rows)")
+    warmup_steps: int = option(3, "untimed steps first (compilation, caches)")
+    steps: int = option(10, "timed steps per configuration per round")
+    rounds: int = option(5, "rounds (configurations interleaved per round)")
+    profile: bool = option(False, "profile one step per configuration (torch.profiler) into bench_mamba_profile.txt")
+    profile_top: int = option(15, "events per configuration in the profile")
+    out: str = option("figures", "folder of bench_mamba.json")
+    force: bool = option(False, "replace a bench_mamba.json of another configuration")
 
 
-PRESETS: Dict[str, MambaBenchConfig] = {
-    "paper": MambaBenchConfig(),
-    "tiny": MambaBenchConfig(preset="tiny", d_model=16, n_layers=2, d_state=4, batch=2, seq_len=16, lora_rank=2,
-                             channel_frac=0.25, official_channel_freeze=0.75, warmup_steps=1, steps=2, rounds=2),
+_TINY = dict(d_model=16, n_layers=2, d_state=4, batch=2, seq_len=16, lora_rank=2, channel_frac=0.25,
+             official_channel_freeze=0.75, warmup_steps=1, steps=2, rounds=2)
+PRESETS: Dict[str, Dict] = {
+    "cpu": dict(_TINY, out="out"),  # seconds on a CPU (the reference backend); not the paper's sizes
+    "paper": {},  # Table 2's official configuration (Mamba-130M shape, batch 4 x 1024): a GPU
+    "tiny": dict(_TINY, out="out"),
 }
 
 
@@ -349,8 +353,8 @@ def profile_text(res: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg, p = parse_config(MambaBenchConfig, PRESETS, "paper" if mamba_ssm_available() else "tiny", argv,
-                          "python -m synthetic.bench --mamba", __doc__.split("\n\n")[0])
+    cfg, p = parse_options(MambaBenchConfig, PRESETS, argv, prog="python -m synthetic.bench --mamba",
+                           description=__doc__.split("\n\n")[0], validate=check_config)
     out = Path(cfg.out) / "bench_mamba.json"
     ident = {"device": environment()["device"] if torch.cuda.is_available() else "cpu",
              "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "force")}}

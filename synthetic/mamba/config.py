@@ -16,7 +16,8 @@ import torch
 from synthetic.mamba.official import SDT_RULES
 from synthetic.mamba.peft import BACKENDS, BENCHMARK_METHODS, METHODS, mamba_ssm_available
 from synthetic.results import LrPolicy
-from synthetic.cli import check_numbers, check_out_dir, field_help
+from synthetic.cli import (SweepConfig, check_numbers, check_out_dir, deprecated, key_config, option, parse_options,
+                           redefault)
 from synthetic.runner import parse_shard
 
 
@@ -24,130 +25,91 @@ METHOD_ORDER = ("Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", 
 BENCHMARK_ORDER = tuple(BENCHMARK_METHODS)  # the benchmark's other methods (``--methods all``)
 ALL_METHODS = tuple(m for m in METHODS if m != "Full") + ("Full",)  # every registry entry, Full last
 BENCHMARK_BUDGET_FIELDS = ("prompt_lens", "prefix_lens", "dora_ranks", "additional_states")
+DESCRIPTION = "Mamba (S6): SDT vs LoRA on Mamba blocks, regression to a smaller target (Galim et al., Sec. 6)."
+
+
+def _old_sdt_lora(option: str, s: str) -> str:
+    """``--sdt-lora CxR`` (channels x rank, the old notation) -> ``C:R``, with a deprecation message."""
+    if ":" not in s and s.count("x") == 1:
+        new = s.replace("x", ":")
+        deprecated(f"{option} {s} (channels x rank)", f"{option} {new} (channels : rank; 'x' separates states)")
+        return new
+    return s
+
+
+def _sdt_lora_key(vals: Tuple[str, ...]) -> Tuple[str, ...]:
+    """Run keys hold ``--sdt-lora`` in the notation of the committed results (``CxR``)."""
+    return tuple(s.replace(":", "x") for s in vals)
 
 
 @dataclass(frozen=True)
-class MambaRegressionConfig:
+class MambaRegressionConfig(SweepConfig):
     """Every field is a CLI option (``--d-model 64``; tuples as comma lists: ``--lrs 1e-3,3e-3``)."""
 
-    preset: str = "cpu"  # named config (PRESETS); other options override its fields
-    backend: str = "auto"  # mamba_ssm | reference | auto (mamba_ssm if CUDA and the package are present)
-    fused: bool = True  # use mamba_inner_fn when causal-conv1d is installed (mamba_ssm backend)
-    device: str = "auto"  # auto | cpu | cuda
-    d_model: int = 16
-    expand: int = 2
-    frozen_layers: int = 2
-    frozen_d_state: int = 8
-    target_layers: int = 1
-    target_d_state: int = 4
-    batch: int = 8
-    seq_len: int = 32
-    iters: int = 150
-    eval_every: int = 25
-    eval_batches: int = 2
-    warmup_iters: int = 10  # Algorithm 1's warm-up of the S6 parameters
-    warmup_lr: float = 1e-2
-    weight_decay: float = 0.01
-    lrs: Tuple[float, ...] = (3e-2, 1e-2)  # swept in this order: a truncated sweep has every point at the first lr
-    lr_extend_factor: float = 4.0  # a best lr at the grid's edge adds edge×factor (or /factor); 0 = off
-    lr_min: float = 1e-6  # bounds of the extension (sweep.LrPolicy)
-    lr_max: float = 1.0
-    seeds: Tuple[int, ...] = (0,)
-    model_seed: int = 0  # seeds the frozen and target models (shared by all runs)
-    lora_ranks: Tuple[int, ...] = (1, 2)
-    sdt_channels: Tuple[int, ...] = (8, 16)  # channels per layer
-    sdt_lora: Tuple[str, ...] = ("8x1",)  # "<channels>x<rank>"
-    methods: Tuple[str, ...] = METHOD_ORDER  # methods to run (registry names, comma-separated) or "all"
-    # budgets of BENCHMARK_ORDER's methods (not part of a run key: each run's budget is)
-    prompt_lens: Tuple[int, ...] = (8, 32)  # prompt tuning: M vectors at the input
-    prefix_lens: Tuple[int, ...] = (4, 16)  # prefix-tuning: M vectors per block
-    dora_ranks: Tuple[int, ...] = (1, 2)  # DoRA on in_proj and out_proj
-    additional_states: Tuple[int, ...] = (1, 2)  # Additional-scan: states added per channel
-    time_budget_s: float = 0.0  # stop starting new runs after this many seconds (0: no limit); rerun to resume
-    threads: int = 1  # torch CPU threads on the CPU device (tiny ops: one thread is fastest; 0 = torch default)
-    out: str = "figures"
-    plot_only: bool = False
-    dry_run: bool = False  # print the plan (runs done / to do per method, estimated time) and exit
-    shard: str = ""  # "i/n": run only grid runs j with j % n == i, into this shard's own results file
-    merge: bool = False  # fold the shard files into the main results file (atomically), then plot
+    backend: str = option("auto", "mamba_ssm | reference | auto (mamba_ssm if CUDA and the package are present)")
+    fused: bool = option(True, "use mamba_inner_fn when causal-conv1d is installed (mamba_ssm backend)")
+    d_model: int = option(16, "model width (channels of the residual stream)")
+    expand: int = option(2, "Mamba's expansion factor (d_inner = expand x d_model)")
+    frozen_layers: int = option(2, "layers of the frozen model")
+    frozen_d_state: int = option(8, "states per channel of the frozen model")
+    target_layers: int = option(1, "layers of the target model")
+    target_d_state: int = option(4, "states per channel of the target model")
+    batch: int = option(8, "sequences per training batch")
+    seq_len: int = option(32, "sequence length")
+    iters: int = option(150, "AdamW iterations per run")
+    eval_every: int = option(25, "iterations between evaluations")
+    eval_batches: int = option(2, "batches of the evaluation MSE")
+    warmup_iters: int = option(10, "iterations of Algorithm 1's warm-up of the S6 parameters (SDT's selection)")
+    warmup_lr: float = option(1e-2, "learning rate of Algorithm 1's warm-up")
+    weight_decay: float = option(0.01, "AdamW's decoupled weight decay (>= 0)")
+    lrs: Tuple[float, ...] = redefault("lrs", (3e-2, 1e-2), "base learning-rate grid, swept in this order (a "
+                                       "truncated sweep has every point at the first lr); grown at its edges")
+    seeds: Tuple[int, ...] = redefault("seeds", (0,), "seeds of the data and the adapters' initialisation, "
+                                       "comma-separated (the models are drawn from --model-seed)")
+    model_seed: int = option(0, "seeds the frozen and target models (shared by all runs)")
+    lora_ranks: Tuple[int, ...] = option((1, 2), "LoRA ranks (LoRA (Proj), LoRA (S6+Proj))")
+    sdt: Tuple[int, ...] = option((8, 16), "SDT budgets: channels per layer (every state of a chosen channel is "
+                                  "updated)", key_as="sdt_channels", old=("--sdt-channels",))
+    sdt_lora: Tuple[str, ...] = option(("8:1",), "SDT + LoRA budgets 'channels:rank' (LoRA rank on the projections)",
+                                       to_key=_sdt_lora_key, normalise=_old_sdt_lora)
+    methods: Tuple[str, ...] = redefault("methods", METHOD_ORDER)
+    prompt_lens: Tuple[int, ...] = option((8, 32), "prompt tuning: M vectors at the input", key=False)
+    prefix_lens: Tuple[int, ...] = option((4, 16), "prefix-tuning: M vectors per block", key=False)
+    dora_ranks: Tuple[int, ...] = option((1, 2), "DoRA on in_proj and out_proj: ranks", key=False)
+    additional_states: Tuple[int, ...] = option((1, 2), "Additional-scan: states added per channel", key=False)
     # Opt-in options matching the official code (furiosa-ai/ssm-peft, mamba_ssm_peft/peft/sd_lora.py and
-    # cfg/peft/); see notes/mamba.md. Left out of run keys at their defaults (_OPT_IN_DEFAULTS).
-    sdt_rule: str = "ours"  # "ours": warm up A_log, x_proj, dt_proj; score by the change of Ā | "official" (below)
-    sdt_state_freeze: float = 0.0  # official rule only: fraction of A_log states frozen per SDT channel (0.75)
-    lora_dropout: float = 0.0  # dropout on the LoRA input path (official 0.1); runs unfused while training
+    # cfg/peft/); see notes/mamba.md.
+    sdt_rule: str = option("ours", "'ours': warm up A_log, x_proj, dt_proj, score channels by the change of A-bar; "
+                           "'official': the official SDLoRA rule", opt_in=True)
+    sdt_state_freeze: float = option(0.0, "official rule only: fraction of A_log states frozen per SDT channel "
+                                     "(official 0.75)", opt_in=True)
+    lora_dropout: float = option(0.0, "dropout on the LoRA input path (official 0.1); runs unfused while training",
+                                 opt_in=True)
 
 
-PRESETS: Dict[str, MambaRegressionConfig] = {
+PRESETS: Dict[str, Dict] = {
     # < 3 minutes on 2 CPU cores with the reference scan
-    "cpu": MambaRegressionConfig(),
+    "cpu": {},
     # the GPU configuration (mamba_ssm backend); 500 AdamW iterations as the S4 experiment (the paper's
     # Mamba loss curves run 1,000); ~9-13 s per run on one H100 with mamba-ssm's unfused path
-    "paper": MambaRegressionConfig(
-        preset="paper", d_model=64, expand=2, frozen_layers=4, frozen_d_state=16, target_layers=1,
+    "paper": dict(
+        d_model=64, expand=2, frozen_layers=4, frozen_d_state=16, target_layers=1,
         target_d_state=8, batch=64, seq_len=256, iters=500, eval_every=25, eval_batches=4, warmup_iters=50,
         warmup_lr=1e-2, lrs=(1e-2, 3e-2, 3e-3), seeds=(0,), lora_ranks=(1, 2, 4, 8),
-        sdt_channels=(16, 32, 64, 128), sdt_lora=("16x1", "32x2", "64x4"),
+        sdt=(16, 32, 64, 128), sdt_lora=("16:1", "32:2", "64:4"),
         prompt_lens=(32, 64, 128, 256), prefix_lens=(8, 16, 32, 64), dora_ranks=(1, 2, 4, 8),
-        additional_states=(1, 2, 4, 8)),
+        additional_states=(1, 2, 4, 8), out="figures"),
     # seconds; for tests
-    "tiny": MambaRegressionConfig(
-        preset="tiny", d_model=8, frozen_layers=2, frozen_d_state=4, target_d_state=2, batch=2, seq_len=8,
-        iters=6, eval_every=3, eval_batches=1, warmup_iters=2, lrs=(1e-2,), lora_ranks=(1,), sdt_channels=(4,),
-        sdt_lora=("4x1",), prompt_lens=(2,), prefix_lens=(2,), dora_ranks=(1,), additional_states=(1,)),
+    "tiny": dict(
+        d_model=8, frozen_layers=2, frozen_d_state=4, target_d_state=2, batch=2, seq_len=8,
+        iters=6, eval_every=3, eval_batches=1, warmup_iters=2, lrs=(1e-2,), lora_ranks=(1,), sdt=(4,),
+        sdt_lora=("4:1",), prompt_lens=(2,), prefix_lens=(2,), dora_ranks=(1,), additional_states=(1,)),
 }
 
 
-# Opt-in fields: left out of the run key while at these defaults, so earlier results still resume.
-_OPT_IN_DEFAULTS = {"sdt_rule": "ours", "sdt_state_freeze": 0.0, "lora_dropout": 0.0}
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def _parse_field(f: dataclasses.Field, s: str):
-    default = f.default
-    if isinstance(default, bool):
-        if s.lower() in ("1", "true", "yes"):
-            return True
-        if s.lower() in ("0", "false", "no"):
-            return False
-        raise argparse.ArgumentTypeError(f"--{f.name}: expected true/false, got {s!r}")
-    if isinstance(default, tuple):
-        typ = type(default[0]) if default else str
-        return tuple(typ(x) for x in s.split(",") if x.strip())
-    return type(default)(s)
-
-
-def parse_config(cls, presets: Dict[str, object], default_preset: str, argv: Optional[Sequence[str]], prog: str,
-                 description: str):
-    """Parse CLI options into a ``cls`` dataclass: start from ``--preset`` (default ``default_preset``),
-    then apply the options given (every field is an option; unknown options are rejected)."""
-    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
-    fields = dataclasses.fields(cls)
-    helps = field_help(cls)
-    for f in fields:
-        opt = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(opt, nargs="?", const="true", default=None, metavar="BOOL",
-                           help=f"{helps[f.name]} (default {f.default})")
-        else:
-            p.add_argument(opt, default=None, help=f"{helps[f.name]} (default {f.default!r})")
-    ns = p.parse_args(argv)  # exits with an error on unknown options
-    preset = ns.preset or default_preset
-    if preset not in presets:
-        p.error(f"--preset: one of {sorted(presets)}, got {preset!r}")
-    over = {}
-    for f in fields:
-        v = getattr(ns, f.name)
-        if v is not None and f.name != "preset":
-            try:
-                over[f.name] = _parse_field(f, v)
-            except (ValueError, argparse.ArgumentTypeError) as e:
-                p.error(f"--{f.name.replace('_', '-')}: {e}")
-    cfg = dataclasses.replace(presets[preset], preset=preset, **over)
-    try:
-        check_config(cfg)
-    except ValueError as e:
-        p.error(str(e))
-    return cfg, p
+def make(preset: str = "cpu", **over) -> MambaRegressionConfig:
+    """The config of ``preset`` (its values over the class defaults) with ``over`` on top; not validated."""
+    return MambaRegressionConfig(**{**PRESETS[preset], "preset": preset, **over})
 
 
 # int fields that are sizes or counts (>= 1) wherever a config has them; other numbers must be >= 0
@@ -188,31 +150,33 @@ def check_config(cfg) -> None:
                          "is False); use --device cpu or auto")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
-    """Config from the CLI; the default preset is ``paper`` when mamba-ssm and CUDA are available, else ``cpu``."""
-    cfg, p = parse_config(MambaRegressionConfig, PRESETS, "paper" if mamba_ssm_available() else "cpu", argv,
-                          "python -m synthetic.mamba_regression", __doc__.split("\n\n")[0])
+def validate(cfg: MambaRegressionConfig) -> MambaRegressionConfig:
+    """Every rule of the command line (ValueError naming the option); ``--methods all`` expanded first."""
     if cfg.methods == ("all",):
         cfg = dataclasses.replace(cfg, methods=ALL_METHODS)
+    check_config(cfg)
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
-        p.error(f"--methods: unknown {bad}; choose from {list(METHODS)} or 'all'")
+        raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)} or 'all'")
     for name in BENCHMARK_BUDGET_FIELDS:
         vals = getattr(cfg, name)
         if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in vals):
-            p.error(f"--{name.replace('_', '-')}: need one or more integers >= 1, got {vals}")
+            raise ValueError(f"--{name.replace('_', '-')}: need one or more integers >= 1, got {vals}")
     if max(cfg.dora_ranks) > cfg.d_model:
-        p.error(f"--dora-ranks: each rank must be <= d_model={cfg.d_model} (the smaller side of out_proj), "
-                f"got {cfg.dora_ranks}")
-    try:
-        check_options(cfg)
-    except ValueError as e:
-        p.error(str(e))
+        raise ValueError(f"--dora-ranks: each rank must be <= d_model={cfg.d_model} (the smaller side of out_proj), "
+                         f"got {cfg.dora_ranks}")
+    check_options(cfg)
     try:
         lr_policy(cfg)
     except ValueError as e:
-        p.error(f"--lr-extend-factor/--lr-min/--lr-max: {e}")
+        raise ValueError(f"--lr-extend-factor/--lr-min/--lr-max: {e}") from None
     return cfg
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> MambaRegressionConfig:
+    """Config from the command line (preset ``cpu`` unless ``--preset`` names another)."""
+    return parse_options(MambaRegressionConfig, PRESETS, argv, prog="python -m synthetic mamba",
+                         description=DESCRIPTION, validate=validate)[0]
 
 
 def lr_policy(cfg: MambaRegressionConfig) -> LrPolicy:
@@ -238,9 +202,9 @@ def check_options(cfg: MambaRegressionConfig) -> None:
     if any(r > cfg.d_model for r in cfg.lora_ranks):
         raise ValueError(f"--lora-ranks: each rank must be <= d_model={cfg.d_model} (the smaller side of in_proj and "
                          f"out_proj), got {cfg.lora_ranks}")
-    if any(c > d_inner for c in cfg.sdt_channels):
-        raise ValueError(f"--sdt-channels: each count must be <= d_inner = expand x d_model = {d_inner}, "
-                         f"got {cfg.sdt_channels}")
+    if any(c > d_inner for c in cfg.sdt):
+        raise ValueError(f"--sdt: each channel count must be <= d_inner = expand x d_model = {d_inner}, "
+                         f"got {cfg.sdt}")
     for m in cfg.methods:  # every budget of the grid is built here, before anything runs
         for b in METHODS[m].budgets(cfg):
             if b.get("channels", 0) > d_inner or b.get("channels", 1) < 1:
@@ -297,13 +261,5 @@ def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
 
 
 def config_dict(cfg: MambaRegressionConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    for k in ("out", "plot_only", "dry_run", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods",
-              "shard", "merge", "lr_extend_factor", "lr_min", "lr_max"):
-        d.pop(k)  # not part of what a run computes (a run key holds its own lr and seed)
-    for k, v in _OPT_IN_DEFAULTS.items():
-        if d[k] == v:
-            d.pop(k)
-    for k in BENCHMARK_BUDGET_FIELDS:
-        d.pop(k)  # budget lists added later: left out so earlier run keys stay valid (a run key holds its budget)
-    return d
+    """The fields a run's result depends on, under their key names (field metadata: :func:`synthetic.cli.option`)."""
+    return key_config(cfg)

@@ -42,7 +42,7 @@ from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, P
                                   select_channels, trainable_count)
 from synthetic.mamba.ref import block_weights
 from synthetic.plots import plot_mamba
-from synthetic.cli import results_main
+from synthetic.cli import results_main, threads_for
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
                                one_configuration, run_key, utc_now)
 from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
@@ -293,8 +293,8 @@ class MambaExperiment:
     def train(self, runs: Sequence[Run]) -> List[dict]:
         cfg, (run,) = self.cfg, runs
         if self._exp is None:
-            if self.device.type == "cpu" and cfg.threads:
-                torch.set_num_threads(cfg.threads)
+            if self.device.type == "cpu":
+                torch.set_num_threads(threads_for(cfg.threads))
             self._exp = self.model_cls(cfg, self.backend, self.device)
         exp = self._exp
         try:
@@ -336,7 +336,7 @@ def run_experiment(cfg, results_path: Path, make_experiment: Callable[[], "Mamba
     if cfg.dry_run:
         print_plan(exp, shard)
         return results_path
-    st = run_sweep(exp, time_budget=cfg.time_budget_s, shard=shard, log=exp.log)
+    st = run_sweep(exp, time_budget=cfg.time_budget, shard=shard, log=exp.log)
     if shard is not None or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
         return st.results
     show_after_run()

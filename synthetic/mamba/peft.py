@@ -541,13 +541,13 @@ class Method:
 
 
 def _sdt_lora_budgets(c) -> List[dict]:
-    """``"<channels>x<rank>"`` strings -> budgets; ValueError naming --sdt-lora otherwise."""
+    """``"<channels>:<rank>"`` strings -> budgets; ValueError naming --sdt-lora otherwise."""
     out = []
     for s in c.sdt_lora:
         try:
-            ch, r = (int(v) for v in s.split("x"))
+            ch, r = (int(v) for v in s.split(":"))
         except ValueError:
-            raise ValueError(f"--sdt-lora: expected '<channels>x<rank>' (e.g. 8x1), got {s!r}") from None
+            raise ValueError(f"--sdt-lora: expected '<channels>:<rank>' (e.g. 8:1), got {s!r}") from None
         out.append({"channels": ch, "rank": r})
     return out
 
@@ -559,7 +559,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("LoRA (S6+Proj)", lambda b: MambaPeftConfig(lora=PROJ_NAMES + S6_LORA_NAMES, lora_rank=_rank(b)),
            lambda c: [{"rank": r} for r in c.lora_ranks]),
     Method("SDT", lambda b: MambaPeftConfig(sdt_channels=int(b["channels"])),
-           lambda c: [{"channels": ch} for ch in c.sdt_channels]),
+           lambda c: [{"channels": ch} for ch in c.sdt]),
     Method("SDT + LoRA", lambda b: MambaPeftConfig(sdt_channels=int(b["channels"]), lora=PROJ_NAMES,
                                                    lora_rank=_rank(b)), _sdt_lora_budgets),
     Method("Full", lambda b: MambaPeftConfig(full=ALL_NAMES), lambda c: [{}]),

@@ -283,15 +283,18 @@ def _rank(b):
 
 
 def _parse_budgets(strings: Sequence[str], keys: Tuple[str, ...], option: str) -> List[dict]:
-    """``"a x b [x c]"`` strings -> budget dicts with ``keys``; ValueError naming the option otherwise."""
+    """``"<heads>x<states>[:<rank>]"`` strings -> budget dicts with ``keys`` (heads are Mamba-II's channels);
+    ValueError naming the option otherwise."""
     out = []
     for s in strings:
         try:
-            vals = [int(v) for v in s.split("x")]
+            head, _, rank = s.partition(":")
+            vals = [int(v) for v in head.split("x")] + ([int(rank)] if rank else [])
             if len(vals) != len(keys):
                 raise ValueError
         except ValueError:
-            raise ValueError(f"--{option}: expected '{'x'.join('<' + k + '>' for k in keys)}', got {s!r}") from None
+            want = "x".join("<" + k + ">" for k in keys[:2]) + (":<rank>" if len(keys) > 2 else "")
+            raise ValueError(f"--{option}: expected '{want}', got {s!r}") from None
         out.append(dict(zip(keys, vals)))
     return out
 

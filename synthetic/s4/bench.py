@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[round {rnd + 1}/{a.rounds}] {name:16s} {r['ms_per_iter']:9.2f} ms/iter  peak {r['peak_mem_gb']} GiB"
                   f"  ({r['wall_s_incl_compile']} s)", flush=True)
         if a.official_dir:
-            official_ms.append(time_official(a.official_dir, cfg.batch, cfg.N, official_iters, device, a.threads))
+            official_ms.append(time_official(a.official_dir, cfg.batch, cfg.seq_len, official_iters, device, a.threads))
             print(f"[round {rnd + 1}/{a.rounds}] official (Full)  {official_ms[-1]:9.2f} ms/iter", flush=True)
     results = [summarise_rounds(rounds[m]) for m in methods]
     official = None

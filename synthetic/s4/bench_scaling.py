@@ -81,13 +81,13 @@ def run_scaling(a, p) -> int:
     for N in Ns:
         for D in Ds:
             B = max(1, tokens // (D * N))
-            base = ["--preset", "paper", "--device", a.device, "--precision", a.precision, "--D", str(D), "--N", str(N),
+            base = ["--preset", "paper", "--device", a.device, "--precision", a.precision, "--d-model", str(D), "--seq-len", str(N),
                     "--batch", str(B), "--state-convention", a.state_convention, "--lrs", "4e-3",
                     "--methods", "Full", "--lora-ranks", "1", "--s4-lora-ranks", "1", "--sdt-budgets", "1x1",
                     "--sdt-lora-budgets", "1x1:1", "--dora-ranks", "1"]  # budgets unused by Full; valid for any D + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"])
             trainers, times = {}, {f: [] for f in forms}
             for form in forms:
-                gb = estimate_gb(form, probe.L_frozen + probe.L_target, D, N, B)
+                gb = estimate_gb(form, probe.frozen_layers + probe.target_layers, D, N, B)
                 if gb > max_gb:
                     rows.append({"N": N, "D": D, "form": form, "batch": B, "ms_per_iter": None, "est_gb": round(gb, 2),
                                  "skipped": f"estimated {gb:.1f} GiB > --scaling-max-gb {max_gb}",

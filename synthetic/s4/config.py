@@ -4,107 +4,104 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
-from synthetic.cli import (check_numbers, check_out_dir, check_shard_options, check_sweep_options, dataclass_parser,
-                           parse_dataclass)
+from synthetic.cli import (SweepConfig, check_numbers, check_out_dir, check_shard_options, check_sweep_options,
+                           key_of_record_config, option, parse_options, redefault)
 from synthetic.s4.conv import CONV_FORMS
 from synthetic.s4.methods import METHODS, parse_sdt
 
 CONV_CHOICES = ("auto",) + tuple(CONV_FORMS)
 
 # ------------------------------------------------------------------------------------ config
-@dataclass
-class Config:
-    """Every field is a CLI option (``--field-name``); tuples are comma-separated lists."""
+@dataclass(frozen=True)
+class Config(SweepConfig):
+    """Every field is a CLI option (``--field-name``); tuples are comma-separated lists. Model sizes are named as
+    in every experiment; run keys and records keep the paper's symbols (``D``, ``H``, ``H_star``, ``L_frozen``,
+    ``L_target``, ``N``: ``key_as``)."""
 
-    preset: str = "default"
-    D: int = 16  # channels
-    H: int = 8  # real states of the frozen model (H/2 complex conjugate pairs)
-    H_star: int = 4  # real states of the target
-    L_frozen: int = 2
-    L_target: int = 1
-    N: int = 32  # sequence length
-    batch: int = 128
-    iters: int = 150
-    activation: str = "relu"  # "relu" (the experiment) or "identity" (the theory's linear variant)
-    weight_decay: float = 0.01
-    lrs: Tuple[float, ...] = (4e-3, 1.6e-2, 6.4e-2)  # base grid; extended at an edge (below)
-    lr_extend_factor: float = 4.0  # a best lr at the grid's edge adds edge×factor (or /factor); 0 = off
-    lr_min: float = 1e-6  # bounds of the extension (sweep.LrPolicy)
-    lr_max: float = 1.0
-    seeds: Tuple[int, ...] = (0, 1, 2)
-    methods: Tuple[str, ...] = ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "SDT", "SDT + LoRA", "Full")
-    lora_ranks: Tuple[int, ...] = (1, 2, 4)  # LoRA (Proj) and the W rank of LoRA (S4+Proj)
-    s4_lora_ranks: Tuple[int, ...] = (1, 1, 1)  # paired with lora_ranks for LoRA (S4+Proj)
-    sdt_budgets: Tuple[str, ...] = ("2x2", "6x4", "10x4")  # channels x complex states per layer
-    sdt_lora_budgets: Tuple[str, ...] = ("2x2:1", "6x4:2", "10x4:4")  # channels x states : W rank
-    warmup_iters: int = 20
-    warmup_lr: float = 1e-2
-    magnitude_floor: float = 1e-3
-    frozen_eval_batches: int = 5
-    curve_points: int = 50
-    device: str = "auto"
-    precision: str = "tf32"  # matmuls on CUDA: "tf32", "fp32", or "fp16" (Toeplitz conv GEMMs with fp16 operands,
-    # fp32 accumulation, the rest TF32; synthetic.s4.model.ToeplitzConvHalf). CPU is always fp32.
-    compile: Optional[bool] = None  # None: on for CUDA, off for CPU
-    conv: str = "auto"  # convolution form (synthetic.s4.conv): "toeplitz", "blocked", "fft", "chunked", "auto" (the
-    # measured crossover, synthetic.s4.conv.choose_form); with --precision fp16 the Toeplitz form is used
-    proj_split: int = 0  # > 1: the projection's weight gradient as that many chunks of N·B, batched, summed (GPU lever)
-    runs_per_step: int = 0  # R > 0: pack up to R runs of one seed (any method of the default graph) into a step
-    time_budget: float = 0.0  # seconds; stop starting new run groups after this (0 = no limit)
-    out: str = "figures"
-    plot_only: bool = False
-    dry_run: bool = False  # print the plan (runs done / to do per method, estimated time) and exit
-    shard: str = ""  # "i/n": run only base-grid groups j with j % n == i, into this shard's own results file
-    merge: bool = False  # fold the shard files into the main results file (atomically), then summarise
+    d_model: int = option(16, "channels D (model width)", key_as="D", old=("--D",))
+    frozen_d_state: int = option(8, "states H per channel of the frozen model: real states (H/2 conjugate pairs; "
+                                 "H complex modes with --state-convention complex)", key_as="H", old=("--H",))
+    target_d_state: int = option(4, "states H* per channel of the target", key_as="H_star", old=("--H-star",))
+    frozen_layers: int = option(2, "layers L of the frozen model", key_as="L_frozen", old=("--L-frozen",))
+    target_layers: int = option(1, "layers L* of the target model", key_as="L_target", old=("--L-target",))
+    seq_len: int = option(32, "sequence length N", key_as="N", old=("--N",))
+    batch: int = option(128, "sequences per training batch")
+    iters: int = option(150, "AdamW iterations per run")
+    activation: str = option("relu", "relu (the experiment) or identity (the theory's linear variant)")
+    weight_decay: float = option(0.01, "AdamW's decoupled weight decay (>= 0)")
+    lrs: Tuple[float, ...] = redefault("lrs", (4e-3, 1.6e-2, 6.4e-2))
+    seeds: Tuple[int, ...] = redefault("seeds", (0, 1, 2), "seeds, comma-separated (each draws the frozen and target "
+                                       "models, the data and the adapters)")
+    methods: Tuple[str, ...] = redefault("methods", ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "SDT", "SDT + LoRA",
+                                                     "Full"))
+    lora_ranks: Tuple[int, ...] = option((1, 2, 4), "LoRA ranks on W (LoRA (Proj), and W's rank in LoRA (S4+Proj))",
+                                         key=False)
+    ssm_lora_ranks: Tuple[int, ...] = option((1, 1, 1), "LoRA (S4+Proj): ranks on the S4 module, one per "
+                                             "--lora-ranks entry", key=False, key_as="s4_lora_ranks",
+                                             old=("--s4-lora-ranks",))
+    sdt: Tuple[str, ...] = option(("2x2", "6x4", "10x4"), "SDT budgets 'channels x states' per layer (states: "
+                                  "complex modes)", key=False, key_as="sdt_budgets", old=("--sdt-budgets",))
+    sdt_lora: Tuple[str, ...] = option(("2x2:1", "6x4:2", "10x4:4"), "SDT + LoRA budgets 'channels x states : rank' "
+                                       "(LoRA rank on W)", key=False, key_as="sdt_lora_budgets",
+                                       old=("--sdt-lora-budgets",))
+    warmup_iters: int = option(20, "iterations of Algorithm 1's warm-up (SDT's dimension selection)")
+    warmup_lr: float = option(1e-2, "learning rate of Algorithm 1's warm-up")
+    magnitude_floor: float = option(1e-3, "SDT: |C B| below this marks a dimension unusable")
+    frozen_eval_batches: int = option(5, "batches the untrained Frozen baseline is evaluated on")
+    curve_points: int = option(50, "points of the loss curve kept in each record", key=False)
+    precision: str = option("tf32", "matmuls on CUDA: tf32, fp32, or fp16 (Toeplitz conv GEMMs with fp16 operands, "
+                            "fp32 accumulation, the rest TF32); CPU is always fp32")
+    compile: Optional[bool] = option(None, "torch.compile the training step", key=False)
+    conv: str = option("auto", "convolution form (synthetic.s4.conv): toeplitz, blocked, fft, chunked, or auto (the "
+                       "measured crossover; with --precision fp16 the Toeplitz form)", key=False)
+    proj_split: int = option(0, "> 1: the projection's weight gradient as that many chunks of N x batch, batched, "
+                             "summed (a GPU lever)", key=False)
+    runs_per_step: int = option(0, "R > 0: pack up to R runs of one seed (any method of the default graph) into a "
+                                "training step", key=False)
     # Opt-in options matching the official code (furiosa-ai/ssm-peft, S4/run_s4.py); see
-    # notes/s4_official_differences.md. At their defaults they are left out of run keys and
-    # fingerprints (:data:`OPT_IN_DEFAULTS`), so results computed before they existed still resume.
-    state_convention: str = "pairs"  # "pairs": H real states = H/2 conjugate pairs; "complex": H complex modes
-    sdt_prune: str = "none"  # "usable": SDT/SDT + LoRA prune C outside the usable dims (official "ours")
-    usable_channels: int = 0  # usable channels per layer for --sdt-prune usable (0 = all D)
-    usable_states: int = 0  # usable states per channel for --sdt-prune usable (0 = all)
-    train_skip_dt_bias: bool = False  # every trained method also trains u (skip D), log_dt and beta
-    warmup_params: str = "ssm"  # SDT warm-up updates "ssm" (the S4 modules) or "all" parameters (official)
-    # Budgets of the benchmark's other PEFT methods (:data:`BENCHMARK_METHODS`; ``--methods all``). Budget
-    # lists, like lora_ranks: not part of a run key (each run's budget is).
-    prompt_lens: Tuple[int, ...] = (4, 8, 16)  # prompt tuning: M prompt vectors at the input
-    prefix_lens: Tuple[int, ...] = (2, 4, 8)  # prefix-tuning: M vectors per layer (M < H and M = H)
-    dora_ranks: Tuple[int, ...] = (1, 2, 4)  # DoRA (Proj): rank of the LoRA factors of W
-    additional_states: Tuple[int, ...] = (1, 2)  # Additional-scan: complex modes added per channel
+    # notes/s4_official_differences.md.
+    state_convention: str = option("pairs", "pairs: H real states = H/2 conjugate pairs; complex: H complex modes",
+                                   opt_in=True)
+    sdt_prune: str = option("none", "usable: SDT/SDT + LoRA prune C outside the usable dims (official 'ours')",
+                            opt_in=True)
+    usable_channels: int = option(0, "usable channels per layer for --sdt-prune usable (0 = all D)", opt_in=True)
+    usable_states: int = option(0, "usable states per channel for --sdt-prune usable (0 = all)", opt_in=True)
+    train_skip_dt_bias: bool = option(False, "every trained method also trains u (skip D), log_dt and beta",
+                                      opt_in=True)
+    warmup_params: str = option("ssm", "SDT warm-up updates ssm (the S4 modules) or all parameters (official)",
+                                opt_in=True)
+    # Budgets of the benchmark's other PEFT methods (:data:`BENCHMARK_METHODS`; ``--methods all``).
+    prompt_lens: Tuple[int, ...] = option((4, 8, 16), "prompt tuning: M prompt vectors at the input", key=False)
+    prefix_lens: Tuple[int, ...] = option((2, 4, 8), "prefix-tuning: M vectors per layer (M < H and M = H)",
+                                          key=False)
+    dora_ranks: Tuple[int, ...] = option((1, 2, 4), "DoRA (Proj): rank of the LoRA factors of W", key=False)
+    additional_states: Tuple[int, ...] = option((1, 2), "Additional-scan: complex modes added per channel", key=False)
 
 
 PRESETS: Dict[str, Dict] = {
-    "default": dict(runs_per_step=64),  # CPU: every run of a seed in one step (packing, ~2x less CPU time)
-    "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=4000, iters=500,
-                  lrs=(1e-3, 4e-3, 1.6e-2), lora_ranks=(2, 4, 8, 12, 16), s4_lora_ranks=(1, 1, 2, 2, 2),
-                  sdt_budgets=("8x2", "16x4", "24x4", "32x4", "36x8"),
-                  sdt_lora_budgets=("8x4:2", "16x4:4", "24x4:8", "32x4:12", "32x8:16"),
+    "cpu": dict(runs_per_step=64),  # every run of a seed in one step (packing, ~2x less CPU time)
+    "paper": dict(d_model=64, frozen_d_state=16, target_d_state=8, frozen_layers=4, target_layers=1, seq_len=200,
+                  batch=4000, iters=500, lrs=(1e-3, 4e-3, 1.6e-2), lora_ranks=(2, 4, 8, 12, 16),
+                  ssm_lora_ranks=(1, 1, 2, 2, 2), sdt=("8x2", "16x4", "24x4", "32x4", "36x8"),
+                  sdt_lora=("8x4:2", "16x4:4", "24x4:8", "32x4:12", "32x8:16"),
                   prompt_lens=(16, 32, 64, 128), prefix_lens=(4, 8, 16, 32), dora_ranks=(2, 4, 8, 12, 16),
-                  additional_states=(1, 2, 4, 8)),
-    "tiny": dict(D=6, H=4, H_star=2, L_frozen=2, N=12, batch=16, iters=12, seeds=(0, 1),
-                 lrs=(1e-2, 1e6), lora_ranks=(1, 2), s4_lora_ranks=(1, 1), sdt_budgets=("2x1", "3x2"),
-                 sdt_lora_budgets=("2x1:1", "3x2:2"), warmup_iters=3, frozen_eval_batches=2, curve_points=5,
+                  additional_states=(1, 2, 4, 8), out="figures"),
+    "tiny": dict(d_model=6, frozen_d_state=4, target_d_state=2, frozen_layers=2, seq_len=12, batch=16, iters=12,
+                 seeds=(0, 1), lrs=(1e-2, 1e6), lora_ranks=(1, 2), ssm_lora_ranks=(1, 1), sdt=("2x1", "3x2"),
+                 sdt_lora=("2x1:1", "3x2:2"), warmup_iters=3, frozen_eval_batches=2, curve_points=5,
                  prompt_lens=(2,), prefix_lens=(2, 4), dora_ranks=(1,), additional_states=(1,)),
 }
-
-# Fields that do not change a run's result (kept out of the resume key).
-NOT_IN_KEY = {"preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks",
-               "s4_lora_ranks", "sdt_budgets", "sdt_lora_budgets", "device", "compile", "conv", "proj_split", "time_budget", "out",
-               "plot_only", "dry_run", "shard", "merge", "runs_per_step", "curve_points", "prompt_lens", "prefix_lens", "dora_ranks", "additional_states"}
-# Opt-in fields: left out of the key (and the plot fingerprint) while at these defaults.
-OPT_IN_DEFAULTS = {"state_convention": "pairs", "sdt_prune": "none", "usable_channels": 0, "usable_states": 0,
-                    "train_skip_dt_bias": False, "warmup_params": "ssm"}
+PRESET_ALIASES = {"default": "cpu"}  # the CPU preset's name before every experiment's CPU preset was "cpu"
+OPT_IN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config) if f.metadata.get("opt_in")}
 
 
 def key_fields(config: Dict) -> Dict:
-    """The fields of a config dict that identify a run's result."""
-    return {k: v for k, v in config.items()
-            if k not in NOT_IN_KEY and not (k in OPT_IN_DEFAULTS and v == OPT_IN_DEFAULTS[k])}
+    """The fields of a record's config dict that identify a run's result."""
+    return key_of_record_config(Config, config)
 
 
 def n_modes(cfg: "Config", H: int) -> int:
@@ -117,8 +114,8 @@ def validate(cfg: Config) -> Config:
     def opt(name):
         return "--" + name.replace("_", "-")
 
-    for name in ("D", "H", "H_star", "L_frozen", "L_target", "N", "batch", "iters", "frozen_eval_batches",
-                 "curve_points"):
+    for name in ("d_model", "frozen_d_state", "target_d_state", "frozen_layers", "target_layers", "seq_len", "batch",
+                 "iters", "frozen_eval_batches", "curve_points"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{opt(name)}: must be an integer >= 1, got {v!r}")
@@ -130,7 +127,7 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--sdt-prune: must be 'none' or 'usable', got {cfg.sdt_prune!r}")
     if cfg.warmup_params not in ("ssm", "all"):
         raise ValueError(f"--warmup-params: must be 'ssm' or 'all', got {cfg.warmup_params!r}")
-    for name in ("H", "H_star") if cfg.state_convention == "pairs" else ():
+    for name in ("frozen_d_state", "target_d_state") if cfg.state_convention == "pairs" else ():
         if getattr(cfg, name) % 2:
             raise ValueError(f"{opt(name)}: must be even (conjugate pairs), got {getattr(cfg, name)}")
     if cfg.preset not in PRESETS:
@@ -144,7 +141,7 @@ def validate(cfg: Config) -> Config:
     if cfg.precision == "fp16" and cfg.conv not in ("auto", "toeplitz"):
         raise ValueError(f"--conv: --precision fp16 has only the Toeplitz form (fp16 GEMM operands); got --conv {cfg.conv}")
     check_sweep_options(cfg, METHODS, all_allowed=True)
-    Hc, D = n_modes(cfg, cfg.H), cfg.D
+    Hc, D = n_modes(cfg, cfg.frozen_d_state), cfg.d_model
     hname = "H/2" if cfg.state_convention == "pairs" else "H"
     if not 0 <= cfg.usable_channels <= D:
         raise ValueError(f"--usable-channels: must be in [0, D={D}] (0 = all), got {cfg.usable_channels}")
@@ -152,15 +149,15 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--usable-states: must be in [0, {hname}={Hc}] (0 = all), got {cfg.usable_states}")
     uc = (cfg.usable_channels or D) if cfg.sdt_prune == "usable" else D
     us = (cfg.usable_states or Hc) if cfg.sdt_prune == "usable" else Hc
-    if len(cfg.s4_lora_ranks) != len(cfg.lora_ranks):
-        raise ValueError("--s4-lora-ranks: needs one entry per --lora-ranks entry")
+    if len(cfg.ssm_lora_ranks) != len(cfg.lora_ranks):
+        raise ValueError("--ssm-lora-ranks: needs one entry per --lora-ranks entry")
     for r in cfg.lora_ranks:
         if not 1 <= r <= D:
             raise ValueError(f"--lora-ranks: each rank must be in [1, D={D}], got {r}")
-    for r in cfg.s4_lora_ranks:
+    for r in cfg.ssm_lora_ranks:
         if not 1 <= r <= min(D, Hc):
-            raise ValueError(f"--s4-lora-ranks: each rank must be in [1, {hname}={Hc}], got {r}")
-    for name in ("sdt_budgets", "sdt_lora_budgets"):
+            raise ValueError(f"--ssm-lora-ranks: each rank must be in [1, {hname}={Hc}], got {r}")
+    for name in ("sdt", "sdt_lora"):
         for s in getattr(cfg, name):
             try:
                 b = parse_sdt(s)
@@ -171,7 +168,7 @@ def validate(cfg: Config) -> Config:
             if not (b["channels"] <= uc and b["states"] <= us):
                 raise ValueError(f"{opt(name)}: {s!r} needs channels <= --usable-channels ({uc}) and "
                                  f"states <= --usable-states ({us}) with --sdt-prune usable")
-            if name == "sdt_lora_budgets" and not 1 <= b.get("proj_rank", 0) <= D:
+            if name == "sdt_lora" and not 1 <= b.get("proj_rank", 0) <= D:
                 raise ValueError(f"{opt(name)}: {s!r} needs a W rank in [1, D={D}] after ':'")
     if cfg.time_budget < 0:
         raise ValueError(f"--time-budget: must be >= 0, got {cfg.time_budget}")
@@ -185,7 +182,7 @@ def validate(cfg: Config) -> Config:
 
 def _validate_benchmark_budgets(cfg: Config) -> None:
     """Budgets of :data:`BENCHMARK_METHODS`: positive integers, DoRA ranks <= D; ValueError naming the option."""
-    for name, hi in (("prompt_lens", None), ("prefix_lens", None), ("dora_ranks", cfg.D), ("additional_states", None)):
+    for name, hi in (("prompt_lens", None), ("prefix_lens", None), ("dora_ranks", cfg.d_model), ("additional_states", None)):
         vals = getattr(cfg, name)
         if not vals:
             raise ValueError(f"--{name.replace('_', '-')}: needs at least one budget")
@@ -195,15 +192,15 @@ def _validate_benchmark_budgets(cfg: Config) -> None:
                 raise ValueError(f"--{name.replace('_', '-')}: each budget must be {rule}, got {v!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return dataclass_parser(Config, PRESETS, prog="python -m synthetic.s4_regression",
-                            description=__doc__.split("\n\n")[0], extra_presets=("official", "official-tiny"),
-                            preset_help="'official' and 'official-tiny' run synthetic.s4.official_experiment")
+DESCRIPTION = "Deep S4: the regression of Figure 2, MSE vs trainable parameters (Galim et al., Sec. 6.1)."
+
+
+def expand_all(cfg: Config) -> Config:
+    """``--methods all``: every registered method, the benchmark's included."""
+    return dataclasses.replace(cfg, methods=tuple(METHODS)) if cfg.methods == ("all",) else cfg
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
     """CLI -> Config: the preset's values become the defaults, explicit options override them."""
-    def expand_all(cfg):  # --methods all: every registered method, the benchmark's included
-        return dataclasses.replace(cfg, methods=tuple(METHODS)) if cfg.methods == ("all",) else cfg
-
-    return parse_dataclass(Config, PRESETS, build_parser(), "default", argv, validate, post=expand_all)
+    return parse_options(Config, PRESETS, argv, prog="python -m synthetic s4", description=DESCRIPTION,
+                         preset_aliases=PRESET_ALIASES, validate=validate, post=expand_all)[0]

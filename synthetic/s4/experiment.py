@@ -61,14 +61,14 @@ from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, 
                                run_key, run_records, subsample_curve, utc_now)
 from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
-from synthetic.s4.config import OPT_IN_DEFAULTS, Config, build_parser, key_fields, n_modes, parse_config
+from synthetic.s4.config import OPT_IN_DEFAULTS, Config, key_fields, n_modes, parse_config
 from synthetic.s4.methods import METHODS, BENCHMARK_METHODS, configure, method_label, theory_trainable_count
-from synthetic.cli import check_memory
+from synthetic.cli import check_memory, record_config
 from synthetic.s4.train import Trainer, TrainerExperiment, estimate_step_bytes, resolve_device
 
 # -------------------------------------------------------------------------------------- sweep
 def key_config(cfg: Config) -> Dict:
-    return key_fields(dataclasses.asdict(cfg))
+    return key_fields(record_config(cfg))
 
 
 def run_groups(cfg: Config) -> List[Tuple[int, str, Dict]]:
@@ -118,7 +118,7 @@ class S4Experiment(TrainerExperiment):
         self.device = resolve_device(cfg)
         self.max_runs_per_call = cfg.runs_per_step or len(cfg.lrs)
         self._cache: Dict[int, Dict] = {}
-        self.total_params = sm.count_layer_params(cfg.D, n_modes(cfg, cfg.H)) * cfg.L_frozen
+        self.total_params = sm.count_layer_params(cfg.d_model, n_modes(cfg, cfg.frozen_d_state)) * cfg.frozen_layers
 
     def make_trainer(self) -> "Trainer":
         return Trainer(self.cfg, self.device, self.log)  # looked up here: tests may replace the class
@@ -219,7 +219,7 @@ class S4Experiment(TrainerExperiment):
             "group_wall_s": wall, "runs_in_group": n_runs, "warmup_s": warmup_s,
             "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
             "precision": cfg.precision if self.device.type == "cuda" else "fp32",
-            "compiled": self.trainer.use_compile, "config": dataclasses.asdict(cfg),
+            "compiled": self.trainer.use_compile, "config": record_config(cfg),
         }
 
 
@@ -248,12 +248,12 @@ def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
         return None
     g = torch.Generator().manual_seed(seed)
     try:
-        frozen, target = random_instance(cfg.L_frozen, cfg.L_target, cfg.D, cfg.H, cfg.H_star, kind="s4",
+        frozen, target = random_instance(cfg.frozen_layers, cfg.target_layers, cfg.d_model, cfg.frozen_d_state, cfg.target_d_state, kind="s4",
                                          skip="inside", generator=g)
         update = construct_theorem1(frozen, target)
     except ValueError:
         return None
-    x = torch.randint(0, 10, (2, cfg.D, cfg.N), generator=g).to(torch.float64)  # (B, D, N)
+    x = torch.randint(0, 10, (2, cfg.d_model, cfg.seq_len), generator=g).to(torch.float64)  # (B, D, N)
     mse = float(((deep_forward(update.model, x) - deep_forward(target, x)) ** 2).mean())
     b = update.budget
     return {"trainable_pct": b.percent, "mse": mse, "trainable": b.total_trainable, "model_params": b.model_params,
@@ -304,7 +304,7 @@ def current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
     Only run records count (``kind: "sweep"`` records hold a sweep's wall time).
     """
     return one_configuration(run_records(recs), lambda r: fingerprint(r.get("config", {})),
-                             fingerprint(dataclasses.asdict(cfg)))
+                             fingerprint(record_config(cfg)))
 
 
 def summary_table(cfg: Config) -> str:
@@ -321,6 +321,12 @@ def summary_table(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def _error(msg: str) -> None:
+    """One line on stderr and exit 2, as the parser's errors."""
+    print(f"python -m synthetic s4: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def check_can_run(cfg: Config) -> None:
     """Before anything runs: the results file reads (a corrupted one is never touched) and, for a sweep, a
     training step fits the device's memory; parser error (exit 2) naming the file or the options."""
@@ -328,10 +334,10 @@ def check_can_run(cfg: Config) -> None:
         ResultsFile(paths(cfg)["json"]).load()
         if not (cfg.plot_only or cfg.dry_run or cfg.merge):
             R = cfg.runs_per_step or len(cfg.lrs)
-            check_memory(estimate_step_bytes(R, cfg.D, cfg.N, cfg.batch, max(cfg.L_frozen, cfg.L_target)),
+            check_memory(estimate_step_bytes(R, cfg.d_model, cfg.seq_len, cfg.batch, max(cfg.frozen_layers, cfg.target_layers)),
                          resolve_device(cfg), "--batch or --runs-per-step")
     except ValueError as e:
-        build_parser().error(str(e))
+        _error(str(e))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -344,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.merge:
         merge_shards(paths(cfg)["json"])
     if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).runs():
-        build_parser().error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
+        _error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
                              "or pass the --out and --preset of an earlier run)")
     if not (cfg.plot_only or cfg.merge):
         run_sweep(S4Experiment(cfg), time_budget=cfg.time_budget, shard=shard)

@@ -141,15 +141,15 @@ METHODS: Dict[str, Method] = {
         lambda s, b, sel: _set_rank(s, "proj", b["proj_rank"]),
         lambda base, b, sel: _theory_lora_proj(base, b["proj_rank"])),
     "LoRA (S4+Proj)": Method(
-        "LoRA (S4+Proj)", lambda c: [{"proj_rank": r, "ssm_rank": s} for r, s in zip(c.lora_ranks, c.s4_lora_ranks)],
+        "LoRA (S4+Proj)", lambda c: [{"proj_rank": r, "ssm_rank": s} for r, s in zip(c.lora_ranks, c.ssm_lora_ranks)],
         lambda s, b, sel: (_set_rank(s, "proj", b["proj_rank"]), _set_rank(s, "ssm", b["ssm_rank"])),
         lambda base, b, sel: _theory_lora_proj(base, b["proj_rank"]) + _theory_lora_s4(base, b["ssm_rank"])),
     "SDT": Method(
-        "SDT", lambda c: [parse_sdt(x) for x in c.sdt_budgets],
+        "SDT", lambda c: [parse_sdt(x) for x in c.sdt],
         lambda s, b, sel: _sdt_masks(s, b, sel, w_columns=True),
         lambda base, b, sel: _theory_sdt(base, b, sel, w_columns=True), needs_selection=True),
     "SDT + LoRA": Method(
-        "SDT + LoRA", lambda c: [parse_sdt(x) for x in c.sdt_lora_budgets],
+        "SDT + LoRA", lambda c: [parse_sdt(x) for x in c.sdt_lora],
         lambda s, b, sel: (_sdt_masks(s, b, sel, w_columns=False), _set_rank(s, "proj", b["proj_rank"])),
         lambda base, b, sel: _theory_sdt(base, b, sel, w_columns=False) + _theory_lora_proj(base, b["proj_rank"]),
         needs_selection=True),

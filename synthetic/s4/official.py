@@ -54,7 +54,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.cli import check_numbers, check_out_dir, check_shard_options, check_sweep_options
+from synthetic.cli import (SweepConfig, check_numbers, check_out_dir, check_shard_options, check_sweep_options, option,
+                           redefault)
 from synthetic.s4 import model as sm
 
 Tensor = torch.Tensor
@@ -65,62 +66,55 @@ AC_PARAMS = sm.SSM_LORA_PARAMS  # log_A_re, A_im, C_re, C_im: what SDT's deltas 
 
 
 # ------------------------------------------------------------------------------------- config
-@dataclass
-class OfficialConfig:
+@dataclass(frozen=True)
+class OfficialConfig(SweepConfig):
     """Every field is a CLI option (``--field-name``); tuples are comma-separated lists."""
 
-    preset: str = "official"
-    d_model: int = 64
-    frozen_layers: int = 4
-    frozen_d_state: int = 16  # complex modes per channel (official d_state)
-    target_layers: int = 1
-    target_d_state: int = 8
-    seq_len: int = 200
-    batch: int = 4000
-    iters: int = 500  # official n_epochs (one batch each)
-    weight_decay: float = 0.01  # torch.optim.AdamW's default; the official code passes only lr
-    lrs: Tuple[float, ...] = (2e-3, 5e-3, 1e-2, 2e-2)
-    lr_extend_factor: float = 4.0  # a best lr at the grid's edge adds edge×factor (or /factor); 0 = off
-    lr_min: float = 1e-6  # bounds of the extension (sweep.LrPolicy)
-    lr_max: float = 1.0
-    seeds: Tuple[int, ...] = (123, 124, 125, 126, 127)
-    methods: Tuple[str, ...] = ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "LoRA (A&C+Proj)", "SDT",
-                                "SDT + LoRA", "Full")
-    lora_ranks: Tuple[int, ...] = (4, 8, 16)  # LoRA (Proj)
-    s4proj_ranks: Tuple[int, ...] = (4, 16)  # official LoRA (S4+Proj): W rank
-    ac_lora_budgets: Tuple[str, ...] = ("4:1", "16:4")  # LoRA (A&C+Proj): W rank : A,C rank
-    sdt_budgets: Tuple[str, ...] = ("8x4/16x8", "16x8/16x8", "32x8/32x8", "32x16/64x16")  # update/usable
-    sdt_lora_budgets: Tuple[str, ...] = ("16x8/16x8:8",)  # update/usable : W rank
-    warmup_iters: int = 20  # official warmup_epochs
-    warmup_lr: float = 1e-2  # official warmup_lr
-    warmup_params: str = "all"  # official ssm_warmup_method: "all" (='full') or "ssm" (C, A, log_dt, u)
-    sdt_score: str = "official"  # "official" (as run_s4.py computes it) or "corrected"
-    data: str = "device"  # "device" (drawn on the device) or "exact" (official generate_input, CPU)
-    eval_batches: int = 10
-    conv: str = "auto"  # causal convolution: "toeplitz" (GPU), "fft" (CPU), "auto" = by device
-    curve_points: int = 50
-    device: str = "auto"
-    precision: str = "fp32"  # matmul precision on CUDA: "fp32" (as the official code) or "tf32"
-    compile: Optional[bool] = None  # None: on for CUDA, off for CPU
-    time_budget: float = 0.0  # seconds; stop starting new groups after this (0 = no limit)
-    out: str = "figures"
-    plot_only: bool = False
-    dry_run: bool = False  # print the plan (runs done / to do per method, estimated time) and exit
-    shard: str = ""  # "i/n": run only base-grid groups j with j % n == i, into this shard's own results file
-    merge: bool = False  # fold the shard files into the main results file (atomically), then summarise
+    preset: str = redefault("preset", "official")
+    d_model: int = option(64, "channels (model width)")
+    frozen_layers: int = option(4, "layers of the frozen model")
+    frozen_d_state: int = option(16, "complex modes per channel of the frozen model (official d_state)")
+    target_layers: int = option(1, "layers of the target model")
+    target_d_state: int = option(8, "complex modes per channel of the target")
+    seq_len: int = option(200, "sequence length")
+    batch: int = option(4000, "sequences per training batch")
+    iters: int = option(500, "AdamW iterations per run (official n_epochs, one batch each)")
+    weight_decay: float = option(0.01, "torch.optim.AdamW's default; the official code passes only lr")
+    lrs: Tuple[float, ...] = redefault("lrs", (2e-3, 5e-3, 1e-2, 2e-2))
+    seeds: Tuple[int, ...] = redefault("seeds", (123, 124, 125, 126, 127), "seeds, comma-separated (each draws the "
+                                       "target then the frozen model, the data and the adapters; official: 123)")
+    methods: Tuple[str, ...] = redefault("methods", ("Frozen", "LoRA (Proj)", "LoRA (S4+Proj)", "LoRA (A&C+Proj)",
+                                                     "SDT", "SDT + LoRA", "Full"))
+    lora_ranks: Tuple[int, ...] = option((4, 8, 16), "LoRA (Proj) ranks", key=False)
+    s4proj_lora_ranks: Tuple[int, ...] = option((4, 16), "official LoRA (S4+Proj): ranks on W", key=False,
+                                                key_as="s4proj_ranks", old=("--s4proj-ranks",))
+    ac_lora: Tuple[str, ...] = option(("4:1", "16:4"), "LoRA (A&C+Proj) budgets 'W rank : A,C rank'", key=False,
+                                      key_as="ac_lora_budgets", old=("--ac-lora-budgets",))
+    sdt: Tuple[str, ...] = option(("8x4/16x8", "16x8/16x8", "32x8/32x8", "32x16/64x16"), "SDT budgets 'channels x "
+                                  "states' updated / usable per layer", key=False, key_as="sdt_budgets",
+                                  old=("--sdt-budgets",))
+    sdt_lora: Tuple[str, ...] = option(("16x8/16x8:8",), "SDT + LoRA budgets 'channels x states' updated / usable "
+                                       ": W rank", key=False, key_as="sdt_lora_budgets", old=("--sdt-lora-budgets",))
+    warmup_iters: int = option(20, "iterations of the SDT warm-up (official warmup_epochs)")
+    warmup_lr: float = option(1e-2, "learning rate of the SDT warm-up (official warmup_lr)")
+    warmup_params: str = option("all", "parameters the warm-up updates: all (official 'full') or ssm (C, A, log_dt, "
+                                "u)")
+    sdt_score: str = option("official", "official (as run_s4.py computes it) or corrected")
+    data: str = option("device", "device (batches drawn on the device) or exact (official generate_input, CPU)")
+    eval_batches: int = option(10, "batches of the evaluation MSE after training")
+    conv: str = option("auto", "causal convolution: toeplitz (GPU), fft (CPU), auto = by device", key=False)
+    curve_points: int = option(50, "points of the loss curve kept in each record", key=False)
+    precision: str = option("fp32", "matmul precision on CUDA: fp32 (as the official code) or tf32")
+    compile: Optional[bool] = option(None, "torch.compile the training step", key=False)
 
 
 PRESETS: Dict[str, Dict] = {
-    "official": {},
+    "official": dict(out="figures"),
     "official-tiny": dict(d_model=6, frozen_layers=2, frozen_d_state=4, target_d_state=2, seq_len=12, batch=8,
-                          iters=6, lrs=(5e-3, 2e-2), seeds=(123, 124), lora_ranks=(1, 2), s4proj_ranks=(2,),
-                          ac_lora_budgets=("1:1",), sdt_budgets=("2x2/4x3", "3x3/3x3"),
-                          sdt_lora_budgets=("2x2/4x3:1",), warmup_iters=3, eval_batches=2, curve_points=5),
+                          iters=6, lrs=(5e-3, 2e-2), seeds=(123, 124), lora_ranks=(1, 2), s4proj_lora_ranks=(2,),
+                          ac_lora=("1:1",), sdt=("2x2/4x3", "3x3/3x3"), sdt_lora=("2x2/4x3:1",), warmup_iters=3,
+                          eval_batches=2, curve_points=5),
 }
-
-NOT_IN_KEY = {"conv", "preset", "lrs", "lr_extend_factor", "lr_min", "lr_max", "seeds", "methods", "lora_ranks", "s4proj_ranks", "ac_lora_budgets", "sdt_budgets",
-               "sdt_lora_budgets", "device", "compile", "time_budget", "out", "plot_only", "dry_run", "shard", "merge",
-               "curve_points"}
 
 
 def _parse_sdt(s: str) -> Dict[str, int]:
@@ -170,16 +164,16 @@ def validate(cfg: OfficialConfig) -> OfficialConfig:
     check_numbers(cfg, nonnegative=("weight_decay", "time_budget"), positive=("warmup_lr",))
     check_out_dir(cfg.out)
     D, N = cfg.d_model, cfg.frozen_d_state
-    for name in ("lora_ranks", "s4proj_ranks"):
+    for name in ("lora_ranks", "s4proj_lora_ranks"):
         for r in getattr(cfg, name):
             if not 1 <= r <= D:
                 raise ValueError(f"{opt(name)}: each rank must be in [1, d_model={D}], got {r}")
-    for s in cfg.ac_lora_budgets:
+    for s in cfg.ac_lora:
         b = _parse_ac(s) if ":" in s else None
         if b is None or not (1 <= b["proj_rank"] <= D and 1 <= b["ssm_rank"] <= min(D, N)):
             raise ValueError(f"--ac-lora-budgets: {s!r} needs 'W_RANK:AC_RANK' with 1 <= W_RANK <= d_model={D} "
                              f"and 1 <= AC_RANK <= min(d_model, frozen_d_state)={min(D, N)}")
-    for name in ("sdt_budgets", "sdt_lora_budgets"):
+    for name in ("sdt", "sdt_lora"):
         for s in getattr(cfg, name):
             try:
                 b = _parse_sdt(s)
@@ -188,7 +182,7 @@ def validate(cfg: OfficialConfig) -> OfficialConfig:
             if not (1 <= b["channels"] <= b["usable_channels"] <= D and 1 <= b["states"] <= b["usable_states"] <= N):
                 raise ValueError(f"{opt(name)}: {s!r} needs 1 <= channels <= usable channels <= d_model={D} and "
                                  f"1 <= states <= usable states <= frozen_d_state={N}")
-            if name == "sdt_lora_budgets" and not 1 <= b.get("proj_rank", 0) <= D:
+            if name == "sdt_lora" and not 1 <= b.get("proj_rank", 0) <= D:
                 raise ValueError(f"{opt(name)}: {s!r} needs a W rank in [1, d_model={D}] after ':'")
     if cfg.time_budget < 0:
         raise ValueError(f"--time-budget: must be >= 0, got {cfg.time_budget}")
@@ -338,11 +332,11 @@ class OfficialMethod:
 METHODS: Dict[str, OfficialMethod] = {m.name: m for m in (
     OfficialMethod("Frozen", "freeze", "freeze", lambda c: [{}]),
     OfficialMethod("LoRA (Proj)", "lora", "freeze", lambda c: [{"proj_rank": r} for r in c.lora_ranks]),
-    OfficialMethod("LoRA (S4+Proj)", "lora", "lora", lambda c: [{"proj_rank": r} for r in c.s4proj_ranks]),
-    OfficialMethod("LoRA (A&C+Proj)", "lora", "lora", lambda c: [_parse_ac(s) for s in c.ac_lora_budgets],
+    OfficialMethod("LoRA (S4+Proj)", "lora", "lora", lambda c: [{"proj_rank": r} for r in c.s4proj_lora_ranks]),
+    OfficialMethod("LoRA (A&C+Proj)", "lora", "lora", lambda c: [_parse_ac(s) for s in c.ac_lora],
                    ac_lora=True),
-    OfficialMethod("SDT", "ours", "ours", lambda c: [_parse_sdt(s) for s in c.sdt_budgets]),
-    OfficialMethod("SDT + LoRA", "lora", "ours", lambda c: [_parse_sdt(s) for s in c.sdt_lora_budgets]),
+    OfficialMethod("SDT", "ours", "ours", lambda c: [_parse_sdt(s) for s in c.sdt]),
+    OfficialMethod("SDT + LoRA", "lora", "ours", lambda c: [_parse_sdt(s) for s in c.sdt_lora]),
     OfficialMethod("Full", "full", "full", lambda c: [{"all": True}]),
 )}
 

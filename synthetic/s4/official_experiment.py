@@ -20,13 +20,15 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic import runner
-from synthetic.cli import check_memory, dataclass_parser, parse_dataclass
+from synthetic.cli import threads_for
+
+from synthetic import cli, runner
+from synthetic.cli import check_memory
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration, run_key,
                                run_records, subsample_curve, utc_now)
 from synthetic.runner import Group as RunGroup, Run, run_sweep
 from synthetic.s4 import model as sm
-from synthetic.s4.official import (CONVS, METHODS, NOT_IN_KEY, OFFICIAL_SEED, PRESETS, WARMUP_PARAMS, Group,
+from synthetic.s4.official import (CONVS, METHODS, OFFICIAL_SEED, PRESETS, WARMUP_PARAMS, Group,
                                    OfficialConfig, OfficialMethod, adamw_step_anchored, budget_label, build_group,
                                    concat_groups,
                                    official_lora_down, official_models, official_param_count, official_selection,
@@ -48,6 +50,8 @@ class Trainer:
     def __init__(self, cfg: OfficialConfig, device: torch.device, log=print):
         self.cfg, self.device, self.log = cfg, device, log
         set_precision(cfg.precision, device)
+        if device.type == "cpu":
+            torch.set_num_threads(threads_for(cfg.threads))
         self.idx = sm.toeplitz_index(cfg.seq_len, device)
         self.conv = cfg.conv if cfg.conv != "auto" else ("toeplitz" if device.type == "cuda" else "fft")
         self.run_losses, self.deep_forward = CONVS[self.conv]
@@ -204,7 +208,7 @@ def run_cases(cfg: OfficialConfig, cases: Sequence[Tuple[str, Dict, float]], see
 
 # ---------------------------------------------------------------------------------------- sweep
 def key_config(cfg: OfficialConfig) -> Dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
+    return cli.key_config(cfg)
 
 
 def run_groups(cfg: OfficialConfig) -> List[Tuple[int, str, Dict]]:
@@ -277,7 +281,7 @@ class OfficialExperiment(TrainerExperiment):
                 "warmup_losses": warm_losses, "wall_s": wall / len(lrs), "group_wall_s": wall,
                 "runs_in_group": len(lrs),
                 "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
-                "compiled": trainer.use_compile, "config": dataclasses.asdict(cfg),
+                "compiled": trainer.use_compile, "config": cli.record_config(cfg),
             })
         return recs
 
@@ -304,10 +308,11 @@ def extension_plan(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Tuple[i
 def one_config(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Dict]:
     """The run records of one configuration (the fields in the key): ``cfg``'s if the file has it, else the last
     record's; a summary never mixes configurations, and says how many records it leaves out."""
-    fields = {f.name for f in dataclasses.fields(OfficialConfig)}
+    known = set(cli.key_config(cfg))
     return one_configuration(
         run_records(records),
-        lambda r: run_key({k: v for k, v in r.get("config", {}).items() if k in fields and k not in NOT_IN_KEY}),
+        lambda r: run_key({k: v for k, v in cli.key_of_record_config(OfficialConfig, r.get("config", {})).items()
+                           if k in known}),
         run_key(key_config(cfg)))
 
 
@@ -325,15 +330,18 @@ def summary_table(cfg: OfficialConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    return dataclass_parser(OfficialConfig, PRESETS, prog="python -m synthetic.s4_regression --preset official",
-                            description=__doc__.split("\n\n")[0],
-                            plot_only_help="print the summary of the JSON, no training")
+DESCRIPTION = "Deep S4 with the official code's conventions (furiosa-ai/ssm-peft S4/run_s4.py): Figure 2."
+
+
+def build_parser(preset: str = "official") -> argparse.ArgumentParser:
+    return cli.build_parser(OfficialConfig, PRESETS, preset, prog="python -m synthetic s4_official",
+                            description=DESCRIPTION)
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> OfficialConfig:
     """CLI -> OfficialConfig: the preset's values become the defaults, explicit options override them."""
-    return parse_dataclass(OfficialConfig, PRESETS, build_parser(), "official", argv, validate)
+    return cli.parse_options(OfficialConfig, PRESETS, argv, prog="python -m synthetic s4_official",
+                             description=DESCRIPTION, default_preset="official", validate=validate)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -348,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                              max(cfg.frozen_layers, cfg.target_layers)),
                          resolve_device(cfg), "--batch (or fewer --lrs: one step trains a group of len(lrs) runs)")
     except ValueError as e:
-        build_parser().error(str(e))
+        build_parser(cfg.preset).error(str(e))
     if cfg.dry_run:
         runner.print_plan(OfficialExperiment(cfg), runner.parse_shard(cfg.shard))
         return 0

@@ -38,7 +38,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.cli import (check_numbers, check_out_dir, check_shard_options, dataclass_parser, parse_dataclass)
+from synthetic.cli import (SweepConfig, check_numbers, check_out_dir, check_shard_options, option, parse_options,
+                           record_config, redefault)
 from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes, validate as validate_s4
@@ -49,57 +50,57 @@ from synthetic.s4.train import Trainer
 
 
 # ----------------------------------------------------------------------------------------- config
-@dataclass
-class StudyConfig:
-    """Every field is a CLI option (``--field-name``); tuples are comma-separated lists. The model, data and
-    training fields mean what they mean in ``synthetic.s4_regression`` (validated by the same rules)."""
+def _s4(name: str, default=None, help: Optional[str] = None):
+    """The deep-S4 experiment's field ``name`` (its help and key name), with the study's default."""
+    f = Config.__dataclass_fields__[name]
+    md = dict(f.metadata, **({"help": help} if help else {}))
+    return dataclasses.field(default=f.default if default is None else default, metadata=md)
 
-    preset: str = "cpu"
-    activation: str = "relu"  # "relu" (the experiment) or "identity" (Theorem 1's linear variant)
-    D: int = 16
-    H: int = 8  # real states of the frozen model (H/2 conjugate pairs)
-    H_star: int = 4
-    L_frozen: int = 2
-    L_target: int = 1
-    N: int = 32
-    batch: int = 128
-    iters: int = 150
-    weight_decay: float = 0.01
-    lrs: Tuple[float, ...] = (4e-3, 1.6e-2, 6.4e-2)
-    lr_extend_factor: float = 4.0
-    lr_min: float = 1e-6
-    lr_max: float = 1.0
-    seeds: Tuple[int, ...] = (0, 1, 2)
-    arms: Tuple[str, ...] = ("SDT (Alg. 1)", "SDT + LoRA (Alg. 1)", "Oracle masks", "Oracle start",
-                             "SDT (Alg. 1) long", "Oracle masks long")
-    sdt_budgets: Tuple[str, ...] = ("2x2", "6x4")  # the experiment's SDT budgets (channels x modes), besides the theorem's
-    sdt_lora_budgets: Tuple[str, ...] = ("2x2:1", "6x4:2")
-    noise_levels: Tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)  # Oracle start: relative perturbation sizes
-    long_factor: int = 10  # the "long" arms train long_factor × iters
-    warmup_iters: int = 20
-    warmup_lr: float = 1e-2
-    magnitude_floor: float = 1e-3
-    curve_points: int = 50
-    device: str = "auto"
-    precision: str = "tf32"
-    compile: Optional[bool] = None
-    runs_per_step: int = 64  # pack up to this many runs of one seed (same iterations and pruned layout) per step
-    time_budget: float = 0.0
-    out: str = "figures"
-    plot_only: bool = False
-    dry_run: bool = False
-    shard: str = ""
-    merge: bool = False
+
+@dataclass(frozen=True)
+class StudyConfig(SweepConfig):
+    """Every field is a CLI option (``--field-name``); tuples are comma-separated lists. The model, data and
+    training fields mean what they mean in the deep-S4 experiment (validated by the same rules)."""
+
+    activation: str = _s4("activation")
+    d_model: int = _s4("d_model")
+    frozen_d_state: int = _s4("frozen_d_state")
+    target_d_state: int = _s4("target_d_state")
+    frozen_layers: int = _s4("frozen_layers")
+    target_layers: int = _s4("target_layers")
+    seq_len: int = _s4("seq_len")
+    batch: int = _s4("batch")
+    iters: int = _s4("iters")
+    weight_decay: float = _s4("weight_decay")
+    lrs: Tuple[float, ...] = redefault("lrs", (4e-3, 1.6e-2, 6.4e-2))
+    seeds: Tuple[int, ...] = _s4("seeds")
+    methods: Tuple[str, ...] = option((), "not used: the study's factors are --arms", key=False)
+    arms: Tuple[str, ...] = option(("SDT (Alg. 1)", "SDT + LoRA (Alg. 1)", "Oracle masks", "Oracle start",
+                                    "SDT (Alg. 1) long", "Oracle masks long"), "the study's arms (factors)", key=False)
+    sdt: Tuple[str, ...] = _s4("sdt", ("2x2", "6x4"), "the experiment's SDT budgets 'channels x states', besides the "
+                               "theorem's")
+    sdt_lora: Tuple[str, ...] = _s4("sdt_lora", ("2x2:1", "6x4:2"))
+    noise_levels: Tuple[float, ...] = option((0.0, 1e-3, 1e-2, 1e-1), "Oracle start: relative perturbation sizes",
+                                             key=False)
+    long_factor: int = option(10, "the 'long' arms train long_factor x iters", key=False)
+    warmup_iters: int = _s4("warmup_iters")
+    warmup_lr: float = _s4("warmup_lr")
+    magnitude_floor: float = _s4("magnitude_floor")
+    curve_points: int = _s4("curve_points")
+    precision: str = _s4("precision")
+    compile: Optional[bool] = _s4("compile")
+    runs_per_step: int = _s4("runs_per_step", 64, "pack up to this many runs of one seed (same iterations and "
+                             "pruned layout) per step")
 
 
 PRESETS: Dict[str, Dict] = {
-    "cpu": {},  # the deep-S4 experiment's CPU default sizes (its results are committed: not named "default")
-    "paper": dict(D=64, H=16, H_star=8, L_frozen=4, L_target=1, N=200, batch=1000, iters=500,
-                  lrs=(1e-3, 4e-3, 1.6e-2), sdt_budgets=("8x2", "16x4", "32x4", "36x8"),
-                  sdt_lora_budgets=("16x4:4", "32x4:12", "32x8:16"), runs_per_step=12),
-    "tiny": dict(D=6, H=4, H_star=2, L_frozen=2, N=12, batch=16, iters=12, seeds=(0, 1), lrs=(1e-2, 4e-2),
-                 sdt_budgets=("2x1",), sdt_lora_budgets=("2x1:1",), noise_levels=(0.0, 0.1), long_factor=2,
-                 warmup_iters=3, curve_points=5, runs_per_step=8),
+    "cpu": {},  # the deep-S4 experiment's CPU sizes
+    "paper": dict(d_model=64, frozen_d_state=16, target_d_state=8, frozen_layers=4, target_layers=1, seq_len=200,
+                  batch=1000, iters=500, lrs=(1e-3, 4e-3, 1.6e-2), sdt=("8x2", "16x4", "32x4", "36x8"),
+                  sdt_lora=("16x4:4", "32x4:12", "32x8:16"), runs_per_step=12, out="figures"),
+    "tiny": dict(d_model=6, frozen_d_state=4, target_d_state=2, frozen_layers=2, seq_len=12, batch=16, iters=12,
+                 seeds=(0, 1), lrs=(1e-2, 4e-2), sdt=("2x1",), sdt_lora=("2x1:1",), noise_levels=(0.0, 0.1),
+                 long_factor=2, warmup_iters=3, curve_points=5, runs_per_step=8),
 }
 VARIANTS = {"identity": "linear", "relu": "relu"}
 
@@ -107,8 +108,8 @@ VARIANTS = {"identity": "linear", "relu": "relu"}
 def base_config(cfg: StudyConfig) -> Config:
     """The deep-S4 experiment's Config with the study's shared fields (its trainer, run keys and validation)."""
     shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config) if hasattr(cfg, f.name)}
-    shared.update(preset="default" if cfg.preset == "cpu" else cfg.preset, methods=("SDT", "SDT + LoRA"),
-                  sdt_budgets=tuple(cfg.sdt_budgets) or ("1x1",), sdt_lora_budgets=tuple(cfg.sdt_lora_budgets) or ("1x1:1",))
+    shared.update(methods=("SDT", "SDT + LoRA"), sdt=tuple(cfg.sdt) or ("1x1",),
+                  sdt_lora=tuple(cfg.sdt_lora) or ("1x1:1",))
     return Config(**shared)
 
 
@@ -116,8 +117,8 @@ def theorem_budget(cfg: StudyConfig) -> Dict[str, int]:
     """Theorem 1's per-layer budget for the config's sizes: ``c = ⌈D/⌊L/L*⌋⌉`` channels, ``s = H*`` modes."""
     from theory.layout import channel_blocks, group_sizes
 
-    c = max(len(b) for M in group_sizes(cfg.L_frozen, cfg.L_target) for b in channel_blocks(cfg.D, M))
-    return {"channels": c, "states": n_modes(base_config(cfg), cfg.H_star)}
+    c = max(len(b) for M in group_sizes(cfg.frozen_layers, cfg.target_layers) for b in channel_blocks(cfg.d_model, M))
+    return {"channels": c, "states": n_modes(base_config(cfg), cfg.target_d_state)}
 
 
 def validate(cfg: StudyConfig) -> StudyConfig:
@@ -132,23 +133,22 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if not cfg.noise_levels:
         raise ValueError("--noise-levels: needs at least one level (0 = start at the exact solution)")
     check_numbers(cfg, nonnegative=("noise_levels", "time_budget", "runs_per_step"))
-    if cfg.L_target >= cfg.L_frozen:
-        raise ValueError(f"--L-target: Theorem 1 needs L* < L, got L* = {cfg.L_target}, L = {cfg.L_frozen}")
-    if cfg.H_star > cfg.H:
-        raise ValueError(f"--H-star: Theorem 1 needs H* <= H, got H* = {cfg.H_star}, H = {cfg.H}")
+    if cfg.target_layers >= cfg.frozen_layers:
+        raise ValueError(f"--target-layers: Theorem 1 needs L* < L, got L* = {cfg.target_layers}, L = {cfg.frozen_layers}")
+    if cfg.target_d_state > cfg.frozen_d_state:
+        raise ValueError(f"--target-d-state: Theorem 1 needs H* <= H, got H* = {cfg.target_d_state}, H = {cfg.frozen_d_state}")
     validate_s4(base_config(cfg))
     check_shard_options(cfg)
     check_out_dir(cfg.out)
     return cfg
 
 
-def build_parser():
-    return dataclass_parser(StudyConfig, PRESETS, prog="python -m synthetic.s4_theorem1",
-                            description=__doc__.split("\n\n")[0])
+DESCRIPTION = "Theorem 1 vs training: why Figure 2's SDT does not reach the construction's zero."
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> StudyConfig:
-    return parse_dataclass(StudyConfig, PRESETS, build_parser(), "cpu", argv, validate)
+    return parse_options(StudyConfig, PRESETS, argv, prog="python -m synthetic s4_theorem1", description=DESCRIPTION,
+                         validate=validate)[0]
 
 
 # ------------------------------------------------------------------------------------------ arms
@@ -175,12 +175,12 @@ def _unique(budgets: List[Dict]) -> List[Dict]:
 
 
 def _sdt_budgets(cfg):
-    return _unique([theorem_budget(cfg)] + [parse_sdt(b) for b in cfg.sdt_budgets])
+    return _unique([theorem_budget(cfg)] + [parse_sdt(b) for b in cfg.sdt])
 
 
 def _sdt_lora_budgets(cfg):
     t = theorem_budget(cfg)
-    return _unique([dict(t, proj_rank=t["channels"])] + [parse_sdt(b) for b in cfg.sdt_lora_budgets])
+    return _unique([dict(t, proj_rank=t["channels"])] + [parse_sdt(b) for b in cfg.sdt_lora])
 
 
 def _oracle_budgets(cfg):
@@ -188,7 +188,7 @@ def _oracle_budgets(cfg):
     channels per block or modes per channel to give: a larger budget is the theorem's)."""
     t = theorem_budget(cfg)
     return _unique([t] + [{"channels": min(b["channels"], t["channels"]), "states": min(b["states"], t["states"])}
-                          for b in map(parse_sdt, cfg.sdt_budgets)])
+                          for b in map(parse_sdt, cfg.sdt)])
 
 
 ARMS: Dict[str, Arm] = {a.name: a for a in (
@@ -253,7 +253,7 @@ class Theorem1Study(S4Experiment):
         c = self._cache[seed]
         if "oracle" not in c:
             target = [{k: v[0] for k, v in p.items()} for p in c["target"]]
-            c["oracle"] = theorem1_oracle(c["frozen"], target, self.cfg.N, self.study.activation,
+            c["oracle"] = theorem1_oracle(c["frozen"], target, self.cfg.seq_len, self.study.activation,
                                           generator=torch.Generator().manual_seed(seed))
             c["pruned"] = {}
         return c["oracle"]
@@ -300,7 +300,7 @@ class Theorem1Study(S4Experiment):
         """The deep-S4 record plus the study's fields: arm, activation, the MSE at the start, the study's config."""
         rec = super().record(r, label, curve, *args, **kwargs)
         rec.update(arm=r.method, activation=self.study.activation, start_mse=curve[0],
-                   study_config=dataclasses.asdict(self.study))
+                   study_config=record_config(self.study))
         return rec
 
 

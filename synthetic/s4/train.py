@@ -7,6 +7,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from synthetic.cli import threads_for
+
 from synthetic.results import run_key
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes
@@ -40,7 +42,7 @@ def conv_form(cfg: Config, device: torch.device) -> Tuple[str, str]:
         return "toeplitz", "--precision fp16: fp16 Toeplitz GEMMs"
     if cfg.conv != "auto":
         return cfg.conv, "--conv"
-    return choose_form(cfg.N, cfg.D, device.type, B=cfg.batch)
+    return choose_form(cfg.seq_len, cfg.d_model, device.type, B=cfg.batch)
 
 
 class Trainer:
@@ -49,11 +51,13 @@ class Trainer:
     def __init__(self, cfg: Config, device: torch.device, log=print):
         self.cfg, self.device, self.log = cfg, device, log
         set_precision(cfg.precision, device)
+        if device.type == "cpu":
+            torch.set_num_threads(threads_for(cfg.threads))
         sm.set_linear(cfg.activation == "identity")  # process-wide, read when the step is traced
         self.conv, self.conv_reason = conv_form(cfg, device)
         sm.set_conv_form(self.conv)
         sm.set_proj_split(cfg.proj_split)
-        self.idx = sm.toeplitz_index(cfg.N, device)
+        self.idx = sm.toeplitz_index(cfg.seq_len, device)
         self._idx_extra: Dict[int, Tensor] = {}
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
         if self.use_compile and any(m in BENCHMARK_METHODS for m in cfg.methods):
@@ -89,11 +93,11 @@ class Trainer:
         """Frozen base layers and target layers of one seed (drawn on the CPU, moved to the device)."""
         cfg = self.cfg
         g = torch.Generator().manual_seed(seed)
-        frozen = [sm.init_layer(cfg.D, n_modes(cfg, cfg.H), generator=g, device=self.device)
-                  for _ in range(cfg.L_frozen)]
+        frozen = [sm.init_layer(cfg.d_model, n_modes(cfg, cfg.frozen_d_state), generator=g, device=self.device)
+                  for _ in range(cfg.frozen_layers)]
         gt = torch.Generator().manual_seed(10_000 + seed)
-        target = [sm.init_layer(cfg.D, n_modes(cfg, cfg.H_star), generator=gt, device=self.device)
-                  for _ in range(cfg.L_target)]
+        target = [sm.init_layer(cfg.d_model, n_modes(cfg, cfg.target_d_state), generator=gt, device=self.device)
+                  for _ in range(cfg.target_layers)]
         return frozen, [{k: v[None] for k, v in p.items()} for p in target]
 
     def data(self, seed: int, stream: int):
@@ -103,7 +107,7 @@ class Trainer:
 
     def batch(self, g: torch.Generator, target) -> Tuple[Tensor, Tensor]:
         cfg = self.cfg
-        x = torch.randint(0, 10, (cfg.D, cfg.N, cfg.batch), generator=g, device=self.device).to(torch.float32)
+        x = torch.randint(0, 10, (cfg.d_model, cfg.seq_len, cfg.batch), generator=g, device=self.device).to(torch.float32)
         with torch.no_grad():
             y = sm.deep_forward(target, x, self.idx)[0]  # (D, N, B)
         return x, y
@@ -151,7 +155,7 @@ class Trainer:
         if cfg.warmup_iters:
             self.train(state, [cfg.warmup_lr] * R, cfg.warmup_iters, target, self.data(seed, stream=1))
         eff = [{k: v[0].detach() for k, v in p.items()} for p in state.effective()]
-        rk = [rank_dimensions(A_bar(b), A_bar(e), torch.complex(b["C_re"], b["C_im"]).cpu(), B_bar(b), cfg.N,
+        rk = [rank_dimensions(A_bar(b), A_bar(e), torch.complex(b["C_re"], b["C_im"]).cpu(), B_bar(b), cfg.seq_len,
                               cfg.magnitude_floor) for b, e in zip(frozen, eff)]
         if cfg.sdt_prune == "usable":
             return PrunedSelection(rk, cfg.usable_channels, cfg.usable_states)
@@ -160,15 +164,15 @@ class Trainer:
     def rank_max(self) -> Tuple[int, int]:
         cfg = self.cfg
         dora = list(cfg.dora_ranks) if "DoRA (Proj)" in cfg.methods else []  # else: the default runs' draws unchanged
-        rp = max(list(cfg.lora_ranks) + [parse_sdt(s)["proj_rank"] for s in cfg.sdt_lora_budgets] + dora + [1])
-        return rp, max(list(cfg.s4_lora_ranks) + [1])
+        rp = max(list(cfg.lora_ranks) + [parse_sdt(s)["proj_rank"] for s in cfg.sdt_lora] + dora + [1])
+        return rp, max(list(cfg.ssm_lora_ranks) + [1])
 
     def idx_for(self, M: int) -> Optional[Tensor]:
         """Toeplitz index for ``N + M`` positions (prompt / prefix methods); None for M = 0."""
         if not M:
             return None
         if M not in self._idx_extra:
-            self._idx_extra[M] = sm.toeplitz_index(self.cfg.N + M, self.device)
+            self._idx_extra[M] = sm.toeplitz_index(self.cfg.seq_len + M, self.device)
         return self._idx_extra[M]
 
 
