@@ -2,13 +2,15 @@
 the file, before anything runs, and leaves the results file byte-identical."""
 
 import hashlib
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from synthetic import s4_regression
+from synthetic import bench, s4_regression
 from synthetic.mamba import experiment as mamba_experiment
 from synthetic.s4 import fig2
 
@@ -59,6 +61,13 @@ def _digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _exit_code(main, argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("entry,argv,needle", CASES, ids=[f"{e}:{' '.join(a[-2:])}" for e, a, _ in CASES])
 def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys, entry, argv, needle):
     afile = tmp_path / "a_file"
@@ -73,15 +82,73 @@ def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys,
         argv += ["--out", str(tmp_path / "out")]
     before = _digest(tmp_path)
     main = {"mamba": mamba_experiment.main, "fig2": fig2.main}.get(entry, s4_regression.main)
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
+    code = _exit_code(main, argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert needle in err and "Traceback" not in err, err
     assert _digest(tmp_path) == before  # nothing written, the corrupted file untouched
     assert not (tmp_path / "out").exists()
+
+
+SCALING_TABLE = ROOT / "figures" / "bench_s4_scaling_cpu.json"
+TINY_SCALING = ["--scaling", "--device", "cpu", "--no-compile", "--scaling-N", "8", "--scaling-D", "4",
+                "--scaling-forms", "toeplitz", "--iters", "1", "--warm", "1", "--rounds", "1"]
+# python -m synthetic.bench [--scaling]: (argv, text the error must contain); run in a folder holding a copy of the
+# committed calibration table at the default --out (figures/bench_s4_scaling_cpu.json), another experiment's results
+# file ({other}), a corrupt file ({corrupt}) and an empty folder ({empty})
+BENCH_CASES = [
+    (TINY_SCALING + ["--out", "{other}"], "--out: {other} holds another kind of file (not a scaling table)"),
+    (TINY_SCALING + ["--out", "{corrupt}"], "--out: {corrupt} exists and is not valid JSON"),
+    (TINY_SCALING + ["--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
+    (TINY_SCALING, "--out: figures/bench_s4_scaling_cpu.json is a scaling table of another setting (state_convention"),
+    (TINY_SCALING + ["--out", "{empty}"], "--out: {empty} is a folder"),
+    (TINY_SCALING + ["--out", "{other}/x.json"], "--out: "),
+    (TINY_SCALING + ["--scaling-max-gb", "nan"], "--scaling-max-gb: must be a positive finite number"),
+    (TINY_SCALING + ["--scaling-max-gb", "inf"], "--scaling-max-gb"),
+    (TINY_SCALING + ["--scaling-max-gb", "0"], "--scaling-max-gb"),
+    (TINY_SCALING + ["--scaling-max-gb", "-1"], "--scaling-max-gb"),
+    (TINY_SCALING + ["--scaling-tokens", "-5"], "--scaling-tokens"),
+    (TINY_SCALING + ["--threads", "-1"], "--threads: must be >= 0"),
+    (["--threads", "-1"], "--threads: must be >= 0"),
+    (["--preset", "tiny", "--device", "cpu", "--out", "{empty}"], "--out: {empty} is a folder"),
+    (["--preset", "tiny", "--device", "cpu", "--out", "{other}"], "--out: {other} holds results of another run"),
+    (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
+    (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{other}"], "another kind of file"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BENCH_CASES, ids=[" ".join(a[-2:]) + ("" if "--scaling" in a else " (plain)")
+                                                          for a, _ in BENCH_CASES])
+def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, monkeypatch, capsys, argv, needle):
+    """Issue 32 item 3: bench --scaling used to overwrite whatever was at --out (another experiment's results, a
+    corrupt file even with --keep-previous, the committed calibration table: 28 rows -> 1)."""
+    (tmp_path / "figures").mkdir()
+    shutil.copy(SCALING_TABLE, tmp_path / "figures" / SCALING_TABLE.name)
+    paths = {"other": tmp_path / "s4_regression_paper.json", "corrupt": tmp_path / "corrupt.json",
+             "empty": tmp_path / "empty"}
+    shutil.copy(ROOT / "figures" / "s4_regression_paper.json", paths["other"])
+    paths["corrupt"].write_text("{not json")
+    paths["empty"].mkdir()
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(**paths) for a in argv]
+    before = _digest(tmp_path)
+    code = _exit_code(bench.main, argv)
+    out = capsys.readouterr()
+    assert code == 2, out.err
+    assert needle.format(**paths) in out.err and "Traceback" not in out.err, out.err
+    assert "ms/iter" not in out.out  # refused before anything was timed
+    assert _digest(tmp_path) == before
+
+
+def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
+    table = tmp_path / SCALING_TABLE.name
+    shutil.copy(SCALING_TABLE, table)
+    old = json.loads(table.read_text())["results"]
+    assert bench.main(TINY_SCALING + ["--state-convention", "complex", "--out", str(table)]) == 0
+    new = json.loads(table.read_text())["results"]
+    assert len(new) == len(old) + 1 and new[1:] == old and (new[0]["N"], new[0]["D"]) == (8, 4)
+    assert bench.main(TINY_SCALING + ["--state-convention", "complex", "--out", str(table)]) == 0  # same key: replaced
+    assert len(json.loads(table.read_text())["results"]) == len(old) + 1
 
 
 def test_a_corrupted_results_file_is_one_line_from_the_command_line(tmp_path):
