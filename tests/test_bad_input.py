@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from synthetic import bench, s4_regression
+from synthetic.hybrid.model import AttentionRef
+from synthetic.mamba2.ref import Mamba2Ref, ssd_scan_chunked, ssd_scan_recurrent
 from synthetic.mamba import experiment as mamba_experiment
 from synthetic.s4 import fig2
 
@@ -52,6 +55,8 @@ CASES = [
     ("fig2", ["--preset", str(ROOT / "figures" / "s4_regression_paper.json"), "--out", "{empty}/fig"],
      "no official-preset runs"),
     ("fig2", ["--preset", "{corrupt}/s4_regression_official.json", "--out", "{empty}/fig"], "not valid JSON"),
+    ("fig2", ["--out", "{file}/x"], "--out: "),
+    ("fig2", ["--out", "{empty}"], "--out: "),
 ]
 CORRUPT = {"s4": "s4_regression_tiny.json", "official": "s4_regression_official-tiny.json",
            "mamba": "mamba_regression_tiny.json", "fig2": "s4_regression_official.json"}
@@ -149,6 +154,44 @@ def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, 
     assert len(new) == len(old) + 1 and new[1:] == old and (new[0]["N"], new[0]["D"]) == (8, 4)
     assert bench.main(TINY_SCALING + ["--state-convention", "complex", "--out", str(table)]) == 0  # same key: replaced
     assert len(json.loads(table.read_text())["results"]) == len(old) + 1
+
+
+def _scan_inputs(l=5, sign=-1.0, dtype=torch.float32):
+    b, h, p, g, n = 1, 2, 3, 1, 4
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, l, h, p, generator=gen).to(dtype)
+    return (x, torch.rand(b, l, h, generator=gen), sign * torch.rand(h, generator=gen) - 0.1 * (sign < 0),
+            torch.randn(b, l, g, n, generator=gen), torch.randn(b, l, g, n, generator=gen))
+
+
+# library functions of synthetic/: (id, call, exception type, text the message starts with)
+LIBRARY_CASES = [
+    ("ssd_scan_chunked positive A", lambda: ssd_scan_chunked(*_scan_inputs(sign=1.0)), ValueError, "A: must be <= 0"),
+    ("ssd_scan_recurrent positive A", lambda: ssd_scan_recurrent(*_scan_inputs(sign=1.0)), ValueError, "A: must be"),
+    ("ssd_scan_chunked complex x", lambda: ssd_scan_chunked(*_scan_inputs(dtype=torch.complex64)), TypeError,
+     "x: expected a real floating dtype"),
+    ("ssd_scan_recurrent complex x", lambda: ssd_scan_recurrent(*_scan_inputs(dtype=torch.complex64)), TypeError,
+     "x: expected a real floating dtype"),
+    ("Mamba2Ref d_model=-4", lambda: Mamba2Ref(-4), ValueError, "d_model: must be a positive integer"),
+    ("Mamba2Ref d_state=0", lambda: Mamba2Ref(8, d_state=0), ValueError, "d_state: must be a positive integer"),
+    ("Mamba2Ref d_model=2.5", lambda: Mamba2Ref(2.5), ValueError, "d_model: must be a positive integer"),
+    ("AttentionRef d_model=-4", lambda: AttentionRef(-4, 2), ValueError, "d_model: must be a positive integer"),
+    ("AttentionRef d_model=0", lambda: AttentionRef(0, 1), ValueError, "d_model: must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("call, exc, needle", [c[1:] for c in LIBRARY_CASES], ids=[c[0] for c in LIBRARY_CASES])
+def test_library_refuses_what_its_mathematics_excludes(call, exc, needle):
+    with pytest.raises(exc) as e:
+        call()
+    assert str(e.value).startswith(needle), str(e.value)
+
+
+@pytest.mark.parametrize("scan", [ssd_scan_chunked, ssd_scan_recurrent])
+def test_ssd_scans_of_an_empty_sequence_are_empty(scan):
+    x, dt, A, B, C = _scan_inputs(l=0)
+    y = scan(x, dt, A, B, C, 4, D=torch.ones(2), z=torch.zeros_like(x))
+    assert y.shape == (1, 0, 2, 3) and y.dtype == x.dtype
 
 
 def test_a_corrupted_results_file_is_one_line_from_the_command_line(tmp_path):
