@@ -58,7 +58,7 @@ from .layout import (budget_shapes, channel_blocks, free_dim_formula, group_size
                      target_dim_formula)
 # Singular values below RANK_RTOL · σ_max count as zero: the Jacobians here have σ_max ~ 1..1e3 and
 # structural zeros at ~1e-14 relative; the reported gap (σ_r / σ_{r+1}) shows the cut.
-from .report import ClaimResult, claim
+from .report import ClaimResult, claim, plain
 from .tolerances import RANK_RTOL
 
 Tensor = torch.Tensor
@@ -612,7 +612,7 @@ GROEBNER_CASES = [("inside", (0, 1), 1), ("inside", (0, 1), 0), ("outside", (0, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m theory.capacity", description=_plain(__doc__.split("\n\n")[0]))
+    p = argparse.ArgumentParser(prog="python -m theory.capacity", description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random frozen/target points, in [0, 2**63 - 1] (default 0)")
     p.add_argument("--out", default="figures/theorem1_capacity.json",
@@ -716,13 +716,6 @@ def compute(configs: Sequence[ProbeConfig], seed: int, quick: bool, out: str, re
     data["config"]["complete"] = True
     _write_json(out, data)
     return data
-
-
-def _plain(text: str) -> str:
-    """Help text without reStructuredText markup: ``code`` -> code, :func:`name` -> name."""
-    import re
-
-    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
 # the float64 probe rows of figures/theorem1_capacity.json with σ_r/σ_{r+1} < 1e3 (no clean cut); skip inside

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .deep import DeepLayer, DeepSSM, deep_forward, random_deep
-from .report import ClaimResult, claim
+from .report import ClaimResult, claim, plain
 from .ssm import DiagonalSSM
 from .tolerances import DEEP_RTOL, RANK_RTOL, rel_err
 
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     p = argparse.ArgumentParser(prog="python -m theory.nondividing",
-                                description=__doc__.split("\n\n")[0].replace("``", ""))
+                                description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("--targets", type=int, default=5,
                    help=f"random targets, seeds FIRST..FIRST+n-1, in [1, {MAX_TARGETS}] (default 5; ~12 s per start "
                         "and placement of α_2 on 2 CPU cores)")
