@@ -155,8 +155,7 @@ def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> Lis
                 ax.axhline(max(floor, 1e-30), color="k", ls=":", lw=1, label=f"construction (float64) {floor:.1e}")
             if frozen is not None:
                 ax.axhline(frozen, color="gray", ls="--", lw=1, label=f"frozen {frozen:.3g}")
-            if ax.get_legend_handles_labels()[0]:  # a panel with no labelled line draws no (empty) legend
-                ax.legend(fontsize=7)
+            ax.legend(fontsize=7)
     fig.suptitle(f"Theorem 1 vs training ({preset}): why SDT does not reach zero", fontsize=12)
     fig.tight_layout()
     paths = []
