@@ -474,8 +474,9 @@ def draw_loss_curves(records: Sequence[dict], rows: Sequence[dict], note: str = 
     seed_text = "seed " + ", ".join(str(s) for s in sorted(seeds_used)) if seeds_used else "no runs"
     _style_axes(ax, "iteration", f"training MSE ({seed_text}; running mean)",
                 "Mamba regression: SDT vs. LoRA (S6+Proj), best lr per budget")
-    ax.legend(fontsize=FONTS["legend"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-              frameon=False, title="colour: method; darker = larger budget", title_fontsize=FONTS["legend"])
+    if ax.get_legend_handles_labels()[0]:  # no runs drawn: no (empty) legend
+        ax.legend(fontsize=FONTS["legend"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  frameon=False, title="colour: method; darker = larger budget", title_fontsize=FONTS["legend"])
     _note(fig, note)
     fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
     return fig

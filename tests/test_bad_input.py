@@ -2,13 +2,18 @@
 the file, before anything runs, and leaves the results file byte-identical."""
 
 import hashlib
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from synthetic import s4_regression
+from synthetic import bench, s4_regression
+from synthetic.hybrid.model import AttentionRef
+from synthetic.mamba2.ref import Mamba2Ref, ssd_scan_chunked, ssd_scan_recurrent
 from synthetic.mamba import experiment as mamba_experiment
 from synthetic.s4 import fig2
 
@@ -50,6 +55,8 @@ CASES = [
     ("fig2", ["--preset", str(ROOT / "figures" / "s4_regression_paper.json"), "--out", "{empty}/fig"],
      "no official-preset runs"),
     ("fig2", ["--preset", "{corrupt}/s4_regression_official.json", "--out", "{empty}/fig"], "not valid JSON"),
+    ("fig2", ["--out", "{file}/x"], "--out: "),
+    ("fig2", ["--out", "{empty}"], "--out: "),
 ]
 CORRUPT = {"s4": "s4_regression_tiny.json", "official": "s4_regression_official-tiny.json",
            "mamba": "mamba_regression_tiny.json", "fig2": "s4_regression_official.json"}
@@ -57,6 +64,13 @@ CORRUPT = {"s4": "s4_regression_tiny.json", "official": "s4_regression_official-
 
 def _digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _exit_code(main, argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 @pytest.mark.parametrize("entry,argv,needle", CASES, ids=[f"{e}:{' '.join(a[-2:])}" for e, a, _ in CASES])
@@ -73,15 +87,111 @@ def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys,
         argv += ["--out", str(tmp_path / "out")]
     before = _digest(tmp_path)
     main = {"mamba": mamba_experiment.main, "fig2": fig2.main}.get(entry, s4_regression.main)
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
+    code = _exit_code(main, argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert needle in err and "Traceback" not in err, err
     assert _digest(tmp_path) == before  # nothing written, the corrupted file untouched
     assert not (tmp_path / "out").exists()
+
+
+SCALING_TABLE = ROOT / "figures" / "bench_s4_scaling_cpu.json"
+TINY_SCALING = ["--scaling", "--device", "cpu", "--no-compile", "--scaling-N", "8", "--scaling-D", "4",
+                "--scaling-forms", "toeplitz", "--iters", "1", "--warm", "1", "--rounds", "1"]
+# python -m synthetic.bench [--scaling]: (argv, text the error must contain); run in a folder holding a copy of the
+# committed calibration table at the default --out (figures/bench_s4_scaling_cpu.json), another experiment's results
+# file ({other}), a corrupt file ({corrupt}) and an empty folder ({empty})
+BENCH_CASES = [
+    (TINY_SCALING + ["--out", "{other}"], "--out: {other} holds another kind of file (not a scaling table)"),
+    (TINY_SCALING + ["--out", "{corrupt}"], "--out: {corrupt} exists and is not valid JSON"),
+    (TINY_SCALING + ["--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
+    (TINY_SCALING, "--out: figures/bench_s4_scaling_cpu.json is a scaling table of another setting (state_convention"),
+    (TINY_SCALING + ["--out", "{empty}"], "--out: {empty} is a folder"),
+    (TINY_SCALING + ["--out", "{other}/x.json"], "--out: "),
+    (TINY_SCALING + ["--scaling-max-gb", "nan"], "--scaling-max-gb: must be a positive finite number"),
+    (TINY_SCALING + ["--scaling-max-gb", "inf"], "--scaling-max-gb"),
+    (TINY_SCALING + ["--scaling-max-gb", "0"], "--scaling-max-gb"),
+    (TINY_SCALING + ["--scaling-max-gb", "-1"], "--scaling-max-gb"),
+    (TINY_SCALING + ["--scaling-tokens", "-5"], "--scaling-tokens"),
+    (TINY_SCALING + ["--threads", "-1"], "--threads: must be >= 0"),
+    (["--threads", "-1"], "--threads: must be >= 0"),
+    (["--preset", "tiny", "--device", "cpu", "--out", "{empty}"], "--out: {empty} is a folder"),
+    (["--preset", "tiny", "--device", "cpu", "--out", "{other}"], "--out: {other} holds results of another run"),
+    (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
+    (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{other}"], "another kind of file"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BENCH_CASES, ids=[" ".join(a[-2:]) + ("" if "--scaling" in a else " (plain)")
+                                                          for a, _ in BENCH_CASES])
+def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, monkeypatch, capsys, argv, needle):
+    """Issue 32 item 3: bench --scaling used to overwrite whatever was at --out (another experiment's results, a
+    corrupt file even with --keep-previous, the committed calibration table: 28 rows -> 1)."""
+    (tmp_path / "figures").mkdir()
+    shutil.copy(SCALING_TABLE, tmp_path / "figures" / SCALING_TABLE.name)
+    paths = {"other": tmp_path / "s4_regression_paper.json", "corrupt": tmp_path / "corrupt.json",
+             "empty": tmp_path / "empty"}
+    shutil.copy(ROOT / "figures" / "s4_regression_paper.json", paths["other"])
+    paths["corrupt"].write_text("{not json")
+    paths["empty"].mkdir()
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(**paths) for a in argv]
+    before = _digest(tmp_path)
+    code = _exit_code(bench.main, argv)
+    out = capsys.readouterr()
+    assert code == 2, out.err
+    assert needle.format(**paths) in out.err and "Traceback" not in out.err, out.err
+    assert "ms/iter" not in out.out  # refused before anything was timed
+    assert _digest(tmp_path) == before
+
+
+def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
+    table = tmp_path / SCALING_TABLE.name
+    shutil.copy(SCALING_TABLE, table)
+    old = json.loads(table.read_text())["results"]
+    assert bench.main(TINY_SCALING + ["--state-convention", "complex", "--out", str(table)]) == 0
+    new = json.loads(table.read_text())["results"]
+    assert len(new) == len(old) + 1 and new[1:] == old and (new[0]["N"], new[0]["D"]) == (8, 4)
+    assert bench.main(TINY_SCALING + ["--state-convention", "complex", "--out", str(table)]) == 0  # same key: replaced
+    assert len(json.loads(table.read_text())["results"]) == len(old) + 1
+
+
+def _scan_inputs(l=5, sign=-1.0, dtype=torch.float32):
+    b, h, p, g, n = 1, 2, 3, 1, 4
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, l, h, p, generator=gen).to(dtype)
+    return (x, torch.rand(b, l, h, generator=gen), sign * torch.rand(h, generator=gen) - 0.1 * (sign < 0),
+            torch.randn(b, l, g, n, generator=gen), torch.randn(b, l, g, n, generator=gen))
+
+
+# library functions of synthetic/: (id, call, exception type, text the message starts with)
+LIBRARY_CASES = [
+    ("ssd_scan_chunked positive A", lambda: ssd_scan_chunked(*_scan_inputs(sign=1.0)), ValueError, "A: must be <= 0"),
+    ("ssd_scan_recurrent positive A", lambda: ssd_scan_recurrent(*_scan_inputs(sign=1.0)), ValueError, "A: must be"),
+    ("ssd_scan_chunked complex x", lambda: ssd_scan_chunked(*_scan_inputs(dtype=torch.complex64)), TypeError,
+     "x: expected a real floating dtype"),
+    ("ssd_scan_recurrent complex x", lambda: ssd_scan_recurrent(*_scan_inputs(dtype=torch.complex64)), TypeError,
+     "x: expected a real floating dtype"),
+    ("Mamba2Ref d_model=-4", lambda: Mamba2Ref(-4), ValueError, "d_model: must be a positive integer"),
+    ("Mamba2Ref d_state=0", lambda: Mamba2Ref(8, d_state=0), ValueError, "d_state: must be a positive integer"),
+    ("Mamba2Ref d_model=2.5", lambda: Mamba2Ref(2.5), ValueError, "d_model: must be a positive integer"),
+    ("AttentionRef d_model=-4", lambda: AttentionRef(-4, 2), ValueError, "d_model: must be a positive integer"),
+    ("AttentionRef d_model=0", lambda: AttentionRef(0, 1), ValueError, "d_model: must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("call, exc, needle", [c[1:] for c in LIBRARY_CASES], ids=[c[0] for c in LIBRARY_CASES])
+def test_library_refuses_what_its_mathematics_excludes(call, exc, needle):
+    with pytest.raises(exc) as e:
+        call()
+    assert str(e.value).startswith(needle), str(e.value)
+
+
+@pytest.mark.parametrize("scan", [ssd_scan_chunked, ssd_scan_recurrent])
+def test_ssd_scans_of_an_empty_sequence_are_empty(scan):
+    x, dt, A, B, C = _scan_inputs(l=0)
+    y = scan(x, dt, A, B, C, 4, D=torch.ones(2), z=torch.zeros_like(x))
+    assert y.shape == (1, 0, 2, 3) and y.dtype == x.dtype
 
 
 def test_a_corrupted_results_file_is_one_line_from_the_command_line(tmp_path):

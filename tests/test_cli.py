@@ -13,7 +13,7 @@ from synthetic.mamba import experiment as mamba_regression
 from synthetic.s4 import experiment as s4r
 from theory import capacity
 
-NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="runs on a machine without CUDA (it checks the no-CUDA message)")
 
 
 def _fails(main, argv, needle, capsys):

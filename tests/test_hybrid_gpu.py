@@ -10,7 +10,7 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
 if not torch.cuda.is_available():
-    pytest.skip("needs CUDA", allow_module_level=True)
+    pytest.skip("needs a CUDA GPU (and mamba-ssm for the backend tests: pip install .[gpu])", allow_module_level=True)
 
 from synthetic.hybrid import experiment as hexp  # noqa: E402
 from synthetic.hybrid.model import HybridRef, layer_kinds  # noqa: E402
@@ -62,10 +62,10 @@ def test_cuda_reference_stack_matches_float64_cpu(method):
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_mamba_ssm_backend_matches_reference(fused):
-    mamba_ssm = pytest.importorskip("mamba_ssm")
+    mamba_ssm = pytest.importorskip("mamba_ssm", reason="needs mamba-ssm (pip install .[gpu])")
     backend = get_backend("mamba_ssm", fused=fused)
     if fused and backend.inner_fn is None:
-        pytest.skip("causal-conv1d not installed: no fused path")
+        pytest.skip("needs causal-conv1d for the fused path (pip install .[gpu-conv])")
     torch.manual_seed(0)
     model = HybridRef(KINDS, D_MODEL, HEADS, lambda: mamba_ssm.Mamba(D_MODEL, d_state=H, expand=2, device=DEV),
                       norm="rmsnorm", device=DEV)

@@ -8,8 +8,8 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
 if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so check CUDA first
-    pytest.skip("needs CUDA", allow_module_level=True)
-mamba_ssm = pytest.importorskip("mamba_ssm")
+    pytest.skip("needs a CUDA GPU and mamba-ssm (pip install .[gpu])", allow_module_level=True)
+mamba_ssm = pytest.importorskip("mamba_ssm", reason="needs mamba-ssm (pip install .[gpu])")
 
 from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete  # noqa: E402
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: E402

@@ -8,8 +8,8 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
 if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so check CUDA first
-    pytest.skip("needs CUDA", allow_module_level=True)
-mamba_ssm = pytest.importorskip("mamba_ssm")
+    pytest.skip("needs a CUDA GPU and mamba-ssm (pip install .[gpu])", allow_module_level=True)
+mamba_ssm = pytest.importorskip("mamba_ssm", reason="needs mamba-ssm (pip install .[gpu])")
 
 from synthetic.mamba.peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock,  # noqa: E402
                                   get_backend)
@@ -52,7 +52,7 @@ def test_reference_block_matches_mamba_ssm_outputs_and_gradients():
 def test_functional_path_matches_the_module(fused):
     backend = get_backend("mamba_ssm", fused=fused)
     if fused and backend.inner_fn is None:
-        pytest.skip("causal-conv1d not installed: no fused mamba_inner_fn")
+        pytest.skip("needs causal-conv1d for the fused mamba_inner_fn (pip install .[gpu-conv])")
     real, _ = _pair()
     x = torch.randn(2, 64, 32, device=DEV)
     blk = PeftMambaBlock(block_weights(real), d_state=16, dt_rank=real.dt_rank, config=METHODS["Frozen"]({}))
@@ -64,7 +64,7 @@ def test_functional_path_matches_the_module(fused):
 def test_each_adapted_weight_is_in_the_compute_path(target, fused):
     backend = get_backend("mamba_ssm", fused=fused)
     if fused and backend.inner_fn is None:
-        pytest.skip("causal-conv1d not installed: no fused mamba_inner_fn")
+        pytest.skip("needs causal-conv1d for the fused mamba_inner_fn (pip install .[gpu-conv])")
     real, _ = _pair()
     x = torch.randn(2, 64, 32, device=DEV)
     blk = PeftMambaBlock(block_weights(real), d_state=16, dt_rank=real.dt_rank,
@@ -150,7 +150,7 @@ def test_fused_path_every_method_adapters_move_output_and_get_gradients(method):
     gradient, and the fused output equals the unfused one (same weights)."""
     fused = get_backend("mamba_ssm", fused=True)
     if fused.inner_fn is None:
-        pytest.skip("causal-conv1d not installed: no fused mamba_inner_fn")
+        pytest.skip("needs causal-conv1d for the fused mamba_inner_fn (pip install .[gpu-conv])")
     unfused = get_backend("mamba_ssm", fused=False)
     real, _ = _pair()
     blk = _method_block(method, real)
@@ -177,7 +177,7 @@ def test_fused_path_every_method_adapters_move_output_and_get_gradients(method):
 def test_lora_dropout_falls_back_explicitly_from_the_fused_path():
     fused = get_backend("mamba_ssm", fused=True)
     if fused.inner_fn is None:
-        pytest.skip("causal-conv1d not installed: no fused mamba_inner_fn")
+        pytest.skip("needs causal-conv1d for the fused mamba_inner_fn (pip install .[gpu-conv])")
     real, _ = _pair()
     cfg = MambaPeftConfig(lora=("out_proj.weight", "x_proj.weight", "dt_proj.weight"), lora_rank=2, lora_alpha=2.0,
                           lora_dropout=0.1, lora_x_proj_split=True)

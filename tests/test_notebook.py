@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat", reason="needs nbformat (pip install .[test])")
+nbclient = pytest.importorskip("nbclient", reason="needs nbclient (pip install .[test])")
 
 ROOT = Path(__file__).resolve().parents[1]
 

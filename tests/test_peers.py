@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; the models below are built locally
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft", reason="needs peft (pip install .[test])")
+transformers = pytest.importorskip("transformers", reason="needs transformers (pip install .[test])")
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 from transformers import MambaConfig, MambaForCausalLM  # noqa: E402
 from transformers.models.mamba import modeling_mamba  # noqa: E402

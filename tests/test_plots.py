@@ -3,7 +3,7 @@ per method across figures, files written."""
 
 import pytest
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("matplotlib", reason="needs matplotlib (pip install -e .)")
 
 from synthetic import plots  # noqa: E402
 from synthetic.results import best_of_grid  # noqa: E402

@@ -276,7 +276,7 @@ def test_official_committed_results_keep_their_keys():
     sweep computes for it (the lr-extension options are not in the key)."""
     path = Path(__file__).resolve().parent.parent / "figures" / "s4_regression_official.json"
     if not path.exists():
-        pytest.skip("no committed official-preset results")
+        pytest.skip("needs figures/s4_regression_official.json (python -m synthetic.s4_regression --preset official)")
     recs = json.loads(path.read_text())
     runs = so.run_records(recs)
     from synthetic.cli import fields_from_record_config

@@ -161,7 +161,7 @@ def test_masks_respected_during_training(tiny, name):
 def test_pruned_c_entries_are_exactly_zero_after_training(tiny, name):
     cfg, _, frozen, _, sel = tiny
     if cfg.sdt_prune == "none":
-        pytest.skip("no pruning in the default configuration")
+        pytest.skip("runs with a pruning preset (the 'official' parameter: --sdt-prune usable); the default tiny preset prunes nothing")
     state, _ = _train_method(tiny, name)
     budget = s4m.METHODS[name].budgets(cfg)[-1]
     masks = s4m.layer_sdt_masks(sel, budget)

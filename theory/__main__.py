@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .report import discover, format_table, matching_claims, run_report
+from .report import REPORT_WIDTH, discover, format_table, matching_claims, plain, run_report
 
 # ~0.15 s per instance over all claims on 2 CPU cores (20: 5 s, 100: 16 s), so 2,000 is ~5 min; more
 # instances belong to the property tests (HYPOTHESIS_PROFILE=thorough pytest theory).
@@ -25,10 +25,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    p = _Parser(prog="python -m theory", description=__doc__)
+    p = _Parser(prog="python -m theory", description=plain(__doc__))
     p.add_argument("--instances", type=int, default=20, help="random instances per claim (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--only", default=None, help="run only claims whose name contains this text")
+    p.add_argument("--wide", action="store_true",
+                   help=f"one line per claim, note included (the old layout; default: wrapped to {REPORT_WIDTH} "
+                        "columns, each note on the lines below its claim)")
     args = p.parse_args(argv)
     if not 1 <= args.instances <= MAX_INSTANCES:
         p.error(f"--instances: must be in [1, {MAX_INSTANCES}] (about 0.15 s per instance over all claims; "
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     if args.only is not None and not matching_claims(args.only):
         p.error(f"--only: no claim matches {args.only!r}; known claims: " + "; ".join(discover()))
     results = run_report(args.instances, args.seed, args.only)
-    print(format_table(results))
+    print(format_table(results, width=None if args.wide else REPORT_WIDTH))
     failed = [r.claim for r in results if r.verdict == "FAILED"]
     if failed:
         print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)

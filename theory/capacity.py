@@ -33,7 +33,9 @@ The layout probed is the construction's: layer ``m`` of a group tunes the ``H*``
 and trains ``u`` and ``β``; each projection gets a rank-``r`` LoRA, the last one is trained in full.
 
 ``python -m theory.capacity`` writes ``figures/theorem1_capacity.json`` and draws
-``figures/theorem1_capacity.png`` from it.
+``figures/theorem1_capacity.png`` from it. The file is written after every probe row and every later stage
+(``config.complete`` false until the end, with a progress bar on a terminal), so a run cut off keeps what it
+computed, and rerunning the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -55,7 +58,7 @@ from .layout import (budget_shapes, channel_blocks, free_dim_formula, group_size
                      target_dim_formula)
 # Singular values below RANK_RTOL · σ_max count as zero: the Jacobians here have σ_max ~ 1..1e3 and
 # structural zeros at ~1e-14 relative; the reported gap (σ_r / σ_{r+1}) shows the cut.
-from .report import ClaimResult, claim
+from .report import ClaimResult, claim, plain
 from .tolerances import RANK_RTOL
 
 Tensor = torch.Tensor
@@ -510,14 +513,29 @@ def run_table(configs: Sequence[ProbeConfig], seed: int = 0) -> List[ProbeRow]:
     return [probe(c, seed) for c in configs]
 
 
+ROWS_HEAD = "skip     D  L  L*  H  H*  r  ⌈L/L*⌉ ⌈DL*/L⌉  Jac.rank  free  target  zero-blk  verdict"
+
+
+def format_row(r: ProbeRow) -> str:
+    return (f"{r.skip:7s} {r.D:2d} {r.L:2d} {r.L_star:3d} {r.H:2d} {r.H_star:3d} {r.rank:2d} "
+            f"{r.rank_brief:7d} {r.rank_zeng_lee:8d} {r.budget_rank:9d} {r.free_dim:5d} {r.target_dim:7d} "
+            f"{r.zero_block_bound:9d}  {r.verdict}")
+
+
 def format_rows(rows: Sequence[ProbeRow]) -> str:
-    head = "skip     D  L  L*  H  H*  r  ⌈L/L*⌉ ⌈DL*/L⌉  Jac.rank  free  target  zero-blk  verdict"
-    lines = [head]
-    for r in rows:
-        lines.append(f"{r.skip:7s} {r.D:2d} {r.L:2d} {r.L_star:3d} {r.H:2d} {r.H_star:3d} {r.rank:2d} "
-                     f"{r.rank_brief:7d} {r.rank_zeng_lee:8d} {r.budget_rank:9d} {r.free_dim:5d} {r.target_dim:7d} {r.zero_block_bound:9d}  "
-                     f"{r.verdict}")
-    return "\n".join(lines)
+    return "\n".join([ROWS_HEAD] + [format_row(r) for r in rows])
+
+
+def row_record(r: ProbeRow) -> Dict:
+    """A probe row as stored in the results file."""
+    return dict(asdict(r), rank_brief=r.rank_brief, rank_zeng_lee=r.rank_zeng_lee)
+
+
+def _progress(it, total: int, desc: str):
+    """A tqdm bar on stderr, shown only on a terminal (tqdm's ``disable=None``): logs and tests stay clean."""
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, file=sys.stderr, disable=None, dynamic_ncols=True)
 
 
 def asymptotic_rows(L: int = 4, L_star: int = 2, H_star: int = 1, Ds=(4, 8, 16, 32, 64, 128)) -> List[Dict]:
@@ -588,11 +606,18 @@ def quick_configs() -> List[ProbeConfig]:
     return [ProbeConfig(4, 2, 1, 2, 1, r) for r in (1, 2)] + [ProbeConfig(4, 2, 1, 2, 1, 4, "outside")]
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed (and wraps a larger one silently)
+GROEBNER_CASES = [("inside", (0, 1), 1), ("inside", (0, 1), 0), ("outside", (0, 1), None), ("outside", (1, 0), None),
+                  ("outside", (0, 0), None), ("outside", (1, 1), None)]
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m theory.capacity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seed", type=int, default=0, help="seed of the random frozen/target points (default 0)")
+    p = argparse.ArgumentParser(prog="python -m theory.capacity", description=plain(__doc__.split("\n\n")[0]))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random frozen/target points, in [0, 2**63 - 1] (default 0)")
     p.add_argument("--out", default="figures/theorem1_capacity.json",
-                   help="results file (JSON); refused if it holds results of another configuration, unless --force")
+                   help="results file (JSON), written as rows come (a partial file of the same configuration is "
+                        "resumed); refused if it holds results of another configuration, unless --force")
     p.add_argument("--figure", default="figures/theorem1_capacity.png", help="figure drawn from the results (PNG)")
     p.add_argument("--replot", action="store_true", help="redraw the figure from the existing JSON only")
     p.add_argument("--quick", action="store_true", help="a tiny grid (for tests and smoke runs)")
@@ -600,6 +625,8 @@ def main(argv=None) -> int:
                    help="overwrite --out even if it holds results of another configuration")
     args = p.parse_args(argv)
     # every check before anything is computed or written
+    if not 0 <= args.seed <= SEED_MAX:
+        p.error(f"--seed: must be in [0, 2**63 - 1] (a torch generator seed), got {args.seed}")
     for opt, path in (("--out", args.out), ("--figure", args.figure)):
         why = _writable_file_path(path)
         if why is not None and not (opt == "--out" and args.replot and os.path.isfile(path)):
@@ -619,47 +646,76 @@ def main(argv=None) -> int:
         data = existing
     else:
         new = {"seed": args.seed, "quick": args.quick, "grid": [[getattr(c, k) for k in GRID_FIELDS] for c in configs]}
-        if os.path.exists(args.out) and not args.force and grid_of(existing) != new:
+        resume = None
+        if os.path.exists(args.out) and not args.force:
             old = grid_of(existing)
-            p.error(f"--out: {args.out} holds results of another configuration ({len(old['grid'])} rows, seed "
-                    f"{old['seed']}, quick={old['quick']}; this run: {len(new['grid'])} rows, seed {args.seed}, "
-                    f"quick={args.quick}); pass --force to overwrite it, or another --out")
-        t0 = time.time()
-        rows = run_table(configs, args.seed)
-        print(format_rows(rows))
-        data = {"config": {"seed": args.seed, "rank_rtol": RANK_RTOL, "H": 2, "H_star": 1, "quick": args.quick,
-                           "torch": torch.__version__, "exact_prime": exact_rank.P_DEFAULT,
-                           "gap_decided": GAP_DECIDED},
-                "rows": [dict(asdict(r), rank_brief=r.rank_brief, rank_zeng_lee=r.rank_zeng_lee) for r in rows],
-                "asymptotic": asymptotic_rows()}
-        for cfg, row in zip(configs, data["rows"]):  # settle the rows without a clean float gap exactly
-            if cfg.skip == "inside" and row["budget_gap"] < GAP_DECIDED:
-                ex = exact_rank.exact_row(cfg, args.seed)
-                row.update(budget_rank_mod_p=ex.budget_rank_p, target_rank_mod_p=ex.target_rank_p,
-                           jacobian_excludes=ex.jacobian_excludes)
-                print(f"exact (GF({ex.p}), a lower bound on the generic rank): D={cfg.D} L={cfg.L} L*={cfg.L_star} "
-                      f"r={cfg.rank}: float rank {row['budget_rank']} (gap {row['budget_gap']:.2g}) -> "
-                      f"{ex.budget_rank_p} >= target {ex.target_dim}: Jacobian does "
-                      f"{'not exclude' if ex.jacobian_excludes is False else 'not decide'}; verdict "
-                      f"'{row['verdict']}' stands")
-        for a in data["asymptotic"]:
-            print(a)
-        data["s6_obstruction"] = [s6_obstruction_instance(D, 1, 1, s, seed=args.seed) for D, s in [(2, 1), (4, 2), (8, 4)]]
-        for o in data["s6_obstruction"]:
-            print("S6 obstruction:", o)
-        data["groebner_D2"] = {f"{skip} layout={lay} lora_rank={r}": groebner_oracle(skip, lay, r)
-                               for skip, lay, r in [("inside", (0, 1), 1), ("inside", (0, 1), 0),
-                                                    ("outside", (0, 1), None), ("outside", (1, 0), None),
-                                                    ("outside", (0, 0), None), ("outside", (1, 1), None)]}
-        data["groebner_D2"]["outside all channels in layer 2, W_1 frozen"] = groebner_oracle(
-            "outside", (0, 0), 0, all_in_last=True)
-        for k, v in data["groebner_D2"].items():
-            print(f"Gröbner D=2 L=2 L*=1 {k}: {'solvable' if v else 'no solution'}")
-        data["seconds"] = time.time() - t0
-        _write_json(args.out, data)
+            partial = existing["config"].get("complete", True) is False
+            if partial and old["seed"] == args.seed and old["quick"] == args.quick \
+                    and old["grid"] == new["grid"][:len(old["grid"])]:
+                resume = existing
+            elif old != new:
+                p.error(f"--out: {args.out} holds results of another configuration ({len(old['grid'])} rows, seed "
+                        f"{old['seed']}, quick={old['quick']}{', partial' if partial else ''}; this run: "
+                        f"{len(new['grid'])} rows, seed {args.seed}, quick={args.quick}); pass --force to overwrite "
+                        "it, or another --out")
+        data = compute(configs, args.seed, args.quick, args.out, resume)
     plot(data, args.figure)
     print(f"wrote {'' if args.replot else args.out + ' and '}{args.figure}")
     return 0
+
+
+def compute(configs: Sequence[ProbeConfig], seed: int, quick: bool, out: str, resume: Optional[Dict] = None) -> Dict:
+    """The probe table and the later stages (exact ranks of the rows without a clean gap, asymptotic counts, the S6
+    obstruction, the Gröbner oracle), printed and written to ``out`` as they come (``config.complete`` false
+    until the end); ``resume``: a partial file of the same configuration, whose rows and stages are kept."""
+    t0 = time.time()
+    data = resume or {"config": {"seed": seed, "rank_rtol": RANK_RTOL, "H": 2, "H_star": 1, "quick": quick,
+                                 "torch": torch.__version__, "exact_prime": exact_rank.P_DEFAULT,
+                                 "gap_decided": GAP_DECIDED, "complete": False},
+                      "rows": []}
+    done = len(data["rows"])
+    if done:
+        print(f"resuming {out}: {done} of {len(configs)} probe rows already computed")
+    print(ROWS_HEAD)
+    for r in data["rows"]:
+        print(format_row(ProbeRow(**{k: r[k] for k in ProbeRow.__dataclass_fields__})))
+    for cfg in _progress(configs[done:], len(configs) - done, "probe rows"):
+        row = probe(cfg, seed)
+        print(format_row(row), flush=True)
+        data["rows"].append(row_record(row))
+        _write_json(out, data)
+    for cfg, row in zip(configs, data["rows"]):  # settle the rows without a clean float gap exactly
+        if cfg.skip == "inside" and row["budget_gap"] < GAP_DECIDED:
+            if "budget_rank_mod_p" not in row:
+                ex = exact_rank.exact_row(cfg, seed)
+                row.update(budget_rank_mod_p=ex.budget_rank_p, target_rank_mod_p=ex.target_rank_p,
+                           jacobian_excludes=ex.jacobian_excludes)
+                _write_json(out, data)
+            print(f"exact (GF({exact_rank.P_DEFAULT}), a lower bound on the generic rank): D={cfg.D} L={cfg.L} "
+                  f"L*={cfg.L_star} r={cfg.rank}: float rank {row['budget_rank']} (gap {row['budget_gap']:.2g}) -> "
+                  f"{row['budget_rank_mod_p']} >= target {target_dim_formula(cfg.D, cfg.L_star, cfg.H_star)}: Jacobian does "
+                  f"{'not exclude' if row['jacobian_excludes'] is False else 'not decide'}; verdict "
+                  f"'{row['verdict']}' stands", flush=True)
+    data["asymptotic"] = asymptotic_rows()
+    for a in data["asymptotic"]:
+        print(a)
+    if "s6_obstruction" not in data:
+        data["s6_obstruction"] = [s6_obstruction_instance(D, 1, 1, s, seed=seed) for D, s in [(2, 1), (4, 2), (8, 4)]]
+        _write_json(out, data)
+    for o in data["s6_obstruction"]:
+        print("S6 obstruction:", o)
+    gb = data.setdefault("groebner_D2", {})
+    cases = [(f"{skip} layout={lay} lora_rank={r}", (skip, lay, r), {}) for skip, lay, r in GROEBNER_CASES]
+    cases.append(("outside all channels in layer 2, W_1 frozen", ("outside", (0, 0), 0), {"all_in_last": True}))
+    for k, args, kw in cases:
+        if k not in gb:
+            gb[k] = groebner_oracle(*args, **kw)
+            _write_json(out, data)
+        print(f"Gröbner D=2 L=2 L*=1 {k}: {'solvable' if gb[k] else 'no solution'}", flush=True)
+    data["seconds"] = data.get("seconds", 0.0) + time.time() - t0  # a resumed run adds its own time
+    data["config"]["complete"] = True
+    _write_json(out, data)
+    return data
 
 
 # the float64 probe rows of figures/theorem1_capacity.json with σ_r/σ_{r+1} < 1e3 (no clean cut); skip inside

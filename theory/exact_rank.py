@@ -28,14 +28,49 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ._validate import check_int
 from .layout import budget_shapes, target_dim_formula
 
 P_DEFAULT = 536870909  # the largest prime below 2^29 (checked by the tests with sympy.isprime)
 _MAX_D = 12  # int64 headroom: 2·D·p² < 2^63 needs D <= 15; 12 leaves margin
 
 
+P_MAX = 2**29  # int64 field arithmetic (module docstring): every p must be below this
+
+
+def _is_prime(n: int) -> bool:
+    """Trial division (n < 2^29: divisors up to 23,170)."""
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    return all(n % d for d in range(3, math.isqrt(n) + 1, 2))
+
+
+def check_prime(p, name: str = "p") -> int:
+    """``p`` is a prime below :data:`P_MAX` (the field GF(p); int64 arithmetic overflows above it). Returns it as an
+    int; ValueError naming ``name`` otherwise (a composite p is not a field: a rank mod p would mean nothing)."""
+    p = check_int(name, p)
+    if p >= P_MAX:
+        raise ValueError(f"{name}: must be below 2^29 = {P_MAX} (int64 field arithmetic: sums of products of residues "
+                         f"overflow above it), got {p}")
+    if p < 2:
+        raise ValueError(f"{name}: must be a prime (GF(p) is a field only then), got {p}")
+    if not _is_prime(p):
+        d = next(d for d in range(2, math.isqrt(p) + 1) if p % d == 0)
+        raise ValueError(f"{name}: must be a prime (GF(p) is a field only then), got {p} = {d} x {p // d}")
+    return p
+
+
+def _check_points(K: int, p: int) -> None:
+    if p - 3 < K:  # K distinct points in [2, p − 2]
+        raise ValueError(f"p: {p} leaves {max(p - 3, 0)} evaluation points in [2, p - 2], fewer than the "
+                         f"{K} distinct points the probe needs (cfg.n_points); use a larger prime")
+
+
 def _distinct_points(rng: np.random.Generator, K: int, p: int) -> np.ndarray:
     """K distinct evaluation points in [2, p − 2] (drawn until distinct; collisions are rare for K << p)."""
+    _check_points(K, p)
     while True:
         z = rng.integers(2, p - 1, K, dtype=np.int64)
         if np.unique(z).size == K:
@@ -127,6 +162,8 @@ def budget_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
     a, c of the tuned block, u, β, then LoRA A, B or the last W) at a random integer point, mod p."""
     if cfg.D > _MAX_D:
         raise ValueError(f"cfg.D: at most {_MAX_D} for int64 field arithmetic, got {cfg.D}")
+    p = check_prime(p)
+    seed = check_int("seed", seed, lo=0)
     rng = np.random.default_rng(seed)
     D, Hs, K = cfg.D, cfg.H_star, cfg.n_points
     z = _distinct_points(rng, K, p)
@@ -163,6 +200,8 @@ def budget_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
 
 def target_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
     """The Jacobian of :func:`capacity.target_map` (per target layer a*, b*, c*, W*, β*) mod p."""
+    p = check_prime(p)
+    seed = check_int("seed", seed, lo=0)
     rng = np.random.default_rng(seed + 1_000_003)
     D, Hs, K, Ls = cfg.D, cfg.H_star, cfg.n_points, cfg.L_star
     z = _distinct_points(rng, K, p)
@@ -182,8 +221,22 @@ def target_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
 
 
 def rank_mod_p(M: np.ndarray, p: int = P_DEFAULT) -> int:
-    """Rank of an integer matrix over GF(p) by Gaussian elimination (rows reduced in place, vectorised)."""
-    A = np.array(M, dtype=np.int64) % p
+    """Rank of an integer matrix over GF(p) by Gaussian elimination (rows reduced in place, vectorised).
+
+    M: a 2-D array-like of integers (any numpy integer dtype or Python ints; a float matrix is refused: its
+    entries are not elements of GF(p)); p: a prime below 2^29 (:func:`check_prime`)."""
+    p = check_prime(p)
+    M = np.asarray(M) if not hasattr(M, "numpy") else M.numpy()
+    if M.dtype == object:  # Python ints too large for int64: reduce them exactly first
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in M.reshape(-1)):
+            raise TypeError(f"M: expected an integer matrix, got entries of types "
+                            f"{sorted({type(v).__name__ for v in M.reshape(-1)})}")
+        M = np.vectorize(lambda v: int(v) % p, otypes=[np.int64])(M)
+    if M.dtype.kind not in "iub":
+        raise TypeError(f"M: expected an integer matrix (entries in GF(p) are integers), got dtype {M.dtype}")
+    if M.ndim != 2:
+        raise ValueError(f"M: expected a 2-D matrix, got shape {M.shape}")
+    A = (M % p).astype(np.int64) if M.dtype.kind == "u" else M.astype(np.int64) % p
     if A.shape[0] > A.shape[1]:
         A = A.T.copy()
     rows, cols = A.shape

@@ -44,6 +44,7 @@ so one C entry cannot set them independently; and selective Δ_t.
 from __future__ import annotations
 
 import itertools
+import sys
 import math
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
@@ -70,6 +71,10 @@ ORACLE_LAGS = 5
 ORACLE_STARTS = 3
 
 
+A_LOG_MAX = math.log(sys.float_info.max)  # ≈ 709.78: exp overflows above
+A_LOG_MIN = math.log(sys.float_info.min)  # ≈ −708.40: exp is subnormal (then 0) below
+
+
 @dataclass(frozen=True)
 class ScalarHead:
     """One LTI Mamba-II head (float64): A_log (a = −exp(A_log)), delta (Δ > 0), D, B (N,), C (N,)."""
@@ -93,10 +98,21 @@ class ScalarHead:
             object.__setattr__(self, name, v)
         if self.delta <= 0:
             raise ValueError(f"delta: the step Δ = softplus(dt_bias) must be > 0, got {self.delta}")
+        # a = −exp(A_log) must be a finite nonzero float64 (overflow: a = −inf; underflow: a = −0 and Δa = 0, which
+        # the lemma's λ-fix divides by), and so must λ = Δ a
+        if not A_LOG_MIN <= self.A_log <= A_LOG_MAX:
+            raise ValueError(f"A_log: exp(A_log) over/underflows float64 outside [{A_LOG_MIN:.2f}, {A_LOG_MAX:.2f}] "
+                             f"(a = -exp(A_log) must be finite and nonzero), got {self.A_log}")
+        lam = self.delta * -math.exp(self.A_log)
+        if not (math.isfinite(lam) and abs(lam) >= sys.float_info.min):
+            raise ValueError(f"delta: Δ a = {self.delta} x {-math.exp(self.A_log):.3g} over/underflows float64 "
+                             f"(got {lam}); lower delta or A_log")
         dims: dict = {}
         for name in ("B", "C"):
             object.__setattr__(self, name, check_tensor(name, getattr(self, name), shape=("N",), dims=dims,
                                                         allow_complex=False).to(torch.float64))
+        if self.B.numel() < 1:
+            raise ValueError("B, C: a head needs N >= 1 states, got N = 0")
 
     @property
     def a(self) -> float:

@@ -28,13 +28,13 @@ of the equations found numerically (residual at rounding level), not a closed-fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import torch
 
 from .deep import DeepLayer, DeepSSM, deep_forward, random_deep
-from .report import ClaimResult, claim
+from .report import ClaimResult, claim, plain
 from .ssm import DiagonalSSM
 from .tolerances import DEEP_RTOL, RANK_RTOL, rel_err
 
@@ -230,9 +230,13 @@ def check_nondividing(n: int, seed: int) -> ClaimResult:
 def survey(seeds, max_tries: int = 3) -> List[dict]:
     """For each target seed and each placement of α_2 (middle or last frozen layer): solved or not in
     ``max_tries`` starts, the best relative residual, and the time (``python -m theory.nondividing``)."""
+    return list(iter_survey(seeds, max_tries))
+
+
+def iter_survey(seeds, max_tries: int = 3) -> Iterator[dict]:
+    """:func:`survey`, one record at a time as each (seed, placement) is done."""
     import time
 
-    out = []
     for s in seeds:
         for layer in (1, 2):
             t0 = time.time()
@@ -242,25 +246,64 @@ def survey(seeds, max_tries: int = 3) -> List[dict]:
             except NotFound as exc:
                 rec = dict(seed=s, alpha2_layer=layer + 1, solved=False, residual=exc.residual, tries=max_tries)
             rec["seconds"] = time.time() - t0
-            out.append(rec)
-    return out
+            yield rec
+
+
+# about 12 s per LM start and placement on 2 CPU cores, so the defaults (5 targets, 3 starts) take ~6 min and the
+# bounds ~10 h; more targets belong to a sharded run (--first)
+MAX_TARGETS = 1000
+MAX_TRIES = 100
 
 
 def main(argv=None) -> int:
     import argparse
+    import json
+    import sys
 
-    p = argparse.ArgumentParser(prog="python -m theory.nondividing", description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", type=int, default=5, help="random targets (seeds 0..n-1; default 5)")
-    p.add_argument("--tries", type=int, default=3, help="LM starts per target and placement of α_2 (default 3)")
+    from tqdm.auto import tqdm
+
+    p = argparse.ArgumentParser(prog="python -m theory.nondividing",
+                                description=plain(__doc__.split("\n\n")[0]))
+    p.add_argument("--targets", type=int, default=5,
+                   help=f"random targets, seeds FIRST..FIRST+n-1, in [1, {MAX_TARGETS}] (default 5; ~12 s per start "
+                        "and placement of α_2 on 2 CPU cores)")
+    p.add_argument("--first", type=int, default=0, help="seed of the first target (default 0)")
+    p.add_argument("--tries", type=int, default=3,
+                   help=f"LM starts per target and placement of α_2, in [1, {MAX_TRIES}] (default 3)")
+    p.add_argument("--out", default=None,
+                   help="also append each result to this file as one JSON line, as it comes (a run cut off keeps "
+                        "what it computed)")
     args = p.parse_args(argv)
-    if args.targets < 1 or args.tries < 1:
-        p.error("--targets, --tries: must be >= 1")
-    recs = survey(range(args.targets), args.tries)
-    for r in recs:
-        print(f"target seed {r['seed']}, α2 in frozen layer {r['alpha2_layer']}: "
-              f"{'exact' if r['solved'] else 'not solved'} (best residual {r['residual']:.1e}, "
-              f"{r['tries']} starts, {r['seconds']:.0f} s)")
-    solved = {r["seed"] for r in recs if r["solved"]}
+    if not 1 <= args.targets <= MAX_TARGETS:
+        p.error(f"--targets: must be in [1, {MAX_TARGETS}] (about {24 * args.tries} s per target with --tries "
+                f"{args.tries} on 2 CPU cores), got {args.targets}")
+    if not 1 <= args.tries <= MAX_TRIES:
+        p.error(f"--tries: must be in [1, {MAX_TRIES}], got {args.tries}")
+    if not 0 <= args.first <= 2**63 - 1 - MAX_TARGETS:
+        p.error(f"--first: must be in [0, 2**63 - 1 - {MAX_TARGETS}] (a torch generator seed), got {args.first}")
+    if args.out is not None:
+        import os
+
+        if os.path.isdir(args.out):
+            p.error(f"--out: {args.out} is a folder; pass the path of a file")
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            p.error(f"--out: cannot write in {parent} (not an existing writable folder)")
+    seeds = range(args.first, args.first + args.targets)
+    solved = set()
+    bar = tqdm(iter_survey(seeds, args.tries), total=2 * args.targets, desc="targets x placements", file=sys.stderr,
+               disable=None, dynamic_ncols=True)
+    for r in bar:
+        line = (f"target seed {r['seed']}, α2 in frozen layer {r['alpha2_layer']}: "
+                f"{'exact' if r['solved'] else 'not solved'} (best residual {r['residual']:.1e}, "
+                f"{r['tries']} starts, {r['seconds']:.0f} s)")
+        bar.write(line, file=sys.stdout)
+        sys.stdout.flush()
+        if args.out is not None:
+            with open(args.out, "a") as fh:  # one record per line, flushed on close
+                fh.write(json.dumps(r) + "\n")
+        if r["solved"]:
+            solved.add(r["seed"])
     print(f"{len(solved)} of {args.targets} targets reached exactly with 2 channels/layer and LoRA rank 2")
     return 0
 

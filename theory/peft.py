@@ -225,13 +225,14 @@ def sdt_mask(D: int, H: int, channels: Sequence[int], states, *, prune_rest: boo
     """
     D = check_int("D", D, lo=1)
     H = check_int("H", H, lo=1)
-    channels = [int(c) for c in channels]
+    channels = [check_int("channels", c) for c in channels]  # indices: 1.9 is refused, not truncated to 1
+    prune_channels = [check_int("prune_channels", c) for c in prune_channels]
     if len(set(channels)) != len(channels):
         raise ValueError("channels: must not repeat")
-    for c in list(channels) + [int(c) for c in prune_channels]:
+    for c in list(channels) + list(prune_channels):
         if not 0 <= c < D:
             raise ValueError(f"channels: index {c} out of range [0, {D})")
-    if set(channels) & {int(c) for c in prune_channels}:
+    if set(channels) & set(prune_channels):
         raise ValueError("prune_channels: must be disjoint from channels")
     if len(states) and not isinstance(states[0], (list, tuple, range)) and not (
             isinstance(states[0], torch.Tensor) and states[0].dim() > 0):
@@ -240,7 +241,7 @@ def sdt_mask(D: int, H: int, channels: Sequence[int], states, *, prune_rest: boo
         raise ValueError(f"states: need one state list per updated channel ({len(channels)}), got {len(states)}")
     roles = torch.full((D, H), int(Role.FROZEN), dtype=torch.int8)
     for c, st in zip(channels, states):
-        st = [int(s) for s in st]
+        st = [check_int("states", s) for s in st]
         if any(not 0 <= s < H for s in st):
             raise ValueError(f"states: index out of range [0, {H}) in channel {c}: {st}")
         if len(set(st)) != len(st):
@@ -249,7 +250,7 @@ def sdt_mask(D: int, H: int, channels: Sequence[int], states, *, prune_rest: boo
             roles[c] = int(Role.PRUNED)
         roles[c, st] = int(Role.TRAINABLE)
     for c in prune_channels:
-        roles[int(c)] = int(Role.PRUNED)
+        roles[c] = int(Role.PRUNED)
     return SDTMask(roles)
 
 

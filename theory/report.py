@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+import textwrap
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -82,7 +84,37 @@ def run_report(n: int, seed: int, only: Optional[str] = None) -> List[ClaimResul
     return out
 
 
-def format_table(results: List[ClaimResult]) -> str:
+REPORT_WIDTH = 100  # columns of the default layout (a common terminal width)
+
+
+def format_table(results: List[ClaimResult], width: Optional[int] = REPORT_WIDTH) -> str:
+    """The report: one row per claim (claim, instances, worst relative error, verdict) wrapped to ``width``
+    columns, its note on the indented lines below; ``width=None``: the old one-line-per-claim layout (``--wide``),
+    as wide as the longest note."""
+    if width is None:
+        return _format_wide(results)
+    head = ("claim", "instances", "worst rel. err", "verdict")
+    rows = [(r.claim, str(r.instances), f"{r.worst_rel_err:.2e}", r.verdict) for r in results]
+    fixed = [max(len(x[i]) for x in [head] + rows) for i in (1, 2, 3)]
+    claim_w = max(20, width - sum(fixed) - 2 * len(fixed))
+    fmt = "{:<%d}  " % claim_w + "  ".join("{:<%d}" % w for w in fixed)
+    lines = [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in [claim_w] + fixed))]
+    for r, row in zip(results, rows):
+        name = textwrap.wrap(row[0], claim_w, subsequent_indent="  ") or [""]  # continuation indented by 2
+        lines.append(fmt.format(name[0], *row[1:]).rstrip())
+        lines += name[1:]
+        if r.note:
+            lines += textwrap.wrap(r.note, width, initial_indent="    ", subsequent_indent="    ",
+                                   break_long_words=True, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def plain(text: str) -> str:
+    """Help text without reStructuredText markup: ``code`` -> code, :func:`name` -> name (for --help)."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
+def _format_wide(results: List[ClaimResult]) -> str:
     head = ("claim", "instances", "worst rel. err", "verdict", "note")
     rows = [(r.claim, str(r.instances), f"{r.worst_rel_err:.2e}", r.verdict, r.note) for r in results]
     widths = [max(len(x[i]) for x in [head] + rows) for i in range(4)]

@@ -137,6 +137,8 @@ class AttentionRef(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, device=None, dtype=None, kernel: str = "sdpa"):
         super().__init__()
+        if isinstance(d_model, bool) or not hasattr(d_model, "__index__") or d_model < 1:
+            raise ValueError(f"d_model: must be a positive integer, got {d_model!r}")
         check_heads(d_model, n_heads)
         self.n_heads, self.kernel = n_heads, get_attention_kernel(kernel)
         kw = {"device": device, "dtype": dtype}

@@ -23,6 +23,7 @@ weight dict, so PEFT wrappers pass effective weights; :class:`Mamba2Ref` is the 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -43,6 +44,19 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _check_scan_inputs(x, dt, A, B, C, D, z, dt_bias):
+    """Real dtypes only (the scan's exp and SiLU are real maps; a complex input would lose its imaginary part), a
+    decay rate ``A <= 0`` per head (``a_h = −exp(A_log) < 0``; a positive A grows without bound and the chunked
+    form's ``exp`` of its segment sums gives inf − inf = NaN), and the shapes below."""
+    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias)):
+        if t is not None and (t.is_complex() or not t.is_floating_point()):
+            raise TypeError(f"{name}: expected a real floating dtype (float32/float64/float16/bfloat16), got {t.dtype}")
+    b, l, h, g = _check_scan_shapes(x, dt, A, B, C, D)
+    if bool((A > 0).any()):
+        raise ValueError(f"A: must be <= 0 per head (a = -exp(A_log) < 0: the state decays), got max {A.max().item():.3g}")
+    return b, l, h, g
+
+
 def _check_scan_shapes(x, dt, A, B, C, D):
     if x.dim() != 4 or dt.dim() != 3 or A.dim() != 1 or B.dim() != 4 or C.dim() != 4:
         raise ValueError(f"x, dt, A, B, C: expected (b, l, h, p), (b, l, h), (h,), (b, l, g, n), (b, l, g, n); got "
@@ -59,9 +73,9 @@ def _check_scan_shapes(x, dt, A, B, C, D):
     return b, l, h, g
 
 
-def _prepare(x, dt, A, B, C, D, dt_bias, dt_softplus):
+def _prepare(x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     """Common first step of both scans: working dtype, Δ, and B/C broadcast from groups to heads."""
-    b, l, h, g = _check_scan_shapes(x, dt, A, B, C, D)
+    b, l, h, g = _check_scan_inputs(x, dt, A, B, C, D, z, dt_bias)
     wdt = _work_dtype(x)
     x, dt, A, B, C = (t.to(wdt) for t in (x, dt, A, B, C))
     if dt_bias is not None:
@@ -88,9 +102,13 @@ def ssd_scan_recurrent(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, c
     D, dt_bias: (h,). ``Δ = softplus(dt + dt_bias)`` (softplus optional); per head
     ``S_t = exp(Δ_t a) S_{t−1} + Δ_t x_t B_tᵀ`` (p, n), ``y_t = S_t C_t + D x_t``, then ``y ⊙ SiLU(z)``.
     ``chunk_size`` is accepted for signature compatibility and unused. Returns y (b, l, h, p) in x's dtype.
+    Both scans refuse a positive A (ValueError) and complex or integer dtypes (TypeError); an empty sequence
+    (l = 0) gives an empty y.
     """
-    wdt, delta, A, Bh, Ch = _prepare(x, dt, A, B, C, D, dt_bias, dt_softplus)
+    wdt, delta, A, Bh, Ch = _prepare(x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     b, l, h, p = x.shape
+    if l == 0:  # an empty sequence: an empty output
+        return x.new_zeros(b, 0, h, p)
     S = x.new_zeros(b, h, p, Bh.shape[-1], dtype=wdt)  # (b, h, p, n)
     xw = x.to(wdt)
     ys = []
@@ -125,8 +143,10 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: must be an integer >= 1, got {chunk_size!r}")
-    wdt, delta, A, Bh, Ch = _prepare(x, dt, A, B, C, D, dt_bias, dt_softplus)
+    wdt, delta, A, Bh, Ch = _prepare(x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     b, l, h, p = x.shape
+    if l == 0:  # an empty sequence: an empty output (no chunk to form)
+        return x.new_zeros(b, 0, h, p)
     n = Bh.shape[-1]
     Q = min(chunk_size, l)
     pad = (-l) % Q
@@ -154,6 +174,19 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
 
 
 ScanFn = Callable[..., Tensor]
+
+
+def _positive_int(name: str, v) -> int:
+    """``v`` as an int >= 1 (anything ``operator.index`` takes, not bool); ValueError naming ``name`` otherwise."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)
+    except TypeError:
+        raise ValueError(f"{name}: must be a positive integer, got {v!r}") from None
+    if v < 1:
+        raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+    return v
 
 
 def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float = RMS_EPS) -> Tensor:
@@ -234,6 +267,9 @@ class Mamba2Ref(nn.Module):
                  dt_init_floor: float = 1e-4, bias: bool = False, conv_bias: bool = True, chunk_size: int = 256,
                  device=None, dtype=None):
         super().__init__()
+        for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
+                        ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)):
+            _positive_int(name, v)
         kw = {"device": device, "dtype": dtype}
         d_inner = expand * d_model
         if headdim < 1 or d_inner % headdim:

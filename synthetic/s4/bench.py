@@ -45,6 +45,9 @@ from synthetic.results import environment
 from synthetic.s4.timing import bench_method, cpu_info, make_state  # noqa: F401 (bench_method: re-exported)
 
 
+DEFAULT_OUT = "figures/bench_s4.json"
+
+
 def precision_check(cfg: s4c.Config, device: torch.device, iters: int, seed: int = 0) -> List[Dict]:
     """Best MSE after ``iters`` eager iterations with fp32, TF32 and fp16-conv matmuls (same init and data)."""
     out = []
@@ -100,25 +103,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "(per-iteration time = difference of the train times / difference of the counts)")
     p.add_argument("--keep-previous", action="store_true",
                    help="a report of another device or configuration at --out is kept inside the new one "
-                        "(under 'previous') instead of refusing")
+                        "(under 'previous') instead of refusing (a file that is not a report is still refused)")
     p.add_argument("--scaling", action="store_true",
                    help="the scaling table instead (synthetic.s4.bench_scaling; --out defaults to "
-                        "figures/bench_s4_scaling_<device type>.json)")
+                        "figures/bench_s4_scaling_<device type>.json; a table of the same setting there is extended, "
+                        "anything else refused unless --force)")
     p.add_argument("--check-iters", type=int, default=100, help="iterations of the fp32-vs-TF32 check (0: skip)")
-    p.add_argument("--out", default="figures/bench_s4.json",
-                   help="the report (JSON); a report of another device or configuration there is kept unless --force")
+    p.add_argument("--out", default=None,
+                   help=f"the report (JSON; default {DEFAULT_OUT}, with --scaling figures/bench_s4_scaling_<device "
+                        "type>.json); a report of another device or configuration there is kept unless --force")
     p.add_argument("--force", action="store_true", help="replace a report of another device or configuration")
     p.add_argument("--scaling-N", default="200,800,3200", help="--scaling: sequence lengths")
     p.add_argument("--scaling-D", default="64,256", help="--scaling: channel counts")
     p.add_argument("--scaling-forms", default=",".join(CONV_FORMS), help="--scaling: convolution forms")
     p.add_argument("--scaling-tokens", type=int, default=0,
                    help="--scaling: batch = max(1, tokens // (D·N)) (0: 64·200·4000 on CUDA, 64·200·64 on CPU)")
-    p.add_argument("--scaling-max-gb", type=float, default=0.0,
-                   help="--scaling: skip a form whose estimated step memory exceeds this (0: 100 on CUDA, 8 on CPU)")
+    p.add_argument("--scaling-max-gb", type=float, default=None,
+                   help="--scaling: skip a form whose estimated step memory exceeds this many GiB, a positive finite "
+                        "number (default: 100 on CUDA, 8 on CPU)")
     a = p.parse_args(argv)
+    if a.threads < 0:
+        p.error(f"--threads: must be >= 0 (0: torch's default), got {a.threads}")
     if a.scaling:
         from synthetic.s4.bench_scaling import run_scaling
         return run_scaling(a, p)
+    a.out = a.out or DEFAULT_OUT
     for name in ("iters", "warm", "runs", "rounds"):
         if getattr(a, name) < 1:
             p.error(f"--{name}: must be >= 1, got {getattr(a, name)}")
@@ -145,9 +154,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = s4t.resolve_device(cfg)
     ident = {"device": environment()["device"], "config": report_config(cfg)}
     try:
-        check_out_dir(Path(a.out).parent)
+        check_out_file(a.out)
         if not a.keep_previous:
             check_overwrite(a.out, ident, a.force)
+        elif not a.force and Path(a.out).exists():
+            load_reports(a.out)  # --keep-previous keeps what it can read; an unreadable file is never replaced
     except ValueError as e:
         p.error(str(e))
     cfg = s4c.Config(**{**cfg.__dict__, "lrs": tuple([sorted(cfg.lrs)[(len(cfg.lrs) - 1) // 2]] * a.runs)})
@@ -219,10 +230,26 @@ def summarise_rounds(rs: List[Dict]) -> Dict:
     return out
 
 
+def check_out_file(path) -> None:
+    """``--out`` names a file that can be written: not an existing folder, in a folder that exists or can be made
+    (ValueError naming --out; checked before anything is timed)."""
+    if Path(path).is_dir():
+        raise ValueError(f"--out: {path} is a folder; pass the path of the report file")
+    check_out_dir(Path(path).parent)
+
+
 def load_reports(path) -> List[Dict]:
     """Every report in a benchmark file, newest first: the file's own and those kept under ``previous``
-    (``--keep-previous``). Old files without ``previous`` load as one report."""
-    d = json.loads(Path(path).read_text())
+    (``--keep-previous``). Old files without ``previous`` load as one report. ValueError naming --out for a file
+    that is not valid JSON or not a benchmark report."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"--out: {path} exists and is not valid JSON; pass --force to replace it or another --out") \
+            from None
+    if not (isinstance(d, dict) and isinstance(d.get("results"), list)):
+        raise ValueError(f"--out: {path} holds another kind of file (not a benchmark report); it is not overwritten: "
+                         "pass another --out, or --force to replace it")
     return [{k: v for k, v in d.items() if k != "previous"}] + list(d.get("previous", []))
 
 

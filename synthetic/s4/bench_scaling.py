@@ -8,15 +8,20 @@ one run per step. The batch is reduced so that memory fits: ``batch = max(1, T /
 budget, ``--scaling-tokens``; 64·200·4000, the paper's, on CUDA): every row moves the same number of
 activations except where the floor of 1 applies, so ``us_per_token`` compares rows. A form whose estimated
 step memory exceeds ``--scaling-max-gb`` is recorded as skipped. For each (N, D) the forms are timed in
-interleaved rounds (A B C D A B C D ...), median reported. ``--keep-previous`` keeps the file's rows of
-other (N, D, batch, form), so a table can be extended (e.g. by the training batch of a preset). The file (default
+interleaved rounds (A B C D A B C D ...), median reported. The file (default
 ``figures/bench_s4_scaling_<device type>.json``) is also the calibration table of
-:func:`synthetic.s4.conv.choose_form` (``--conv auto``).
+:func:`synthetic.s4.conv.choose_form` (``--conv auto``), so it is extended, never shrunk: a table of the same
+device, state convention and precision at ``--out`` keeps its rows of other (N, D, batch, form) (this run's rows
+replace those of the same key; ``--keep-previous`` is implied), and anything else there (a table of another
+device or convention, another experiment's file, a file that is not valid JSON) is refused before anything is
+timed unless ``--force``, which replaces it. Partial tables are written after every (N, D), so a run cut off keeps
+what it measured.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -24,9 +29,10 @@ from typing import Dict, List
 
 import torch
 
-from synthetic.cli import check_out_dir, write_json_atomic
+from synthetic.cli import write_json_atomic
 from synthetic.results import environment
 from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
+from synthetic.s4.bench import check_out_file
 from synthetic.s4.timing import bench_method, cpu_info
 
 PAPER_TOKENS = 64 * 200 * 4000  # D·N·B of the paper's configuration
@@ -63,19 +69,24 @@ def run_scaling(a, p) -> int:
     for name in ("iters", "warm", "rounds"):
         if getattr(a, name) < 1:
             p.error(f"--{name}: must be >= 1, got {getattr(a, name)}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if a.scaling_tokens < 0:
+        p.error(f"--scaling-tokens: must be >= 0 (0: the device's default), got {a.scaling_tokens}")
+    if a.scaling_max_gb is not None and not (math.isfinite(a.scaling_max_gb) and a.scaling_max_gb > 0):
+        p.error(f"--scaling-max-gb: must be a positive finite number of GiB (the memory guard), got {a.scaling_max_gb}")
     probe = s4c.parse_config(["--preset", "paper", "--device", a.device, "--no-compile"])
     device = s4t.resolve_device(probe)
     tokens = a.scaling_tokens or (PAPER_TOKENS if device.type == "cuda" else CPU_TOKENS)
     max_gb = a.scaling_max_gb or (100.0 if device.type == "cuda" else 8.0)
-    out = a.out if a.out != "figures/bench_s4.json" else conv.SCALING_TABLE.format(device=device.type)
-    try:
-        check_out_dir(Path(out).parent)
+    out = a.out or conv.SCALING_TABLE.format(device=device.type)
+    env = environment()
+    ident = _identity(env, device.type, a)
+    try:  # before anything is timed: where the table goes, and what is there already
+        check_out_file(out)
+        kept = _kept_rows(out, ident, a.force, a.keep_previous)
     except ValueError as e:
         p.error(str(e))
-    env = environment()
-    kept = _old_rows(out, device.type) if a.keep_previous else []  # --keep-previous: rows of other shapes stay
+    if a.threads:
+        torch.set_num_threads(a.threads)
     rows: List[Dict] = []
     t_all = time.perf_counter()
     for N in Ns:
@@ -118,13 +129,49 @@ def _key(r: Dict) -> tuple:
     return r["N"], r["D"], r["batch"], r["form"]
 
 
-def _old_rows(path: str, device_type: str) -> List[Dict]:
-    """Rows of an earlier table at ``path`` for the same device type (none if missing or unreadable)."""
-    try:
-        old = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+IDENTITY = ("device", "device_type", "state_convention", "precision")  # what a table's rows were measured on
+
+
+def _identity(env: Dict, device_type: str, a) -> Dict:
+    return {"device": env["device"], "device_type": device_type, "state_convention": a.state_convention,
+            "precision": a.precision if device_type == "cuda" else "fp32"}
+
+
+def _is_table(d) -> bool:
+    return (isinstance(d, dict) and isinstance(d.get("results"), list) and "batch_rule" in d
+            and all(isinstance(r, dict) and {"N", "D", "batch", "form"} <= set(r) for r in d["results"]))
+
+
+def _kept_rows(path: str, ident: Dict, force: bool, keep_previous: bool) -> List[Dict]:
+    """The rows of the table at ``path`` that a new table there keeps (all of them: this run's rows replace those
+    of the same (N, D, batch, form)). Nothing if there is no file, or with ``force`` (it is replaced; with
+    ``keep_previous`` too, a readable table of the same device type keeps its rows). ValueError naming --out for a
+    file that is not valid JSON, not a scaling table, or a table of another device / convention / precision."""
+    p = Path(path)
+    if not p.exists():
         return []
-    return [r for r in old.get("results", []) if r.get("device_type") == device_type]
+    try:
+        old = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError):
+        if force:
+            return []
+        raise ValueError(f"--out: {p} exists and is not valid JSON; it is not overwritten: pass another --out, or "
+                         "--force to replace it") from None
+    if not _is_table(old):
+        if force:
+            return []
+        raise ValueError(f"--out: {p} holds another kind of file (not a scaling table); it is not overwritten: pass "
+                         "another --out, or --force to replace it")
+    diff = [k for k in IDENTITY if old.get(k, ident[k] if k == "device" else None) != ident[k]]
+    if force:
+        return ([r for r in old["results"] if r.get("device_type") == ident["device_type"]]
+                if keep_previous and not diff else [])
+    if diff:
+        what = ", ".join(f"{k} {old.get(k)!r} (this run: {ident[k]!r})" for k in diff)
+        raise ValueError(f"--out: {p} is a scaling table of another setting ({what}); it is extended only by runs of "
+                         "the same setting and never replaced without --force: pass that setting, another --out, or "
+                         "--force to replace it")
+    return list(old["results"])
 
 
 def _merge(rows: List[Dict], kept: List[Dict]) -> List[Dict]:

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from synthetic.cli import check_out_dir
 from synthetic.plots import plot_fig2_three_ways
 from synthetic.results import ResultsFile, best_of_grid, lr_edge
 
@@ -149,7 +150,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--default", default="figures/s4_regression_paper.json")
     p.add_argument("--out", default="figures/s4_fig2_three_ways")
     a = p.parse_args(argv)
-    try:  # before drawing: the inputs exist, read, and are what their option says
+    try:  # before drawing: the inputs exist, read, and are what their option says; the outputs can be written
+        if Path(a.out).is_dir():
+            raise ValueError(f"--out: {a.out} is a folder; pass a path prefix (writes {a.out}.json/.png/.pdf)")
+        check_out_dir(Path(a.out).parent)
         for opt, path in (("--official-runs", a.official_runs), ("--preset", a.preset)):
             if not Path(path).is_file():
                 raise ValueError(f"{opt}: {path} not found (a figure without it would drop a source; run the "

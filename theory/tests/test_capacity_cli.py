@@ -99,3 +99,29 @@ def test_quick_from_the_shell_leaves_the_committed_file_alone():
                        timeout=120, cwd=COMMITTED.parents[1])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--force" in r.stderr, r.stderr
     assert _sha(COMMITTED) == before
+
+
+def test_a_run_cut_off_keeps_its_rows_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """Issue 32 item 5: the file is written as rows and stages come (config.complete false until the end)."""
+    out, fig = tmp_path / "c.json", tmp_path / "c.png"
+    argv = ["--quick", "--out", str(out), "--figure", str(fig)]
+    real = capacity.groebner_oracle
+
+    def cut(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(capacity, "groebner_oracle", cut)
+    with pytest.raises(KeyboardInterrupt):
+        capacity.main(argv)
+    part = json.loads(out.read_text())
+    assert part["config"]["complete"] is False and len(part["rows"]) == 3 and "s6_obstruction" in part
+    assert not fig.exists()
+    calls = []
+    monkeypatch.setattr(capacity, "probe", lambda *a: calls.append(a))  # the rows are not recomputed
+    monkeypatch.setattr(capacity, "groebner_oracle", real)
+    capsys.readouterr()
+    assert capacity.main(argv) == 0
+    assert "resuming" in capsys.readouterr().out and not calls
+    done = json.loads(out.read_text())
+    assert done["config"]["complete"] is True and done["rows"] == part["rows"] and len(done["groebner_D2"]) == 7
+    assert fig.exists()

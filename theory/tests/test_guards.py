@@ -1,12 +1,22 @@
 """Bad input to the library gives a clear ``ValueError`` naming the argument (issue 17, item 4): DoRA's norm
 on a zero row, LoRA/DoRA biases, unsupported dtypes, size guards on O(N·H·D) tensors, unstable |Ā| > 1
-over long sequences, and ``python -m theory``'s --instances / --seed bounds."""
+over long sequences, and ``python -m theory``'s --instances / --seed bounds; what the mathematics excludes
+(issue 32, item 4: GF(p) ranks need a prime p < 2^29 and integer matrices, a Mamba-II head needs a finite nonzero
+a = −exp(A_log) and N >= 1, SDT masks take integer indices); the bounds of ``python -m theory.capacity`` and
+``python -m theory.nondividing``."""
 
+import hashlib
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from theory import capacity, exact_rank, nondividing
 from theory.__main__ import MAX_INSTANCES, main
-from theory.peft import DoRAConfig, DoRALinear, DoRAMatrix, LoRAConfig, LoRALinear, LoRAMatrix
+from theory.capacity import ProbeConfig
+from theory.mamba2 import ScalarHead
+from theory.peft import DoRAConfig, DoRALinear, DoRAMatrix, LoRAConfig, LoRALinear, LoRAMatrix, sdt_mask
 from theory.proposition1 import prefix_to_initial_state, reachability_matrix
 from theory.ssm import DiagonalSSM, discretize_zoh, initial_state_response, ssm_convolution, ssm_kernel, ssm_recurrence
 
@@ -139,3 +149,89 @@ def test_cli_bad_options_are_one_line_exit_2(argv, needle, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------- what the mathematics excludes (issue 32)
+EYE = np.eye(3, dtype=np.int64)
+CFG = ProbeConfig(4, 2, 1, 2, 1, 1)
+
+
+def _head(**kw):
+    args = dict(A_log=0.0, delta=1.0, D=0.0, B=torch.ones(2, dtype=F64), C=torch.ones(2, dtype=F64))
+    return ScalarHead(**{**args, **kw})
+
+
+# (id, call, exception type, the message starts with)
+LIBRARY_CASES = [
+    ("rank_mod_p composite p", lambda: exact_rank.rank_mod_p(EYE, 15), ValueError, "p: must be a prime"),
+    ("rank_mod_p p = 1", lambda: exact_rank.rank_mod_p(EYE, 1), ValueError, "p: must be a prime"),
+    ("rank_mod_p p >= 2^29", lambda: exact_rank.rank_mod_p(EYE, 2**31 - 1), ValueError, "p: must be below 2^29"),
+    ("rank_mod_p p overflows int64", lambda: exact_rank.rank_mod_p(EYE, 2**61 - 1), ValueError, "p: must be below"),
+    ("rank_mod_p float p", lambda: exact_rank.rank_mod_p(EYE, 7.0), ValueError, "p: expected an int"),
+    ("rank_mod_p float matrix", lambda: exact_rank.rank_mod_p(np.eye(3), 7), TypeError, "M: expected an integer"),
+    ("rank_mod_p 3-D", lambda: exact_rank.rank_mod_p(np.zeros((2, 2, 2), dtype=np.int64), 7), ValueError, "M: "),
+    ("exact_row composite p", lambda: exact_rank.exact_row(CFG, 0, 15), ValueError, "p: must be a prime"),
+    ("exact_row p = 1", lambda: exact_rank.exact_row(CFG, 0, 1), ValueError, "p: must be a prime"),
+    ("exact_row p >= 2^29", lambda: exact_rank.exact_row(CFG, 0, 2**61 - 1), ValueError, "p: must be below"),
+    ("exact_row p too small for K points", lambda: exact_rank.exact_row(CFG, 0, 7), ValueError, "p: 7 leaves 4"),
+    ("exact_row negative seed", lambda: exact_rank.exact_row(CFG, -1), ValueError, "seed: must be >= 0"),
+    ("ScalarHead A_log=800", lambda: _head(A_log=800.0), ValueError, "A_log: exp(A_log) over/underflows"),
+    ("ScalarHead A_log=-800", lambda: _head(A_log=-800.0), ValueError, "A_log: exp(A_log) over/underflows"),
+    ("ScalarHead delta*a overflows", lambda: _head(A_log=700.0, delta=1e300), ValueError, "delta: Δ a"),
+    ("ScalarHead N=0", lambda: _head(B=torch.ones(0, dtype=F64), C=torch.ones(0, dtype=F64)), ValueError,
+     "B, C: a head needs N >= 1"),
+    ("sdt_mask channels=[1.9]", lambda: sdt_mask(4, 3, [1.9], [0]), ValueError, "channels: expected an int"),
+    ("sdt_mask states=[0.5]", lambda: sdt_mask(4, 3, [1], [0.5]), ValueError, "states: expected an int"),
+    ("sdt_mask prune_channels=[2.0]", lambda: sdt_mask(4, 3, [1], [0], prune_channels=[2.0]), ValueError,
+     "prune_channels: expected an int"),
+]
+
+
+@pytest.mark.parametrize("call, exc, needle", [c[1:] for c in LIBRARY_CASES], ids=[c[0] for c in LIBRARY_CASES])
+def test_library_refuses_what_the_mathematics_excludes(call, exc, needle):
+    with pytest.raises(exc) as e:
+        call()
+    assert str(e.value).startswith(needle), str(e.value)
+
+
+def test_the_refusals_leave_the_valid_inputs_alone():
+    assert exact_rank.rank_mod_p([[2**70, 1], [0, 1]], 5) == 2  # Python ints beyond int64: reduced exactly
+    assert exact_rank.rank_mod_p(np.array([[1, 2], [2, 4]], dtype=np.uint64), 7) == 1
+    assert exact_rank.rank_mod_p(EYE, 2) == 3 and exact_rank.check_prime(np.int64(exact_rank.P_DEFAULT))
+    assert _head(A_log=700.0).a < 0 and _head(A_log=-700.0).a < 0
+    roles = sdt_mask(4, 3, [np.int64(1), torch.tensor(2)], [0]).roles
+    assert roles[1, 0] == roles[2, 0] != roles[0, 0]
+
+
+# ------------------------------------------------- python -m theory.capacity / theory.nondividing
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CAP = ["--quick", "--out", "{tmp}/c.json", "--figure", "{tmp}/c.png"]
+CLI_CASES = [
+    (capacity.main, CAP + ["--seed", "-1"], "--seed: must be in [0, 2**63 - 1]"),
+    (capacity.main, CAP + ["--seed", str(2**63)], "--seed: must be in [0, 2**63 - 1]"),
+    (capacity.main, CAP + ["--seed", str(2**64 + 5)], "--seed: must be in"),
+    (nondividing.main, ["--targets", "100000000"], f"--targets: must be in [1, {nondividing.MAX_TARGETS}]"),
+    (nondividing.main, ["--targets", "0"], "--targets: must be in"),
+    (nondividing.main, ["--tries", "0"], "--tries: must be in"),
+    (nondividing.main, ["--tries", "100000"], f"--tries: must be in [1, {nondividing.MAX_TRIES}]"),
+    (nondividing.main, ["--first", "-1"], "--first: must be in"),
+    (nondividing.main, ["--out", "{tmp}"], "--out: {tmp} is a folder"),
+    (nondividing.main, ["--out", "{tmp}/a_file/x.jsonl"], "--out: cannot write in"),
+]
+
+
+@pytest.mark.parametrize("main_fn, argv, needle", CLI_CASES,
+                         ids=[f"{m.__module__}:{' '.join(a[-2:])}" for m, a, _ in CLI_CASES])
+def test_theory_commands_bad_options_exit_2_and_touch_nothing(tmp_path, capsys, main_fn, argv, needle):
+    (tmp_path / "a_file").write_text("not a folder")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    before = _digest(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main_fn(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert needle.format(tmp=tmp_path) in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before

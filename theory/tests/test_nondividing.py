@@ -2,6 +2,7 @@
 LoRA rank 2 and the last W full equals the target (checked by deep_forward, FFT and recurrence),
 with the budget recounted from the tensors; a one-pole perturbation breaks it."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -57,3 +58,22 @@ def test_survey_cli_refuses_bad_counts(capsys):
     with pytest.raises(SystemExit) as e:
         nd.main(["--targets", "0"])
     assert e.value.code == 2 and "--targets" in capsys.readouterr().err
+
+
+def test_cli_prints_and_appends_each_result_as_it_comes(tmp_path, monkeypatch, capsys):
+    """Issue 32 item 5: results are printed and written per (target, placement); a run cut off keeps them."""
+    calls = []
+
+    def fake(seed, max_tries, alpha2_layer):
+        calls.append((seed, alpha2_layer))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the run is cut off during the second target
+        raise nd.NotFound("no start converged", residual=0.5)
+
+    monkeypatch.setattr(nd, "find_update", fake)
+    out = tmp_path / "survey.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        nd.main(["--targets", "2", "--tries", "1", "--out", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["seed"], r["alpha2_layer"], r["solved"]) for r in recs] == [(0, 2, False), (0, 3, False)]
+    assert capsys.readouterr().out.count("not solved (best residual 5.0e-01") == 2
