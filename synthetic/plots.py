@@ -191,9 +191,10 @@ def focus_limits(core: Iterable[Optional[float]], refs: Iterable[Optional[float]
 
 
 def edge_arrow(ax, x: float, text: str, *, side: str = "bottom", color: str = "k", marker: Optional[str] = None,
-               ms: float = MS) -> None:
+               ms: float = MS, dx: float = 0.0) -> None:
     """A point outside the y range: its marker (if any) on the axis' ``side`` edge ("bottom" / "top") at ``x``,
-    and an arrow pointing to it from ``text`` (its name and value), inside the axes."""
+    and an arrow pointing to it from ``text`` (its name and value), inside the axes; ``dx``: the text's
+    horizontal offset in points (to keep it off the data)."""
     from matplotlib.transforms import blended_transform_factory
 
     if not _in_view(ax, x):
@@ -202,7 +203,8 @@ def edge_arrow(ax, x: float, text: str, *, side: str = "bottom", color: str = "k
     y0, up = (0.0, 1) if side == "bottom" else (1.0, -1)
     if marker:
         ax.plot([x], [y0], transform=tr, ls="none", marker=marker, ms=ms, color=color, clip_on=False, zorder=5)
-    ax.annotate(text, xy=(x, y0), xycoords=tr, xytext=(0, up * 34), textcoords="offset points", ha="center",
+    ha = "center" if dx == 0 else ("left" if dx > 0 else "right")
+    ax.annotate(text, xy=(x, y0), xycoords=tr, xytext=(dx, up * 34), textcoords="offset points", ha=ha,
                 va="bottom" if up > 0 else "top", fontsize=FONTS["annot"], color=color, zorder=6,
                 arrowprops=dict(arrowstyle="-|>", color=color, lw=1.0, shrinkA=1, shrinkB=ms / 2 + 1))
 
