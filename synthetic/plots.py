@@ -230,7 +230,7 @@ def _series(ax, x, y, err, *, color, marker, ms, ls, label=None, edge=(), alpha=
 
 
 def _short(y: float) -> str:
-    return "0" if y == 0 else f"{y:.2g}"
+    return "0" if y == 0 else f"{y:.3g}"
 
 
 def save(fig, out_stem) -> List[str]:
@@ -283,7 +283,7 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
     lines = [pts_of[m][0]["mean"] for m in hline]
     refs = [r["mean"] for m in order if m in reference_methods for r in pts_of[m]] + [p["y"] for p in extra_points]
     scale = choose_yscale(core + lines + refs) if logy is None else ("log" if logy else "linear")
-    limits = focus_limits(core + lines, refs) if scale == "log" else None
+    limits = focus_limits(core, lines + refs) if scale == "log" else None
     # a linear axis is clipped above the other points when a one-budget line (e.g. Frozen) lies far above
     # them (its value is written in the plot instead); on a log axis it is part of the range
     others = [v for v in core + refs if v is not None]
@@ -318,6 +318,12 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
                     if k == 0:
                         ax.annotate(f"{m} = {r['mean']:.3g} (off scale)", xy=(0.02, 0.97), xycoords="axes fraction",
                                     va="top", fontsize=FONTS["annot"], color=st["color"])
+                if _outside(r["mean"], limits):  # far above the methods: an arrow at the top edge
+                    lab += " (above the axis)"
+                    lo, hi = ax.get_xlim()
+                    if k == 0:
+                        arrows.append((ax, lo + 0.75 * (hi - lo), f"{m}\n{_short(r['mean'])}",
+                                       _outside(r["mean"], limits), {"color": st["color"], "marker": None}))
                 ax.axhline(r["mean"], ls="--", lw=LW, color=st["color"], label=lab)
                 drawn.append(lab)
                 continue
