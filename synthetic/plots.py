@@ -197,8 +197,12 @@ def edge_arrow(ax, x: float, text: str, *, side: str = "bottom", color: str = "k
     horizontal offset in points (to keep it off the data)."""
     from matplotlib.transforms import blended_transform_factory
 
-    if not _in_view(ax, x):
+    if not ax.get_autoscalex_on() and not _in_view(ax, x):
         return
+    if ax.get_autoscalex_on():  # a plain axis: widen it to hold the point (a broken axis' parts stay as set)
+        lo, hi = ax.get_xlim()
+        pad = 0.04 * max(hi - lo, 1e-9)
+        ax.set_xlim(min(lo, x - pad), max(hi, x + pad))
     tr = blended_transform_factory(ax.transData, ax.transAxes)
     y0, up = (0.0, 1) if side == "bottom" else (1.0, -1)
     if marker:
