@@ -199,7 +199,7 @@ def edge_arrow(ax, x: float, text: str, *, side: str = "bottom", color: str = "k
 
     if not ax.get_autoscalex_on() and not _in_view(ax, x):
         return
-    if ax.get_autoscalex_on():  # a plain axis: widen it to hold the point (a broken axis' parts stay as set)
+    if ax.get_autoscalex_on() and ax.get_xscale() == "linear":  # a plain axis: widen it to hold the point (a broken axis' parts stay as set)
         lo, hi = ax.get_xlim()
         pad = 0.04 * max(hi - lo, 1e-9)
         ax.set_xlim(min(lo, x - pad), max(hi, x + pad))

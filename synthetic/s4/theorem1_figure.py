@@ -187,8 +187,9 @@ def _panel_budgets(ax, v, rows, floor, frozen, x_construction) -> None:
                 color=st["color"], marker=st["marker"], ms=MS, ls="-", edge=edge,
                 label=f"{label} ({max(r['n_seeds'] for r in pts)} seeds)")
     _, hi = _limits(ax, values)
+    iters = min((r["iters"] for r in rows if _base(r["arm"]) in ARM_LABELS), default=0)
     _style_axes(ax, "trainable parameters (%)", "best MSE (mean over seeds; bars: min–max)",
-                f"{v}: (a) Algorithm 1's SDT vs. (b) the construction's masks, 500 it")
+                f"{v}: (a) Algorithm 1's SDT vs. (b) the construction's masks, {iters:,} it")
     _floor_arrows(ax, floor, frozen, x_construction, hi, dx=-20)
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + ([hollow_handle()] if n_edge else []), fontsize=FONTS_LEGEND, loc="upper right")
@@ -237,11 +238,12 @@ def _panel_curves(ax, v, rows, floor, frozen) -> None:
         values += ys
         ax.plot([p[0] + 1 for p in r["curve"]], ys, color=method_color(arm), ls="--" if long else "-",
                 lw=1.2 if long else 2.4, alpha=1.0 if long else 0.7, zorder=3 if long else 2,
-                label=f"{ARM_LABELS[arm][4:]}, {'5,000' if long else '500'} it (lr {r['lr']:g})")
+                label=f"{ARM_LABELS[arm][4:]}, {r['iters']:,} it (lr {r['lr']:g})")
     ax.set_xscale("log")
     _, hi = _limits(ax, values)
+    iters = sorted({r["iters"] for r in rows if r["budget_label"] == label and _base(r["arm"]) != "Oracle start"})
     _style_axes(ax, "iteration + 1 (log scale)", "training-batch MSE (mean over seeds)",
-                f"{v}: (d) loss at the theorem's budget ({label}): 500 vs. 5,000 it")
+                f"{v}: (d) loss at the theorem's budget ({label}): " + " vs. ".join(f"{i:,}" for i in iters) + " it")
     _floor_arrows(ax, floor, None, 300, hi, dx=-20)
     ax.legend(fontsize=FONTS_LEGEND, loc="upper right")
 
