@@ -141,7 +141,8 @@ SOURCE_LABELS = {"paper": "paper (read off its Fig. 2)", "official_code": "offic
 
 def _titles(data: Dict) -> List[str]:
     n = lambda src: max((p.get("n_seeds", 1) for p in data["sources"].get(src) or []), default=0)  # noqa: E731
-    devices = lambda key: " + ".join(data.get("files", {}).get(key, {}).get("devices") or []) or "?"  # noqa: E731
+    devices = lambda key: " + ".join(  # noqa: E731
+        str(d) for d in data.get("files", {}).get(key, {}).get("devices") or [] if d) or "?"
     return [f"(a) seed 123, official preset ({devices('preset')}) vs. official code\n"
             "our preset (●) reruns the official code (■)",
             f"(b) official preset ({n('preset_seeds')} seeds, {devices('preset')}) vs. the paper (★)\n"
