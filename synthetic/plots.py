@@ -1,15 +1,18 @@
 """Every figure of the synthetic experiments (Galim et al., ICML 2025, Sec. 6: Fig. 2 and its Mamba counterpart).
 
-One look across the S4 and Mamba figures, from one style table:
+One look across the figures, from one palette (:mod:`synthetic.palette`: method -> colour and marker):
 
-- **colour and marker = method** (:data:`METHOD_STYLE`; "LoRA (S6+Proj)" on Mamba and "LoRA (SSM+Proj)" on
-  Mamba-II are drawn like their S4 counterpart "LoRA (S4+Proj)"); in the three-ways figure the marker shape and line style name the *source*
-  instead (:data:`SOURCE_STYLE`: the paper's points are filled stars on a dotted line);
+- **colour = method** everywhere (colour-blind-safe, one hue per method); a figure with one source of points
+  also gives each method its own marker; a figure comparing sources (``synthetic.s4.fig2``) uses the marker
+  for the source, with its own legend;
 - **hollow = the best lr is at an edge of its lr grid** (the optimum may lie outside the lrs tried, so the
-  point is an upper bound); that is the only thing hollow means, with one legend entry per figure;
-- **log MSE axis when the values drawn span a decade or more** (:func:`choose_yscale`: max / min ≥ 10),
-  linear otherwise; a value below a log axis (an exact 0, the Theorem 1 construction's 1e-26) is drawn on the
-  axis' bottom edge with its value written beside it;
+  point is an upper bound); **diverged** runs (loss NaN/inf) are left out of the means: both explained in the
+  legend;
+- **the y range shows the differences between methods**: it is fitted to the methods' points and the Frozen
+  baseline; a reference point far outside it (Full fine-tuning far below, a theory construction's 1e-26, the
+  paper's exact 0) is drawn as an annotated arrow at the axis edge (:func:`edge_arrow`), never by stretching
+  the axis; a log axis when the values drawn span a decade or more (:func:`choose_yscale`);
+- **titles name the experiment, the preset and the device** (:func:`run_title`, from the records);
 - the same figure sizes, fonts (:data:`FONTS`) and marker sizes everywhere.
 
 Drawing functions (``draw_*``) return a :class:`matplotlib.figure.Figure` (no pyplot: the caller's backend
@@ -19,8 +22,6 @@ functions, so importing this module needs no matplotlib.
 
 - :func:`plot_mse_vs_params(rows, out_stem, ...) <plot_mse_vs_params>`: best-of-grid mean MSE vs trainable %
   per method, min–max over seeds as error bars (rows of :func:`synthetic.results.best_of_grid`);
-- :func:`plot_fig2_three_ways(data, out_stem) <plot_fig2_three_ways>`: deep-S4 Figure 2 from the paper, the
-  official code and this toolkit (``data`` of :func:`synthetic.s4_fig2.collect`);
 - :func:`plot_loss_curves(records, rows, path, note) <plot_loss_curves>`: Mamba training loss, SDT vs LoRA
   (S6+Proj), each budget at its best lr; :func:`plot_mamba(records, rows, mse_stem, curves_path, ...)
   <plot_mamba>`: both Mamba figures with the run description (:func:`mamba_note`) under them.
@@ -33,50 +34,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-__all__ = ["METHOD_STYLE", "SOURCE_STYLE", "FONTS", "method_style", "choose_yscale", "save",
-           "draw_mse_vs_params", "plot_mse_vs_params", "draw_fig2_three_ways", "plot_fig2_three_ways",
-           "draw_loss_curves", "plot_loss_curves", "mamba_note", "plot_mamba", "HOLLOW_LABEL"]
+from synthetic.palette import METHOD_COLORS, REFERENCE_COLORS, method_style
 
-# ------------------------------------------------------------------------------------ style table
-# Kindred methods get kindred colours (LoRA/DoRA blues and oranges, prompt-based pinks, state-based teals);
-# every method also has its own marker, so no two methods share colour *and* marker.
-METHOD_STYLE: Dict[str, Dict[str, str]] = {
-    "Frozen": {"color": "#4d4d4d", "marker": "o"},
-    "LoRA (Proj)": {"color": "#1f77b4", "marker": "s"},
-    "LoRA (S4+Proj)": {"color": "#ff7f0e", "marker": "D"},
-    "LoRA (A&C+Proj)": {"color": "#8c564b", "marker": "d"},
-    "SDT": {"color": "#2ca02c", "marker": "o"},
-    "SDT + LoRA": {"color": "#d62728", "marker": "^"},
-    "Prompt tuning": {"color": "#e377c2", "marker": "v"},
-    "Prefix-tuning": {"color": "#bcbd22", "marker": "<"},
-    "Initial-state tuning": {"color": "#17becf", "marker": ">"},
-    "State-offset tuning": {"color": "#0b5e6b", "marker": "h"},
-    "BitFit": {"color": "#c79a00", "marker": "X"},
-    "DoRA (Proj)": {"color": "#6baed6", "marker": "p"},
-    "Additional-scan": {"color": "#393b79", "marker": "H"},
-    "DoRA (Lin) + DoRA (SSM)": {"color": "#08306b", "marker": "8"},  # the hybrid's Table 4 rows (synthetic.hybrid)
-    "DoRA (Lin) + SDT (SSM)": {"color": "#67000d", "marker": "8"},
-    "Full": {"color": "#9467bd", "marker": "P"},
-}
-# Counterparts drawn like the method they extend: Mamba's LoRA (S6+Proj) and Mamba-II's LoRA (SSM+Proj) like
-# LoRA (S4+Proj); the hybrid's "LoRA (Attn) + X" (synthetic.hybrid) like X with LoRA on the projections.
-ALIASES = {"LoRA (S6+Proj)": "LoRA (S4+Proj)", "LoRA (SSM+Proj)": "LoRA (S4+Proj)", "LoRA (Attn) + LoRA (Proj)": "LoRA (Proj)",
-           "LoRA (Attn) + LoRA (SSM)": "LoRA (S4+Proj)", "LoRA (Attn) + DoRA (SSM)": "DoRA (Proj)",
-           "LoRA (Attn) + SDT (SSM)": "SDT + LoRA"}
-FALLBACK_COLORS = ("#7f7f7f", "#000000", "#aec7e8", "#ffbb78", "#98df8a")  # a method not in the table
+__all__ = ["METHOD_STYLE", "FONTS", "method_style", "choose_yscale", "save", "run_title", "edge_arrow",
+           "focus_limits", "draw_mse_vs_params", "plot_mse_vs_params", "draw_loss_curves", "plot_loss_curves",
+           "mamba_note", "plot_mamba", "HOLLOW_LABEL", "DIVERGED_LABEL"]
 
-# The three-ways figure (s4_fig2): marker shape and line style say where a point comes from.
-SOURCE_STYLE: Dict[str, Dict[str, Any]] = {
-    "paper": {"marker": "*", "ms": 11, "ls": ":"},
-    "official_code": {"marker": "s", "ms": 6, "ls": "--"},
-    "preset_seed123": {"marker": "o", "ms": 6, "ls": "-"},
-    "preset_seeds": {"marker": "o", "ms": 6, "ls": "-"},
-    "default_conventions": {"marker": "^", "ms": 6, "ls": "-."},
-}
-SOURCE_LABELS = {"paper": "paper (read off its Fig. 2)", "official_code": "official code (seed 123, best lr)",
-                 "preset_seed123": "this toolkit, official preset (seed 123, best lr)",
-                 "preset_seeds": "this toolkit, official preset (mean over seeds; bars min–max)",
-                 "default_conventions": "this toolkit, own conventions (paper preset, mean; bars min–max)"}
+METHOD_STYLE: Dict[str, Dict[str, str]] = {m: method_style(m) for m in METHOD_COLORS}  # the palette, as a table
+REFERENCE_METHODS = ("Full",)  # drawn, but the y range is not stretched for them (an arrow at the edge instead)
 
 FONTS = {"title": 10, "label": 9, "tick": 8, "legend": 7, "note": 6, "annot": 7}
 MS = 6  # marker size of a measured point
@@ -84,20 +49,23 @@ LW = 1.4
 CAPSIZE = 2.5
 DPI = 150
 SINGLE_SIZE = (9.0, 4.8)  # one panel with its legend on the right
-HOLLOW_LABEL = "hollow: best lr at an edge of its lr grid\n(the optimum may lie beyond it)"
+HOLLOW_LABEL = "hollow marker: best lr at the edge of the lrs tried\n(the optimum may lie beyond: an upper bound)"
+DIVERGED_LABEL = "diverged: runs whose loss became NaN/inf\n(too high an lr); left out of the means"
 W_PAD = 0.3  # space between a broken axis' two parts (font sizes)
 FULL_BREAK = (65.0, 95.0)  # x-axis broken when every point is at <= 65 % except some at >= 95 % (Full)
 LOG_RATIO = 10.0  # a log axis when max / min of the values drawn is at least this
+STRETCH = 3.0  # a reference point within this factor of the methods' range widens it; beyond: an arrow
 
 
-def method_style(method: str) -> Dict[str, str]:
-    """``{"color", "marker"}`` of a method (:data:`METHOD_STYLE`, through :data:`ALIASES`); a method not in
-    the table gets a grey-ish colour and a plain marker chosen from its name (stable across runs)."""
-    m = ALIASES.get(method, method)
-    if m in METHOD_STYLE:
-        return dict(METHOD_STYLE[m])
-    h = sum(ord(c) for c in m)
-    return {"color": FALLBACK_COLORS[h % len(FALLBACK_COLORS)], "marker": "osv^"[h % 4]}
+def run_title(experiment: str, records: Sequence[dict], what: str = "") -> str:
+    """'<experiment>, <preset> preset, <device(s)>[<newline><what>]' from the records' ``preset`` (or their config's)
+    and ``device`` fields, e.g. 'Mamba regression, paper preset, NVIDIA H100 80GB HBM3 + NVIDIA H200'."""
+    presets = sorted({str(r.get("preset") or (r.get("config") or {}).get("preset")) for r in records} - {"None"})
+    devices = sorted({"CPU" if str(r.get("device")).lower() == "cpu" else str(r.get("device")) for r in records
+                      if r.get("device")})
+    parts = [experiment] + ([" / ".join(presets) + " preset"] if presets else []) + (
+        [" + ".join(devices)] if devices else [])
+    return ", ".join(parts) + (f"\n{what}" if what else "")
 
 
 def choose_yscale(values: Iterable[Optional[float]], ratio: float = LOG_RATIO) -> str:
@@ -194,41 +162,79 @@ def _in_view(ax, x: float) -> bool:
     return lo <= x <= hi
 
 
-def _hollow_handle(n: int):
+def hollow_handle():
+    """The legend entry that says what a hollow marker means."""
     from matplotlib.lines import Line2D
 
-    return Line2D([], [], ls="none", marker="o", ms=MS + 1, mfc="white", mec="k", mew=1.2,
-                  label=HOLLOW_LABEL + f", {n} point{'s' if n != 1 else ''}")
+    return Line2D([], [], ls="none", marker="o", ms=MS + 1, mfc="white", mec="k", mew=1.2, label=HOLLOW_LABEL)
 
 
-def _below_axis(ax, x: float, y: float, bottom: float, color: str, marker: str, ms: float, text: str) -> None:
-    """A value below a log axis' bottom: its marker on the bottom edge and its value written beside it."""
-    if not _in_view(ax, x):
+def text_handle(label: str):
+    """A legend entry that is only text (an explanation, e.g. :data:`DIVERGED_LABEL`)."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], ls="none", marker="", label=label)
+
+
+def focus_limits(core: Iterable[Optional[float]], refs: Iterable[Optional[float]] = (),
+                 stretch: float = STRETCH) -> Optional[tuple]:
+    """(bottom, top) of a log axis fitted to the ``core`` values (the methods compared, the baseline) with a
+    margin of a factor 1.5; a ``refs`` value (Full, a theory point) widens it only when it lies within a factor
+    ``stretch`` of the core range, else it is left out (drawn by :func:`edge_arrow`). None: no positive value."""
+    v = _positive(core)
+    if not v:
+        return _log_limits(refs)
+    lo, hi = min(v), max(v)
+    for r in _positive(refs):
+        lo, hi = (r if lo / stretch <= r < lo else lo), (r if hi < r <= hi * stretch else hi)
+    return lo / 1.5, hi * 1.5
+
+
+def edge_arrow(ax, x: float, text: str, *, side: str = "bottom", color: str = "k", marker: Optional[str] = None,
+               ms: float = MS, dx: float = 0.0) -> None:
+    """A point outside the y range: its marker (if any) on the axis' ``side`` edge ("bottom" / "top") at ``x``,
+    and an arrow pointing to it from ``text`` (its name and value), inside the axes; ``dx``: the text's
+    horizontal offset in points (to keep it off the data)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    if not ax.get_autoscalex_on() and not _in_view(ax, x):
         return
-    ax.plot([x], [bottom], ls="none", marker=marker, ms=ms, color=color, clip_on=False, zorder=5)
-    lo, hi = ax.get_xlim()
-    right = (x - lo) / (hi - lo) > 0.6  # near the right edge: write the value on the left of the marker
-    ax.annotate(text, xy=(x, bottom), xytext=(-7 if right else 7, 4), textcoords="offset points",
-                fontsize=FONTS["annot"], color=color, va="bottom", ha="right" if right else "left")
+    if ax.get_autoscalex_on() and ax.get_xscale() == "linear":  # a plain axis: widen it to hold the point (a broken axis' parts stay as set)
+        lo, hi = ax.get_xlim()
+        pad = 0.04 * max(hi - lo, 1e-9)
+        ax.set_xlim(min(lo, x - pad), max(hi, x + pad))
+    tr = blended_transform_factory(ax.transData, ax.transAxes)
+    y0, up = (0.0, 1) if side == "bottom" else (1.0, -1)
+    if marker:
+        ax.plot([x], [y0], transform=tr, ls="none", marker=marker, ms=ms, color=color, clip_on=False, zorder=5)
+    ha = "center" if dx == 0 else ("left" if dx > 0 else "right")
+    ax.annotate(text, xy=(x, y0), xycoords=tr, xytext=(dx, up * 34), textcoords="offset points", ha=ha,
+                va="bottom" if up > 0 else "top", fontsize=FONTS["annot"], color=color, zorder=6,
+                arrowprops=dict(arrowstyle="-|>", color=color, lw=1.0, shrinkA=1, shrinkB=ms / 2 + 1))
 
 
-def _series(ax, x, y, err, *, color, marker, ms, ls, label=None, edge=(), bottom=None, below_text=None) -> None:
-    """One method's points (errorbars when ``err``), hollow where ``edge[i]``, values ≤ ``bottom`` (a log
-    axis' bottom) drawn on the bottom edge with ``below_text(y)`` beside them."""
-    low = [bottom is not None and not yi > bottom for yi in y]
-    yd = [bottom if lo else yi for yi, lo in zip(y, low)]
-    kw = dict(color=color, marker=marker, ms=ms, ls=ls, lw=LW, zorder=3, label=label)
+def _outside(y: Optional[float], limits: Optional[tuple]) -> Optional[str]:
+    """"bottom" / "top" when ``y`` lies below / above the log axis ``limits`` (or is ≤ 0 on it), else None."""
+    if limits is None or y is None:
+        return None
+    return "bottom" if not y > limits[0] else ("top" if y > limits[1] else None)
+
+
+def _series(ax, x, y, err, *, color, marker, ms, ls, label=None, edge=(), alpha=1.0) -> None:
+    """One method's points (errorbars when ``err``), hollow where ``edge[i]``."""
+    kw = dict(color=color, marker=marker, ms=ms, ls=ls, lw=LW, zorder=3, label=label, alpha=alpha)
     if err is not None:
-        ax.errorbar(x, yd, yerr=err, capsize=CAPSIZE, elinewidth=0.8, **kw)
+        ax.errorbar(x, y, yerr=err, capsize=CAPSIZE, elinewidth=0.8, **kw)
     else:
-        ax.plot(x, yd, **kw)
-    for xi, yi, lo in zip(x, y, low):
-        if lo:
-            _below_axis(ax, xi, yi, bottom, color, marker, ms, below_text(yi))
-    hx = [(xi, yi) for xi, yi, e in zip(x, yd, edge) if e]
+        ax.plot(x, y, **kw)
+    hx = [(xi, yi) for xi, yi, e in zip(x, y, edge) if e]
     if hx:  # hollow: the optimum may lie outside the lrs tried
         ax.plot([p[0] for p in hx], [p[1] for p in hx], ls="none", marker=marker, ms=ms + 1, mfc="white", mec=color,
-                mew=1.2, zorder=4)
+                mew=1.2, zorder=4, alpha=alpha)
+
+
+def _short(y: float) -> str:
+    return "0" if y == 0 else f"{y:.3g}"
 
 
 def save(fig, out_stem) -> List[str]:
@@ -252,15 +258,19 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
                        xlabel: str = "trainable parameters (% of frozen model)",
                        ylabel: str = "MSE (mean over seeds; bars: min–max)",
                        extra_points: Sequence[Dict[str, Any]] = (), logy: Optional[bool] = None,
-                       note: str = "", hline_methods: Sequence[str] = ("Frozen",)):
+                       note: str = "", hline_methods: Sequence[str] = ("Frozen",),
+                       reference_methods: Sequence[str] = REFERENCE_METHODS):
     """MSE (best-of-grid mean, min–max over seeds as error bars) vs trainable % per method.
 
-    rows: output of :func:`synthetic.results.best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` drawn
-    as stars (e.g. a theory construction's budget and MSE; below a log axis: on its bottom edge, value
-    written). hline_methods: one-budget methods (default Frozen) drawn as dashed horizontal lines. logy:
-    None decides from the rows' values (:func:`choose_yscale`), True / False force a log / linear axis.
-    Points whose best lr is still at an edge of its grid (row ``lr_at_edge``) are hollow, with one legend
-    entry. The x-axis is broken before 100 % when every other point is at ≤ 65 %. Returns the Figure.
+    rows: output of :func:`synthetic.results.best_of_grid`. extra_points: dicts ``{"x", "y", "label"}`` (optional
+    ``"short"``: the text by its arrow) drawn as black stars (e.g. a theory construction's budget and MSE).
+    hline_methods: one-budget methods (default Frozen) drawn as dashed horizontal lines. The y range is fitted
+    to the other methods and the lines (:func:`focus_limits`); ``reference_methods`` (Full) and the extra points
+    widen it only when close to it, else they sit on its edge with an annotated arrow. logy: None decides from
+    the values in range (:func:`choose_yscale`), True / False force a log / linear axis. Points whose best lr
+    is still at an edge of its grid (row ``lr_at_edge``) are hollow; diverged runs are counted in the legend;
+    both explained there. The x-axis is broken before 100 % when every other point is at ≤ 65 %. Returns the
+    Figure.
     """
     from matplotlib.figure import Figure
 
@@ -272,14 +282,15 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
     pts_of = {m: sorted((r for r in by_method[m] if r.get("mean") is not None), key=lambda r: r["trainable_pct"])
               for m in order}
     hline = [m for m in order if m in hline_methods and pts_of[m]]
-    values = [v for m in order for r in pts_of[m] for v in (r["mean"], r.get("min"), r.get("max"))]
-    scale = choose_yscale(values) if logy is None else ("log" if logy else "linear")
-    limits = _log_limits(values) if scale == "log" else None
-    bottom = limits[0] if limits else None
+    spread = lambda m: [v for r in pts_of[m] for v in (r["mean"], r.get("min"), r.get("max"))]  # noqa: E731
+    core = [v for m in order if m not in reference_methods and m not in hline for v in spread(m)]
+    lines = [pts_of[m][0]["mean"] for m in hline]
+    refs = [r["mean"] for m in order if m in reference_methods for r in pts_of[m]] + [p["y"] for p in extra_points]
+    scale = choose_yscale(core + lines + refs) if logy is None else ("log" if logy else "linear")
+    limits = focus_limits(core, lines + refs) if scale == "log" else None
     # a linear axis is clipped above the other points when a one-budget line (e.g. Frozen) lies far above
-    # them (its value is written in the plot instead); on a log axis it always fits
-    others = [v for m in order if m not in hline for r in pts_of[m] for v in (r["mean"], r.get("min"), r.get("max"))
-              if v is not None] + [p["y"] for p in extra_points]
+    # them (its value is written in the plot instead); on a log axis it is part of the range
+    others = [v for v in core + refs if v is not None]
     off_scale = [m for m in hline if scale != "log" and others and pts_of[m][0]["mean"] > 1.5 * max(others)]
     xs = [r["trainable_pct"] for m in order if m not in hline for r in pts_of[m]] + [p["x"] for p in extra_points]
     fig = Figure(figsize=SINGLE_SIZE)
@@ -288,13 +299,17 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
         _set_yscale(ax, scale, limits)
         if off_scale:
             ax.set_ylim(bottom=min(0.0, min(others)) - 0.04 * max(others), top=1.15 * max(others))
-    n_edge, drawn = 0, []  # drawn: legend labels in drawing order
+    n_edge, n_div_all, drawn, arrows = 0, 0, [], []  # drawn: legend labels in drawing order
     for k, ax in enumerate(axes):
         for m in order:
             st, pts = method_style(m), pts_of[m]
             n_div = sum(r.get("n_diverged", 0) for r in by_method[m])
+            n_runs = sum(r.get("n_runs", 0) for r in by_method[m])
             n_seeds = max((r.get("n_seeds", 0) for r in pts), default=0)
-            label = f"{m} ({n_seeds} seed{'s' if n_seeds != 1 else ''}" + (f", {n_div} diverged)" if n_div else ")")
+            label = f"{m} ({n_seeds} seed{'s' if n_seeds != 1 else ''}" + (
+                f"; {n_div} of {n_runs} runs diverged)" if n_div and n_runs else f"; {n_div} diverged)" if n_div
+                else ")")
+            n_div_all += n_div if k == 0 else 0
             if not pts:
                 ax.plot([], [], color=st["color"], marker=st["marker"], label=label + " [no finite runs]")
                 drawn.append(label + " [no finite runs]")
@@ -307,27 +322,44 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
                     if k == 0:
                         ax.annotate(f"{m} = {r['mean']:.3g} (off scale)", xy=(0.02, 0.97), xycoords="axes fraction",
                                     va="top", fontsize=FONTS["annot"], color=st["color"])
+                if _outside(r["mean"], limits):  # far above the methods: an arrow at the top edge
+                    lab += " (above the axis)"
+                    lo, hi = ax.get_xlim()
+                    if k == 0:
+                        arrows.append((ax, lo + 0.75 * (hi - lo), f"{m}\n{_short(r['mean'])}",
+                                       _outside(r["mean"], limits), {"color": st["color"], "marker": None}))
                 ax.axhline(r["mean"], ls="--", lw=LW, color=st["color"], label=lab)
                 drawn.append(lab)
                 continue
-            err = [[r["mean"] - r["min"] for r in pts], [r["max"] - r["mean"] for r in pts]]
-            edge = [bool(r.get("lr_at_edge")) for r in pts]
-            _series(ax, [r["trainable_pct"] for r in pts], [r["mean"] for r in pts], err, color=st["color"],
+            inside = [r for r in pts if _outside(r["mean"], limits) is None]
+            arrows += [(ax, r["trainable_pct"], f"{m}\n{_short(r['mean'])}", _outside(r["mean"], limits), st)
+                       for r in pts if _outside(r["mean"], limits)]
+            err = [[r["mean"] - r["min"] for r in inside], [r["max"] - r["mean"] for r in inside]]
+            edge = [bool(r.get("lr_at_edge")) for r in inside]
+            _series(ax, [r["trainable_pct"] for r in inside], [r["mean"] for r in inside], err, color=st["color"],
                     marker=st["marker"], ms=MS, ls="-", label=label, edge=edge)
             drawn.append(label)
             n_edge += sum(edge) if k == 0 else 0
         for p in extra_points:
-            color = p.get("color", "k")
-            _series(ax, [p["x"]], [p["y"]], None, color=color, marker="*", ms=13, ls="none", label=p["label"],
-                    bottom=bottom, below_text=lambda y: f"{y:.1e} (below the axis)")
+            color = p.get("color", REFERENCE_COLORS["Theorem 1 construction"])
+            side = _outside(p["y"], limits)
+            ax.plot([] if side else [p["x"]], [] if side else [p["y"]], color=color, marker="*", ms=13, ls="none",
+                    label=p["label"])
             drawn.append(p["label"])
-    handles, labels = axes[0].get_legend_handles_labels()  # lines first, then error bars: back to draw order
-    handles = [h for _, h in sorted(zip(labels, handles), key=lambda lh: drawn.index(lh[0]))]
-    if n_edge:
-        handles.append(_hollow_handle(n_edge))
+            if side:
+                arrows.append((ax, p["x"], p.get("short", f"{p['label'].split(':')[0]}\n{_short(p['y'])}"), side,
+                               {"color": color, "marker": "*"}))
     _style_axes(axes[0], xlabel, ylabel, title)
     for ax in axes[1:]:
         _style_axes(ax)
+    for ax, x, text, side, st in arrows:  # after the axes' limits are final
+        edge_arrow(ax, x, text, side=side, color=st["color"], marker=st["marker"], ms=13 if st["marker"] == "*" else MS)
+    handles, labels = axes[0].get_legend_handles_labels()  # lines first, then error bars: back to draw order
+    handles = [h for _, h in sorted(zip(labels, handles), key=lambda lh: drawn.index(lh[0]))]
+    if n_edge:
+        handles.append(hollow_handle())
+    if n_div_all:
+        handles.append(text_handle(DIVERGED_LABEL))
     axes[-1].legend(handles=handles, fontsize=FONTS["legend"], loc="upper left", bbox_to_anchor=(1.04, 1.0),
                     borderaxespad=0.0, frameon=False)
     _note(fig, note)
@@ -339,91 +371,6 @@ def plot_mse_vs_params(rows: Sequence[Dict[str, Any]], out_stem, **options) -> L
     """:func:`draw_mse_vs_params` (``options``: its keyword arguments) saved as ``<out_stem>.png`` and ``.pdf``;
     returns their paths."""
     return save(draw_mse_vs_params(rows, **options), out_stem)
-
-
-# ----------------------------------------------------------------------------- Figure 2 three ways
-FIG2_PANELS = (("paper", "official_code", "preset_seed123"), ("paper", "preset_seeds", "default_conventions"))
-FIG2_TITLES = ("(a) seed 123: paper / official code / official preset",
-               "(b) over seeds: paper / official preset / own conventions")
-
-
-def _row_major(handles: list, ncol: int) -> list:
-    """Reorder legend handles so that matplotlib's column-major fill reads row by row."""
-    nrow = -(-len(handles) // ncol)
-    rows = [handles[i * ncol:(i + 1) * ncol] for i in range(nrow)]
-    return [r[c] for c in range(ncol) for r in rows if c < len(r)]
-
-
-def draw_fig2_three_ways(data: Dict):
-    """The figure of :func:`plot_fig2_three_ways`; returns the Figure."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    drawn = [(src, p) for srcs in FIG2_PANELS for src in srcs for p in data["sources"].get(src) or []]
-    values = [v for _, p in drawn for v in (p["mse"], p.get("min"), p.get("max"))]
-    scale = choose_yscale(values)
-    limits = _log_limits(values) if scale == "log" else None
-    bottom = limits[0] if limits else None
-    fig = Figure(figsize=(12, 6.3))
-    panels = _panel_axes(fig, [_x_ranges([p["trainable_pct"] for src in srcs for p in data["sources"].get(src) or []])
-                               for srcs in FIG2_PANELS])
-    for ax in (a for axes in panels for a in axes):
-        _set_yscale(ax, scale, limits)
-    methods, n_edge = set(), 0
-    for axes, srcs, title in zip(panels, FIG2_PANELS, FIG2_TITLES):
-        for k, ax in enumerate(axes):
-            for src in srcs:
-                by_m = defaultdict(list)
-                for p in data["sources"].get(src) or []:
-                    by_m[p["method"]].append(p)
-                st = SOURCE_STYLE[src]
-                for m, ps in by_m.items():
-                    methods.add(m)
-                    ps = sorted(ps, key=lambda p: p["trainable_pct"])
-                    err = ([[p["mse"] - p["min"] for p in ps], [p["max"] - p["mse"] for p in ps]]
-                           if "min" in ps[0] else None)
-                    edge = [bool(p.get("lr_at_edge")) for p in ps]
-                    _series(ax, [p["trainable_pct"] for p in ps], [p["mse"] for p in ps], err,
-                            color=method_style(m)["color"], marker=st["marker"], ms=st["ms"], ls=st["ls"], edge=edge,
-                            bottom=bottom, below_text=lambda y: f"{y:g} (below the axis)")
-                    n_edge += sum(edge) if k == 0 else 0
-            _style_axes(ax, title=title if k == 0 else "")
-        axes[0].set_xlabel("trainable parameters (%)", fontsize=FONTS["label"])
-    for axes in panels[1:]:
-        axes[0].tick_params(axis="y", which="both", labelleft=False)
-    panels[0][0].set_ylabel("MSE (best training-batch loss)", fontsize=FONTS["label"])
-    order = [m for m in METHOD_STYLE if m in methods] + sorted(m for m in methods if m not in METHOD_STYLE)
-    fig.legend(handles=[Line2D([], [], color=method_style(m)["color"], lw=4, label=m) for m in order],
-               loc="lower center", bbox_to_anchor=(0.5, 0.145), ncol=len(order), fontsize=FONTS["legend"] + 1,
-               frameon=False, title="colour: method", title_fontsize=FONTS["legend"] + 1)
-    src_handles = []
-    for s in [s for s in SOURCE_STYLE if data["sources"].get(s)]:
-        lab = SOURCE_LABELS[s]
-        if s == "preset_seeds" and data["sources"].get("preset_seed123"):
-            continue  # same look as preset_seed123: one entry for both
-        if s == "preset_seed123" and data["sources"].get("preset_seeds"):
-            lab = "this toolkit, official preset ((a) seed 123, best lr; (b) mean over seeds, bars min–max)"
-        src_handles.append(Line2D([], [], color="k", marker=SOURCE_STYLE[s]["marker"], ms=SOURCE_STYLE[s]["ms"] - 1,
-                                  ls=SOURCE_STYLE[s]["ls"], lw=LW, label=lab))
-    if n_edge:
-        src_handles.append(_hollow_handle(n_edge))
-    fig.legend(handles=_row_major(src_handles, 2), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=2,
-               fontsize=FONTS["legend"] + 1, frameon=False, title="marker and line: source",
-               title_fontsize=FONTS["legend"] + 1)
-    if data.get("missing"):
-        fig.text(0.01, 0.94, "missing (not drawn): " + ", ".join(data["missing"]), fontsize=FONTS["note"] + 1)
-    fig.suptitle("Deep-S4 synthetic regression (Galim et al., ICML 2025, Fig. 2), three ways",
-                 fontsize=FONTS["title"] + 1)
-    fig.tight_layout(rect=(0, 0.235, 1, 0.98), w_pad=W_PAD)
-    return fig
-
-
-def plot_fig2_three_ways(data: Dict, out_stem) -> List[str]:
-    """Two panels sharing a y-axis: (a) seed 123 (paper / official code / official preset), (b) over seeds
-    (paper / official preset / own conventions). Colour = method, marker and line = source (the paper's
-    points: stars on a dotted line), hollow = best lr at an edge of its grid. ``data``:
-    :func:`synthetic.s4_fig2.collect`. Writes ``<out_stem>.png`` and ``.pdf``; returns their paths."""
-    return save(draw_fig2_three_ways(data), out_stem)
 
 
 # ----------------------------------------------------------------------------------- Mamba figures
@@ -473,7 +420,7 @@ def draw_loss_curves(records: Sequence[dict], rows: Sequence[dict], note: str = 
     _set_yscale(ax, scale, _log_limits(values) if scale == "log" else None)
     seed_text = "seed " + ", ".join(str(s) for s in sorted(seeds_used)) if seeds_used else "no runs"
     _style_axes(ax, "iteration", f"training MSE ({seed_text}; running mean)",
-                "Mamba regression: SDT vs. LoRA (S6+Proj), best lr per budget")
+                run_title("Mamba regression", records, "training loss: SDT vs. LoRA (S6+Proj), best lr per budget"))
     if ax.get_legend_handles_labels()[0]:  # no runs drawn: no (empty) legend
         ax.legend(fontsize=FONTS["legend"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                   frameon=False, title="colour: method; darker = larger budget", title_fontsize=FONTS["legend"])
@@ -506,6 +453,8 @@ def plot_mamba(records: Sequence[dict], rows: Sequence[dict], mse_stem, curves_p
     """Both Mamba figures (MSE vs trainable %, loss curves) from a results file's records and their
     best-of-grid ``rows``; returns the paths written."""
     note = mamba_note(records)
+    extra = {r["method"] for r in records} - {"Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full"}
+    name = "Mamba regression" + (", all PEFT methods" if extra else "")
     return (plot_mse_vs_params(rows, str(mse_stem), method_order=method_order, note=note,
-                               title="Mamba regression: MSE vs. trainable parameters")
+                               title=run_title(name, records, "MSE vs. trainable parameters"))
             + plot_loss_curves(records, rows, curves_path, note))

@@ -1,12 +1,15 @@
-"""synthetic.plots: log MSE axis only where the values span a decade, one legend entry for hollow, one look
-per method across figures, files written."""
+"""synthetic.plots, synthetic.palette and the three-ways figure: log MSE axis only where the values span a decade,
+a y range fitted to the methods (references far outside as arrows at the edge), one legend entry for hollow and
+one for diverged, one distinct colour per method across figures, files written."""
 
 import pytest
 
 pytest.importorskip("matplotlib", reason="needs matplotlib (pip install -e .)")
 
 from synthetic import plots  # noqa: E402
+from synthetic import palette  # noqa: E402
 from synthetic.results import best_of_grid  # noqa: E402
+from synthetic.s4 import fig2 as s4_fig2  # noqa: E402
 
 
 def _rows(values_by_method, edge_method=None):
@@ -45,7 +48,7 @@ def test_one_legend_entry_explains_hollow_and_only_edge_points_are_hollow():
     assert {r["method"]: r["lr_at_edge"] for r in rows} == {"LoRA (Proj)": None, "SDT": "high"}
     fig = plots.draw_mse_vs_params(rows, extra_points=[{"x": 40.0, "y": 1e-26, "label": "theory"}])
     texts = _legend_texts(fig)
-    assert sum("hollow" in t for t in texts) == 1 and any("2 points" in t for t in texts if "hollow" in t)
+    assert sum("hollow" in t for t in texts) == 1
     hollow = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_markerfacecolor() == "white"]
     assert sum(len(ln.get_xdata()) for ln in hollow) == 2  # SDT's two points, nothing else
     no_edge = plots.draw_mse_vs_params(_rows({"LoRA (Proj)": [(5.0, 2.0)]}))
@@ -60,13 +63,14 @@ def test_fig2_paper_points_are_filled_stars_and_hollow_has_one_entry():
                            {"method": "Frozen", "trainable_pct": 0.8, "mse": 12.0, "lr_at_edge": None}],
         "preset_seeds": [{"method": "SDT", "trainable_pct": 10.0, "mse": 1.4, "min": 1.2, "max": 1.7,
                           "lr_at_edge": "high"}]}}
-    fig = plots.draw_fig2_three_ways(data)
+    fig = s4_fig2.draw(data)
     assert all(ax.get_yscale() == "log" for ax in fig.axes)  # 0.0 does not count: 1.2 ... 12
     texts = _legend_texts(fig)
     assert sum("hollow" in t for t in texts) == 1
     stars = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_marker() == "*"]
     assert stars and all(ln.get_markerfacecolor() != "white" for ln in stars)
-    assert any("below the axis" in t.get_text() for ax in fig.axes for t in ax.texts)  # the paper's 0.0
+    assert any("below the axis" in t.get_text() for ax in fig.axes for t in ax.texts)  # the paper's 0.0: an arrow
+    assert any("marker and line: source" == lg.get_title().get_text() for lg in fig.legends)  # its own legend
 
 
 def test_same_style_for_a_method_across_s4_and_mamba():
@@ -77,6 +81,37 @@ def test_same_style_for_a_method_across_s4_and_mamba():
     (bars,) = [c for c in fig.axes[0].containers if c.get_label().startswith("SDT")]  # errorbar container
     assert bars.lines[0].get_color() == plots.METHOD_STYLE["SDT"]["color"]
     assert bars.lines[0].get_marker() == plots.METHOD_STYLE["SDT"]["marker"]
+
+
+def test_palette_gives_every_method_its_own_colour_and_marker():
+    colours = list(palette.METHOD_COLORS.values())
+    assert len(set(c.lower() for c in colours)) == len(colours)
+    assert set(palette.METHOD_MARKERS) == set(palette.METHOD_COLORS)
+    assert palette.method_color("DoRA (Proj)") != palette.method_color("LoRA (Proj)")
+    assert palette.method_color("LoRA (SSM+Proj)") == palette.method_color("LoRA (S4+Proj)")
+    assert palette.method_color("Oracle masks") == palette.METHOD_COLORS["construction's masks"]
+
+
+def test_y_range_fits_the_methods_and_far_references_are_arrows():
+    rows = _rows({"Frozen": [(0.0, 9e-3)], "LoRA (Proj)": [(5.0, 5e-3), (10.0, 3e-3)], "SDT": [(7.0, 1e-3)],
+                  "Full": [(100.0, 1e-5)]})
+    fig = plots.draw_mse_vs_params(rows, extra_points=[{"x": 40.0, "y": 1e-26, "label": "Theorem 1: exact"}])
+    bottom, top = fig.axes[0].get_ylim()
+    assert 1e-4 < bottom < 1e-3 and 9e-3 < top < 5e-2  # not stretched to Full's 1e-5 or the 1e-26
+    arrows = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(t.startswith("Full") for t in arrows) and any(t.startswith("Theorem 1") for t in arrows)
+
+
+def test_diverged_runs_are_explained_in_the_legend():
+    recs = [{"method": "SDT", "budget_label": "b", "lr": lr, "seed": 0, "trainable_pct": 5.0, "best_mse": v,
+             "status": "ok" if v is not None else "diverged"} for lr, v in ((1e-3, 2.0), (1e-2, 1.0), (1e-1, None))]
+    texts = _legend_texts(plots.draw_mse_vs_params(best_of_grid(recs)))
+    assert any("1 of 3 runs diverged" in t for t in texts) and any(t.startswith("diverged:") for t in texts)
+
+
+def test_run_title_names_experiment_preset_and_device():
+    recs = [{"preset": "paper", "device": "NVIDIA H200"}, {"config": {"preset": "paper"}, "device": "cpu"}]
+    assert plots.run_title("Mamba regression", recs, "MSE") == "Mamba regression, paper preset, CPU + NVIDIA H200\nMSE"
 
 
 def test_files_are_written(tmp_path):

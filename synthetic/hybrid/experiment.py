@@ -215,7 +215,7 @@ def note(records: Sequence[dict]) -> str:
 
 def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None, cfg: Optional[HybridRegressionConfig] = None):
     """The MSE-vs-trainable figure from the results file alone."""
-    from synthetic.plots import plot_mse_vs_params
+    from synthetic.plots import plot_mse_vs_params, run_title
 
     records = ResultsFile(paths["json"]).runs()
     if cfg is not None:
@@ -225,7 +225,8 @@ def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None, cfg: Optiona
         return []
     rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
     return plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note(records),
-                              title="Hybrid (attention + Mamba) regression: MSE vs. trainable parameters")
+                              title=run_title("Hybrid (attention + Mamba) regression", records,
+                                              "MSE vs. trainable parameters"))
 
 
 def show(cfg: HybridRegressionConfig) -> None:

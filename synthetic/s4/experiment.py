@@ -56,7 +56,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.plots import plot_mse_vs_params
+from synthetic.plots import plot_mse_vs_params, run_title
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration,
                                run_key, run_records, subsample_curve, utc_now)
 from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
@@ -233,31 +233,41 @@ def sweep(cfg: Config, log=print) -> ResultsFile:
 
 # ------------------------------------------------------------------------------- theory point
 def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
-    """Theorem 1's construction in the linear-activation variant: its budget (trainable %) and MSE.
+    """Theorem 1's construction in the experiment's variant (``cfg.activation``: ReLU or linear): its budget
+    (trainable %) and MSE.
 
-    ``theory.theorem1.construct_theorem1`` works on real diagonal SSMs (not the conjugate-pair form
-    the experiment trains), linear activations and a target without residual; so the point is
-    computed on a random real-diagonal instance with the experiment's sizes (L = L_frozen,
-    L* = L_target, D, H, H*), float64, skip inside, with integer inputs 0-9 of the experiment's
-    length. Returns None if the theory module is unavailable or refuses the sizes.
+    ``theory.theorem1.construct_theorem1`` (linear) and ``theory.theorem1_relu.construct_theorem1_relu`` (ReLU,
+    exact for inputs in [0, 9] of length ≤ N) work on real diagonal SSMs (not the conjugate-pair form the
+    experiment trains) and a target without residual; so the point is computed on a random real-diagonal
+    instance with the experiment's sizes (L = L_frozen, L* = L_target, D, H, H*), float64, skip inside, with
+    integer inputs 0-9 of the experiment's length. Returns None if the theory module is unavailable or
+    refuses the sizes.
     """
+    relu = cfg.activation == "relu"
     try:
         from theory.deep import deep_forward
         from theory.theorem1 import construct_theorem1, random_instance
+        from theory.theorem1_relu import construct_theorem1_relu, random_relu_instance
     except ImportError:
         return None
     g = torch.Generator().manual_seed(seed)
     try:
-        frozen, target = random_instance(cfg.frozen_layers, cfg.target_layers, cfg.d_model, cfg.frozen_d_state, cfg.target_d_state, kind="s4",
-                                         skip="inside", generator=g)
-        update = construct_theorem1(frozen, target)
+        if relu:
+            frozen, target = random_relu_instance(cfg.frozen_layers, cfg.target_layers, cfg.d_model, cfg.frozen_d_state, cfg.target_d_state, generator=g)
+            update = construct_theorem1_relu(frozen, target, x_max=9.0, seq_len=cfg.seq_len)
+        else:
+            frozen, target = random_instance(cfg.frozen_layers, cfg.target_layers, cfg.d_model, cfg.frozen_d_state, cfg.target_d_state, kind="s4",
+                                             skip="inside", generator=g)
+            update = construct_theorem1(frozen, target)
     except ValueError:
         return None
     x = torch.randint(0, 10, (2, cfg.d_model, cfg.seq_len), generator=g).to(torch.float64)  # (B, D, N)
     mse = float(((deep_forward(update.model, x) - deep_forward(target, x)) ** 2).mean())
     b = update.budget
+    variant = "ReLU" if relu else "linear"
     return {"trainable_pct": b.percent, "mse": mse, "trainable": b.total_trainable, "model_params": b.model_params,
-            "label": f"Theorem 1 construction (linear, real diag.): {b.percent:.1f}%, MSE {mse:.1e}"}
+            "variant": variant, "short": f"Theorem 1 ({variant})\nMSE {mse:.0e}",
+            "label": f"Theorem 1 construction ({variant}, real diag.): {b.percent:.1f}%, MSE {mse:.1e}"}
 
 
 def plot(cfg: Config) -> List[str]:
@@ -269,13 +279,15 @@ def plot(cfg: Config) -> List[str]:
     extra, note = [], ""
     tp = theory_point(cfg)
     if tp is not None:
-        extra.append({"x": tp["trainable_pct"], "y": tp["mse"], "label": tp.get("label", "Theorem 1 (linear), exact")})
+        extra.append({"x": tp["trainable_pct"], "y": tp["mse"], "label": tp["label"], "short": tp["short"]})
     else:
-        note = "Theorem 1 point (linear variant): not drawn, theory.theorem1 unavailable or refused these sizes."
+        note = "Theorem 1 point: not drawn, theory.theorem1 unavailable or refused these sizes."
     c0 = recs[0]["config"]
-    title = (f"deep S4 regression ({cfg.preset}): frozen {c0['L_frozen']}L H={c0['H']}, target {c0['L_target']}L "
-             f"H*={c0['H_star']}, D={c0['D']}\nN={c0['N']}, batch {c0['batch']}, {c0['iters']} it, "
-             f"best lr of {_lr_grid_text(recs, c0)}, ReLU, skip inside")
+    title = (run_title("deep S4 regression" + (", all PEFT methods" if "peft_methods" in str(p["fig"]) else ""), recs) +
+             f"\nfrozen {c0['L_frozen']}L H={c0['H']}, target {c0['L_target']}L H*={c0['H_star']}, D={c0['D']}, "
+             f"N={c0['N']}, batch {c0['batch']}, {c0['iters']} it, "
+             f"{'ReLU' if c0.get('activation', 'relu') == 'relu' else 'linear'}, skip inside\n"
+             f"best lr of {_lr_grid_text(recs, c0)}")
     opts = [f"{k}={c0[k]}" for k in OPT_IN_DEFAULTS if c0.get(k, OPT_IN_DEFAULTS[k]) != OPT_IN_DEFAULTS[k]]
     if opts:
         title += "\n" + ", ".join(opts)

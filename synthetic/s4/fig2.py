@@ -27,11 +27,11 @@ import argparse
 import json
 import re
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from synthetic.cli import check_out_dir
-from synthetic.plots import plot_fig2_three_ways
 from synthetic.results import ResultsFile, best_of_grid, lr_edge
 
 # our default conventions' "LoRA (S4+Proj)" puts LoRA on A and C: the official preset's "LoRA (A&C+Proj)"
@@ -131,9 +131,100 @@ def _one_config(records: List[Dict]) -> List[Dict]:
     return [r for r in records if _fingerprint(r.get("config", {})) == want]
 
 
+# ------------------------------------------------------------------------------------------- figure
+# One message per panel; colour = method, marker and line = source (synthetic.palette.SOURCE_MARKERS).
+PANELS = (("official_code", "preset_seed123"), ("paper", "preset_seeds"), ("paper", "default_conventions"))
+SOURCE_OF = {"preset_seed123": "preset", "preset_seeds": "preset"}  # the palette's source names
+SOURCE_LABELS = {"paper": "paper (read off its Fig. 2)", "official_code": "official code (seed 123, best lr)",
+                 "preset": "this toolkit, official preset ((a) seed 123, best lr; (b) mean over seeds)",
+                 "default_conventions": "this toolkit, own conventions (paper preset, mean over seeds)"}
+
+
+def _titles(data: Dict) -> List[str]:
+    n = lambda src: max((p.get("n_seeds", 1) for p in data["sources"].get(src) or []), default=0)  # noqa: E731
+    devices = lambda key: " + ".join(  # noqa: E731
+        str(d) for d in data.get("files", {}).get(key, {}).get("devices") or [] if d) or "?"
+    return [f"(a) seed 123, official preset ({devices('preset')}) vs. official code\n"
+            "our preset (●) reruns the official code (■)",
+            f"(b) official preset ({n('preset_seeds')} seeds, {devices('preset')}) vs. the paper (★)\n"
+            "SDT below LoRA, by less; nothing nears the paper's 0; Full lowest",
+            f"(c) own conventions (paper preset, {n('default_conventions')} seeds) vs. the paper (★)\n"
+            f"{devices('default_conventions')}: the same verdicts"]
+
+
+def draw(data: Dict):
+    """Three panels sharing a log MSE axis (see :data:`PANELS`): (a) the official code and our official preset
+    at seed 123, (b) the official preset over seeds and (c) our own conventions, each against the paper's
+    points. Colour = method, marker and line = source, hollow = best lr at an edge of its grid; bars: min–max
+    over seeds; a value below the axis (the paper's SDT 0.0) is an arrow at its bottom edge. Returns the Figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from synthetic import plots as P
+    from synthetic.palette import METHOD_COLORS, SOURCE_MARKERS, method_color
+
+    pts = lambda src: data["sources"].get(src) or []  # noqa: E731
+    drawn = [p for srcs in PANELS for src in srcs for p in pts(src)]
+    core = [v for p in drawn if p["method"] != "Full" for v in (p["mse"], p.get("min"), p.get("max"))]
+    limits = P.focus_limits(core, [p["mse"] for p in drawn if p["method"] == "Full"])
+    fig = Figure(figsize=(16, 6.6))
+    panels = P._panel_axes(fig, [P._x_ranges([p["trainable_pct"] for src in srcs for p in pts(src)])
+                                 for srcs in PANELS])
+    for ax in (a for axes in panels for a in axes):
+        P._set_yscale(ax, "log", limits)
+    methods, n_edge, arrows = set(), 0, []
+    for axes, srcs, title in zip(panels, PANELS, _titles(data)):
+        for k, ax in enumerate(axes):
+            for src in srcs:
+                st = SOURCE_MARKERS[SOURCE_OF.get(src, src)]
+                by_m = defaultdict(list)
+                for p in pts(src):
+                    by_m[p["method"]].append(p)
+                for m, ps in by_m.items():
+                    methods.add(m)
+                    ps = sorted(ps, key=lambda p: p["trainable_pct"])
+                    ins = [p for p in ps if P._outside(p["mse"], limits) is None]
+                    arrows += [(ax, p, m, st) for p in ps if P._outside(p["mse"], limits)]
+                    err = ([[p["mse"] - p["min"] for p in ins], [p["max"] - p["mse"] for p in ins]]
+                           if ins and "min" in ins[0] else None)
+                    edge = [bool(p.get("lr_at_edge")) for p in ins]
+                    P._series(ax, [p["trainable_pct"] for p in ins], [p["mse"] for p in ins], err,
+                              color=method_color(m), marker=st["marker"], ms=st["ms"], ls=st["ls"], edge=edge,
+                              alpha=0.8 if src == "paper" else 1.0)
+                    n_edge += sum(edge) if k == 0 else 0
+            P._style_axes(ax, title=title if k == 0 else "")
+        axes[0].set_xlabel("trainable parameters (%)", fontsize=P.FONTS["label"])
+    for ax, p, m, st in arrows:
+        P.edge_arrow(ax, p["trainable_pct"], f"paper: {m} = {P._short(p['mse'])}\n(below the axis)"
+                     if "min" not in p else f"{m}\n{P._short(p['mse'])}", side=P._outside(p["mse"], limits),
+                     color=method_color(m), marker=st["marker"], ms=st["ms"])
+    for axes in panels[1:]:
+        axes[0].tick_params(axis="y", which="both", labelleft=False)
+    panels[0][0].set_ylabel("MSE (best training-batch loss; bars: min–max over seeds)", fontsize=P.FONTS["label"])
+    order = [m for m in METHOD_COLORS if m in methods] + sorted(m for m in methods if m not in METHOD_COLORS)
+    fig.legend(handles=[Line2D([], [], color=method_color(m), lw=5, label=m) for m in order],
+               loc="lower center", bbox_to_anchor=(0.5, 0.1), ncol=len(order), fontsize=P.FONTS["legend"] + 1,
+               frameon=False, title="colour: method", title_fontsize=P.FONTS["legend"] + 1)
+    srcs = [s for s in SOURCE_LABELS if any(data["sources"].get(k) for k in data["sources"] if SOURCE_OF.get(k, k) == s)]
+    handles = [Line2D([], [], color="k", marker=SOURCE_MARKERS[s]["marker"], ms=SOURCE_MARKERS[s]["ms"] - 1,
+                      ls=SOURCE_MARKERS[s]["ls"], lw=P.LW, label=SOURCE_LABELS[s]) for s in srcs]
+    if n_edge:
+        handles.append(P.hollow_handle())
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=P.FONTS["legend"] + 1,
+               frameon=False, title="marker and line: source", title_fontsize=P.FONTS["legend"] + 1)
+    if data.get("missing"):
+        fig.text(0.01, 0.94, "missing (not drawn): " + ", ".join(data["missing"]), fontsize=P.FONTS["note"] + 1)
+    fig.suptitle("Deep-S4 synthetic regression (Galim et al., ICML 2025, Fig. 2), three ways: the paper, the "
+                 "official code, this toolkit", fontsize=P.FONTS["title"] + 1)
+    fig.tight_layout(rect=(0, 0.2, 1, 0.98), w_pad=P.W_PAD)
+    return fig
+
+
 def plot(data: Dict, out_stem) -> List[str]:
-    """The figure (:func:`synthetic.plots.plot_fig2_three_ways`) and the points drawn (``<out_stem>.json``)."""
-    paths = plot_fig2_three_ways(data, out_stem) + [str(out_stem) + ".json"]
+    """The figure (:func:`draw`, ``<out_stem>.png`` and ``.pdf``) and the points drawn (``<out_stem>.json``)."""
+    from synthetic.plots import save
+
+    paths = save(draw(data), out_stem) + [str(out_stem) + ".json"]
     Path(paths[2]).write_text(json.dumps(data, indent=1) + "\n")
     return paths
 

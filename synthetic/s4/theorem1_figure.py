@@ -92,78 +92,163 @@ def table(rows_by_variant: Dict[str, List[Dict]]) -> str:
 
 def write_summary(out: str, preset: str) -> List[str]:
     """Summarise every variant file of ``preset`` in ``out``; write the JSON and the figure; print the table."""
-    rows_by_variant = {}
+    rows_by_variant, seen = {}, set()
     for v in VARIANT_FILES:
         p = Path(out) / f"theorem1_training_{preset}_{v}.json"
         if p.exists():
             recs = {}
             for r in run_records(ResultsFile(p).load()):
                 recs.setdefault(r["key"], r)  # a run trained twice (e.g. a duplicated group) counts once
+                seen.add("CPU" if str(r.get("device")).lower() == "cpu" else str(r.get("device")))
             rows_by_variant[v] = summarise(list(recs.values()))
     rows_by_variant = {k: v for k, v in rows_by_variant.items() if v}
     if not rows_by_variant:
         raise SystemExit(f"{out}: no theorem1_training_{preset}_*.json results (run python -m synthetic.s4_theorem1)")
-    stem = _stem(out, preset)
+    stem, devices = _stem(out, preset), " + ".join(sorted(seen - {"None"}))
     write_json_atomic(stem.with_suffix(".json"), {"preset": preset, "variants": rows_by_variant})
     print(table(rows_by_variant))
-    return [str(stem.with_suffix(".json"))] + plot(rows_by_variant, stem, preset)
+    return [str(stem.with_suffix(".json"))] + plot(rows_by_variant, stem, preset, devices)
 
 
-def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str) -> List[str]:
-    """Rows: variants; columns: (a) vs (b) over budgets, (c) the exact start vs noise, (d) loss curves."""
-    import matplotlib
+# ------------------------------------------------------------------------------------------- figure
+ARM_LABELS = {"SDT (Alg. 1)": "(a) SDT, Algorithm 1's selection", "SDT + LoRA (Alg. 1)": "(a) SDT + LoRA, Algorithm 1's",
+              "Oracle masks": "(b) the construction's masks"}  # what the README calls each arm
+NOISE_SERIES = (("start_mse_mean", "at the start (after the noise)", "x", ":"), ("best_mse_mean", "best", "o", "-"),
+                ("final_mse_mean", "final (last 2 %)", "s", "--"))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot(rows_by_variant: Dict[str, List[Dict]], stem: Path, preset: str, devices: str = "") -> List[str]:
+    """Rows: variants; columns: (a) Algorithm 1 vs (b) the construction's masks over budgets, (c) training
+    started at the exact solution plus noise, (d) loss curves at the theorem's budget. Each panel's y range
+    fits its curves; the construction's float64 MSE and the frozen MSE, where outside it, are arrows at its
+    edge. Colour = arm (:mod:`synthetic.palette`)."""
+    from matplotlib.figure import Figure
+
+    from synthetic.plots import FONTS, save
 
     variants = list(rows_by_variant)
-    fig, axes = plt.subplots(len(variants), 3, figsize=(15, 4.2 * len(variants)), squeeze=False)
+    fig = Figure(figsize=(16, 4.6 * len(variants)))
+    axes = fig.subplots(len(variants), 3, squeeze=False)
     for i, v in enumerate(variants):
         rows = rows_by_variant[v]
         floor = _mean(r["exact_mse64_mean"] for r in rows)
         frozen = _mean(r["start_mse_mean"] for r in rows if _base(r["arm"]) in ("SDT (Alg. 1)", "SDT + LoRA (Alg. 1)"))
-        ax = axes[i][0]
-        for arm, mk in (("SDT (Alg. 1)", "o-"), ("SDT + LoRA (Alg. 1)", "s-"), ("Oracle masks", "^-")):
-            pts = sorted(((r["trainable_pct"], r) for r in rows if _base(r["arm"]) == arm and r["best_mse_mean"] is not None),
-                         key=lambda p: p[0])
-            if pts:
-                ax.errorbar([p for p, _ in pts], [r["best_mse_mean"] for _, r in pts],
-                            yerr=[[r["best_mse_mean"] - r["best_mse_min"] for _, r in pts],
-                                  [r["best_mse_max"] - r["best_mse_mean"] for _, r in pts]], fmt=mk, label=arm,
-                            capsize=3)
-        ax.set(title=f"{v}: (a) Algorithm 1 vs (b) the construction's masks", xlabel="trainable %", ylabel="best MSE")
-        ax = axes[i][1]
-        for arm in sorted({r["arm"] for r in rows if _base(r["arm"]) == "Oracle start"}):
-            pts = sorted(((r["budget"]["noise"], r) for r in rows if r["arm"] == arm), key=lambda p: p[0])
-            xs = [max(s, 1e-4) for s, _ in pts]  # noise 0 drawn at 1e-4 (log axis)
-            tag = arm[len("Oracle start"):].strip()
-            ax.plot(xs, [r["start_mse_mean"] for _, r in pts], "x--", label=f"at start (after the noise) {tag}")
-            ax.plot(xs, [r["best_mse_mean"] for _, r in pts], "o-", label=f"best {tag}")
-            ax.plot(xs, [r["final_mse_mean"] for _, r in pts], "s-", label=f"final {tag}")
-            ax.set_xscale("log")
-        ax.set(title=f"{v}: (c) start at the exact solution + noise (0 at 1e-4)", xlabel="relative noise",
-               ylabel="MSE")
-        ax = axes[i][2]
-        for r in rows:
-            if _base(r["arm"]) in ("SDT (Alg. 1)", "Oracle masks", "SDT (Alg. 1) long", "Oracle masks long") \
-                    and r["curve"] and r["budget_label"] == _theorem_label(rows):
-                ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], label=f"{r['arm']} (lr {r['lr']:g})")
-        ax.set(title=f"{v}: (d) loss curves at the theorem's budget", xlabel="iteration", ylabel="batch MSE")
-        for ax in axes[i]:
-            ax.set_yscale("log")
-            if floor is not None:
-                ax.axhline(max(floor, 1e-30), color="k", ls=":", lw=1, label=f"construction (float64) {floor:.1e}")
-            if frozen is not None:
-                ax.axhline(frozen, color="gray", ls="--", lw=1, label=f"frozen {frozen:.3g}")
-            ax.legend(fontsize=7)
-    fig.suptitle(f"Theorem 1 vs training ({preset}): why SDT does not reach zero", fontsize=12)
-    fig.tight_layout()
-    paths = []
-    for ext in ("png", "pdf"):
-        fig.savefig(stem.with_suffix(f".{ext}"), dpi=110)
-        paths.append(str(stem.with_suffix(f".{ext}")))
-    plt.close(fig)
-    return paths
+        x_construction = next((r["trainable_pct"] for r in rows if _base(r["arm"]).startswith("Oracle start")), None)
+        _panel_budgets(axes[i][0], v, rows, floor, frozen, x_construction)
+        _panel_noise(axes[i][1], v, rows, floor, frozen)
+        _panel_curves(axes[i][2], v, rows, floor, frozen)
+    what = "deep S4 (ReLU and linear variants)" if len(variants) > 1 else f"deep S4 ({variants[0]})"
+    fig.suptitle(f"Theorem 1 vs training, {what}, {preset} preset{', ' + devices if devices else ''}: "
+                 "why SDT does not reach the construction's zero", fontsize=FONTS["title"] + 2)
+    fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=2.0)
+    return save(fig, stem)
+
+
+def _floor_arrows(ax, floor, frozen, x, hi, dx=0.0) -> None:
+    """The construction's float64 MSE (a star on the bottom edge at ``x``, text ``dx`` points aside) and the
+    frozen MSE (a dashed line; a legend entry when above the range's top ``hi``)."""
+    from synthetic.palette import METHOD_COLORS, REFERENCE_COLORS
+    from synthetic.plots import edge_arrow
+
+    if floor is not None and x is not None:
+        edge_arrow(ax, x, f"Theorem 1 construction (float64):\nMSE {floor:.1e}, below the axis", side="bottom",
+                   color=REFERENCE_COLORS["Theorem 1 construction"], marker="*", ms=12, dx=dx)
+    if frozen is not None:
+        above = frozen > hi
+        ax.axhline(frozen, color=METHOD_COLORS["Frozen"], ls="--", lw=1,
+                   label=f"frozen model: {frozen:.3g}" + (" (above the axis)" if above else ""))
+
+
+def _limits(ax, values) -> tuple:
+    from synthetic.plots import _set_yscale, focus_limits
+
+    lim = focus_limits(values)
+    _set_yscale(ax, "log", lim)
+    return lim
+
+
+def _panel_budgets(ax, v, rows, floor, frozen, x_construction) -> None:
+    from synthetic.palette import method_style
+    from synthetic.plots import MS, _series, _style_axes, hollow_handle
+
+    values, n_edge = [], 0
+    for arm, label in ARM_LABELS.items():
+        pts = sorted((r for r in rows if _base(r["arm"]) == arm and r["best_mse_mean"] is not None),
+                     key=lambda r: r["trainable_pct"])
+        if not pts:
+            continue
+        st = method_style(arm)
+        edge = [bool(r["lr_at_edge"]) for r in pts]
+        n_edge += sum(edge)
+        values += [x for r in pts for x in (r["best_mse_min"], r["best_mse_max"])]
+        _series(ax, [r["trainable_pct"] for r in pts], [r["best_mse_mean"] for r in pts],
+                [[r["best_mse_mean"] - r["best_mse_min"] for r in pts], [r["best_mse_max"] - r["best_mse_mean"]
+                                                                         for r in pts]],
+                color=st["color"], marker=st["marker"], ms=MS, ls="-", edge=edge,
+                label=f"{label} ({max(r['n_seeds'] for r in pts)} seeds)")
+    _, hi = _limits(ax, values)
+    iters = min((r["iters"] for r in rows if _base(r["arm"]) in ARM_LABELS), default=0)
+    _style_axes(ax, "trainable parameters (%)", "best MSE (mean over seeds; bars: min–max)",
+                f"{v}: (a) Algorithm 1's SDT vs. (b) the construction's masks, {iters:,} it")
+    _floor_arrows(ax, floor, frozen, x_construction, hi, dx=-20)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + ([hollow_handle()] if n_edge else []), fontsize=FONTS_LEGEND, loc="upper right")
+
+
+def _panel_noise(ax, v, rows, floor, frozen) -> None:
+    from synthetic.palette import METHOD_COLORS
+    from synthetic.plots import LW, _style_axes
+
+    arms = sorted({r["arm"] for r in rows if _base(r["arm"]) == "Oracle start"})
+    noises = sorted({r["budget"]["noise"] for r in rows if r["arm"] in arms})
+    color = METHOD_COLORS["construction's masks"]
+    values = []
+    for j, arm in enumerate(arms):
+        tag = arm[len("Oracle start"):].strip()
+        pts = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["budget"]["noise"])
+        for k, (key, name, marker, ls) in enumerate(NOISE_SERIES):
+            dodge = (k - 1) * 0.07 + (j - (len(arms) - 1) / 2) * 0.22  # side by side: no point hides another
+            xs = [noises.index(r["budget"]["noise"]) + dodge for r in pts]
+            ys = [r[key] for r in pts]
+            values += [y for y in ys if y is not None]
+            ax.plot(xs, ys, marker=marker, ls=ls, lw=LW, ms=6, color=color, alpha=1.0 if j == 0 else 0.45,
+                    mfc=color if marker != "x" else None, label=f"{name} {tag}".strip())
+    ax.set_xticks(range(len(noises)), ["0 (exact)" if n == 0 else f"{100 * n:g} %" for n in noises])
+    _, hi = _limits(ax, values + ([frozen] if frozen else []))
+    _style_axes(ax, "noise added to the exact solution (relative to each tensor's RMS)", "MSE",
+                f"{v}: (c) training started at the exact solution + noise")
+    _floor_arrows(ax, floor, frozen, 0, hi, dx=20)
+    ax.legend(fontsize=FONTS_LEGEND, loc="upper left", title="(paler: TF32)" if len(arms) > 1 else None,
+              title_fontsize=FONTS_LEGEND)
+
+
+def _panel_curves(ax, v, rows, floor, frozen) -> None:
+    from synthetic.palette import method_color
+    from synthetic.plots import _style_axes
+
+    label = _theorem_label(rows)
+    values = []
+    for r in rows:
+        base = _base(r["arm"])
+        long = base.endswith(" long")
+        arm = base[:-len(" long")] if long else base
+        if arm not in ("SDT (Alg. 1)", "Oracle masks") or not r["curve"] or r["budget_label"] != label:
+            continue
+        ys = [p[1] for p in r["curve"]]
+        values += ys
+        ax.plot([p[0] + 1 for p in r["curve"]], ys, color=method_color(arm), ls="--" if long else "-",
+                lw=1.2 if long else 2.4, alpha=1.0 if long else 0.7, zorder=3 if long else 2,
+                label=f"{ARM_LABELS[arm][4:]}, {r['iters']:,} it (lr {r['lr']:g})")
+    ax.set_xscale("log")
+    _, hi = _limits(ax, values)
+    iters = sorted({r["iters"] for r in rows if r["budget_label"] == label and _base(r["arm"]) != "Oracle start"})
+    _style_axes(ax, "iteration + 1 (log scale)", "training-batch MSE (mean over seeds)",
+                f"{v}: (d) loss at the theorem's budget ({label}): " + " vs. ".join(f"{i:,}" for i in iters) + " it")
+    _floor_arrows(ax, floor, None, 300, hi, dx=-20)
+    ax.legend(fontsize=FONTS_LEGEND, loc="upper right")
+
+
+FONTS_LEGEND = 7
 
 
 def _theorem_label(rows: List[Dict]) -> str:
