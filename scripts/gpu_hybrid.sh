@@ -8,8 +8,8 @@
 #      rounds in one process for $EXTEND_BUDGET s (once the base grid is complete; a call that finds the base grid
 #      complete skips the shards and gives that process both budgets: the runner plans extension rounds in one
 #      process, so they do not spread over shards); summary table and figure.
-# Time-budgeted and resumable: the sweep resumes from $RESULTS/hybrid_regression_paper.json in the tree. After a call,
-# copy $OUT/hybrid_regression_paper.json to figures/ (commit it) and run the script again until the log says
+# Time-budgeted and resumable: the sweep resumes from $RESULTS/hybrid_regression_paper.jsonl in the tree. After a call,
+# copy $OUT/hybrid_regression_paper.jsonl to figures/ (commit it) and run the script again until the log says
 # "sweep complete". Expected: ~4 min per call (worst ~5: a run in progress at the budget finishes). Estimated, not
 # measured (no GPU was lent to the author): ~30-45 s per run on the reference backend, a few s with mamba-ssm;
 # the base grid (104 runs: 17 budgets x 3 lrs x 2 seeds + Frozen) takes ~3-4 calls on the reference backend with 8
@@ -87,7 +87,7 @@ if has sweep; then
     "$PY" -m synthetic.hybrid_regression "${ARGS[@]}" --dry-run 2>&1 | tee "$OUT/plan.txt" | tee -a "$LOG" || true
     if grep -q "^0 base-grid runs to do, 0 lr-extension runs next" "$OUT/plan.txt"; then log "sweep complete"; \
         else log "sweep not complete: run the script again (after copying the results file back)"; fi
-    for f in "hybrid_regression_$PRESET.json" "hybrid_mse_vs_params_$PRESET.png" "hybrid_mse_vs_params_$PRESET.pdf"; do
+    for f in "hybrid_regression_$PRESET.jsonl" "hybrid_mse_vs_params_$PRESET.png" "hybrid_mse_vs_params_$PRESET.pdf"; do
         [[ -f "$RESULTS/$f" ]] && cp "$RESULTS/$f" "$OUT/"
     done
 fi

@@ -3,14 +3,14 @@
 # run from the repo root. Each call resumes from the results files it is given and stops every job at
 # DEADLINE seconds (the sweeps' own time budgets end them a little earlier, `timeout` is the backstop), then
 # folds each experiment's per-process files into one and copies it into $OUT:
-#   1. the official preset's lr-extension rounds (figures/s4_regression_official.json);
+#   1. the official preset's lr-extension rounds (figures/s4_regression_official.jsonl);
 #   2. the S4 paper preset with every method (--methods all; batch 1000, the batch of the committed
-#      figures/s4_regression_paper.json, whose records it reuses) in S4_PROCS processes, each one a subset of
+#      figures/s4_regression_paper.jsonl, whose records it reuses) in S4_PROCS processes, each one a subset of
 #      methods (the records are keyed by method, budget, lr and seed, so the files union without conflicts):
-#      RESULTS/peft_methods_s4_paper.json;
+#      RESULTS/peft_methods_s4_paper.jsonl;
 #   3. mamba-ssm built from ../.whl (or SDIST_DIR) if not importable, then the Mamba paper preset with every
 #      method in one process per method/budget subset (the core methods' records come from
-#      figures/mamba_regression_paper.json): RESULTS/peft_methods_mamba_paper.json.
+#      figures/mamba_regression_paper.jsonl): RESULTS/peft_methods_mamba_paper.jsonl.
 # A process per subset, not --shard: each one also runs its own lr-extension rounds.
 # Usage: GIT_COMMIT=<sha> DEADLINE=540 bash scripts/gpu_issue20.sh
 set -uo pipefail
@@ -56,12 +56,12 @@ fi
 S4_SUBSETS=("Prompt tuning,Prefix-tuning" "Initial-state tuning,State-offset tuning,BitFit,DoRA (Proj),Additional-scan"
             "Frozen,LoRA (Proj),LoRA (S4+Proj),SDT,SDT + LoRA,Full")
 if has s4; then
-    [[ -f "$RESULTS/peft_methods_s4_paper.json" ]] || cp "$RESULTS/s4_regression_paper.json" "$RESULTS/peft_methods_s4_paper.json"
+    [[ -f "$RESULTS/peft_methods_s4_paper.jsonl" ]] || cp "$RESULTS/s4_regression_paper.jsonl" "$RESULTS/peft_methods_s4_paper.jsonl"
     for i in "${!S4_SUBSETS[@]}"; do
         d="$W/s4_$i"; mkdir -p "$d"
-        # the core-only subset writes s4_regression_paper.json (paths() names the file by the methods)
-        f=peft_methods_s4_paper.json; [[ $i == 2 ]] && f=s4_regression_paper.json
-        cp "$RESULTS/peft_methods_s4_paper.json" "$d/$f"
+        # the core-only subset writes s4_regression_paper.jsonl (paths() names the file by the methods)
+        f=peft_methods_s4_paper.jsonl; [[ $i == 2 ]] && f=s4_regression_paper.jsonl
+        cp "$RESULTS/peft_methods_s4_paper.jsonl" "$d/$f"
         timeout "$(left)" "$PY" -m synthetic.s4_regression --preset paper --batch 1000 --seeds 0,1,2 \
             --methods "${S4_SUBSETS[$i]}" --out "$d" --time-budget $(( $(left) - 40 )) >"logs/s4_$i.log" 2>&1 &
         PIDS+=($!)
@@ -78,11 +78,11 @@ if has mamba; then
             MAX_JOBS=${MAX_JOBS:-12} INSTALL=1 PYTHON="$PY" bash scripts/build_mamba_ssm.sh "$SDIST_DIR" /tmp/wheels
         fi
         "$PY" -c "import mamba_ssm; print('mamba_ssm', mamba_ssm.__version__)" || exit 1
-        [[ -f "$RESULTS/peft_methods_mamba_paper.json" ]] || cp "$RESULTS/mamba_regression_paper.json" "$RESULTS/peft_methods_mamba_paper.json"
+        [[ -f "$RESULTS/peft_methods_mamba_paper.jsonl" ]] || cp "$RESULTS/mamba_regression_paper.jsonl" "$RESULTS/peft_methods_mamba_paper.jsonl"
         MP=()
         for i in "${!M_SUBSETS[@]}"; do
             d="$W/mamba_$i"; mkdir -p "$d"
-            cp "$RESULTS/peft_methods_mamba_paper.json" "$d/"
+            cp "$RESULTS/peft_methods_mamba_paper.jsonl" "$d/"
             m=${M_SUBSETS[$i]#--methods }; m=${m%% --*}; rest=${M_SUBSETS[$i]#--methods "$m"}
             # shellcheck disable=SC2086
             OMP_NUM_THREADS=1 timeout "$(left)" "$PY" -m synthetic.mamba_regression --preset paper --backend mamba_ssm \
@@ -99,16 +99,16 @@ for p in "${PIDS[@]}"; do wait "$p"; log "process $p: rc $?"; done
 kill "$SMI" 2>/dev/null
 
 if has s4; then
-    union "$RESULTS/peft_methods_s4_paper.json" "$W"/s4_*/peft_methods_s4_paper.json "$W/s4_2/s4_regression_paper.json" 2>&1 | tee -a logs/main.log
-    cp "$RESULTS/peft_methods_s4_paper.json" "$OUT/"
+    union "$RESULTS/peft_methods_s4_paper.jsonl" "$W"/s4_*/peft_methods_s4_paper.jsonl "$W/s4_2/s4_regression_paper.jsonl" 2>&1 | tee -a logs/main.log
+    cp "$RESULTS/peft_methods_s4_paper.jsonl" "$OUT/"
 fi
-if has mamba && ls "$W"/mamba_*/peft_methods_mamba_paper.json >/dev/null 2>&1; then
-    union "$RESULTS/peft_methods_mamba_paper.json" "$W"/mamba_*/peft_methods_mamba_paper.json 2>&1 | tee -a logs/main.log
-    cp "$RESULTS/peft_methods_mamba_paper.json" "$OUT/"
+if has mamba && ls "$W"/mamba_*/peft_methods_mamba_paper.jsonl >/dev/null 2>&1; then
+    union "$RESULTS/peft_methods_mamba_paper.jsonl" "$W"/mamba_*/peft_methods_mamba_paper.jsonl 2>&1 | tee -a logs/main.log
+    cp "$RESULTS/peft_methods_mamba_paper.jsonl" "$OUT/"
     w=$(ls /tmp/wheels/mamba_ssm-*.whl 2>/dev/null | head -1)
     [[ -n "$w" ]] && ls -la "$w" | tee -a logs/main.log
 fi
-has official && cp "$RESULTS/s4_regression_official.json" "$OUT/"
+has official && cp "$RESULTS/s4_regression_official.jsonl" "$OUT/"
 log "done in $((SECONDS - T0)) s"
 tar czf "$OUT/logs.tar.gz" logs
 ls -la "$OUT"

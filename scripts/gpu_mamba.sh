@@ -127,13 +127,14 @@ if has sweep || has check; then
                 | tr '\r' '\n' | grep -v '^USDT:' | grep -v 'it/s\]$' | tee -a "$LOG"
             step_rc "${PIPESTATUS[0]}" extend
         fi
-        cp "$RESULTS/mamba_regression_$PRESET.json" "$RESULTS/mamba_mse_vs_params_$PRESET.png" \
+        cp "$RESULTS/mamba_regression_$PRESET.jsonl" "$RESULTS/mamba_mse_vs_params_$PRESET.png" \
             "$RESULTS/mamba_loss_curves_$PRESET.png" "$OUT/" 2>/dev/null
     fi
     if has check; then
         "$PY" - /tmp/gpu_mamba_check_true /tmp/gpu_mamba_check_false "$OUT/mamba_fused_check.json" <<'EOF' 2>&1 | tee -a "$LOG"
 import glob, json, sys
-load = lambda d: [r for f in glob.glob(d + "/mamba_regression_*.json") for r in json.load(open(f))]
+from synthetic.results import ResultsFile
+load = lambda d: [r for f in glob.glob(d + "/mamba_regression_*.jsonl") for r in ResultsFile(f).runs()]
 fused, unfused = load(sys.argv[1]), load(sys.argv[2])
 json.dump({"fused_requested": fused, "unfused": unfused}, open(sys.argv[3], "w"), indent=1)
 by = {(r["method"], r["budget_label"], r["lr"], r["seed"]): r for r in unfused}

@@ -8,10 +8,10 @@
 #      mamba-ssm and pytest are present (~30-60 s with Triton's first compile).
 #   3. the paper-preset sweep (python -m synthetic.mamba2_regression --preset paper) in SHARDS processes on the
 #      GPU, each stopping new runs after the time left (resumable: runs already in $RESULTS/
-#      mamba2_regression_paper.json are skipped), then --merge, then the lr-extension rounds in one process
+#      mamba2_regression_paper.jsonl are skipped), then --merge, then the lr-extension rounds in one process
 #      with what time is left, and the figure.
 # Everything is logged to $OUT/gpu_mamba2.log; the results file, figure and logs are copied into $OUT.
-# To resume in a later call: copy $OUT/mamba2_regression_paper.json to figures/ (the default RESULTS) first.
+# To resume in a later call: copy $OUT/mamba2_regression_paper.jsonl to figures/ (the default RESULTS) first.
 #
 #   OUT=... bash scripts/gpu_mamba2.sh
 # Environment (defaults):
@@ -106,7 +106,7 @@ if has sweep; then
         log "sweep skipped: only $(left)s left"
     fi
     "${SW[@]}" --dry-run 2>&1 | tail -n 12 | tee -a "$LOG" || true
-    cp -f "$RESULTS/mamba2_regression_$PRESET.json" "$RESULTS/mamba2_mse_vs_params_$PRESET.png" \
+    cp -f "$RESULTS/mamba2_regression_$PRESET.jsonl" "$RESULTS/mamba2_mse_vs_params_$PRESET.png" \
           "$RESULTS/mamba2_mse_vs_params_$PRESET.pdf" "$OUT"/ 2>/dev/null || log "some result files missing"
 fi
 log "done in $((SECONDS - T0))s; failed: ${FAILED[*]:-none}"

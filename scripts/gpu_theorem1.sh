@@ -34,7 +34,7 @@ done <<< "$JOBS"
 for p in "${PIDS[@]}"; do wait "$p" || log "job exited with $?"; done
 log "jobs done"
 "$PY" -m synthetic.s4_theorem1 --preset paper --plot-only --out "$RESULTS" >logs_t1/summary.log 2>&1 || log "summary failed"
-cp "$RESULTS"/theorem1_training_paper_*.json "$RESULTS"/theorem1_training.json "$RESULTS"/theorem1_training.png \
+cp "$RESULTS"/theorem1_training_paper_*.jsonl "$RESULTS"/theorem1_training.json "$RESULTS"/theorem1_training.png \
     "$RESULTS"/theorem1_training.pdf "$OUT"/ 2>/dev/null || true
 for f in logs_t1/*.log; do echo "=== $f"; tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -60; done > "$OUT/logs.txt"
 log "end"

@@ -166,7 +166,7 @@ def run_grid(cfg: HybridRegressionConfig) -> List[dict]:
 
 def out_paths(cfg: HybridRegressionConfig) -> Dict[str, Path]:
     out = Path(cfg.out)
-    return {"json": out / f"hybrid_regression_{cfg.preset}.json", "mse": out / f"hybrid_mse_vs_params_{cfg.preset}"}
+    return {"json": out / f"hybrid_regression_{cfg.preset}.jsonl", "mse": out / f"hybrid_mse_vs_params_{cfg.preset}"}
 
 
 _NOT_IN_KEY = ("out", "plot_only", "dry_run", "time_budget_s", "threads", "preset", "device", "seeds", "lrs", "methods",

@@ -24,7 +24,8 @@ from typing import Dict, List
 
 import torch
 
-from synthetic.cli import check_out_dir, write_json_atomic
+from synthetic.atomic import write_json_atomic
+from synthetic.cli import check_out_dir
 from synthetic.results import environment
 from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
 from synthetic.s4.timing import bench_method, cpu_info
