@@ -9,11 +9,13 @@ API
 - :func:`run_key(config) <run_key>` -> str: a canonical, order-independent key of a run's
   identifying config (a dict of JSON values, e.g. ``{"method": "SDT", "budget": {...}, "lr": 1e-3,
   "seed": 0}``). Two dicts with equal content give the same key.
-- :class:`ResultsFile(path) <ResultsFile>`: a JSON list of run records on disk.
-  ``.load()`` -> list of records; ``.completed_keys()`` -> set of ``record["key"]``;
-  ``.append(record)`` / ``.extend(records)`` rewrite the file atomically (write a temporary file in
-  the same folder, fsync, ``os.replace``), so a kill at any moment leaves either the old or the new
-  list, never a torn file. Records must carry a ``"key"`` (use :func:`run_key`).
+- :class:`ResultsFile(path) <ResultsFile>`: run records on disk, one JSON object per line (JSON Lines), append-only:
+  ``.load()`` -> list of records (validated: a broken line or a record without its fields is a
+  :class:`ResultsFileError` naming the file and line; a torn last line from a kill is dropped with a note);
+  ``.completed_keys()``; ``.append(record)`` / ``.extend(records)`` append the records whose key is new in one
+  write, fsynced (never a whole-file rewrite); ``.lock()``: the file's one-writer lock
+  (:class:`synthetic.atomic.FileLock`; the runner holds it for a whole sweep). Old files (one JSON list) still load.
+  Records must carry a ``"key"`` (use :func:`run_key`).
 - :func:`is_diverged(x) <is_diverged>`: True for a non-finite loss (NaN/inf) or None.
 - :func:`best_of_grid(records, group_keys) <best_of_grid>` -> list of rows: for each group (e.g.
   method and budget) pick the learning rate whose mean ``best_mse`` over seeds is lowest, using
