@@ -396,7 +396,7 @@ from synthetic.s4.experiment import plot, summary_table
 
 tmp = Path(tempfile.mkdtemp())
 shutil.copy("figures/s4_regression_paper.jsonl", tmp / "s4_regression_paper.jsonl")
-cfg_paper = parse_config(["--preset", "paper", "--plot-only", "--out", str(tmp)])
+cfg_paper = parse_config(["--preset", "paper", "--batch", "1000", "--plot-only", "--out", str(tmp)])
 print(summary_table(cfg_paper))
 print('''
 paper (approx., official plot): Frozen 3.05 | LoRA (Proj) 8->26%: 2.1->1.6 | LoRA (S4+Proj) 8->26%: 1.95->1.43
