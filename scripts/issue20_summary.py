@@ -10,9 +10,9 @@ import statistics
 import sys
 from collections import defaultdict
 
-FILES = {"official": ("figures/s4_regression_official.json", (123, 124, 125, 126, 127)),
-         "s4": ("figures/peft_methods_s4_paper.json", (0, 1, 2)),
-         "mamba": ("figures/peft_methods_mamba_paper.json", (0, 1, 2))}
+FILES = {"official": ("figures/s4_regression_official.jsonl", (123, 124, 125, 126, 127)),
+         "s4": ("figures/peft_methods_s4_paper.jsonl", (0, 1, 2)),
+         "mamba": ("figures/peft_methods_mamba_paper.jsonl", (0, 1, 2))}
 
 
 def groups(path):

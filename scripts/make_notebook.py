@@ -42,9 +42,10 @@ def build(execute: bool = True, path: Path = ROOT / "paper_checks.ipynb") -> Non
         os.environ.pop("MPLBACKEND", None)  # keep the inline backend, so figures are saved in the notebook
         nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                 resources={"metadata": {"path": str(ROOT)}}).execute()
-    tmp = path.with_suffix(".ipynb.partial")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, path)  # atomic: never a half-written notebook
+    sys.path.insert(0, str(ROOT))
+    from synthetic.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: nbformat.write(nb, tmp))  # never a half-written notebook
 
 
 def main(argv=None) -> int:
@@ -387,15 +388,15 @@ md(r"""
 Target: 1-layer deep S4 ($D=64$, $H^\star=8$); frozen: 4 layers ($H=16$); ReLU; integer inputs 0–9.
 The committed results come from an H100 run of `python -m synthetic.s4_regression --preset paper`
 (see `README.md` for the deviations: batch 1000 in the sweep). Redrawn here from
-`figures/s4_regression_paper.json`, with the paper's approximate reference values beside ours.
+`figures/s4_regression_paper.jsonl`, with the paper's approximate reference values beside ours.
 """)
 code(r"""
 import shutil, tempfile
 from synthetic.s4.experiment import plot, summary_table
 
 tmp = Path(tempfile.mkdtemp())
-shutil.copy("figures/s4_regression_paper.json", tmp / "s4_regression_paper.json")
-cfg_paper = parse_config(["--preset", "paper", "--plot-only", "--out", str(tmp)])
+shutil.copy("figures/s4_regression_paper.jsonl", tmp / "s4_regression_paper.jsonl")
+cfg_paper = parse_config(["--preset", "paper", "--batch", "1000", "--plot-only", "--out", str(tmp)])
 print(summary_table(cfg_paper))
 print('''
 paper (approx., official plot): Frozen 3.05 | LoRA (Proj) 8->26%: 2.1->1.6 | LoRA (S4+Proj) 8->26%: 1.95->1.43
@@ -413,7 +414,7 @@ generated sequences. SDT updates, per selected channel, the `A_log` row and the 
 inside `x_proj` (channels chosen by Algorithm 1); LoRA (S6+Proj) adapts `in_proj, out_proj, x_proj, dt_proj`
 and `A_log` as a $D\times H$ matrix. The GPU sweep is complete: all six methods, every budget, lrs 1e-3…1e-1
 grown to 0.4 where the best was at the top, 3 seeds (H200; 7 early runs from an H100, same keys). The CPU
-reference-backend run uses a smaller configuration. Redrawn from `figures/mamba_regression_*.json`.
+reference-backend run uses a smaller configuration. Redrawn from `figures/mamba_regression_*.jsonl`.
 """)
 code(r"""
 from synthetic.mamba.experiment import out_paths, parse_args, plot as mamba_plot, summary as mamba_summary
@@ -421,7 +422,7 @@ from synthetic.results import ResultsFile
 
 for preset in ("paper", "cpu"):
     tmp = Path(tempfile.mkdtemp())
-    shutil.copy(f"figures/mamba_regression_{preset}.json", tmp / f"mamba_regression_{preset}.json")
+    shutil.copy(f"figures/mamba_regression_{preset}.jsonl", tmp / f"mamba_regression_{preset}.jsonl")
     mp = out_paths(parse_args(["--preset", preset, "--out", str(tmp), "--plot-only"]))
     recs = ResultsFile(mp["json"]).runs()
     devices = sorted({r.get("device", "?") for r in recs})
@@ -479,7 +480,7 @@ from synthetic.mamba2.config import out_paths as m2_paths, parse_args as m2_args
 from synthetic.mamba2.experiment import plot as m2_plot, summary as m2_summary
 
 tmp = Path(tempfile.mkdtemp())
-shutil.copy("figures/mamba2_regression_cpu.json", tmp / "mamba2_regression_cpu.json")
+shutil.copy("figures/mamba2_regression_cpu.jsonl", tmp / "mamba2_regression_cpu.jsonl")
 cfg2 = m2_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"])
 m2_summary(ResultsFile(m2_paths(cfg2)["json"]).runs())
 m2_plot(cfg2)
@@ -494,7 +495,7 @@ $i \bmod P = o$; Jamba-v0.1: $P=8$, $o=4$, one attention per seven Mamba blocks)
 $h \leftarrow h + \mathrm{mixer}(\mathrm{RMSNorm}(h))$, no MLP; target: a smaller hybrid. Attention runs through
 `scaled_dot_product_attention(is_causal=True)`, held here against its explicit softmax twin in float64. Table 4
 compares DoRA (Lin) + SDT (SSM) with DoRA (Lin) + DoRA (SSM); the experiment also runs LoRA on the attention
-projections with SDT, LoRA or DoRA on the SSM modules. Redrawn from `figures/hybrid_regression_cpu.json` (the GPU
+projections with SDT, LoRA or DoRA on the SSM modules. Redrawn from `figures/hybrid_regression_cpu.jsonl` (the GPU
 paper preset is pending).
 """)
 code(r"""
@@ -509,7 +510,7 @@ q, k, v = (torch.randn(2, 2, 9, 4, generator=g, dtype=torch.float64) for _ in ra
 print(f"SDPA vs explicit softmax attention (float64): rel. err {rel_err(sdpa_causal(q, k, v), explicit_causal_attention(q, k, v)):.1e}")
 
 tmp = Path(tempfile.mkdtemp())
-shutil.copy("figures/hybrid_regression_cpu.json", tmp / "hybrid_regression_cpu.json")
+shutil.copy("figures/hybrid_regression_cpu.jsonl", tmp / "hybrid_regression_cpu.jsonl")
 hp = hybrid_paths(hybrid_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"]))
 hybrid_summary(ResultsFile(hp["json"]).runs())
 hybrid_plot(hp)

@@ -450,25 +450,10 @@ def check_overwrite(path, identity: Dict, force: bool, fields: Sequence[str] = (
 
 
 def write_json_atomic(path, data) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    import json
-    import os
-    import tempfile
-    from pathlib import Path
+    """Write ``data`` as JSON to ``path`` atomically (:func:`synthetic.atomic.write_json_atomic`)."""
+    from synthetic.atomic import write_json_atomic as write
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write(path, data)
 
 
 COMMON_HELP = {

@@ -1,12 +1,13 @@
 """The one record schema of every synthetic experiment's results file, and the normaliser old files load through.
 
-A results file (``figures/<experiment>_<preset>.json``) is a JSON list of records. Every record has a
+A results file (``figures/<experiment>_<preset>.jsonl``) holds one record per line (JSON Lines; the format and its
+encoding: :class:`synthetic.results.ResultsFile`; older files were one JSON list). Every record has a
 ``kind``: ``"run"`` (one training run) or ``"sweep"`` (one invocation of the sweep: its wall time and
 counts). :data:`RUN_FIELDS` lists the fields every run record carries, whatever the experiment;
 :data:`EXPERIMENT_FIELDS` the ones an experiment adds. Files written before this schema (Mamba's
 ``trainable_count`` / ``wall_time_s``, the official preset's ``total_params``; no ``experiment``,
 ``preset``, ``model_seed``, ``kind``, or ``lr_source`` from before grids grew) load through :func:`normalise`: field renames and additions only,
-run keys unchanged, values untouched. ``scripts/migrate_results.py`` rewrites committed files with it.
+run keys unchanged, values untouched. ``scripts/migrate_results.py`` moves old ``.json`` lists to ``.jsonl`` with it.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from synthetic.progress import progress
-from synthetic.results import LrPolicy, ResultsFile, environment, lr_extension_plan, run_key, utc_now
+from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError, environment, exit_error,
+                               lr_extension_plan, run_key, utc_now)
 
 __all__ = ["Group", "Run", "Experiment", "SweepStats", "Dist", "distributed", "is_main_process", "run_sweep", "plan", "format_plan", "merge_shards",
            "shard_path", "shard_files", "parse_shard", "current_runs"]
@@ -128,17 +129,28 @@ def shard_files(main: Path) -> List[Path]:
     return sorted(main.parent.glob(f"{main.stem}.shard*of*{main.suffix}"))
 
 
-def merge_shards(main: Path, log: Callable[[str], None] = print) -> int:
-    """Fold every shard file of ``main`` into it (one atomic write; records already there are kept,
-    duplicate keys skipped), then delete the shard files. Returns the number of records added."""
+def merge_shards(main: Path, log: Callable[[str], None] = print, lock_shards: bool = True) -> int:
+    """Fold every shard file of ``main`` into it (appended; records already there are kept, duplicate keys
+    skipped), then delete the shard files. Holds ``main``'s lock and (``lock_shards``) every shard's: a shard still
+    being written is neither merged nor deleted (one-line error, exit 2). Returns the number of records added."""
     rf = ResultsFile(main)
-    files = shard_files(main)
-    recs = [r for f in files for r in ResultsFile(f).load()]
-    before = len(rf.completed_keys())
-    rf.extend(recs)
-    added = len(rf.completed_keys()) - before
-    for f in files:
-        f.unlink()
+    held = []
+    try:
+        with rf.lock():
+            files = shard_files(main)
+            if lock_shards:
+                held = [ResultsFile(f).lock(wait=False).acquire() for f in files]
+            recs = [r for f in files for r in ResultsFile(f).load()]
+            before = len(rf.completed_keys())
+            rf.extend(recs)
+            added = len(rf.completed_keys()) - before
+            for f in files:
+                f.unlink()
+    except (LockHeld, ResultsFileError) as e:
+        exit_error(str(e))
+    finally:
+        for lk in reversed(held):
+            lk.release()
     log(f"merged {len(files)} shard files ({len(recs)} records, {added} new) into {main}")
     return added
 
@@ -150,6 +162,28 @@ def done_keys(main: Path, records: Optional[Sequence[Dict[str, Any]]] = None) ->
     for f in shard_files(main):
         done |= ResultsFile(f).completed_keys()
     return done
+
+
+def identity(exp: Experiment) -> Dict[str, Any]:
+    """The record fields every record of ``exp``'s results file has: ``experiment`` and ``preset``, plus the
+    experiment's own ``identity`` (e.g. the Theorem 1 study's ``activation``) where it defines one."""
+    return {"experiment": exp.name, "preset": exp.preset, **dict(getattr(exp, "identity", None) or {})}
+
+
+def check_identity(exp: Experiment, records: Sequence[Dict[str, Any]]) -> None:
+    """Raise :class:`ResultsFileError` naming the file and line if a record belongs to another experiment, preset
+    or variant than ``exp`` (a file of another experiment is never resumed, extended or summarised as ``exp``'s)."""
+    want = identity(exp)
+    lines = getattr(records, "lines", None) or [None] * len(records)
+    for r, line in zip(records, lines):
+        fields = ("experiment", "preset") if r.get("kind") == "sweep" else tuple(want)
+        bad = {k: r.get(k) for k in fields if r.get(k) != want[k]}
+        if bad:
+            where = f"{getattr(records, 'path', None) or exp.results_path}" + (f", line {line}" if line else "")
+            has = ", ".join(f"{k} {v!r}" for k, v in bad.items())
+            asked = ", ".join(f"{k} {want[k]!r}" for k in bad)
+            raise ResultsFileError(f"{where}: a record of {has}, not {asked}: the file belongs to another "
+                                   "experiment, preset or variant; pass another --out")
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -274,17 +308,36 @@ class _Sweep:
         self.exp, self.time_budget, self.shard, self.log, self.ctx = exp, time_budget, shard, log, ctx
         self.t0 = time.monotonic()
         self.main = ResultsFile(exp.results_path)
-        self.done = done_keys(exp.results_path)
         if ctx is not None:
-            ctx.barrier()  # every rank has read what is done before any writes
             self.out = ResultsFile(shard_path(exp.results_path, ctx.rank, ctx.world))
             self.tag = f"rank {ctx.rank}/{ctx.world}: "
         else:
             self.out = ResultsFile(shard_path(exp.results_path, *shard)) if shard else self.main
             self.tag = ""
+        # one writer per file, from before what is done is read until the last record is written: a second
+        # process on the same --out is refused (or waits, SYNTHETIC_LOCK=wait) instead of retraining these runs
+        self.locks = []
+        try:
+            for rf in [self.out] + ([self.main] if ctx is not None and ctx.rank == 0 else []):
+                self.locks.append(rf.lock().acquire())
+            recs = self.main.read()
+            check_identity(exp, recs)
+            for f in shard_files(exp.results_path):
+                check_identity(exp, ResultsFile(f).read())
+            self.done = done_keys(exp.results_path, recs)
+        except BaseException:
+            self.release()
+            raise
+        if ctx is not None:
+            ctx.barrier()  # every rank has read what is done before any writes
         self.pack_key = getattr(exp, "pack_key", None)
         self.pending: List[Run] = []  # runs waiting to share a step (one pack key)
         self.st = SweepStats(results=self.main.path if ctx is not None else self.out.path)
+
+    def release(self) -> None:
+        for lk in reversed(self.locks):
+            lk.release()
+        self.locks = []
 
     def out_of_time(self) -> bool:
         return bool(self.time_budget) and self.st.calls > 0 and time.monotonic() - self.t0 > self.time_budget
@@ -354,7 +407,7 @@ class _Sweep:
         if self.ctx is not None:
             self.ctx.barrier()
             if self.ctx.rank == 0:
-                merge_shards(self.exp.results_path, log=lambda s: self.log(self.tag + s))
+                merge_shards(self.exp.results_path, log=lambda s: self.log(self.tag + s), lock_shards=False)
             self.ctx.barrier()
 
     def base_grid(self, groups: Sequence[Group]) -> None:
@@ -429,7 +482,19 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
     ctx: Optional[Dist] = distributed() if dist == "auto" else dist
     if ctx is not None and shard is not None:
         raise ValueError("--shard: not with torchrun (the ranks share the work already)")
-    sw = _Sweep(exp, time_budget, shard, log, ctx)
+    try:
+        sw = _Sweep(exp, time_budget, shard, log, ctx)
+    except (LockHeld, ResultsFileError) as e:  # a results file in use, broken, or another experiment's
+        exit_error(str(e))
+    try:
+        return _run(sw, exp, time_budget, shard, log, ctx)
+    except ResultsFileError as e:
+        exit_error(str(e))
+    finally:
+        sw.release()
+
+
+def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> SweepStats:
     all_groups = exp.groups()
     groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
     sw.st.groups = len(groups)
@@ -459,8 +524,12 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
     in the base grid, the next lr-extension round (once the base grid is complete), and an estimated time
     from the wall time per run recorded in the results file (None where no run of that method is there)."""
     main = ResultsFile(exp.results_path)
-    records = main.load()
-    done = done_keys(exp.results_path, records)
+    try:
+        records = main.read()
+        check_identity(exp, records)
+        done = done_keys(exp.results_path, records)
+    except ResultsFileError as e:
+        exit_error(str(e))
     all_groups = exp.groups()
     groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
     per: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()

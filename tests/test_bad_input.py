@@ -37,7 +37,7 @@ CASES = [
     ("s4", S4 + ["--shard", "3/2"], "--shard"),
     ("s4", S4 + ["--out", "{file}"], "--out"),
     ("s4", S4 + ["--out", "{file}/sub"], "--out"),
-    ("s4", S4 + ["--out", "{corrupt}"], "not valid JSON (line 1"),
+    ("s4", S4 + ["--out", "{corrupt}"], "line 1: not valid JSON"),
     ("official", OFF + ["--seeds", "-1"], "--seeds"),
     ("official", OFF + ["--weight-decay", "nan"], "--weight-decay"),
     ("official", OFF + ["--out", "{file}"], "--out"),
@@ -52,14 +52,14 @@ CASES = [
     ("mamba", MAMBA + ["--out", "{corrupt}"], "not valid JSON"),
     ("mamba", MAMBA + ["--plot-only", "--out", "{empty}"], "--plot-only"),
     ("fig2", ["--preset", "{empty}/none.json", "--out", "{empty}/fig"], "--preset"),
-    ("fig2", ["--preset", str(ROOT / "figures" / "s4_regression_paper.json"), "--out", "{empty}/fig"],
+    ("fig2", ["--preset", str(ROOT / "figures" / "s4_regression_paper.jsonl"), "--out", "{empty}/fig"],
      "no official-preset runs"),
-    ("fig2", ["--preset", "{corrupt}/s4_regression_official.json", "--out", "{empty}/fig"], "not valid JSON"),
+    ("fig2", ["--preset", "{corrupt}/s4_regression_official.jsonl", "--out", "{empty}/fig"], "not valid JSON"),
     ("fig2", ["--out", "{file}/x"], "--out: "),
     ("fig2", ["--out", "{empty}"], "--out: "),
 ]
-CORRUPT = {"s4": "s4_regression_tiny.json", "official": "s4_regression_official-tiny.json",
-           "mamba": "mamba_regression_tiny.json", "fig2": "s4_regression_official.json"}
+CORRUPT = {"s4": "s4_regression_tiny.jsonl", "official": "s4_regression_official-tiny.jsonl",
+           "mamba": "mamba_regression_tiny.jsonl", "fig2": "s4_regression_official.jsonl"}
 
 
 def _digest(folder: Path) -> dict:
@@ -195,12 +195,12 @@ def test_ssd_scans_of_an_empty_sequence_are_empty(scan):
 
 
 def test_a_corrupted_results_file_is_one_line_from_the_command_line(tmp_path):
-    (tmp_path / "s4_regression_tiny.json").write_text("[{\"key\": 1},")  # truncated
+    (tmp_path / "s4_regression_tiny.jsonl").write_text("[{\"key\": 1},")  # truncated
     r = subprocess.run([sys.executable, "-m", "synthetic.s4_regression", "--preset", "tiny", "--device", "cpu",
                         "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "s4_regression_tiny.json: not valid JSON" in r.stderr
-    assert (tmp_path / "s4_regression_tiny.json").read_text() == "[{\"key\": 1},"
+    assert "s4_regression_tiny.jsonl: not valid JSON" in r.stderr
+    assert (tmp_path / "s4_regression_tiny.jsonl").read_text() == "[{\"key\": 1},"
 
 
 def test_results_files_are_readable_by_others(tmp_path):
@@ -220,6 +220,6 @@ def test_mamba_summary_keeps_to_one_configuration(tmp_path, capsys):
     capsys.readouterr()
     assert mamba_experiment.main(base + ["--iters", "3"]) == 0
     out = capsys.readouterr()
-    recs = mamba_experiment.ResultsFile(tmp_path / "mamba_regression_tiny.json").runs()
+    recs = mamba_experiment.ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").runs()
     assert len(recs) == 4  # Frozen + Full, twice
     assert "2 records of other configurations in the file are not shown" in out.err

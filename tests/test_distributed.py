@@ -38,7 +38,7 @@ def _torchrun(n, args):
 
 
 def _records(folder: Path):
-    runs = ResultsFile(folder / "s4_regression_tiny.json").runs()
+    runs = ResultsFile(folder / "s4_regression_tiny.jsonl").runs()
     keys = [r["key"] for r in runs]
     assert len(keys) == len(set(keys)), "duplicate run keys"
     return {r["key"]: {k: v for k, v in r.items() if k not in SKIP} for r in runs}
@@ -56,7 +56,7 @@ def test_two_ranks_give_the_records_of_one_process(tmp_path, one_process):
     assert "rank 1/2" in r.stdout + r.stderr  # both ranks took work
     assert _records(tmp_path) == one_process  # same keys, bit-identical values
     assert not list(tmp_path.glob("*.shard*"))  # merged into the one results file
-    sweeps = [x for x in ResultsFile(tmp_path / "s4_regression_tiny.json").load() if x["kind"] == "sweep"]
+    sweeps = [x for x in ResultsFile(tmp_path / "s4_regression_tiny.jsonl").load() if x["kind"] == "sweep"]
     assert sorted(x["rank"] for x in sweeps) == [0, 1] and all(x["world_size"] == 2 for x in sweeps)
 
 

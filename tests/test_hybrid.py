@@ -4,7 +4,6 @@ counts from closed-form formulas and from non-zero gradients, frozen entries bit
 refused naming the argument, and the experiment end to end through the runner (resume, --dry-run, --plot-only)."""
 
 import dataclasses
-import json
 import math
 
 import pytest
@@ -304,8 +303,8 @@ def test_every_preset_is_valid_and_run_keys_leave_budgets_out():
 def test_end_to_end_resume_dry_run_and_plot_only(tmp_path, capsys):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--lr-extend-factor", "0"]
     assert hexp.main(argv) == 0
-    path = tmp_path / "hybrid_regression_tiny.json"
-    recs = run_records(json.loads(path.read_text()))
+    path = tmp_path / "hybrid_regression_tiny.jsonl"
+    recs = run_records(ResultsFile(path).load())
     assert [r["method"] for r in recs] == list(hcfg.RUN_ORDER)  # each once (one budget, one lr, one seed)
     assert all(r["status"] == "ok" and r["experiment"] == "hybrid" for r in recs)
     by = {r["method"]: r for r in recs}
@@ -337,18 +336,18 @@ def test_a_new_hybrid_method_is_one_registry_entry(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "Norms only", entry)
     hexp.main(["--preset", "tiny", "--backend", "reference", "--methods", "Norms only", "--lr-extend-factor", "0",
                "--out", str(tmp_path)])
-    (rec,) = run_records(json.loads((tmp_path / "hybrid_regression_tiny.json").read_text()))
+    (rec,) = run_records(ResultsFile(tmp_path / "hybrid_regression_tiny.jsonl").load())
     assert rec["method"] == "Norms only" and rec["trainable"] == 2 * 8  # one gain per layer, d_model 8
 
 
 def test_committed_cpu_result_is_complete():
-    """figures/hybrid_regression_cpu.json: the CPU preset's sweep is done (a rerun starts nothing) and every
+    """figures/hybrid_regression_cpu.jsonl: the CPU preset's sweep is done (a rerun starts nothing) and every
     method of the registry has finished runs."""
     from pathlib import Path
 
     from synthetic.runner import plan
 
-    path = Path(__file__).resolve().parent.parent / "figures" / "hybrid_regression_cpu.json"
+    path = Path(__file__).resolve().parent.parent / "figures" / "hybrid_regression_cpu.jsonl"
     if not path.exists():
         pytest.skip("needs figures/hybrid_regression_cpu.json (python -m synthetic.hybrid_regression --preset cpu)")
     cfg = hcfg.validate(hcfg.make("cpu", out=str(path.parent), dry_run=True))

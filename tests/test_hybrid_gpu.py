@@ -3,8 +3,6 @@ CUDA (reference scan, torch's CUDA SDPA kernels) against its float64 CPU twin; w
 backend (unfused and fused) against the reference backend on the same weights, outputs and gradients, and SDT's
 frozen entries bit-identical after AdamW steps through the CUDA kernels; the tiny experiment end to end on CUDA."""
 
-import json
-
 import pytest
 import torch
 
@@ -17,7 +15,7 @@ from synthetic.hybrid.model import HybridRef, layer_kinds  # noqa: E402
 from synthetic.hybrid.peft import METHODS, PeftHybridStack, frozen_layers  # noqa: E402
 from synthetic.mamba.peft import get_backend  # noqa: E402
 from synthetic.mamba.ref import MambaRef  # noqa: E402
-from synthetic.results import run_records  # noqa: E402
+from synthetic.results import ResultsFile, run_records  # noqa: E402
 from theory.tolerances import rel_err  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -96,6 +94,6 @@ def test_mamba_ssm_backend_matches_reference(fused):
 
 def test_tiny_experiment_on_cuda(tmp_path):
     assert hexp.main(["--preset", "tiny", "--device", "cuda", "--out", str(tmp_path), "--lr-extend-factor", "0"]) == 0
-    recs = run_records(json.loads((tmp_path / "hybrid_regression_tiny.json").read_text()))
+    recs = run_records(ResultsFile(tmp_path / "hybrid_regression_tiny.jsonl").load())
     assert {r["method"] for r in recs} == set(METHODS) and all(r["status"] == "ok" for r in recs)
     assert all(r["device"] != "cpu" for r in recs)

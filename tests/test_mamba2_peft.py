@@ -3,11 +3,10 @@ every method starts at the frozen block, exact trainable counts (formula == opti
 gradient), frozen entries bit-identical after AdamW with weight decay, Algorithm 1's scores on planted changes,
 bad configs refused, and the tiny preset end to end through the runner (resume, --dry-run, --plot-only)."""
 
-import json
-
 import pytest
 import torch
 
+from synthetic.results import ResultsFile
 from synthetic.mamba2 import experiment as m2x
 from synthetic.mamba2.peft import (METHODS, Mamba2PeftConfig, PeftMamba2Block, get_backend, head_change_scores,
                                    in_proj_rows, select_heads_states, state_change_scores, trainable_count)
@@ -144,7 +143,7 @@ def test_algorithm1_scores_find_planted_changes():
 def test_tiny_preset_through_the_runner(tmp_path, capsys):
     argv = ["--preset", "tiny", "--out", str(tmp_path), "--lr-extend-factor", "0"]
     assert m2x.main(argv) == 0
-    recs = [r for r in json.loads((tmp_path / "mamba2_regression_tiny.json").read_text()) if r["kind"] == "run"]
+    recs = [r for r in ResultsFile(tmp_path / "mamba2_regression_tiny.jsonl").load() if r["kind"] == "run"]
     assert {r["method"] for r in recs} == set(METHODS)
     assert all(r["experiment"] == "mamba2" and r["status"] == "ok" for r in recs)
     frozen = next(r for r in recs if r["method"] == "Frozen")
@@ -153,7 +152,7 @@ def test_tiny_preset_through_the_runner(tmp_path, capsys):
     assert len(sdt["sdt_channels"]) == 2 and len(sdt["sdt_states"][0]) == 1  # heads per layer, states per group
     n = len(recs)
     assert m2x.main(argv) == 0  # resume: nothing new
-    assert len([r for r in json.loads((tmp_path / "mamba2_regression_tiny.json").read_text())
+    assert len([r for r in ResultsFile(tmp_path / "mamba2_regression_tiny.jsonl").load()
                 if r["kind"] == "run"]) == n
     assert m2x.main(argv + ["--dry-run"]) == 0
     assert "0 base-grid runs to do" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from synthetic.results import run_records
+from synthetic.results import ResultsFile, run_records
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -180,7 +180,7 @@ def test_select_channels_top_k_and_bounds():
 def test_regression_reference_backend_end_to_end(tmp_path):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path)]
     mamba_regression.main(argv)
-    recs = run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text()))
+    recs = run_records(ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").load())
     methods = {r["method"] for r in recs}
     assert methods == set(mcfg.METHOD_ORDER)
     for r in recs:
@@ -200,7 +200,7 @@ def test_regression_reference_backend_end_to_end(tmp_path):
     for name in ("mamba_mse_vs_params_tiny.png", "mamba_loss_curves_tiny.png"):
         assert (tmp_path / name).stat().st_size > 0
     mamba_regression.main(argv)  # resume: every run is done, nothing is appended
-    assert run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text())) == recs
+    assert run_records(ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").load()) == recs
     mamba_regression.main(argv + ["--plot-only"])
 
 
@@ -333,14 +333,14 @@ def test_regression_shards_merge_to_one_process_key_set(tmp_path):
     mamba_regression.main(base + ["--out", str(tmp_path / "one")])
     for i in (0, 1):  # shards: the base grid only
         mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--shard", f"{i}/2"])
-    shard_recs = [run_records(json.loads(f.read_text())) for f in sorted((tmp_path / "two").glob("*.shard*of2.json"))]
+    shard_recs = [run_records(ResultsFile(f).load()) for f in sorted((tmp_path / "two").glob("*.shard*of2.jsonl"))]
     assert len(shard_recs) == 2 and all(shard_recs)
     assert not {r["key"] for r in shard_recs[0]} & {r["key"] for r in shard_recs[1]}  # disjoint
     mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--merge"])
     assert not list((tmp_path / "two").glob("*.shard*"))
     mamba_regression.main(base + ["--out", str(tmp_path / "two")])  # the lr-extension rounds, in one process
-    one = run_records(json.loads((tmp_path / "one" / "mamba_regression_tiny.json").read_text()))
-    two = run_records(json.loads((tmp_path / "two" / "mamba_regression_tiny.json").read_text()))
+    one = run_records(ResultsFile(tmp_path / "one" / "mamba_regression_tiny.jsonl").load())
+    two = run_records(ResultsFile(tmp_path / "two" / "mamba_regression_tiny.jsonl").load())
     assert {r["key"] for r in one} == {r["key"] for r in two}
     assert {r["key"]: r["best_mse"] for r in one} == {r["key"]: r["best_mse"] for r in two}
     mamba_regression.main(base + ["--out", str(tmp_path / "two"), "--shard", "1/2"])  # resume: nothing to run
@@ -351,7 +351,7 @@ def test_regression_official_rule_option(tmp_path):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--methods", "SDT,SDT + LoRA",
             "--sdt-rule", "official", "--sdt-state-freeze", "0.5", "--lora-dropout", "0.1"]
     mamba_regression.main(argv)
-    recs = run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text()))
+    recs = run_records(ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").load())
     assert {r["method"] for r in recs} == {"SDT", "SDT + LoRA"}
     for r in recs:  # tiny: H = 4, half the A_log states frozen -> 2 trained per channel
         assert all(len(s) == 2 for layer in r["sdt_states"] for s in layer)

@@ -2,11 +2,9 @@
 against a float64 composition around theory.s6, counts == entries with a non-zero gradient, frozen weights
 bit-identical after training, bad configs rejected, and ``--methods all`` end to end on the CPU."""
 
-import json
-
 import pytest
 
-from synthetic.results import run_records
+from synthetic.results import ResultsFile, run_records
 import torch
 import torch.nn.functional as F
 
@@ -159,8 +157,8 @@ def test_run_keys_of_existing_methods_unchanged():
 def test_methods_all_end_to_end(tmp_path):
     argv = ["--preset", "tiny", "--backend", "reference", "--out", str(tmp_path), "--methods", "all"]
     mamba_regression.main(argv)
-    recs = run_records(json.loads((tmp_path / "peft_methods_mamba_tiny.json").read_text()))
+    recs = run_records(ResultsFile(tmp_path / "peft_methods_mamba_tiny.jsonl").load())
     assert {r["method"] for r in recs} == set(mcfg.ALL_METHODS)
     assert all(r["status"] == "ok" for r in recs)
     assert (tmp_path / "peft_methods_mamba_tiny.png").stat().st_size > 0
-    assert not (tmp_path / "mamba_regression_tiny.json").exists()
+    assert not (tmp_path / "mamba_regression_tiny.jsonl").exists()

@@ -2,11 +2,9 @@
 fast model vs float64 reference twin for every new term, trainable counts vs optimizer updates, frozen
 entries, bad budgets, ``--methods all``, and Proposition 1 on a layer built by the experiment code."""
 
-import json
-
 import pytest
 
-from synthetic.results import run_records
+from synthetic.results import ResultsFile, run_records
 import torch
 
 from synthetic.s4 import model as sm
@@ -176,11 +174,11 @@ def test_methods_all_end_to_end(tmp_path):
     argv = ["--preset", "tiny", "--no-compile", "--device", "cpu", "--out", str(tmp_path), "--methods", "all",
             "--seeds", "0", "--lrs", "1e-2"]
     s4r.main(argv)
-    recs = run_records(json.loads((tmp_path / "peft_methods_s4_tiny.json").read_text()))
+    recs = run_records(ResultsFile(tmp_path / "peft_methods_s4_tiny.jsonl").load())
     assert {r["method"] for r in recs} == set(s4m.METHODS)
     assert all(r["trainable"] == r["trainable_theory"] for r in recs)
     assert (tmp_path / "peft_methods_s4_tiny.png").stat().st_size > 0
-    assert not (tmp_path / "s4_regression_tiny.json").exists()
+    assert not (tmp_path / "s4_regression_tiny.jsonl").exists()
 
 
 # -------------------------------------------------------------------- Proposition 1, experiment-built

@@ -2,13 +2,11 @@
 skip ``u`` / ``D``) runs through the whole sweep, with its budget, label and trainable count, and nothing else
 to edit."""
 
-import json
-
 import torch
 
 from synthetic.mamba import experiment as mamba_experiment
 from synthetic.mamba import peft as mpeft
-from synthetic.results import run_records
+from synthetic.results import ResultsFile, run_records
 from synthetic.s4 import experiment as s4r
 from synthetic.s4 import methods as s4m
 
@@ -32,7 +30,7 @@ def test_a_new_s4_method_is_one_registry_entry(tmp_path, monkeypatch):
             "--lr-extend-factor", "0", "--methods", "Skip only", "--out", str(tmp_path)]
     for extra in ([], ["--train-skip-dt-bias"]):
         s4r.main(argv + extra)
-    recs = run_records(json.loads((tmp_path / "s4_regression_tiny.json").read_text()))
+    recs = run_records(ResultsFile(tmp_path / "s4_regression_tiny.jsonl").load())
     assert len(recs) == 2 and {r["method"] for r in recs} == {"Skip only"}
     for r in recs:
         assert r["budget_label"] == "skip_u=True"  # a label without a table entry
@@ -47,6 +45,6 @@ def test_a_new_mamba_method_is_one_registry_entry(tmp_path, monkeypatch):
     monkeypatch.setitem(mpeft.METHODS, "D only", entry)
     mamba_experiment.main(["--preset", "tiny", "--backend", "reference", "--methods", "D only",
                            "--lr-extend-factor", "0", "--out", str(tmp_path)])
-    recs = run_records(json.loads((tmp_path / "mamba_regression_tiny.json").read_text()))
+    recs = run_records(ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").load())
     assert [r["method"] for r in recs] == ["D only"]  # in the grid, not silently dropped
     assert recs[0]["trainable"] == 2 * 16  # D of both blocks: d_inner = 2 x 8

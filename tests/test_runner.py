@@ -5,7 +5,6 @@ every property of the loop (resume by key, time budget, shards and merge, lr-ext
 the dry-run plan) is checked on it without any model.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -117,7 +116,7 @@ def test_records_of_another_configuration_are_not_current(tmp_path):
     other = Toy(tmp_path / "r.json", best_lr=1e-1)
     assert runner.current_runs(other, ResultsFile(other.results_path).load()) == []
     runner.run_sweep(other, log=lambda s: None)
-    recs = run_records(json.loads(other.results_path.read_text()))
+    recs = run_records(ResultsFile(other.results_path).load())
     assert len(runner.current_runs(other, recs)) > 0 and len(runner.current_runs(other, recs)) < len(recs)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from synthetic.results import ResultsFile
 from synthetic.s4 import fig2 as s4_fig2
 from synthetic.s4 import model as sm
 from synthetic.s4 import official as soc, official_experiment as so
@@ -214,8 +215,8 @@ def test_official_preset_runs_and_resumes(tmp_path):
             "--methods", "Frozen,LoRA (Proj),SDT,Full", "--sdt-budgets", "2x2/4x3",
             "--lr-extend-factor", "0"]  # the base grid only (the extension: the next test)
     assert s4_regression.main(args) == 0  # dispatched to synthetic.s4_official
-    path = tmp_path / "s4_regression_official-tiny.json"
-    recs = json.loads(path.read_text())
+    path = tmp_path / "s4_regression_official-tiny.jsonl"
+    recs = ResultsFile(path).load()
     runs = [r for r in recs if r["kind"] == "run"]
     assert len(runs) == (1 + 2 + 1 + 1) * 2 and [r["kind"] for r in recs].count("sweep") == 1
     for r in runs:
@@ -226,7 +227,7 @@ def test_official_preset_runs_and_resumes(tmp_path):
     frozen = [r for r in runs if r["method"] == "Frozen"][0]
     assert frozen["trainable"] == 2 * 6  # the skip D of both layers
     assert so.main(args) == 0
-    assert json.loads(path.read_text()) == recs  # resumed: nothing rerun, no new record
+    assert ResultsFile(path).load() == recs  # resumed: nothing rerun, no new record
 
 
 def test_official_lr_grid_extends_at_an_edge_and_resumes(tmp_path):
@@ -237,8 +238,8 @@ def test_official_lr_grid_extends_at_an_edge_and_resumes(tmp_path):
     cfg = so.parse_config(args)
     assert so.key_config(cfg) == so.key_config(so.parse_config(args[:-2] + ["--lr-extend-factor", "2"]))
     assert so.main(args) == 0
-    path = tmp_path / "s4_regression_official-tiny.json"
-    recs = json.loads(path.read_text())
+    path = tmp_path / "s4_regression_official-tiny.jsonl"
+    recs = ResultsFile(path).load()
     runs = so.run_records(recs)
     ext = [r for r in runs if r["lr_source"] == "extension"]
     assert len(runs) == 2 * 2 * 3 and len(ext) == 2 * 2  # (Frozen, Full) × 2 seeds × 3 lrs
@@ -251,7 +252,7 @@ def test_official_lr_grid_extends_at_an_edge_and_resumes(tmp_path):
     sweeps = [r for r in recs if r["kind"] == "sweep"]
     assert len(sweeps) == 1 and sweeps[0]["extension_rounds"] == 1 and sweeps[0]["extension_runs"] == 4
     assert so.main(args) == 0
-    assert json.loads(path.read_text()) == recs  # resumed: nothing rerun, no new record
+    assert ResultsFile(path).load() == recs  # resumed: nothing rerun, no new record
 
 
 def test_official_extension_groups_padded_when_compiled(tmp_path, monkeypatch):
@@ -266,18 +267,18 @@ def test_official_extension_groups_padded_when_compiled(tmp_path, monkeypatch):
     args = ["--preset", "official-tiny", "--out", str(tmp_path), "--methods", "Full", "--seeds", "123",
             "--iters", "4", "--lrs", "1e-2,1e6", "--lr-min", "2.5e-3", "--no-compile"]
     assert so.main(args) == 0
-    runs = so.run_records(json.loads((tmp_path / "s4_regression_official-tiny.json").read_text()))
+    runs = so.run_records(ResultsFile(tmp_path / "s4_regression_official-tiny.jsonl").load())
     ext = [r for r in runs if r["lr_source"] == "extension"]
     assert len(runs) == 3 and [(r["lr"], r["runs_in_group"]) for r in ext] == [(2.5e-3, 2)]
 
 
 def test_official_committed_results_keep_their_keys():
-    """figures/s4_regression_official.json resumes under the current code: each run's key is the one the
+    """figures/s4_regression_official.jsonl resumes under the current code: each run's key is the one the
     sweep computes for it (the lr-extension options are not in the key)."""
-    path = Path(__file__).resolve().parent.parent / "figures" / "s4_regression_official.json"
+    path = Path(__file__).resolve().parent.parent / "figures" / "s4_regression_official.jsonl"
     if not path.exists():
         pytest.skip("needs figures/s4_regression_official.json (python -m synthetic.s4_regression --preset official)")
-    recs = json.loads(path.read_text())
+    recs = ResultsFile(path).load()
     runs = so.run_records(recs)
     from synthetic.cli import fields_from_record_config
 

@@ -1,8 +1,6 @@
 """Deep-S4 regression experiment (synthetic.s4_regression): fast model vs float64 reference, masks,
 trainable counts vs the theory package, resume, bad options, and a tiny end-to-end run."""
 
-import json
-
 import dataclasses
 
 import pytest
@@ -10,7 +8,7 @@ import torch
 
 from synthetic.s4 import model as sm
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t, experiment as s4r
-from synthetic.results import best_of_grid, run_records
+from synthetic.results import ResultsFile, best_of_grid, run_records
 from synthetic.s4.selection import rank_dimensions, select, select_pruned
 from theory.peft import Role
 from theory.deep import deep_forward as reference_forward
@@ -237,11 +235,11 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     out = str(tmp_path)
     argv = ["--preset", "tiny", "--no-compile", "--device", "cpu", "--out", out]
     s4r.main(argv + ["--time-budget", "1e-9"])  # stops after the first group: an interrupted sweep
-    recs = [r for r in json.loads((tmp_path / "s4_regression_tiny.json").read_text()) if r["kind"] == "run"]
+    recs = [r for r in ResultsFile(tmp_path / "s4_regression_tiny.jsonl").load() if r["kind"] == "run"]
     assert 0 < len(recs) < 20
     first = {r["key"]: r["wall_s"] for r in recs}
     s4r.main(argv)
-    recs = [r for r in json.loads((tmp_path / "s4_regression_tiny.json").read_text()) if r["kind"] == "run"]
+    recs = [r for r in ResultsFile(tmp_path / "s4_regression_tiny.jsonl").load() if r["kind"] == "run"]
     assert all(r["wall_s"] == first[r["key"]] for r in recs if r["key"] in first)  # not redone
     n_groups = len(s4r.run_groups(s4c.parse_config(argv)))
     # grid (1e-2, 1e6): 1e6 diverges, so the best (1e-2) sat at the low edge and 1e-2/4 was added for every
@@ -289,8 +287,8 @@ def test_a_run_does_not_depend_on_the_runs_packed_with_it(tmp_path):
             "--lr-extend-factor", "0", "--methods", "LoRA (Proj),LoRA (S4+Proj),SDT,SDT + LoRA,Full"]
     s4r.main(base + ["--out", str(tmp_path / "alone")])
     s4r.main(base + ["--out", str(tmp_path / "packed"), "--runs-per-step", "5"])
-    alone = {r["key"]: r for r in run_records(json.loads((tmp_path / "alone" / "s4_regression_tiny.json").read_text()))}
-    packed = run_records(json.loads((tmp_path / "packed" / "s4_regression_tiny.json").read_text()))
+    alone = {r["key"]: r for r in run_records(ResultsFile(tmp_path / "alone" / "s4_regression_tiny.jsonl").load())}
+    packed = run_records(ResultsFile(tmp_path / "packed" / "s4_regression_tiny.jsonl").load())
     assert len(packed) == len(alone) == 2 + 2 + 2 + 2 + 1 and max(r["runs_in_group"] for r in packed) == 5
     for r in packed:
         a = alone[r["key"]]  # same key: runs_per_step is not part of it

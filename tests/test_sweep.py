@@ -15,16 +15,18 @@ def test_run_key_is_order_independent():
     assert run_key({"lr": 1e-3}) != run_key({"lr": 1e-2})
 
 
-def test_append_is_atomic_and_resume_skips(tmp_path):
-    rf = ResultsFile(tmp_path / "r.json")
+def test_append_is_one_line_per_record_and_resume_skips(tmp_path):
+    rf = ResultsFile(tmp_path / "r.jsonl")
     assert rf.load() == [] and rf.completed_keys() == set()
     k = run_key({"m": "x", "seed": 0})
-    rf.append({"key": k, "best_mse": float("nan"), "status": "diverged"})
-    rf.append({"key": k, "best_mse": 1.0, "status": "ok"})  # duplicate key: ignored
-    data = json.loads((tmp_path / "r.json").read_text())  # strict JSON, NaN written as null
-    assert len(data) == 1 and data[0]["best_mse"] is None
+    rec = {"key": k, "kind": "run", "method": "x", "budget": {}, "lr": 0.1, "seed": 0}
+    rf.append({**rec, "best_mse": float("nan"), "status": "diverged"})
+    rf.append({**rec, "best_mse": 1.0, "status": "ok"})  # duplicate key: ignored
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    data = [json.loads(line) for line in lines]  # strict JSON per line, NaN written as null
+    assert len(data) == 2 and data[0]["format"] == "synthetic-results" and data[1]["best_mse"] is None
     assert rf.completed_keys() == {k}
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.lock"))
 
 
 def test_best_of_grid_picks_lr_by_mean_and_counts_diverged(tmp_path):

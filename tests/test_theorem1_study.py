@@ -139,7 +139,7 @@ def test_study_sweeps_resumes_and_summarises(tmp_path, activation):
 
     assert main(TINY + ["--activation", activation, "--out", str(tmp_path)]) == 0
     variant = "linear" if activation == "identity" else "relu"
-    path = tmp_path / f"theorem1_training_tiny_{variant}.json"
+    path = tmp_path / f"theorem1_training_tiny_{variant}.jsonl"
     recs = run_records(ResultsFile(path).load())
     assert {r["arm"] for r in recs} == set(ARMS)
     assert all(r["activation"] == activation and r["experiment"] == "s4_theorem1" for r in recs)

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -444,20 +443,10 @@ def default_configs() -> List[ProbeConfig]:
 
 def _atomic_write(path: str, write) -> None:
     """``write(tmp)`` into a temporary file beside ``path``, then ``os.replace`` it: a reader sees the old
-    file or the new one, never a half-written one. The file gets the umask's usual mode, not mkstemp's 0600."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    file or the new one, never a half-written one (the project's one helper, :func:`synthetic.atomic.atomic_write`)."""
+    from synthetic.atomic import atomic_write
+
+    atomic_write(path, write)
 
 
 def _write_json(path: str, data: Dict) -> None:

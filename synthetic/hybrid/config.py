@@ -164,7 +164,7 @@ def run_grid(cfg: HybridRegressionConfig) -> List[dict]:
 
 def out_paths(cfg: HybridRegressionConfig) -> Dict[str, Path]:
     out = Path(cfg.out)
-    return {"json": out / f"hybrid_regression_{cfg.preset}.json", "mse": out / f"hybrid_mse_vs_params_{cfg.preset}"}
+    return {"json": out / f"hybrid_regression_{cfg.preset}.jsonl", "mse": out / f"hybrid_mse_vs_params_{cfg.preset}"}
 
 
 def config_dict(cfg: HybridRegressionConfig) -> dict:

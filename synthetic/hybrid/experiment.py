@@ -11,7 +11,7 @@ experiment: warm up the Mamba blocks' S6 parameters (A_log, x_proj, dt_proj and 
 Mamba layer's channels by the change of ``Ā`` on a probe batch (that layer's input in the frozen model), keep the top
 channels per layer.
 
-Outputs (``<out>/``, by preset): ``hybrid_regression_<preset>.json`` (one record per run, resumable) and
+Outputs (``<out>/``, by preset): ``hybrid_regression_<preset>.jsonl`` (one record per run, resumable) and
 ``hybrid_mse_vs_params_<preset>.png/.pdf``.
 
     python -m synthetic.hybrid_regression                    # CPU preset (the paper preset when CUDA is present)

@@ -43,7 +43,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.cli import check_overwrite, option, parse_options, write_json_atomic
+from synthetic.atomic import write_json_atomic
+from synthetic.cli import check_overwrite, option, parse_options
 from synthetic.mamba.config import check_config
 from synthetic.mamba.official import official_counts
 from synthetic.mamba.peft import (PROJ_NAMES, MambaPeftConfig, PeftMambaStack, get_backend, mamba_ssm_available,

@@ -250,12 +250,12 @@ def run_grid(cfg: MambaRegressionConfig) -> List[dict]:
 
 def out_paths(cfg: MambaRegressionConfig) -> Dict[str, Path]:
     """Results and figures; a run with any of BENCHMARK_ORDER's methods (``--methods all``) writes its own
-    ``peft_methods_mamba_<preset>.json`` / ``.png`` and ``peft_methods_mamba_loss_curves_<preset>.png``."""
+    ``peft_methods_mamba_<preset>.jsonl`` / ``.png`` and ``peft_methods_mamba_loss_curves_<preset>.png``."""
     out = Path(cfg.out)
     if any(m in BENCHMARK_ORDER for m in cfg.methods):
-        return {"json": out / f"peft_methods_mamba_{cfg.preset}.json", "mse": out / f"peft_methods_mamba_{cfg.preset}",
+        return {"json": out / f"peft_methods_mamba_{cfg.preset}.jsonl", "mse": out / f"peft_methods_mamba_{cfg.preset}",
                 "curves": out / f"peft_methods_mamba_loss_curves_{cfg.preset}.png"}
-    return {"json": out / f"mamba_regression_{cfg.preset}.json",
+    return {"json": out / f"mamba_regression_{cfg.preset}.jsonl",
             "mse": out / f"mamba_mse_vs_params_{cfg.preset}",
             "curves": out / f"mamba_loss_curves_{cfg.preset}.png"}
 

@@ -8,7 +8,7 @@ tokens. Both are randomly initialised with the backend's own block class (mamba-
 (:data:`synthetic.mamba.peft.METHODS`): Frozen; LoRA (Proj); LoRA (S6+Proj); SDT (channels chosen by
 Algorithm 1); SDT + LoRA; Full. Each (method, budget) is the best of a learning-rate grid.
 
-Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.json`` (one record per run, resumable),
+Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.jsonl`` (one record per run, resumable),
 ``mamba_mse_vs_params_<preset>.png`` and ``mamba_loss_curves_<preset>.png``.
 
     python -m synthetic.mamba_regression                 # auto: mamba_ssm + paper preset on a GPU, else CPU preset
@@ -17,7 +17,7 @@ Outputs (``<out>/``, named by preset): ``mamba_regression_<preset>.json`` (one r
     python -m synthetic.mamba_regression --methods all   # + the benchmark's methods -> peft_methods_mamba_<preset>.*
 
 Parallel shards on one GPU (each process takes every n-th run of the grid and writes its own file
-``mamba_regression_<preset>.shard<i>of<n>.json``; ``--merge`` folds them into the main file atomically):
+``mamba_regression_<preset>.shard<i>of<n>.jsonl``; ``--merge`` folds them into the main file atomically):
 
     for i in 0 1 2 3; do python -m synthetic.mamba_regression --preset paper --shard $i/4 & done; wait
     python -m synthetic.mamba_regression --preset paper --merge

@@ -143,7 +143,7 @@ def run_grid(cfg: Mamba2RegressionConfig) -> List[dict]:
 
 def out_paths(cfg: Mamba2RegressionConfig) -> Dict[str, Path]:
     out = Path(cfg.out)
-    return {"json": out / f"mamba2_regression_{cfg.preset}.json", "mse": out / f"mamba2_mse_vs_params_{cfg.preset}"}
+    return {"json": out / f"mamba2_regression_{cfg.preset}.jsonl", "mse": out / f"mamba2_mse_vs_params_{cfg.preset}"}
 
 
 def config_dict(cfg: Mamba2RegressionConfig) -> dict:

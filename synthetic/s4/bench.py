@@ -40,7 +40,8 @@ import torch
 
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
 from synthetic.s4.conv import CONV_FORMS
-from synthetic.cli import check_out_dir, check_overwrite, write_json_atomic
+from synthetic.atomic import write_json_atomic
+from synthetic.cli import check_out_dir, check_overwrite
 from synthetic.results import environment
 from synthetic.s4.timing import bench_method, cpu_info, make_state  # noqa: F401 (bench_method: re-exported)
 

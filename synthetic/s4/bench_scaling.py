@@ -29,7 +29,7 @@ from typing import Dict, List
 
 import torch
 
-from synthetic.cli import write_json_atomic
+from synthetic.atomic import write_json_atomic
 from synthetic.results import environment
 from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
 from synthetic.s4.bench import check_out_file

@@ -20,7 +20,7 @@ Methods (:data:`METHODS`; SSM module × linear projection):
 Methods other than Full (and BitFit's β) train neither the skip ``u`` nor ``log_dt`` nor ``β`` by default.
 
 The benchmark's other methods (Sec. 3-4; :data:`BENCHMARK_METHODS`, not in the default ``--methods``;
-``--methods all`` runs every method and writes ``peft_methods_s4_<preset>.json`` / ``.png``): Prompt
+``--methods all`` runs every method and writes ``peft_methods_s4_<preset>.jsonl`` / ``.png``): Prompt
 tuning (``--prompt-lens``), Prefix-tuning (``--prefix-lens``, M < H and M >= H for Proposition 1),
 Initial-state tuning, State-offset tuning (Kang et al.), BitFit (β), DoRA (Proj) (``--dora-ranks``),
 Additional-scan (``--additional-states``). They run on the fast model's second path
@@ -40,7 +40,7 @@ Usage::
     python -m synthetic.s4_regression --preset official   # the official code's conventions (synthetic.s4_official)
     python -m synthetic.s4_regression --methods all    # every method, the benchmark's included
 
-Outputs in ``--out``: ``s4_regression_<preset>.json`` (one record per run, appended atomically;
+Outputs in ``--out``: ``s4_regression_<preset>.jsonl`` (one record per run, appended atomically;
 rerunning resumes), ``s4_mse_vs_params_<preset>.png`` / ``.pdf``.
 """
 
@@ -78,11 +78,11 @@ def run_groups(cfg: Config) -> List[Tuple[int, str, Dict]]:
 
 def paths(cfg: Config) -> Dict[str, Path]:
     """Results and figure paths; a sweep with any of :data:`BENCHMARK_METHODS` (e.g. ``--methods all``)
-    writes its own pair, ``peft_methods_s4_<preset>.json`` / ``.png``."""
+    writes its own pair, ``peft_methods_s4_<preset>.jsonl`` / ``.png``."""
     out = Path(cfg.out)
     if any(m in BENCHMARK_METHODS for m in cfg.methods):
-        return {"json": out / f"peft_methods_s4_{cfg.preset}.json", "fig": out / f"peft_methods_s4_{cfg.preset}"}
-    return {"json": out / f"s4_regression_{cfg.preset}.json", "fig": out / f"s4_mse_vs_params_{cfg.preset}"}
+        return {"json": out / f"peft_methods_s4_{cfg.preset}.jsonl", "fig": out / f"peft_methods_s4_{cfg.preset}"}
+    return {"json": out / f"s4_regression_{cfg.preset}.jsonl", "fig": out / f"s4_mse_vs_params_{cfg.preset}"}
 
 
 def lr_policy(cfg: Config) -> LrPolicy:

@@ -9,7 +9,7 @@ MSE vs trainable % per method, from data only (no training):
   notebook ``S4/analysis/s4_plot.ipynb`` does;
 - ``preset_seed123``: :mod:`synthetic.s4_official` at seed 123, best over learning rates;
 - ``preset_seeds``: the same over every seed (best-of-grid mean, min–max band);
-- ``default_conventions``: our own conventions (``figures/s4_regression_paper.json``, best of grid).
+- ``default_conventions``: our own conventions (``figures/s4_regression_paper.jsonl``, best of grid).
 
 Points of this toolkit whose best lr is the lowest or highest of its group's lrs (``lr_at_edge``,
 :func:`synthetic.results.lr_edge`: the optimum may lie outside the grid) are drawn hollow.
@@ -229,16 +229,16 @@ def plot(data: Dict, out_stem) -> List[str]:
     return paths
 
 
-def three_ways(official_runs="figures/official_s4_runs.json", preset="figures/s4_regression_official.json",
-               default="figures/s4_regression_paper.json", out="figures/s4_fig2_three_ways") -> List[str]:
+def three_ways(official_runs="figures/official_s4_runs.json", preset="figures/s4_regression_official.jsonl",
+               default="figures/s4_regression_paper.jsonl", out="figures/s4_fig2_three_ways") -> List[str]:
     return plot(collect(official_runs, preset, default), out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synthetic.s4_fig2", description=__doc__.split("\n\n")[0])
     p.add_argument("--official-runs", default="figures/official_s4_runs.json")
-    p.add_argument("--preset", default="figures/s4_regression_official.json")
-    p.add_argument("--default", default="figures/s4_regression_paper.json")
+    p.add_argument("--preset", default="figures/s4_regression_official.jsonl")
+    p.add_argument("--default", default="figures/s4_regression_paper.jsonl")
     p.add_argument("--out", default="figures/s4_fig2_three_ways")
     a = p.parse_args(argv)
     try:  # before drawing: the inputs exist, read, and are what their option says; the outputs can be written

@@ -217,7 +217,7 @@ def run_groups(cfg: OfficialConfig) -> List[Tuple[int, str, Dict]]:
 
 
 def results_path(cfg: OfficialConfig) -> Path:
-    return Path(cfg.out) / f"s4_regression_{cfg.preset}.json"
+    return Path(cfg.out) / f"s4_regression_{cfg.preset}.jsonl"
 
 
 class OfficialExperiment(TrainerExperiment):

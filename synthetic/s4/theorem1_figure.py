@@ -1,6 +1,6 @@
 """Summary table, JSON and figure of the Theorem 1 training study (:mod:`synthetic.s4.theorem1_study`).
 
-From the per-variant results files (``theorem1_training_<preset>_{linear,relu}.json``): per (variant, arm, budget)
+From the per-variant results files (``theorem1_training_<preset>_{linear,relu}.jsonl``): per (variant, arm, budget)
 the best learning rate by mean best MSE over seeds (``synthetic.results.best_of_grid`` with the study's lr policy),
 with min-max over seeds, the mean final MSE (last 2 % of the curve), the start MSE (Algorithm 1 arms start at the
 frozen model: the frozen MSE), the selection's agreement with the construction, and the exact solution's float64
@@ -14,10 +14,11 @@ import statistics
 from pathlib import Path
 from typing import Dict, List
 
-from synthetic.cli import write_json_atomic
-from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, run_records
+from synthetic.atomic import write_json_atomic
+from synthetic.results import LrPolicy, ResultsFile, ResultsFileError, best_of_grid, edge_label, exit_error
 
 VARIANT_FILES = ("linear", "relu")
+VARIANT_OF = {"identity": "linear", "relu": "relu"}  # a record's activation -> its variant (file name)
 
 
 def _stem(out: str, preset: str) -> Path:
@@ -94,16 +95,25 @@ def write_summary(out: str, preset: str) -> List[str]:
     """Summarise every variant file of ``preset`` in ``out``; write the JSON and the figure; print the table."""
     rows_by_variant, seen = {}, set()
     for v in VARIANT_FILES:
-        p = Path(out) / f"theorem1_training_{preset}_{v}.json"
-        if p.exists():
-            recs = {}
-            for r in run_records(ResultsFile(p).load()):
+        rf = ResultsFile(Path(out) / f"theorem1_training_{preset}_{v}.jsonl")
+        try:
+            loaded = rf.read()
+        except ResultsFileError as e:
+            exit_error(str(e))
+        recs = {}
+        for r, line in zip(loaded, loaded.lines):
+            # the variant is the records' activation, never the file name's
+            if r.get("kind") == "run" and (VARIANT_OF.get(r.get("activation")) != v or r.get("preset") != preset):
+                exit_error(f"{loaded.path}, line {line}: a record of activation {r.get('activation')!r}, preset "
+                           f"{r.get('preset')!r} in the file of variant {v!r}, preset {preset!r}; not drawn")
+            if r.get("kind") == "run":
                 recs.setdefault(r["key"], r)  # a run trained twice (e.g. a duplicated group) counts once
                 seen.add("CPU" if str(r.get("device")).lower() == "cpu" else str(r.get("device")))
+        if recs:
             rows_by_variant[v] = summarise(list(recs.values()))
     rows_by_variant = {k: v for k, v in rows_by_variant.items() if v}
     if not rows_by_variant:
-        raise SystemExit(f"{out}: no theorem1_training_{preset}_*.json results (run python -m synthetic.s4_theorem1)")
+        exit_error(f"{out}: no theorem1_training_{preset}_*.jsonl results (run python -m synthetic.s4_theorem1)")
     stem, devices = _stem(out, preset), " + ".join(sorted(seen - {"None"}))
     write_json_atomic(stem.with_suffix(".json"), {"preset": preset, "variants": rows_by_variant})
     print(table(rows_by_variant))

@@ -18,7 +18,7 @@ a target with a skip, integer inputs 0..9), this experiment trains "arms" (:data
 
 Records are the deep-S4 experiment's (``synthetic.records``), plus ``arm`` fields: the selection's agreement
 with the construction (``synthetic.s4.oracle.selection_agreement``) for Algorithm 1 arms, and for oracle arms the
-exact solution's float64 MSE (``exact_mse64``). Outputs: ``theorem1_training_<preset>_<variant>.json``
+exact solution's float64 MSE (``exact_mse64``). Outputs: ``theorem1_training_<preset>_<variant>.jsonl``
 (one per variant, resumable) and, from both, ``theorem1_training[_<preset>].{json,png,pdf}``
 (:mod:`synthetic.s4.theorem1_figure`).
 
@@ -203,7 +203,7 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
 
 
 def results_path(cfg: StudyConfig) -> Path:
-    return Path(cfg.out) / f"theorem1_training_{cfg.preset}_{VARIANTS[cfg.activation]}.json"
+    return Path(cfg.out) / f"theorem1_training_{cfg.preset}_{VARIANTS[cfg.activation]}.jsonl"
 
 
 # ------------------------------------------------------------------------------------ experiment
@@ -230,6 +230,7 @@ class Theorem1Study(S4Experiment):
         self.study = cfg
         self.preset = cfg.preset  # the study's own preset name ("cpu"), not the base config's
         self.results_path = results_path(cfg)
+        self.identity = {"activation": cfg.activation}  # every record of the file: one variant (synthetic.runner)
         self.kc = dict(key_config(self.cfg), study="theorem1")
 
     def make_trainer(self) -> Trainer:
