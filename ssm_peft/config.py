@@ -45,11 +45,14 @@ class SDTConfig(PeftConfig):
     selection: Optional[dict] = field(default=None, metadata={
         "help": "the selection (Selection.to_dict()); ssm_peft.sdt_select makes it"})
 
+    def __setattr__(self, name, value):
+        if name == "selection" and isinstance(value, Selection):
+            value = value.to_dict()  # stored as plain data: it is written to adapter_config.json
+        super().__setattr__(name, value)
+
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = peft_type("SDT")
-        if isinstance(self.selection, Selection):
-            self.selection = self.selection.to_dict()
         if self.rule not in RULES:
             raise ValueError(f"rule: one of {RULES}, got {self.rule!r}")
         for name in ("n_channels", "n_states", "lora_rank"):
