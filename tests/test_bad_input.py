@@ -14,8 +14,10 @@ import torch
 from synthetic import bench, s4_regression
 from synthetic.hybrid.model import AttentionRef
 from synthetic.mamba2.ref import Mamba2Ref, ssd_scan_chunked, ssd_scan_recurrent
+from synthetic.hybrid import experiment as hybrid_experiment
 from synthetic.mamba import experiment as mamba_experiment
-from synthetic.s4 import fig2
+from synthetic.mamba2 import experiment as mamba2_experiment
+from synthetic.s4 import fig2, theorem1_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,9 +59,18 @@ CASES = [
     ("fig2", ["--preset", "{corrupt}/s4_regression_official.jsonl", "--out", "{empty}/fig"], "not valid JSON"),
     ("fig2", ["--out", "{file}/x"], "--out: "),
     ("fig2", ["--out", "{empty}"], "--out: "),
+    # memory estimates before any allocation, and lists that would train every run twice
+    ("mamba", MAMBA + ["--seq-len", "2000000"], "--batch or --seq-len: a training step needs about"),
+    ("mamba2", MAMBA + ["--seq-len", "2000000"], "--batch or --seq-len: a training step needs about"),
+    ("hybrid", MAMBA + ["--seq-len", "2000000"], "--batch or --seq-len: a training step needs about"),
+    ("theorem1", ["--preset", "tiny", "--no-compile", "--seq-len", "2000000"], "a training step needs about"),
+    ("theorem1", ["--preset", "tiny", "--no-compile", "--arms", "Oracle masks,Oracle masks"], "--arms: Oracle masks"),
+    ("theorem1", ["--preset", "tiny", "--no-compile", "--noise-levels", "0,0.1,0"], "--noise-levels: 0.0 given twice"),
 ]
 CORRUPT = {"s4": "s4_regression_tiny.jsonl", "official": "s4_regression_official-tiny.jsonl",
-           "mamba": "mamba_regression_tiny.jsonl", "fig2": "s4_regression_official.jsonl"}
+           "mamba": "mamba_regression_tiny.jsonl", "fig2": "s4_regression_official.jsonl",
+           "mamba2": "mamba2_regression_tiny.jsonl", "hybrid": "hybrid_regression_tiny.jsonl",
+           "theorem1": "theorem1_training_tiny_linear.jsonl"}
 
 
 def _digest(folder: Path) -> dict:
@@ -86,7 +97,8 @@ def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys,
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     before = _digest(tmp_path)
-    main = {"mamba": mamba_experiment.main, "fig2": fig2.main}.get(entry, s4_regression.main)
+    main = {"mamba": mamba_experiment.main, "mamba2": mamba2_experiment.main, "hybrid": hybrid_experiment.main,
+            "theorem1": theorem1_study.main, "fig2": fig2.main}.get(entry, s4_regression.main)
     code = _exit_code(main, argv)
     err = capsys.readouterr().err
     assert code == 2, err
