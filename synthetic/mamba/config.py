@@ -148,7 +148,8 @@ def check_config(cfg) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {device!r} requested but CUDA is not available (torch.cuda.is_available() "
                          "is False); use --device cpu or auto")
-    if not any(getattr(cfg, k, False) for k in ("dry_run", "plot_only", "merge")):
+    sized = all(hasattr(cfg, k) for k in ("d_model", "frozen_d_state", "frozen_layers", "batch", "seq_len"))
+    if sized and not any(getattr(cfg, k, False) for k in ("dry_run", "plot_only", "merge")):  # a regression sweep
         dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         check_memory(estimate_step_bytes(cfg), dev, "--batch or --seq-len")
 
