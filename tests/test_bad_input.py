@@ -114,7 +114,7 @@ TINY_SCALING = ["--scaling", "--device", "cpu", "--no-compile", "--scaling-N", "
 # committed calibration table at the default --out (figures/bench_s4_scaling_cpu.json), another experiment's results
 # file ({other}), a corrupt file ({corrupt}) and an empty folder ({empty})
 BENCH_CASES = [
-    (TINY_SCALING + ["--out", "{other}"], "--out: {other} holds another kind of file (not a scaling table)"),
+    (TINY_SCALING + ["--out", "{other}"], "--out: {other} holds results of another run (an experiment's JSON Lines results"),
     (TINY_SCALING + ["--out", "{corrupt}"], "--out: {corrupt} exists and is not valid JSON"),
     (TINY_SCALING + ["--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
     (TINY_SCALING, "--out: figures/bench_s4_scaling_cpu.json is a scaling table of another setting (state_convention"),
@@ -141,9 +141,9 @@ def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, mon
     corrupt file even with --keep-previous, the committed calibration table: 28 rows -> 1)."""
     (tmp_path / "figures").mkdir()
     shutil.copy(SCALING_TABLE, tmp_path / "figures" / SCALING_TABLE.name)
-    paths = {"other": tmp_path / "s4_regression_paper.json", "corrupt": tmp_path / "corrupt.json",
+    paths = {"other": tmp_path / "s4_regression_paper.jsonl", "corrupt": tmp_path / "corrupt.json",
              "empty": tmp_path / "empty"}
-    shutil.copy(ROOT / "figures" / "s4_regression_paper.json", paths["other"])
+    shutil.copy(ROOT / "figures" / "s4_regression_paper.jsonl", paths["other"])
     paths["corrupt"].write_text("{not json")
     paths["empty"].mkdir()
     monkeypatch.chdir(tmp_path)
