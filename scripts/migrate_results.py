@@ -80,9 +80,11 @@ def migrate(p: Path, check: bool, log=print) -> bool:
                 raise ResultsFileError(f"{p}: the records read back from {target.path} differ; nothing migrated")
             what = f"{len(old)} records, best-of-grid tables identical"
         else:
-            have = {r["key"]: exact(r) for r in target.load()}
+            have: Dict[str, set] = {}  # by key, a set: shards' sweep records can share a key (same second)
+            for r in target.load():
+                have.setdefault(r["key"], set()).add(exact(r))
             new = [r for r in old if r["key"] not in have]
-            clash = [r["key"] for r in old if r["key"] in have and have[r["key"]] != exact(r)]
+            clash = [r["key"] for r in old if r["key"] in have and exact(r) not in have[r["key"]]]
             if clash:
                 raise ResultsFileError(f"{p}: {len(clash)} records have the key of a different record in "
                                        f"{target.path} (first: {clash[0][:80]}); nothing migrated")

@@ -426,6 +426,29 @@ def check_memory(estimate: int, device, knobs: str) -> None:
                          f"{avail / 2**30:.1f} GiB are available; lower {knobs}")
 
 
+def read_report(path):
+    """The JSON document at ``path`` (a benchmark report or table) for a writer about to replace or extend it.
+    ValueError naming --out when it is not one: an experiment's JSON Lines results file (its first line is a JSON
+    record) or text that is not JSON at all; such a file is never replaced without --force."""
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text(errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        first = json.loads(text.splitlines()[0]) if text.strip() else None
+    except ValueError:
+        first = None
+    if isinstance(first, dict):
+        raise ValueError(f"--out: {path} holds results of another run (an experiment's JSON Lines results, another "
+                         "kind of file); it is not overwritten: pass another --out, or --force to replace it")
+    raise ValueError(f"--out: {path} exists and is not valid JSON; it is not overwritten: pass another --out, or "
+                     "--force to replace it")
+
+
 def check_overwrite(path, identity: Dict, force: bool, fields: Sequence[str] = ("device", "config")) -> None:
     """A report at ``path`` (e.g. a committed benchmark) is replaced only by one of the same ``fields`` (device and
     configuration), unless ``force``; ValueError naming --out / --force otherwise. An unreadable file is never
@@ -436,11 +459,7 @@ def check_overwrite(path, identity: Dict, force: bool, fields: Sequence[str] = (
     p = Path(path)
     if force or not p.exists():
         return
-    try:
-        old = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"--out: {p} exists and is not valid JSON; pass --force to replace it or another --out") \
-            from None
+    old = read_report(p)
     identity = json.loads(json.dumps(identity))  # tuples as lists, as in the file
     diff = [k for k in fields if isinstance(old, dict) and old.get(k) != identity.get(k)]
     if not isinstance(old, dict) or diff:

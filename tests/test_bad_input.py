@@ -14,8 +14,10 @@ import torch
 from synthetic import bench, s4_regression
 from synthetic.hybrid.model import AttentionRef
 from synthetic.mamba2.ref import Mamba2Ref, ssd_scan_chunked, ssd_scan_recurrent
+from synthetic.hybrid import experiment as hybrid_experiment
 from synthetic.mamba import experiment as mamba_experiment
-from synthetic.s4 import fig2
+from synthetic.mamba2 import experiment as mamba2_experiment
+from synthetic.s4 import fig2, theorem1_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,9 +59,18 @@ CASES = [
     ("fig2", ["--preset", "{corrupt}/s4_regression_official.jsonl", "--out", "{empty}/fig"], "not valid JSON"),
     ("fig2", ["--out", "{file}/x"], "--out: "),
     ("fig2", ["--out", "{empty}"], "--out: "),
+    # memory estimates before any allocation, and lists that would train every run twice
+    ("mamba", MAMBA + ["--seq-len", "2000000"], "--batch or --seq-len: a training step needs about"),
+    ("mamba2", MAMBA + ["--seq-len", "2000000"], "--batch or --seq-len: a training step needs about"),
+    ("hybrid", MAMBA + ["--seq-len", "2000000"], "--batch or --seq-len: a training step needs about"),
+    ("theorem1", ["--preset", "tiny", "--no-compile", "--seq-len", "2000000"], "a training step needs about"),
+    ("theorem1", ["--preset", "tiny", "--no-compile", "--arms", "Oracle masks,Oracle masks"], "--arms: Oracle masks"),
+    ("theorem1", ["--preset", "tiny", "--no-compile", "--noise-levels", "0,0.1,0"], "--noise-levels: 0.0 given twice"),
 ]
 CORRUPT = {"s4": "s4_regression_tiny.jsonl", "official": "s4_regression_official-tiny.jsonl",
-           "mamba": "mamba_regression_tiny.jsonl", "fig2": "s4_regression_official.jsonl"}
+           "mamba": "mamba_regression_tiny.jsonl", "fig2": "s4_regression_official.jsonl",
+           "mamba2": "mamba2_regression_tiny.jsonl", "hybrid": "hybrid_regression_tiny.jsonl",
+           "theorem1": "theorem1_training_tiny_linear.jsonl"}
 
 
 def _digest(folder: Path) -> dict:
@@ -86,7 +97,8 @@ def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys,
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     before = _digest(tmp_path)
-    main = {"mamba": mamba_experiment.main, "fig2": fig2.main}.get(entry, s4_regression.main)
+    main = {"mamba": mamba_experiment.main, "mamba2": mamba2_experiment.main, "hybrid": hybrid_experiment.main,
+            "theorem1": theorem1_study.main, "fig2": fig2.main}.get(entry, s4_regression.main)
     code = _exit_code(main, argv)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -102,7 +114,7 @@ TINY_SCALING = ["--scaling", "--device", "cpu", "--no-compile", "--scaling-N", "
 # committed calibration table at the default --out (figures/bench_s4_scaling_cpu.json), another experiment's results
 # file ({other}), a corrupt file ({corrupt}) and an empty folder ({empty})
 BENCH_CASES = [
-    (TINY_SCALING + ["--out", "{other}"], "--out: {other} holds another kind of file (not a scaling table)"),
+    (TINY_SCALING + ["--out", "{other}"], "--out: {other} holds results of another run (an experiment's JSON Lines results"),
     (TINY_SCALING + ["--out", "{corrupt}"], "--out: {corrupt} exists and is not valid JSON"),
     (TINY_SCALING + ["--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
     (TINY_SCALING, "--out: figures/bench_s4_scaling_cpu.json is a scaling table of another setting (state_convention"),
@@ -129,9 +141,9 @@ def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, mon
     corrupt file even with --keep-previous, the committed calibration table: 28 rows -> 1)."""
     (tmp_path / "figures").mkdir()
     shutil.copy(SCALING_TABLE, tmp_path / "figures" / SCALING_TABLE.name)
-    paths = {"other": tmp_path / "s4_regression_paper.json", "corrupt": tmp_path / "corrupt.json",
+    paths = {"other": tmp_path / "s4_regression_paper.jsonl", "corrupt": tmp_path / "corrupt.json",
              "empty": tmp_path / "empty"}
-    shutil.copy(ROOT / "figures" / "s4_regression_paper.json", paths["other"])
+    shutil.copy(ROOT / "figures" / "s4_regression_paper.jsonl", paths["other"])
     paths["corrupt"].write_text("{not json")
     paths["empty"].mkdir()
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,7 @@ import pytest
 
 from synthetic import gpu_queue as gq
 
-DRY_RUN = """dry run: mamba2 preset paper -> figures/mamba2_regression_paper.json
+DRY_RUN = """dry run: mamba2 preset paper -> figures/mamba2_regression_paper.jsonl
 | method | groups done / all | runs done / all | next lr-extension runs | est. time |
 | --- | --- | --- | --- | --- |
 | Frozen | 3 / 3 | 3 / 3 | after the grid | 0 s |
@@ -54,6 +54,6 @@ def test_rehearsal_runs_shards_merges_and_packs(tmp_path, monkeypatch):
     assert after.finished and after.done == after.total == before.total
     archive = gq.pack(tmp_path / "out", snap, logs, folder=out, base=tmp_path)
     names = tarfile.open(archive).getnames()
-    assert "results/s4_regression_tiny.json" in names
+    assert "results/s4_regression_tiny.jsonl" in names
     assert not any("shard" in n for n in names if n.startswith("results/"))  # merged and removed
     assert any(n.endswith("/gpu_queue.log") for n in names) and any(n.endswith("toy.shard1.log") for n in names)

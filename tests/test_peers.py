@@ -243,7 +243,7 @@ def test_peer_peft_lora_on_dt_proj_is_a_no_op_in_transformers_mamba():
     ``self.dt_proj.weight @ time_step`` and never calls the ``dt_proj`` module, so peft's LoRA on ``dt_proj``
     (which wraps the module) leaves the output bit-identical to the adapter disabled and its factors get no
     gradient. Our LoRA on ``dt_proj.weight`` is in the compute path (it builds the effective weight). If this
-    test fails, the peer now applies the adapter: revisit the README's note."""
+    test fails, the peer now applies the adapter: revisit docs/findings.md's note."""
     mixer = _mixer()
     pm = get_peft_model(_Wrap(copy.deepcopy(mixer)), LoraConfig(r=1, lora_alpha=1, target_modules=["dt_proj"],
                                                                 lora_dropout=0.0))

@@ -16,7 +16,7 @@ import torch
 from synthetic.mamba.official import SDT_RULES
 from synthetic.mamba.peft import BACKENDS, BENCHMARK_METHODS, METHODS, mamba_ssm_available
 from synthetic.results import LrPolicy
-from synthetic.cli import (SweepConfig, check_numbers, check_out_dir, deprecated, key_config, option, parse_options,
+from synthetic.cli import (SweepConfig, check_memory, check_numbers, check_out_dir, deprecated, key_config, option, parse_options,
                            redefault)
 from synthetic.runner import parse_shard
 
@@ -148,6 +148,27 @@ def check_config(cfg) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {device!r} requested but CUDA is not available (torch.cuda.is_available() "
                          "is False); use --device cpu or auto")
+    sized = all(hasattr(cfg, k) for k in ("d_model", "frozen_d_state", "frozen_layers", "batch", "seq_len"))
+    if sized and not any(getattr(cfg, k, False) for k in ("dry_run", "plot_only", "merge")):  # a regression sweep
+        dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        check_memory(estimate_step_bytes(cfg), dev, "--batch or --seq-len")
+
+
+ACTIVATION_COPIES = 6  # per layer: scan states kept for the backward, their gradients, the block's inputs
+
+
+def estimate_step_bytes(cfg) -> int:
+    """Peak bytes of one training step of a Mamba-family stack (frozen + target layers run on every batch), a
+    guard's estimate, not a measurement: per layer ``ACTIVATION_COPIES`` tensors of batch x seq_len x d_inner x
+    (d_state + 4) floats (the reference scan keeps every state; the kernels keep less), plus, where the config
+    has attention heads (the hybrid), the batch x heads x seq_len^2 attention weights of every layer."""
+    d_inner = getattr(cfg, "expand", 2) * cfg.d_model
+    d_state = max(cfg.frozen_d_state, getattr(cfg, "target_d_state", 1))
+    layers = cfg.frozen_layers + getattr(cfg, "target_layers", 1)
+    tokens = cfg.batch * cfg.seq_len
+    floats = ACTIVATION_COPIES * layers * tokens * d_inner * (d_state + 4)
+    floats += 2 * layers * cfg.batch * getattr(cfg, "n_heads", 0) * cfg.seq_len ** 2
+    return 4 * floats
 
 
 def validate(cfg: MambaRegressionConfig) -> MambaRegressionConfig:

@@ -41,7 +41,7 @@ import torch
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
 from synthetic.s4.conv import CONV_FORMS
 from synthetic.atomic import write_json_atomic
-from synthetic.cli import check_out_dir, check_overwrite
+from synthetic.cli import check_out_dir, check_overwrite, read_report
 from synthetic.results import environment
 from synthetic.s4.timing import bench_method, cpu_info, make_state  # noqa: F401 (bench_method: re-exported)
 
@@ -73,7 +73,9 @@ def precision_check(cfg: s4c.Config, device: torch.device, iters: int, seed: int
     return out
 
 
-REPORT_CONFIG = ("D", "H", "H_star", "L_frozen", "L_target", "N", "batch")  # the sizes a report is made for
+# the sizes a report is made for: key in the report (the names of the committed reports) -> config field
+REPORT_CONFIG = {"D": "d_model", "H": "frozen_d_state", "H_star": "target_d_state", "L_frozen": "frozen_layers",
+                 "L_target": "target_layers", "N": "seq_len", "batch": "batch"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -216,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def report_config(cfg: s4c.Config) -> Dict:
     """The sizes a report is made for; ``state_convention`` only when not the default (old reports lack it)."""
-    out = {k: getattr(cfg, k) for k in REPORT_CONFIG}
+    out = {k: getattr(cfg, f) for k, f in REPORT_CONFIG.items()}
     if cfg.state_convention != "pairs":
         out["state_convention"] = cfg.state_convention
     return out
@@ -243,11 +245,7 @@ def load_reports(path) -> List[Dict]:
     """Every report in a benchmark file, newest first: the file's own and those kept under ``previous``
     (``--keep-previous``). Old files without ``previous`` load as one report. ValueError naming --out for a file
     that is not valid JSON or not a benchmark report."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"--out: {path} exists and is not valid JSON; pass --force to replace it or another --out") \
-            from None
+    d = read_report(path)
     if not (isinstance(d, dict) and isinstance(d.get("results"), list)):
         raise ValueError(f"--out: {path} holds another kind of file (not a benchmark report); it is not overwritten: "
                          "pass another --out, or --force to replace it")

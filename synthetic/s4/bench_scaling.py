@@ -32,6 +32,7 @@ import torch
 from synthetic.atomic import write_json_atomic
 from synthetic.results import environment
 from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
+from synthetic.cli import read_report
 from synthetic.s4.bench import check_out_file
 from synthetic.s4.timing import bench_method, cpu_info
 
@@ -151,12 +152,11 @@ def _kept_rows(path: str, ident: Dict, force: bool, keep_previous: bool) -> List
     if not p.exists():
         return []
     try:
-        old = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError):
+        old = read_report(p)
+    except ValueError:
         if force:
             return []
-        raise ValueError(f"--out: {p} exists and is not valid JSON; it is not overwritten: pass another --out, or "
-                         "--force to replace it") from None
+        raise
     if not _is_table(old):
         if force:
             return []

@@ -38,15 +38,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.cli import (SweepConfig, check_numbers, check_out_dir, check_shard_options, option, parse_options,
-                           record_config, redefault)
+from synthetic.cli import (SweepConfig, check_memory, check_numbers, check_out_dir, check_shard_options, option,
+                           parse_options, record_config, redefault)
 from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes, validate as validate_s4
 from synthetic.s4.experiment import S4Experiment, key_config, run_generator
 from synthetic.s4.methods import METHODS, budget_label, configure, layer_sdt_masks, parse_sdt, theory_trainable_count
 from synthetic.s4.oracle import Oracle, oracle_masks, pruned_base, selection_agreement, start_at, theorem1_oracle
-from synthetic.s4.train import Trainer
+from synthetic.s4.train import Trainer, estimate_step_bytes, resolve_device
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -137,9 +137,19 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ValueError(f"--target-layers: Theorem 1 needs L* < L, got L* = {cfg.target_layers}, L = {cfg.frozen_layers}")
     if cfg.target_d_state > cfg.frozen_d_state:
         raise ValueError(f"--target-d-state: Theorem 1 needs H* <= H, got H* = {cfg.target_d_state}, H = {cfg.frozen_d_state}")
+    for name in ("arms", "noise_levels", "seeds", "lrs", "sdt", "sdt_lora"):
+        vals = list(getattr(cfg, name, ()) or ())
+        twice = sorted({str(v) for v in vals if vals.count(v) > 1})
+        if twice:  # each would train and store every run of it twice
+            raise ValueError(f"--{name.replace('_', '-')}: {', '.join(twice)} given twice")
     validate_s4(base_config(cfg))
     check_shard_options(cfg)
     check_out_dir(cfg.out)
+    if not (cfg.dry_run or cfg.plot_only or cfg.merge):
+        R = cfg.runs_per_step or len(cfg.lrs)
+        check_memory(estimate_step_bytes(R, cfg.d_model, cfg.seq_len, cfg.batch,
+                                         max(cfg.frozen_layers, cfg.target_layers)),
+                     resolve_device(base_config(cfg)), "--batch, --seq-len or --runs-per-step")
     return cfg
 
 

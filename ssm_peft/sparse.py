@@ -1,0 +1,104 @@
+"""Weight-level adapters: the tensor a kernel reads is computed from the frozen base and the trainable values.
+
+Both classes are ``torch.nn.utils.parametrize`` parametrizations. Registered on a module's parameter
+(``A_log``, ``x_proj.weight``, ``in_proj.weight``, ``dt_proj.bias``, ...), every read of that attribute,
+by the module's own ``forward`` or by a fused kernel handed ``self.x_proj.weight`` (mamba's
+``mamba_inner_fn``), returns the adapted tensor. Nothing wraps a module's forward, so no path can skip
+the adapter.
+
+- :class:`SparseDelta` (SDT): ``W_eff = W`` except at the flat indices ``index``, where
+  ``W_eff[index] = W[index] + delta``. Only ``delta`` (n,) is trainable; ``index`` (n,) int64 is a buffer
+  saved with the adapter. Frozen entries are copied from ``W``, never recomputed, so they stay
+  bit-identical under any optimizer (AdamW's weight decay acts on ``delta`` only, pulling toward ``W``).
+- :class:`LowRankDelta` (the LoRA of SDLoRA, peft's formula ``W + (alpha / r) · B A`` with peft's init:
+  A Kaiming-uniform(a = sqrt(5)), B = 0), applied to the weight rather than around ``nn.Linear.forward``,
+  because peft refuses LoRA on Mamba's out_proj and a fused kernel reads the weight directly.
+
+Dtypes: the trainable tensors are float32 when the base is float16/bfloat16 (float64 stays float64);
+the sum is formed in that dtype and rounded once to the base's dtype. ``merged`` tensors equal the
+forward's exactly (the same function), so merging is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+def delta_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision bases, the base's own dtype for float32/float64."""
+    if not base_dtype.is_floating_point:
+        raise ValueError(f"base: a floating dtype is needed, got {base_dtype}")
+    return torch.float64 if base_dtype == torch.float64 else torch.float32
+
+
+class SparseDelta(nn.Module):
+    """``W_eff = W`` with ``W_eff.flatten()[index] = W.flatten()[index] + delta`` (see the module docstring).
+
+    shape: the base's shape; index: (n,) distinct flat indices into it; dtype: the base's dtype.
+    ``delta`` (n,) starts at zero, so the adapted tensor starts equal to the base.
+    """
+
+    def __init__(self, shape, index: Tensor, dtype: torch.dtype, device=None):
+        super().__init__()
+        index = torch.as_tensor(index, dtype=torch.long, device=device).flatten()
+        numel = math.prod(shape)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= numel):
+            raise ValueError(f"index: flat indices must lie in [0, {numel}) for shape {tuple(shape)}")
+        if index.unique().numel() != index.numel():
+            raise ValueError("index: flat indices must be distinct")
+        self.shape = tuple(shape)
+        self.register_buffer("index", index)
+        self.delta = nn.Parameter(torch.zeros(index.numel(), dtype=delta_dtype(dtype), device=device))  # (n,)
+        self.enabled = True
+
+    def forward(self, base: Tensor) -> Tensor:
+        if not self.enabled or self.index.numel() == 0:
+            return base
+        flat = base.reshape(-1)
+        values = (flat[self.index].to(self.delta.dtype) + self.delta).to(base.dtype)  # (n,)
+        return flat.scatter(0, self.index, values).reshape(base.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, trainable={self.index.numel()}"
+
+
+class LowRankDelta(nn.Module):
+    """``W_eff = W + (alpha / r) · B A`` for a 2-D base W (out, in): A (r, in), B (out, r), peft's init."""
+
+    def __init__(self, shape, rank: int, alpha: Optional[float], dtype: torch.dtype, device=None,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if len(shape) != 2:
+            raise ValueError(f"LoRA needs a 2-D weight, got shape {tuple(shape)}")
+        out_f, in_f = shape
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(out_f, in_f):
+            raise ValueError(f"rank: must be an integer in [1, {min(out_f, in_f)}] for a {tuple(shape)} weight, "
+                             f"got {rank!r}")
+        self.rank, self.scaling = rank, (float(alpha) if alpha is not None else float(rank)) / rank
+        wdt = delta_dtype(dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, in_f, dtype=wdt, device=device))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(out_f, rank, dtype=wdt, device=device))  # (out, r)
+        # peft's LoRA init (nn.Linear's default, Kaiming-uniform with a = sqrt(5)): bound = 1 / sqrt(in)
+        bound = 1.0 / math.sqrt(in_f)
+        with torch.no_grad():
+            a = torch.rand(rank, in_f, generator=generator, dtype=wdt) * 2 * bound - bound
+            self.lora_A.copy_(a.to(self.lora_A.device))
+        self.enabled = True
+
+    def delta_weight(self) -> Tensor:
+        """``(alpha / r) · B A`` (out, in) in the trainable dtype."""
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def forward(self, base: Tensor) -> Tensor:
+        if not self.enabled:
+            return base
+        return (base.to(self.lora_A.dtype) + self.delta_weight()).to(base.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scaling={self.scaling:g}"
