@@ -540,16 +540,27 @@ def asymptotic_rows(L: int = 4, L_star: int = 2, H_star: int = 1, Ds=(4, 8, 16, 
     return out
 
 
-VERDICT_COLORS = {"sufficient (construction)": "tab:green", "not excluded": "tab:gray",
-                  "insufficient (zero block)": "tab:orange", "insufficient (Jacobian)": "tab:red",
-                  "insufficient (count)": "darkred", "insufficient (outside: no mixing of pass-through)": "tab:purple"}
+# verdict -> (colour, marker): Okabe & Ito's colour-blind-safe hues, and a marker per verdict as well, so the
+# verdicts stay apart for a reader who cannot tell two hues apart (the palette of synthetic/palette.py).
+VERDICT_STYLES = {
+    "sufficient (construction)": ("#009E73", "o"),
+    "not excluded": ("#999999", "D"),
+    "insufficient (zero block)": ("#D55E00", "X"),
+    "insufficient (Jacobian)": ("#E69F00", "P"),
+    "insufficient (count)": ("#882255", "s"),
+    "insufficient (outside: no mixing of pass-through)": ("#CC79A7", "v"),
+}
+VERDICT_COLORS = {v: c for v, (c, _) in VERDICT_STYLES.items()}
+BOUND_STYLES = {"rank_brief": ("#0072B2", ":", "⌈L/L*⌉: the rank as read from the paper's text"),
+                "rank_zeng_lee": ("#000000", "--", "⌈D·L*/L⌉: the construction's rank (zero-block bound)")}
 
 
 def plot(data: Dict, path: str) -> None:
-    """Draw the probe's verdicts from the JSON data. Left: one row per (skip, D, L, L*), one dot per
-    LoRA rank r, coloured by verdict; ▲ marks ⌈L/L*⌉, □ marks ⌈D·L*/L⌉. Right: for growing D, the smallest
-    rank the parameter count allows vs ⌈D·L*/L⌉ and ⌈L/L*⌉."""
+    """Draw the probe's verdicts from the JSON data. Left: one row per (skip, D, L, L*), one mark per LoRA rank r,
+    colour and marker by verdict, with the two candidate ranks ⌈L/L*⌉ and ⌈D·L*/L⌉ as short vertical bars on the
+    row (own legend). Right: for growing D, the smallest rank the parameter count allows vs the two candidates."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone (notebooks)
+    from matplotlib.lines import Line2D
 
     rows = data["rows"]
     keys = []
@@ -557,47 +568,59 @@ def plot(data: Dict, path: str) -> None:
         k = (r["skip"], r["D"], r["L"], r["L_star"])
         if k not in keys:
             keys.append(k)
-    fig = Figure(figsize=(13, 5.2))
+    fig = Figure(figsize=(13, 6.4))
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
-    seen = set()
+    seen = []
     for r in rows:
         y = keys.index((r["skip"], r["D"], r["L"], r["L_star"]))
-        lab = r["verdict"] if r["verdict"] not in seen else None
-        seen.add(r["verdict"])
-        ax1.scatter([r["rank"]], [y], s=90, color=VERDICT_COLORS.get(r["verdict"], "k"), label=lab, zorder=3)
+        color, marker = VERDICT_STYLES.get(r["verdict"], ("k", "o"))
+        if r["verdict"] not in seen:
+            seen.append(r["verdict"])
+        ax1.scatter([r["rank"]], [y], s=80, color=color, marker=marker, edgecolors="white", linewidths=0.5,
+                    zorder=3)
     for y, (skip, D, L, Ls) in enumerate(keys):
-        ax1.scatter([math.ceil(L / Ls)], [y + 0.28], marker="^", color="k", s=30)
-        ax1.scatter([math.ceil(D * Ls / L)], [y - 0.28], marker="s", facecolors="none", edgecolors="k", s=40)
+        # upper half of the row for ⌈L/L*⌉, lower half for ⌈D·L*/L⌉: both stay visible where they coincide
+        for field, value, (lo, hi) in (("rank_brief", math.ceil(L / Ls), (0.05, 0.45)),
+                                       ("rank_zeng_lee", math.ceil(D * Ls / L), (-0.45, -0.05))):
+            color, ls, _ = BOUND_STYLES[field]
+            ax1.plot([value, value], [y + lo, y + hi], color=color, ls=ls, lw=1.8, zorder=2)
+    outside = [y for y, k in enumerate(keys) if k[0] == "outside"]
+    if outside and len(outside) < len(keys):
+        ax1.axhline(min(outside) - 0.5, color="0.6", lw=0.8)
     ax1.set_yticks(range(len(keys)))
-    ax1.set_yticklabels([f"{s} D={D} L={L} L*={Ls}" for s, D, L, Ls in keys], fontsize=8)
-    ax1.set_xlabel("LoRA rank r  (▲ ⌈L/L*⌉, □ ⌈D·L*/L⌉)")
-    ax1.set_title("Theorem 1 budgets (H=2, H*=1): verdict per LoRA rank", fontsize=10)
-    ax1.legend(fontsize=7, loc="lower right")
-    ax1.grid(alpha=0.3)
+    ax1.set_yticklabels([f"skip {s}: D={D} L={L} L*={Ls}" for s, D, L, Ls in keys], fontsize=8)
+    ax1.set_ylim(-0.6, len(keys) - 0.4)
+    ax1.set_xlabel("LoRA rank r")
+    H, H_star = rows[0]["H"], rows[0]["H_star"]
+    ax1.set_title(f"Theorem 1 (S4, H={H}, H*={H_star}): which LoRA ranks can reach the target", fontsize=10)
+    verdict_handles = [Line2D([], [], ls="", marker=VERDICT_STYLES.get(v, ("k", "o"))[1], markersize=8,
+                              color=VERDICT_STYLES.get(v, ("k", "o"))[0], label=v) for v in seen]
+    bound_handles = [Line2D([], [], color=c, ls=ls, lw=1.6, label=lab) for c, ls, lab in BOUND_STYLES.values()]
+    leg = ax1.legend(handles=verdict_handles, title="verdict at rank r", fontsize=7, title_fontsize=7,
+                     loc="upper left", bbox_to_anchor=(0.0, -0.1), ncol=2, frameon=False)
+    ax1.add_artist(leg)
+    ax1.legend(handles=bound_handles, title="candidate ranks (bars on each row)", fontsize=7, title_fontsize=7,
+               loc="lower right")
+    ax1.grid(alpha=0.3, axis="x")
     asym = data["asymptotic"]
     Ds = [a["D"] for a in asym]
-    ax2.plot(Ds, [a["min_count_feasible_rank"] for a in asym], "o-", label="smallest rank the count allows (any layout)")
-    ax2.plot(Ds, [a["rank_zeng_lee"] for a in asym], "s--", label="⌈D·L*/L⌉ (construction; zero-block bound)")
-    ax2.plot(Ds, [a["rank_brief"] for a in asym], "^:", label="⌈L/L*⌉ (brief's reading)")
+    ax2.plot(Ds, [a["min_count_feasible_rank"] for a in asym], "o-", color="#009E73",
+             label="smallest rank the parameter count allows")
+    for field in ("rank_zeng_lee", "rank_brief"):
+        color, ls, lab = BOUND_STYLES[field]
+        ax2.plot(Ds, [a[field] for a in asym], ls=ls, marker="s" if field == "rank_zeng_lee" else "^",
+                 color=color, label=lab)
     ax2.set_xscale("log", base=2)
-    ax2.set_xlabel("D")
+    ax2.set_yscale("symlog", base=2, linthresh=1)
+    ax2.set_ylim(-0.3, None)
+    ax2.set_xlabel("model width D")
     ax2.set_ylabel("LoRA rank")
     a0 = asym[0]
-    ax2.set_title(f"parameter count vs target dimension, L={a0['L']} L*={a0['L_star']} H*={a0['H_star']}",
-                  fontsize=10)
-    ax2.legend(fontsize=8)
+    ax2.set_title(f"rank needed as D grows (L={a0['L']}, L*={a0['L_star']}, H*={a0['H_star']})", fontsize=10)
+    ax2.legend(fontsize=7, loc="upper left")
+    ax2.grid(alpha=0.3)
     fig.tight_layout()
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-
-
-def quick_configs() -> List[ProbeConfig]:
-    """The ``--quick`` grid (tests and smoke runs)."""
-    return [ProbeConfig(4, 2, 1, 2, 1, r) for r in (1, 2)] + [ProbeConfig(4, 2, 1, 2, 1, 4, "outside")]
-
-
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed (and wraps a larger one silently)
-GROEBNER_CASES = [("inside", (0, 1), 1), ("inside", (0, 1), 0), ("outside", (0, 1), None), ("outside", (1, 0), None),
-                  ("outside", (0, 0), None), ("outside", (1, 1), None)]
 
 
 def main(argv=None) -> int:
