@@ -459,7 +459,9 @@ def fft_deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) ->
     return x
 
 
-CONVS = {"toeplitz": (sm.run_losses, sm.deep_forward), "fft": (fft_run_losses, fft_deep_forward)}
+# the official trainer's (loss, forward) per --conv; "toeplitz" is synthetic.s4.model's default FastPath
+# (Toeplitz form, fp32 operands, one projection GEMM, ReLU)
+CONVS = {"toeplitz": (sm.losses_for(sm.DEFAULT_PATH), sm.deep_forward), "fft": (fft_run_losses, fft_deep_forward)}
 
 
 def concat_groups(groups: Sequence[Group]) -> Group:

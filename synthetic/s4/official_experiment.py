@@ -55,8 +55,6 @@ class Trainer:
         self.idx = sm.toeplitz_index(cfg.seq_len, device)
         self.conv = cfg.conv if cfg.conv != "auto" else ("toeplitz" if device.type == "cuda" else "fft")
         self.run_losses, self.deep_forward = CONVS[self.conv]
-        sm.set_conv_form("toeplitz")  # "toeplitz" here is model.run_losses: its layer form, whatever ran before
-        sm.set_proj_split(0)
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
         self._loss, self._step = self.run_losses, adamw_step_anchored
         if self.use_compile:
