@@ -29,7 +29,7 @@ entries plus the unmasked LoRA factor entries; ``tests/test_s4_regression.py`` c
 The benchmark's other methods (prompt, prefix, initial state, state offset, DoRA, Additional-scan) use a
 second path: trainable tensors in ``RunState.extra`` (:data:`EXTRA_SHAPES`) and :func:`deep_forward_extra`
 (sequence length ``N + M`` with prompt/prefix positions). A RunState without extras runs the graph above
-unchanged; :func:`theory_forward_extra` is that path's float64 twin.
+unchanged; :func:`synthetic.s4.twin.theory_forward_extra` is that path's float64 twin.
 
 The reference twin is :func:`synthetic.s4.twin.to_theory_model` (float64, ``theory.deep`` / ``theory.ssm`` FFT
 convolution); a test holds the two together.
@@ -48,7 +48,7 @@ from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm
 from synthetic.s4.conv import (CONV_FORMS, ToeplitzConv, ToeplitzConvHalf, diagonal_sums,  # noqa: F401
                                 s4d_kernel, s4d_modes, toeplitz, toeplitz_index)  # re-exported: the layer's convolution
 from synthetic.s4.proj import split_k_projection
-from synthetic.s4.twin import to_theory_model  # noqa: F401 (the float64 twin, re-exported for its users)
+from synthetic.s4.twin import theory_forward_extra, to_theory_model  # noqa: F401 (the float64 twins, re-exported)
 
 Tensor = torch.Tensor
 
@@ -464,43 +464,3 @@ def deep_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) 
         else:
             x = layer_forward_extra(p, x, idx)
     return x[..., M:, :] if M else x
-
-
-# --------------------------------------------------------------------------- reference twin
-def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:
-    """Float64 reference twin of :func:`deep_forward_extra` built on ``theory``: x (B, D, N) -> (B, D, N).
-
-    layers: per-layer dicts without a run axis (effective parameters, W after DoRA), with the extra keys
-    of :data:`EXTRA_SHAPES`. Per layer: additional modes are appended to the layer's modes (B = 1) and the
-    whole layer becomes a ``theory.ssm.DiagonalSSM`` (via :func:`to_theory_model`); the mechanism is the
-    explicit recurrence ``theory.ssm.ssm_recurrence`` started at ``h_0``; the offset adds ``2 Re(C h')``;
-    then ``ReLU(W (s + u ⊙ x) + β)``. Prompt / prefix positions are prepended and dropped as in the fast model.
-    """
-    from theory.ssm import ssm_recurrence
-
-    def f64(t):
-        return t.detach().to("cpu", torch.float64)
-
-    x = f64(x)
-    Bt = x.shape[0]
-    M = layers[0]["prompt"].shape[-1] if "prompt" in layers[0] else 0
-    if M:
-        x = torch.cat([f64(layers[0]["prompt"])[None].expand(Bt, -1, -1), x], dim=-1)  # (B, D, M + N)
-    for p in layers:
-        q = {k: f64(v) for k, v in p.items()}
-        if "add_C_re" in q:
-            ones = torch.ones_like(q["add_C_re"])
-            for k, a in (("log_A_re", "add_log_A_re"), ("A_im", "add_A_im"), ("C_re", "add_C_re"), ("C_im", "add_C_im")):
-                q[k] = torch.cat([q[k], q[a]], dim=1)  # (D, Hc + Ha)
-            q["B_re"] = torch.cat([q["B_re"], ones], dim=1)
-            q["B_im"] = torch.cat([q["B_im"], 0 * ones], dim=1)
-        layer = to_theory_model([{k: q[k] for k in ALL_PARAMS}]).layers[0]
-        Mp = q["prefix"].shape[-1] if "prefix" in q else 0
-        xin = torch.cat([q["prefix"][None].expand(Bt, -1, -1), x], dim=-1) if Mp else x
-        h0 = torch.complex(q["h0_re"], q["h0_im"]) if "h0_re" in q else None
-        s = ssm_recurrence(layer.ssm, xin, h0)  # (B, D, N'): C h_t from h_0
-        if "offset_re" in q:
-            s = s + 2 * (layer.ssm.C * torch.complex(q["offset_re"], q["offset_im"])).sum(-1).real[None, :, None]
-        pre = torch.einsum("ij,bjn->bin", layer.W, s + layer.u[None, :, None] * xin) + layer.beta[None, :, None]
-        x = torch.relu(pre)[..., Mp:]
-    return x[..., M:]
