@@ -1,5 +1,5 @@
 """The Mamba-II regression: SDT vs. LoRA on Mamba2 (SSD) blocks, regression to a smaller target (Galim et al.,
-ICML 2025, Sec. 6's synthetic experiment carried to the Mamba-II blocks of App. C.2/E.2; issue 23).
+ICML 2025, Sec. 6's synthetic experiment carried to the Mamba-II blocks of App. C.2/E.2).
 
 Setup as in :mod:`synthetic.mamba.experiment` (whose classes this module subclasses: one trainer, one runner
 plug-in): a frozen residual stack of Mamba2 blocks (more layers, more states) is fine-tuned so its output matches

@@ -2,10 +2,10 @@
 
     python -m synthetic.bench                      # paper configuration, writes figures/bench_s4.json
     python -m synthetic.bench --runs 3             # R runs trained together (the sweep's mode)
-    python -m synthetic.bench --mamba [ARGS...]    # delegates to synthetic.mamba_bench.main(ARGS)
+    python -m synthetic.bench --mamba [ARGS...]    # delegates to synthetic.mamba.bench.main(ARGS)
     python -m synthetic.bench --scaling [...]      # the convolution forms' scaling table (synthetic.s4.bench_scaling)
     python -m synthetic.bench --device cpu --batch 256 --state-convention complex --threads 2 --rounds 3 \
-        --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # issue 21's CPU comparison
+        --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # the committed CPU comparison
 
 ``--official-dir`` times the unmodified official code in the same call (``scripts/time_official_s4.py``, the
 difference of an HI- and a LO-iteration run, ``--official-iters``), interleaved with ours round by round

@@ -7,7 +7,7 @@ MSE vs trainable % per method, from data only (no training):
 - ``official_code``: the official code's own runs (``figures/official_s4_runs.json``, a copy of
   ``runs.json``), best ``best_mse`` over learning rates per trainable %, as the official
   notebook ``S4/analysis/s4_plot.ipynb`` does;
-- ``preset_seed123``: :mod:`synthetic.s4_official` at seed 123, best over learning rates;
+- ``preset_seed123``: the ``s4_official`` experiment (:mod:`synthetic.s4.official_experiment`) at seed 123, best over learning rates;
 - ``preset_seeds``: the same over every seed (best-of-grid mean, min–max band);
 - ``default_conventions``: our own conventions (``figures/s4_regression_paper.jsonl``, best of grid).
 
