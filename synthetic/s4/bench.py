@@ -14,7 +14,7 @@ difference of an HI- and a LO-iteration run, ``--official-iters``), interleaved 
 or run counts under ``previous`` (:func:`load_reports` reads them all; files without it load as one report).
 
 One iteration = fresh integer batch generated on the device, target forward, loss, backward and
-AdamW step (``synthetic.s4_regression.Trainer.train``). ``ms_per_iter`` is wall time per iteration
+AdamW step (``synthetic.s4.train.Trainer.train``). ``ms_per_iter`` is wall time per iteration
 divided by the number of runs trained together (``--runs``; 1 = a single run). Frozen has no
 training step: its row times a forward pass. Peak memory is ``torch.cuda.max_memory_allocated``.
 
