@@ -400,6 +400,8 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
     log(f"{sw.tag}sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
         f"{st.extension_runs} extension runs), wall {st.wall_s:.1f}s")
     sw.record()
+    if st.runs:
+        log(f"{sw.tag}wrote {sw.out.path} ({st.runs} runs appended)")
     sw.merge()
     return st
 

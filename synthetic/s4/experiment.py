@@ -368,8 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_sweep(S4Experiment(cfg), time_budget=cfg.time_budget, shard=shard)
         if shard or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
             return 0
-    for path in plot(cfg):
-        print("wrote", path)
+    plot(cfg)  # each file it writes is printed (synthetic.plots.save)
     print(summary_table(cfg))
     return 0
 

@@ -222,10 +222,12 @@ def draw(data: Dict):
 
 def plot(data: Dict, out_stem) -> List[str]:
     """The figure (:func:`draw`, ``<out_stem>.png`` and ``.pdf``) and the points drawn (``<out_stem>.json``)."""
-    from synthetic.plots import save
+    from synthetic.atomic import atomic_write
+    from synthetic.plots import save, wrote
 
     paths = save(draw(data), out_stem) + [str(out_stem) + ".json"]
-    Path(paths[2]).write_text(json.dumps(data, indent=1) + "\n")
+    atomic_write(paths[2], json.dumps(data, indent=1) + "\n")
+    wrote(paths[2])
     return paths
 
 
@@ -259,8 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.loads(Path(a.official_runs).read_text())
     except ValueError as e:  # json.JSONDecodeError and ResultsFileError are ValueErrors
         p.error(f"{e}")
-    for path in three_ways(a.official_runs, a.preset, a.default, a.out):
-        print("wrote", path)
+    three_ways(a.official_runs, a.preset, a.default, a.out)  # each file it writes is printed
     return 0
 
 
