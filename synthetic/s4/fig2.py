@@ -238,10 +238,15 @@ def three_ways(official_runs="figures/official_s4_runs.json", preset="figures/s4
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synthetic.s4_fig2", description=__doc__.split("\n\n")[0])
-    p.add_argument("--official-runs", default="figures/official_s4_runs.json")
-    p.add_argument("--preset", default="figures/s4_regression_official.jsonl")
-    p.add_argument("--default", default="figures/s4_regression_paper.jsonl")
-    p.add_argument("--out", default="figures/s4_fig2_three_ways")
+    p.add_argument("--official-runs", default="figures/official_s4_runs.json",
+                   help="the official code's runs (a copy of its runs.json) (default: %(default)s)")
+    p.add_argument("--preset", default="figures/s4_regression_official.jsonl",
+                   help="results of this toolkit's official-convention preset (default: %(default)s)")
+    p.add_argument("--default", default="figures/s4_regression_paper.jsonl",
+                   help="results of this toolkit's own conventions, paper preset (default: %(default)s)")
+    p.add_argument("--out", default="figures/s4_fig2_three_ways",
+                   help="path prefix of the figure and the points drawn: writes OUT.png, OUT.pdf, OUT.json "
+                        "(default: %(default)s)")
     a = p.parse_args(argv)
     try:  # before drawing: the inputs exist, read, and are what their option says; the outputs can be written
         if Path(a.out).is_dir():
