@@ -1,6 +1,6 @@
-"""Issue 20's numbers from the committed results files (no training): per (method, budget) the mean best MSE
-at every lr tried with the number of seeds behind it, the best lr among the lrs every seed has run, whether
-it is at an edge of that grid, and the per-seed comparisons the README's verdicts quote.
+"""The per-lr tables behind the findings' verdicts, from the committed results files (no training): per (method,
+budget) the mean best MSE at every lr tried with the number of seeds behind it, the best lr among the lrs every seed
+has run, whether it is at an edge of that grid, and the per-seed comparisons the README's verdicts quote.
 
     python scripts/issue20_summary.py            # all three files
     python scripts/issue20_summary.py official   # one of: official, s4, mamba

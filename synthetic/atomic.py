@@ -1,5 +1,5 @@
 """Files written safely: the project's one atomic-write helper, durable line appends, and the one-writer lock of a
-results file (issue 27 item 5, issue 32 item 2). Standard library only, so ``theory/`` and ``scripts/`` use it too.
+results file. Standard library only, so ``theory/`` and ``scripts/`` use it too.
 
 - :func:`atomic_write(path, data) <atomic_write>`: ``data`` (str, bytes, or a callable ``write(tmp_path)``, e.g. a
   figure's ``savefig``) goes to a temporary file in the same folder, is fsynced and ``os.replace``\\ d over ``path``:

@@ -62,7 +62,7 @@ def _theorem1(activation: str, precision: str, arms: str) -> Job:
                what=f"Theorem 1 study at paper size, {activation}, {precision}: 3 seeds, lr grids grown")
 
 
-# The order of issue 29: Mamba-II, hybrid, Mamba-I over frozen/target pairs, the S4 official edge, the
+# The queue's order: Mamba-II, hybrid, Mamba-I over frozen/target pairs, the S4 official edge, the
 # --methods all edges, the Theorem 1 study.
 JOBS: Tuple[Job, ...] = (
     Job("mamba2-paper", "synthetic.mamba2_regression",

@@ -30,7 +30,7 @@ METHOD_COLORS: Dict[str, str] = {
     "LoRA (A&C+Proj)": "#999933",
     "SDT": "#009E73",
     "SDT + LoRA": "#D55E00",
-    "DoRA (Proj)": "#882255",              # wine: far from LoRA (Proj)'s blue (issue 30)
+    "DoRA (Proj)": "#882255",              # wine: far from LoRA (Proj)'s blue
     "Prompt tuning": "#AA4499",
     "Prefix-tuning": "#DDCC77",
     "Initial-state tuning": "#88CCEE",

@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from synthetic.palette import METHOD_COLORS, REFERENCE_COLORS, method_style
 
-__all__ = ["METHOD_STYLE", "FONTS", "method_style", "choose_yscale", "save", "run_title", "edge_arrow",
+__all__ = ["METHOD_STYLE", "FONTS", "method_style", "choose_yscale", "wrote", "save", "save_json", "run_title", "edge_arrow",
            "focus_limits", "draw_mse_vs_params", "plot_mse_vs_params", "draw_loss_curves", "plot_loss_curves",
            "mamba_note", "plot_mamba", "HOLLOW_LABEL", "DIVERGED_LABEL"]
 
@@ -237,14 +237,35 @@ def _short(y: float) -> str:
     return "0" if y == 0 else f"{y:.3g}"
 
 
+def wrote(path) -> None:
+    """The line printed (stdout) for every figure and summary file a command writes: ``wrote <path>``. (A sweep
+    says the same of its results file, :func:`synthetic.runner.run_sweep`.)"""
+    print(f"wrote {path}", flush=True)
+
+
 def save(fig, out_stem) -> List[str]:
-    """Write ``<out_stem>.png`` (``DPI``) and ``<out_stem>.pdf`` (no creation date: same bytes on redraw)."""
+    """Write ``<out_stem>.png`` (``DPI``) and ``<out_stem>.pdf`` (no creation date: same bytes on redraw), each
+    atomically (:func:`synthetic.atomic.atomic_write`), and say so (:func:`wrote`)."""
+    from synthetic.atomic import atomic_write
+
     out_stem = str(out_stem)
     Path(out_stem).parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem + ".png", out_stem + ".pdf"]
-    fig.savefig(paths[0], dpi=DPI)
-    fig.savefig(paths[1], metadata={"CreationDate": None})
+    atomic_write(paths[0], lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, metadata={"CreationDate": None}, format="pdf"))
+    for path in paths:
+        wrote(path)
     return paths
+
+
+def save_json(path, data, indent: Optional[int] = 1) -> str:
+    """``data`` as JSON at ``path`` (:func:`synthetic.atomic.write_json_atomic`: strict JSON, atomic), and say so
+    (:func:`wrote`). Returns the path as a string."""
+    from synthetic.atomic import write_json_atomic
+
+    write_json_atomic(path, data, indent=indent)
+    wrote(path)
+    return str(path)
 
 
 def _note(fig, note: str) -> None:

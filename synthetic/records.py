@@ -12,12 +12,30 @@ run keys unchanged, values untouched. ``scripts/migrate_results.py`` moves old `
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["RUN_FIELDS", "SWEEP_FIELDS", "EXPERIMENT_FIELDS", "RENAMED", "normalise", "infer_from_path",
-           "schema_table"]
+__all__ = ["canonical", "run_key", "RUN_FIELDS", "SWEEP_FIELDS", "EXPERIMENT_FIELDS", "RENAMED", "normalise",
+           "infer_from_path", "schema_table"]
+
+
+def canonical(v: Any) -> Any:
+    """JSON-normal form: dict keys sorted, tuples as lists."""
+    if isinstance(v, dict):
+        return {str(k): canonical(v[k]) for k in sorted(v, key=str)}
+    if isinstance(v, (list, tuple)):
+        return [canonical(x) for x in v]
+    return v
+
+
+def run_key(config: Dict[str, Any]) -> str:
+    """Canonical key of a run: compact JSON of ``config`` with sorted keys (order-independent)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config: expected a dict, got {type(config).__name__}")
+    return json.dumps(canonical(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
 
 RUN_FIELDS = (
     ("key", "str", "canonical JSON of what identifies the run's result (synthetic.results.run_key); resume and "

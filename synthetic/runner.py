@@ -20,7 +20,8 @@ after the base grid until every best lr is interior or at a bound), progress bar
 ``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.results`), a closing ``kind: "sweep"``
 record with the wall time, ``shard=(i, n)`` (base-grid groups ``j`` with ``j % n == i``, into the
 shard's own file; lr-extension rounds are planned later by one process, since which lrs a round adds
-depends on which runs finished), :func:`merge_shards`, and :func:`plan` (``--dry-run``).
+depends on which runs finished), :func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`),
+and :func:`plan` (``--dry-run``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from synthetic.parallel import (Dist, distributed, done_keys, is_main_process, merge_shards,  # noqa: F401 (re-exported)
+                                parse_shard, shard_files, shard_path)
 from synthetic.progress import progress
 from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError, environment, exit_error,
                                lr_extension_plan, run_key, utc_now)
 
-__all__ = ["Group", "Run", "Experiment", "SweepStats", "Dist", "distributed", "is_main_process", "run_sweep", "plan", "format_plan", "merge_shards",
-           "shard_path", "shard_files", "parse_shard", "current_runs"]
+__all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "plan", "format_plan", "print_plan", "current_runs",
+           # re-exported from synthetic.parallel
+           "Dist", "distributed", "is_main_process", "merge_shards", "shard_path", "shard_files", "parse_shard"]
 
 
 @dataclass(frozen=True)
@@ -105,65 +109,7 @@ class SweepStats:
     per_method: Dict[str, int] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------ shards
-def parse_shard(s: str) -> Optional[Tuple[int, int]]:
-    """'i/n' -> (i, n) with 0 <= i < n; '' -> None; ValueError naming --shard otherwise."""
-    if not s:
-        return None
-    try:
-        i, n = (int(v) for v in s.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard: expected 'i/n' (e.g. 0/4), got {s!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard: need 0 <= i < n, got {s!r}")
-    return i, n
-
-
-def shard_path(main: Path, i: int, n: int) -> Path:
-    main = Path(main)
-    return main.with_name(f"{main.stem}.shard{i}of{n}{main.suffix}")
-
-
-def shard_files(main: Path) -> List[Path]:
-    main = Path(main)
-    return sorted(main.parent.glob(f"{main.stem}.shard*of*{main.suffix}"))
-
-
-def merge_shards(main: Path, log: Callable[[str], None] = print, lock_shards: bool = True) -> int:
-    """Fold every shard file of ``main`` into it (appended; records already there are kept, duplicate keys
-    skipped), then delete the shard files. Holds ``main``'s lock and (``lock_shards``) every shard's: a shard still
-    being written is neither merged nor deleted (one-line error, exit 2). Returns the number of records added."""
-    rf = ResultsFile(main)
-    held = []
-    try:
-        with rf.lock():
-            files = shard_files(main)
-            if lock_shards:
-                held = [ResultsFile(f).lock(wait=False).acquire() for f in files]
-            recs = [r for f in files for r in ResultsFile(f).load()]
-            before = len(rf.completed_keys())
-            rf.extend(recs)
-            added = len(rf.completed_keys()) - before
-            for f in files:
-                f.unlink()
-    except (LockHeld, ResultsFileError) as e:
-        exit_error(str(e))
-    finally:
-        for lk in reversed(held):
-            lk.release()
-    log(f"merged {len(files)} shard files ({len(recs)} records, {added} new) into {main}")
-    return added
-
-
-def done_keys(main: Path, records: Optional[Sequence[Dict[str, Any]]] = None) -> set:
-    """Keys of the runs already recorded: in the results file (``records``, if already loaded) and in every shard
-    file beside it (a shard's or a torchrun rank's)."""
-    done = {r.get("key") for r in (ResultsFile(main).load() if records is None else records)}
-    for f in shard_files(main):
-        done |= ResultsFile(f).completed_keys()
-    return done
-
-
+# ------------------------------------------------------------------------------------ the loop
 def identity(exp: Experiment) -> Dict[str, Any]:
     """The record fields every record of ``exp``'s results file has: ``experiment`` and ``preset``, plus the
     experiment's own ``identity`` (e.g. the Theorem 1 study's ``activation``) where it defines one."""
@@ -186,7 +132,6 @@ def check_identity(exp: Experiment, records: Sequence[Dict[str, Any]]) -> None:
                                    "experiment, preset or variant; pass another --out")
 
 
-# ------------------------------------------------------------------------------------ the loop
 def current_runs(exp: Experiment, records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The run records of ``exp``'s configuration and seeds: those whose key is the one ``exp`` gives them
     (a file may hold runs of other configurations, e.g. an earlier ``--batch``)."""
@@ -239,65 +184,6 @@ def _calls(runs: Sequence[Run], size: Optional[int], pad: bool) -> List[Tuple[Li
         chunk = list(runs[i:i + size])
         out.append((chunk + [chunk[-1]] * (size - len(chunk)) if pad else chunk, len(chunk)))
     return out
-
-
-@dataclass
-class Dist:
-    """The process group of a ``torchrun`` launch: this process's rank, the world size and the group's store
-    (a shared counter hands out the work)."""
-
-    rank: int
-    world: int
-    store: Any
-
-    def next_index(self, name: str) -> int:
-        """The next index of the counter ``name``, shared by every rank: each index goes to exactly one rank."""
-        return int(self.store.add(name, 1)) - 1
-
-    def barrier(self) -> None:
-        import torch.distributed as td
-
-        td.barrier()
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        import torch.distributed as td
-
-        box = [obj]
-        td.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def any(self, name: str, flag: bool) -> bool:
-        """True on every rank if ``flag`` is True on some rank (call on all ranks, then a barrier, then read)."""
-        if flag:
-            self.store.add(name, 1)
-        self.barrier()
-        return int(self.store.add(name, 0)) > 0
-
-
-def distributed() -> Optional[Dist]:
-    """The process group when launched by ``torchrun`` (WORLD_SIZE > 1), initialised once: NCCL with one GPU per
-    rank (``LOCAL_RANK``) where CUDA is available, gloo on CPU; None for a plain one-process run."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    import torch.distributed as td
-    from torch.distributed.distributed_c10d import _get_default_store
-
-    if not td.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        td.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(td.get_rank(), td.get_world_size(), _get_default_store())
-
-
-def is_main_process() -> bool:
-    """False on the ranks > 0 of a torchrun launch (they leave summaries and figures to rank 0)."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class _Sweep:
@@ -514,6 +400,8 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
     log(f"{sw.tag}sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
         f"{st.extension_runs} extension runs), wall {st.wall_s:.1f}s")
     sw.record()
+    if st.runs:
+        log(f"{sw.tag}wrote {sw.out.path} ({st.runs} runs appended)")
     sw.merge()
     return st
 

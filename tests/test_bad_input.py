@@ -137,8 +137,8 @@ BENCH_CASES = [
 @pytest.mark.parametrize("argv,needle", BENCH_CASES, ids=[" ".join(a[-2:]) + ("" if "--scaling" in a else " (plain)")
                                                           for a, _ in BENCH_CASES])
 def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, monkeypatch, capsys, argv, needle):
-    """Issue 32 item 3: bench --scaling used to overwrite whatever was at --out (another experiment's results, a
-    corrupt file even with --keep-previous, the committed calibration table: 28 rows -> 1)."""
+    """Bad input to a benchmark exits 2 before any timing and leaves --out as it was: another experiment's results,
+    a corrupt file (even with --keep-previous), the committed calibration table."""
     (tmp_path / "figures").mkdir()
     shutil.copy(SCALING_TABLE, tmp_path / "figures" / SCALING_TABLE.name)
     paths = {"other": tmp_path / "s4_regression_paper.jsonl", "corrupt": tmp_path / "corrupt.json",
@@ -225,7 +225,7 @@ def test_results_files_are_readable_by_others(tmp_path):
 
 def test_mamba_summary_keeps_to_one_configuration(tmp_path, capsys):
     """Two configurations in one results file (another --iters): the summary and figures use one of them and say
-    how many records they leave out (they used to average both)."""
+    how many records they leave out (never an average over both)."""
     base = ["--preset", "tiny", "--backend", "reference", "--methods", "Frozen,Full", "--lr-extend-factor", "0",
             "--out", str(tmp_path)]
     assert mamba_experiment.main(base) == 0

@@ -116,3 +116,31 @@ def test_help_shows_the_chosen_presets_values_and_the_shared_names(module, capsy
         assert opt in text, (module, opt)
     assert "(default: figures)" in text  # the paper preset's folder, not the class default
     assert "(default: 64)" in text  # d_model of every paper preset
+
+
+def _helps():
+    from synthetic import experiments, s4_fig2
+
+    for name, spec in experiments.REGISTRY.items():
+        yield name, spec.run
+    yield "bench", bench.main
+    yield "bench --mamba", lambda argv: bench.main(["--mamba", *argv])
+    yield "s4_fig2", s4_fig2.main
+
+
+@pytest.mark.parametrize("name,main", list(_helps()), ids=[n for n, _ in _helps()])
+def test_help_is_plain_text_and_says_what_every_option_is(name, main, capsys):
+    """--help has no reStructuredText/Sphinx markup (``...``, :class:`...`) and no option without a help text."""
+    import re
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert not re.search(r"``|:[a-z]+:`", text), (name, re.findall(r".*(?:``|:[a-z]+:`).*", text))
+    options = text.split("options:", 1)[1].splitlines()
+    for i, line in enumerate(options):  # an option line with nothing after it and no indented help below
+        m = re.match(r"  (-\S+(?:, -\S+)*)(?: [A-Z_,{}.|a-z0-9-]+)?$", line)
+        if m and m.group(1) not in ("-h, --help",):
+            below = options[i + 1] if i + 1 < len(options) else ""
+            assert below.startswith(" " * 10) and below.strip(), (name, line)

@@ -244,7 +244,7 @@ def test_bench_tiny_writes_the_schema(tmp_path):
     assert "official/unfused/" in (tmp_path / "bench_mamba_profile.txt").read_text()
 
 
-# --------------------------------------------------------------- official-code options (issue 12)
+# --------------------------------------------------------------- official-code options
 def _weights64(d_model=8, d_state=4):
     return block_weights(_block(d_model, d_state, dtype=F64))
 

@@ -123,7 +123,7 @@ def test_sdt_masks_hold_under_the_cuda_kernels():
         assert torch.equal(eff[k], w[k]), k
 
 
-# ------------------------------------------------ every method's adapters under the fused path (issue 12)
+# ------------------------------------------------ every method's adapters under the fused path
 def _method_block(method, real):
     """A PeftMambaBlock for ``method`` at a small budget (channels 0, 9, 17, 63; A_log states 1, 5 when
     the config asks for states); every LoRA B set non-zero so both factors carry gradient."""

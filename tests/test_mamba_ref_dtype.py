@@ -11,7 +11,7 @@ from theory.tolerances import rel_err
 F64 = torch.float64
 # float64 block vs the same steps written out around theory.s6.selective_scan: the two differ only in the
 # order of a few hundred float64 multiply-adds (einsum vs loop), ~1e-16 relative; 1e-12 leaves room for that
-# and still fails at once if any parameter passed through float32 (that costs ~1e-8, the old behaviour).
+# and still fails at once if any parameter passed through float32 (that costs ~1e-8).
 RTOL_F64_BLOCK = 1e-12
 
 

@@ -1,4 +1,4 @@
-"""Held against the libraries people use (issue 18): LoRA and DoRA against huggingface/peft, the Mamba block
+"""Held against the libraries people use: LoRA and DoRA against huggingface/peft, the Mamba block
 against huggingface/transformers' ``MambaMixer``, the selective scan against transformers' slow scan.
 
 Everything is built here from tiny randomly initialised configs: no hub download, nothing fetched at run

@@ -1,4 +1,4 @@
-"""The benchmark's other PEFT methods on the deep-S4 experiment (synthetic.s4_regression.BENCHMARK_METHODS):
+"""The benchmark's other PEFT methods on the deep-S4 experiment (synthetic.s4.methods.BENCHMARK_METHODS):
 fast model vs float64 reference twin for every new term, trainable counts vs optimizer updates, frozen
 entries, bad budgets, ``--methods all``, and Proposition 1 on a layer built by the experiment code."""
 

@@ -77,7 +77,7 @@ def _experiment_for(path: Path):
 
 # Base-grid runs a committed file still lacks, and why (nothing else may be missing)
 INCOMPLETE = {"peft_methods_mamba_paper.jsonl": ({"DoRA (Proj)": 16},  # of 4 ranks x 3 lrs x 3 seeds: seed 2, part
-                                                "device time ran out on the H200 (issue 20)")}  # of seed 1
+                                                "device time ran out on the H200")}  # of seed 1
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)

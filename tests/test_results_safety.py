@@ -1,4 +1,4 @@
-"""Results files under faults and concurrency (issue 27 item 5, issue 32 items 2 and 6): append-only JSON Lines,
+"""Results files under faults and concurrency: append-only JSON Lines,
 a torn last line dropped and never an earlier record, one writer per file (a second is refused or waits), every
 record validated on load (file and line), old .json lists still load, the committed files migrate round trip, and
 bad results files are one line and exit 2 with nothing written."""

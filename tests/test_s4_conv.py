@@ -115,14 +115,10 @@ def test_layer_forward_form_switch_keeps_values():
     x = torch.randint(0, 10, (4, 33, 2), generator=torch.Generator().manual_seed(3)).to(F64)
     idx = sm.toeplitz_index(33, "cpu")
     ref = sm.deep_forward(stack, x, idx)
-    try:
-        for form in FORMS:
-            sm.set_conv_form(form)
-            assert rel_err(sm.deep_forward(stack, x, idx), ref) < RTOL[F64]
-    finally:
-        sm.set_conv_form("toeplitz")
+    for form in FORMS:
+        assert rel_err(sm.deep_forward(stack, x, idx, sm.FastPath(conv=form)), ref) < RTOL[F64]
     with pytest.raises(ValueError, match="conv form"):
-        sm.set_conv_form("winograd")
+        sm.FastPath(conv="winograd")
 
 
 def _table(rows):
@@ -163,11 +159,10 @@ def test_conv_option_validated_and_used(tmp_path):
         s4c.validate(dataclasses.replace(cfg, conv="fft", precision="fp16"))
     with pytest.raises(SystemExit):  # the command line reports it as a usage error
         s4c.parse_config(["--preset", "tiny", "--conv", "winograd", "--out", str(tmp_path)])
-    try:
-        tr = s4t.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
-        assert (tr.conv, sm._CONV_FORM) == ("chunked", "chunked")
-    finally:
-        sm.set_conv_form("toeplitz")
+    tr = s4t.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
+    assert (tr.conv, tr.path.conv) == ("chunked", "chunked")
+    assert s4t.Trainer(s4c.parse_config(["--preset", "tiny", "--out", str(tmp_path), "--no-compile"]),
+                       torch.device("cpu"), log=lambda *a: None).path.conv != "chunked"  # one trainer's form stays its own
     assert "conv" not in s4c.key_fields(vars(cfg))  # the form changes rounding only: not part of a run's key
 
 
@@ -187,19 +182,15 @@ def test_split_k_projection_equals_bmm(R, D, M, k):
 
 def test_proj_split_option_reaches_the_layer(tmp_path):
     cfg = s4c.parse_config(["--preset", "tiny", "--proj-split", "4", "--out", str(tmp_path), "--no-compile"])
-    try:
-        s4t.Trainer(cfg, torch.device("cpu"), log=lambda *a: None)
-        assert sm._PROJ_SPLIT == 4
-        layers = [sm.init_layer(3, 2, generator=torch.Generator().manual_seed(1), dtype=F64)]
-        stack = [{k: v[None].clone().requires_grad_(True) for k, v in q.items()} for q in layers]
-        x = torch.randn(3, 10, 2, dtype=F64)
-        idx = sm.toeplitz_index(10, "cpu")
-        g4 = torch.autograd.grad(sm.deep_forward(stack, x, idx).sum(), stack[0]["W"])[0]
-        sm.set_proj_split(0)
-        g0 = torch.autograd.grad(sm.deep_forward(stack, x, idx).sum(), stack[0]["W"])[0]
-        assert rel_err(g4, g0) < RTOL[F64]
-    finally:
-        sm.set_proj_split(0)
+    path = s4t.Trainer(cfg, torch.device("cpu"), log=lambda *a: None).path
+    assert path.proj_split == 4
+    layers = [sm.init_layer(3, 2, generator=torch.Generator().manual_seed(1), dtype=F64)]
+    stack = [{k: v[None].clone().requires_grad_(True) for k, v in q.items()} for q in layers]
+    x = torch.randn(3, 10, 2, dtype=F64)
+    idx = sm.toeplitz_index(10, "cpu")
+    g4 = torch.autograd.grad(sm.deep_forward(stack, x, idx, path).sum(), stack[0]["W"])[0]
+    g0 = torch.autograd.grad(sm.deep_forward(stack, x, idx).sum(), stack[0]["W"])[0]
+    assert rel_err(g4, g0) < RTOL[F64]
     assert "proj_split" not in s4c.key_fields(vars(cfg))
 
 
@@ -213,11 +204,9 @@ def test_each_form_traces_as_one_graph(form):
     st_ = sm.RunState.create(frozen, 2, 2, 1, generator=g)
     x, y = torch.randn(4, 20, 3, generator=g), torch.randn(4, 20, 3, generator=g)
     try:
-        sm.set_conv_form(form)
         dynamo.reset()
-        e = dynamo.explain(sm.run_losses)(st_.base, st_.train, st_.mask, st_.lora, st_.rank_mask, x, y,
-                                          sm.toeplitz_index(20, "cpu"))
+        e = dynamo.explain(sm.losses_for(sm.FastPath(conv=form)))(st_.base, st_.train, st_.mask, st_.lora,
+                                                                 st_.rank_mask, x, y, sm.toeplitz_index(20, "cpu"))
     finally:
-        sm.set_conv_form("toeplitz")
         dynamo.reset()
     assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons

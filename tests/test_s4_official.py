@@ -1,4 +1,4 @@
-"""The official-convention preset (synthetic.s4_official) against the official code's own outputs.
+"""The official-convention preset (synthetic.s4.official_experiment) against the official code's own outputs.
 
 Data: tests/data/official_s4/ (see its README: the official weights at seed 123, float64 outputs,
 and 10 short CPU runs of the unmodified official code). Run for run: initial weights, outputs,
@@ -28,7 +28,7 @@ NAMES = {"D": "u", "kernel.log_dt": "log_dt", "kernel.log_A_real": "log_A_re", "
 
 
 def _method(c):
-    """A short-run case's official config -> (method name, budget) of synthetic.s4_official."""
+    """A short-run case's official config -> (method name, budget) of synthetic.s4.official."""
     lp, ssm = c["lp_method"], c["ssm_method"]
     name = {("freeze", "freeze"): "Frozen", ("lora", "freeze"): "LoRA (Proj)", ("lora", "lora"): "LoRA (S4+Proj)",
             ("ours", "ours"): "SDT", ("lora", "ours"): "SDT + LoRA", ("full", "full"): "Full"}[(lp, ssm)]
@@ -214,7 +214,7 @@ def test_official_preset_runs_and_resumes(tmp_path):
     args = ["--preset", "official-tiny", "--out", str(tmp_path), "--seeds", "123", "--iters", "3",
             "--methods", "Frozen,LoRA (Proj),SDT,Full", "--sdt-budgets", "2x2/4x3",
             "--lr-extend-factor", "0"]  # the base grid only (the extension: the next test)
-    assert s4_regression.main(args) == 0  # dispatched to synthetic.s4_official
+    assert s4_regression.main(args) == 0  # dispatched to synthetic.s4.official_experiment
     path = tmp_path / "s4_regression_official-tiny.jsonl"
     recs = ResultsFile(path).load()
     runs = [r for r in recs if r["kind"] == "run"]

@@ -1,4 +1,4 @@
-"""ssm_peft on transformers' Mamba models (issue 28, items 1 and 3): tiny random configs, CPU, float64 where the
+"""ssm_peft on transformers' Mamba models: tiny random configs, CPU, float64 where the
 model allows. Every "pretrained" model is trained here and saved to a temporary folder; nothing is downloaded.
 
 The properties: a zero adapter is the base model exactly; SDT's effective weights and the mixer output equal the

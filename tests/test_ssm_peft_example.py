@@ -1,5 +1,5 @@
 """The README's "Use the methods on your model" code block runs as written, and ``python -m ssm_peft.finetune``
-runs end to end (tiny settings) for each of its methods (issue 28, item 4)."""
+runs end to end (tiny settings) for each of its methods."""
 
 import json
 import os

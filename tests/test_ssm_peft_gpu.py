@@ -1,5 +1,5 @@
-"""ssm_peft on a GPU (issue 28, item 5, to be filled in later): the real fused kernels and mamba-ssm's modules.
-Skips cleanly without CUDA or mamba-ssm. What runs now: SDT on mamba-ssm's ``Mamba`` block, fused path, the
+"""ssm_peft on a GPU: the real fused kernels and mamba-ssm's modules.
+Skips cleanly without CUDA or mamba-ssm. What runs: SDT on mamba-ssm's ``Mamba`` block, fused path, the
 adapter acting and receiving gradients."""
 
 import importlib.util

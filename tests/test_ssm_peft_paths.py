@@ -1,4 +1,4 @@
-"""ssm_peft beyond the plain CPU path (issue 28, item 3): the fused path emulated on CPU, a bf16 model with fp32
+"""ssm_peft beyond the plain CPU path: the fused path emulated on CPU, a bf16 model with fp32
 deltas, Falcon-Mamba / Jamba / Zamba2, and the refusals (each with its reason)."""
 
 import os

@@ -22,10 +22,7 @@ F64 = torch.float64
 EXACT = DEEP_RTOL[F64]
 
 
-@pytest.fixture(autouse=True)
-def relu_afterwards():
-    yield
-    sm.set_linear(False)  # the activation switch is process-wide: leave the ReLU default for other tests
+LINEAR = sm.FastPath(linear=True)  # the fast model's layer options in the theorem's linear setting
 
 
 def _pair(D, H, H_star, L, N, seed, activation):
@@ -35,8 +32,9 @@ def _pair(D, H, H_star, L, N, seed, activation):
     return frozen, [{k: v[0] for k, v in p.items()} for p in target]
 
 
-def _fast64(layers, x, N):
-    return sm.deep_forward([{k: v.to(F64)[None] for k, v in p.items()} for p in layers], x, sm.toeplitz_index(N, "cpu"))
+def _fast64(layers, x, N, path=sm.DEFAULT_PATH):
+    return sm.deep_forward([{k: v.to(F64)[None] for k, v in p.items()} for p in layers], x, sm.toeplitz_index(N, "cpu"),
+                           path)
 
 
 @settings(max_examples=8, deadline=None)
@@ -47,11 +45,11 @@ def test_oracle_is_exact_for_the_experiments_pairs(D, Hc, L, seed, activation):
     construction, equals the target on integer inputs 0..9 in the fast model's float64 forward."""
     N = 24
     frozen, target = _pair(D, 2 * Hc, 2 * max(1, Hc - 1), L, N, seed, activation)
-    sm.set_linear(activation == "identity")
+    path = sm.FastPath(linear=activation == "identity")
     o = theorem1_oracle(frozen, target, N, activation)
     x = torch.randint(0, 10, (D, N, 5), generator=torch.Generator().manual_seed(seed)).to(F64)  # (D, N, B)
-    y = _fast64(target, x, N)
-    assert rel_err(_fast64(o.layers, x, N), y) <= EXACT
+    y = _fast64(target, x, N, path)
+    assert rel_err(_fast64(o.layers, x, N, path), y) <= EXACT
     assert o.mse64 <= EXACT * float((y ** 2).mean())
     # kept frozen where SDT keeps them: Δ and B; changed only in the construction's trainable set
     for f, p, t in zip(frozen, o.layers, o.tuned):
@@ -75,7 +73,6 @@ def test_oracle_masks_count_and_exact_start():
     full); a run put at the exact solution (noise 0) has the exact model as effective parameters; noise moves it."""
     D, Hc, L, N = 8, 2, 2, 20
     frozen, target = _pair(D, 2 * Hc, 2, L, N, 3, "identity")
-    sm.set_linear(True)
     o = theorem1_oracle(frozen, target, N, "identity")
     b = oracle_budget(o)
     assert b == {"channels": math.ceil(D / L), "states": 1}
@@ -90,12 +87,12 @@ def test_oracle_masks_count_and_exact_start():
     start_at(st_, o, 0.0, torch.Generator().manual_seed(1))
     x = torch.randint(0, 10, (D, N, 3), generator=torch.Generator().manual_seed(2)).to(F64)
     eff = [{k: v.detach()[0] for k, v in p.items()} for p in st_.effective()]
-    assert rel_err(_fast64(eff, x, N), _fast64(o.layers, x, N)) <= 1e-6  # float32 storage of the solution
+    assert rel_err(_fast64(eff, x, N, LINEAR), _fast64(o.layers, x, N, LINEAR)) <= 1e-6  # float32 storage of the solution
     noisy = sm.RunState.create(pruned_base(frozen, o, b), 1, c, 1, generator=torch.Generator().manual_seed(0))
     oracle_masks(noisy, o, b)
     start_at(noisy, o, 0.1, torch.Generator().manual_seed(1))
     eff_n = [{k: v.detach()[0] for k, v in p.items()} for p in noisy.effective()]
-    assert rel_err(_fast64(eff_n, x, N), _fast64(o.layers, x, N)) > 1e-3
+    assert rel_err(_fast64(eff_n, x, N, LINEAR), _fast64(o.layers, x, N, LINEAR)) > 1e-3
     for l, f in enumerate(frozen):  # frozen entries stay bit-identical whatever the start
         m = noisy.mask[l]["log_dt"][0]
         assert not m.any() and torch.equal(eff_n[l]["log_dt"], f["log_dt"])
@@ -118,14 +115,12 @@ def test_selection_agreement_oracle():
 
 def test_linear_fast_model_matches_the_theory_twin():
     frozen, _ = _pair(4, 4, 2, 2, 16, 1, "identity")
-    sm.set_linear(True)
     x = torch.rand(4, 16, 3, dtype=F64) * 9 - 4  # negative entries too: no ReLU anywhere
     from theory.deep import deep_forward
 
     ref = deep_forward(sm.to_theory_model([{k: v.to(F64) for k, v in p.items()} for p in frozen], "identity"),
                        x.permute(2, 0, 1))  # (B, D, N)
-    assert rel_err(_fast64(frozen, x, 16)[0].permute(2, 0, 1), ref) <= 1e-9
-    sm.set_linear(False)
+    assert rel_err(_fast64(frozen, x, 16, LINEAR)[0].permute(2, 0, 1), ref) <= 1e-9
     assert rel_err(_fast64(frozen, x, 16)[0].permute(2, 0, 1), ref) > 1e-3  # the ReLU default differs
 
 

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--only", default=None, help="run only claims whose name contains this text")
     p.add_argument("--wide", action="store_true",
-                   help=f"one line per claim, note included (the old layout; default: wrapped to {REPORT_WIDTH} "
+                   help=f"one line per claim, note included (default: wrapped to {REPORT_WIDTH} "
                         "columns, each note on the lines below its claim)")
     args = p.parse_args(argv)
     if not 1 <= args.instances <= MAX_INSTANCES:

@@ -1,5 +1,5 @@
 """Lemma 2 of Galim et al. (ICML 2025, Sec. 5.1, eq. (5)) for a Mamba-II (SSD) head, and what it says about
-SDT's state budget there (issue 23; Dao & Gu 2024 for the SSD layer).
+SDT's state budget there (Dao & Gu 2024 for the SSD layer).
 
 **An LTI scalar-A head.** A Mamba-II head has one decay ``a = −exp(A_log) < 0`` shared by its N states, a step
 ``Δ > 0`` (``softplus(dt_bias)``; constant when in_proj's δ rows are 0), ``B, C ∈ R^N`` (constant in the LTI

@@ -2,10 +2,9 @@
 ``⌈D·L*/L⌉`` channels per layer is reached at the smallest such case, D = 3, L = 3, L* = 2 (H* = 1),
 where the toolkit's construction (``theorem1.py``) uses ``⌈D/⌊L/L*⌋⌉ = 3`` channels.
 
-The construction gives every frozen layer to one target layer, and ``theorem1.py`` used to argue that
-this is forced ("a channel of target layer l+1 needs y_l, which exists only after every channel of
-layer l has been processed"). That argument is wrong: here frozen layer 2 processes one channel of
-target layer 1 and one of target layer 2, and the update is exact.
+The construction gives every frozen layer to one target layer. That is not forced (the argument "a channel of
+target layer l+1 needs y_l, which exists only after every channel of layer l has been processed" is wrong): here
+frozen layer 2 processes one channel of target layer 1 and one of target layer 2, and the update is exact.
 
 The update (skip inside, linear activations, biases): every frozen layer tunes 2 channels with one
 state each (``a``, ``c``; ``B̄`` frozen, other states and the third channel's kernel pruned), trains

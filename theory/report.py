@@ -89,7 +89,7 @@ REPORT_WIDTH = 100  # columns of the default layout (a common terminal width)
 
 def format_table(results: List[ClaimResult], width: Optional[int] = REPORT_WIDTH) -> str:
     """The report: one row per claim (claim, instances, worst relative error, verdict) wrapped to ``width``
-    columns, its note on the indented lines below; ``width=None``: the old one-line-per-claim layout (``--wide``),
+    columns, its note on the indented lines below; ``width=None``: one line per claim (``--wide``),
     as wide as the longest note."""
     if width is None:
         return _format_wide(results)

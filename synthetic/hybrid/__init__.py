@@ -1,1 +1,1 @@
-"""The Jamba-style hybrid (attention + Mamba-I layers): model, PEFT methods, config, experiment (issue 23)."""
+"""The Jamba-style hybrid (attention + Mamba-I layers): model, PEFT methods, config, experiment."""

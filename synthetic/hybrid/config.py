@@ -1,6 +1,6 @@
 """Configuration of the hybrid regression: :class:`HybridRegressionConfig` behind ``python -m
-synthetic.hybrid_regression``, its presets, the command line (shared with the Mamba experiment:
-:func:`synthetic.mamba.config.parse_config`, :func:`synthetic.mamba.config.check_config`), the hybrid's own rules,
+synthetic.hybrid_regression``, its presets, the command line (:func:`synthetic.cli.parse_options`; the option checks
+shared with the Mamba experiment, :func:`synthetic.mamba.config.check_config`), the hybrid's own rules,
 the run grid and the fields of a run's key."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budge
 from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
 from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
                                    trainable_count)
-from synthetic.mamba.experiment import Experiment as MambaModel, MambaExperiment, best_and_final, fit, run_experiment
+from synthetic.mamba.experiment import MambaExperiment, MambaModel, best_and_final, fit, run_experiment
 from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, mamba_ssm_available, \
     select_channels
 from synthetic.cli import results_main
@@ -46,7 +46,7 @@ def _log(s: str) -> None:
     print(f"{NAME}: {s}", file=sys.stderr)
 
 
-class Experiment(MambaModel):
+class HybridModel(MambaModel):
     """Frozen and target hybrids, data streams and one training run per grid point (the inputs, evaluation and
     AdamW step are the Mamba experiment's; the models, target, SDT scores and a run are this module's)."""
 
@@ -151,7 +151,7 @@ class HybridExperiment(MambaExperiment):
 
     name = "hybrid"
     prog = NAME
-    model_cls = Experiment
+    model_cls = HybridModel
     methods = METHODS
     run_grid = staticmethod(run_grid)
     lr_policy_of = staticmethod(lr_policy)

@@ -17,7 +17,7 @@ drift hits all alike. Two tables:
    on the LoRA input path only) around mamba-ssm's unfused block. Fused rows (``mamba_inner_fn``,
    needs causal-conv1d) cannot take an activation-side LoRA, so they run with dropout 0 and merged
    weights ``W + s·B A`` (``"lora_dropout": 0.0`` in the row says so).
-2. ``equal_budget``: our earlier comparison — LoRA r8 on every linear map vs. SDT (1 % of channels,
+2. ``equal_budget``: the methods at an equal trainable budget — LoRA r8 on every linear map vs. SDT (1 % of channels,
    whole rows) + LoRA on in/out_proj at the largest rank within LoRA's trainable count; merged weights.
 
 Which SDT channels/states are chosen does not change the step cost, so they are the first ones
@@ -26,7 +26,7 @@ configuration under ``torch.profiler`` and writes the top kernels by device time
 that differ between configurations into the JSON and ``bench_mamba_profile.txt``.
 
     python -m synthetic.bench --mamba            # delegates here
-    python -m synthetic.mamba_bench --preset paper --profile --out figures   # -> figures/bench_mamba.json
+    python -m synthetic.bench --mamba --preset paper --profile --out figures   # -> figures/bench_mamba.json
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_sh
 
 
 # ----------------------------------------------------------------------------------- the models
-class Experiment:
+class MambaModel:
     """Frozen and target stacks, data streams and one training run per grid point. ``methods``: the registry
     ``train`` reads (a subclass for another block, e.g. :mod:`synthetic.mamba2.experiment`, sets its own)."""
 
@@ -241,7 +241,7 @@ class MambaExperiment:
 
     name = "mamba"
     prog = "mamba_regression"  # the log lines' prefix
-    model_cls = Experiment  # builds the models and trains one run (a subclass may set its own)
+    model_cls = MambaModel  # builds the models and trains one run (a subclass may set its own)
     methods = METHODS
     run_grid = staticmethod(run_grid)
     lr_policy_of = staticmethod(lr_policy)

@@ -1,6 +1,7 @@
 """Configuration of the Mamba-II regression: the :class:`Mamba2RegressionConfig` behind
 ``python -m synthetic.mamba2_regression``, its presets, validation, the run grid and the fields of a run's key
-(the command-line parser and the shared option checks are Mamba-I's, :func:`synthetic.mamba.config.parse_config`)."""
+(the command line is :func:`synthetic.cli.parse_options`; the shared option checks are Mamba-I's,
+:func:`synthetic.mamba.config.check_config`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The Mamba-II regression: SDT vs. LoRA on Mamba2 (SSD) blocks, regression to a smaller target (Galim et al.,
-ICML 2025, Sec. 6's synthetic experiment carried to the Mamba-II blocks of App. C.2/E.2; issue 23).
+ICML 2025, Sec. 6's synthetic experiment carried to the Mamba-II blocks of App. C.2/E.2).
 
 Setup as in :mod:`synthetic.mamba.experiment` (whose classes this module subclasses: one trainer, one runner
 plug-in): a frozen residual stack of Mamba2 blocks (more layers, more states) is fine-tuned so its output matches
@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from synthetic.mamba.experiment import Experiment, MambaExperiment, run_experiment
+from synthetic.mamba.experiment import MambaExperiment, MambaModel, run_experiment
 from synthetic.mamba.peft import residual_stack
 from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, budget_label, check_options, config_dict,
                                      lr_policy, out_paths, parse_args, run_grid)
@@ -33,7 +33,7 @@ from synthetic.cli import results_main
 from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
 
 
-class Mamba2Model(Experiment):
+class Mamba2Model(MambaModel):
     """Frozen and target Mamba2 stacks and the Mamba-I trainer (``train``, ``step``, ``eval_mse`` inherited);
     overrides how the models are built, the target computed, and Algorithm 1's selection."""
 

@@ -2,10 +2,10 @@
 
     python -m synthetic.bench                      # paper configuration, writes figures/bench_s4.json
     python -m synthetic.bench --runs 3             # R runs trained together (the sweep's mode)
-    python -m synthetic.bench --mamba [ARGS...]    # delegates to synthetic.mamba_bench.main(ARGS)
+    python -m synthetic.bench --mamba [ARGS...]    # delegates to synthetic.mamba.bench.main(ARGS)
     python -m synthetic.bench --scaling [...]      # the convolution forms' scaling table (synthetic.s4.bench_scaling)
     python -m synthetic.bench --device cpu --batch 256 --state-convention complex --threads 2 --rounds 3 \
-        --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # issue 21's CPU comparison
+        --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # the committed CPU comparison
 
 ``--official-dir`` times the unmodified official code in the same call (``scripts/time_official_s4.py``, the
 difference of an HI- and a LO-iteration run, ``--official-iters``), interleaved with ours round by round
@@ -14,7 +14,7 @@ difference of an HI- and a LO-iteration run, ``--official-iters``), interleaved 
 or run counts under ``previous`` (:func:`load_reports` reads them all; files without it load as one report).
 
 One iteration = fresh integer batch generated on the device, target forward, loss, backward and
-AdamW step (``synthetic.s4_regression.Trainer.train``). ``ms_per_iter`` is wall time per iteration
+AdamW step (``synthetic.s4.train.Trainer.train``). ``ms_per_iter`` is wall time per iteration
 divided by the number of runs trained together (``--runs``; 1 = a single run). Frozen has no
 training step: its row times a forward pass. Peak memory is ``torch.cuda.max_memory_allocated``.
 
@@ -82,14 +82,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m synthetic.bench", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="paper", choices=sorted(s4c.PRESETS))
+    p.add_argument("--preset", default="paper", choices=sorted(s4c.PRESETS),
+                   help="the deep-S4 experiment's preset whose sizes are timed")
     p.add_argument("--methods", default=",".join(s4m.METHODS), help="comma-separated method names")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per method")
     p.add_argument("--warm", type=int, default=5, help="untimed iterations first (compilation)")
     p.add_argument("--runs", type=int, default=1, help="runs trained together per step (R)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="tf32", choices=("tf32", "fp32", "fp16"))
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, or cuda[:i]")
+    p.add_argument("--precision", default="tf32", choices=("tf32", "fp32", "fp16"),
+                   help="matmul precision on CUDA (fp16: the Toeplitz convolution with fp16 operands)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the step (not given: on CUDA only)")
     p.add_argument("--conv", default="auto", choices=s4c.CONV_CHOICES, help="convolution form (synthetic.s4.conv)")
     p.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's)")
     p.add_argument("--proj-split", type=int, default=0,

@@ -31,7 +31,7 @@ import torch
 
 from synthetic.atomic import write_json_atomic
 from synthetic.results import environment
-from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
+from synthetic.s4 import config as s4c, conv, train as s4t
 from synthetic.cli import read_report
 from synthetic.s4.bench import check_out_file
 from synthetic.s4.timing import bench_method, cpu_info
@@ -110,7 +110,6 @@ def run_scaling(a, p) -> int:
                 trainers[form] = (s4t.Trainer(cfg, device, log=lambda *x: None), {}, gb)
             for rnd in range(a.rounds):
                 for form, (tr, cache, _) in trainers.items():
-                    sm.set_conv_form(tr.conv)  # the form is read when the step is traced / run
                     times[form].append(bench_method(tr, "Full", a.iters, a.warm, 1, cache=cache)["ms_per_iter"])
             for form, (tr, _, gb) in trainers.items():
                 ms = statistics.median(times[form])
@@ -120,7 +119,6 @@ def run_scaling(a, p) -> int:
                              "est_gb": round(gb, 2), "device_type": device.type, "compiled": tr.use_compile})
                 print(f"N={N:5d} D={D:4d} B={B:5d} {form:9s} {ms:10.2f} ms/iter", flush=True)
             write_json_atomic(out, _report(env, device, a, tokens, _merge(rows, kept), t_all, done=False))  # partial: kept if cut off
-    sm.set_conv_form("toeplitz")
     write_json_atomic(out, _report(env, device, a, tokens, _merge(rows, kept), t_all, done=True))
     print("wrote", out)
     return 0

@@ -95,7 +95,7 @@ PRESETS: Dict[str, Dict] = {
                  sdt_lora=("2x1:1", "3x2:2"), warmup_iters=3, frozen_eval_batches=2, curve_points=5,
                  prompt_lens=(2,), prefix_lens=(2, 4), dora_ranks=(1,), additional_states=(1,)),
 }
-PRESET_ALIASES = {"default": "cpu"}  # the CPU preset's name before every experiment's CPU preset was "cpu"
+PRESET_ALIASES = {"default": "cpu"}  # deprecated preset name -> the preset it stands for (with a one-line message)
 OPT_IN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config) if f.metadata.get("opt_in")}
 
 

@@ -37,7 +37,7 @@ Usage::
     python -m synthetic.s4_regression                  # reduced default, any device (CPU < 3 min)
     python -m synthetic.s4_regression --preset paper   # the paper's configuration (GPU)
     python -m synthetic.s4_regression --preset paper --plot-only
-    python -m synthetic.s4_regression --preset official   # the official code's conventions (synthetic.s4_official)
+    python -m synthetic.s4_regression --preset official   # the official code's conventions (synthetic.s4.official_experiment)
     python -m synthetic.s4_regression --methods all    # every method, the benchmark's included
 
 Outputs in ``--out``: ``s4_regression_<preset>.jsonl`` (one record per run, appended atomically;
@@ -368,8 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_sweep(S4Experiment(cfg), time_budget=cfg.time_budget, shard=shard)
         if shard or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
             return 0
-    for path in plot(cfg):
-        print("wrote", path)
+    plot(cfg)  # each file it writes is printed (synthetic.plots.save)
     print(summary_table(cfg))
     return 0
 

@@ -7,7 +7,7 @@ MSE vs trainable % per method, from data only (no training):
 - ``official_code``: the official code's own runs (``figures/official_s4_runs.json``, a copy of
   ``runs.json``), best ``best_mse`` over learning rates per trainable %, as the official
   notebook ``S4/analysis/s4_plot.ipynb`` does;
-- ``preset_seed123``: :mod:`synthetic.s4_official` at seed 123, best over learning rates;
+- ``preset_seed123``: the ``s4_official`` experiment (:mod:`synthetic.s4.official_experiment`) at seed 123, best over learning rates;
 - ``preset_seeds``: the same over every seed (best-of-grid mean, min–max band);
 - ``default_conventions``: our own conventions (``figures/s4_regression_paper.jsonl``, best of grid).
 
@@ -222,10 +222,12 @@ def draw(data: Dict):
 
 def plot(data: Dict, out_stem) -> List[str]:
     """The figure (:func:`draw`, ``<out_stem>.png`` and ``.pdf``) and the points drawn (``<out_stem>.json``)."""
-    from synthetic.plots import save
+    from synthetic.atomic import atomic_write
+    from synthetic.plots import save, wrote
 
     paths = save(draw(data), out_stem) + [str(out_stem) + ".json"]
-    Path(paths[2]).write_text(json.dumps(data, indent=1) + "\n")
+    atomic_write(paths[2], json.dumps(data, indent=1) + "\n")
+    wrote(paths[2])
     return paths
 
 
@@ -236,10 +238,15 @@ def three_ways(official_runs="figures/official_s4_runs.json", preset="figures/s4
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synthetic.s4_fig2", description=__doc__.split("\n\n")[0])
-    p.add_argument("--official-runs", default="figures/official_s4_runs.json")
-    p.add_argument("--preset", default="figures/s4_regression_official.jsonl")
-    p.add_argument("--default", default="figures/s4_regression_paper.jsonl")
-    p.add_argument("--out", default="figures/s4_fig2_three_ways")
+    p.add_argument("--official-runs", default="figures/official_s4_runs.json",
+                   help="the official code's runs (a copy of its runs.json) (default: %(default)s)")
+    p.add_argument("--preset", default="figures/s4_regression_official.jsonl",
+                   help="results of this toolkit's official-convention preset (default: %(default)s)")
+    p.add_argument("--default", default="figures/s4_regression_paper.jsonl",
+                   help="results of this toolkit's own conventions, paper preset (default: %(default)s)")
+    p.add_argument("--out", default="figures/s4_fig2_three_ways",
+                   help="path prefix of the figure and the points drawn: writes OUT.png, OUT.pdf, OUT.json "
+                        "(default: %(default)s)")
     a = p.parse_args(argv)
     try:  # before drawing: the inputs exist, read, and are what their option says; the outputs can be written
         if Path(a.out).is_dir():
@@ -259,8 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.loads(Path(a.official_runs).read_text())
     except ValueError as e:  # json.JSONDecodeError and ResultsFileError are ValueErrors
         p.error(f"{e}")
-    for path in three_ways(a.official_runs, a.preset, a.default, a.out):
-        print("wrote", path)
+    three_ways(a.official_runs, a.preset, a.default, a.out)  # each file it writes is printed
     return 0
 
 

@@ -12,7 +12,7 @@ official code's ``d_state``), all real tensors; ``A = −exp(log_A_re) + i A_im`
     log_A_re, A_im, B_re, B_im, C_re, C_im: (D, Hc)   log_dt, u, beta: (D,)   W: (D, D)
 
 Speed (see ``notes/s4_speed.md``): activations are laid out (R, D, N, B) = (runs, channels,
-length, batch); the causal convolution (:mod:`synthetic.s4.conv`, form chosen by :func:`set_conv_form`) is by
+length, batch); the causal convolution (:mod:`synthetic.s4.conv`, form chosen by :class:`FastPath`) is by
 default one batched matmul with per-(run, channel) lower-triangular Toeplitz matrices (N×N), the skip
 ``u ⊙ x`` is folded into the lag-0 tap (``K_0 + u``), the projection is one batched GEMM over D. ``R`` independent fine-tuning runs (e.g. the learning-rate
 grid) share one input batch and one target and are trained in the same kernels.
@@ -29,7 +29,7 @@ entries plus the unmasked LoRA factor entries; ``tests/test_s4_regression.py`` c
 The benchmark's other methods (prompt, prefix, initial state, state offset, DoRA, Additional-scan) use a
 second path: trainable tensors in ``RunState.extra`` (:data:`EXTRA_SHAPES`) and :func:`deep_forward_extra`
 (sequence length ``N + M`` with prompt/prefix positions). A RunState without extras runs the graph above
-unchanged; :func:`theory_forward_extra` is that path's float64 twin.
+unchanged; :func:`synthetic.s4.twin.theory_forward_extra` is that path's float64 twin.
 
 The reference twin is :func:`synthetic.s4.twin.to_theory_model` (float64, ``theory.deep`` / ``theory.ssm`` FFT
 convolution); a test holds the two together.
@@ -37,9 +37,10 @@ convolution); a test holds the two together.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -47,7 +48,7 @@ from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm
 from synthetic.s4.conv import (CONV_FORMS, ToeplitzConv, ToeplitzConvHalf, diagonal_sums,  # noqa: F401
                                 s4d_kernel, s4d_modes, toeplitz, toeplitz_index)  # re-exported: the layer's convolution
 from synthetic.s4.proj import split_k_projection
-from synthetic.s4.twin import to_theory_model  # noqa: F401 (the float64 twin, re-exported for its users)
+from synthetic.s4.twin import theory_forward_extra, to_theory_model  # noqa: F401 (the float64 twins, re-exported)
 
 Tensor = torch.Tensor
 
@@ -93,63 +94,61 @@ def init_layer(D: int, Hc: int, *, generator: torch.Generator, dtype=torch.float
 def count_layer_params(D: int, Hc: int) -> int:
     return sum(math.prod(s) for s in param_shapes(D, Hc).values())
 
-_HALF_CONV = False  # read when layer_forward is traced: set before compiling (set_half_conv)
-_CONV_FORM = "toeplitz"  # likewise (set_conv_form); a key of synthetic.s4.conv.CONV_FORMS
-_PROJ_SPLIT = 0  # likewise (set_proj_split): > 1 = the projection's weight gradient split in that many chunks
+@dataclass(frozen=True)
+class FastPath:
+    """How the default graph computes a layer; each trainer builds one from its config and passes it to
+    :func:`layer_forward`, :func:`deep_forward` and :func:`run_losses` (compiled once per distinct value,
+    :func:`compiled_losses`). None of these choices is part of a run's key: they change rounding only, or
+    (``linear``) name the Theorem 1 study's variant, which its results file records.
+
+    conv: the convolution form, a key of ``synthetic.s4.conv.CONV_FORMS``.
+    half_conv: the Toeplitz convolution with fp16 operands (:class:`ToeplitzConvHalf`, ``--precision fp16``);
+        it uses the Toeplitz form whatever ``conv`` is.
+    proj_split: > 1 = the projection's weight gradient as that many chunks of N·B
+        (``synthetic.s4.proj.SplitKProjection``); 0 or 1 = one GEMM.
+    linear: identity activation instead of ReLU in every layer (Theorem 1's linear setting,
+        ``synthetic.s4.theorem1_study``).
+    """
+
+    conv: str = "toeplitz"
+    half_conv: bool = False
+    proj_split: int = 0
+    linear: bool = False
+
+    def __post_init__(self):
+        if self.conv not in CONV_FORMS:
+            raise ValueError(f"conv form: must be one of {sorted(CONV_FORMS)}, got {self.conv!r}")
 
 
-def set_half_conv(enabled: bool) -> None:
-    """Use :class:`ToeplitzConvHalf` (fp16 operands) instead of :class:`ToeplitzConv` in layer_forward."""
-    global _HALF_CONV
-    _HALF_CONV = bool(enabled)
-
-
-_LINEAR = False  # the layer's activation: ReLU (the experiment), or identity (Theorem 1's linear variant; set_linear)
+DEFAULT_PATH = FastPath()  # the experiment's layer: Toeplitz form, fp32 operands, one projection GEMM, ReLU
 
 
 def set_linear(enabled: bool) -> None:
-    """Identity activation instead of ReLU in every layer of the default graph (Theorem 1's linear setting, used
-    by ``synthetic.s4.theorem1_study``); read when a step is traced, so set it before compiling."""
-    global _LINEAR
-    _LINEAR = bool(enabled)
+    """No effect: the activation is :attr:`FastPath.linear`, passed in by each caller. Kept so that
+    ``paper_checks.ipynb`` (which calls it) runs unchanged until it is regenerated."""
 
 
-def set_proj_split(k: int) -> None:
-    """``k > 1``: the projection's weight gradient as k chunks of N·B (``synthetic.s4.proj.SplitKProjection``)."""
-    global _PROJ_SPLIT
-    _PROJ_SPLIT = int(k)
-
-
-def set_conv_form(form: str) -> None:
-    """The convolution form of layer_forward (``synthetic.s4.conv.CONV_FORMS``); read when a step is traced,
-    so one compiled graph per form. ``--precision fp16`` (set_half_conv) uses the Toeplitz form whatever this is."""
-    global _CONV_FORM
-    if form not in CONV_FORMS:
-        raise ValueError(f"conv form: must be one of {sorted(CONV_FORMS)}, got {form!r}")
-    _CONV_FORM = form
-
-
-def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
-    """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B).
+def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor, path: FastPath = DEFAULT_PATH) -> Tensor:
+    """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B), computed as ``path`` says.
 
     ``p`` tensors carry a leading run axis R: log_A_re (R, D, Hc), W (R, D, D), ...
     """
-    if _HALF_CONV:
+    if path.half_conv:
         s = ToeplitzConvHalf.apply(s4d_kernel(p, x.shape[-2]), x, idx)  # (R, D, N, B): conv + skip
     else:
-        s = CONV_FORMS[_CONV_FORM](p, x, idx)  # (R, D, N, B): conv + skip, in the form set by set_conv_form
+        s = CONV_FORMS[path.conv](p, x, idx)  # (R, D, N, B): conv + skip
     R, D = s.shape[0], s.shape[1]
-    if _PROJ_SPLIT > 1:
-        z = split_k_projection(p["W"], s.reshape(R, D, -1), _PROJ_SPLIT)  # (R, D, N*B)
+    if path.proj_split > 1:
+        z = split_k_projection(p["W"], s.reshape(R, D, -1), path.proj_split)  # (R, D, N*B)
     else:
         z = torch.bmm(p["W"], s.reshape(R, D, -1))  # (R, D, N*B)
     pre = z + p["beta"][..., None]
-    return (pre if _LINEAR else torch.relu(pre)).reshape(s.shape)  # (R, D, N, B)
+    return (pre if path.linear else torch.relu(pre)).reshape(s.shape)  # (R, D, N, B)
 
 
-def deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) -> Tensor:
+def deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor, path: FastPath = DEFAULT_PATH) -> Tensor:
     for p in layers:
-        x = layer_forward(p, x, idx)
+        x = layer_forward(p, x, idx, path)
     return x
 
 
@@ -305,17 +304,34 @@ def effective_layers(base, train, mask, lora, rank_mask) -> List[Dict[str, Tenso
     return out
 
 
-def run_losses(base, train, mask, lora, rank_mask, x: Tensor, y: Tensor, idx: Tensor, extra=None) -> Tensor:
+def run_losses(base, train, mask, lora, rank_mask, x: Tensor, y: Tensor, idx: Tensor, extra=None,
+               path: FastPath = DEFAULT_PATH) -> Tensor:
     """Per-run MSE over all tokens: x (D, N, B) input, y (D, N, B) target output -> (R,).
 
-    ``extra`` (the methods of :data:`EXTRA_SHAPES`) switches to :func:`deep_forward_extra`; then ``idx``
-    is the Toeplitz index for ``N + M`` positions (M prompt/prefix positions, 0 without them).
+    ``path`` says how the default graph computes its layers. ``extra`` (the methods of :data:`EXTRA_SHAPES`)
+    switches to :func:`deep_forward_extra` (Toeplitz form, ReLU, whatever ``path``); then ``idx`` is the Toeplitz
+    index for ``N + M`` positions (M prompt/prefix positions, 0 without them).
     """
     if extra:
         out = deep_forward_extra(effective_layers_extra(base, train, mask, lora, rank_mask, extra), x, idx)
         return ((out - y) ** 2).mean(dim=(1, 2, 3))
-    out = deep_forward(effective_layers(base, train, mask, lora, rank_mask), x, idx)  # (R, D, N, B)
+    out = deep_forward(effective_layers(base, train, mask, lora, rank_mask), x, idx, path)  # (R, D, N, B)
     return ((out - y) ** 2).mean(dim=(1, 2, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def losses_for(path: FastPath) -> Callable[..., Tensor]:
+    """:func:`run_losses` with ``path`` bound (one function per distinct options value): the trainers' loss,
+    ``losses(base, train, mask, lora, rank_mask, x, y, idx, extra=None)``."""
+    def losses(base, train, mask, lora, rank_mask, x: Tensor, y: Tensor, idx: Tensor, extra=None) -> Tensor:
+        return run_losses(base, train, mask, lora, rank_mask, x, y, idx, extra, path)
+    return losses
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_losses(path: FastPath) -> Callable[..., Tensor]:
+    """``torch.compile`` of :func:`losses_for` ``(path)``, made once per distinct options value."""
+    return torch.compile(losses_for(path), dynamic=False)
 
 
 @torch.no_grad()
@@ -448,43 +464,3 @@ def deep_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) 
         else:
             x = layer_forward_extra(p, x, idx)
     return x[..., M:, :] if M else x
-
-
-# --------------------------------------------------------------------------- reference twin
-def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:
-    """Float64 reference twin of :func:`deep_forward_extra` built on ``theory``: x (B, D, N) -> (B, D, N).
-
-    layers: per-layer dicts without a run axis (effective parameters, W after DoRA), with the extra keys
-    of :data:`EXTRA_SHAPES`. Per layer: additional modes are appended to the layer's modes (B = 1) and the
-    whole layer becomes a ``theory.ssm.DiagonalSSM`` (via :func:`to_theory_model`); the mechanism is the
-    explicit recurrence ``theory.ssm.ssm_recurrence`` started at ``h_0``; the offset adds ``2 Re(C h')``;
-    then ``ReLU(W (s + u ⊙ x) + β)``. Prompt / prefix positions are prepended and dropped as in the fast model.
-    """
-    from theory.ssm import ssm_recurrence
-
-    def f64(t):
-        return t.detach().to("cpu", torch.float64)
-
-    x = f64(x)
-    Bt = x.shape[0]
-    M = layers[0]["prompt"].shape[-1] if "prompt" in layers[0] else 0
-    if M:
-        x = torch.cat([f64(layers[0]["prompt"])[None].expand(Bt, -1, -1), x], dim=-1)  # (B, D, M + N)
-    for p in layers:
-        q = {k: f64(v) for k, v in p.items()}
-        if "add_C_re" in q:
-            ones = torch.ones_like(q["add_C_re"])
-            for k, a in (("log_A_re", "add_log_A_re"), ("A_im", "add_A_im"), ("C_re", "add_C_re"), ("C_im", "add_C_im")):
-                q[k] = torch.cat([q[k], q[a]], dim=1)  # (D, Hc + Ha)
-            q["B_re"] = torch.cat([q["B_re"], ones], dim=1)
-            q["B_im"] = torch.cat([q["B_im"], 0 * ones], dim=1)
-        layer = to_theory_model([{k: q[k] for k in ALL_PARAMS}]).layers[0]
-        Mp = q["prefix"].shape[-1] if "prefix" in q else 0
-        xin = torch.cat([q["prefix"][None].expand(Bt, -1, -1), x], dim=-1) if Mp else x
-        h0 = torch.complex(q["h0_re"], q["h0_im"]) if "h0_re" in q else None
-        s = ssm_recurrence(layer.ssm, xin, h0)  # (B, D, N'): C h_t from h_0
-        if "offset_re" in q:
-            s = s + 2 * (layer.ssm.C * torch.complex(q["offset_re"], q["offset_im"])).sum(-1).real[None, :, None]
-        pre = torch.einsum("ij,bjn->bin", layer.W, s + layer.u[None, :, None] * xin) + layer.beta[None, :, None]
-        x = torch.relu(pre)[..., Mp:]
-    return x[..., M:]

@@ -359,7 +359,7 @@ def budget_label(budget: Dict) -> str:
 
 
 @dataclass
-class Group:
+class AnchoredRuns:
     """R runs of one (method, budget) on one frozen model: the RunState plus the weight-decay anchors.
 
     anchors: one tensor per ``state.parameters()`` entry; AdamW decays ``P − anchor`` (the official
@@ -373,7 +373,7 @@ class Group:
 
 def build_group(frozen: List[Dict[str, Tensor]], method: OfficialMethod, budget: Dict, R: int, rank_max: Tuple[int, int],
                 lora_down: Optional[List[Tensor]] = None, selection: Optional[OfficialSelection] = None,
-                ac_generator: Optional[torch.Generator] = None) -> Group:
+                ac_generator: Optional[torch.Generator] = None) -> AnchoredRuns:
     """Masks, pruned base, LoRA factors and anchors of ``method`` at ``budget`` (the official trainable set).
 
     frozen: per-layer dicts (no run axis) on the target device. lora_down: per layer (r, d_model)
@@ -429,7 +429,7 @@ def build_group(frozen: List[Dict[str, Tensor]], method: OfficialMethod, budget:
     for t, lo, b, d in zip(state.train, state.lora, base, delta):
         anchors += [torch.where(d[k], b[k], torch.zeros_like(b[k]))[None].expand_as(t[k]) for k in sm.ALL_PARAMS]
         anchors += [torch.zeros_like(lo[k]) for k in ("proj_A", "proj_B", "ssm_A", "ssm_B")]
-    return Group(state, anchors, selection)
+    return AnchoredRuns(state, anchors, selection)
 
 
 def fft_layer_forward(p: Dict[str, Tensor], x: Tensor) -> Tensor:
@@ -459,10 +459,12 @@ def fft_deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor) ->
     return x
 
 
-CONVS = {"toeplitz": (sm.run_losses, sm.deep_forward), "fft": (fft_run_losses, fft_deep_forward)}
+# the official trainer's (loss, forward) per --conv; "toeplitz" is synthetic.s4.model's default FastPath
+# (Toeplitz form, fp32 operands, one projection GEMM, ReLU)
+CONVS = {"toeplitz": (sm.losses_for(sm.DEFAULT_PATH), sm.deep_forward), "fft": (fft_run_losses, fft_deep_forward)}
 
 
-def concat_groups(groups: Sequence[Group]) -> Group:
+def concat_groups(groups: Sequence[AnchoredRuns]) -> AnchoredRuns:
     """Several groups of one frozen model as one (runs concatenated; they then share every batch).
 
     Bases that differ between groups (SDT's pruned C) get a run axis; the rest stay shared. The
@@ -473,7 +475,7 @@ def concat_groups(groups: Sequence[Group]) -> Group:
     state = sm.RunState.concat([g.state for g in groups])  # differing bases (pruned C) get a run axis
     per = [g.anchors for g in groups]
     anchors = [torch.cat(a) for a in zip(*per)]
-    return Group(state, anchors, None)
+    return AnchoredRuns(state, anchors, None)
 
 
 @torch.no_grad()

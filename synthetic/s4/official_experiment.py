@@ -26,9 +26,9 @@ from synthetic import cli, runner
 from synthetic.cli import check_memory
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration, run_key,
                                run_records, subsample_curve, utc_now)
-from synthetic.runner import Group as RunGroup, Run, run_sweep
+from synthetic.runner import Group, Run, run_sweep
 from synthetic.s4 import model as sm
-from synthetic.s4.official import (CONVS, METHODS, OFFICIAL_SEED, PRESETS, WARMUP_PARAMS, Group,
+from synthetic.s4.official import (CONVS, METHODS, OFFICIAL_SEED, PRESETS, WARMUP_PARAMS, AnchoredRuns,
                                    OfficialConfig, OfficialMethod, adamw_step_anchored, budget_label, build_group,
                                    concat_groups,
                                    official_lora_down, official_models, official_param_count, official_selection,
@@ -55,8 +55,6 @@ class Trainer:
         self.idx = sm.toeplitz_index(cfg.seq_len, device)
         self.conv = cfg.conv if cfg.conv != "auto" else ("toeplitz" if device.type == "cuda" else "fft")
         self.run_losses, self.deep_forward = CONVS[self.conv]
-        sm.set_conv_form("toeplitz")  # "toeplitz" here is model.run_losses: its layer form, whatever ran before
-        sm.set_proj_split(0)
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
         self._loss, self._step = self.run_losses, adamw_step_anchored
         if self.use_compile:
@@ -95,7 +93,7 @@ class Trainer:
         g = torch.Generator(device=self.device)
         return g.manual_seed(1_000_003 * (stream + 1) + seed)
 
-    def train(self, group: Group, lrs: Sequence[float], iters: int, batches: Iterator) -> Tensor:
+    def train(self, group: AnchoredRuns, lrs: Sequence[float], iters: int, batches: Iterator) -> Tensor:
         """``iters`` AdamW steps of the R runs; returns the training-batch losses (R, iters) on the host."""
         cfg, st = self.cfg, group.state
         params = st.parameters()
@@ -114,7 +112,7 @@ class Trainer:
         return losses.cpu()
 
     @torch.no_grad()
-    def evaluate(self, group: Group, batches: Iterator, n: int) -> List[float]:
+    def evaluate(self, group: AnchoredRuns, batches: Iterator, n: int) -> List[float]:
         """Per run: MSE averaged over ``n`` fresh batches with the final parameters."""
         st = group.state
         tot = torch.zeros(st.R, device=self.device)
@@ -144,7 +142,7 @@ def rank_max(cfg: OfficialConfig) -> Tuple[int, int]:
 
 
 def prepare_group(cfg: OfficialConfig, trainer: Trainer, seed_cache: Dict, method: OfficialMethod, budget: Dict,
-                  R: int) -> Tuple[Group, List[float]]:
+                  R: int) -> Tuple[AnchoredRuns, List[float]]:
     """The group's RunState on ``seed_cache`` (target, frozen, generator state after init, warm-up)."""
     c = seed_cache
     g = torch.Generator()
@@ -249,8 +247,8 @@ class OfficialExperiment(TrainerExperiment):
         return (f"device {environment()['device']}, compile={self.trainer.use_compile}, data={self.cfg.data}; "
                 f"official model {self.total} parameters")
 
-    def groups(self) -> List[RunGroup]:
-        return [RunGroup(s, m, b, tuple(self.cfg.lrs)) for s, m, b in run_groups(self.cfg)]
+    def groups(self) -> List[Group]:
+        return [Group(s, m, b, tuple(self.cfg.lrs)) for s, m, b in run_groups(self.cfg)]
 
     def train(self, runs: Sequence[Run]) -> List[Dict]:
         cfg, trainer = self.cfg, self.trainer

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List
 
-from synthetic.atomic import write_json_atomic
+from synthetic.plots import save_json
 from synthetic.results import LrPolicy, ResultsFile, ResultsFileError, best_of_grid, edge_label, exit_error
 
 VARIANT_FILES = ("linear", "relu")
@@ -115,9 +115,9 @@ def write_summary(out: str, preset: str) -> List[str]:
     if not rows_by_variant:
         exit_error(f"{out}: no theorem1_training_{preset}_*.jsonl results (run python -m synthetic.s4_theorem1)")
     stem, devices = _stem(out, preset), " + ".join(sorted(seen - {"None"}))
-    write_json_atomic(stem.with_suffix(".json"), {"preset": preset, "variants": rows_by_variant})
+    json_path = save_json(stem.with_suffix(".json"), {"preset": preset, "variants": rows_by_variant})
     print(table(rows_by_variant))
-    return [str(stem.with_suffix(".json"))] + plot(rows_by_variant, stem, preset, devices)
+    return [json_path] + plot(rows_by_variant, stem, preset, devices)
 
 
 # ------------------------------------------------------------------------------------------- figure

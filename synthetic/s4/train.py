@@ -27,12 +27,12 @@ def resolve_device(cfg: Config) -> torch.device:
 
 
 def set_precision(precision: str, device: torch.device) -> None:
-    """Matmul precision on CUDA (process-wide flags, read when a step is compiled): "fp32"; "tf32"
-    (TF32 tensor cores); "fp16" (TF32, and the Toeplitz conv GEMMs with fp16 operands). No-op on CPU."""
+    """Matmul precision on CUDA (torch's process-wide flags, read when a step is compiled): "fp32"; "tf32"
+    (TF32 tensor cores); "fp16" (TF32; the Toeplitz conv GEMMs with fp16 operands are :func:`fast_path`'s
+    ``half_conv``). No-op on CPU."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16")
         torch.backends.cudnn.allow_tf32 = precision in ("tf32", "fp16")
-        sm.set_half_conv(precision == "fp16")
 
 
 def conv_form(cfg: Config, device: torch.device) -> Tuple[str, str]:
@@ -45,6 +45,12 @@ def conv_form(cfg: Config, device: torch.device) -> Tuple[str, str]:
     return choose_form(cfg.seq_len, cfg.d_model, device.type, B=cfg.batch)
 
 
+def fast_path(cfg: Config, device: torch.device, conv: str) -> sm.FastPath:
+    """The layer options of ``cfg`` on ``device`` with convolution form ``conv`` (:func:`conv_form`)."""
+    return sm.FastPath(conv=conv, half_conv=cfg.precision == "fp16" and device.type == "cuda",
+                       proj_split=int(cfg.proj_split), linear=cfg.activation == "identity")
+
+
 class Trainer:
     """Owns the (optionally compiled) per-run loss and AdamW step, shared by every method and group."""
 
@@ -53,10 +59,8 @@ class Trainer:
         set_precision(cfg.precision, device)
         if device.type == "cpu":
             torch.set_num_threads(threads_for(cfg.threads))
-        sm.set_linear(cfg.activation == "identity")  # process-wide, read when the step is traced
         self.conv, self.conv_reason = conv_form(cfg, device)
-        sm.set_conv_form(self.conv)
-        sm.set_proj_split(cfg.proj_split)
+        self.path = fast_path(cfg, device, self.conv)  # how every layer of this trainer's graphs is computed
         self.idx = sm.toeplitz_index(cfg.seq_len, device)
         self._idx_extra: Dict[int, Tensor] = {}
         self.use_compile = (device.type == "cuda") if cfg.compile is None else cfg.compile
@@ -66,10 +70,10 @@ class Trainer:
             dcfg = dynamo.config
             name = "recompile_limit" if hasattr(dcfg, "recompile_limit") else "cache_size_limit"
             setattr(dcfg, name, max(getattr(dcfg, name), 64))
-        self._loss, self._step = sm.run_losses, sm.adamw_step
+        self._loss, self._step = sm.losses_for(self.path), sm.adamw_step
         if self.use_compile:
             try:
-                self._loss = torch.compile(sm.run_losses, dynamic=False)
+                self._loss = sm.compiled_losses(self.path)
                 self._step = torch.compile(sm.adamw_step, dynamic=False)
             except Exception as e:  # pragma: no cover - depends on the installation
                 self.log(f"torch.compile unavailable ({e!r}); running eagerly")
@@ -85,7 +89,7 @@ class Trainer:
                 raise
             self.log(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); falling back to eager")
             self.use_compile, self.compile_failed = False, True
-            self._loss, self._step = sm.run_losses, sm.adamw_step
+            self._loss, self._step = sm.losses_for(self.path), sm.adamw_step
             fn = self._loss if which == "loss" else self._step
             return fn(*args)
 
@@ -109,7 +113,7 @@ class Trainer:
         cfg = self.cfg
         x = torch.randint(0, 10, (cfg.d_model, cfg.seq_len, cfg.batch), generator=g, device=self.device).to(torch.float32)
         with torch.no_grad():
-            y = sm.deep_forward(target, x, self.idx)[0]  # (D, N, B)
+            y = sm.deep_forward(target, x, self.idx, self.path)[0]  # (D, N, B)
         return x, y
 
     def train(self, state: sm.RunState, lrs: Sequence[float], iters: int, target, g: torch.Generator) -> Tensor:
@@ -138,7 +142,7 @@ class Trainer:
         tot = torch.zeros((), device=self.device)
         for _ in range(n_batches):
             x, y = self.batch(g, target)
-            out = sm.deep_forward(layers, x, self.idx)
+            out = sm.deep_forward(layers, x, self.idx, self.path)
             tot += ((out - y) ** 2).mean()
         return float(tot / n_batches)
 

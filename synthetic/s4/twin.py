@@ -29,3 +29,44 @@ def to_theory_model(layers: List[Dict[str, Tensor]], activation: str = "relu"):
         A_bar, B_bar = discretize_zoh(A, B, torch.exp(q["log_dt"]))
         out.append(DeepLayer(DiagonalSSM(A_bar, B_bar, C), q["W"], q["beta"], q["u"]))
     return DeepSSM(tuple(out), activation=activation, skip="inside")
+
+
+def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:
+    """Float64 reference twin of :func:`synthetic.s4.model.deep_forward_extra` built on ``theory``:
+    x (B, D, N) -> (B, D, N).
+
+    layers: per-layer dicts without a run axis (effective parameters, W after DoRA), with the extra keys of
+    :data:`synthetic.s4.model.EXTRA_SHAPES`. Per layer: additional modes are appended to the layer's modes (B = 1)
+    and the whole layer becomes a ``theory.ssm.DiagonalSSM`` (via :func:`to_theory_model`); the mechanism is the
+    explicit recurrence ``theory.ssm.ssm_recurrence`` started at ``h_0``; the offset adds ``2 Re(C h')``;
+    then ``ReLU(W (s + u ⊙ x) + β)``. Prompt / prefix positions are prepended and dropped as in the fast model.
+    """
+    from synthetic.s4.model import ALL_PARAMS  # here: synthetic.s4.model imports this module
+    from theory.ssm import ssm_recurrence
+
+    def f64(t):
+        return t.detach().to("cpu", torch.float64)
+
+    x = f64(x)
+    Bt = x.shape[0]
+    M = layers[0]["prompt"].shape[-1] if "prompt" in layers[0] else 0
+    if M:
+        x = torch.cat([f64(layers[0]["prompt"])[None].expand(Bt, -1, -1), x], dim=-1)  # (B, D, M + N)
+    for p in layers:
+        q = {k: f64(v) for k, v in p.items()}
+        if "add_C_re" in q:
+            ones = torch.ones_like(q["add_C_re"])
+            for k, a in (("log_A_re", "add_log_A_re"), ("A_im", "add_A_im"), ("C_re", "add_C_re"), ("C_im", "add_C_im")):
+                q[k] = torch.cat([q[k], q[a]], dim=1)  # (D, Hc + Ha)
+            q["B_re"] = torch.cat([q["B_re"], ones], dim=1)
+            q["B_im"] = torch.cat([q["B_im"], 0 * ones], dim=1)
+        layer = to_theory_model([{k: q[k] for k in ALL_PARAMS}]).layers[0]
+        Mp = q["prefix"].shape[-1] if "prefix" in q else 0
+        xin = torch.cat([q["prefix"][None].expand(Bt, -1, -1), x], dim=-1) if Mp else x
+        h0 = torch.complex(q["h0_re"], q["h0_im"]) if "h0_re" in q else None
+        s = ssm_recurrence(layer.ssm, xin, h0)  # (B, D, N'): C h_t from h_0
+        if "offset_re" in q:
+            s = s + 2 * (layer.ssm.C * torch.complex(q["offset_re"], q["offset_im"])).sum(-1).real[None, :, None]
+        pre = torch.einsum("ij,bjn->bin", layer.W, s + layer.u[None, :, None] * xin) + layer.beta[None, :, None]
+        x = torch.relu(pre)[..., Mp:]
+    return x[..., M:]

@@ -102,7 +102,7 @@ def test_quick_from_the_shell_leaves_the_committed_file_alone():
 
 
 def test_a_run_cut_off_keeps_its_rows_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
-    """Issue 32 item 5: the file is written as rows and stages come (config.complete false until the end)."""
+    """The file is written as rows and stages come (config.complete false until the end)."""
     out, fig = tmp_path / "c.json", tmp_path / "c.png"
     argv = ["--quick", "--out", str(out), "--figure", str(fig)]
     real = capacity.groebner_oracle

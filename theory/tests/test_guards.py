@@ -1,7 +1,7 @@
-"""Bad input to the library gives a clear ``ValueError`` naming the argument (issue 17, item 4): DoRA's norm
+"""Bad input to the library gives a clear ``ValueError`` naming the argument: DoRA's norm
 on a zero row, LoRA/DoRA biases, unsupported dtypes, size guards on O(N·H·D) tensors, unstable |Ā| > 1
 over long sequences, and ``python -m theory``'s --instances / --seed bounds; what the mathematics excludes
-(issue 32, item 4: GF(p) ranks need a prime p < 2^29 and integer matrices, a Mamba-II head needs a finite nonzero
+(GF(p) ranks need a prime p < 2^29 and integer matrices, a Mamba-II head needs a finite nonzero
 a = −exp(A_log) and N >= 1, SDT masks take integer indices); the bounds of ``python -m theory.capacity`` and
 ``python -m theory.nondividing``."""
 
@@ -151,7 +151,7 @@ def test_cli_bad_options_are_one_line_exit_2(argv, needle, capsys):
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-# ------------------------------------------------------------- what the mathematics excludes (issue 32)
+# ------------------------------------------------------------- what the mathematics excludes
 EYE = np.eye(3, dtype=np.int64)
 CFG = ProbeConfig(4, 2, 1, 2, 1, 1)
 

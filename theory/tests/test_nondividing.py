@@ -61,7 +61,7 @@ def test_survey_cli_refuses_bad_counts(capsys):
 
 
 def test_cli_prints_and_appends_each_result_as_it_comes(tmp_path, monkeypatch, capsys):
-    """Issue 32 item 5: results are printed and written per (target, placement); a run cut off keeps them."""
+    """Results are printed and written per (target, placement); a run cut off keeps them."""
     calls = []
 
     def fake(seed, max_tries, alpha2_layer):

@@ -1,5 +1,5 @@
-"""``python -m theory``'s table fits a 100-column terminal (issue 30 item 4): claims wrapped in their column, notes
-on indented lines below; ``--wide`` keeps the old one-line-per-claim layout; the verdicts are the same either way.
+"""``python -m theory``'s table fits a 100-column terminal: claims wrapped in their column, notes
+on indented lines below; ``--wide`` gives one line per claim; the verdicts are the same either way.
 Help texts are plain text (no reStructuredText markup)."""
 
 import pytest
