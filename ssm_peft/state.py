@@ -48,9 +48,9 @@ def mamba1_state_terms(dt: Tensor, A: Tensor, C: Tensor, z: Optional[Tensor], *,
     dt (Bt, D, L) before bias and softplus; A (D, H) = −exp(A_log); C (Bt, H, L); z (Bt, D, L) or None;
     delta_bias (D,) or None; h0, offset (D, H) or None. Returns y_extra (Bt, D, L) =
     ``SiLU(z) ⊙ (C_t · (exp(A cumsum(Δ)_t) ⊙ h0) + C_t · h')`` and, with h0, the final-state extra
-    (Bt, D, H) ``exp(A Σ_t Δ_t) ⊙ h0`` (else None). Computed in float32 at least.
+    (Bt, D, H) ``exp(A Σ_t Δ_t) ⊙ h0`` (else None). Computed in float32 at least (float64 when the state or C is).
     """
-    wdt = torch.promote_types(torch.float32, (h0 if h0 is not None else offset).dtype)
+    wdt = torch.promote_types(torch.promote_types(torch.float32, (h0 if h0 is not None else offset).dtype), C.dtype)
     C = C.to(wdt)
     y = torch.zeros(C.shape[0], A.shape[0], C.shape[-1], dtype=wdt, device=C.device)  # (Bt, D, L)
     final = None
