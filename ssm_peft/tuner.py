@@ -11,7 +11,7 @@ carry no adapter name, so saving and loading map them one to one.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer

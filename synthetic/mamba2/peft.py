@@ -42,10 +42,11 @@ from torch import nn
 from ssm_peft.layouts import MixerDims
 from ssm_peft.selection import abar_change, bc_change_scores, sdt_indices, select_channels
 from ssm_peft.sparse import SparseDelta
-from synthetic.mamba.peft import Backend, Method, mamba_ssm_available, residual_stack
+from synthetic.mamba.peft import (Backend, Method, frozen_param_count, mamba_ssm_available,  # noqa: F401 (re-exported)
+                                  residual_stack, trainable_count)
 from synthetic.mamba2.ref import (PARAM_NAMES, Mamba2Ref, effective_delta, mamba2_dims, mamba2_forward,
                                   ssd_scan_chunked)
-from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix, count_trainable
+from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix
 
 Tensor = torch.Tensor
 
@@ -310,11 +311,3 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
 [z; x], separately on its SSM rows [B; C; δ] (Mamba-I's x_proj/dt_proj), on out_proj, and A_log (one scalar per
 head: a vector, so trained in full where Mamba-I's LoRA (S6) treats the (D, H) A_log as a matrix). SDT + LoRA:
 SDT on the SSM part, LoRA on the projections (in_proj's [z; x] rows and out_proj)."""
-
-
-def frozen_param_count(layer_weights: Sequence[Mapping[str, Tensor]]) -> int:
-    return sum(int(t.numel()) for w in layer_weights for t in w.values())
-
-
-def trainable_count(module: nn.Module) -> int:
-    return count_trainable(module)
