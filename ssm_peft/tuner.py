@@ -167,8 +167,9 @@ class SDTModel(_SSMTuner):
                     W = _original(lin, "weight")
                     parametrize.register_parametrization(lin, "weight", LowRankDelta(
                         W.shape, min(config.lora_rank, *W.shape), config.lora_alpha, W.dtype, W.device))
-            dims = mixer_dims(mixer, spec.layout)
-            for path, idx in sdt_indices(dims, selection.layers[name], config.dt, mixer.in_proj.weight.shape[1]).items():
+            indices = sdt_indices(mixer_dims(mixer, spec.layout), selection.layers[name], config.dt,
+                                  mixer.in_proj.weight.shape[1])
+            for path, idx in indices.items():
                 owner, pname = _owner(mixer, path)
                 base = _original(owner, pname)
                 parametrize.register_parametrization(owner, pname, SparseDelta(base.shape, idx, base.dtype,

@@ -429,7 +429,7 @@ def _with_added_states(w: Dict[str, Tensor], add: nn.Module, dt_rank: int, H: in
 
 def _benchmark_block_forward(block: "PeftMambaBlock", hidden: Tensor, backend: Backend) -> Tensor:
     """A block with the benchmark's additions: prefix positions prepended (outputs there dropped); with an
-    initial state or state offset, the unfused path plus :func:`ssm_peft.state.mamba1_state_terms` (gated by ``SiLU(z)``)."""
+    initial state or state offset, the unfused path plus :func:`ssm_peft.state.mamba1_state_terms` (gated by SiLU(z))."""
     added = block.added
     M = 0
     if "prefix" in added:
@@ -447,8 +447,8 @@ def _benchmark_block_forward(block: "PeftMambaBlock", hidden: Tensor, backend: B
                         delta_bias=w["dt_proj.bias"].float(), delta_softplus=True)  # (Bt, D, N), gated
     h0 = added["initial_state"].state if "initial_state" in added else None
     off = added["state_offset"].state if "state_offset" in added else None
-    terms, _ = mamba1_state_terms(delta, -torch.exp(_fp32_at_least(w["A_log"])), C, z, delta_bias=w["dt_proj.bias"], delta_softplus=True, h0=h0,
-                                  offset=off)  # (Bt, D, N), gated
+    terms, _ = mamba1_state_terms(delta, -torch.exp(_fp32_at_least(w["A_log"])), C, z, delta_bias=w["dt_proj.bias"],
+                                  delta_softplus=True, h0=h0, offset=off)  # (Bt, D, N), gated
     y = y + terms.to(y.dtype)
     out = torch.einsum("md,bdn->bnm", w["out_proj.weight"], y)
     b_out = w.get("out_proj.bias")
