@@ -518,6 +518,76 @@ plt.figure(figsize=(11, 5.5)); plt.imshow(plt.imread(str(hp["mse"]) + ".png")); 
 """)
 
 md(r"""
+## The methods on a real model: SDT and state-offset tuning with `ssm_peft`, Proposition 1 on it
+
+`ssm_peft` applies the paper's SSM-side methods to transformers' Mamba models in peft's conventions (and is the
+one implementation the synthetic Mamba-family experiments above use). On a tiny random `MambaForCausalLM`
+(float64): SDT picks channels and states with Algorithm 1's warm-up (`sdt_select`), state-offset tuning adds a
+trainable $h'$ per mixer; the trainable counts equal their closed forms (SDT: per mixer $k_c k_s$ entries of
+`A_log` plus $2H k_c$ columns of $W_B, W_C$; offset: $DH$) and a zero adapter gives the base model's logits.
+Proposition 1 on the model's first SSM, with the scan inputs it computes for a prefix followed by an input:
+running the scan over prefix + input (prefix-tuning) equals starting it from $h_0$ = the state the prefix leaves
+(initial-state tuning), both in `theory.s6`'s scan and with the term `ssm_peft`'s initial-state adapter adds.
+""")
+code(r"""
+import copy
+import warnings
+
+import peft
+import ssm_peft
+import torch.nn.functional as F
+from transformers import MambaConfig, MambaForCausalLM
+from transformers.models.mamba import modeling_mamba
+from transformers.utils import logging as hf_logging
+from ssm_peft.state import mamba1_state_terms
+from theory.s6 import selective_scan
+
+hf_logging.set_verbosity_error()  # transformers' "no mamba_ssm kernel, using the torch fallback" notices
+warnings.filterwarnings("ignore", category=FutureWarning)
+torch.manual_seed(0)
+mcfg = MambaConfig(vocab_size=40, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, time_step_rank=2,
+                   conv_kernel=3)
+base = MambaForCausalLM(mcfg).to(torch.float64)  # random weights; D = 32 channels, H = 4 states per mixer
+ids = torch.randint(0, 40, (2, 12))
+
+sdt_cfg = ssm_peft.SDTConfig(n_channels=4, n_states=2)  # per mixer: 4 channels, 2 A_log states each
+sdt_cfg.selection = ssm_peft.sdt_select(base, sdt_cfg, [ids], steps=3, show_progress=False)  # Algorithm 1's warm-up
+sdt = peft.get_peft_model(copy.deepcopy(base), sdt_cfg)
+offset = peft.get_peft_model(copy.deepcopy(base), ssm_peft.StateOffsetConfig())
+D, H, L = 32, 4, mcfg.num_hidden_layers
+for name, model, closed in (("SDT", sdt, L * (4 * 2 + 2 * H * 4)), ("state offset", offset, L * D * H)):
+    print(f"{name:>12}:", end=" ")
+    model.print_trainable_parameters()
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        same = torch.equal(model(ids).logits, base(ids).logits)
+    print(f"{'':>14}closed form {closed} == {n}: {closed == n}; zero adapter gives the base logits: {same}")
+print("SDT's selection, layer 0:", sdt_cfg.selection["layers"]["backbone.layers.0.mixer"])
+
+# Proposition 1: record layer 0's scan inputs on prefix + input (one sequence), then compare the two methods
+rec, scan = {}, modeling_mamba.mamba_selective_scan
+def record(u, dt, A, B, C, **kw):
+    rec.setdefault("args", (u, dt, A, B, C, kw))
+    return scan(u, dt, A, B, C, **kw)
+modeling_mamba.mamba_selective_scan = record
+try:
+    with torch.no_grad():
+        base(ids[:1])
+finally:
+    modeling_mamba.mamba_selective_scan = scan
+u, dt, A, B, C, kw = (t.double() if torch.is_tensor(t) else t for t in rec["args"])
+bias, M = kw["delta_bias"].double(), 5  # M prefix positions
+delta = F.softplus(dt + bias[:, None])
+y_prefix = selective_scan(u, delta, A, B, C)[..., M:]  # prefix-tuning: the scan over prefix + input
+_, h0 = selective_scan(u[..., :M], delta[..., :M], A, B[..., :M], C[..., :M], return_state=True)
+y_h0 = selective_scan(u[..., M:], delta[..., M:], A, B[..., M:], C[..., M:], h0=h0)  # initial-state tuning
+y_pkg = selective_scan(u[..., M:], delta[..., M:], A, B[..., M:], C[..., M:]) + mamba1_state_terms(
+    dt[..., M:], A, C[..., M:], None, delta_bias=bias, delta_softplus=True, h0=h0[0])[0]  # InitialStateModel's term
+print(f"Proposition 1 on layer 0 (D={u.shape[1]}, H={A.shape[1]}, prefix M={M}): rel. err prefix vs h0 "
+      f"{rel_err(y_h0, y_prefix):.1e}; prefix vs ssm_peft's initial-state term {rel_err(y_pkg, y_prefix):.1e}")
+""")
+
+md(r"""
 ## Summary
 
 `python -m theory` (first cell) is the one-table answer for the theory; `README.md` holds the claims table

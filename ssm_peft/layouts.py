@@ -55,8 +55,9 @@ class MixerSpec:
 _NO_SCAN_MAMBA_SSM = ("mamba-ssm's module calls its CUDA scan kernels (mamba_inner_fn / selective_scan_fn, "
                       "mamba_chunk_scan_combined) from inside its forward with no initial-state or offset input this "
                       "package can reach; load the checkpoint as a transformers model instead")
-_NO_SCAN_REFERENCE = ("our reference block computes its scan inside mamba_forward / mamba2_forward; state methods for "
-                      "it live in synthetic/mamba*/peft.py")
+_NO_SCAN_REFERENCE = ("our reference block computes its scan inside mamba_forward / mamba2_forward; the synthetic "
+                      "experiments add the state terms there (synthetic/mamba/peft.py calls "
+                      "ssm_peft.state.mamba1_state_terms)")
 
 MIXERS: Dict[str, MixerSpec] = {s.class_name: s for s in (
     MixerSpec("MambaMixer", "mamba1", "transformers"),

@@ -1,5 +1,8 @@
 """SDT's selection on a real model: Algorithm 1's warm-up and channel/state choice (Galim et al., ICML 2025,
-Sec. 5, Algorithm 1), with the toolkit's rule and the official code's, as in :mod:`synthetic.mamba.official`.
+Sec. 5, Algorithm 1), with the toolkit's rule and the official code's. The synthetic Mamba-family experiments
+(:mod:`synthetic.mamba`, :mod:`synthetic.mamba2`, :mod:`synthetic.hybrid`) use the same scores, rules and
+index sets (:func:`abar_change`, :func:`bc_change_scores`, :func:`select_channels`, :func:`official_select`,
+:func:`sdt_indices`) on their reference blocks.
 
 ``sdt_select(model, config, batches, steps)`` warms up a copy of the model on the user's batches, scores
 channels and states per mixer, and returns a :class:`Selection` (saved with the adapter, in its config).
@@ -9,13 +12,13 @@ Rules (``config.rule``):
   ``A_log``, ``dt_bias``, ``in_proj``), then score channel d by the mean over a probe batch and time of
   ``‖Ā_t^(d),after − Ā_t^(d),before‖₂`` (``Ā = exp(Δ A)``, Δ as the scan receives it, so Jamba's Δ norm is
   included); states within a channel by the same change per state (mamba1) or, for mamba2, by the change
-  of their B and C rows (:func:`synthetic.mamba2.peft.state_change_scores`' rule).
+  of their B and C rows (:func:`bc_change_scores`).
 - ``"official"`` (furiosa-ai/ssm-peft ``sd_lora.py``, Mamba-1 only): warm up ``A_log`` alone; channels by
-  ``Σ_h δ[d, h]²``, states by ``δ[d, h]²`` (:func:`synthetic.mamba.official.official_select`). The official
+  ``Σ_h δ[d, h]²``, states by ``δ[d, h]²`` (:func:`official_select`). The official
   warm-up also trains the method's LoRA; here only ``A_log`` moves (LoRA's change does not enter the score).
 
 Budgets: ``n_channels`` per mixer and ``n_states`` (0 = all) or, as the official configs state them,
-``channel_freeze`` / ``state_freeze`` fractions (:func:`synthetic.mamba.official.official_counts`).
+``channel_freeze`` / ``state_freeze`` fractions (:func:`official_counts`).
 """
 
 from __future__ import annotations
@@ -23,19 +26,113 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssm_peft.layouts import HF_SCAN_FUNCTIONS, MixerDims, find_mixers, hf_module, mixer_dims
-from synthetic.mamba.official import official_counts, official_select
-from synthetic.mamba.peft import select_channels
 from synthetic.progress import progress
 
 Tensor = torch.Tensor
-RULES = ("ours", "official")
+RULES = ("ours", "official")  # the toolkit's Algorithm 1 (Ā change), or the official code's (A_log change)
+
+
+# --------------------------------------------------------------------------------- the rules
+def select_channels(scores: Tensor, n_channels: int) -> List[int]:
+    """Indices of the ``n_channels`` largest scores (ties broken by lower index), sorted ascending."""
+    if not 0 <= n_channels <= scores.numel():
+        raise ValueError(f"n_channels: must be in [0, {scores.numel()}], got {n_channels}")
+    order = sorted(range(scores.numel()), key=lambda d: (-float(scores[d]), d))
+    return sorted(order[:n_channels])
+
+
+def official_select(delta_a_log: Tensor, n_channels: int, n_states: int = 0) -> Tuple[List[int], List[List[int]]]:
+    """The official SDLoRA selection (furiosa-ai/ssm-peft ``mamba_ssm_peft/peft/sd_lora.py``), facts re-implemented.
+
+    delta_a_log: (D, H) change of ``A_log`` learnt in the warm-up. Channels: the ``n_channels``
+    largest ``Σ_h δ[d, h]²``; per selected channel, the ``n_states`` largest ``δ[d, h]²`` (0 = all H).
+    Ties go to the lower index. Returns (channels ascending, states per channel ascending).
+    """
+    if delta_a_log.dim() != 2:
+        raise ValueError(f"delta_a_log: expected (D, H), got shape {tuple(delta_a_log.shape)}")
+    D, H = delta_a_log.shape
+    if not 0 <= n_states <= H:
+        raise ValueError(f"n_states: must be in [0, {H}], got {n_states}")
+    sq = delta_a_log.detach().double().square().cpu()
+    channels = select_channels(sq.sum(dim=1), n_channels)
+    states = [select_channels(sq[c], n_states or H) for c in channels]
+    return channels, states
+
+
+def official_counts(D: int, H: int, channel_freeze: float, state_freeze: float) -> Tuple[int, int]:
+    """(channels, states) trained per layer by the official rule: ``D − round(f_d·D)``, ``H − round(f_n·H)``."""
+    for name, f in (("channel_freeze", channel_freeze), ("state_freeze", state_freeze)):
+        if not 0.0 <= f < 1.0:
+            raise ValueError(f"{name}: must be in [0, 1), got {f!r}")
+    return max(1, D - int(round(channel_freeze * D))), max(1, H - int(round(state_freeze * H)))
+
+
+def abar_change(dt_b: Tensor, A_b: Tensor, dt_a: Tensor, A_a: Tensor, layout: str):
+    """The toolkit's channel scores: the change of ``Ā = exp(Δ A)`` from before to after the warm-up.
+
+    mamba1: dt (Bt, D, L) (Δ as the scan uses it), A (D, H); returns (channel scores (D,), state scores (D, H)):
+    the mean over batch and time of ``‖Ā_after − Ā_before‖₂`` over states and of ``|Ā_after − Ā_before|`` per
+    state. mamba2: dt (Bt, L, nheads), A (nheads,); returns (head scores (nheads,), None)."""
+    if layout == "mamba1":
+        ab = lambda dt, A: torch.exp(dt[..., None] * A[None, :, None, :])  # noqa: E731  (Bt, D, L, H)
+        diff = ab(dt_a, A_a) - ab(dt_b, A_b)
+        return torch.linalg.vector_norm(diff, dim=-1).mean(dim=(0, 2)), diff.abs().mean(dim=(0, 2))
+    ab = lambda dt, A: torch.exp(dt * A)  # noqa: E731  dt (Bt, L, nheads), A (nheads,)
+    return (ab(dt_a, A_a) - ab(dt_b, A_b)).abs().mean(dim=(0, 1)), None
+
+
+def bc_change_scores(W_before: Tensor, W_after: Tensor, dims: MixerDims) -> Tensor:
+    """mamba2's state scores (G, N): ``‖ΔW_B[g, n]‖ + ‖ΔW_C[g, n]‖``, the warm-up change of in_proj's B and C rows of
+    state n in group g (the heads of a group share one decay per head, so Ā cannot rank its states)."""
+    a, n = 2 * dims.d_inner, dims.G * dims.H
+    dW = (W_after[a:a + 2 * n] - W_before[a:a + 2 * n]).float()  # (2GN, d_model)
+    norms = torch.linalg.vector_norm(dW, dim=1).reshape(2, dims.G, dims.H)
+    return (norms[0] + norms[1]).detach()
+
+
+def sdt_indices(dims: MixerDims, entry: dict, dt: bool = False, in_features: Optional[int] = None
+                ) -> Dict[str, List[int]]:
+    """Flat indices of SDT's trainable entries per parameter path of one mixer (see :class:`ssm_peft.SDTConfig`).
+
+    entry: ``{"channels": [...], "states": [[...], ...]}`` of :class:`Selection`. mamba1: ``A_log`` at the
+    selected (channel, state) pairs, ``x_proj.weight`` rows R..R+2H (W_B, W_C) at the selected channels' columns,
+    with ``dt`` the selected rows of ``dt_proj.weight`` and entries of ``dt_proj.bias``. mamba2: ``A_log`` of the
+    selected heads, the whole ``in_proj.weight`` rows (``in_features`` columns) of the selected B/C states in the
+    groups holding a selected head, with ``dt`` the heads' ``dt_bias`` entries.
+    """
+    channels, states = [int(c) for c in entry["channels"]], entry["states"]
+    if any(not 0 <= c < dims.D for c in channels) or len(set(channels)) != len(channels):
+        raise ValueError(f"selection: channels must be distinct indices in [0, {dims.D}), got {channels}")
+    n_lists = len(channels) if dims.layout == "mamba1" else dims.G
+    if len(states) != n_lists:
+        raise ValueError(f"selection: {dims.layout} needs one state list per "
+                         f"{'channel' if dims.layout == 'mamba1' else 'group'} ({n_lists}), got {len(states)}")
+    states = [[int(s) for s in st] for st in states]
+    if any(not 0 <= s < dims.H for st in states for s in st) or any(len(set(st)) != len(st) for st in states):
+        raise ValueError(f"selection: states must be distinct indices in [0, {dims.H}) per list, got {states}")
+    flat = lambda rows, cols, n: [r * n + c for r in rows for c in cols]  # noqa: E731
+    out = {}
+    if dims.layout == "mamba1":
+        out["A_log"] = [c * dims.H + s for c, st in zip(channels, states) for s in st]
+        out["x_proj.weight"] = flat(range(dims.R, dims.R + 2 * dims.H), channels, dims.D)
+        if dt:
+            out["dt_proj.weight"] = flat(channels, range(dims.R), dims.R)
+            out["dt_proj.bias"] = list(channels)
+        return out
+    out["A_log"] = list(channels)
+    groups = sorted({c // (dims.D // dims.G) for c in channels})
+    rows = sorted(r for g in groups for n in states[g] for r in dims.bc_rows(g, n))
+    out["in_proj.weight"] = flat(rows, range(in_features), in_features)
+    if dt:
+        out["dt_bias"] = list(channels)
+    return out
 
 
 @dataclass
@@ -140,18 +237,6 @@ def _record_delta(model: nn.Module, mixers, batch: dict) -> Dict[str, Tensor]:
     return out
 
 
-def _abar_change(dt_b: Tensor, A_b: Tensor, dt_a: Tensor, A_a: Tensor, layout: str):
-    """mamba1: (channel scores (D,), state scores (D, H)): the mean over batch and time of ``‖Ā_after − Ā_before‖₂``
-    over states (the toolkit's channel score, :func:`synthetic.mamba.peft.abar_change_scores`) and of
-    ``|Ā_after − Ā_before|`` per state. mamba2: (head scores (nheads,), None)."""
-    if layout == "mamba1":  # dt (Bt, D, L), A (D, H)
-        ab = lambda dt, A: torch.exp(dt[..., None] * A[None, :, None, :])  # noqa: E731  (Bt, D, L, H)
-        diff = ab(dt_a, A_a) - ab(dt_b, A_b)
-        return torch.linalg.vector_norm(diff, dim=-1).mean(dim=(0, 2)), diff.abs().mean(dim=(0, 2))
-    ab = lambda dt, A: torch.exp(dt * A)  # noqa: E731  dt (Bt, L, nheads), A (nheads,)
-    return (ab(dt_a, A_a) - ab(dt_b, A_b)).abs().mean(dim=(0, 1)), None
-
-
 def sdt_select(model: nn.Module, config, batches: Iterable, steps: int = 20, lr: float = 1e-3,
                show_progress: bool = True) -> Selection:
     """Algorithm 1's warm-up on a copy of ``model`` and the selection per mixer (see the module docstring).
@@ -197,15 +282,13 @@ def sdt_select(model: nn.Module, config, batches: Iterable, steps: int = 20, lr:
         if rule == "official":
             channels, states = official_select(warm_mixers[name].A_log.detach() - mixer.A_log.detach(), n_ch, n_st)
         elif spec.layout == "mamba1":
-            ch_scores, st_scores = _abar_change(dt_before[name], A_b, dt_after[name], A_a, "mamba1")
+            ch_scores, st_scores = abar_change(dt_before[name], A_b, dt_after[name], A_a, "mamba1")
             channels = select_channels(ch_scores, n_ch)
             states = [select_channels(st_scores[c], n_st) for c in channels]
         else:
-            channels = select_channels(_abar_change(dt_before[name], A_b, dt_after[name], A_a, "mamba2")[0], n_ch)
-            W_b, W_a = mixer.in_proj.weight.detach(), warm_mixers[name].in_proj.weight.detach()
-            rows = torch.tensor([dims.bc_rows(g, n) for g in range(dims.G) for n in range(dims.H)])  # (G·N, 2)
-            dW = torch.linalg.vector_norm((W_a - W_b).float()[rows.flatten()], dim=1).reshape(dims.G, dims.H, 2)
-            states = [select_channels(s, n_st) for s in dW.sum(dim=-1)]
+            channels = select_channels(abar_change(dt_before[name], A_b, dt_after[name], A_a, "mamba2")[0], n_ch)
+            scores = bc_change_scores(mixer.in_proj.weight.detach(), warm_mixers[name].in_proj.weight.detach(), dims)
+            states = [select_channels(s, n_st) for s in scores]
         layers[name] = {"channels": channels, "states": states}
     del warm
     return Selection(layers, rule=rule)

@@ -10,6 +10,9 @@ the adapter.
   ``W_eff[index] = W[index] + delta``. Only ``delta`` (n,) is trainable; ``index`` (n,) int64 is a buffer
   saved with the adapter. Frozen entries are copied from ``W``, never recomputed, so they stay
   bit-identical under any optimizer (AdamW's weight decay acts on ``delta`` only, pulling toward ``W``).
+  With ``values=W.flatten()[index]`` the trainable tensor holds the entries themselves instead,
+  ``W_eff[index] = values`` (``theory.peft.MaskedParameter``'s parameterisation, whose weight decay pulls the
+  entries toward 0: the synthetic experiments' convention, kept so their committed results reproduce).
 - :class:`LowRankDelta` (the LoRA of SDLoRA, peft's formula ``W + (alpha / r) · B A`` with peft's init:
   A Kaiming-uniform(a = sqrt(5)), B = 0), applied to the weight rather than around ``nn.Linear.forward``,
   because peft refuses LoRA on Mamba's out_proj and a fused kernel reads the weight directly.
@@ -41,10 +44,11 @@ class SparseDelta(nn.Module):
     """``W_eff = W`` with ``W_eff.flatten()[index] = W.flatten()[index] + delta`` (see the module docstring).
 
     shape: the base's shape; index: (n,) distinct flat indices into it; dtype: the base's dtype.
-    ``delta`` (n,) starts at zero, so the adapted tensor starts equal to the base.
+    ``delta`` (n,) starts at zero, so the adapted tensor starts equal to the base. values: (n,) the base's
+    entries at ``index``: then the trainable ``values`` (a copy, in their own dtype) replace those entries.
     """
 
-    def __init__(self, shape, index: Tensor, dtype: torch.dtype, device=None):
+    def __init__(self, shape, index: Tensor, dtype: torch.dtype, device=None, values: Optional[Tensor] = None):
         super().__init__()
         index = torch.as_tensor(index, dtype=torch.long, device=device).flatten()
         numel = math.prod(shape)
@@ -54,18 +58,26 @@ class SparseDelta(nn.Module):
             raise ValueError("index: flat indices must be distinct")
         self.shape = tuple(shape)
         self.register_buffer("index", index)
-        self.delta = nn.Parameter(torch.zeros(index.numel(), dtype=delta_dtype(dtype), device=device))  # (n,)
+        self.stores_values = values is not None
+        if values is None:
+            self.delta = nn.Parameter(torch.zeros(index.numel(), dtype=delta_dtype(dtype), device=device))  # (n,)
+        else:
+            if values.shape != index.shape:
+                raise ValueError(f"values: shape {tuple(values.shape)} must equal index's {tuple(index.shape)}")
+            self.values = nn.Parameter(values.detach().clone().to(device))  # (n,)
         self.enabled = True
 
     def forward(self, base: Tensor) -> Tensor:
         if not self.enabled or self.index.numel() == 0:
             return base
         flat = base.reshape(-1)
+        if self.stores_values:
+            return flat.scatter(0, self.index, self.values.to(base.dtype)).reshape(base.shape)
         values = (flat[self.index].to(self.delta.dtype) + self.delta).to(base.dtype)  # (n,)
         return flat.scatter(0, self.index, values).reshape(base.shape)
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, trainable={self.index.numel()}"
+        return f"shape={self.shape}, trainable={self.index.numel()}" + (", values" if self.stores_values else "")
 
 
 class LowRankDelta(nn.Module):

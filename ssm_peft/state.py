@@ -48,9 +48,9 @@ def mamba1_state_terms(dt: Tensor, A: Tensor, C: Tensor, z: Optional[Tensor], *,
     dt (Bt, D, L) before bias and softplus; A (D, H) = −exp(A_log); C (Bt, H, L); z (Bt, D, L) or None;
     delta_bias (D,) or None; h0, offset (D, H) or None. Returns y_extra (Bt, D, L) =
     ``SiLU(z) ⊙ (C_t · (exp(A cumsum(Δ)_t) ⊙ h0) + C_t · h')`` and, with h0, the final-state extra
-    (Bt, D, H) ``exp(A Σ_t Δ_t) ⊙ h0`` (else None). Computed in float32 at least.
+    (Bt, D, H) ``exp(A Σ_t Δ_t) ⊙ h0`` (else None). Computed in float32 at least (float64 when the state or C is).
     """
-    wdt = torch.promote_types(torch.float32, (h0 if h0 is not None else offset).dtype)
+    wdt = torch.promote_types(torch.promote_types(torch.float32, (h0 if h0 is not None else offset).dtype), C.dtype)
     C = C.to(wdt)
     y = torch.zeros(C.shape[0], A.shape[0], C.shape[-1], dtype=wdt, device=C.device)  # (Bt, D, L)
     final = None
@@ -70,11 +70,10 @@ def mamba1_state_terms(dt: Tensor, A: Tensor, C: Tensor, z: Optional[Tensor], *,
     return y, final
 
 
-def mamba1_step_offset(C: Tensor, z: Optional[Tensor], offset: Tensor) -> Tensor:
-    """One-token state offset: C (Bt, H), z (Bt, D) or None, offset (D, H) -> (Bt, D) ``SiLU(z) ⊙ C · h'``."""
+def mamba1_step_offset(C: Tensor, offset: Tensor) -> Tensor:
+    """One-token state offset before the gate: C (Bt, H), offset (D, H) -> (Bt, D) ``C · h'``."""
     wdt = torch.promote_types(torch.float32, offset.dtype)
-    y = torch.einsum("bh,dh->bd", C.to(wdt), offset.to(wdt))
-    return y if z is None else y * F.silu(z.to(wdt))
+    return torch.einsum("bh,dh->bd", C.to(wdt), offset.to(wdt))
 
 
 def mamba2_offset(C: Tensor, offset: Tensor) -> Tensor:
@@ -172,17 +171,6 @@ def _mamba1_scan(original):
     return scan
 
 
-def _mamba1_step(original):
-    def step(state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **kwargs):
-        out = original(state, hidden_states, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z,
-                       **kwargs)
-        ad = active()
-        if ad is None or ad.offset is None:
-            return out  # an initial state lives in the cached state already
-        return (out.to(ad.offset.dtype) + mamba1_step_offset(C, z, ad.offset)).to(out.dtype)
-    return step
-
-
 def _mamba2_scan(original):
     def scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None, dt_softplus=False,
              dt_limit=(0.0, float("inf")), return_final_states=False, **kwargs):
@@ -199,21 +187,26 @@ def _mamba2_scan(original):
     return scan
 
 
-def _mamba2_step(original):
-    def step(state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **kwargs):
-        out = original(state, hidden_states, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z,
-                       **kwargs)
-        ad = active()
-        if ad is None or ad.offset is None:
-            return out
-        extra = mamba2_offset(C, ad.offset)  # (Bt, nheads, P)
-        if z is not None:
-            extra = extra * F.silu(z.to(extra.dtype))
-        return (out.to(extra.dtype) + extra).to(out.dtype)
-    return step
+def _step(offset_term):
+    """The one-token update's wrapper: adds ``SiLU(z) ⊙ offset_term(C, h')`` while a state offset is active (an
+    initial state lives in the cached state already, so it needs nothing here)."""
+    def make(original):
+        def step(state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **kwargs):
+            out = original(state, hidden_states, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z,
+                           **kwargs)
+            ad = active()
+            if ad is None or ad.offset is None:
+                return out
+            extra = offset_term(C, ad.offset)  # (Bt, D) or (Bt, nheads, P)
+            if z is not None:
+                extra = extra * F.silu(z.to(extra.dtype))
+            return (out.to(extra.dtype) + extra).to(out.dtype)
+        return step
+    return make
 
 
-WRAPPERS = {"mamba1": (_fused, _mamba1_scan, _mamba1_step), "mamba2": (_fused, _mamba2_scan, _mamba2_step)}
+WRAPPERS = {"mamba1": (_fused, _mamba1_scan, _step(mamba1_step_offset)),
+            "mamba2": (_fused, _mamba2_scan, _step(mamba2_offset))}
 
 
 def install(module, layout: str) -> None:

@@ -11,7 +11,7 @@ carry no adapter name, so saving and loading map them one to one.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -19,50 +19,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ssm_peft.layouts import INITIAL_STATE, SDT, STATE_OFFSET, find_mixers, mixer_dims
-from ssm_peft.selection import Selection
+from ssm_peft.selection import Selection, sdt_indices
 from ssm_peft.sparse import LowRankDelta, SparseDelta
 from ssm_peft.state import StateAdapter
 
 Tensor = torch.Tensor
 STATE_ATTR = "ssm_peft_state"  # the StateAdapter's attribute on a mixer
 ADAPTER_CLASSES = (SparseDelta, LowRankDelta, StateAdapter)
-
-
-def _flat(rows, cols, n_cols: int) -> List[int]:
-    return [int(r) * n_cols + int(c) for r in rows for c in cols]
-
-
-def sdt_indices(mixer: nn.Module, layout: str, entry: dict, dt: bool) -> Dict[str, List[int]]:
-    """Flat indices of SDT's trainable entries per parameter path of one mixer (see :class:`ssm_peft.SDTConfig`).
-
-    entry: ``{"channels": [...], "states": [[...], ...]}`` of :class:`ssm_peft.Selection`.
-    """
-    dims = mixer_dims(mixer, layout)
-    channels, states = [int(c) for c in entry["channels"]], entry["states"]
-    if any(not 0 <= c < dims.D for c in channels) or len(set(channels)) != len(channels):
-        raise ValueError(f"selection: channels must be distinct indices in [0, {dims.D}), got {channels}")
-    out = {}
-    if layout == "mamba1":
-        if len(states) != len(channels):
-            raise ValueError(f"selection: mamba1 needs one state list per channel ({len(channels)}), got {len(states)}")
-        out["A_log"] = [c * dims.H + int(s) for c, st in zip(channels, states) for s in st]
-        out["x_proj.weight"] = _flat(range(dims.R, dims.R + 2 * dims.H), channels, dims.D)
-        if dt:
-            out["dt_proj.weight"] = _flat(channels, range(dims.R), dims.R)
-            out["dt_proj.bias"] = list(channels)
-    else:
-        if len(states) != dims.G:
-            raise ValueError(f"selection: mamba2 needs one state list per group ({dims.G}), got {len(states)}")
-        out["A_log"] = list(channels)
-        groups = sorted({c // (dims.D // dims.G) for c in channels})
-        rows = sorted(r for g in groups for n in states[g] for r in dims.bc_rows(g, int(n)))
-        out["in_proj.weight"] = _flat(rows, range(mixer.in_proj.weight.shape[1]), mixer.in_proj.weight.shape[1])
-        if dt:
-            out["dt_bias"] = list(channels)
-    for path, idx in out.items():
-        if any(i < 0 for i in idx):
-            raise ValueError(f"selection: negative index for {path}")
-    return out
 
 
 def _owner(mixer: nn.Module, path: str):
@@ -204,7 +167,9 @@ class SDTModel(_SSMTuner):
                     W = _original(lin, "weight")
                     parametrize.register_parametrization(lin, "weight", LowRankDelta(
                         W.shape, min(config.lora_rank, *W.shape), config.lora_alpha, W.dtype, W.device))
-            for path, idx in sdt_indices(mixer, spec.layout, selection.layers[name], config.dt).items():
+            indices = sdt_indices(mixer_dims(mixer, spec.layout), selection.layers[name], config.dt,
+                                  mixer.in_proj.weight.shape[1])
+            for path, idx in indices.items():
                 owner, pname = _owner(mixer, path)
                 base = _original(owner, pname)
                 parametrize.register_parametrization(owner, pname, SparseDelta(base.shape, idx, base.dtype,

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from synthetic.mamba import bench as mamba_bench, experiment as mamba_regression
 from synthetic.mamba import config as mcfg
 from synthetic.mamba.peft import (LORA_TARGETS, METHODS, MambaPeftConfig, PeftMambaBlock, PeftMambaStack,
-                                  abar_change_scores, channel_roles, get_backend,
+                                  abar_change_scores, get_backend,
                                   residual_stack, select_channels, trainable_count)
-from synthetic.mamba.official import official_counts, official_select
+from ssm_peft.layouts import MixerDims
+from ssm_peft.selection import official_counts, official_select, sdt_indices
 from synthetic.mamba.ref import (PARAM_NAMES, MambaRef, block_weights, mamba_forward, mamba_s6_inputs,
                                  selective_scan_reference)
 from theory.s6 import selective_scan
@@ -144,7 +145,9 @@ def test_config_rejects_what_it_cannot_do():
     with pytest.raises(ValueError):
         PeftMambaBlock(w, d_state=4, dt_rank=1, config=MambaPeftConfig(sdt_channels=2), channels=[0])
     with pytest.raises(ValueError):
-        channel_roles(4, [0, 0])
+        sdt_indices(MixerDims("mamba1", D=4, H=2, R=1), {"channels": [0, 0], "states": [[0], [0]]})
+    with pytest.raises(ValueError):  # a state outside [0, H) would silently name the next channel's entry
+        sdt_indices(MixerDims("mamba1", D=4, H=2, R=1), {"channels": [0], "states": [[2]]})
 
 
 def test_frozen_stack_equals_frozen_model():

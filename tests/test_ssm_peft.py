@@ -20,7 +20,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 import ssm_peft  # noqa: E402
 from ssm_peft import state as ssm_state  # noqa: E402
-from synthetic.mamba.official import official_counts  # noqa: E402
+from ssm_peft.selection import official_counts  # noqa: E402
 from synthetic.mamba.peft import MambaPeftConfig, PeftMambaBlock  # noqa: E402
 from synthetic.mamba.ref import mamba_forward, selective_scan_reference  # noqa: E402
 from theory.s6 import selective_scan  # noqa: E402
@@ -128,8 +128,8 @@ def test_sdt_equals_reference_block():
     ref = PeftMambaBlock(weights, d_state=4, dt_rank=2, config=MambaPeftConfig(sdt_channels=3, sdt_states=2),
                          channels=entry["channels"], states=entry["states"])
     with torch.no_grad():  # the reference stores values; ours stores base + delta: copy ours into it
-        ref.sdt["A_log"].values.copy_(mixer.A_log[ref.sdt["A_log"].trainable_mask])
-        ref.sdt["x_proj_BC"].values.copy_(mixer.x_proj.weight[2:].T.contiguous()[ref.sdt["x_proj_BC"].trainable_mask])
+        for key, tensor in (("A_log", mixer.A_log), ("x_proj__weight", mixer.x_proj.weight)):
+            ref.sdt[key].values.copy_(tensor.reshape(-1)[ref.sdt[key].index])
     w = ref.effective_weights()
     assert torch.equal(w["A_log"], mixer.A_log) and torch.equal(w["x_proj.weight"], mixer.x_proj.weight)
     hidden = torch.randn(2, 7, 16, dtype=F64, generator=torch.Generator().manual_seed(4))

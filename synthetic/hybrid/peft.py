@@ -33,12 +33,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix, count_trainable
+from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix
 
 from synthetic.hybrid.model import (ATTENTION, ATTN_PARAM_NAMES, MAMBA, NORM_HAS_WEIGHT, HybridRef,
                                     attention_forward, check_heads, get_attention_kernel, get_norm, hybrid_residual)
 from synthetic.mamba.peft import (ALL_NAMES, PROJ_NAMES, S6_LORA_NAMES, Backend, MambaPeftConfig, Method,
-                                  PeftMambaBlock)
+                                  PeftMambaBlock, trainable_count)  # noqa: F401 (trainable_count: re-exported)
 from synthetic.mamba.ref import block_weights
 
 Tensor = torch.Tensor
@@ -222,10 +222,6 @@ def frozen_param_count(layers: Sequence[LayerWeights]) -> int:
     """Every scalar of the frozen hybrid: mixers' weights and norm gains (the trainable-% denominator)."""
     return sum(int(t.numel()) for lw in layers for t in lw.weights.values()) + \
         sum(int(lw.norm.numel()) for lw in layers if lw.norm is not None)
-
-
-def trainable_count(module: nn.Module) -> int:
-    return count_trainable(module)
 
 
 # -------------------------------------------------------------------------------- the registry

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.mamba.official import SDT_RULES
+from ssm_peft.selection import RULES as SDT_RULES
 from synthetic.mamba.peft import BACKENDS, BENCHMARK_METHODS, METHODS, mamba_ssm_available
 from synthetic.results import LrPolicy
 from synthetic.cli import (SweepConfig, check_memory, check_numbers, check_out_dir, deprecated, key_config, option, parse_options,

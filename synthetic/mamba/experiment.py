@@ -36,7 +36,7 @@ import torch
 
 from synthetic.mamba.config import (ALL_METHODS, MambaRegressionConfig, budget_label, check_options,
                                     config_dict, lr_policy, out_paths, parse_args, run_grid)
-from synthetic.mamba.official import official_select
+from ssm_peft.selection import official_select
 from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
                                   frozen_param_count, get_backend, mamba_ssm_available, residual_stack,
                                   select_channels, trainable_count)

@@ -14,17 +14,20 @@ Parameter roles are declared where the wrapper creates each parameter (``PeftMam
 - ``lora``: ``W + s·B A`` (:class:`theory.peft.LoRAMatrix`) — on in_proj, out_proj, x_proj,
   dt_proj weights, and on ``A_log`` treated as a D×H matrix (the paper's "LoRA (S6)");
 - ``sdt``: SDT on S6 at channel level (Algorithm 1, step 4 for S6): for each selected channel d,
-  row ``A_log[d, :]`` and column d of ``W_B`` and ``W_C`` (rows R..R+2H of x_proj) are trainable;
-  everything else is frozen, stored as :class:`theory.peft.MaskedParameter` (frozen entries stay
-  bit-identical under AdamW).
+  row ``A_log[d, :]`` (or its selected states) and column d of ``W_B`` and ``W_C`` (rows R..R+2H of x_proj)
+  are trainable; everything else is frozen. The index sets and the adapter are :mod:`ssm_peft`'s
+  (:func:`ssm_peft.selection.sdt_indices`, :class:`ssm_peft.sparse.SparseDelta` storing the trainable entries'
+  values), the ones its peft tuner registers on real models, so frozen entries stay bit-identical under AdamW.
 
 - ``dora``: :class:`theory.peft.DoRAMatrix` (LoRA factors + row magnitudes) on in_proj/out_proj;
 - ``added`` (``PeftMambaBlock.added``, all trainable): prefix vectors, initial state ``h_0``, state offset
-  ``h'``, Additional-scan's states; prompt vectors on :class:`PeftMambaStack` (see :data:`BENCHMARK_METHODS`).
+  ``h'`` (:class:`ssm_peft.state.StateAdapter`, terms from :func:`ssm_peft.state.mamba1_state_terms`),
+  Additional-scan's states; prompt vectors on :class:`PeftMambaStack` (see :data:`BENCHMARK_METHODS`).
 
 Algorithm 1 for S6 (channel level): warm up the S6 parameters (A_log, x_proj, dt_proj) on a copy,
 score channel d by the mean change of ``Ā_t^(d) = exp(Δ_t^(d) A^(d))`` over a probe batch
-(:func:`abar_change_scores`), keep the top channels per layer (:func:`select_channels`).
+(:func:`abar_change_scores`, i.e. :func:`ssm_peft.selection.abar_change`), keep the top channels per layer
+(:func:`ssm_peft.selection.select_channels`).
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from theory.peft import (DoRAMatrix, LoRAConfig, LoRAMatrix, MaskedParameter, PrefixParameters, Role, StateParameters,
-                         count_trainable)
+from ssm_peft.layouts import MixerDims
+from ssm_peft.selection import abar_change, sdt_indices, select_channels  # noqa: F401  (select_channels: re-exported)
+from ssm_peft.sparse import SparseDelta
+from ssm_peft.state import StateAdapter, mamba1_state_terms
+from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix, PrefixParameters, count_trainable
 
-from synthetic.mamba.ref import MambaRef, PARAM_NAMES, delta_of, mamba_forward, mamba_s6_inputs, selective_scan_reference
+from synthetic.mamba.ref import (MambaRef, PARAM_NAMES, _fp32_at_least, delta_of, mamba_forward, mamba_s6_inputs,
+                                 selective_scan_reference)
 
 Tensor = torch.Tensor
 
@@ -212,31 +218,6 @@ class DropoutLoRA:
         return y + (torch.cat(ups, dim=out_subs.index(o)) if len(ups) > 1 else ups[0])
 
 
-def channel_roles(D: int, channels: Sequence[int]) -> Tensor:
-    """(D,) int8 Role codes: TRAINABLE on ``channels``, FROZEN elsewhere."""
-    roles = torch.full((D,), int(Role.FROZEN), dtype=torch.int8)
-    idx = torch.as_tensor(list(channels), dtype=torch.long)
-    if idx.numel():
-        if int(idx.min()) < 0 or int(idx.max()) >= D or idx.unique().numel() != idx.numel():
-            raise ValueError(f"channels: must be distinct indices in [0, {D})")
-        roles[idx] = int(Role.TRAINABLE)
-    return roles
-
-
-def state_roles(D: int, H: int, channels: Sequence[int], states: Sequence[Sequence[int]]) -> Tensor:
-    """(D, H) int8 Role codes: TRAINABLE at (channels[k], s) for s in states[k], FROZEN elsewhere."""
-    if len(states) != len(channels):
-        raise ValueError(f"states: need one state list per channel ({len(channels)}), got {len(states)}")
-    channel_roles(D, channels)  # validates the channels
-    roles = torch.full((D, H), int(Role.FROZEN), dtype=torch.int8)
-    for c, st in zip(channels, states):
-        idx = torch.as_tensor(list(st), dtype=torch.long)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= H or idx.unique().numel() != idx.numel()):
-            raise ValueError(f"states: must be distinct indices in [0, {H}) per channel, got {list(st)}")
-        roles[int(c), idx] = int(Role.TRAINABLE)
-    return roles
-
-
 class PeftMambaBlock(nn.Module):
     """One Mamba block's frozen weights plus the updates of a :class:`MambaPeftConfig`.
 
@@ -256,20 +237,20 @@ class PeftMambaBlock(nn.Module):
         self.lora = nn.ModuleDict()
         self.sdt = nn.ModuleDict()
         self.roles: Dict[str, str] = {}
-        D = weights["A_log"].shape[0]
+        D, H = weights["A_log"].shape
+        sdt_idx = {}  # SDT: parameter name -> flat indices of its trainable entries
         if config.sdt_channels:
             if channels is None or len(channels) != config.sdt_channels:
                 raise ValueError(f"channels: SDT needs exactly {config.sdt_channels} selected channels, got "
                                  f"{None if channels is None else len(channels)}")
-            roles = channel_roles(D, channels).to(weights["A_log"].device)
-            a_roles = roles  # (D,): whole rows of A_log
             if config.sdt_states:
                 if states is None or any(len(s) != config.sdt_states for s in states):
                     raise ValueError(f"states: SDT with sdt_states={config.sdt_states} needs that many states per "
                                      "selected channel")
-                a_roles = state_roles(D, weights["A_log"].shape[1], channels, states).to(roles.device)  # (D, H)
             elif states is not None:
                 raise ValueError("states: given but config.sdt_states is 0")
+            entry = {"channels": channels, "states": states or [range(H)] * len(channels)}
+            sdt_idx = sdt_indices(MixerDims("mamba1", D=D, H=H, R=dt_rank, d_inner=D), entry)
         elif channels or states:
             raise ValueError("channels/states: given but config.sdt_channels is 0")
         self.channels = None if channels is None else [int(c) for c in channels]
@@ -291,13 +272,10 @@ class PeftMambaBlock(nn.Module):
                     self.lora[_key(name) + ("" if len(parts) == 1 else f"__part{j}")] = LoRAMatrix(
                         part, LoRAConfig(r, config.lora_alpha), generator=generator)
                 self.roles[name] = "lora"
-            elif config.sdt_channels and name == "A_log":
-                self.sdt["A_log"] = MaskedParameter(w, a_roles)  # (D, H): trainable rows or (channel, state) entries
-                self.roles[name] = "sdt"
-            elif config.sdt_channels and name == "x_proj.weight":
-                R = self.dt_rank
-                self.frozen.register_buffer("x_proj_dt", w[:R].clone())  # (R, D) = W_Δ↓, frozen
-                self.sdt["x_proj_BC"] = MaskedParameter(w[R:].T.contiguous(), roles)  # (D, 2H): [W_B; W_C]^T
+            elif name in sdt_idx:  # A_log (D, H) and x_proj (R + 2H, D): the selected entries, stored as values
+                self.frozen.register_buffer(_key(name), w.clone())
+                idx = torch.as_tensor(sdt_idx[name], dtype=torch.long, device=w.device)
+                self.sdt[_key(name)] = SparseDelta(w.shape, idx, w.dtype, w.device, values=w.reshape(-1)[idx])
                 self.roles[name] = "sdt"
             else:
                 self.frozen.register_buffer(_key(name), w.clone())
@@ -341,10 +319,8 @@ class PeftMambaBlock(nn.Module):
             elif role == "lora":
                 parts = self._lora_parts(name)
                 out[name] = parts[0]() if len(parts) == 1 else torch.cat([m() for m in parts], dim=0)
-            elif role == "sdt" and name == "A_log":
-                out[name] = self.sdt["A_log"]()
             elif role == "sdt":
-                out[name] = torch.cat([self.frozen.x_proj_dt, self.sdt["x_proj_BC"]().T], dim=0)  # (R + 2H, D)
+                out[name] = self.sdt[k](getattr(self.frozen, k))
             else:
                 out[name] = getattr(self.frozen, k)
         if "additional_scan" in self.added:
@@ -399,25 +375,13 @@ class PeftMambaStack(nn.Module):
 # ------------------------------------------------------------------------- Algorithm 1 for S6
 def abar_change_scores(w_before: Mapping[str, Tensor], w_after: Mapping[str, Tensor], hidden: Tensor,
                        d_state: int, dt_rank: int) -> Tensor:
-    """Per channel d: mean over batch and time of ``‖Ā_t^(d),after − Ā_t^(d),before‖_2`` (over states).
-
-    ``Ā_t^(d) = exp(Δ_t^(d) A^(d))`` with ``A = −exp(A_log)``; both evaluated on the same block
-    input ``hidden`` (Bt, N, d_model). Returns (D,) float32, non-negative.
-    """
+    """Per channel d: mean over batch and time of ``‖Ā_t^(d),after − Ā_t^(d),before‖_2`` (over states),
+    :func:`ssm_peft.selection.abar_change` with Δ of both weight sets on the same block input ``hidden``
+    (Bt, N, d_model). Returns (D,) float32, non-negative."""
     with torch.no_grad():
-        def abar(w):
-            delta = delta_of(w, hidden, d_state, dt_rank).float()  # (Bt, D, N)
-            A = -torch.exp(w["A_log"].float())  # (D, H)
-            return torch.exp(delta[..., None] * A[None, :, None, :])  # (Bt, D, N, H)
-        return torch.linalg.vector_norm(abar(w_after) - abar(w_before), dim=-1).mean(dim=(0, 2))  # (D,)
-
-
-def select_channels(scores: Tensor, n_channels: int) -> List[int]:
-    """Indices of the ``n_channels`` largest scores (ties broken by lower index), sorted ascending."""
-    if not 0 <= n_channels <= scores.numel():
-        raise ValueError(f"n_channels: must be in [0, {scores.numel()}], got {n_channels}")
-    order = sorted(range(scores.numel()), key=lambda d: (-float(scores[d]), d))
-    return sorted(order[:n_channels])
+        before, after = ((delta_of(w, hidden, d_state, dt_rank).float(), -torch.exp(w["A_log"].float()))
+                         for w in (w_before, w_after))
+        return abar_change(*before, *after, "mamba1")[0]
 
 
 # ----------------------------------------------------------- the benchmark's other methods (Sec. 3-4)
@@ -430,8 +394,8 @@ def _benchmark_parameters(weights: Mapping[str, Tensor], config: MambaPeftConfig
     """The trainable modules the benchmark's methods add to one block (every parameter trainable):
 
     - ``prefix``: :class:`theory.peft.PrefixParameters` (d_model, M), zero at start;
-    - ``initial_state``: :class:`theory.peft.StateParameters` ``h_0`` (D, H), zero at start;
-    - ``state_offset``: :class:`theory.peft.StateParameters` ``h'`` (D, H), zero at start (Kang et al.);
+    - ``initial_state``: :class:`ssm_peft.state.StateAdapter` ``h_0`` (D, H), float32, zero at start;
+    - ``state_offset``: :class:`ssm_peft.state.StateAdapter` ``h'`` (D, H), float32, zero at start (Kang et al.);
     - ``additional_scan``: ``A_log`` (D, n) = log(H+1..H+n) (S4D-real continued), ``W_B`` (n, D) ~ U(±1/√D)
       (nn.Linear's bound), ``W_C`` (n, D) = 0 (so the block starts as the frozen one).
     """
@@ -440,10 +404,9 @@ def _benchmark_parameters(weights: Mapping[str, Tensor], config: MambaPeftConfig
     added = nn.ModuleDict()
     if config.prefix_len:
         added["prefix"] = PrefixParameters(W_in.shape[1], config.prefix_len, dtype=dt).to(dev)
-    if config.initial_state:
-        added["initial_state"] = StateParameters(D, d_state, dtype=torch.float32).to(dev)
-    if config.state_offset:
-        added["state_offset"] = StateParameters(D, d_state, dtype=torch.float32).to(dev)
+    for method in ("initial_state", "state_offset"):
+        if getattr(config, method):
+            added[method] = StateAdapter(method, "mamba1", (D, d_state), torch.float32, dev)
     if config.additional_states:
         n = config.additional_states
         m = nn.Module()
@@ -464,31 +427,9 @@ def _with_added_states(w: Dict[str, Tensor], add: nn.Module, dt_rank: int, H: in
     return out
 
 
-def state_terms(w: Mapping[str, Tensor], dt_low: Tensor, C: Tensor, h0: Optional[Tensor],
-                offset: Optional[Tensor]) -> Tensor:
-    """Output terms of a learned initial state and a state offset, before the gate: (Bt, D, N), fp32.
-
-    Initial state: ``h_t`` starts at ``h_0`` (D, H), whose free response is
-    ``C_t · (exp(A Σ_{s<=t} Δ_s) ⊙ h_0)`` (the product of the ``Ā_s``). State offset (Kang et al., 2025,
-    "state_tuning"): ``y_t = C_t · (h_t + h')``, i.e. ``+ C_t · h'``. dt_low: (Bt, R, N); C: (Bt, H, N).
-    """
-    wdt = torch.float64 if C.dtype == torch.float64 else torch.float32  # fp32 at least, as the scan
-    C = C.to(wdt)
-    out = 0
-    if h0 is not None:
-        delta = F.softplus(torch.einsum("dr,brn->bdn", w["dt_proj.weight"].to(wdt), dt_low.to(wdt))
-                           + w["dt_proj.bias"].to(wdt)[:, None])  # (Bt, D, N)
-        A = -torch.exp(w["A_log"].to(wdt))  # (D, H)
-        decay = torch.exp(torch.cumsum(delta, dim=-1)[..., None] * A[:, None, :])  # (Bt, D, N, H)
-        out = out + torch.einsum("bhn,bdnh,dh->bdn", C, decay, h0.to(wdt))
-    if offset is not None:
-        out = out + torch.einsum("bhn,dh->bdn", C, offset.to(wdt))
-    return out
-
-
 def _benchmark_block_forward(block: "PeftMambaBlock", hidden: Tensor, backend: Backend) -> Tensor:
     """A block with the benchmark's additions: prefix positions prepended (outputs there dropped); with an
-    initial state or state offset, the unfused path plus :func:`state_terms` gated by ``SiLU(z)``."""
+    initial state or state offset, the unfused path plus :func:`ssm_peft.state.mamba1_state_terms` (gated by SiLU(z))."""
     added = block.added
     M = 0
     if "prefix" in added:
@@ -506,8 +447,9 @@ def _benchmark_block_forward(block: "PeftMambaBlock", hidden: Tensor, backend: B
                         delta_bias=w["dt_proj.bias"].float(), delta_softplus=True)  # (Bt, D, N), gated
     h0 = added["initial_state"].state if "initial_state" in added else None
     off = added["state_offset"].state if "state_offset" in added else None
-    terms = state_terms(w, dt_low, C, h0, off)  # (Bt, D, N)
-    y = y + (terms * F.silu(z.to(terms.dtype))).to(y.dtype)
+    terms, _ = mamba1_state_terms(delta, -torch.exp(_fp32_at_least(w["A_log"])), C, z, delta_bias=w["dt_proj.bias"],
+                                  delta_softplus=True, h0=h0, offset=off)  # (Bt, D, N), gated
+    y = y + terms.to(y.dtype)
     out = torch.einsum("md,bdn->bnm", w["out_proj.weight"], y)
     b_out = w.get("out_proj.bias")
     out = out if b_out is None else out + b_out

@@ -23,6 +23,9 @@ N coordinates of a group's ``B_t, C_t``, produced by one row of ``W_B`` and one 
      states per group.
   4. train ``A_log[h]`` for the selected heads and the ``W_B``, ``W_C`` rows of the selected states in every
      group that holds a selected head (rows are shared by the group's heads); everything else is frozen.
+The scores, the selection and the trainable index sets are :mod:`ssm_peft`'s (:func:`ssm_peft.selection.abar_change`,
+:func:`ssm_peft.selection.bc_change_scores`, :func:`ssm_peft.selection.sdt_indices`), the adapter its
+:class:`ssm_peft.sparse.SparseDelta` (storing the trainable entries' values), as on a real ``Mamba2Mixer``.
 Why so few states can do: for an LTI head only ``Δ a`` and ``Δ C·B`` matter (:mod:`theory.mamba2`), so one
 state per head reaches every LTI target head (a head with its own B/C: the heads of a group share the rows, which
 the lemma does not cover); more states help only through the selective (input-dependent) ``B_t, C_t``.
@@ -36,11 +39,14 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from synthetic.mamba.peft import (Backend, Method, channel_roles, mamba_ssm_available, residual_stack,
-                                  select_channels)
+from ssm_peft.layouts import MixerDims
+from ssm_peft.selection import abar_change, bc_change_scores, sdt_indices, select_channels
+from ssm_peft.sparse import SparseDelta
+from synthetic.mamba.peft import (Backend, Method, frozen_param_count, mamba_ssm_available,  # noqa: F401 (re-exported)
+                                  residual_stack, trainable_count)
 from synthetic.mamba2.ref import (PARAM_NAMES, Mamba2Ref, effective_delta, mamba2_dims, mamba2_forward,
                                   ssd_scan_chunked)
-from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix, MaskedParameter, Role, count_trainable
+from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix
 
 Tensor = torch.Tensor
 
@@ -130,22 +136,9 @@ def in_proj_rows(d_inner: int, ngroups: int, d_state: int, nheads: int) -> Dict[
     return {"zx": (0, a), "BC": (a, b), "dt": (b, b + nheads), "ssm": (a, b + nheads)}
 
 
-def state_row_roles(ngroups: int, d_state: int, nheads: int, heads: Sequence[int],
-                    states: Sequence[Sequence[int]]) -> Tensor:
-    """(2GN,) Role codes for the [B; C] rows: TRAINABLE for rows ``B[g, n]`` and ``C[g, n]`` with n in
-    ``states[g]``, for each group g holding a selected head; FROZEN elsewhere. ``states``: one list per group."""
-    if len(states) != ngroups:
-        raise ValueError(f"states: need one state list per group ({ngroups}), got {len(states)}")
-    roles = torch.full((2 * ngroups * d_state,), int(Role.FROZEN), dtype=torch.int8)
-    groups = {int(h) // (nheads // ngroups) for h in heads}
-    for g, st in enumerate(states):
-        idx = torch.as_tensor(list(st), dtype=torch.long)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= d_state or idx.unique().numel() != idx.numel()):
-            raise ValueError(f"states: must be distinct indices in [0, {d_state}) per group, got {list(st)}")
-        if g in groups:
-            roles[g * d_state + idx] = int(Role.TRAINABLE)  # B rows
-            roles[(ngroups + g) * d_state + idx] = int(Role.TRAINABLE)  # C rows
-    return roles
+def _dims(weights: Mapping[str, Tensor], ngroups: int) -> MixerDims:
+    d_inner, nheads, P, N = mamba2_dims(weights, ngroups)
+    return MixerDims("mamba2", D=nheads, H=N, G=ngroups, P=P, d_inner=d_inner)
 
 
 def _key(name: str) -> str:
@@ -182,13 +175,15 @@ class PeftMamba2Block(nn.Module):
         if split:
             W = weights["in_proj.weight"].detach()
             tensors["in_proj.zx"] = W[slice(*self.rows["zx"])]
-            if config.sdt_heads:
-                self.frozen.register_buffer("in_proj_dt", W[slice(*self.rows["dt"])].clone())
-                self.sdt["BC"] = MaskedParameter(W[slice(*self.rows["BC"])],
-                                                 state_row_roles(ngroups, N, nheads, self.heads, self.states).to(W.device))
-                self.sdt["A_log"] = MaskedParameter(weights["A_log"].detach(),
-                                                    channel_roles(nheads, self.heads).to(W.device))
-                self.roles["in_proj.ssm"] = self.roles["A_log"] = "sdt"
+            if config.sdt_heads:  # A_log's selected heads, in_proj's selected B/C rows (offset to the [B; C; δ] block)
+                idx = sdt_indices(_dims(weights, ngroups), {"channels": self.heads, "states": self.states},
+                                  in_features=W.shape[1])
+                idx["in_proj.ssm"] = [i - self.rows["ssm"][0] * W.shape[1] for i in idx.pop("in_proj.weight")]
+                for name, w in (("A_log", weights["A_log"].detach()), ("in_proj.ssm", W[slice(*self.rows["ssm"])])):
+                    self.frozen.register_buffer(_key(name), w.clone())
+                    i = torch.as_tensor(idx[name], dtype=torch.long, device=w.device)
+                    self.sdt[_key(name)] = SparseDelta(w.shape, i, w.dtype, w.device, values=w.reshape(-1)[i])
+                    self.roles[name] = "sdt"
                 del tensors["A_log"]
             else:
                 tensors["in_proj.ssm"] = W[slice(*self.rows["ssm"])]
@@ -215,8 +210,8 @@ class PeftMamba2Block(nn.Module):
         """The weight dict :func:`mamba2_forward` takes (mamba-ssm names; in_proj re-assembled from its row blocks)."""
         out = {n: self._get(n) for n in self.roles if n not in PIECES and self.roles[n] != "sdt"}
         if self.config.sdt_heads:
-            out["A_log"] = self.sdt["A_log"]()
-            ssm = torch.cat([self.sdt["BC"](), self.frozen.in_proj_dt], dim=0)  # (2GN + Hh, d_model)
+            out["A_log"] = self.sdt["A_log"](self.frozen.A_log)
+            ssm = self.sdt["in_proj__ssm"](self.frozen.in_proj__ssm)  # (2GN + Hh, d_model)
             out["in_proj.weight"] = torch.cat([self._get("in_proj.zx"), ssm], dim=0)
         elif "in_proj.zx" in self.roles:
             out["in_proj.weight"] = torch.cat([self._get("in_proj.zx"), self._get("in_proj.ssm")], dim=0)
@@ -254,20 +249,16 @@ class PeftMamba2Stack(nn.Module):
 def head_change_scores(w_before: Mapping[str, Tensor], w_after: Mapping[str, Tensor], hidden: Tensor,
                        ngroups: int) -> Tensor:
     """Per head h: mean over batch and time of ``|Ā_t^(h),after − Ā_t^(h),before|``, ``Ā = exp(Δ_t a_h)``,
-    both on the block input ``hidden`` (Bt, L, d_model). Returns (Hh,) float32, non-negative."""
+    both on the block input ``hidden`` (Bt, L, d_model) (:func:`ssm_peft.selection.abar_change`). (Hh,) float32."""
     with torch.no_grad():
-        def abar(w):
-            return torch.exp(effective_delta(w, hidden, ngroups).float() * -torch.exp(w["A_log"].float()))  # (Bt, L, Hh)
-        return (abar(w_after) - abar(w_before)).abs().mean(dim=(0, 1))
+        before, after = ((effective_delta(w, hidden, ngroups).float(), -torch.exp(w["A_log"].float()))
+                         for w in (w_before, w_after))
+        return abar_change(*before, *after, "mamba2")[0]
 
 
 def state_change_scores(w_before: Mapping[str, Tensor], w_after: Mapping[str, Tensor], ngroups: int) -> Tensor:
-    """(G, N): ``‖ΔW_B[g, n]‖ + ‖ΔW_C[g, n]‖``, the change of state n's two in_proj rows in group g."""
-    d_inner, nheads, _, N = mamba2_dims(w_before, ngroups)
-    a, b = in_proj_rows(d_inner, ngroups, N, nheads)["BC"]
-    dW = (w_after["in_proj.weight"][a:b] - w_before["in_proj.weight"][a:b]).float()  # (2GN, d_model)
-    norms = torch.linalg.vector_norm(dW, dim=1).reshape(2, ngroups, N)
-    return (norms[0] + norms[1]).detach()
+    """(G, N): ``‖ΔW_B[g, n]‖ + ‖ΔW_C[g, n]‖`` (:func:`ssm_peft.selection.bc_change_scores`)."""
+    return bc_change_scores(w_before["in_proj.weight"], w_after["in_proj.weight"], _dims(w_before, ngroups))
 
 
 def select_heads_states(head_scores: Tensor, state_scores: Tensor, n_heads: int, n_states: int):
@@ -320,11 +311,3 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
 [z; x], separately on its SSM rows [B; C; δ] (Mamba-I's x_proj/dt_proj), on out_proj, and A_log (one scalar per
 head: a vector, so trained in full where Mamba-I's LoRA (S6) treats the (D, H) A_log as a matrix). SDT + LoRA:
 SDT on the SSM part, LoRA on the projections (in_proj's [z; x] rows and out_proj)."""
-
-
-def frozen_param_count(layer_weights: Sequence[Mapping[str, Tensor]]) -> int:
-    return sum(int(t.numel()) for w in layer_weights for t in w.values())
-
-
-def trainable_count(module: nn.Module) -> int:
-    return count_trainable(module)
