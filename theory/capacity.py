@@ -623,6 +623,16 @@ def plot(data: Dict, path: str) -> None:
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
+def quick_configs() -> List[ProbeConfig]:
+    """The ``--quick`` grid (tests and smoke runs)."""
+    return [ProbeConfig(4, 2, 1, 2, 1, r) for r in (1, 2)] + [ProbeConfig(4, 2, 1, 2, 1, 4, "outside")]
+
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed (and wraps a larger one silently)
+GROEBNER_CASES = [("inside", (0, 1), 1), ("inside", (0, 1), 0), ("outside", (0, 1), None), ("outside", (1, 0), None),
+                  ("outside", (0, 0), None), ("outside", (1, 1), None)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m theory.capacity", description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("--seed", type=int, default=0,
