@@ -8,7 +8,7 @@ import dataclasses
 from typing import Dict, Optional, Sequence
 
 __all__ = ["check_sweep_options", "check_shard_options", "SEED_MAX", "check_numbers", "check_out_dir",
-           "available_memory", "check_memory", "read_report", "check_overwrite"]
+           "check_out_file", "available_memory", "check_memory", "read_report", "check_overwrite"]
 
 
 def check_sweep_options(cfg, methods, *, all_allowed: bool = False) -> None:
@@ -95,6 +95,16 @@ def check_out_dir(path) -> None:
         raise ValueError(f"--out: {str(q)!r} is a file, not a folder" + (f" (in the path {str(p)!r})" if q != p else ""))
     if q.exists() and not os.access(q, os.W_OK | os.X_OK):
         raise ValueError(f"--out: cannot write in {str(q)!r} (permission denied)")
+
+
+def check_out_file(path) -> None:
+    """``--out`` names a file that can be written: not an existing folder, in a folder that exists or can be made
+    (ValueError naming --out; checked before anything is timed)."""
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        raise ValueError(f"--out: {path} is a folder; pass the path of the report file")
+    check_out_dir(Path(path).parent)
 
 
 def available_memory(device) -> Optional[int]:

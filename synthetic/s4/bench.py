@@ -41,7 +41,8 @@ import torch
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
 from synthetic.s4.conv import CONV_FORMS
 from synthetic.atomic import write_json_atomic
-from synthetic.cli import check_out_dir, check_overwrite, read_report
+from synthetic.checks import check_out_file
+from synthetic.cli import check_overwrite, read_report
 from synthetic.results import environment
 from synthetic.s4.timing import bench_method, cpu_info, make_state  # noqa: F401 (bench_method: re-exported)
 
@@ -234,14 +235,6 @@ def summarise_rounds(rs: List[Dict]) -> Dict:
     if len(rs) > 1:
         out["ms_per_iter_rounds"] = [r["ms_per_iter"] for r in rs]
     return out
-
-
-def check_out_file(path) -> None:
-    """``--out`` names a file that can be written: not an existing folder, in a folder that exists or can be made
-    (ValueError naming --out; checked before anything is timed)."""
-    if Path(path).is_dir():
-        raise ValueError(f"--out: {path} is a folder; pass the path of the report file")
-    check_out_dir(Path(path).parent)
 
 
 def load_reports(path) -> List[Dict]:

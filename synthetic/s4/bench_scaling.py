@@ -33,7 +33,7 @@ from synthetic.atomic import write_json_atomic
 from synthetic.results import environment
 from synthetic.s4 import config as s4c, conv, train as s4t
 from synthetic.cli import read_report
-from synthetic.s4.bench import check_out_file
+from synthetic.checks import check_out_file
 from synthetic.s4.timing import bench_method, cpu_info
 
 PAPER_TOKENS = 64 * 200 * 4000  # D·N·B of the paper's configuration

@@ -41,7 +41,6 @@ def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:
     explicit recurrence ``theory.ssm.ssm_recurrence`` started at ``h_0``; the offset adds ``2 Re(C h')``;
     then ``ReLU(W (s + u ⊙ x) + β)``. Prompt / prefix positions are prepended and dropped as in the fast model.
     """
-    from synthetic.s4.model import ALL_PARAMS  # here: synthetic.s4.model imports this module
     from theory.ssm import ssm_recurrence
 
     def f64(t):
@@ -60,7 +59,7 @@ def theory_forward_extra(layers: List[Dict[str, Tensor]], x: Tensor) -> Tensor:
                 q[k] = torch.cat([q[k], q[a]], dim=1)  # (D, Hc + Ha)
             q["B_re"] = torch.cat([q["B_re"], ones], dim=1)
             q["B_im"] = torch.cat([q["B_im"], 0 * ones], dim=1)
-        layer = to_theory_model([{k: q[k] for k in ALL_PARAMS}]).layers[0]
+        layer = to_theory_model([q]).layers[0]  # reads the layer parameters, not the extra keys
         Mp = q["prefix"].shape[-1] if "prefix" in q else 0
         xin = torch.cat([q["prefix"][None].expand(Bt, -1, -1), x], dim=-1) if Mp else x
         h0 = torch.complex(q["h0_re"], q["h0_im"]) if "h0_re" in q else None
