@@ -328,7 +328,6 @@ code(r"""
 from synthetic.s4.config import Config
 from synthetic.s4.train import Trainer
 from synthetic.s4.oracle import theorem1_oracle, oracle_budget
-from synthetic.s4 import model as sm
 
 cfg_o = Config()  # the deep-S4 experiment's CPU default sizes: D=16, 2 frozen layers, 4 pairs, target 1 layer x 2 pairs
 frozen_o, target_o = Trainer(cfg_o, torch.device("cpu")).models(0)
@@ -336,7 +335,6 @@ target_o = [{k: v[0] for k, v in p.items()} for p in target_o]
 for act in ("identity", "relu"):
     o = theorem1_oracle(frozen_o, target_o, cfg_o.seq_len, act)
     print(f"{act:8s}: exact solution MSE (float64) {o.mse64:.1e} at budget {oracle_budget(o)} per layer")
-sm.set_linear(False)
 
 summ = json.loads(Path("figures/theorem1_training.json").read_text())
 for v, rows in summ["variants"].items():
@@ -357,7 +355,7 @@ change of $\bar A^{(d)}$ and, inside each kept channel, states by their change; 
 demotes "unusable" dimensions of tiny kernel magnitude $|C_i\bar B_i\bar A_i^{N/2}|$. SDT then trains the
 $\bar A$ and $C$ entries whose channel *and* state are selected ($\bar B$ frozen).
 
-Modules: `synthetic/sdt_select.py` (ranking, selection → `theory.peft.SDTMask`), the warm-up in
+Modules: `synthetic/s4/selection.py` (ranking, selection → `theory.peft.SDTMask`), the warm-up in
 `synthetic/s4/experiment.py`. Below: the tiny preset's frozen/target models on the CPU.
 """)
 code(r"""

@@ -123,11 +123,6 @@ class FastPath:
 DEFAULT_PATH = FastPath()  # the experiment's layer: Toeplitz form, fp32 operands, one projection GEMM, ReLU
 
 
-def set_linear(enabled: bool) -> None:
-    """No effect: the activation is :attr:`FastPath.linear`, passed in by each caller. Kept so that
-    ``paper_checks.ipynb`` (which calls it) runs unchanged until it is regenerated."""
-
-
 def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor, path: FastPath = DEFAULT_PATH) -> Tensor:
     """One layer on x (R, D, N, B) (or (D, N, B), broadcast over runs) -> (R, D, N, B), computed as ``path`` says.
 
