@@ -550,7 +550,6 @@ VERDICT_STYLES = {
     "insufficient (count)": ("#882255", "s"),
     "insufficient (outside: no mixing of pass-through)": ("#CC79A7", "v"),
 }
-VERDICT_COLORS = {v: c for v, (c, _) in VERDICT_STYLES.items()}
 BOUND_STYLES = {"rank_brief": ("#0072B2", ":", "⌈L/L*⌉: the rank as read from the paper's text"),
                 "rank_zeng_lee": ("#000000", "--", "⌈D·L*/L⌉: the construction's rank (zero-block bound)")}
 
