@@ -390,16 +390,17 @@ The committed results come from an H100 run of `python -m synthetic.s4_regressio
 """)
 code(r"""
 import shutil, tempfile
-from synthetic.s4.experiment import plot, summary_table
+from synthetic.s4.experiment import S4Command
 
 tmp = Path(tempfile.mkdtemp())
 shutil.copy("figures/s4_regression_paper.jsonl", tmp / "s4_regression_paper.jsonl")
 cfg_paper = parse_config(["--preset", "paper", "--batch", "1000", "--plot-only", "--out", str(tmp)])
-print(summary_table(cfg_paper))
+table, drawn = S4Command().summary(cfg_paper)
+print(table)
 print('''
 paper (approx., official plot): Frozen 3.05 | LoRA (Proj) 8->26%: 2.1->1.6 | LoRA (S4+Proj) 8->26%: 1.95->1.43
                                 SDT + LoRA 10->33%: 1.5->1.0 | SDT 10->47%: 1.2->0.0 | Full 100%: 1.06''')
-png = [f for f in plot(cfg_paper) if str(f).endswith(".png")][0]
+png = [f for f in S4Command().figure(cfg_paper, drawn) if str(f).endswith(".png")][0]
 plt.figure(figsize=(9, 6)); plt.imshow(plt.imread(png)); plt.axis("off"); plt.show()
 """)
 
@@ -415,18 +416,20 @@ grown to 0.4 where the best was at the top, 3 seeds (H200; 7 early runs from an 
 reference-backend run uses a smaller configuration. Redrawn from `figures/mamba_regression_*.jsonl`.
 """)
 code(r"""
-from synthetic.mamba.experiment import out_paths, parse_args, plot as mamba_plot, summary as mamba_summary
+from synthetic.mamba.experiment import MambaCommand, out_paths, parse_args
 from synthetic.results import ResultsFile
 
-for preset in ("paper", "cpu"):
+for preset, opts in (("paper", ["--backend", "mamba_ssm"]), ("cpu", [])):  # the options the files were made with
     tmp = Path(tempfile.mkdtemp())
     shutil.copy(f"figures/mamba_regression_{preset}.jsonl", tmp / f"mamba_regression_{preset}.jsonl")
-    mp = out_paths(parse_args(["--preset", preset, "--out", str(tmp), "--plot-only"]))
+    cfg = parse_args(["--preset", preset, *opts, "--out", str(tmp), "--plot-only"])
+    mp = out_paths(cfg)
     recs = ResultsFile(mp["json"]).runs()
     devices = sorted({r.get("device", "?") for r in recs})
     print(f"--- preset {preset}: backend {recs[0]['backend']}, devices {', '.join(devices)}, {len(recs)} runs")
-    mamba_summary(recs)
-    mamba_plot(mp)
+    table, drawn = MambaCommand().summary(cfg)
+    print(table)
+    MambaCommand().figure(cfg, drawn)
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.5))
     ax[0].imshow(plt.imread(str(mp["mse"]) + ".png")); ax[1].imshow(plt.imread(mp["curves"]))
     for a in ax: a.axis("off")
@@ -475,13 +478,14 @@ print("minimal update:", upd.changed, "| brute force:", minimal_update_bruteforc
 """)
 code(r"""
 from synthetic.mamba2.config import out_paths as m2_paths, parse_args as m2_args
-from synthetic.mamba2.experiment import plot as m2_plot, summary as m2_summary
+from synthetic.mamba2.experiment import Mamba2Command
 
 tmp = Path(tempfile.mkdtemp())
 shutil.copy("figures/mamba2_regression_cpu.jsonl", tmp / "mamba2_regression_cpu.jsonl")
 cfg2 = m2_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"])
-m2_summary(ResultsFile(m2_paths(cfg2)["json"]).runs())
-m2_plot(cfg2)
+table, drawn = Mamba2Command().summary(cfg2)
+print(table)
+Mamba2Command().figure(cfg2, drawn)
 plt.figure(figsize=(10, 5)); plt.imshow(plt.imread(str(m2_paths(cfg2)["mse"]) + ".png")); plt.axis("off"); plt.show()
 """)
 
@@ -498,7 +502,7 @@ paper preset is pending).
 """)
 code(r"""
 from synthetic.hybrid.model import explicit_causal_attention, layer_kinds, sdpa_causal
-from synthetic.hybrid.experiment import out_paths as hybrid_paths, plot as hybrid_plot, summary as hybrid_summary
+from synthetic.hybrid.experiment import HybridCommand, out_paths as hybrid_paths
 from synthetic.hybrid.config import parse_args as hybrid_args
 
 print("Jamba-v0.1 layout, attention layers:", [i for i, k in enumerate(layer_kinds(32, 8, 4)) if k == "attention"])
@@ -509,9 +513,11 @@ print(f"SDPA vs explicit softmax attention (float64): rel. err {rel_err(sdpa_cau
 
 tmp = Path(tempfile.mkdtemp())
 shutil.copy("figures/hybrid_regression_cpu.jsonl", tmp / "hybrid_regression_cpu.jsonl")
-hp = hybrid_paths(hybrid_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"]))
-hybrid_summary(ResultsFile(hp["json"]).runs())
-hybrid_plot(hp)
+cfg_h = hybrid_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"])
+hp = hybrid_paths(cfg_h)
+table, drawn = HybridCommand().summary(cfg_h)
+print(table)
+HybridCommand().figure(cfg_h, drawn)
 plt.figure(figsize=(11, 5.5)); plt.imshow(plt.imread(str(hp["mse"]) + ".png")); plt.axis("off"); plt.show()
 """)
 

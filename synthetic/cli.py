@@ -180,25 +180,3 @@ def threads_for(n: int) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def results_main(argv, parse_args: Callable, results_path: Callable, run: Callable, prog: str) -> int:
-    """A Mamba-family experiment's ``main``: parse, then before anything runs check that the results file reads (a
-    corrupted one is never touched) and, with ``--plot-only``, holds runs; a failure is one line naming the file on
-    stderr and exit 2. Then ``run(cfg)``, exit 0. ``results_path(cfg)``: the results file's path."""
-    import sys
-
-    from synthetic.results import ResultsFile
-
-    cfg = parse_args(argv)
-    path = results_path(cfg)
-    try:
-        ResultsFile(path).load()
-        if cfg.plot_only and not ResultsFile(path).runs():
-            raise ValueError(f"--plot-only: no results in {path} (run without --plot-only first, or pass the --out "
-                             "and --preset of an earlier run)")
-    except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    run(cfg)
-    return 0

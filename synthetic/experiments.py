@@ -1,12 +1,13 @@
 """The experiment registry behind ``python -m synthetic <experiment> [options]``: every experiment is one
-:class:`Spec` (its name, one line of what it does, where its config and presets live, and its command), found by
-name; ``python -m synthetic --list`` prints them. ``python -m synthetic.s4_regression`` etc. are aliases of the
-same commands.
+:class:`Spec` (its name, one line of what it does and its :class:`synthetic.command.Command`), found by name;
+``python -m synthetic --list`` prints them. ``python -m synthetic.s4_regression`` etc. are aliases of the same
+commands. The command flow (parse, check, dry run, merge, sweep, summary table, figures) is written once, in
+:func:`synthetic.command.run_command`.
 
 Adding an architecture: its reference block and PEFT wrappers (a registry of methods), a config that subclasses
 :class:`synthetic.cli.SweepConfig` (model fields with :func:`synthetic.cli.option`), an experiment for
-:func:`synthetic.runner.run_sweep`, and one :func:`register` call here (``tests/test_experiments.py`` registers a toy
-experiment and runs it end to end).
+:func:`synthetic.runner.run_sweep`, a :class:`synthetic.command.Command` naming the three, and one :func:`register`
+call (``tests/test_experiments.py`` registers a toy experiment and runs it end to end).
 """
 
 from __future__ import annotations
@@ -18,26 +19,25 @@ from typing import Callable, Dict, Optional, Sequence
 
 @dataclass(frozen=True)
 class Spec:
-    """One registered experiment. ``config``: "module:Class" of its config dataclass; ``presets``: "module:NAME" of
-    its presets dict; ``main``: "module:function" (or the function itself) taking argv and returning the exit
-    status; ``alias``: the ``python -m synthetic.<alias>`` module that runs it too."""
+    """One registered experiment. ``command``: its :class:`synthetic.command.Command` subclass, or "module:Class"
+    (imported when used); ``alias``: the ``python -m synthetic.<alias>`` module that runs it too."""
 
     name: str
     summary: str
-    config: str
-    presets: str
-    main: object
+    command: object
     alias: str = ""
 
-    def load(self, what: str):
-        ref = getattr(self, what)
-        if callable(ref):
-            return ref
-        module, _, attr = ref.partition(":")
-        return getattr(importlib.import_module(module), attr)
+    def load(self):
+        """The command class."""
+        if isinstance(self.command, str):
+            module, _, attr = self.command.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.command
 
     def run(self, argv: Optional[Sequence[str]] = None) -> int:
-        return self.load("main")(argv)
+        from synthetic.command import run_command
+
+        return run_command(self.load()(), argv)
 
 
 REGISTRY: Dict[str, Spec] = {}
@@ -53,22 +53,17 @@ def register(spec: Spec) -> Spec:
 
 for _spec in (
     Spec("s4", "deep S4, the paper's conventions: Figure 2's regression (presets cpu, paper, tiny; official, "
-         "official-tiny run s4_official)", "synthetic.s4.config:Config", "synthetic.s4.config:PRESETS",
-         "synthetic.s4_regression:main", "s4_regression"),
+         "official-tiny run s4_official)", "synthetic.s4.experiment:S4Command", "s4_regression"),
     Spec("s4_official", "deep S4, the official code's conventions: Figure 2 run for run (presets official, "
-         "official-tiny)", "synthetic.s4.official:OfficialConfig", "synthetic.s4.official:PRESETS",
-         "synthetic.s4.official_experiment:main"),
+         "official-tiny)", "synthetic.s4.official_experiment:OfficialCommand"),
     Spec("s4_theorem1", "Theorem 1 vs training on deep S4: why SDT does not reach the construction's zero",
-         "synthetic.s4.theorem1_study:StudyConfig", "synthetic.s4.theorem1_study:PRESETS",
-         "synthetic.s4.theorem1_study:main", "s4_theorem1"),
-    Spec("mamba", "Mamba (S6): SDT vs LoRA on Mamba blocks", "synthetic.mamba.config:MambaRegressionConfig",
-         "synthetic.mamba.config:PRESETS", "synthetic.mamba.experiment:main", "mamba_regression"),
+         "synthetic.s4.theorem1_study:Theorem1Command", "s4_theorem1"),
+    Spec("mamba", "Mamba (S6): SDT vs LoRA on Mamba blocks", "synthetic.mamba.experiment:MambaCommand",
+         "mamba_regression"),
     Spec("mamba2", "Mamba-II (SSD): SDT vs LoRA on Mamba2 blocks (heads are its channels)",
-         "synthetic.mamba2.config:Mamba2RegressionConfig", "synthetic.mamba2.config:PRESETS",
-         "synthetic.mamba2.experiment:main", "mamba2_regression"),
+         "synthetic.mamba2.experiment:Mamba2Command", "mamba2_regression"),
     Spec("hybrid", "Jamba-style attention + Mamba stacks: PEFT of both module kinds",
-         "synthetic.hybrid.config:HybridRegressionConfig", "synthetic.hybrid.config:PRESETS",
-         "synthetic.hybrid.experiment:main", "hybrid_regression"),
+         "synthetic.hybrid.experiment:HybridCommand", "hybrid_regression"),
 ):
     register(_spec)
 
@@ -78,7 +73,7 @@ def listing() -> str:
     lines = []
     for s in REGISTRY.values():
         try:
-            presets = ",".join(s.load("presets"))
+            presets = ",".join(s.load().presets)
         except Exception as e:  # an experiment whose module does not import is listed with the reason
             presets = f"(not importable: {type(e).__name__})"
         lines.append(f"{s.name:<12} [{presets}]  {s.summary}")

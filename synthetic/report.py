@@ -46,14 +46,14 @@ def _s4_view(argv: Sequence[str]) -> View:
     from synthetic.s4 import experiment as e
 
     cfg = e.parse_config(list(argv))
-    return View(lambda recs: e.current_records(cfg, recs), e.lr_policy(cfg), list(e.METHODS))
+    return View(lambda recs: e.S4Command().select(cfg, recs, note=_quiet), e.lr_policy(cfg), list(e.METHODS))
 
 
 def _official_view(argv: Sequence[str]) -> View:
     from synthetic.s4 import official_experiment as e
 
     cfg = e.parse_config(list(argv))
-    return View(lambda recs: e.one_config(cfg, recs), e.lr_policy(cfg), list(e.METHODS))
+    return View(lambda recs: e.OfficialCommand().select(cfg, recs, note=_quiet), e.lr_policy(cfg), list(e.METHODS))
 
 
 def _mamba_like_view(kind: str, argv: Sequence[str], grid: str = "") -> View:
@@ -72,7 +72,10 @@ def _mamba_like_view(kind: str, argv: Sequence[str], grid: str = "") -> View:
 
             p = plan(getattr(exp, grid)(cfg))
             return (sum(r["runs_done"] for r in p["methods"].values()), sum(r["runs"] for r in p["methods"].values()))
-    return View(lambda recs: exp.current_records(cfg, recs), conf.lr_policy(cfg), list(order), count)
+    from synthetic.experiments import REGISTRY
+
+    command = REGISTRY[kind].load()()
+    return View(lambda recs: command.select(cfg, recs, note=_quiet), conf.lr_policy(cfg), list(order), count)
 
 
 # --------------------------------------------------------------------------------------------- tables

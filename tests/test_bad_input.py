@@ -18,6 +18,7 @@ from synthetic.hybrid import experiment as hybrid_experiment
 from synthetic.mamba import experiment as mamba_experiment
 from synthetic.mamba2 import experiment as mamba2_experiment
 from synthetic.s4 import fig2, theorem1_study
+from synthetic.results import ResultsFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -232,6 +233,6 @@ def test_mamba_summary_keeps_to_one_configuration(tmp_path, capsys):
     capsys.readouterr()
     assert mamba_experiment.main(base + ["--iters", "3"]) == 0
     out = capsys.readouterr()
-    recs = mamba_experiment.ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").runs()
+    recs = ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").runs()
     assert len(recs) == 4  # Frozen + Full, twice
     assert "2 records of other configurations in the file are not shown" in out.err

@@ -327,7 +327,9 @@ def test_end_to_end_resume_dry_run_and_plot_only(tmp_path, capsys):
 
 
 def test_plot_only_without_results_is_refused(tmp_path, capsys):
-    assert hexp.main(["--preset", "tiny", "--out", str(tmp_path), "--plot-only"]) == 2
+    with pytest.raises(SystemExit) as e:
+        hexp.main(["--preset", "tiny", "--out", str(tmp_path), "--plot-only"])
+    assert e.value.code == 2
     assert "--plot-only: no results" in capsys.readouterr().err
 
 
@@ -353,6 +355,6 @@ def test_committed_cpu_result_is_complete():
     cfg = hcfg.validate(hcfg.make("cpu", out=str(path.parent), dry_run=True))
     p = plan(hexp.HybridExperiment(cfg))
     assert p["base_runs_to_do"] == 0 and p["extension_runs_next"] == 0, p  # lr grids grown until interior or bound
-    recs = hexp.current_records(cfg, ResultsFile(path).runs())
+    recs = hexp.HybridCommand().records(cfg)
     assert {r["method"] for r in recs if r["status"] == "ok"} == set(METHODS)
     assert {r["seed"] for r in recs} == set(cfg.seeds)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic.results import ResultsFile
+from synthetic.results import ResultsFile, best_of_grid, run_records
 from synthetic.s4 import fig2 as s4_fig2
 from synthetic.s4 import model as sm
 from synthetic.s4 import official as soc, official_experiment as so
@@ -240,15 +240,15 @@ def test_official_lr_grid_extends_at_an_edge_and_resumes(tmp_path):
     assert so.main(args) == 0
     path = tmp_path / "s4_regression_official-tiny.jsonl"
     recs = ResultsFile(path).load()
-    runs = so.run_records(recs)
+    runs = run_records(recs)
     ext = [r for r in runs if r["lr_source"] == "extension"]
     assert len(runs) == 2 * 2 * 3 and len(ext) == 2 * 2  # (Frozen, Full) × 2 seeds × 3 lrs
     assert {r["lr"] for r in ext} == {2.5e-3} and {r["runs_in_group"] for r in ext} == {1}  # eager: no padding
     assert so.extension_plan(cfg, recs) == []
-    rows = so.best_of_grid(runs, lr_policy=so.lr_policy(cfg))
+    rows = best_of_grid(runs, lr_policy=so.lr_policy(cfg))
     assert all(r["lr"] != 1e6 and r["lr_at_edge"] in (None, "low") for r in rows)
     assert all(r["lr_bound_reached"] == "lr_min" for r in rows if r["lr_at_edge"])
-    assert "| lr at grid edge |" in so.summary_table(cfg)
+    assert "| lr at grid edge |" in so.OfficialCommand().summary(cfg)[0]
     sweeps = [r for r in recs if r["kind"] == "sweep"]
     assert len(sweeps) == 1 and sweeps[0]["extension_rounds"] == 1 and sweeps[0]["extension_runs"] == 4
     assert so.main(args) == 0
@@ -267,7 +267,7 @@ def test_official_extension_groups_padded_when_compiled(tmp_path, monkeypatch):
     args = ["--preset", "official-tiny", "--out", str(tmp_path), "--methods", "Full", "--seeds", "123",
             "--iters", "4", "--lrs", "1e-2,1e6", "--lr-min", "2.5e-3", "--no-compile"]
     assert so.main(args) == 0
-    runs = so.run_records(ResultsFile(tmp_path / "s4_regression_official-tiny.jsonl").load())
+    runs = run_records(ResultsFile(tmp_path / "s4_regression_official-tiny.jsonl").load())
     ext = [r for r in runs if r["lr_source"] == "extension"]
     assert len(runs) == 3 and [(r["lr"], r["runs_in_group"]) for r in ext] == [(2.5e-3, 2)]
 
@@ -279,7 +279,7 @@ def test_official_committed_results_keep_their_keys():
     if not path.exists():
         pytest.skip("needs figures/s4_regression_official.json (python -m synthetic.s4_regression --preset official)")
     recs = ResultsFile(path).load()
-    runs = so.run_records(recs)
+    runs = run_records(recs)
     from synthetic.cli import fields_from_record_config
 
     cfg = soc.OfficialConfig(**fields_from_record_config(soc.OfficialConfig, runs[0]["config"]))

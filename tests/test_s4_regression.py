@@ -249,7 +249,7 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     assert {r["lr"] for r in recs if r["lr_source"] == "extension"} == {2.5e-3}
     rows = best_of_grid(recs, lr_policy=s4r.lr_policy(s4c.parse_config(argv)))
     assert all(r["lr_at_edge"] is None for r in rows)
-    assert "| lr at grid edge |" in s4r.summary_table(s4c.parse_config(argv))
+    assert "| lr at grid edge |" in s4r.S4Command().summary(s4c.parse_config(argv))[0]
     for key in ("method", "trainable_pct", "best_mse", "final_mse", "lr", "seed", "status", "config", "budget",
                 "loss_curve", "trainable", "device", "commit", "wall_s"):
         assert all(key in r for r in recs), key

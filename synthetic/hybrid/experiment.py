@@ -23,27 +23,20 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
-from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budget_label, check_options, config_dict,
-                                     lr_policy, out_paths, parse_args, run_grid)
+from synthetic.command import Command
+from synthetic.hybrid.config import (DESCRIPTION, METHOD_ORDER, PRESETS, HybridRegressionConfig, budget_label,
+                                     config_dict, lr_policy, out_paths, parse_args, run_grid)
 from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
 from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
                                    trainable_count)
-from synthetic.mamba.experiment import MambaExperiment, MambaModel, best_and_final, fit, run_experiment
+from synthetic.mamba.experiment import MambaCommand, MambaExperiment, MambaModel, best_and_final, fit
 from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, mamba_ssm_available, \
     select_channels
-from synthetic.cli import results_main
-from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
-
-NAME = "hybrid_regression"
-
-
-def _log(s: str) -> None:
-    print(f"{NAME}: {s}", file=sys.stderr)
+from synthetic.results import run_key
 
 
 class HybridModel(MambaModel):
@@ -150,7 +143,7 @@ class HybridExperiment(MambaExperiment):
     CUDA whenever present (the reference backend runs there too), the experiment's name in the run key."""
 
     name = "hybrid"
-    prog = NAME
+    prog = "hybrid_regression"
     model_cls = HybridModel
     methods = METHODS
     run_grid = staticmethod(run_grid)
@@ -158,9 +151,6 @@ class HybridExperiment(MambaExperiment):
     out_paths = staticmethod(out_paths)
     config_dict = staticmethod(config_dict)
     budget_label = staticmethod(budget_label)
-
-    def __init__(self, cfg: HybridRegressionConfig):
-        super().__init__(cfg, log=_log)
 
     def backend_and_device(self, cfg):
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
@@ -182,67 +172,36 @@ class HybridExperiment(MambaExperiment):
                         "backend": self.backend_name, "experiment": self.name})
 
 
-# ------------------------------------------------------------------------------- summary, plot, main
-def current_records(cfg: HybridRegressionConfig, records: Sequence[dict]) -> List[dict]:
-    """Records of one configuration (``cfg``'s if the file has it, else the last record's), never mixed."""
-    return one_configuration(records, lambda r: run_key(r.get("config", {})), run_key(config_dict(cfg)), note=_log)
+class HybridCommand(MambaCommand):
+    """``python -m synthetic hybrid``: the Mamba-family command with this module's config, experiment and figure
+    (MSE vs trainable %; the table also shows the min and max over seeds)."""
+
+    name = "hybrid"
+    description = DESCRIPTION
+    config, presets = HybridRegressionConfig, PRESETS
+    parse = staticmethod(parse_args)
+    out_paths = staticmethod(out_paths)
+    experiment_cls = HybridExperiment
+    method_order = METHOD_ORDER
+    widths = (26, 26)
+    spread = True
+    title = "Hybrid (attention + Mamba) regression"
+    figure = Command.figure
+
+    def note(self, records: Sequence[dict]) -> str:
+        """The run description under the figure: backend, devices, layout, sizes, iterations, commits."""
+        r0 = records[0]
+        c = r0.get("config", {})
+        kinds = "".join(k[0].upper() for k in r0.get("layer_kinds", []))
+        devices = ", ".join(sorted({str(r.get("device")) for r in records}))
+        return (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {devices}; frozen {kinds} "
+                f"(A = attention, M = Mamba; d_model {c.get('d_model')}, H {c.get('frozen_d_state')}, "
+                f"{c.get('n_heads')} heads, {c.get('norm')}), target {c.get('target_layers')} layers "
+                f"(H {c.get('target_d_state')}); {c.get('iters')} AdamW iters, best lr per point; commits "
+                f"{', '.join(sorted({str(r.get('commit')) for r in records}))}")
 
 
-def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
-    """Best-of-grid table on stdout (mean over seeds; 'lr edge' flags a best lr still at an edge of its grid)."""
-    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
-    print(f"{'method':<26} {'budget':<26} {'trainable %':>11} {'best MSE':>10} {'min':>10} {'max':>10} {'lr':>8}  lr edge")
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
-        f = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
-        print(f"{r['method']:<26} {r['budget_label']:<26} {(r['trainable_pct'] or 0):11.3f} {f(r['mean']):>10} "
-              f"{f(r.get('min')):>10} {f(r.get('max')):>10} {r['lr']!s:>8}  {edge_label(r)}")
-    return rows
-
-
-def note(records: Sequence[dict]) -> str:
-    """The run description under the figure: backend, devices, layout, sizes, iterations, commits."""
-    r0 = records[0]
-    c = r0.get("config", {})
-    kinds = "".join(k[0].upper() for k in r0.get("layer_kinds", []))
-    devices = ", ".join(sorted({str(r.get("device")) for r in records}))
-    return (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {devices}; frozen {kinds} "
-            f"(A = attention, M = Mamba; d_model {c.get('d_model')}, H {c.get('frozen_d_state')}, {c.get('n_heads')} "
-            f"heads, {c.get('norm')}), target {c.get('target_layers')} layers (H {c.get('target_d_state')}); "
-            f"{c.get('iters')} AdamW iters, best lr per point; commits "
-            f"{', '.join(sorted({str(r.get('commit')) for r in records}))}")
-
-
-def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None, cfg: Optional[HybridRegressionConfig] = None):
-    """The MSE-vs-trainable figure from the results file alone."""
-    from synthetic.plots import plot_mse_vs_params, run_title
-
-    records = ResultsFile(paths["json"]).runs()
-    if cfg is not None:
-        records = current_records(cfg, records)
-    if not records:
-        _log(f"no records in {paths['json']}; nothing to plot")
-        return []
-    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
-    return plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note(records),
-                              title=run_title("Hybrid (attention + Mamba) regression", records,
-                                              "MSE vs. trainable parameters"))
-
-
-def show(cfg: HybridRegressionConfig) -> None:
-    """The summary table and the figure of ``cfg``'s results."""
-    paths, policy = out_paths(cfg), lr_policy(cfg)
-    summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
-    plot(paths, policy, cfg)
-
-
-def run(cfg: HybridRegressionConfig) -> Path:
-    check_options(cfg)
-    return run_experiment(cfg, out_paths(cfg)["json"], lambda: HybridExperiment(cfg), show, _log)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return results_main(argv, parse_args, lambda cfg: out_paths(cfg)["json"], run, f"python -m synthetic.{NAME}")
+main = HybridCommand.main
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from synthetic.mamba.config import (ALL_METHODS, MambaRegressionConfig, budget_label, check_options,
+from synthetic.command import Command
+from synthetic.mamba.config import (ALL_METHODS, DESCRIPTION, PRESETS, MambaRegressionConfig, budget_label,
                                     config_dict, lr_policy, out_paths, parse_args, run_grid)
 from ssm_peft.selection import official_select
 from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
@@ -42,10 +43,9 @@ from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, P
                                   select_channels, trainable_count)
 from synthetic.mamba.ref import block_weights
 from synthetic.plots import plot_mamba
-from synthetic.cli import results_main, threads_for
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, is_diverged,
-                               one_configuration, run_key, utc_now)
-from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.cli import threads_for
+from synthetic.results import environment, is_diverged, run_key, utc_now
+from synthetic.runner import Group, Run
 
 
 # ----------------------------------------------------------------------------------- the models
@@ -311,87 +311,38 @@ class MambaExperiment:
         return [rec]
 
 
-def run_experiment(cfg, results_path: Path, make_experiment: Callable[[], "MambaExperiment"],
-                   show: Callable[[object], None], log: Callable[[str], None]):
-    """What a Mamba-family command does once its options are checked: ``--merge`` folds the shard files and shows
-    the result, ``--plot-only`` shows it, ``--dry-run`` prints the plan, else the sweep and then (no shard; under
-    torchrun rank 0 alone) the result. ``show(cfg)`` prints the summary table and draws the figures; after a sweep or
-    a merge a missing plotting library is a message (redraw later with ``--plot-only``), with ``--plot-only`` an error.
-    The experiment (and its backend) is built only for a sweep or a dry run."""
-    def show_after_run():
-        try:
-            show(cfg)
-        except ImportError as e:  # e.g. a GPU machine without matplotlib
-            log(f"no plots ({e}); run again with --plot-only")
+class MambaCommand(Command):
+    """``python -m synthetic mamba``: the Mamba-family command (:mod:`synthetic.command`'s flow); the Mamba-II and
+    hybrid commands are this one with their own config functions, experiment, table widths and figure."""
 
-    if cfg.merge:
-        merge_shards(results_path, log=log)
-        show_after_run()
-        return results_path
-    if cfg.plot_only:
-        show(cfg)
-        return results_path
-    shard = parse_shard(cfg.shard)
-    exp = make_experiment()
-    if cfg.dry_run:
-        print_plan(exp, shard)
-        return results_path
-    st = run_sweep(exp, time_budget=cfg.time_budget, shard=shard, log=exp.log)
-    if shard is not None or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
-        return st.results
-    show_after_run()
-    return results_path
+    name = "mamba"
+    description = DESCRIPTION
+    config, presets = MambaRegressionConfig, PRESETS
+    parse = staticmethod(parse_args)
+    out_paths = staticmethod(out_paths)
+    experiment_cls = MambaExperiment
+    method_order = ALL_METHODS
+    widths = (16, 20)
 
+    def results_path(self, cfg) -> Path:
+        return self.out_paths(cfg)["json"]
 
-def show(cfg: MambaRegressionConfig) -> None:
-    """The summary table and both figures of ``cfg``'s results."""
-    paths, policy = out_paths(cfg), lr_policy(cfg)
-    summary(current_records(cfg, ResultsFile(paths["json"]).runs()), policy)
-    plot(paths, policy, cfg)
+    def figure_stem(self, cfg) -> Path:
+        return self.out_paths(cfg)["mse"]
+
+    def experiment(self, cfg):
+        return self.experiment_cls(cfg, log=self.log)
+
+    def figure(self, cfg, data) -> List[str]:
+        """Both figures (MSE vs trainable %, loss curves)."""
+        records, rows = data
+        if not records:
+            return super().figure(cfg, data)
+        paths = self.out_paths(cfg)
+        return plot_mamba(records, rows, paths["mse"], paths["curves"], method_order=self.method_order)
 
 
-def run(cfg: MambaRegressionConfig) -> Path:
-    check_options(cfg)
-    return run_experiment(cfg, out_paths(cfg)["json"], lambda: MambaExperiment(cfg), show,
-                          lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
-
-
-def current_records(cfg: MambaRegressionConfig, records: Sequence[dict]) -> List[dict]:
-    """Records of one configuration (the ``config`` a run key holds): ``cfg``'s if the file has it, else the last
-    record's. A file can hold runs of several configurations (a rerun with another ``--iters``, or ``--backend``);
-    one summary or figure never mixes them, and says how many records it leaves out."""
-    return one_configuration(records, lambda r: run_key(r.get("config", {})), run_key(config_dict(cfg)),
-                             note=lambda s: print(f"mamba_regression: {s}", file=sys.stderr))
-
-
-def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
-    """Best-of-grid table on stdout; 'lr edge' flags a best lr still at an edge of its grid (with the bound
-    that stopped the grid, or 'not extended' for a sweep cut short)."""
-    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
-    print(f"{'method':<16} {'budget':<20} {'trainable %':>11} {'best MSE':>10} {'lr':>8}  lr edge")
-    for r in sorted(rows, key=lambda r: (ALL_METHODS.index(r["method"]) if r["method"] in ALL_METHODS else 99,
-                                         r["trainable_pct"] or 0)):
-        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
-        print(f"{r['method']:<16} {r['budget_label']:<20} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}  "
-              f"{edge_label(r)}")
-    return rows
-
-
-def plot(paths: Dict[str, Path], policy: Optional[LrPolicy] = None,
-         cfg: Optional[MambaRegressionConfig] = None) -> None:
-    """Both figures from the results file alone (``policy``: how the lr grid was grown, for the edge flags)."""
-    records = ResultsFile(paths["json"]).runs()
-    if cfg is not None:
-        records = current_records(cfg, records)
-    if not records:
-        print(f"mamba_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
-        return
-    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
-    plot_mamba(records, rows, paths["mse"], paths["curves"], method_order=ALL_METHODS)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return results_main(argv, parse_args, lambda cfg: out_paths(cfg)["json"], run, "python -m synthetic.mamba_regression")
+main = MambaCommand.main
 
 
 if __name__ == "__main__":

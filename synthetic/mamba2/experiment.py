@@ -16,21 +16,18 @@ by :func:`synthetic.mamba2.ref.mamba2_forward` with the backend's SSD scan.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 
-from synthetic.mamba.experiment import MambaExperiment, MambaModel, run_experiment
+from synthetic.command import Command
+from synthetic.mamba.experiment import MambaCommand, MambaExperiment, MambaModel
 from synthetic.mamba.peft import residual_stack
-from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, budget_label, check_options, config_dict,
-                                     lr_policy, out_paths, parse_args, run_grid)
+from synthetic.mamba2.config import (DESCRIPTION, METHOD_ORDER, PRESETS, Mamba2RegressionConfig, budget_label,
+                                     config_dict, lr_policy, out_paths, parse_args, run_grid)
 from synthetic.mamba2.peft import (METHODS, WARMUP_FULL, Mamba2PeftConfig, PeftMamba2Stack, frozen_param_count,
                                    get_backend, head_change_scores, select_heads_states, state_change_scores)
 from synthetic.mamba2.ref import block_weights, mamba2_forward
-from synthetic.plots import plot_mse_vs_params, run_title
-from synthetic.cli import results_main
-from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
 
 
 class Mamba2Model(MambaModel):
@@ -118,55 +115,31 @@ class Mamba2Experiment(MambaExperiment):
         return get_backend(name)  # Mamba-II's backends (the SSD scan); no fused path
 
 
-def current_records(cfg: Mamba2RegressionConfig, records: Sequence[dict]) -> List[dict]:
-    """Records of one configuration (``cfg``'s if the file has it, else the last record's)."""
-    return one_configuration(records, lambda r: run_key(r.get("config", {})), run_key(config_dict(cfg)),
-                             note=lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
+class Mamba2Command(MambaCommand):
+    """``python -m synthetic mamba2``: the Mamba-family command with this module's config, experiment and figure
+    (MSE vs trainable %)."""
+
+    name = "mamba2"
+    description = DESCRIPTION
+    config, presets = Mamba2RegressionConfig, PRESETS
+    parse = staticmethod(parse_args)
+    out_paths = staticmethod(out_paths)
+    experiment_cls = Mamba2Experiment
+    method_order = METHOD_ORDER
+    widths = (16, 26)
+    title = "Mamba-II regression"
+    figure = Command.figure
+
+    def note(self, records: Sequence[dict]) -> str:
+        c = records[0].get("config", {})
+        return (f"backend {records[0].get('backend')}, {', '.join(sorted({str(r.get('device')) for r in records}))}; "
+                f"frozen {c.get('frozen_layers')}x Mamba2(d_model {c.get('d_model')}, P {c.get('headdim')}, "
+                f"G {c.get('ngroups')}, N {c.get('frozen_d_state')}), target {c.get('target_layers')}x "
+                f"(N {c.get('target_d_state')}); {c.get('iters')} AdamW iters, best lr per point; "
+                f"{len({r['seed'] for r in records})} seed(s)")
 
 
-def summary(records: Sequence[dict], policy: Optional[LrPolicy] = None) -> List[dict]:
-    """Best-of-grid table on stdout (mean over seeds); 'lr edge' flags a best lr still at its grid's edge."""
-    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
-    print(f"{'method':<16} {'budget':<26} {'trainable %':>11} {'best MSE':>10} {'lr':>8}  lr edge")
-    for r in sorted(rows, key=lambda r: (METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99,
-                                         r["trainable_pct"] or 0)):
-        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g}"
-        print(f"{r['method']:<16} {r['budget_label']:<26} {(r['trainable_pct'] or 0):11.3f} {mse:>10} {r['lr']!s:>8}  "
-              f"{edge_label(r)}")
-    return rows
-
-
-def plot(cfg: Mamba2RegressionConfig, policy: Optional[LrPolicy] = None) -> None:
-    """The MSE-vs-trainable-% figure from the results file alone."""
-    paths = out_paths(cfg)
-    records = current_records(cfg, ResultsFile(paths["json"]).runs())
-    if not records:
-        print(f"mamba2_regression: no records in {paths['json']}; nothing to plot", file=sys.stderr)
-        return
-    rows = best_of_grid(records, group_keys=("method", "budget_label"), lr_policy=policy)
-    c = records[0].get("config", {})
-    note = (f"backend {records[0].get('backend')}, {', '.join(sorted({str(r.get('device')) for r in records}))}; frozen "
-            f"{c.get('frozen_layers')}x Mamba2(d_model {c.get('d_model')}, P {c.get('headdim')}, G {c.get('ngroups')}, "
-            f"N {c.get('frozen_d_state')}), target {c.get('target_layers')}x (N {c.get('target_d_state')}); "
-            f"{c.get('iters')} AdamW iters, best lr per point; {len({r['seed'] for r in records})} seed(s)")
-    plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note,
-                       title=run_title("Mamba-II regression", records, "MSE vs. trainable parameters"))
-
-
-def show(cfg: Mamba2RegressionConfig) -> None:
-    """The summary table and the figure of ``cfg``'s results."""
-    summary(current_records(cfg, ResultsFile(out_paths(cfg)["json"]).runs()), lr_policy(cfg))
-    plot(cfg, lr_policy(cfg))
-
-
-def run(cfg: Mamba2RegressionConfig) -> Path:
-    check_options(cfg)
-    return run_experiment(cfg, out_paths(cfg)["json"], lambda: Mamba2Experiment(cfg), show,
-                          lambda s: print(f"mamba2_regression: {s}", file=sys.stderr))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return results_main(argv, parse_args, lambda cfg: out_paths(cfg)["json"], run, "python -m synthetic.mamba2_regression")
+main = Mamba2Command.main
 
 
 if __name__ == "__main__":

@@ -57,12 +57,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic.plots import plot_mse_vs_params, run_title
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration,
-                               run_key, run_records, subsample_curve, utc_now)
-from synthetic.runner import Group, Run, is_main_process, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.command import Command
+from synthetic.results import LrPolicy, edge_label, environment, run_key, subsample_curve, utc_now
+from synthetic.runner import Group, Run
 from synthetic.s4 import model as sm
-from synthetic.s4.config import OPT_IN_DEFAULTS, Config, key_fields, n_modes, parse_config
+from synthetic.s4.config import OPT_IN_DEFAULTS, PRESETS, Config, key_fields, n_modes, parse_config
 from synthetic.s4.methods import METHODS, BENCHMARK_METHODS, configure, method_label, theory_trainable_count
+from synthetic.s4.official import PRESETS as OFFICIAL_PRESETS
 from synthetic.cli import check_memory, record_config
 from synthetic.s4.train import Trainer, TrainerExperiment, estimate_step_bytes, resolve_device
 
@@ -223,14 +224,6 @@ class S4Experiment(TrainerExperiment):
         }
 
 
-def sweep(cfg: Config, log=print) -> ResultsFile:
-    """Run every (seed, method, budget) group not yet in the results file, then grow the lr grid where a
-    best lr is at an edge (:func:`synthetic.runner.run_sweep` with :class:`S4Experiment`)."""
-    exp = S4Experiment(cfg, log)
-    st = run_sweep(exp, time_budget=cfg.time_budget, log=log)
-    return ResultsFile(st.results)
-
-
 # ------------------------------------------------------------------------------- theory point
 def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
     """Theorem 1's construction in the experiment's variant (``cfg.activation``: ReLU or linear): its budget
@@ -270,12 +263,12 @@ def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
             "label": f"Theorem 1 construction ({variant}, real diag.): {b.percent:.1f}%, MSE {mse:.1e}"}
 
 
-def plot(cfg: Config) -> List[str]:
+def plot(cfg: Config, recs: List[Dict], rows: List[Dict]) -> List[str]:
+    """The MSE-vs-trainable-% figure of one configuration's records and their best-of-grid rows, with Theorem 1's
+    point (:func:`theory_point`)."""
     p = paths(cfg)
-    recs = current_records(cfg, ResultsFile(p["json"]).load())
     if not recs:
         raise SystemExit(f"{p['json']}: no results to plot")
-    rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
     extra, note = [], ""
     tp = theory_point(cfg)
     if tp is not None:
@@ -308,69 +301,58 @@ def fingerprint(config: Dict) -> str:
     return run_key(key_fields(config))
 
 
-def current_records(cfg: Config, recs: List[Dict]) -> List[Dict]:
-    """Records of one configuration: the current one if the file has it, else the last record's.
+class S4Command(Command):
+    """``python -m synthetic s4``: the deep-S4 command (:mod:`synthetic.command`'s flow); ``--preset official`` and
+    ``official-tiny`` run ``s4_official`` (:class:`synthetic.s4.official_experiment.OfficialCommand`, which shares
+    this table)."""
 
-    A results file can hold runs of several configurations (e.g. a rerun with another --batch);
-    mixing them in one best-of-grid would be wrong, so only one is plotted and summarised.
-    Only run records count (``kind: "sweep"`` records hold a sweep's wall time).
-    """
-    return one_configuration(run_records(recs), lambda r: fingerprint(r.get("config", {})),
-                             fingerprint(record_config(cfg)))
+    name = "s4"
+    config, presets = Config, PRESETS
+    parse = staticmethod(parse_config)
+    elsewhere = {p: "s4_official" for p in OFFICIAL_PRESETS}
+    method_order = tuple(METHODS)
+    mse_header, pct_digits = "best MSE", 1  # the table's MSE column and trainable-% digits
+
+    def results_path(self, cfg) -> Path:
+        return paths(cfg)["json"]
+
+    def experiment(self, cfg):
+        return S4Experiment(cfg, self.log)
+
+    def check(self, cfg) -> None:
+        """A training step fits the device's memory."""
+        R = cfg.runs_per_step or len(cfg.lrs)
+        check_memory(estimate_step_bytes(R, cfg.d_model, cfg.seq_len, cfg.batch,
+                                         max(cfg.frozen_layers, cfg.target_layers)),
+                     resolve_device(cfg), "--batch or --runs-per-step")
+
+    def fingerprint(self, cfg, config: Dict) -> str:
+        """The key fields of a record's config (a results file can hold runs of several configurations, e.g. a
+        rerun with another --batch; one best-of-grid never mixes them)."""
+        return fingerprint(config)
+
+    def wanted(self, cfg) -> str:
+        return fingerprint(record_config(cfg))
+
+    @staticmethod
+    def lr_text(lr) -> str:
+        return "-" if lr is None else f"{lr:g}"
+
+    def table(self, rows: Sequence[Dict]) -> str:
+        lines = [f"| method | budget | trainable % | {self.mse_header} (mean ± std over seeds) | lr | lr at grid edge "
+                 "| seeds | diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        order = {m: i for i, m in enumerate(self.method_order)}
+        for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
+            mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
+            lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.{self.pct_digits}f} | {mse} | "
+                         f"{self.lr_text(r['lr'])} | {edge_label(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
+        return "\n".join(lines)
+
+    def figure(self, cfg, data) -> List[str]:
+        return plot(cfg, *data)
 
 
-def summary_table(cfg: Config) -> str:
-    rows = best_of_grid(current_records(cfg, ResultsFile(paths(cfg)["json"]).load()),
-                        group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
-    lines = ["| method | budget | trainable % | best MSE (mean ± std over seeds) | lr | lr at grid edge | seeds "
-             "| diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    order = {m: i for i, m in enumerate(METHODS)}
-    for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
-        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
-        lr = "-" if r["lr"] is None else f"{r['lr']:g}"
-        lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.1f} | {mse} | {lr} | "
-                     f"{edge_label(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
-    return "\n".join(lines)
-
-
-def _error(msg: str) -> None:
-    """One line on stderr and exit 2, as the parser's errors."""
-    print(f"python -m synthetic s4: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def check_can_run(cfg: Config) -> None:
-    """Before anything runs: the results file reads (a corrupted one is never touched) and, for a sweep, a
-    training step fits the device's memory; parser error (exit 2) naming the file or the options."""
-    try:
-        ResultsFile(paths(cfg)["json"]).load()
-        if not (cfg.plot_only or cfg.dry_run or cfg.merge):
-            R = cfg.runs_per_step or len(cfg.lrs)
-            check_memory(estimate_step_bytes(R, cfg.d_model, cfg.seq_len, cfg.batch, max(cfg.frozen_layers, cfg.target_layers)),
-                         resolve_device(cfg), "--batch or --runs-per-step")
-    except ValueError as e:
-        _error(str(e))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = parse_config(argv)
-    check_can_run(cfg)
-    shard = parse_shard(cfg.shard)
-    if cfg.dry_run:
-        print_plan(S4Experiment(cfg), shard)
-        return 0
-    if cfg.merge:
-        merge_shards(paths(cfg)["json"])
-    if cfg.plot_only and not ResultsFile(paths(cfg)["json"]).runs():
-        _error(f"--plot-only: no results in {paths(cfg)['json']} (run without --plot-only first, "
-                             "or pass the --out and --preset of an earlier run)")
-    if not (cfg.plot_only or cfg.merge):
-        run_sweep(S4Experiment(cfg), time_budget=cfg.time_budget, shard=shard)
-        if shard or not is_main_process():  # under torchrun, rank 0 alone summarises and draws
-            return 0
-    plot(cfg)  # each file it writes is printed (synthetic.plots.save)
-    print(summary_table(cfg))
-    return 0
+main = S4Command.main
 
 
 if __name__ == "__main__":

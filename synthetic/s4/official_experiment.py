@@ -10,8 +10,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -24,10 +22,10 @@ from synthetic.cli import threads_for
 
 from synthetic import cli, runner
 from synthetic.cli import check_memory
-from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, environment, one_configuration, run_key,
-                               run_records, subsample_curve, utc_now)
-from synthetic.runner import Group, Run, run_sweep
+from synthetic.results import LrPolicy, environment, run_key, subsample_curve, utc_now
+from synthetic.runner import Group, Run
 from synthetic.s4 import model as sm
+from synthetic.s4.experiment import S4Command
 from synthetic.s4.official import (CONVS, METHODS, OFFICIAL_SEED, PRESETS, WARMUP_PARAMS, AnchoredRuns,
                                    OfficialConfig, OfficialMethod, adamw_step_anchored, budget_label, build_group,
                                    concat_groups,
@@ -284,13 +282,6 @@ class OfficialExperiment(TrainerExperiment):
         return recs
 
 
-def sweep(cfg: OfficialConfig, log=print) -> ResultsFile:
-    """Every (seed, method, budget) group not yet in the results file, R = len(lrs) runs per group, then the
-    lr grid grown where a (method, budget)'s best lr is at an edge (:func:`synthetic.runner.run_sweep`)."""
-    st = run_sweep(OfficialExperiment(cfg, log), time_budget=cfg.time_budget, log=log)
-    return ResultsFile(st.results)
-
-
 def current_runs(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Dict]:
     """The run records of ``cfg``'s configuration and seeds: those whose key is the one ``cfg`` gives them."""
     return runner.current_runs(OfficialExperiment(cfg), records)
@@ -303,37 +294,8 @@ def extension_plan(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Tuple[i
     return runner.extension_todo(exp, records, exp.groups())
 
 
-def one_config(cfg: OfficialConfig, records: Sequence[Dict]) -> List[Dict]:
-    """The run records of one configuration (the fields in the key): ``cfg``'s if the file has it, else the last
-    record's; a summary never mixes configurations, and says how many records it leaves out."""
-    known = set(cli.key_config(cfg))
-    return one_configuration(
-        run_records(records),
-        lambda r: run_key({k: v for k, v in cli.key_of_record_config(OfficialConfig, r.get("config", {})).items()
-                           if k in known}),
-        run_key(key_config(cfg)))
-
-
-def summary_table(cfg: OfficialConfig) -> str:
-    recs = one_config(cfg, ResultsFile(results_path(cfg)).load())
-    rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=lr_policy(cfg))
-    lines = ["| method | budget | trainable % | best_mse (mean ± std over seeds) | lr | lr at grid edge | seeds "
-             "| diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    order = {m: i for i, m in enumerate(METHODS)}
-    for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["trainable_pct"] or 0)):
-        mse = "n/a" if r["mean"] is None else f"{r['mean']:.4g} ± {r['std']:.2g}"
-        lines.append(f"| {r['method']} | {r['budget_label']} | {r['trainable_pct']:.2f} | {mse} | {r['lr']} | "
-                     f"{edge_label(r) or '-'} | {r['n_seeds']} | {r['n_diverged']} |")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------ CLI
 DESCRIPTION = "Deep S4 with the official code's conventions (furiosa-ai/ssm-peft S4/run_s4.py): Figure 2."
-
-
-def build_parser(preset: str = "official") -> argparse.ArgumentParser:
-    return cli.build_parser(OfficialConfig, PRESETS, preset, prog="python -m synthetic s4_official",
-                            description=DESCRIPTION)
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> OfficialConfig:
@@ -342,30 +304,44 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> OfficialConfig:
                              description=DESCRIPTION, default_preset="official", validate=validate)[0]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = parse_config(argv)
-    try:  # before anything runs: the results file reads, a training step fits the device
-        ResultsFile(results_path(cfg)).load()
-        if cfg.plot_only and not ResultsFile(results_path(cfg)).runs():
-            raise ValueError(f"--plot-only: no results in {results_path(cfg)} (run without --plot-only first, or "
-                             "pass the --out and --preset of an earlier run)")
-        if not (cfg.plot_only or cfg.dry_run or cfg.merge):
-            check_memory(estimate_step_bytes(len(cfg.lrs), cfg.d_model, cfg.seq_len, cfg.batch,
-                                             max(cfg.frozen_layers, cfg.target_layers)),
-                         resolve_device(cfg), "--batch (or fewer --lrs: one step trains a group of len(lrs) runs)")
-    except ValueError as e:
-        build_parser(cfg.preset).error(str(e))
-    if cfg.dry_run:
-        runner.print_plan(OfficialExperiment(cfg), runner.parse_shard(cfg.shard))
-        return 0
-    if cfg.merge:
-        runner.merge_shards(results_path(cfg))
-    elif not cfg.plot_only:
-        run_sweep(OfficialExperiment(cfg), time_budget=cfg.time_budget, shard=runner.parse_shard(cfg.shard))
-        if cfg.shard or not runner.is_main_process():  # under torchrun, rank 0 alone summarises
-            return 0
-    print(summary_table(cfg))
-    return 0
+class OfficialCommand(S4Command):
+    """``python -m synthetic s4_official`` (and ``python -m synthetic s4 --preset official``): the deep-S4 command
+    with this module's config and experiment; the summary is the table alone (Figure 2 three ways is
+    ``python -m synthetic.s4_fig2``)."""
+
+    name = "s4_official"
+    config, presets = OfficialConfig, PRESETS
+    parse = staticmethod(parse_config)
+    elsewhere: Dict[str, str] = {}
+    method_order = tuple(METHODS)
+    mse_header, pct_digits = "best_mse", 2
+    lr_text = staticmethod(str)
+
+    def results_path(self, cfg) -> Path:
+        return results_path(cfg)
+
+    def experiment(self, cfg):
+        return OfficialExperiment(cfg, self.log)
+
+    def check(self, cfg) -> None:
+        """A training step (one group: len(lrs) runs) fits the device's memory."""
+        check_memory(estimate_step_bytes(len(cfg.lrs), cfg.d_model, cfg.seq_len, cfg.batch,
+                                         max(cfg.frozen_layers, cfg.target_layers)),
+                     resolve_device(cfg), "--batch (or fewer --lrs: one step trains a group of len(lrs) runs)")
+
+    def fingerprint(self, cfg, config: Dict) -> str:
+        """The key fields of ``cfg``'s kind that a record's config has."""
+        known = set(cli.key_config(cfg))
+        return run_key({k: v for k, v in cli.key_of_record_config(OfficialConfig, config).items() if k in known})
+
+    def wanted(self, cfg) -> str:
+        return run_key(key_config(cfg))
+
+    def figure(self, cfg, data) -> List[str]:
+        return []
+
+
+main = OfficialCommand.main
 
 
 if __name__ == "__main__":

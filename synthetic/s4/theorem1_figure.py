@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from synthetic.plots import save_json
 from synthetic.results import LrPolicy, ResultsFile, ResultsFileError, best_of_grid, edge_label, exit_error
@@ -91,8 +91,8 @@ def table(rows_by_variant: Dict[str, List[Dict]]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: str, preset: str) -> List[str]:
-    """Summarise every variant file of ``preset`` in ``out``; write the JSON and the figure; print the table."""
+def summarise_files(out: str, preset: str) -> Tuple[Dict[str, List[Dict]], str]:
+    """Every variant file of ``preset`` in ``out`` summarised: (rows per variant, the devices that ran them)."""
     rows_by_variant, seen = {}, set()
     for v in VARIANT_FILES:
         rf = ResultsFile(Path(out) / f"theorem1_training_{preset}_{v}.jsonl")
@@ -114,10 +114,17 @@ def write_summary(out: str, preset: str) -> List[str]:
     rows_by_variant = {k: v for k, v in rows_by_variant.items() if v}
     if not rows_by_variant:
         exit_error(f"{out}: no theorem1_training_{preset}_*.jsonl results (run python -m synthetic.s4_theorem1)")
-    stem, devices = _stem(out, preset), " + ".join(sorted(seen - {"None"}))
-    json_path = save_json(stem.with_suffix(".json"), {"preset": preset, "variants": rows_by_variant})
-    print(table(rows_by_variant))
-    return [json_path] + plot(rows_by_variant, stem, preset, devices)
+    return rows_by_variant, " + ".join(sorted(seen - {"None"}))
+
+
+def save_summary(rows_by_variant: Dict[str, List[Dict]], out: str, preset: str) -> str:
+    """The summary JSON of :func:`summarise_files`' rows (``theorem1_training[_<preset>].json``); returns its path."""
+    return save_json(_stem(out, preset).with_suffix(".json"), {"preset": preset, "variants": rows_by_variant})
+
+
+def figure(rows_by_variant: Dict[str, List[Dict]], out: str, preset: str, devices: str = "") -> List[str]:
+    """The figure (:func:`plot`) of :func:`summarise_files`' rows, beside the summary JSON."""
+    return plot(rows_by_variant, _stem(out, preset), preset, devices)
 
 
 # ------------------------------------------------------------------------------------------- figure

@@ -40,7 +40,8 @@ import torch
 
 from synthetic.cli import (SweepConfig, check_memory, check_numbers, check_out_dir, check_shard_options, option,
                            parse_options, record_config, redefault)
-from synthetic.runner import Group, Run, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.command import Command
+from synthetic.runner import Group, Run
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes, validate as validate_s4
 from synthetic.s4.experiment import S4Experiment, key_config, run_generator
@@ -315,23 +316,39 @@ class Theorem1Study(S4Experiment):
         return rec
 
 
-# ------------------------------------------------------------------------------------------- main
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from synthetic.s4.theorem1_figure import write_summary
+# ------------------------------------------------------------------------------------------ command
+class Theorem1Command(Command):
+    """``python -m synthetic s4_theorem1``: the study's command (:mod:`synthetic.command`'s flow). Its summary reads
+    both variant files of the preset and writes their rows as JSON; then the table, then the figure
+    (:mod:`synthetic.s4.theorem1_figure`)."""
 
-    cfg = parse_config(argv)
-    shard = parse_shard(cfg.shard)
-    if cfg.dry_run:
-        print_plan(Theorem1Study(cfg), shard)
-        return 0
-    if cfg.merge:
-        merge_shards(results_path(cfg))
-    if not (cfg.plot_only or cfg.merge):
-        run_sweep(Theorem1Study(cfg), time_budget=cfg.time_budget, shard=shard)
-        if shard:
-            return 0
-    write_summary(cfg.out, cfg.preset)  # each file it writes is printed (synthetic.plots.save / save_json)
-    return 0
+    name = "s4_theorem1"
+    config, presets = StudyConfig, PRESETS
+    parse = staticmethod(parse_config)
+
+    def results_path(self, cfg) -> Path:
+        return results_path(cfg)
+
+    def inputs(self, cfg) -> List[Path]:
+        return [results_path(dataclasses.replace(cfg, activation=a)) for a in VARIANTS]
+
+    def experiment(self, cfg):
+        return Theorem1Study(cfg, self.log)
+
+    def summary(self, cfg):
+        from synthetic.s4.theorem1_figure import save_summary, summarise_files, table
+
+        rows, devices = summarise_files(cfg.out, cfg.preset)
+        save_summary(rows, cfg.out, cfg.preset)
+        return table(rows), (rows, devices)
+
+    def figure(self, cfg, data) -> List[str]:
+        from synthetic.s4.theorem1_figure import figure
+
+        return figure(data[0], cfg.out, cfg.preset, data[1])
+
+
+main = Theorem1Command.main
 
 
 if __name__ == "__main__":
