@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 if [ "${SKIP_MAIN:-0}" != 1 ]; then
 echo "== (i) paper configuration, R = 16 runs per step (compiled)"
-timeout 170 "$PY" -m synthetic.bench --runs 16 --methods "$METHODS" --iters 10 --warm 3 --check-iters 0 \
+timeout 170 "$PY" -m synthetic.bench --preset paper --runs 16 --methods "$METHODS" --iters 10 --warm 3 --check-iters 0 \
     ${BX[@]+"${BX[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 16 bench stopped"
 
 OFFICIAL=()
@@ -42,7 +42,7 @@ if [ -f official_s4/S4/run_s4.py ]; then
 else
     echo "== (i) paper configuration, single run (official_s4/S4 not carried: no official timing)"
 fi
-timeout 200 "$PY" -m synthetic.bench --runs 1 --methods "$METHODS" --iters 20 --warm 3 --check-iters 0 \
+timeout 200 "$PY" -m synthetic.bench --preset paper --runs 1 --methods "$METHODS" --iters 20 --warm 3 --check-iters 0 \
     ${OFFICIAL[@]+"${OFFICIAL[@]}"} ${BX[@]+"${BX[@]}"} --keep-previous --out "$OUT/figures/bench_s4.json" || echo "R = 1 bench stopped"
 
 echo "== (iii) scaling table (eager)"
@@ -52,7 +52,7 @@ fi
 
 if [ "${SPLITK:-0}" -gt 1 ]; then
     echo "== lever: split-K projection weight gradient (--proj-split $SPLITK), R = 16, Full (separate file)"
-    timeout 150 "$PY" -m synthetic.bench --runs 16 --methods Full --iters 10 --warm 3 --check-iters 0 \
+    timeout 150 "$PY" -m synthetic.bench --preset paper --runs 16 --methods Full --iters 10 --warm 3 --check-iters 0 \
         --proj-split "$SPLITK" ${BX[@]+"${BX[@]}"} --out "$OUT/figures/bench_s4_splitk.json" || echo "split-K run stopped"
 fi
 

@@ -101,6 +101,21 @@ def test_old_s4_preset_name_is_the_cpu_preset(capsys):
     assert "--preset cpu" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [[], ["--preset", "default"]], ids=["no preset", "old name"])
+def test_bench_defaults_to_the_cpu_preset_and_takes_the_old_name(argv, tmp_path, capsys):
+    """``python -m synthetic.bench`` times the cpu preset's sizes (the paper's need ``--preset paper``); the old
+    preset name still works, with a one-line message naming the new one."""
+    import json
+
+    out = tmp_path / "bench.json"
+    assert bench.main(argv + ["--methods", "SDT", "--iters", "1", "--warm", "1", "--device", "cpu",
+                              "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["D"] == 16 and report["precision_check"] == []  # cpu sizes; no fp32-vs-TF32 check
+    err = capsys.readouterr().err
+    assert ("--preset default is deprecated" in err and "use --preset cpu" in err) == bool(argv)
+
+
 @pytest.mark.parametrize("module", ["synthetic.s4.config", "synthetic.mamba.config", "synthetic.mamba2.config",
                                     "synthetic.hybrid.config", "synthetic.s4.theorem1_study"])
 def test_help_shows_the_chosen_presets_values_and_the_shared_names(module, capsys):

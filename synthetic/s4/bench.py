@@ -1,11 +1,12 @@
 """Benchmark: milliseconds per training iteration of each deep-S4 fine-tuning method (Fig. 2 setup).
 
-    python -m synthetic.bench                      # paper configuration, writes figures/bench_s4.json
-    python -m synthetic.bench --runs 3             # R runs trained together (the sweep's mode)
+    python -m synthetic.bench                      # preset cpu (seconds on a CPU), writes out/bench_s4_cpu.json
+    python -m synthetic.bench --preset paper       # the paper configuration (a GPU), writes figures/bench_s4.json
+    python -m synthetic.bench --preset paper --runs 3   # R runs trained together (the sweep's mode)
     python -m synthetic.bench --mamba [ARGS...]    # delegates to synthetic.mamba.bench.main(ARGS)
     python -m synthetic.bench --scaling [...]      # the convolution forms' scaling table (synthetic.s4.bench_scaling)
-    python -m synthetic.bench --device cpu --batch 256 --state-convention complex --threads 2 --rounds 3 \
-        --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # the committed CPU comparison
+    python -m synthetic.bench --preset paper --device cpu --batch 256 --state-convention complex --threads 2 \
+        --rounds 3 --official-dir /work/official_s4/S4 --out figures/bench_s4_cpu.json   # the committed CPU comparison
 
 ``--official-dir`` times the unmodified official code in the same call (``scripts/time_official_s4.py``, the
 difference of an HI- and a LO-iteration run, ``--official-iters``), interleaved with ours round by round
@@ -18,8 +19,8 @@ AdamW step (``synthetic.s4.train.Trainer.train``). ``ms_per_iter`` is wall time 
 divided by the number of runs trained together (``--runs``; 1 = a single run). Frozen has no
 training step: its row times a forward pass. Peak memory is ``torch.cuda.max_memory_allocated``.
 
-Precision check (``--check-iters``): the same SDT and Full runs trained with fp32 and with TF32
-matmuls from identical initial states and data; the JSON reports both best MSEs and their
+Precision check (``--check-iters``, on CUDA by default): the same SDT and Full runs trained with fp32 and with
+TF32 matmuls from identical initial states and data; the JSON reports both best MSEs and their
 relative difference, so the TF32 speed-up is shown not to change the result.
 """
 
@@ -42,12 +43,16 @@ from synthetic.s4 import config as s4c, methods as s4m, train as s4t
 from synthetic.s4.conv import CONV_FORMS
 from synthetic.atomic import write_json_atomic
 from synthetic.checks import check_out_file
-from synthetic.cli import check_overwrite, read_report
+from synthetic.cli import check_overwrite, modernise_argv, read_report
 from synthetic.results import environment
 from synthetic.s4.timing import bench_method, cpu_info, make_state  # noqa: F401 (bench_method: re-exported)
 
 
-DEFAULT_OUT = "figures/bench_s4.json"
+DEFAULT_OUT = "figures/bench_s4.json"  # the paper preset's report; another preset's: out/bench_s4_<preset>.json
+
+
+def default_out(preset: str) -> str:
+    return DEFAULT_OUT if preset == "paper" else f"out/bench_s4_{preset}.json"
 
 
 def precision_check(cfg: s4c.Config, device: torch.device, iters: int, seed: int = 0) -> List[Dict]:
@@ -80,11 +85,12 @@ REPORT_CONFIG = {"D": "d_model", "H": "frozen_d_state", "H_star": "target_d_stat
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = modernise_argv(s4c.Config, sys.argv[1:] if argv is None else argv, s4c.PRESET_ALIASES)
     p = argparse.ArgumentParser(prog="python -m synthetic.bench", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="paper", choices=sorted(s4c.PRESETS),
-                   help="the deep-S4 experiment's preset whose sizes are timed")
+    p.add_argument("--preset", default="cpu", choices=sorted(s4c.PRESETS),
+                   help="the deep-S4 experiment's preset whose sizes are timed: cpu (seconds on a CPU), paper (the "
+                        "paper's sizes, a GPU), tiny")
     p.add_argument("--methods", default=",".join(s4m.METHODS), help="comma-separated method names")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per method")
     p.add_argument("--warm", type=int, default=5, help="untimed iterations first (compilation)")
@@ -115,10 +121,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="the scaling table instead (synthetic.s4.bench_scaling; --out defaults to "
                         "figures/bench_s4_scaling_<device type>.json; a table of the same setting there is extended, "
                         "anything else refused unless --force)")
-    p.add_argument("--check-iters", type=int, default=100, help="iterations of the fp32-vs-TF32 check (0: skip)")
+    p.add_argument("--check-iters", type=int, default=None,
+                   help="iterations of the fp32-vs-TF32 check (0: skip; not given: 100 on CUDA, 0 on a CPU, where every "
+                        "precision is fp32)")
     p.add_argument("--out", default=None,
-                   help=f"the report (JSON; default {DEFAULT_OUT}, with --scaling figures/bench_s4_scaling_<device "
-                        "type>.json); a report of another device or configuration there is kept unless --force")
+                   help=f"the report (JSON; default {DEFAULT_OUT} with --preset paper, else out/bench_s4_<preset>.json; "
+                        "with --scaling figures/bench_s4_scaling_<device type>.json); a report of another device or "
+                        "configuration there is kept unless --force")
     p.add_argument("--force", action="store_true", help="replace a report of another device or configuration")
     p.add_argument("--scaling-N", default="200,800,3200", help="--scaling: sequence lengths")
     p.add_argument("--scaling-D", default="64,256", help="--scaling: channel counts")
@@ -134,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.scaling:
         from synthetic.s4.bench_scaling import run_scaling
         return run_scaling(a, p)
-    a.out = a.out or DEFAULT_OUT
+    a.out = a.out or default_out(a.preset)
     for name in ("iters", "warm", "runs", "rounds"):
         if getattr(a, name) < 1:
             p.error(f"--{name}: must be >= 1, got {getattr(a, name)}")
@@ -198,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             r["official_over_ours"] = round(off / r["ms_per_iter"], 3) if r["ms_per_iter"] > 0 else None
             print(f"{r['method']:16s} ours {r['ms_per_iter']:9.2f} ms/iter, official {off:9.2f}: "
                   f"{r['official_over_ours']}x", flush=True)
-    check = precision_check(cfg, device, a.check_iters) if a.check_iters else []
+    check_iters = a.check_iters if a.check_iters is not None else (100 if device.type == "cuda" else 0)
+    check = precision_check(cfg, device, check_iters) if check_iters else []
     for c in check:
         print(f"precision check {c['method']}: best MSE fp32 {c['fp32']['best_mse']:.6g}, tf32 {c['tf32']['best_mse']:.6g}, "
               f"fp16 {c['fp16']['best_mse']:.6g}; rel diff tf32 {c['rel_diff_best_mse']:.2e}, "
