@@ -34,8 +34,8 @@ from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
 from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
                                    trainable_count)
 from synthetic.mamba.experiment import MambaCommand, MambaExperiment, MambaModel, best_and_final, fit
-from synthetic.mamba.peft import S6_NAMES, Backend, MambaPeftConfig, abar_change_scores, mamba_ssm_available, \
-    select_channels
+from synthetic.mamba.backends import Backend, mamba_ssm_available
+from synthetic.mamba.peft import S6_NAMES, MambaPeftConfig, abar_change_scores, select_channels
 from synthetic.results import run_key
 
 

@@ -37,7 +37,8 @@ from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix
 
 from synthetic.hybrid.model import (ATTENTION, ATTN_PARAM_NAMES, MAMBA, NORM_HAS_WEIGHT, HybridRef,
                                     attention_forward, check_heads, get_attention_kernel, get_norm, hybrid_residual)
-from synthetic.mamba.peft import (ALL_NAMES, PROJ_NAMES, S6_LORA_NAMES, Backend, MambaPeftConfig, Method,
+from synthetic.mamba.backends import Backend
+from synthetic.mamba.peft import (ALL_NAMES, PROJ_NAMES, S6_LORA_NAMES, MambaPeftConfig, Method,
                                   PeftMambaBlock, trainable_count)  # noqa: F401 (trainable_count: re-exported)
 from synthetic.mamba.ref import block_weights
 

@@ -47,8 +47,8 @@ from synthetic.atomic import write_json_atomic
 from synthetic.cli import check_overwrite, option, parse_options
 from synthetic.mamba.config import check_config
 from ssm_peft.selection import official_counts
-from synthetic.mamba.peft import (PROJ_NAMES, MambaPeftConfig, PeftMambaStack, get_backend, mamba_ssm_available,
-                                  trainable_count)
+from synthetic.mamba.backends import get_backend
+from synthetic.mamba.peft import PROJ_NAMES, MambaPeftConfig, PeftMambaStack, trainable_count
 from synthetic.mamba.ref import block_weights
 from synthetic.results import environment
 

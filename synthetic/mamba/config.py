@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ssm_peft.selection import RULES as SDT_RULES
-from synthetic.mamba.peft import BACKENDS, BENCHMARK_METHODS, METHODS, mamba_ssm_available
+from synthetic.mamba.backends import BACKENDS, mamba_ssm_available
+from synthetic.mamba.peft import BENCHMARK_METHODS, METHODS
 from synthetic.results import LrPolicy
 from synthetic.cli import (SweepConfig, check_memory, check_numbers, check_out_dir, deprecated, key_config, option, parse_options,
                            redefault)

@@ -38,9 +38,9 @@ from synthetic.command import Command
 from synthetic.mamba.config import (ALL_METHODS, DESCRIPTION, PRESETS, MambaRegressionConfig, budget_label,
                                     config_dict, lr_policy, out_paths, parse_args, run_grid)
 from ssm_peft.selection import official_select
-from synthetic.mamba.peft import (METHODS, S6_NAMES, Backend, MambaPeftConfig, PeftMambaStack, abar_change_scores,
-                                  frozen_param_count, get_backend, mamba_ssm_available, residual_stack,
-                                  select_channels, trainable_count)
+from synthetic.mamba.backends import Backend, get_backend, mamba_ssm_available
+from synthetic.mamba.peft import (METHODS, S6_NAMES, MambaPeftConfig, PeftMambaStack, abar_change_scores,
+                                  frozen_param_count, residual_stack, select_channels, trainable_count)
 from synthetic.mamba.ref import block_weights
 from synthetic.plots import plot_mamba
 from synthetic.cli import threads_for

@@ -32,7 +32,6 @@ score channel d by the mean change of ``Ā_t^(d) = exp(Δ_t^(d) A^(d))`` over a 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -46,8 +45,9 @@ from ssm_peft.sparse import SparseDelta
 from ssm_peft.state import StateAdapter, mamba1_state_terms
 from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix, PrefixParameters, count_trainable
 
-from synthetic.mamba.ref import (MambaRef, PARAM_NAMES, _fp32_at_least, delta_of, mamba_forward, mamba_s6_inputs,
-                                 selective_scan_reference)
+from synthetic.mamba.backends import (BACKENDS, Backend, get_backend,  # noqa: F401 (re-exported: the old home)
+                                      mamba_ssm_available)
+from synthetic.mamba.ref import PARAM_NAMES, delta_of, fp32_at_least, mamba_forward, mamba_s6_inputs
 
 Tensor = torch.Tensor
 
@@ -55,59 +55,6 @@ PROJ_NAMES = ("in_proj.weight", "out_proj.weight")
 S6_LORA_NAMES = ("x_proj.weight", "dt_proj.weight", "A_log")
 S6_NAMES = ("x_proj.weight", "dt_proj.weight", "dt_proj.bias", "A_log")  # what the SDT warm-up updates
 LORA_TARGETS = PROJ_NAMES + S6_LORA_NAMES
-
-
-# ------------------------------------------------------------------------------------- backends
-@dataclass(frozen=True)
-class Backend:
-    """How a Mamba block is computed: a ``selective_scan_fn``-compatible scan, an optional fused
-    ``mamba_inner_fn``, and the block class used for frozen/target models."""
-
-    name: str
-    scan_fn: Callable
-    inner_fn: Optional[Callable]
-    block_cls: type
-    version: str
-
-    def make_block(self, d_model: int, d_state: int, expand: int, device) -> nn.Module:
-        return self.block_cls(d_model, d_state=d_state, expand=expand, device=device)
-
-
-def _reference_backend(fused: bool = False) -> Backend:
-    return Backend("reference", selective_scan_reference, None, MambaRef, "n/a")
-
-
-def _mamba_ssm_backend(fused: bool = True) -> Backend:
-    """mamba-ssm's CUDA selective scan (imported lazily: ``import mamba_ssm`` fails without CUDA).
-
-    The fused ``mamba_inner_fn`` needs causal-conv1d; without it (or with ``fused=False``) the
-    block runs mamba-ssm's unfused path: ``nn.Conv1d`` + ``selective_scan_fn`` (CUDA kernel).
-    """
-    if not torch.cuda.is_available():
-        raise RuntimeError("backend mamba_ssm: needs CUDA")
-    import mamba_ssm
-    from mamba_ssm import Mamba
-    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
-
-    has_conv = importlib.util.find_spec("causal_conv1d") is not None
-    return Backend("mamba_ssm", selective_scan_fn, mamba_inner_fn if (fused and has_conv) else None, Mamba,
-                   mamba_ssm.__version__)
-
-
-BACKENDS: Dict[str, Callable[..., Backend]] = {"reference": _reference_backend, "mamba_ssm": _mamba_ssm_backend}
-
-
-def mamba_ssm_available() -> bool:
-    """CUDA present and mamba-ssm installed (checked without importing it)."""
-    return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
-
-
-def get_backend(name: str = "auto", fused: bool = True) -> Backend:
-    if name == "auto":
-        name = "mamba_ssm" if mamba_ssm_available() else "reference"
-    if name not in BACKENDS:
-        raise ValueError(f"backend: one of {sorted(BACKENDS)} or 'auto', got {name!r}")
-    return BACKENDS[name](fused=fused)
 
 
 # ------------------------------------------------------------------------------------ the method
@@ -447,7 +394,7 @@ def _benchmark_block_forward(block: "PeftMambaBlock", hidden: Tensor, backend: B
                         delta_bias=w["dt_proj.bias"].float(), delta_softplus=True)  # (Bt, D, N), gated
     h0 = added["initial_state"].state if "initial_state" in added else None
     off = added["state_offset"].state if "state_offset" in added else None
-    terms, _ = mamba1_state_terms(delta, -torch.exp(_fp32_at_least(w["A_log"])), C, z, delta_bias=w["dt_proj.bias"],
+    terms, _ = mamba1_state_terms(delta, -torch.exp(fp32_at_least(w["A_log"])), C, z, delta_bias=w["dt_proj.bias"],
                                   delta_softplus=True, h0=h0, offset=off)  # (Bt, D, N), gated
     y = y + terms.to(y.dtype)
     out = torch.einsum("md,bdn->bnm", w["out_proj.weight"], y)

@@ -114,7 +114,7 @@ def mamba_s6_inputs(w: Mapping[str, Tensor], hidden: Tensor, d_state: int, dt_ra
     return x, z, dt_low, B.contiguous(), C.contiguous()
 
 
-def _fp32_at_least(t: Tensor) -> Tensor:
+def fp32_at_least(t: Tensor) -> Tensor:
     """``t`` in float32, or float64 if it is float64: the scan's working precision (half types go up
     to float32 as mamba-ssm does; a float64 block stays float64 throughout)."""
     return t if t.dtype == torch.float64 else t.float()
@@ -131,7 +131,7 @@ def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_r
     if a linear map is given as an activation-side op (:func:`linear_map`), pass ``inner_fn=None``
     (``ValueError`` otherwise).
     """
-    A = -torch.exp(_fp32_at_least(w["A_log"]))  # (D, H)
+    A = -torch.exp(fp32_at_least(w["A_log"]))  # (D, H)
     if inner_fn is not None:
         ops = [k for k in ("in_proj.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight")
                if not isinstance(w[k], Tensor)]
@@ -146,7 +146,7 @@ def mamba_forward(w: Mapping[str, Tensor], hidden: Tensor, *, d_state: int, dt_r
                         delta_bias=w["dt_proj.bias"].float(), delta_softplus=True)
     x, z, dt_low, B, C = mamba_s6_inputs(w, hidden, d_state, dt_rank)
     delta = linear_map(w["dt_proj.weight"], dt_low, "dr,brn->bdn")  # (Bt, D, N), bias added in the scan
-    y = scan_fn(x, delta, A, B, C, _fp32_at_least(w["D"]), z=z, delta_bias=_fp32_at_least(w["dt_proj.bias"]),
+    y = scan_fn(x, delta, A, B, C, fp32_at_least(w["D"]), z=z, delta_bias=fp32_at_least(w["dt_proj.bias"]),
                 delta_softplus=True)  # (Bt, D, N)
     out = linear_map(w["out_proj.weight"], y, "md,bdn->bnm")  # (Bt, N, d_model)
     b_out = _opt(w, "out_proj.bias")

@@ -42,8 +42,9 @@ from torch import nn
 from ssm_peft.layouts import MixerDims
 from ssm_peft.selection import abar_change, bc_change_scores, sdt_indices, select_channels
 from ssm_peft.sparse import SparseDelta
-from synthetic.mamba.peft import (Backend, Method, frozen_param_count, mamba_ssm_available,  # noqa: F401 (re-exported)
-                                  residual_stack, trainable_count)
+from synthetic.mamba.backends import Backend, mamba_ssm_available  # noqa: F401 (mamba_ssm_available: re-exported)
+from synthetic.mamba.peft import (Method, frozen_param_count, residual_stack,  # noqa: F401 (re-exported)
+                                  trainable_count)
 from synthetic.mamba2.ref import (PARAM_NAMES, Mamba2Ref, effective_delta, mamba2_dims, mamba2_forward,
                                   ssd_scan_chunked)
 from theory.peft import DoRAMatrix, LoRAConfig, LoRAMatrix
