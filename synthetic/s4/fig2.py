@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections import defaultdict
@@ -55,10 +56,11 @@ def paper_points(official_runs: Dict) -> List[Dict]:
 
 
 def best_over_lrs(records: Sequence[Dict], group_keys=("method", "trainable_pct")) -> List[Dict]:
-    """Per group: the record with the smallest ``best_mse`` over learning rates (the official notebook's rule)."""
+    """Per group: the record with the smallest ``best_mse`` over learning rates (the official notebook's rule); a
+    run whose ``best_mse`` is missing or not finite (the official runs file may hold NaN) is not a candidate."""
     best: Dict[tuple, Dict] = {}
     for r in records:
-        if r.get("status", "ok") != "ok" or r.get("best_mse") is None:
+        if r.get("status", "ok") != "ok" or r.get("best_mse") is None or not math.isfinite(r["best_mse"]):
             continue
         k = tuple(round(r[g], 4) if isinstance(r[g], float) else r[g] for g in group_keys)
         if k not in best or r["best_mse"] < best[k]["best_mse"]:
@@ -86,6 +88,11 @@ def _load(path: Path) -> Optional[object]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _records(path: Path) -> Optional[List[Dict]]:
+    """A results file's records (JSON Lines, or an older JSON list: :class:`synthetic.results.ResultsFile`)."""
+    return ResultsFile(path).load() if path.exists() else None
+
+
 def collect(official_runs_path, preset_path, default_path) -> Dict:
     """Every source's points (see the module docstring); ``missing`` lists the sources not found."""
     data: Dict = {"sources": {}, "missing": [], "files": {}}
@@ -97,7 +104,7 @@ def collect(official_runs_path, preset_path, default_path) -> Dict:
         data["sources"]["official_code"] = best_over_lrs(runs["runs"])
         data["files"]["official_code"] = {"path": str(official_runs_path), "device": runs.get("device"),
                                           "date": runs.get("date")}
-    preset = _load(Path(preset_path))
+    preset = _records(Path(preset_path))
     if preset is None:
         data["missing"] += ["preset_seed123", "preset_seeds"]
     else:
@@ -112,7 +119,7 @@ def collect(official_runs_path, preset_path, default_path) -> Dict:
         data["files"]["preset"] = {"path": str(preset_path), "devices": sorted({r.get("device") for r in recs}),
                                    "commits": sorted({r.get("commit") for r in recs}),
                                    "sweep_wall_s": [w["wall_s"] for w in walls]}
-    default = _load(Path(default_path))
+    default = _records(Path(default_path))
     if default is None:
         data["missing"].append("default_conventions")
     else:
@@ -221,14 +228,11 @@ def draw(data: Dict):
 
 
 def plot(data: Dict, out_stem) -> List[str]:
-    """The figure (:func:`draw`, ``<out_stem>.png`` and ``.pdf``) and the points drawn (``<out_stem>.json``)."""
-    from synthetic.atomic import atomic_write
-    from synthetic.plots import save, wrote
+    """The figure (:func:`draw`, ``<out_stem>.png`` and ``.pdf``) and the points drawn (``<out_stem>.json``, strict
+    JSON: every point drawn is finite)."""
+    from synthetic.plots import save, save_json
 
-    paths = save(draw(data), out_stem) + [str(out_stem) + ".json"]
-    atomic_write(paths[2], json.dumps(data, indent=1) + "\n")
-    wrote(paths[2])
-    return paths
+    return save(draw(data), out_stem) + [save_json(str(out_stem) + ".json", data)]
 
 
 def three_ways(official_runs="figures/official_s4_runs.json", preset="figures/s4_regression_official.jsonl",
