@@ -416,7 +416,8 @@ grown to 0.4 where the best was at the top, 3 seeds (H200; 7 early runs from an 
 reference-backend run uses a smaller configuration. Redrawn from `figures/mamba_regression_*.jsonl`.
 """)
 code(r"""
-from synthetic.mamba.experiment import MambaCommand, out_paths, parse_args
+from synthetic.mamba.config import out_paths, parse_args
+from synthetic.mamba.experiment import MambaCommand
 from synthetic.results import ResultsFile
 
 for preset, opts in (("paper", ["--backend", "mamba_ssm"]), ("cpu", [])):  # the options the files were made with

@@ -73,7 +73,7 @@ def listing() -> str:
     lines = []
     for s in REGISTRY.values():
         try:
-            presets = ",".join(s.load().presets)
+            presets = ",".join(s.load()().presets)
         except Exception as e:  # an experiment whose module does not import is listed with the reason
             presets = f"(not importable: {type(e).__name__})"
         lines.append(f"{s.name:<12} [{presets}]  {s.summary}")

@@ -28,8 +28,9 @@ from typing import Dict, List, Sequence
 import torch
 
 from synthetic.command import Command
-from synthetic.hybrid.config import (DESCRIPTION, METHOD_ORDER, PRESETS, HybridRegressionConfig, budget_label,
-                                     config_dict, lr_policy, out_paths, parse_args, run_grid)
+from synthetic.hybrid import config as hybrid_config
+from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budget_label, config_dict, lr_policy,
+                                     out_paths, run_grid)
 from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
 from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
                                    trainable_count)
@@ -176,17 +177,9 @@ class HybridCommand(MambaCommand):
     """``python -m synthetic hybrid``: the Mamba-family command with this module's config, experiment and figure
     (MSE vs trainable %; the table also shows the min and max over seeds)."""
 
-    name = "hybrid"
-    description = DESCRIPTION
-    config, presets = HybridRegressionConfig, PRESETS
-    parse = staticmethod(parse_args)
-    out_paths = staticmethod(out_paths)
-    experiment_cls = HybridExperiment
-    method_order = METHOD_ORDER
-    widths = (26, 26)
-    spread = True
-    title = "Hybrid (attention + Mamba) regression"
-    figure = Command.figure
+    name, conf, experiment_cls = "hybrid", hybrid_config, HybridExperiment
+    method_order, widths, spread = METHOD_ORDER, (26, 26), True
+    title, figure = "Hybrid (attention + Mamba) regression", Command.figure
 
     def note(self, records: Sequence[dict]) -> str:
         """The run description under the figure: backend, devices, layout, sizes, iterations, commits."""

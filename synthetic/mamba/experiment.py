@@ -35,8 +35,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from synthetic.command import Command
-from synthetic.mamba.config import (ALL_METHODS, DESCRIPTION, PRESETS, MambaRegressionConfig, budget_label,
-                                    config_dict, lr_policy, out_paths, parse_args, run_grid)
+from synthetic.mamba import config as mamba_config
+from synthetic.mamba.config import (ALL_METHODS, MambaRegressionConfig, budget_label, config_dict, lr_policy,
+                                    out_paths, run_grid)
 from ssm_peft.selection import official_select
 from synthetic.mamba.backends import Backend, get_backend, mamba_ssm_available
 from synthetic.mamba.peft import (METHODS, S6_NAMES, MambaPeftConfig, PeftMambaStack, abar_change_scores,
@@ -313,22 +314,24 @@ class MambaExperiment:
 
 class MambaCommand(Command):
     """``python -m synthetic mamba``: the Mamba-family command (:mod:`synthetic.command`'s flow); the Mamba-II and
-    hybrid commands are this one with their own config functions, experiment, table widths and figure."""
+    hybrid commands are this one with their own config module (its presets, parser and paths), experiment, table
+    widths and figure."""
 
-    name = "mamba"
-    description = DESCRIPTION
-    config, presets = MambaRegressionConfig, PRESETS
-    parse = staticmethod(parse_args)
-    out_paths = staticmethod(out_paths)
-    experiment_cls = MambaExperiment
-    method_order = ALL_METHODS
-    widths = (16, 20)
+    name, conf, experiment_cls = "mamba", mamba_config, MambaExperiment
+    method_order, widths = ALL_METHODS, (16, 20)
+
+    @property
+    def presets(self):
+        return self.conf.PRESETS
+
+    def parse(self, argv):
+        return self.conf.parse_args(argv)
 
     def results_path(self, cfg) -> Path:
-        return self.out_paths(cfg)["json"]
+        return self.conf.out_paths(cfg)["json"]
 
     def figure_stem(self, cfg) -> Path:
-        return self.out_paths(cfg)["mse"]
+        return self.conf.out_paths(cfg)["mse"]
 
     def experiment(self, cfg):
         return self.experiment_cls(cfg, log=self.log)
@@ -338,7 +341,7 @@ class MambaCommand(Command):
         records, rows = data
         if not records:
             return super().figure(cfg, data)
-        paths = self.out_paths(cfg)
+        paths = self.conf.out_paths(cfg)
         return plot_mamba(records, rows, paths["mse"], paths["curves"], method_order=self.method_order)
 
 

@@ -23,8 +23,9 @@ import torch
 from synthetic.command import Command
 from synthetic.mamba.experiment import MambaCommand, MambaExperiment, MambaModel
 from synthetic.mamba.peft import residual_stack
-from synthetic.mamba2.config import (DESCRIPTION, METHOD_ORDER, PRESETS, Mamba2RegressionConfig, budget_label,
-                                     config_dict, lr_policy, out_paths, parse_args, run_grid)
+from synthetic.mamba2 import config as mamba2_config
+from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, budget_label, config_dict, lr_policy,
+                                     out_paths, run_grid)
 from synthetic.mamba2.peft import (METHODS, WARMUP_FULL, Mamba2PeftConfig, PeftMamba2Stack, frozen_param_count,
                                    get_backend, head_change_scores, select_heads_states, state_change_scores)
 from synthetic.mamba2.ref import block_weights, mamba2_forward
@@ -119,15 +120,8 @@ class Mamba2Command(MambaCommand):
     """``python -m synthetic mamba2``: the Mamba-family command with this module's config, experiment and figure
     (MSE vs trainable %)."""
 
-    name = "mamba2"
-    description = DESCRIPTION
-    config, presets = Mamba2RegressionConfig, PRESETS
-    parse = staticmethod(parse_args)
-    out_paths = staticmethod(out_paths)
-    experiment_cls = Mamba2Experiment
-    method_order = METHOD_ORDER
-    widths = (16, 26)
-    title = "Mamba-II regression"
+    name, conf, experiment_cls = "mamba2", mamba2_config, Mamba2Experiment
+    method_order, widths, title = METHOD_ORDER, (16, 26), "Mamba-II regression"
     figure = Command.figure
 
     def note(self, records: Sequence[dict]) -> str:
