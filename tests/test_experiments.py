@@ -56,6 +56,8 @@ TOY_METHODS = {"Frozen": ToyMethod(()),
 
 @dataclass(frozen=True)
 class ToyConfig(SweepConfig):
+    """The toy's model and training fields (the sweep's fields are SweepConfig's)."""
+
     width: int = option(3, "model width")
     seq_len: int = option(6, "sequence length")
     iters: int = option(20, "Adam iterations per run")
@@ -65,7 +67,8 @@ class ToyConfig(SweepConfig):
     methods: Tuple[str, ...] = redefault("methods", tuple(TOY_METHODS))
 
 
-TOY_PRESETS = {"cpu": {}, "tiny": dict(width=2, iters=5, channels=(1,))}
+TOY_PRESETS = {"cpu": {}, "paper": dict(width=64, iters=500, out="figures"),
+               "tiny": dict(width=2, iters=5, channels=(1,))}
 
 
 class ToyExperiment:
@@ -141,7 +144,7 @@ def toy():
 
 
 def test_a_registered_toy_architecture_runs_end_to_end_through_the_one_command_flow(toy, capsys, tmp_path):
-    assert "toy" in experiments.listing() and "[cpu,tiny]" in experiments.listing()
+    assert "toy" in experiments.listing() and "[cpu,paper,tiny]" in experiments.listing()
     argv = ["toy", "--preset", "tiny", "--out", str(tmp_path)]
     assert experiments.main(argv + ["--time-budget-s", "60"]) == 0
     out = capsys.readouterr()
