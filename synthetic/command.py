@@ -156,10 +156,11 @@ def _preset(argv: Sequence[str]) -> str:
 def run_command(cmd: Command, argv: Optional[Sequence[str]] = None) -> int:
     """The command flow (see the module docstring); returns the exit status (bad input: SystemExit(2))."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if cmd.elsewhere and _preset(argv) in cmd.elsewhere:
+    other = cmd.elsewhere.get(_preset(argv)) if cmd.elsewhere else None
+    if other:  # e.g. python -m synthetic s4 --preset official: the s4_official command
         from synthetic.experiments import REGISTRY
 
-        return REGISTRY[cmd.elsewhere[_preset(argv)]].run(argv)
+        return REGISTRY[other].run(argv)
     cfg = cmd.parse(argv)
     try:
         inputs = cmd.inputs(cfg)
