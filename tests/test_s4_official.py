@@ -290,13 +290,13 @@ def test_official_fig2_three_ways_from_tiny_json(tmp_path):
     runs = {"paper_reference_read_off_figure_2": {"Frozen": 3.05, "SDT 10->47 %": [1.2, 0.0], "Full": 1.06},
             "runs": [{"method": "Full", "trainable_pct": 100.0, "lr": 0.005, "best_mse": 1.0},
                      {"method": "Full", "trainable_pct": 100.0, "lr": 0.01, "best_mse": 1.05}]}
-    preset = [{"kind": "run", "method": m, "budget_label": "b", "lr": lr, "seed": s, "status": "ok",
-               "best_mse": 1.0 + lr + s / 1000, "eval_mse": 2.0, "trainable_pct": 10.0}
+    preset = [{"key": f"{m}/{lr}/{s}", "kind": "run", "method": m, "budget": {}, "budget_label": "b", "lr": lr,
+               "seed": s, "status": "ok", "best_mse": 1.0 + lr + s / 1000, "eval_mse": 2.0, "trainable_pct": 10.0}
               for m in ("SDT", "Full") for lr in (0.1, 0.2) for s in (123, 124)]
     preset.append({"kind": "sweep", "key": "w", "wall_s": 5.0})
     (tmp_path / "runs.json").write_text(json.dumps(runs))
-    (tmp_path / "preset.json").write_text(json.dumps(preset))
-    paths = s4_fig2.three_ways(tmp_path / "runs.json", tmp_path / "preset.json", tmp_path / "none.json",
+    ResultsFile(tmp_path / "preset.jsonl").extend(preset)  # JSON Lines, as the experiments write them
+    paths = s4_fig2.three_ways(tmp_path / "runs.json", tmp_path / "preset.jsonl", tmp_path / "none.jsonl",
                                tmp_path / "fig")
     assert all(Path(p).exists() for p in paths)
     data = json.loads(Path(paths[2]).read_text())
