@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/profile_s4_step.py", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--runs", type=int, default=16)
-    p.add_argument("--method", default="Full", choices=list(s4m.METHODS))
+    p.add_argument("--method", default="Full", choices=list(s4m.METHODS), metavar="METHOD",
+                   help=f"one of: {', '.join(s4m.METHODS)} (default: %(default)s)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warm", type=int, default=3)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
