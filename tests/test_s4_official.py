@@ -277,7 +277,8 @@ def test_official_committed_results_keep_their_keys():
     sweep computes for it (the lr-extension options are not in the key)."""
     path = Path(__file__).resolve().parent.parent / "figures" / "s4_regression_official.jsonl"
     if not path.exists():
-        pytest.skip("needs figures/s4_regression_official.json (python -m synthetic.s4_regression --preset official)")
+        pytest.skip("needs the committed figures/s4_regression_official.jsonl (git checkout figures/; it is written by "
+                    "python -m synthetic.s4_regression --preset official --precision tf32 --out figures)")
     recs = ResultsFile(path).load()
     runs = so.run_records(recs)
     from synthetic.cli import fields_from_record_config

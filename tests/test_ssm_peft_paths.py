@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft", reason="needs peft and transformers (pip install .[hf])")
+transformers = pytest.importorskip("transformers", reason="needs peft and transformers (pip install .[hf])")
 import ssm_peft  # noqa: E402
 from ssm_peft import _peft_registry  # noqa: E402
 from synthetic.mamba.ref import MambaRef, selective_scan_reference  # noqa: E402
