@@ -7,6 +7,7 @@
 #   bash scripts/redraw_figures.sh            # every figure; prints each file it writes
 #   bash scripts/redraw_figures.sh mamba2     # only the commands whose text contains "mamba2"
 #   bash scripts/redraw_figures.sh --list     # the commands, without running them
+#   bash scripts/redraw_figures.sh --check    # exit 1 if a committed figures/*.png is named by no line below
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}." MPLBACKEND=Agg
@@ -40,6 +41,13 @@ commands=(
   "theory.capacity --replot"
 )
 only="${1:-}"
+if [[ "$only" == "--check" ]]; then
+  missing=0
+  for png in $(git ls-files 'figures/*.png'); do
+    grep -q "^  # .*$(basename "$png")" "$0" || { echo "no redraw command for $png"; missing=1; }
+  done
+  exit "$missing"
+fi
 for c in "${commands[@]}"; do
   if [[ "$only" == "--list" ]]; then
     echo "python -m $c"
