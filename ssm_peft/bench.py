@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -97,6 +98,8 @@ class BenchConfig:
     seed: int = option(0, "seed of the weights and tokens")
     out: str = option("figures/bench_real_models.json", "report file (JSON)")
     force: bool = option(False, "replace a report of another device or configuration at --out")
+    summary: bool = option(False, "measure nothing: print the docs/benchmarks.md row of the report at --out "
+                                  "('not measured yet' when there is none)")
 
 
 PRESETS: Dict[str, Dict] = {
@@ -380,13 +383,52 @@ def _versions() -> Dict[str, Optional[str]]:
 
 def _identity_config(cfg: BenchConfig) -> dict:
     """The fields that define the measurement (not where it goes, how long it may run, or --force)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "force", "time_budget")}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "force", "time_budget", "summary")}
+
+
+REPORT = Path("figures/bench_real_models.json")  # the committed report the docs row is drawn from
+ROW_TITLE = ("Table 2 on transformers' `MambaForCausalLM` ({layers} × {width}, random weights), batch {batch} × "
+             "{seq}, `python -m ssm_peft.bench`, ms per step (median of rounds) and peak GiB")
+
+
+def summary_row(report: Optional[dict]) -> str:
+    """The docs/benchmarks.md row of a report (None: not measured yet): | benchmark | device | ours | paper |."""
+    paper = f"paper Table 2: 410 s vs 330 s per epoch ({PAPER_TABLE2['ratio']:.3f})"
+    c = report["config"] if report else dataclasses.asdict(BenchConfig())
+    title = ROW_TITLE.format(layers=c["n_layers"], width=c["hidden_size"], batch=c["batch"], seq=c["seq_len"])
+    if report is None:
+        return f"| {title} | — | not measured yet (`{REPORT}` does not exist) | {paper} |"
+    v = report["versions"]
+    device = (f"{report['device']}, {report['dtype']}, torch {v['torch']}, transformers {v['transformers']}, "
+              f"peft {v['peft']}, mamba-ssm {v['mamba_ssm']}, causal-conv1d {v['causal_conv1d']}; "
+              f"{report['rounds_done']} rounds, commit {report['commit']}, {report['date'][:10]}")
+    parts = []
+    for path in ("fused", "unfused"):
+        rows = [r for r in report["results"] if r["path"] == path]
+        if not rows:
+            continue
+        cells = []
+        for r in rows:
+            if r["ms_per_step"] is None:
+                cells.append(f"{r['method']} not timed (no trainable tensor in the graph)")
+                continue
+            peak = "" if r["peak_gib"] is None else f", {r['peak_gib']:.2f} GiB"
+            bypass = "" if r["acts"] else f", {r['tensors_with_gradient']}/{r['trainable_tensors']} tensors train"
+            cells.append(f"{r['method']} {r['ms_per_step']:.1f}{peak}{bypass}")
+        ratio = next((f"; **{k.split(' / ', 1)[1]}: {s['median']:.3f}** (rounds {s['min']:.3f}–{s['max']:.3f})"
+                      for k, s in report["ratios"].get(path, {}).items() if "mean of" in k), "")
+        parts.append(f"{path}: " + ", ".join(cells) + (f"; SDLoRA over the{ratio[1:]}" if ratio else ""))
+    return f"| {title} | {device} | {' · '.join(parts)} | {paper} |"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg, p = parse_options(BenchConfig, PRESETS, argv, prog="python -m ssm_peft.bench",
                            description=__doc__.split("\n\n")[0], default_preset="paper", validate=check_config)
+    if cfg.summary:
+        out = Path(cfg.out)
+        print(summary_row(json.loads(out.read_text()) if out.exists() else None))
+        return 0
     ident = {"device": environment()["device"] if cfg.device != "cpu" and torch.cuda.is_available() else "cpu",
              "config": _identity_config(cfg)}
     try:  # before anything runs: a report of another device or configuration at --out is kept unless --force
@@ -398,7 +440,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for r in res["results"]:
         pk = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         ms = "not timed" if r["ms_per_step"] is None else f"{r['ms_per_step']:9.2f} ms/step"
-        print(f"{r['method']:<22} {r['path']:<7} trainable {r['trainable_params']:>11,}  {ms}  peak {pk:>6} GiB  acts={r['acts']}  fused_kernel={r['fused_kernel_ran']}")
+        print(f"{r['method']:<22} {r['path']:<7} trainable {r['trainable_params']:>11,}  {ms}  peak {pk:>6} GiB  "
+              f"acts={r['acts']}  fused_kernel={r['fused_kernel_ran']}")
     for path, per in res["ratios"].items():
         for name, s in per.items():
             print(f"ratio ({path}) {name}: median {s['median']:.3f} (rounds {s['min']:.3f}..{s['max']:.3f}); "

@@ -85,3 +85,23 @@ def test_a_report_of_another_configuration_is_kept(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--preset", "tiny", "--out", str(out)])
     assert "--force" in capsys.readouterr().err
+
+
+def test_docs_row_is_drawn_from_the_committed_report():
+    """docs/benchmarks.md holds the row of figures/bench_real_models.json ('not measured yet' while it is absent);
+    after a measurement: python -m ssm_peft.bench --summary, and paste the row."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    path = root / bench.REPORT
+    row = bench.summary_row(json.loads(path.read_text()) if path.exists() else None)
+    assert row in (root / "docs" / "benchmarks.md").read_text().splitlines()
+
+
+def test_summary_row_of_a_report(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--preset", "tiny", "--methods", "sdlora,lora_r2,peft_lora_r5_unfused", "--rounds", "1",
+                "--out", str(out)])
+    row = bench.summary_row(json.loads(out.read_text()))
+    assert "2 × 16" in row and "SDLoRA over the mean of (lora_r2): " in row.replace("**", "")
+    assert "peft_lora_r5_unfused not timed" in row and "not measured yet" not in row
