@@ -37,6 +37,9 @@ needs_causal_conv1d = pytest.mark.skipif(
 # gradients (atomics), as tests/test_mamba_gpu.py holds mamba-ssm's block to. Mamba-2: both paths run Triton
 # kernels whose tl.dot takes TF32 inputs on Hopper (~5e-4 per product), as tests/test_mamba2_gpu.py measured.
 RTOL = {"mamba": {"out": 1e-4, "grad": 1e-3}, "mamba2": {"out": 5e-3, "grad": 2e-2}}
+# The adapter's effect on the logits must exceed the paths' tolerance this many times, or it may be bypassed
+# (on CPU, unfused: 0.053 relative for Mamba-1 and 0.128 for Mamba-2 with these adapters).
+EFFECT_OVER_TOL = 10
 
 
 def test_sdt_on_mamba_ssm_block_fused_path_acts_and_gets_gradients():
@@ -129,4 +132,4 @@ def test_fused_and_unfused_paths_agree_with_the_adapter(kind):
         assert rel_err(g, grads_u[name]) < tol["grad"], name
     base.train()
     with torch.no_grad():
-        assert rel_err(logits_f, base(input_ids=ids).logits) > 100 * tol["out"], "the adapter is bypassed"
+        assert rel_err(logits_f, base(input_ids=ids).logits) > EFFECT_OVER_TOL * tol["out"], "the adapter is bypassed"
