@@ -33,9 +33,10 @@ Methods (:data:`METHODS`; the official configurations are those of furiosa-ai/ss
   it accepts, ``peft_lora_r2_unfused`` (x_proj + dt_proj), ``peft_lora_r3_unfused`` (x_proj),
   ``peft_lora_r5_unfused`` (dt_proj), dropout 0.1, activation side as the official code.
 
-Peak memory (``peak_gib``): the largest allocation during one step with only this method's model resident,
-i.e. ``max_memory_allocated − memory_allocated`` over the step plus the model's own parameters, buffers and
-optimizer state (the other methods' models stay on the GPU for the interleaving). Not measured on a CPU.
+Peak memory (``peak_gib``): the largest allocation during one step (gradients included) with only this method's
+model resident, i.e. ``max_memory_allocated − memory_allocated`` over the step plus the model's own parameters,
+buffers and optimizer state (the other methods' models stay on the GPU for the interleaving). Not measured on a
+CPU. Matmuls run in full float32 (torch's default, no TF32); the report records the setting.
 """
 
 from __future__ import annotations
@@ -299,6 +300,7 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             step(key)
         sync()
         if on_cuda:
+            opts[key].zero_grad(set_to_none=True)  # the step allocates its gradients: they count in its peak
             before = torch.cuda.memory_allocated(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             step(key)
@@ -363,6 +365,7 @@ def _report(cfg, dev, rows, times, n_rounds, stopped, notes, results, wall_s) ->
         "benchmark": "ssm_peft.bench (Table 2 on MambaForCausalLM)",
         "device": env["device"] if on_cuda else "cpu", "commit": env["commit"], "date": env["date"],
         "versions": _versions(), "dtype": cfg.dtype, "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "config": _identity_config(cfg), "rounds_done": n_rounds, "stopped_by_time_budget": stopped,
         "wall_s": wall_s, "results": results, "ratios": ratios_of(times, n_rounds), "paper_table2": PAPER_TABLE2,
         "notes": notes,

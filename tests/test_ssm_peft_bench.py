@@ -105,3 +105,13 @@ def test_summary_row_of_a_report(tmp_path):
     row = bench.summary_row(json.loads(out.read_text()))
     assert "2 × 16" in row and "SDLoRA over the mean of (lora_r2): " in row.replace("**", "")
     assert "peft_lora_r5_unfused not timed" in row and "not measured yet" not in row
+
+
+def test_static_bytes_counts_each_storage_once():
+    lin = torch.nn.Linear(4, 3)  # 12 + 3 float32
+    opt = torch.optim.AdamW(lin.parameters())
+    lin(torch.randn(2, 4)).sum().backward()
+    opt.step()  # exp_avg, exp_avg_sq per parameter, and a step count per parameter
+    lin.register_buffer("alias", lin.weight.data)  # shares the weight's storage: not counted again
+    steps = sum(s["step"].untyped_storage().nbytes() for s in opt.state.values())
+    assert bench._static_bytes(lin, opt) == 3 * 4 * 15 + steps
