@@ -281,12 +281,11 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         rows[key].update(fused_kernel_ran=seen.kernel > 0, acts=with_grad == len(grads),
                          trainable_tensors=len(grads), tensors_with_gradient=with_grad,
                          first_loss=float(loss.detach()))
-        if METHODS[key].path == "fused" and seen.kernel == 0:
-            msg = f"{key}: no fused kernel on {dev.type} (transformers ran its unfused path)"
-            if on_cuda:
-                raise RuntimeError(msg + ": install mamba-ssm and causal-conv1d, whose fused function transformers "
-                                   "binds at import, or time the unfused methods alone (--methods ...)")
-            notes.append(msg)
+        if METHODS[key].path == "fused" and seen.kernel == 0:  # recorded, not fatal: the other rows still count
+            notes.append(f"{key}: no fused kernel ran on {dev.type}, transformers took its unfused path"
+                         + (" (is causal-conv1d importable? transformers binds mamba-ssm's fused function at import)"
+                            if on_cuda else ""))
+            log("WARNING: " + notes[-1])
         if with_grad == 0:
             notes.append(f"{key}: not timed: none of its {len(grads)} trainable tensors is in the graph "
                          f"({METHODS[key].label})")
@@ -420,7 +419,9 @@ def summary_row(report: Optional[dict]) -> str:
             cells.append(f"{r['method']} {r['ms_per_step']:.1f}{peak}{bypass}")
         ratio = next((f"; **{k.split(' / ', 1)[1]}: {s['median']:.3f}** (rounds {s['min']:.3f}–{s['max']:.3f})"
                       for k, s in report["ratios"].get(path, {}).items() if "mean of" in k), "")
-        parts.append(f"{path}: " + ", ".join(cells) + (f"; SDLoRA over the{ratio[1:]}" if ratio else ""))
+        label = path if path == "unfused" or all(r["fused_kernel_ran"] for r in rows) else \
+            "fused requested, **the fused kernel did not run**"
+        parts.append(f"{label}: " + ", ".join(cells) + (f"; SDLoRA over the{ratio[1:]}" if ratio else ""))
     return f"| {title} | {device} | {' · '.join(parts)} | {paper} |"
 
 
