@@ -260,20 +260,24 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                      "trainable_params": sum(p.numel() for p in trainable)}
     del base
 
+    def path_of(key: str):
+        """The method's path, entered once around a block of steps (so its cost stays out of the timings)."""
+        return fused_path(models[key], enabled=METHODS[key].path == "fused")
+
     def step(key: str):
-        with fused_path(models[key], enabled=METHODS[key].path == "fused") as seen:
-            loss = models[key](input_ids=ids, labels=ids).loss
-            opts[key].zero_grad(set_to_none=True)
-            if loss.requires_grad:  # False: every adapter tensor is bypassed (see the first step's record)
-                loss.backward()
+        loss = models[key](input_ids=ids, labels=ids).loss
+        opts[key].zero_grad(set_to_none=True)
+        if loss.requires_grad:  # False: every adapter tensor is bypassed (see the first step's record)
+            loss.backward()
         opts[key].step()
-        return loss, seen
+        return loss
 
     notes: List[str] = []
     timed = []
     for key in progress(cfg.methods, desc="warm-up"):
         model = models[key]
-        loss, seen = step(key)  # the first step: which path ran, which trainable tensors got a gradient
+        with path_of(key) as seen:
+            loss = step(key)  # the first step: which path ran, which trainable tensors got a gradient
         # A gradient that is None: the tensor is not in the graph (its module's forward was skipped by a kernel
         # that reads the base weight). LoRA's A gets a zero gradient at the first step (B = 0), still not None.
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.numel()]  # an empty SDT delta: none
@@ -295,15 +299,17 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             notes.append(f"{key}: {len(grads) - with_grad} of {len(grads)} trainable tensors get no gradient "
                          "(bypassed); timed as it trains")
         timed.append(key)
-        for _ in range(cfg.warmup_steps):
-            step(key)
-        sync()
-        if on_cuda:
-            opts[key].zero_grad(set_to_none=True)  # the step allocates its gradients: they count in its peak
-            before = torch.cuda.memory_allocated(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            step(key)
+        with path_of(key):
+            for _ in range(cfg.warmup_steps):
+                step(key)
             sync()
+            if on_cuda:
+                opts[key].zero_grad(set_to_none=True)  # the step allocates its gradients: they count in its peak
+                before = torch.cuda.memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                step(key)
+                sync()
+        if on_cuda:
             extra = torch.cuda.max_memory_allocated(dev) - before
             rows[key]["peak_gib"] = (extra + _static_bytes(model, opts[key])) / 2**30
         else:
@@ -323,12 +329,13 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             break
         t_round = time.perf_counter()
         for key in timed:  # interleaved: drift hits every method alike
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(cfg.steps):
-                step(key)
-            sync()
-            times[key].append(1e3 * (time.perf_counter() - t0) / cfg.steps)
+            with path_of(key):
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(cfg.steps):
+                    step(key)
+                sync()
+                times[key].append(1e3 * (time.perf_counter() - t0) / cfg.steps)
         round_s.append(time.perf_counter() - t_round)
         log(f"round {r + 1}: " + ", ".join(f"{k} {times[k][-1]:.1f}" for k in timed) + " ms/step")
 
