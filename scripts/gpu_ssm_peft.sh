@@ -6,9 +6,11 @@
 #   (ii) python -m ssm_peft.bench --preset paper: Table 2 on MambaForCausalLM (130M shape), fused and unfused rows,
 #        into $OUT/bench_real_models.json (commit it as figures/bench_real_models.json, then
 #        python -m ssm_peft.bench --summary prints the docs/benchmarks.md row)
-# peft: a wheel at .whl/peft-0.21.2-py3-none-any.whl (carried: name .whl in carry) is installed with --target
-# first, else the machine's peft is used. transformers: the machine's; SSM_PEFT_UNTESTED_VERSIONS=1 lets ssm_peft run
-# outside its tested range (the versions go into the logs and the report).
+# peft and transformers: wheels in .whl/ (peft-0.21.2, transformers-5.24.0: the tested range, 14 MiB together;
+# carried by naming .whl in carry) are installed with --target first, else the machine's are used, and
+# SSM_PEFT_UNTESTED_VERSIONS=1 lets ssm_peft run outside its tested range (transformers 5.17 passed the CPU tests of
+# ssm_peft/bench and paths; the versions go into the log and the report). Needs the machine's huggingface-hub >= 1.31
+# and tokenizers 0.23 for transformers 5.24 (the image had 1.33 / 0.23.2).
 #   bash scripts/gpu_ssm_peft.sh         (from the repo root; OUT defaults to ./out/gpu_ssm_peft)
 # smoke test on a CPU (not a measurement): BENCH_ARGS="--preset tiny --rounds 1" bash scripts/gpu_ssm_peft.sh
 set -uo pipefail
@@ -16,8 +18,10 @@ OUT="${OUT:-out/gpu_ssm_peft}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_ssm_peft.log") 2>&1
 PY="${PYTHON:-python3}"
-if ls .whl/peft-*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/ssm_peft_site .whl/peft-*.whl \
+WHEELS=$(ls .whl/peft-*.whl .whl/transformers-*.whl 2>/dev/null)
+if [ -n "$WHEELS" ]; then
+    # shellcheck disable=SC2086
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/ssm_peft_site $WHEELS \
         && export PYTHONPATH="/tmp/ssm_peft_site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SSM_PEFT_UNTESTED_VERSIONS=1
