@@ -25,7 +25,7 @@ if [ -n "$WHEELS" ]; then
         && export PYTHONPATH="/tmp/ssm_peft_site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SSM_PEFT_UNTESTED_VERSIONS=1
-read -r -a BX <<< "${BENCH_ARGS:---preset paper --steps 5 --rounds 5 --time-budget 150}"
+read -r -a BX <<< "${BENCH_ARGS:---preset paper --steps 5 --rounds 5 --time-budget 120}"
 echo "== gpu_ssm_peft.sh $(date -u +%FT%TZ) commit ${GIT_COMMIT:-unknown}"
 "$PY" - <<'EOF'
 import importlib.metadata as md, torch
@@ -37,7 +37,7 @@ for p in ("torch", "transformers", "peft", "mamba_ssm", "causal_conv1d", "triton
         print(p, "not installed")
 EOF
 echo "== (i) GPU tests"
-timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_ssm_peft_gpu.py \
+timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -rs --durations=5 -p no:cacheprovider tests/test_ssm_peft_gpu.py \
     --junitxml "$OUT/gpu_tests.xml" || echo "GPU tests: failed or stopped (exit $?)"
 echo "== (ii) Table 2 on MambaForCausalLM"
 timeout "${BENCH_TIMEOUT:-240}" "$PY" -m ssm_peft.bench "${BX[@]}" --out "$OUT/bench_real_models.json" \
