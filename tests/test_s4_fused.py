@@ -22,6 +22,10 @@ F64 = torch.float64
 # interpreter); a stack of a few layers with N ≤ 200-position sums composes ~10-100x that. 1e-5 on values and 1e-4 on
 # gradients keep ~10x margin over that; a wrong tap, mask or ReLU gives O(1e-2..1).
 RTOL_OUT, RTOL_GRAD = 1e-5, 1e-4
+# torch.compile vs eager of the same loss: inductor's own fp32 kernel-generation code (sin/cos of y·k, fused sums)
+# moves the gradients of A_im by up to 1.1e-3 relative, measured on CPU for the Toeplitz form and the fused one
+# alike (3 runs, 2 layers, D 4); 5e-3 leaves margin, and a lost or doubled term still gives O(1e-1).
+RTOL_COMPILED_GRAD = 5e-3
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = fused.triton_available()
@@ -171,7 +175,7 @@ def test_cuda_compiled_loss_equals_eager():
     assert rel_err(out["compiled"][0], out["eager"][0]) < RTOL_OUT
     for a, b in zip(out["compiled"][1], out["eager"][1]):
         if b is not None:
-            assert rel_err(a, b) < RTOL_GRAD
+            assert rel_err(a, b) < RTOL_COMPILED_GRAD
 
 
 def test_import_needs_no_triton():

@@ -169,7 +169,7 @@ def fused_conv(K: Tensor, x: Tensor, relu_in: bool) -> Tensor:
     fused into the load) else the identity. One Triton kernel on CUDA; the Toeplitz product elsewhere.
     """
     if not uses_triton(x):
-        return _conv_torch(K, x, relu_in)
+        return _conv_torch(K, x, relu_in).contiguous()
     K, x = K.contiguous(), x.contiguous()
     R, D, N = K.shape
     B = x.shape[-1]
@@ -191,19 +191,19 @@ def fused_conv_bwd(K: Tensor, x: Tensor, ds: Tensor, relu_in: bool, need_dx: boo
     ``need_dx`` is False."""
     if not uses_triton(x):
         a = torch.relu(x) if relu_in else x
-        dK = diagonal_sums(torch.matmul(ds, a.transpose(-1, -2)))  # (R, D, N)
+        dK = diagonal_sums(torch.matmul(ds, a.transpose(-1, -2))).contiguous()  # (R, D, N); contiguous: the fake's strides
         if not need_dx:
             return dK, ds.new_empty(0)
         T = toeplitz(K, toeplitz_index(K.shape[-1], K.device))
         dx = torch.matmul(T.transpose(-1, -2), ds)
-        return dK, (dx * (x > 0) if relu_in else dx)
+        return dK, (dx * (x > 0) if relu_in else dx).contiguous()
     K, x, ds = K.contiguous(), x.contiguous(), ds.contiguous()
     R, D, N = K.shape
     B = x.shape[-1]
     sxr = 0 if x.dim() == 3 else D * N * B
     dT = torch.empty(R, D, N, N, device=x.device, dtype=torch.float32)
     _launch("dT", (ds, x, dT), N, B, D, sxr, relu_in, R * D, lambda m: -(-N // m["BT"]))
-    dK = diagonal_sums(dT)  # (R, D, N)
+    dK = diagonal_sums(dT).contiguous()  # (R, D, N); contiguous: the fake's strides
     if not need_dx:
         return dK, ds.new_empty(0)
     dx = torch.empty(R, D, N, B, device=x.device, dtype=torch.float32)
