@@ -57,7 +57,7 @@ def triton_available() -> bool:
 
 
 def uses_triton(t: Tensor) -> bool:
-    """Whether the ops run their Triton kernels on ``t``: float32 on CUDA, or any float32 tensor when interpreting."""
+    """Whether the ops run their Triton kernels on ``t``: float32 on CUDA, or on the CPU when interpreting."""
     return t.dtype == torch.float32 and (t.is_cuda or (interpreting() and t.device.type == "cpu")) and triton_available()
 
 
@@ -185,13 +185,14 @@ def _(K, x, relu_in):
 
 
 @torch.library.custom_op("ssm_peft::s4_fused_conv_bwd", mutates_args=())
-def fused_conv_bwd(K: Tensor, x: Tensor, ds: Tensor, relu_in: bool, need_dx: bool) -> Tuple[Tensor, Tensor]:
+def fused_conv_bwd(K: Tensor, x: Tensor, ds: Tensor, relu_in: bool,
+                   need_dx: bool) -> Tuple[Tensor, Tensor]:
     """Backward of :func:`fused_conv`: ``(dK (R, D, N), dx (R, D, N, B))`` with ``dK_k = Σ_{t,b} ds[t,b] act(x)[t−k,b]``
     and ``dx = act'(x) ⊙ T(K)ᵀ ds`` (per run, not yet summed over runs for a shared x); dx is empty (0,) when
     ``need_dx`` is False."""
     if not uses_triton(x):
         a = torch.relu(x) if relu_in else x
-        dK = diagonal_sums(torch.matmul(ds, a.transpose(-1, -2))).contiguous()  # (R, D, N); contiguous: the fake's strides
+        dK = diagonal_sums(torch.matmul(ds, a.transpose(-1, -2))).contiguous()  # (R, D, N); the fake's strides
         if not need_dx:
             return dK, ds.new_empty(0)
         T = toeplitz(K, toeplitz_index(K.shape[-1], K.device))
