@@ -187,9 +187,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rounds: Dict[tuple, List[Dict]] = {(f, m): [] for f in forms for m in methods}
     official_ms: List[float] = []
     t_all = time.perf_counter()
-    for rnd in range(a.rounds):  # interleaved: ours (every form and method), then the official code, per round
-        for form, (tr, cache) in trainers.items():
-            for name in methods:
+    previous = previous_reports(a.out, ident, a.runs) if a.keep_previous else None
+
+    def report(check: List[Dict], complete: bool) -> Dict:
+        """The report of the rows timed so far (written after every row, so a run cut off keeps them)."""
+        results = [summarise_rounds(rounds[(f, m)]) for m in methods for f in forms if rounds[(f, m)]]
+        for r in results:
+            r["roofline"] = roofline_row(r["ms_per_iter"], traffic_bytes(
+                cfg.d_model, cfg.seq_len, cfg.batch, cfg.frozen_layers, cfg.target_layers, r["runs_per_step"],
+                r["forward_only"]), bandwidth)
+        official = None
+        if official_ms:
+            off = statistics.median(official_ms)
+            official = {"method": "Full", "ms_per_iter": round(off, 3),
+                        "ms_per_iter_rounds": [round(x, 3) for x in official_ms], "iters": list(official_iters),
+                        "code": "furiosa-ai/ssm-peft S4/run_s4.py, unchanged (scripts/time_official_s4.py)",
+                        "how": "difference of two runs' train time / difference of iterations"}
+            for r in results:
+                r["official_over_ours"] = round(off / r["ms_per_iter"], 3) if r["ms_per_iter"] > 0 else None
+        out = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
+               "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
+               "compiled": trainer.use_compile, "config": report_config(cfg),
+               "conv": ",".join(t.conv for t, _ in trainers.values()), "conv_reason": trainer.conv_reason,
+               "proj_split": cfg.proj_split, "runs_per_step": a.runs, "timed_iters": a.iters, "rounds": a.rounds,
+               "results": results, "precision_check": check,
+               "roofline": {"copy_GBps": round(bandwidth / 1e9, 1), "model": ROOFLINE_MODEL},
+               "wall_s": round(time.perf_counter() - t_all, 1)}
+        if not complete:
+            out["complete"] = False
+        if device.type == "cpu":
+            out["cpu"] = cpu_info()
+        if official:
+            out["official"] = official
+        if previous is not None:
+            out["previous"] = previous
+        return out
+
+    for rnd in range(a.rounds):  # interleaved: ours (every method with each form), then the official code, per round
+        for name in methods:
+            for form, (tr, cache) in trainers.items():
                 t0 = time.perf_counter()
                 r = bench_method(tr, name, a.iters, a.warm, a.runs, cache=cache)
                 r["wall_s_incl_compile"] = round(time.perf_counter() - t0, 2)
@@ -197,44 +233,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 rounds[(form, name)].append(r)
                 print(f"[round {rnd + 1}/{a.rounds}] {tr.conv:9s} {name:16s} {r['ms_per_iter']:9.2f} ms/iter  "
                       f"peak {r['peak_mem_gb']} GiB  ({r['wall_s_incl_compile']} s)", flush=True)
+                write_json_atomic(a.out, report([], complete=False))
         if a.official_dir:
             official_ms.append(time_official(a.official_dir, cfg.batch, cfg.seq_len, official_iters, device, a.threads))
             print(f"[round {rnd + 1}/{a.rounds}] official (Full)  {official_ms[-1]:9.2f} ms/iter", flush=True)
-    results = [summarise_rounds(rounds[(f, m)]) for f in forms for m in methods]
-    for r in results:
-        r["roofline"] = roofline_row(r["ms_per_iter"], traffic_bytes(
-            cfg.d_model, cfg.seq_len, cfg.batch, cfg.frozen_layers, cfg.target_layers, r["runs_per_step"],
-            r["forward_only"]), bandwidth)
-    official = None
-    if official_ms:
-        off = statistics.median(official_ms)
-        official = {"method": "Full", "ms_per_iter": round(off, 3), "ms_per_iter_rounds": [round(x, 3) for x in official_ms],
-                    "iters": list(official_iters), "code": "furiosa-ai/ssm-peft S4/run_s4.py, unchanged "
-                    "(scripts/time_official_s4.py)", "how": "difference of two runs' train time / difference of iterations"}
-        for r in results:
-            r["official_over_ours"] = round(off / r["ms_per_iter"], 3) if r["ms_per_iter"] > 0 else None
-            print(f"{r['conv']:9s} {r['method']:16s} ours {r['ms_per_iter']:9.2f} ms/iter, official {off:9.2f}: "
-                  f"{r['official_over_ours']}x", flush=True)
     check = precision_check(cfg, device, a.check_iters) if a.check_iters else []
     for c in check:
         print(f"precision check {c['method']}: best MSE fp32 {c['fp32']['best_mse']:.6g}, tf32 {c['tf32']['best_mse']:.6g}, "
               f"fp16 {c['fp16']['best_mse']:.6g}; rel diff tf32 {c['rel_diff_best_mse']:.2e}, "
               f"fp16 {c['rel_diff_best_mse_fp16']:.2e}", flush=True)
-    report = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
-              "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
-              "compiled": trainer.use_compile, "config": report_config(cfg),
-              "conv": ",".join(t.conv for t, _ in trainers.values()),
-              "conv_reason": trainer.conv_reason, "proj_split": cfg.proj_split, "runs_per_step": a.runs, "timed_iters": a.iters,
-              "rounds": a.rounds, "results": results, "precision_check": check,
-              "roofline": {"copy_GBps": round(bandwidth / 1e9, 1), "model": ROOFLINE_MODEL},
-              "wall_s": round(time.perf_counter() - t_all, 1)}
-    if device.type == "cpu":
-        report["cpu"] = cpu_info()
-    if official:
-        report["official"] = official
-    if a.keep_previous:
-        report["previous"] = previous_reports(a.out, ident, a.runs)
-    write_json_atomic(a.out, report)
+    final = report(check, complete=True)
+    write_json_atomic(a.out, final)
+    results, official = final["results"], final.get("official")
     print_table(results, official)
     print("wrote", a.out)
     return 0
