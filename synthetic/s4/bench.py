@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -188,6 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     official_ms: List[float] = []
     t_all = time.perf_counter()
     previous = previous_reports(a.out, ident, a.runs) if a.keep_previous else None
+    failed: Dict[str, str] = {}  # form -> the error that stopped it (several forms in one call only)
 
     def report(check: List[Dict], complete: bool) -> Dict:
         """The report of the rows timed so far (written after every row, so a run cut off keeps them)."""
@@ -215,6 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "wall_s": round(time.perf_counter() - t_all, 1)}
         if not complete:
             out["complete"] = False
+        if failed:
+            out["failed_forms"] = dict(failed)
         if device.type == "cpu":
             out["cpu"] = cpu_info()
         if official:
@@ -226,8 +230,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for rnd in range(a.rounds):  # interleaved: ours (every method with each form), then the official code, per round
         for name in methods:
             for form, (tr, cache) in trainers.items():
+                if form in failed:
+                    continue
                 t0 = time.perf_counter()
-                r = bench_method(tr, name, a.iters, a.warm, a.runs, cache=cache)
+                try:
+                    r = bench_method(tr, name, a.iters, a.warm, a.runs, cache=cache)
+                except Exception as e:  # a form that fails (e.g. its kernel does not compile) must not lose the others
+                    if len(forms) == 1:
+                        raise
+                    failed[form] = f"{name}: {type(e).__name__}: {str(e)[:2000]}"
+                    traceback.print_exc()
+                    print(f"form {form} failed at {name}; the other forms go on", flush=True)
+                    continue
                 r["wall_s_incl_compile"] = round(time.perf_counter() - t0, 2)
                 r["conv"], r["compiled"] = tr.conv, tr.use_compile and not tr.compile_failed
                 rounds[(form, name)].append(r)
