@@ -7,12 +7,14 @@
 #   (3) the same at R = 1, with the unmodified official code timed in the same call if official_s4/S4 is carried
 #       (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under official_s4/pylib;
 #       ../shared/tools/README.md), into the same JSON (figures/bench_s4_fused_cuda.json; --keep-previous)
-#   (4) with the time left: the scaling table on CUDA (N 200/800/3200, D 64/256, every form incl. fused, eager)
+#   (4) with the time left: a torch.profiler table of the fused R = 16 Full step (scripts/profile_s4_step.py)
+#   (5) with the time left: the scaling table on CUDA (N 200/800/3200, D 64/256, every form incl. fused, eager)
 #       into figures/bench_s4_scaling_cuda.json (written after every (N, D): a cut-off keeps its rows)
 # Needs no network. Logs and JSON go under $OUT (figures/ copies, *.log, summary printed at the end):
 #   OUT=$OUT bash scripts/gpu_s4_fused.sh        (from the repo root; OUT defaults to ./out/gpu_s4_fused)
 # Smoke test on a CPU (not a measurement): DEVICE=cpu BENCH_EXTRA="--preset tiny --device cpu --no-compile"
-#   SCALING_EXTRA="--scaling-N 16 --scaling-D 4" OUT=/tmp/gf bash scripts/gpu_s4_fused.sh
+#   SCALING_EXTRA="--scaling-N 16 --scaling-D 4" PROFILE_EXTRA="--device cpu --batch 8 --no-compile" \
+#   OUT=/tmp/gf bash scripts/gpu_s4_fused.sh
 set -uo pipefail
 OUT="${OUT:-out/gpu_s4_fused}"
 mkdir -p "$OUT/figures"
@@ -56,13 +58,20 @@ timeout "$(left 150)" "$PY" -m synthetic.bench --runs 1 --conv "$FORMS" --method
     --check-iters 0 ${OFFICIAL[@]+"${OFFICIAL[@]}"} ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" \
     || echo "R = 1 bench stopped (rows done are kept; the official time only if it finished)"
 
+if (( $(left 1000) > 60 )); then
+    echo "== (4) profile of the fused R = 16 Full step (where the time goes), $(left 1000) s left"
+    timeout "$(left 80)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv fused --iters 3 --warm 2 \
+        ${PROFILE_EXTRA:-} --out "$OUT/profile_fused_r16.txt" > "$OUT/profile_fused_r16.log" 2>&1 \
+        && tail -40 "$OUT/profile_fused_r16.log" || echo "profile stopped (see $OUT/profile_fused_r16.log)"
+fi
+
 if (( $(left 1000) > 40 )); then
-    echo "== (4) scaling table (eager), $(left 1000) s left"
+    echo "== (5) scaling table (eager), $(left 1000) s left"
     timeout "$(left 1000)" "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 3 --warm 1 \
         --rounds 1 ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" \
         || echo "scaling cut off (the table keeps the rows done)"
 else
-    echo "== (4) scaling table skipped: $(left 1000) s left"
+    echo "== (5) scaling table skipped: $(left 1000) s left"
 fi
 
 [ -f "$JSON" ] && "$PY" - "$JSON" <<'EOF'
