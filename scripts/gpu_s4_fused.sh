@@ -60,7 +60,7 @@ timeout "$(left 150)" "$PY" -m synthetic.bench --runs 1 --conv "$FORMS" --method
 
 if (( $(left 1000) > 60 )); then
     echo "== (4) profile of the fused R = 16 Full step (where the time goes), $(left 1000) s left"
-    timeout "$(left 80)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv fused --iters 3 --warm 2 \
+    timeout "$(left 100)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv fused --iters 3 --warm 2 \
         ${PROFILE_EXTRA:-} --out "$OUT/profile_fused_r16.txt" > "$OUT/profile_fused_r16.log" 2>&1 \
         && tail -40 "$OUT/profile_fused_r16.log" || echo "profile stopped (see $OUT/profile_fused_r16.log)"
 fi

@@ -18,13 +18,16 @@ from synthetic.s4 import fused, model as sm
 from theory.tolerances import rel_err
 
 F64 = torch.float64
-# float32 kernels (fp32 dots, fp32 accumulation) vs float64: one layer agrees to ~1e-7 relative (measured under the
-# interpreter); a stack of a few layers with N ≤ 200-position sums composes ~10-100x that. 1e-5 on values and 1e-4 on
-# gradients keep ~10x margin over that; a wrong tap, mask or ReLU gives O(1e-2..1).
-RTOL_OUT, RTOL_GRAD = 1e-5, 1e-4
+# float32 kernels (fp32 dots, fp32 accumulation) vs float64. The op alone agrees to ~1e-7 relative (measured under
+# the interpreter, s, dK and dx, N up to 130); sums over up to 513 positions on the GPU stay far below RTOL_CONV.
+# The stack carries fp32 kernel generation too: the fp32 Toeplitz form itself is 2.5e-7 from float64 on the loss
+# and 9.2e-5 on log_dt's gradient at the CUDA test's sizes (phases y·k of ~700 rad in fp32; measured on CPU), so
+# the stack's gradients get 1e-3 (~10x margin). A wrong tap, mask or ReLU gives O(1e-2..1).
+RTOL_CONV = 1e-5
+RTOL_OUT, RTOL_GRAD = 1e-5, 1e-3
 # torch.compile vs eager of the same loss: inductor's own fp32 kernel-generation code (sin/cos of y·k, fused sums)
-# moves the gradients of A_im by up to 1.1e-3 relative, measured on CPU for the Toeplitz form and the fused one
-# alike (3 runs, 2 layers, D 4); 5e-3 leaves margin, and a lost or doubled term still gives O(1e-1).
+# moves the gradients, identically for the Toeplitz form and the fused one (measured on CPU): 1.9e-5 at this test's
+# sizes, up to 1.1e-3 (A_im) at D 4, Hc 2, N 24; 5e-3 leaves margin, and a lost or doubled term gives O(1e-1).
 RTOL_COMPILED_GRAD = 5e-3
 
 HAS_CUDA = torch.cuda.is_available()
@@ -82,9 +85,9 @@ def _check_conv(R, D, N, B, shared, relu_in):
     ref = fused._conv_torch(K64, x64, relu_in)
     dK64, dx64 = torch.autograd.grad((ref * ds).sum(), (K64, x64))
     assert out.shape == ref.shape and dx.shape == x.shape
-    assert rel_err(out.cpu().double(), ref) < RTOL_OUT
-    assert rel_err(dK.cpu().double(), dK64) < RTOL_GRAD
-    assert rel_err(dx.cpu().double(), dx64) < RTOL_GRAD
+    assert rel_err(out.cpu().double(), ref) < RTOL_CONV
+    assert rel_err(dK.cpu().double(), dK64) < RTOL_CONV
+    assert rel_err(dx.cpu().double(), dx64) < RTOL_CONV
 
 
 def _layers(L, R, D, Hc, seed=0):
