@@ -16,7 +16,7 @@ The ReLU of the last layer is the only elementwise pass left. The kernel K (R, D
 
 Backward of (1), ``ds`` given: ``da = T(K)ᵀ ds`` and ``dx = da ⊙ [pre_prev > 0]`` in one kernel (the mask in
 its epilogue); ``dT = ds aᵀ`` over the causal tiles only (tensor-core dots, ReLU on load), then
-``dK_k = Σ_t dT[t, t−k]`` (:func:`synthetic.s4.conv.diagonal_sums`).
+``dK_k = Σ_t dT[t, t−k]`` (a third kernel reading dT once; :func:`synthetic.s4.conv.diagonal_sums` is its twin).
 
 Without CUDA (and without ``TRITON_INTERPRET=1``) the same ops run as a torch emulation using only the
 tensors they are passed (the Toeplitz product), so importing this module and the CPU path need no Triton.
@@ -132,11 +132,37 @@ def _kernels(interpret: bool):
             acc += tl.dot(dst, xs, input_precision=DOT_PREC)  # (BT, BB) x (BB, BT)
         tl.store(dT_ptr + rd * N * N + t[:, None] * N + s[None, :], acc, mask=(t[:, None] < N) & (s[None, :] < N))
 
+    @triton.jit
+    def diag_sums(dT_ptr, dK_ptr, N, BK: tl.constexpr, BT: tl.constexpr):
+        """dK[k] = Σ_{t>=k} dT[t, t−k] for a block of BK lags of one (run, channel): reads dT once, no copies."""
+        rd = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1) * BK + tl.arange(0, BK)
+        base = dT_ptr + rd * N * N
+        acc = tl.zeros((BK,), dtype=tl.float32)
+        for t0 in range(tl.program_id(1) * BK, N, BT):  # rows t >= the block's first lag
+            t = t0 + tl.arange(0, BT)
+            s = t[None, :] - k[:, None]  # (BK, BT): the column of diagonal k in row t
+            v = tl.load(base + t[None, :] * N + s, mask=(s >= 0) & (t[None, :] < N) & (k[:, None] < N), other=0.0)
+            acc += tl.sum(v, axis=1)
+        tl.store(dK_ptr + rd * N + k, acc, mask=k < N)
+
     kernels = {"fwd": conv_fwd, "dx": conv_bwd_dx, "dT": conv_bwd_dT}
     if not interpret:
         configs = [triton.Config({"BT": bt, "BJ": bj, "BB": bb}, num_warps=w) for bt, bj, bb, w in CONFIGS]
         kernels = {k: triton.autotune(configs=configs, key=["N", "B", "RELU_IN"])(f) for k, f in kernels.items()}
+    kernels["diag"] = diag_sums
     return kernels
+
+
+DIAG_BK, DIAG_BT = 32, 64  # lags per program and rows per step of the diagonal sums (no autotuning: a light pass)
+
+
+def _diagonal_sums(dT: Tensor) -> Tensor:
+    """:func:`synthetic.s4.conv.diagonal_sums` of dT (R, D, N, N) as one Triton pass -> (R, D, N)."""
+    R, D, N = dT.shape[0], dT.shape[1], dT.shape[-1]
+    dK = torch.empty(R, D, N, device=dT.device, dtype=torch.float32)
+    _kernels(interpreting())["diag"][(R * D, -(-N // DIAG_BK))](dT, dK, N, BK=DIAG_BK, BT=DIAG_BT)
+    return dK
 
 
 def _launch(name: str, tensors: Tuple[Tensor, ...], N: int, B: int, D: int, sxr: int, relu_in: bool,
@@ -204,7 +230,7 @@ def fused_conv_bwd(K: Tensor, x: Tensor, ds: Tensor, relu_in: bool,
     sxr = 0 if x.dim() == 3 else D * N * B
     dT = torch.empty(R, D, N, N, device=x.device, dtype=torch.float32)
     _launch("dT", (ds, x, dT), N, B, D, sxr, relu_in, R * D, lambda m: -(-N // m["BT"]))
-    dK = diagonal_sums(dT).contiguous()  # (R, D, N); contiguous: the fake's strides
+    dK = _diagonal_sums(dT)  # (R, D, N)
     if not need_dx:
         return dK, ds.new_empty(0)
     dx = torch.empty(R, D, N, B, device=x.device, dtype=torch.float32)
