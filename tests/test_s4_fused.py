@@ -128,7 +128,8 @@ def _check_stack(L, R, D, Hc, N, B, linear=False):
 # ---------------------------------------------------------------------------------------- interpreter (CPU)
 @needs_interpreter
 @pytest.mark.parametrize("R, D, N, B, shared, relu_in", [(2, 3, 40, 5, False, True), (1, 2, 70, 20, True, False),
-                                                         (3, 2, 33, 17, False, False)])
+                                                         (3, 2, 33, 17, False, False), (1, 1, 1, 1, True, True),
+                                                         (1, 1, 300, 1, False, True)])
 def test_interpreter_conv_matches_float64(R, D, N, B, shared, relu_in):
     _check_conv(R, D, N, B, shared, relu_in)
 
