@@ -63,7 +63,8 @@ def uses_triton(t: Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernels(interpret: bool):
-    """The three Triton kernels (built on first use, so that importing this module needs no Triton)."""
+    """The Triton kernels: convolution, its two backward products, the diagonal sums (built on first use, so that
+    importing this module needs no Triton)."""
     import triton
     import triton.language as tl
 
