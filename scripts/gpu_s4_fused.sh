@@ -19,7 +19,7 @@ set -uo pipefail
 OUT="${OUT:-out/gpu_s4_fused}"
 mkdir -p "$OUT/figures"
 exec > >(tee -a "$OUT/gpu_s4_fused.log") 2>&1
-export PYTHONPATH="${PYTHONPATH:-}:."
+export PYTHONPATH="${PYTHONPATH:-}:." PYTHONUNBUFFERED=1
 PY="${PYTHON:-python}"
 TOTAL_S="${TOTAL_S:-400}"  # the whole script's budget (s); each step gets min(its cap, what is left)
 METHODS="Frozen,LoRA (Proj),LoRA (S4+Proj),SDT,SDT + LoRA,Full"
