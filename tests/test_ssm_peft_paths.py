@@ -179,3 +179,10 @@ def test_versions_outside_the_tested_range_are_refused(monkeypatch):
     monkeypatch.setitem(_peft_registry.TESTED, "peft", ("0.1", "0.2"))
     with pytest.raises(ImportError, match="tested with peft>=0.1,<0.2"):
         _peft_registry.check_versions()
+
+
+def test_untested_versions_warn_when_the_environment_allows(monkeypatch):
+    monkeypatch.setitem(_peft_registry.TESTED, "peft", ("0.1", "0.2"))
+    monkeypatch.setenv(_peft_registry.ALLOW_UNTESTED, "1")
+    with pytest.warns(UserWarning, match="outside the tested range >=0.1,<0.2"):
+        _peft_registry.check_versions()
