@@ -185,7 +185,7 @@ def test_cuda_compiled_loss_equals_eager():
 def test_import_needs_no_triton():
     """The module imports and its ops run (as the torch emulation) on CPU whatever is installed."""
     if INTERPRET:
-        pytest.skip("under TRITON_INTERPRET the ops run the kernels (the interpreter tests)")
+        pytest.skip("under TRITON_INTERPRET the ops run the kernels (the interpreter tests); unset it to run this one")
     K, x, _ = _conv_case(1, 2, 10, 3, True)
     assert rel_err(fused.fused_conv(K, x, False), fused._conv_torch(K, x, False)) == 0
     assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft", reason="needs peft and transformers (pip install .[hf])")
+transformers = pytest.importorskip("transformers", reason="needs peft and transformers (pip install .[hf])")
 from ssm_peft import bench  # noqa: E402
 from ssm_peft.layouts import fused_path  # noqa: E402
 

@@ -22,8 +22,8 @@ if importlib.util.find_spec("mamba_ssm") is None:
     pytest.skip("needs mamba-ssm (pip install .[gpu]); CUDA is present", allow_module_level=True)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft", reason="needs peft and transformers (pip install .[hf])")
+transformers = pytest.importorskip("transformers", reason="needs peft and transformers (pip install .[hf])")
 import ssm_peft  # noqa: E402
 from ssm_peft.layouts import fused_path  # noqa: E402
 from theory.tolerances import rel_err  # noqa: E402
