@@ -28,7 +28,7 @@ from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, budge
 from synthetic.mamba2.peft import (METHODS, WARMUP_FULL, Mamba2PeftConfig, PeftMamba2Stack, frozen_param_count,
                                    get_backend, head_change_scores, select_heads_states, state_change_scores)
 from synthetic.mamba2.ref import block_weights, mamba2_forward
-from synthetic.plots import plot_mse_vs_params, run_title
+from synthetic.plots import plot_mse_vs_params, run_title, seeds_text
 from synthetic.cli import results_main
 from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
 
@@ -148,7 +148,7 @@ def plot(cfg: Mamba2RegressionConfig, policy: Optional[LrPolicy] = None) -> None
     note = (f"backend {records[0].get('backend')}, {', '.join(sorted({str(r.get('device')) for r in records}))}; frozen "
             f"{c.get('frozen_layers')}x Mamba2(d_model {c.get('d_model')}, P {c.get('headdim')}, G {c.get('ngroups')}, "
             f"N {c.get('frozen_d_state')}), target {c.get('target_layers')}x (N {c.get('target_d_state')}); "
-            f"{c.get('iters')} AdamW iters, best lr per point; {len({r['seed'] for r in records})} seed(s)")
+            f"{c.get('iters')} AdamW iters, best lr per point; {seeds_text(len({r['seed'] for r in records}))}")
     plot_mse_vs_params(rows, str(paths["mse"]), method_order=METHOD_ORDER, note=note,
                        title=run_title("Mamba-II regression", records, "MSE vs. trainable parameters"))
 
