@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from theory.report import plain  # noqa: E402
 
 # (name, module, options, options in the deprecated spelling, results files used)
 CASES = [
@@ -59,7 +62,7 @@ def run(module: str, opts: str, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=plain(__doc__.split("\n\n")[0]))
     ap.add_argument("--capture", required=True, help="folder for the captured texts")
     ap.add_argument("--compare", default="", help="folder of an earlier capture to compare with")
     ap.add_argument("--old-spelling", action="store_true", help="use the deprecated option spellings")

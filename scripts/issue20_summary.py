@@ -5,10 +5,16 @@ has run, whether it is at an edge of that grid, and the per-seed comparisons the
     python scripts/issue20_summary.py            # all three files
     python scripts/issue20_summary.py official   # one of: official, s4, mamba
 """
-import json
+import argparse
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repository's packages
+
+from synthetic.results import ResultsFile  # noqa: E402
+from theory.report import plain  # noqa: E402
 
 FILES = {"official": ("figures/s4_regression_official.jsonl", (123, 124, 125, 126, 127)),
          "s4": ("figures/peft_methods_s4_paper.jsonl", (0, 1, 2)),
@@ -16,7 +22,7 @@ FILES = {"official": ("figures/s4_regression_official.jsonl", (123, 124, 125, 12
 
 
 def groups(path):
-    recs = [r for r in json.load(open(path)) if r.get("kind", "run") == "run"]
+    recs = ResultsFile(path).runs()  # JSON Lines (or an old JSON list)
     g = defaultdict(list)
     for r in recs:
         g[(r["method"], r["budget_label"])].append(r)
@@ -96,4 +102,11 @@ def main(which):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(FILES))
+    ap = argparse.ArgumentParser(prog="python scripts/issue20_summary.py", description=plain(__doc__.split("\n\n")[0]))
+    ap.add_argument("files", nargs="*", metavar="FILE",
+                    help=f"which results files: any of {', '.join(FILES)} (default: all)")
+    which = ap.parse_args().files
+    unknown = [f for f in which if f not in FILES]
+    if unknown:
+        ap.error(f"unknown FILE {', '.join(unknown)}: choose from {', '.join(FILES)}")
+    main(which or list(FILES))

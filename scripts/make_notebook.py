@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from theory.report import plain  # noqa: E402
 
 CELLS = []
 
@@ -49,7 +52,7 @@ def build(execute: bool = True, path: Path = ROOT / "paper_checks.ipynb") -> Non
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-exec", action="store_true", help="write the cells without executing them")
     args = p.parse_args(argv)
     build(execute=not args.no_exec)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from synthetic.records import RENAMED  # noqa: E402
 from synthetic.results import LockHeld, ResultsFile, ResultsFileError, best_of_grid, run_records  # noqa: E402
+from theory.report import plain  # noqa: E402
 
 
 def is_results_list(data) -> bool:
@@ -101,7 +102,7 @@ def migrate(p: Path, check: bool, log=print) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=plain(__doc__.split("\n\n")[0]))
     ap.add_argument("paths", nargs="*", help="old-format results files (default: every figures/*.json that is one)")
     ap.add_argument("--check", action="store_true", help="only report; exit 1 if a file needs migrating")
     args = ap.parse_args(argv)

@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/profile_s4_step.py", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--runs", type=int, default=16)
-    p.add_argument("--method", default="Full", choices=list(s4m.METHODS))
+    p.add_argument("--method", default="Full", choices=list(s4m.METHODS), metavar="METHOD",
+                   help=f"one of: {', '.join(s4m.METHODS)} (default: %(default)s)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warm", type=int, default=3)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
@@ -40,10 +41,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("needs a CUDA device (or --device cpu)")
-    cfg = s4c.parse_config(["--preset", "paper", "--batch", str(a.batch), "--lrs", ",".join(["4e-3"] * a.runs),
+    cfg = s4c.parse_config(["--preset", "paper", "--batch", str(a.batch), "--lrs", "4e-3",
                             "--precision", a.precision, "--conv", a.conv, "--device", a.device,
                             "--state-convention", a.state_convention]
                            + (["--compile"] if a.compile else ["--no-compile"]))
+    # R runs of one lr, as synthetic.s4.bench does (the config refuses a repeated lr: it would repeat run keys)
+    cfg = s4c.Config(**{**cfg.__dict__, "lrs": (4e-3,) * a.runs})
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     tr = s4t.Trainer(cfg, dev)

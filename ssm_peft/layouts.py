@@ -21,6 +21,7 @@ reference blocks do not expose theirs: :func:`MixerSpec.check_method` refuses wi
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -154,3 +155,47 @@ def find_mixers(model: nn.Module) -> List[Tuple[str, nn.Module, MixerSpec]]:
 def hf_module(module: nn.Module):
     """The Python module (e.g. transformers.models.mamba.modeling_mamba) whose scan functions a mixer calls."""
     return sys.modules[mixer_class(module).__module__]
+
+
+@dataclass
+class FusedCalls:
+    """What :func:`fused_path` saw: ``calls`` of a mixer's fused function, ``kernel`` of them that returned an
+    output (the fused kernel ran; transformers' torch fallback returns None and the mixer runs its unfused path)."""
+
+    calls: int = 0
+    kernel: int = 0
+
+
+@contextlib.contextmanager
+def fused_path(model: nn.Module, enabled: bool = True):
+    """Count (``enabled``) or switch off (``enabled=False``) the fused training path of ``model``'s transformers
+    mixers, within the block; yields a :class:`FusedCalls`.
+
+    transformers' mixers call a module-level fused function in training without a cache (Mamba-1
+    ``mamba_inner_fn``, Mamba-2 ``mamba2_split_conv1d_scan_combined``) and run their unfused path (conv1d, the
+    full-sequence scan, out_proj; on a GPU mamba-ssm's and causal-conv1d's kernels) when it returns None, so
+    returning None here is transformers' own switch. Restores the functions on exit.
+    """
+    record, patched = FusedCalls(), []
+    for name, mixer, spec in find_mixers(model):
+        if spec.source != "transformers":
+            raise NotImplementedError(f"fused_path: {type(mixer).__name__} at {name!r} is not a transformers mixer")
+        module, fn_name = hf_module(mixer), HF_SCAN_FUNCTIONS[spec.layout][0]
+        if any(m is module and f == fn_name for m, f, _ in patched):
+            continue
+        original = getattr(module, fn_name)
+
+        def wrapper(*args, _orig=original, **kwargs):
+            record.calls += 1
+            if not enabled:
+                return None
+            out = _orig(*args, **kwargs)
+            record.kernel += out is not None
+            return out
+        setattr(module, fn_name, wrapper)
+        patched.append((module, fn_name, original))
+    try:
+        yield record
+    finally:
+        for module, fn_name, original in reversed(patched):
+            setattr(module, fn_name, original)

@@ -56,6 +56,25 @@ class _Deprecated(argparse.Action):
         setattr(ns, self.dest, self.conv(values) if self.conv else values)
 
 
+HELP_WIDTH = 100  # columns of a --help description (argparse wraps the option help to the terminal)
+
+
+def help_text(text: str, width: int = HELP_WIDTH) -> str:
+    """A docstring made into --help text: reStructuredText markup removed (:func:`theory.report.plain`) and every
+    line longer than ``width`` wrapped (the description is printed as written: RawDescriptionHelpFormatter keeps
+    its line breaks and indented blocks)."""
+    import textwrap
+
+    from theory.report import plain
+
+    out = []
+    for line in plain(text).splitlines():
+        indent = line[:len(line) - len(line.lstrip())]
+        out.append(textwrap.fill(line, width, subsequent_indent=indent, break_on_hyphens=False)
+                   if len(line) > width else line)
+    return "\n".join(out)
+
+
 def build_parser(cls, presets: Dict[str, Dict], preset: str, *, prog: str, description: str,
                  epilog: str = "") -> argparse.ArgumentParser:
     """One option per field of ``cls``, its help from the field's metadata and its default the value ``preset``
@@ -64,8 +83,8 @@ def build_parser(cls, presets: Dict[str, Dict], preset: str, *, prog: str, descr
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     defaults.update(presets.get(preset, {}))
     defaults["preset"] = preset
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or None, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=help_text(description), epilog=epilog or None,
+                                allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(cls):
         name, d = "--" + f.name.replace("_", "-"), defaults[f.name]
         typ = _elem_type(cls, f)

@@ -68,15 +68,22 @@ for _spec in (
     register(_spec)
 
 
+WIDTH = 100  # terminal columns the listing fits
+
+
 def listing() -> str:
-    """One line per experiment: name, presets, what it does."""
+    """One entry per experiment: name, presets, what it does; wrapped to :data:`WIDTH` columns, continuation lines
+    indented (so each entry's first word is its name)."""
+    import textwrap
+
     lines = []
     for s in REGISTRY.values():
         try:
             presets = ",".join(s.load()().presets)
         except Exception as e:  # an experiment whose module does not import is listed with the reason
             presets = f"(not importable: {type(e).__name__})"
-        lines.append(f"{s.name:<12} [{presets}]  {s.summary}")
+        lines.append(textwrap.fill(f"{s.name:<12} [{presets}]  {s.summary}", width=WIDTH, subsequent_indent=" " * 13,
+                                   break_on_hyphens=False))
     return "\n".join(lines)
 
 

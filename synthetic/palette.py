@@ -2,7 +2,8 @@
 
 Colours come from two colour-blind-safe sets: Okabe & Ito's (2008; "Color Universal Design") eight, used for the
 methods of Figure 2 (Galim et al., ICML 2025, Sec. 6.1), and Paul Tol's "muted" scheme (SRON/EPS/TN/09-002) for the
-other methods of the benchmark. Every method has its own colour (no two entries share one) and its own marker, so a
+other methods of the benchmark (with a few of his "bright" and "light" colours where a muted one sat too close to a
+method it is drawn beside, e.g. State-offset tuning's pink, not teal, beside SDT's bluish green). Every method has its own colour (no two entries share one) and its own marker, so a
 reader who cannot tell two hues apart still tells the methods apart. Kindred methods of other experiments are
 drawn like their counterpart (:data:`ALIASES`: Mamba's "LoRA (S6+Proj)" like "LoRA (S4+Proj)").
 
@@ -22,7 +23,7 @@ __all__ = ["METHOD_COLORS", "METHOD_MARKERS", "ALIASES", "REFERENCE_COLORS", "SO
 
 # method -> colour. Okabe-Ito: #0072B2 blue, #E69F00 orange, #009E73 bluish green, #D55E00 vermillion, #CC79A7
 # reddish purple, #56B4E9 sky blue; Tol muted: #882255 wine, #999933 olive, #AA4499 purple, #DDCC77 sand,
-# #88CCEE cyan, #44AA99 teal, #332288 indigo, #117733 green; Tol bright #CCBB44 yellow; #661100 brown.
+# #88CCEE cyan, #332288 indigo, #117733 green; Tol bright #CCBB44 yellow; Tol light #FFAABB pink; #661100 brown.
 METHOD_COLORS: Dict[str, str] = {
     "Frozen": "#666666",                   # grey: the baseline every method must beat
     "LoRA (Proj)": "#0072B2",
@@ -34,7 +35,7 @@ METHOD_COLORS: Dict[str, str] = {
     "Prompt tuning": "#AA4499",
     "Prefix-tuning": "#DDCC77",
     "Initial-state tuning": "#88CCEE",
-    "State-offset tuning": "#44AA99",
+    "State-offset tuning": "#FFAABB",      # Tol light pink: teal sat too close to SDT's bluish green
     "BitFit": "#661100",
     "Additional-scan": "#332288",
     "DoRA (Lin) + DoRA (SSM)": "#117733",  # the hybrid's Table 4 rows (synthetic.hybrid)

@@ -8,6 +8,8 @@ One look across the figures, from one palette (:mod:`synthetic.palette`: method 
 - **hollow = the best lr is at an edge of its lr grid** (the optimum may lie outside the lrs tried, so the
   point is an upper bound); **diverged** runs (loss NaN/inf) are left out of the means: both explained in the
   legend;
+- one-budget methods (a single point) are drawn above the others' lines, and those at the same trainable %
+  side by side a few points apart (:func:`dodges`; the data are unchanged), so no marker hides another;
 - **the y range shows the differences between methods**: it is fitted to the methods' points and the Frozen
   baseline; a reference point far outside it (Full fine-tuning far below, a theory construction's 1e-26, the
   paper's exact 0) is drawn as an annotated arrow at the axis edge (:func:`edge_arrow`), never by stretching
@@ -36,9 +38,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from synthetic.palette import METHOD_COLORS, REFERENCE_COLORS, method_style
 
-__all__ = ["METHOD_STYLE", "FONTS", "method_style", "choose_yscale", "wrote", "save", "save_json", "run_title", "edge_arrow",
-           "focus_limits", "draw_mse_vs_params", "plot_mse_vs_params", "draw_loss_curves", "plot_loss_curves",
-           "mamba_note", "plot_mamba", "HOLLOW_LABEL", "DIVERGED_LABEL"]
+__all__ = ["METHOD_STYLE", "FONTS", "method_style", "choose_yscale", "wrote", "save", "save_json", "run_title",
+           "edge_arrow", "focus_limits", "draw_mse_vs_params", "plot_mse_vs_params", "draw_loss_curves", "plot_loss_curves",
+           "mamba_note", "plot_mamba", "HOLLOW_LABEL", "DIVERGED_LABEL", "seeds_text", "dodges"]
 
 METHOD_STYLE: Dict[str, Dict[str, str]] = {m: method_style(m) for m in METHOD_COLORS}  # the palette, as a table
 REFERENCE_METHODS = ("Full",)  # drawn, but the y range is not stretched for them (an arrow at the edge instead)
@@ -55,6 +57,8 @@ W_PAD = 0.3  # space between a broken axis' two parts (font sizes)
 FULL_BREAK = (65.0, 95.0)  # x-axis broken when every point is at <= 65 % except some at >= 95 % (Full)
 LOG_RATIO = 10.0  # a log axis when max / min of the values drawn is at least this
 STRETCH = 3.0  # a reference point within this factor of the methods' range widens it; beyond: an arrow
+DODGE = 7.0  # points between one-budget methods drawn side by side at the same trainable % (markers stay apart)
+ONE_POINT_Z = 3.5  # one-budget methods above the lines of the others (a single marker is easily hidden)
 
 
 def run_title(experiment: str, records: Sequence[dict], what: str = "") -> str:
@@ -220,9 +224,14 @@ def _outside(y: Optional[float], limits: Optional[tuple]) -> Optional[str]:
     return "bottom" if not y > limits[0] else ("top" if y > limits[1] else None)
 
 
-def _series(ax, x, y, err, *, color, marker, ms, ls, label=None, edge=(), alpha=1.0) -> None:
-    """One method's points (errorbars when ``err``), hollow where ``edge[i]``."""
-    kw = dict(color=color, marker=marker, ms=ms, ls=ls, lw=LW, zorder=3, label=label, alpha=alpha)
+def _series(ax, x, y, err, *, color, marker, ms, ls, label=None, edge=(), alpha=1.0, zorder=3.0,
+            dx: float = 0.0) -> None:
+    """One method's points (errorbars when ``err``), hollow where ``edge[i]``; ``dx``: drawn that many points to
+    the right (a dodge: two points at the same x both stay visible; the data are unchanged)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    tr = ax.transData + ScaledTranslation(dx / 72.0, 0.0, ax.figure.dpi_scale_trans) if dx else ax.transData
+    kw = dict(color=color, marker=marker, ms=ms, ls=ls, lw=LW, zorder=zorder, label=label, alpha=alpha, transform=tr)
     if err is not None:
         ax.errorbar(x, y, yerr=err, capsize=CAPSIZE, elinewidth=0.8, **kw)
     else:
@@ -230,11 +239,25 @@ def _series(ax, x, y, err, *, color, marker, ms, ls, label=None, edge=(), alpha=
     hx = [(xi, yi) for xi, yi, e in zip(x, y, edge) if e]
     if hx:  # hollow: the optimum may lie outside the lrs tried
         ax.plot([p[0] for p in hx], [p[1] for p in hx], ls="none", marker=marker, ms=ms + 1, mfc="white", mec=color,
-                mew=1.2, zorder=4, alpha=alpha)
+                mew=1.2, zorder=zorder + 1, alpha=alpha, transform=tr)
 
 
 def _short(y: float) -> str:
     return "0" if y == 0 else f"{y:.3g}"
+
+
+def seeds_text(n: int) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
+def dodges(points: Dict[str, float], step: float = DODGE) -> Dict[str, float]:
+    """Horizontal offsets (points) for one-point series: those at the same x (to 3 significant digits) are set
+    side by side, ``step`` apart, centred on x; a series alone at its x gets 0. ``points``: name -> x."""
+    groups: Dict[str, List[str]] = defaultdict(list)
+    for name, x in points.items():
+        groups[f"{x:.3g}"].append(name)
+    return {n: (i - (len(g) - 1) / 2) * step for g in groups.values() for i, n in enumerate(g)}
 
 
 def wrote(path) -> None:
@@ -321,13 +344,15 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
         if off_scale:
             ax.set_ylim(bottom=min(0.0, min(others)) - 0.04 * max(others), top=1.15 * max(others))
     n_edge, n_div_all, drawn, arrows = 0, 0, [], []  # drawn: legend labels in drawing order
+    dx = dodges({m: pts_of[m][0]["trainable_pct"] for m in order
+                 if m not in hline and len(pts_of[m]) == 1 and _outside(pts_of[m][0]["mean"], limits) is None})
     for k, ax in enumerate(axes):
         for m in order:
             st, pts = method_style(m), pts_of[m]
             n_div = sum(r.get("n_diverged", 0) for r in by_method[m])
             n_runs = sum(r.get("n_runs", 0) for r in by_method[m])
             n_seeds = max((r.get("n_seeds", 0) for r in pts), default=0)
-            label = f"{m} ({n_seeds} seed{'s' if n_seeds != 1 else ''}" + (
+            label = f"{m} ({seeds_text(n_seeds)}" + (
                 f"; {n_div} of {n_runs} runs diverged)" if n_div and n_runs else f"; {n_div} diverged)" if n_div
                 else ")")
             n_div_all += n_div if k == 0 else 0
@@ -337,7 +362,9 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
                 continue
             if m in hline:
                 r = pts[0]
-                lab = f"{m}: {r['mean']:.3g} (min {r['min']:.3g}, max {r['max']:.3g}, {r['n_seeds']} seeds)"
+                vmin, vmax = f"{r['min']:.3g}", f"{r['max']:.3g}"  # equal when the seeds share the frozen model
+                minmax = "" if vmin == vmax else f"min {vmin}, max {vmax}, "
+                lab = f"{m}: {r['mean']:.3g} ({minmax}{seeds_text(r['n_seeds'])})"
                 if m in off_scale:
                     lab += ", off scale"
                     if k == 0:
@@ -358,7 +385,8 @@ def draw_mse_vs_params(rows: Sequence[Dict[str, Any]], *, method_key: str = "met
             err = [[r["mean"] - r["min"] for r in inside], [r["max"] - r["mean"] for r in inside]]
             edge = [bool(r.get("lr_at_edge")) for r in inside]
             _series(ax, [r["trainable_pct"] for r in inside], [r["mean"] for r in inside], err, color=st["color"],
-                    marker=st["marker"], ms=MS, ls="-", label=label, edge=edge)
+                    marker=st["marker"], ms=MS, ls="-", label=label, edge=edge, dx=dx.get(m, 0.0),
+                    zorder=ONE_POINT_Z if len(pts) == 1 else 3.0)
             drawn.append(label)
             n_edge += sum(edge) if k == 0 else 0
         for p in extra_points:
@@ -406,8 +434,9 @@ def _shade(color: str, t: float) -> tuple:
     return tuple(c * (1 - w) + w for c in to_rgb(color))
 
 
-def draw_loss_curves(records: Sequence[dict], rows: Sequence[dict], note: str = ""):
-    """The figure of :func:`plot_loss_curves`; returns the Figure."""
+def draw_loss_curves(records: Sequence[dict], rows: Sequence[dict], note: str = "",
+                     experiment: str = "Mamba regression"):
+    """The figure of :func:`plot_loss_curves` (``experiment``: the title's first words); returns the Figure."""
     from matplotlib.figure import Figure
 
     best = {(r["method"], r["budget_label"]): r["lr"] for r in rows if r.get("lr") is not None}
@@ -441,7 +470,7 @@ def draw_loss_curves(records: Sequence[dict], rows: Sequence[dict], note: str = 
     _set_yscale(ax, scale, _log_limits(values) if scale == "log" else None)
     seed_text = "seed " + ", ".join(str(s) for s in sorted(seeds_used)) if seeds_used else "no runs"
     _style_axes(ax, "iteration", f"training MSE ({seed_text}; running mean)",
-                run_title("Mamba regression", records, "training loss: SDT vs. LoRA (S6+Proj), best lr per budget"))
+                run_title(experiment, records, "training loss: SDT vs. LoRA (S6+Proj), best lr per budget"))
     if ax.get_legend_handles_labels()[0]:  # no runs drawn: no (empty) legend
         ax.legend(fontsize=FONTS["legend"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                   frameon=False, title="colour: method; darker = larger budget", title_fontsize=FONTS["legend"])
@@ -450,12 +479,14 @@ def draw_loss_curves(records: Sequence[dict], rows: Sequence[dict], note: str = 
     return fig
 
 
-def plot_loss_curves(records: Sequence[dict], rows: Sequence[dict], path, note: str = "") -> List[str]:
+def plot_loss_curves(records: Sequence[dict], rows: Sequence[dict], path, note: str = "",
+                     experiment: str = "Mamba regression") -> List[str]:
     """Training loss over iterations: SDT (solid) vs LoRA (S6+Proj) (dashed), each budget at its best lr,
     the lowest seed's run; colour = method, darker = larger budget. ``path``: ``<stem>.png`` (a ``.pdf``
     beside it too); returns both paths."""
     path = Path(path)
-    return save(draw_loss_curves(records, rows, note), path.with_suffix("") if path.suffix == ".png" else path)
+    return save(draw_loss_curves(records, rows, note, experiment),
+                path.with_suffix("") if path.suffix == ".png" else path)
 
 
 def mamba_note(records: Sequence[dict]) -> str:
@@ -478,4 +509,4 @@ def plot_mamba(records: Sequence[dict], rows: Sequence[dict], mse_stem, curves_p
     name = "Mamba regression" + (", all PEFT methods" if extra else "")
     return (plot_mse_vs_params(rows, str(mse_stem), method_order=method_order, note=note,
                                title=run_title(name, records, "MSE vs. trainable parameters"))
-            + plot_loss_curves(records, rows, curves_path, note))
+            + plot_loss_curves(records, rows, curves_path, note, name))

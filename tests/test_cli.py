@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import theory.__main__ as theory_main
-from synthetic import bench
+from synthetic import bench, gpu_queue, report
 from synthetic.mamba import experiment as mamba_regression
 from synthetic.s4 import experiment as s4r
 from theory import capacity
@@ -141,18 +141,23 @@ def _helps():
     yield "bench", bench.main
     yield "bench --mamba", lambda argv: bench.main(["--mamba", *argv])
     yield "s4_fig2", s4_fig2.main
+    yield "report", report.main
+    yield "gpu_queue", gpu_queue.main
 
 
 @pytest.mark.parametrize("name,main", list(_helps()), ids=[n for n, _ in _helps()])
-def test_help_is_plain_text_and_says_what_every_option_is(name, main, capsys):
-    """--help has no reStructuredText/Sphinx markup (``...``, :class:`...`) and no option without a help text."""
+def test_help_is_plain_text_and_says_what_every_option_is(name, main, capsys, monkeypatch):
+    """--help has no reStructuredText/Sphinx markup (``...``, :class:`...`), fits a 100-column terminal and has no
+    option without a help text."""
     import re
 
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps the option help to the terminal's width
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert not re.search(r"``|:[a-z]+:`", text), (name, re.findall(r".*(?:``|:[a-z]+:`).*", text))
+    assert max(len(line) for line in text.splitlines()) <= 100, (name, max(text.splitlines(), key=len))
     options = text.split("options:", 1)[1].splitlines()
     for i, line in enumerate(options):  # an option line with nothing after it and no indented help below
         m = re.match(r"  (-\S+(?:, -\S+)*)(?: [A-Z_,{}.|a-z0-9-]+)?$", line)

@@ -23,7 +23,9 @@ EXPECTED = {"s4", "s4_official", "s4_theorem1", "mamba", "mamba2", "hybrid"}
 def test_list_names_every_experiment():
     r = subprocess.run([sys.executable, "-m", "synthetic", "--list"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert {line.split()[0] for line in r.stdout.splitlines() if line.strip()} == EXPECTED
+    entries = [line for line in r.stdout.splitlines() if line.strip() and not line[0].isspace()]  # not wrapped parts
+    assert {line.split()[0] for line in entries} == EXPECTED
+    assert max(len(line) for line in r.stdout.splitlines()) <= experiments.WIDTH
 
 
 def test_unknown_experiment_is_exit_2(capsys):

@@ -351,7 +351,8 @@ def test_committed_cpu_result_is_complete():
 
     path = Path(__file__).resolve().parent.parent / "figures" / "hybrid_regression_cpu.jsonl"
     if not path.exists():
-        pytest.skip("needs figures/hybrid_regression_cpu.json (python -m synthetic.hybrid_regression --preset cpu)")
+        pytest.skip("needs the committed figures/hybrid_regression_cpu.jsonl (git checkout figures/; it is written by "
+                    "python -m synthetic.hybrid_regression --preset cpu --out figures)")
     cfg = hcfg.validate(hcfg.make("cpu", out=str(path.parent), dry_run=True))
     p = plan(hexp.HybridExperiment(cfg))
     assert p["base_runs_to_do"] == 0 and p["extension_runs_next"] == 0, p  # lr grids grown until interior or bound

@@ -130,10 +130,12 @@ def _method_block(method, real):
     try:
         config = METHODS[method]({"rank": 2, "channels": 4})
     except KeyError as e:
-        pytest.skip(f"{method}: budget needs {e}")
+        pytest.skip(f"{method}: its budget needs {e}, which this test's {{rank, channels}} budget lacks (add it "
+                    "in _method_block to run it)")
     chans = [0, 9, 17, 63] if config.sdt_channels == 4 else None
     if config.sdt_channels not in (0, 4):
-        pytest.skip(f"{method}: unexpected sdt_channels {config.sdt_channels}")
+        pytest.skip(f"{method}: sdt_channels {config.sdt_channels}; this test places 0 or 4 channels (extend "
+                    "_method_block to run it)")
     states = [[1, 5][: config.sdt_states]] * 4 if config.sdt_states else None
     blk = PeftMambaBlock(block_weights(real), d_state=16, dt_rank=real.dt_rank, config=config, channels=chans,
                          states=states, generator=torch.Generator().manual_seed(0)).to(DEV)

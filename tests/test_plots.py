@@ -124,3 +124,26 @@ def test_files_are_written(tmp_path):
             for m, pct in (("SDT", 5.0), ("LoRA (S6+Proj)", 6.0), ("Frozen", 0.0))]
     out = plots.plot_mamba(recs, best_of_grid(recs), tmp_path / "mse", tmp_path / "curves.png")
     assert sorted(p.rsplit("/", 1)[1] for p in out) == ["curves.pdf", "curves.png", "mse.pdf", "mse.png"]
+
+
+def test_one_budget_methods_at_the_same_x_are_drawn_side_by_side_above_the_lines():
+    assert plots.dodges({"a": 6.27, "b": 6.2701, "c": 9.0}) == {"a": -plots.DODGE / 2, "b": plots.DODGE / 2, "c": 0.0}
+    rows = _rows({"LoRA (Proj)": [(2.0, 2.0), (10.0, 1.5)], "Initial-state tuning": [(6.27, 1.8)],
+                  "State-offset tuning": [(6.27, 1.8)]})
+    fig = plots.draw_mse_vs_params(rows)
+    at = []
+    for c in fig.axes[0].containers:  # one errorbar container per method
+        if c.get_label().startswith(("Initial", "State")):
+            line = c.lines[0]
+            x, y = line.get_xdata()[0], line.get_ydata()[0]
+            at.append(line.get_transform().transform((x, y))[0])
+            assert x == 6.27 and line.get_zorder() > 3  # the data unchanged; above the lines of the others
+    a, b = at
+    assert abs(a - b) == pytest.approx(plots.DODGE / 72 * fig.dpi)  # apart on the page
+
+
+def test_one_seed_is_singular_and_equal_min_max_is_not_repeated():
+    recs = [{"method": m, "budget_label": "b", "lr": 0.01, "seed": 0, "trainable_pct": pct, "best_mse": v,
+             "status": "ok"} for m, pct, v in (("Frozen", 0.0, 5.0), ("SDT", 5.0, 1.0))]
+    texts = _legend_texts(plots.draw_mse_vs_params(best_of_grid(recs)))
+    assert "Frozen: 5 (1 seed), off scale" in texts and "SDT (1 seed)" in texts

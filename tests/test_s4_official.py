@@ -277,7 +277,8 @@ def test_official_committed_results_keep_their_keys():
     sweep computes for it (the lr-extension options are not in the key)."""
     path = Path(__file__).resolve().parent.parent / "figures" / "s4_regression_official.jsonl"
     if not path.exists():
-        pytest.skip("needs figures/s4_regression_official.json (python -m synthetic.s4_regression --preset official)")
+        pytest.skip("needs the committed figures/s4_regression_official.jsonl (git checkout figures/; it is written by "
+                    "python -m synthetic.s4_regression --preset official --precision tf32 --out figures)")
     recs = ResultsFile(path).load()
     runs = run_records(recs)
     from synthetic.cli import fields_from_record_config
@@ -291,12 +292,12 @@ def test_official_fig2_three_ways_from_tiny_json(tmp_path):
             "runs": [{"method": "Full", "trainable_pct": 100.0, "lr": 0.02, "best_mse": float("nan")},  # diverged
                      {"method": "Full", "trainable_pct": 100.0, "lr": 0.005, "best_mse": 1.0},
                      {"method": "Full", "trainable_pct": 100.0, "lr": 0.01, "best_mse": 1.05}]}
-    preset = [{"key": f"{m} {lr} {s}", "kind": "run", "method": m, "budget": {}, "budget_label": "b", "lr": lr,
+    preset = [{"key": f"{m}/{lr}/{s}", "kind": "run", "method": m, "budget": {}, "budget_label": "b", "lr": lr,
                "seed": s, "status": "ok", "best_mse": 1.0 + lr + s / 1000, "eval_mse": 2.0, "trainable_pct": 10.0}
               for m in ("SDT", "Full") for lr in (0.1, 0.2) for s in (123, 124)]
     preset.append({"kind": "sweep", "key": "w", "wall_s": 5.0})
     (tmp_path / "runs.json").write_text(json.dumps(runs))
-    (tmp_path / "preset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preset))  # a results file
+    ResultsFile(tmp_path / "preset.jsonl").extend(preset)  # JSON Lines, as the experiments write them
     paths = s4_fig2.three_ways(tmp_path / "runs.json", tmp_path / "preset.jsonl", tmp_path / "none.jsonl",
                                tmp_path / "fig")
     assert all(Path(p).exists() for p in paths)

@@ -155,11 +155,11 @@ def test_masks_respected_during_training(tiny, name):
     assert (changed == 0) == (name in untouched), name
 
 
+@pytest.mark.parametrize("tiny", ["official"], indirect=True)  # the default tiny preset prunes nothing
 @pytest.mark.parametrize("name", ["SDT", "SDT + LoRA"])
 def test_pruned_c_entries_are_exactly_zero_after_training(tiny, name):
     cfg, _, frozen, _, sel = tiny
-    if cfg.sdt_prune == "none":
-        pytest.skip("runs with a pruning preset (the 'official' parameter: --sdt-prune usable); the default tiny preset prunes nothing")
+    assert cfg.sdt_prune != "none"  # --sdt-prune usable (OFFICIAL)
     state, _ = _train_method(tiny, name)
     budget = s4m.METHODS[name].budgets(cfg)[-1]
     masks = s4m.layer_sdt_masks(sel, budget)

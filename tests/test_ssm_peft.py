@@ -16,8 +16,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft", reason="needs peft and transformers (pip install .[hf])")
+transformers = pytest.importorskip("transformers", reason="needs peft and transformers (pip install .[hf])")
 import ssm_peft  # noqa: E402
 from ssm_peft import state as ssm_state  # noqa: E402
 from ssm_peft.selection import official_counts  # noqa: E402

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("peft")
-pytest.importorskip("transformers")
+pytest.importorskip("peft", reason="needs peft and transformers (pip install .[hf])")
+pytest.importorskip("transformers", reason="needs peft and transformers (pip install .[hf])")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft", reason="needs peft and transformers (pip install .[hf])")
+transformers = pytest.importorskip("transformers", reason="needs peft and transformers (pip install .[hf])")
 import ssm_peft  # noqa: E402
 from ssm_peft import _peft_registry  # noqa: E402
 from synthetic.mamba.ref import MambaRef, selective_scan_reference  # noqa: E402
@@ -178,4 +178,11 @@ def test_refusals_name_the_reason():
 def test_versions_outside_the_tested_range_are_refused(monkeypatch):
     monkeypatch.setitem(_peft_registry.TESTED, "peft", ("0.1", "0.2"))
     with pytest.raises(ImportError, match="tested with peft>=0.1,<0.2"):
+        _peft_registry.check_versions()
+
+
+def test_untested_versions_warn_when_the_environment_allows(monkeypatch):
+    monkeypatch.setitem(_peft_registry.TESTED, "peft", ("0.1", "0.2"))
+    monkeypatch.setenv(_peft_registry.ALLOW_UNTESTED, "1")
+    with pytest.warns(UserWarning, match="outside the tested range >=0.1,<0.2"):
         _peft_registry.check_versions()

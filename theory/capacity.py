@@ -554,10 +554,11 @@ BOUND_STYLES = {"rank_brief": ("#0072B2", ":", "⌈L/L*⌉: the rank as read fro
                 "rank_zeng_lee": ("#000000", "--", "⌈D·L*/L⌉: the construction's rank (zero-block bound)")}
 
 
-def plot(data: Dict, path: str) -> None:
-    """Draw the probe's verdicts from the JSON data. Left: one row per (skip, D, L, L*), one mark per LoRA rank r,
-    colour and marker by verdict, with the two candidate ranks ⌈L/L*⌉ and ⌈D·L*/L⌉ as short vertical bars on the
-    row (own legend). Right: for growing D, the smallest rank the parameter count allows vs the two candidates."""
+def draw(data: Dict):
+    """The probe's verdicts from the JSON data, as a Figure. Left: one row per (skip, D, L, L*), one mark per LoRA
+    rank r, colour and marker by verdict, with the two candidate ranks ⌈L/L*⌉ and ⌈D·L*/L⌉ as short vertical bars
+    on the row (each with its own legend, under the panel). Right: for growing D, the smallest rank the parameter
+    count allows vs the two candidates."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone (notebooks)
     from matplotlib.lines import Line2D
 
@@ -595,11 +596,12 @@ def plot(data: Dict, path: str) -> None:
     verdict_handles = [Line2D([], [], ls="", marker=VERDICT_STYLES.get(v, ("k", "o"))[1], markersize=8,
                               color=VERDICT_STYLES.get(v, ("k", "o"))[0], label=v) for v in seen]
     bound_handles = [Line2D([], [], color=c, ls=ls, lw=1.6, label=lab) for c, ls, lab in BOUND_STYLES.values()]
-    leg = ax1.legend(handles=verdict_handles, title="verdict at rank r", fontsize=7, title_fontsize=7,
-                     loc="upper left", bbox_to_anchor=(0.0, -0.1), ncol=2, frameon=False)
-    ax1.add_artist(leg)
-    ax1.legend(handles=bound_handles, title="candidate ranks (bars on each row)", fontsize=7, title_fontsize=7,
-               loc="lower right")
+    # both legends under the left panel, side by side (marker = verdict; bar = candidate rank), in the space
+    # tight_layout leaves below the axes (rect)
+    fig.legend(handles=verdict_handles, title="marker: verdict at rank r", fontsize=7, title_fontsize=7,
+               loc="lower left", bbox_to_anchor=(0.01, 0.0), ncol=2, frameon=False)
+    fig.legend(handles=bound_handles, title="bars on each row: candidate ranks", fontsize=7, title_fontsize=7,
+               loc="lower left", bbox_to_anchor=(0.36, 0.0), frameon=False)
     ax1.grid(alpha=0.3, axis="x")
     asym = data["asymptotic"]
     Ds = [a["D"] for a in asym]
@@ -618,7 +620,13 @@ def plot(data: Dict, path: str) -> None:
     ax2.set_title(f"rank needed as D grows (L={a0['L']}, L*={a0['L_star']}, H*={a0['H_star']})", fontsize=10)
     ax2.legend(fontsize=7, loc="upper left")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def plot(data: Dict, path: str) -> None:
+    """:func:`draw` saved as a PNG at ``path``."""
+    fig = draw(data)
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 

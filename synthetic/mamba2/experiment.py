@@ -29,6 +29,7 @@ from synthetic.mamba2.config import (METHOD_ORDER, Mamba2RegressionConfig, budge
 from synthetic.mamba2.peft import (METHODS, WARMUP_FULL, Mamba2PeftConfig, PeftMamba2Stack, frozen_param_count,
                                    get_backend, head_change_scores, select_heads_states, state_change_scores)
 from synthetic.mamba2.ref import block_weights, mamba2_forward
+from synthetic.plots import seeds_text
 
 
 class Mamba2Model(MambaModel):
@@ -130,7 +131,7 @@ class Mamba2Command(MambaCommand):
                 f"frozen {c.get('frozen_layers')}x Mamba2(d_model {c.get('d_model')}, P {c.get('headdim')}, "
                 f"G {c.get('ngroups')}, N {c.get('frozen_d_state')}), target {c.get('target_layers')}x "
                 f"(N {c.get('target_d_state')}); {c.get('iters')} AdamW iters, best lr per point; "
-                f"{len({r['seed'] for r in records})} seed(s)")
+                f"{seeds_text(len({r['seed'] for r in records}))}")
 
 
 main = Mamba2Command.main

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -45,6 +46,7 @@ from synthetic.atomic import write_json_atomic
 from synthetic.checks import check_out_file
 from synthetic.cli import check_overwrite, modernise_argv, read_report
 from synthetic.results import environment
+from synthetic.s4.roofline import copy_bandwidth, roofline_row, traffic_bytes
 from synthetic.s4.timing import bench_method, cpu_info, make_state  # noqa: F401 (bench_method: re-exported)
 
 
@@ -100,7 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="matmul precision on CUDA (fp16: the Toeplitz convolution with fp16 operands)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the step (not given: on CUDA only)")
-    p.add_argument("--conv", default="auto", choices=s4c.CONV_CHOICES, help="convolution form (synthetic.s4.conv)")
+    p.add_argument("--conv", default="auto",
+                   help="convolution form (synthetic.s4.conv): one of " + ", ".join(s4c.CONV_CHOICES) + "; a comma-"
+                        "separated list times every method with each form in the same call (rows carry 'conv')")
     p.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's)")
     p.add_argument("--proj-split", type=int, default=0,
                    help="> 1: the projection's weight gradient split in that many chunks of N·B (synthetic.s4.proj)")
@@ -161,9 +165,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_official_dir(a.official_dir)
     except ValueError as e:
         p.error(str(e))
+    forms = [f.strip() for f in a.conv.split(",") if f.strip()]
+    bad = [f for f in forms if f not in s4c.CONV_CHOICES]
+    if bad or not forms or len(set(forms)) < len(forms):
+        p.error(f"--conv: forms from {', '.join(s4c.CONV_CHOICES)}, each once, comma-separated; got {a.conv!r}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision, "--conv", a.conv,
+    cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision, "--conv", forms[0],
                             "--state-convention", a.state_convention, "--proj-split", str(a.proj_split)]
                            + (["--batch", str(a.batch)] if a.batch else [])
                            + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"]))
@@ -178,56 +186,110 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         p.error(str(e))
     cfg = s4c.Config(**{**cfg.__dict__, "lrs": tuple([sorted(cfg.lrs)[(len(cfg.lrs) - 1) // 2]] * a.runs)})
-    trainer = s4t.Trainer(cfg, device)
-    print(f"convolution form: {trainer.conv} ({trainer.conv_reason})", flush=True)
+    trainers = {}  # form -> (trainer, its cache)
+    for form in forms:
+        trainers[form] = (s4t.Trainer(s4c.Config(**{**cfg.__dict__, "conv": form}), device), {})
+        print(f"convolution form: {trainers[form][0].conv} ({trainers[form][0].conv_reason})", flush=True)
+    trainer = trainers[forms[0]][0]
     env = environment()
-    rounds: Dict[str, List[Dict]] = {m: [] for m in methods}
+    bandwidth = copy_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.0625)
+    print(f"device copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)", flush=True)
+    rounds: Dict[tuple, List[Dict]] = {(f, m): [] for f in forms for m in methods}
     official_ms: List[float] = []
-    cache: Dict = {}
     t_all = time.perf_counter()
-    for rnd in range(a.rounds):  # interleaved: ours (every method), then the official code, per round
+    previous = previous_reports(a.out, ident, a.runs) if a.keep_previous else None
+    failed: Dict[str, str] = {}  # form -> the error that stopped it (several forms in one call only)
+
+    def report(check: List[Dict], complete: bool) -> Dict:
+        """The report of the rows timed so far (written after every row, so a run cut off keeps them)."""
+        results = [summarise_rounds(rounds[(f, m)]) for m in methods for f in forms if rounds[(f, m)]]
+        for r in results:
+            r["roofline"] = roofline_row(r["ms_per_iter"], traffic_bytes(
+                cfg.d_model, cfg.seq_len, cfg.batch, cfg.frozen_layers, cfg.target_layers, r["runs_per_step"],
+                r["forward_only"]), bandwidth)
+        official = None
+        if official_ms:
+            off = statistics.median(official_ms)
+            official = {"method": "Full", "ms_per_iter": round(off, 3),
+                        "ms_per_iter_rounds": [round(x, 3) for x in official_ms], "iters": list(official_iters),
+                        "code": "furiosa-ai/ssm-peft S4/run_s4.py, unchanged (scripts/time_official_s4.py)",
+                        "how": "difference of two runs' train time / difference of iterations"}
+            for r in results:
+                r["official_over_ours"] = round(off / r["ms_per_iter"], 3) if r["ms_per_iter"] > 0 else None
+        out = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
+               "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
+               "compiled": trainer.use_compile, "config": report_config(cfg),
+               "conv": ",".join(t.conv for t, _ in trainers.values()), "conv_reason": trainer.conv_reason,
+               "proj_split": cfg.proj_split, "runs_per_step": a.runs, "timed_iters": a.iters, "rounds": a.rounds,
+               "results": results, "precision_check": check,
+               "roofline": {"copy_GBps": round(bandwidth / 1e9, 1), "model": ROOFLINE_MODEL},
+               "wall_s": round(time.perf_counter() - t_all, 1)}
+        if not complete:
+            out["complete"] = False
+        if failed:
+            out["failed_forms"] = dict(failed)
+        if device.type == "cpu":
+            out["cpu"] = cpu_info()
+        if official:
+            out["official"] = official
+        if previous is not None:
+            out["previous"] = previous
+        return out
+
+    for rnd in range(a.rounds):  # interleaved: ours (every method with each form), then the official code, per round
         for name in methods:
-            t0 = time.perf_counter()
-            r = bench_method(trainer, name, a.iters, a.warm, a.runs, cache=cache)
-            r["wall_s_incl_compile"] = round(time.perf_counter() - t0, 2)
-            rounds[name].append(r)
-            print(f"[round {rnd + 1}/{a.rounds}] {name:16s} {r['ms_per_iter']:9.2f} ms/iter  peak {r['peak_mem_gb']} GiB"
-                  f"  ({r['wall_s_incl_compile']} s)", flush=True)
+            for form, (tr, cache) in trainers.items():
+                if form in failed:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    r = bench_method(tr, name, a.iters, a.warm, a.runs, cache=cache)
+                except Exception as e:  # a form that fails (e.g. its kernel does not compile) must not lose the others
+                    if len(forms) == 1:
+                        raise
+                    failed[form] = f"{name}: {type(e).__name__}: {str(e)[:2000]}"
+                    traceback.print_exc()
+                    print(f"form {form} failed at {name}; the other forms go on", flush=True)
+                    continue
+                r["wall_s_incl_compile"] = round(time.perf_counter() - t0, 2)
+                r["conv"], r["compiled"] = tr.conv, tr.use_compile and not tr.compile_failed
+                rounds[(form, name)].append(r)
+                print(f"[round {rnd + 1}/{a.rounds}] {tr.conv:9s} {name:16s} {r['ms_per_iter']:9.2f} ms/iter  "
+                      f"peak {r['peak_mem_gb']} GiB  ({r['wall_s_incl_compile']} s)", flush=True)
+                write_json_atomic(a.out, report([], complete=False))
         if a.official_dir:
             official_ms.append(time_official(a.official_dir, cfg.batch, cfg.seq_len, official_iters, device, a.threads))
             print(f"[round {rnd + 1}/{a.rounds}] official (Full)  {official_ms[-1]:9.2f} ms/iter", flush=True)
-    results = [summarise_rounds(rounds[m]) for m in methods]
-    official = None
-    if official_ms:
-        off = statistics.median(official_ms)
-        official = {"method": "Full", "ms_per_iter": round(off, 3), "ms_per_iter_rounds": [round(x, 3) for x in official_ms],
-                    "iters": list(official_iters), "code": "furiosa-ai/ssm-peft S4/run_s4.py, unchanged "
-                    "(scripts/time_official_s4.py)", "how": "difference of two runs' train time / difference of iterations"}
-        for r in results:
-            r["official_over_ours"] = round(off / r["ms_per_iter"], 3) if r["ms_per_iter"] > 0 else None
-            print(f"{r['method']:16s} ours {r['ms_per_iter']:9.2f} ms/iter, official {off:9.2f}: "
-                  f"{r['official_over_ours']}x", flush=True)
     check_iters = a.check_iters if a.check_iters is not None else (100 if device.type == "cuda" else 0)
     check = precision_check(cfg, device, check_iters) if check_iters else []
     for c in check:
         print(f"precision check {c['method']}: best MSE fp32 {c['fp32']['best_mse']:.6g}, tf32 {c['tf32']['best_mse']:.6g}, "
               f"fp16 {c['fp16']['best_mse']:.6g}; rel diff tf32 {c['rel_diff_best_mse']:.2e}, "
               f"fp16 {c['rel_diff_best_mse_fp16']:.2e}", flush=True)
-    report = {"device": env["device"], "commit": env["commit"], "date": env["date"], "torch": env["torch"],
-              "precision": f"{cfg.precision} matmuls, fp32 storage" if device.type == "cuda" else "fp32",
-              "compiled": trainer.use_compile, "config": report_config(cfg), "conv": trainer.conv,
-              "conv_reason": trainer.conv_reason, "proj_split": cfg.proj_split, "runs_per_step": a.runs, "timed_iters": a.iters,
-              "rounds": a.rounds, "results": results, "precision_check": check,
-              "wall_s": round(time.perf_counter() - t_all, 1)}
-    if device.type == "cpu":
-        report["cpu"] = cpu_info()
-    if official:
-        report["official"] = official
-    if a.keep_previous:
-        report["previous"] = previous_reports(a.out, ident, a.runs)
-    write_json_atomic(a.out, report)
+    final = report(check, complete=True)
+    write_json_atomic(a.out, final)
+    results, official = final["results"], final.get("official")
+    print_table(results, official)
     print("wrote", a.out)
     return 0
+
+
+ROOFLINE_MODEL = ("traffic_bytes: the bytes a perfectly fused iteration moves per run (synthetic.s4.roofline); "
+                  "traffic_bound_ms = traffic_bytes / copy_GBps (a device copy measured in the same call); "
+                  "over_bound = ms_per_iter / traffic_bound_ms")
+
+
+def print_table(results: List[Dict], official: Optional[Dict]) -> None:
+    """One line per (form, method): ms per run-iteration, peak memory, roofline, official ratio."""
+    print(f"{'conv':9s} {'method':16s} {'runs':>4s} {'ms/iter':>9s} {'peak GiB':>8s} {'bound ms':>8s} {'x bound':>7s} "
+          f"{'GB/s':>7s} {'official/ours':>13s}")
+    for r in results:
+        rf = r.get("roofline", {})
+        print(f"{r.get('conv', ''):9s} {r['method']:16s} {r['runs_per_step']:4d} {r['ms_per_iter']:9.3f} "
+              f"{str(r['peak_mem_gb']):>8s} {rf.get('traffic_bound_ms', 0):8.3f} {str(rf.get('over_bound')):>7s} "
+              f"{str(rf.get('achieved_GBps')):>7s} {str(r.get('official_over_ours', '-')):>13s}", flush=True)
+    if official:
+        print(f"official code (Full): {official['ms_per_iter']} ms/iter", flush=True)
 
 
 def report_config(cfg: s4c.Config) -> Dict:

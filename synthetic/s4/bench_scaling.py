@@ -55,7 +55,7 @@ def estimate_gb(form: str, L: int, D: int, N: int, B: int) -> float:
     term, plus what the form keeps per layer (the N×N matrices, the blocks, the spectra)."""
     act = 4 * s4t.ACTIVATION_COPIES * L * D * N * B
     Q = conv.chunk_length(N)
-    extra = {"toeplitz": 2 * D * N * N, "blocked": 2 * D * N * Q, "chunked": 2 * D * Q * Q,
+    extra = {"toeplitz": 2 * D * N * N, "blocked": 2 * D * N * Q, "chunked": 2 * D * Q * Q, "fused": D * N * N,
              "fft": 4 * D * (N + 1) * B * 2}[form]
     return (act + 4 * L * extra) / 2**30
 

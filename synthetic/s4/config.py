@@ -56,8 +56,9 @@ class Config(SweepConfig):
     precision: str = option("tf32", "matmuls on CUDA: tf32, fp32, or fp16 (Toeplitz conv GEMMs with fp16 operands, "
                             "fp32 accumulation, the rest TF32); CPU is always fp32")
     compile: Optional[bool] = option(None, "torch.compile the training step", key=False)
-    conv: str = option("auto", "convolution form (synthetic.s4.conv): toeplitz, blocked, fft, chunked, or auto (the "
-                       "measured crossover; with --precision fp16 the Toeplitz form)", key=False)
+    conv: str = option("auto", "convolution form (synthetic.s4.conv): toeplitz, blocked, fft, chunked, fused (Triton "
+                       "on CUDA, synthetic.s4.fused), or auto (the measured crossover; with --precision fp16 the "
+                       "Toeplitz form)", key=False)
     proj_split: int = option(0, "> 1: the projection's weight gradient as that many chunks of N x batch, batched, "
                              "summed (a GPU lever)", key=False)
     runs_per_step: int = option(0, "R > 0: pack up to R runs of one seed (any method of the default graph) into a "

@@ -1,4 +1,4 @@
-"""The causal convolution of a deep-S4 layer in three forms (Galim et al., ICML 2025, eq. 4; S4D kernel).
+"""The causal convolution of a deep-S4 layer in several forms (Galim et al., ICML 2025, eq. 4; S4D kernel).
 
 Every form computes the same thing, the convolution with the skip folded into lag 0,
 
@@ -11,6 +11,9 @@ only by the Toeplitz form):
 - ``toeplitz`` (:func:`toeplitz_form`): one batched matmul with the N×N lower-triangular Toeplitz matrix
   of K per (run, channel), custom backward (:class:`ToeplitzConv`). O(N²) per (channel, batch column).
 - ``fft`` (:func:`fft_form`): ``irfft(rfft(K) · rfft(x))`` zero-padded to 2N. O(N log N).
+- ``fused`` (:func:`fused_form`, CUDA): the Toeplitz product as one Triton kernel that builds the Toeplitz tiles
+  from K in registers and skips those above the diagonal (:mod:`synthetic.s4.fused`; in a stack, the previous
+  layer's ReLU is applied as the input is loaded). Without CUDA it runs the Toeplitz product.
 - ``chunked`` (:func:`chunked_form`): the Toeplitz matrix of a sum of Hc decaying modes is semiseparable.
   With chunks of length Q (nc = ⌈N/Q⌉ chunks, x zero-padded to nc·Q):
   (1) intra-chunk: the Q×Q Toeplitz product of ``K_0..K_{Q−1}`` (skip included) on every chunk;
@@ -261,7 +264,7 @@ class ToeplitzConvHalf(torch.autograd.Function):
 
 
 
-# ------------------------------------------------------------------------------------ the three forms
+# ------------------------------------------------------------------------------------ the forms
 def toeplitz_form(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """``T(K) x`` with the N×N Toeplitz matrices: p (R, ...) layer parameters, x (R, D, N, B) or (D, N, B),
     idx = ``toeplitz_index(N)`` -> (R, D, N, B)."""
@@ -359,7 +362,15 @@ def blocked_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None, 
     return s[..., :N, :] if nc * Q > N else s
 
 
-CONV_FORMS = {"toeplitz": toeplitz_form, "blocked": blocked_form, "fft": fft_form, "chunked": chunked_form}
+def fused_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None) -> Tensor:
+    """The Triton-fused Toeplitz product on CUDA (:func:`synthetic.s4.fused.fused_form`; the Toeplitz product
+    elsewhere), idx unused -> (R, D, N, B). Imported on call: :mod:`synthetic.s4.fused` imports this module."""
+    from synthetic.s4.fused import fused_form as form
+    return form(p, x, idx)
+
+
+CONV_FORMS = {"toeplitz": toeplitz_form, "blocked": blocked_form, "fft": fft_form, "chunked": chunked_form,
+              "fused": fused_form}
 
 
 def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None) -> Tensor:

@@ -259,7 +259,7 @@ def theory_point(cfg: Config, seed: int = 0) -> Optional[Dict]:
     b = update.budget
     variant = "ReLU" if relu else "linear"
     return {"trainable_pct": b.percent, "mse": mse, "trainable": b.total_trainable, "model_params": b.model_params,
-            "variant": variant, "short": f"Theorem 1 ({variant})\nMSE {mse:.0e}",
+            "variant": variant, "short": f"Theorem 1 ({variant})\nMSE {mse:.1e}",
             "label": f"Theorem 1 construction ({variant}, real diag.): {b.percent:.1f}%, MSE {mse:.1e}"}
 
 

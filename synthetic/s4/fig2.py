@@ -85,12 +85,15 @@ def seed_rows(records: Sequence[Dict], method_map: Optional[Dict[str, str]] = No
 
 
 def _load(path: Path) -> Optional[object]:
+    """The official runs file (one JSON object), or None when it does not exist."""
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _records(path: Path) -> Optional[List[Dict]]:
-    """A results file's records (JSON Lines, or an older JSON list: :class:`synthetic.results.ResultsFile`)."""
-    return ResultsFile(path).load() if path.exists() else None
+def _load_results(path: Path) -> Optional[List[Dict]]:
+    """A results file's records (:class:`synthetic.results.ResultsFile`: JSON Lines, or an old JSON list), or None
+    when neither exists."""
+    rf = ResultsFile(path)
+    return rf.load() if rf.source() is not None else None
 
 
 def collect(official_runs_path, preset_path, default_path) -> Dict:
@@ -104,7 +107,7 @@ def collect(official_runs_path, preset_path, default_path) -> Dict:
         data["sources"]["official_code"] = best_over_lrs(runs["runs"])
         data["files"]["official_code"] = {"path": str(official_runs_path), "device": runs.get("device"),
                                           "date": runs.get("date")}
-    preset = _records(Path(preset_path))
+    preset = _load_results(Path(preset_path))
     if preset is None:
         data["missing"] += ["preset_seed123", "preset_seeds"]
     else:
@@ -119,7 +122,7 @@ def collect(official_runs_path, preset_path, default_path) -> Dict:
         data["files"]["preset"] = {"path": str(preset_path), "devices": sorted({r.get("device") for r in recs}),
                                    "commits": sorted({r.get("commit") for r in recs}),
                                    "sweep_wall_s": [w["wall_s"] for w in walls]}
-    default = _records(Path(default_path))
+    default = _load_results(Path(default_path))
     if default is None:
         data["missing"].append("default_conventions")
     else:

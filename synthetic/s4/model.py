@@ -142,6 +142,12 @@ def layer_forward(p: Dict[str, Tensor], x: Tensor, idx: Tensor, path: FastPath =
 
 
 def deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor, path: FastPath = DEFAULT_PATH) -> Tensor:
+    """The stack: x (D, N, B) or (R, D, N, B) -> (R, D, N, B). With ``path.conv == "fused"`` (and fp32 operands)
+    :func:`synthetic.s4.fused.fused_deep_forward`: the same layers with each ReLU fused into the next layer's
+    convolution."""
+    if path.conv == "fused" and not path.half_conv and not path.proj_split:
+        from synthetic.s4.fused import fused_deep_forward  # imports synthetic.s4.conv, as this module does
+        return fused_deep_forward(layers, x, linear=path.linear)
     for p in layers:
         x = layer_forward(p, x, idx, path)
     return x

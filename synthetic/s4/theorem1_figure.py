@@ -186,7 +186,7 @@ def _limits(ax, values) -> tuple:
 
 def _panel_budgets(ax, v, rows, floor, frozen, x_construction) -> None:
     from synthetic.palette import method_style
-    from synthetic.plots import MS, _series, _style_axes, hollow_handle
+    from synthetic.plots import MS, _series, _style_axes, hollow_handle, seeds_text
 
     values, n_edge = [], 0
     for arm, label in ARM_LABELS.items():
@@ -202,7 +202,7 @@ def _panel_budgets(ax, v, rows, floor, frozen, x_construction) -> None:
                 [[r["best_mse_mean"] - r["best_mse_min"] for r in pts], [r["best_mse_max"] - r["best_mse_mean"]
                                                                          for r in pts]],
                 color=st["color"], marker=st["marker"], ms=MS, ls="-", edge=edge,
-                label=f"{label} ({max(r['n_seeds'] for r in pts)} seeds)")
+                label=f"{label} ({seeds_text(max(r['n_seeds'] for r in pts))})")
     _, hi = _limits(ax, values)
     iters = min((r["iters"] for r in rows if _base(r["arm"]) in ARM_LABELS), default=0)
     _style_axes(ax, "trainable parameters (%)", "best MSE (mean over seeds; bars: min–max)",

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -115,3 +116,19 @@ def test_main_writes_data_then_figure(tmp_path):
     assert capacity.main(["--replot", "--out", str(out), "--figure", str(fig)]) == 0
     assert fig.exists()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_figure_explains_markers_and_bars_inside_the_canvas():
+    """Both legends (verdict markers; candidate-rank bars) are drawn, each within the figure's canvas."""
+    pytest.importorskip("matplotlib", reason="needs matplotlib (pip install -e .)")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "figures", "theorem1_capacity.json")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = capacity.draw(capacity.load_results(path))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    titles = [lg.get_title().get_text() for lg in fig.legends]
+    assert any("verdict" in t for t in titles) and any("candidate ranks" in t for t in titles)
+    box = fig.bbox
+    for lg in fig.legends:
+        ext = lg.get_window_extent(renderer)
+        assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1, lg.get_title()
