@@ -3,6 +3,7 @@ Sec. 5, Table 2: 330 s vs 410 s per epoch on Mamba-130M, ratio 0.805).
 
     python -m ssm_peft.bench --help
     python -m ssm_peft.bench --preset paper --time-budget 180     # a GPU with mamba-ssm + causal-conv1d
+    python -m ssm_peft.bench                                      # the default preset cpu: a small model, a CPU
     python -m ssm_peft.bench --preset tiny                        # seconds on a CPU (a smoke run)
 
 Model: transformers' ``MambaForCausalLM`` at the Mamba-130M shape (24 layers, d_model 768, vocab 50280, 16
@@ -74,7 +75,7 @@ PEFT_REFUSED = ("out_proj",)  # peft refuses LoRA on Mamba's out_proj (and conv1
 class BenchConfig:
     """Every field is an option of ``python -m ssm_peft.bench``."""
 
-    preset: str = option("paper", "named configuration: its values are the defaults shown here; options override them")
+    preset: str = option("cpu", "named configuration: its values are the defaults shown here; options override them")
     methods: Tuple[str, ...] = option(DEFAULT_METHODS, "methods to time (module docstring)")
     device: str = option("auto", "auto (CUDA if available), cpu, or cuda[:i]")
     dtype: str = option("float32", "model dtype: float32 (the official configurations) or bfloat16")
@@ -104,6 +105,9 @@ class BenchConfig:
 
 
 PRESETS: Dict[str, Dict] = {
+    "cpu": dict(hidden_size=64, n_layers=4, vocab_size=256, d_state=16, batch=2, seq_len=128, sdlora_rank=4,
+                lora_rank=4, warmup_steps=1, steps=2, rounds=3, device="cpu",
+                out="out/bench_real_models_cpu.json"),  # a small model on a CPU: not Table 2's shape
     "paper": {},  # Table 2's model and batch (a GPU; the fused path needs mamba-ssm and causal-conv1d)
     "tiny": dict(hidden_size=16, n_layers=2, vocab_size=64, d_state=4, batch=2, seq_len=16, sdlora_rank=2,
                  lora_rank=2, channel_freeze=0.75, warmup_steps=1, steps=1, rounds=2, device="cpu",
@@ -435,7 +439,7 @@ def summary_row(report: Optional[dict]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg, p = parse_options(BenchConfig, PRESETS, argv, prog="python -m ssm_peft.bench",
-                           description=__doc__.split("\n\n")[0], default_preset="paper", validate=check_config)
+                           description=__doc__.split("\n\n")[0], default_preset="cpu", validate=check_config)
     if cfg.summary:
         out = Path(cfg.out)
         print(summary_row(json.loads(out.read_text()) if out.exists() else None))

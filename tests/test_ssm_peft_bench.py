@@ -115,3 +115,10 @@ def test_static_bytes_counts_each_storage_once():
     lin.register_buffer("alias", lin.weight.data)  # shares the weight's storage: not counted again
     steps = sum(s["step"].untyped_storage().nbytes() for s in opt.state.values())
     assert bench._static_bytes(lin, opt) == 3 * 4 * 15 + steps
+
+
+def test_default_preset_is_cpu_and_writes_an_uncommitted_path():
+    assert bench.BenchConfig().preset == "cpu"
+    cpu = bench.PRESETS["cpu"]
+    assert cpu["device"] == "cpu" and cpu["out"].startswith("out/")
+    assert bench.PRESETS["paper"] == {} and bench.BenchConfig().out == "figures/bench_real_models.json"
