@@ -34,7 +34,8 @@ left() {  # seconds for the next step: min(cap, what is left of TOTAL_S minus a 
     (( cap < 1 )) && cap=1
     echo "$cap"
 }
-echo "== gpu_s4_fused.sh $(date -u +%FT%TZ) commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+export GIT_COMMIT="${GIT_COMMIT:-${COMMIT:-}}"  # the records' commit: a device copy's .git may be stale
+echo "== gpu_s4_fused.sh $(date -u +%FT%TZ) commit ${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')"
 "$PY" -c "import triton; print('triton', triton.__version__)" || echo "no triton: the fused form runs its torch emulation"

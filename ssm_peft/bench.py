@@ -101,7 +101,8 @@ class BenchConfig:
     out: str = option("figures/bench_real_models.json", "report file (JSON)")
     force: bool = option(False, "replace a report of another device or configuration at --out")
     summary: bool = option(False, "measure nothing: print the docs/benchmarks.md row of the report at --out "
-                                  "('not measured yet' when there is none)")
+                                  "(--preset paper: the committed figures/bench_real_models.json; "
+                                  "'not measured yet' when there is none)")
 
 
 PRESETS: Dict[str, Dict] = {

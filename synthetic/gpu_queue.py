@@ -7,7 +7,7 @@ jobs with work left within ``--budget`` seconds (the base grid in ``shards`` pro
 its log into one archive whose paths are the repository's, so bringing a call's results home is one command::
 
     python -m synthetic.gpu_queue --dry-run                 # the queue: runs done / to do, estimated device time
-    OUT=/tmp/out python -m synthetic.gpu_queue --budget 540 --wheels .whl     # on the device
+    GIT_COMMIT=<sha> OUT=/tmp/out python -m synthetic.gpu_queue --budget 540 --wheels .whl   # on the device
     tar xzf <files_at>/gpu_queue.tgz && git add figures notes/gpu_logs      # here, afterwards
 
 The sweeps' ``--time-budget`` stops starting new runs; a run in progress finishes, so every phase is given the
@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from synthetic.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS_TRAINED = "SDT (Alg. 1),SDT + LoRA (Alg. 1),Oracle masks,SDT (Alg. 1) long,Oracle masks long"
@@ -300,6 +302,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     q = Queue(a.budget, a.margin, logs, env)
     before = snapshot(ROOT / "figures")
     q.log(f"start: budget {a.budget:.0f}s, python {sys.executable}")
+    if not os.environ.get("GIT_COMMIT"):  # a device's copy of the tree may carry a stale .git
+        q.log(f"GIT_COMMIT is not set: records will name {git_commit()} (this copy's .git); set GIT_COMMIT=<sha> "
+              "on a device call")
     q.log(subprocess.run([sys.executable, "-c", "import torch; print('torch', torch.__version__, 'cuda', "
                           "torch.cuda.is_available() and torch.cuda.get_device_name(0))"],
                          capture_output=True, text=True).stdout.strip())
