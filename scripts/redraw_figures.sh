@@ -35,6 +35,8 @@ commands=(
   "synthetic.mamba2_regression --preset paper --backend mamba_ssm --seeds 0,1,2 --out figures --plot-only"
   # mamba2_mse_vs_params_cpu.png
   "synthetic.mamba2_regression --preset cpu --out figures --plot-only"
+  # hybrid_mse_vs_params_paper.png
+  "synthetic.hybrid_regression --preset paper --backend mamba_ssm --seeds 0,1,2 --out figures --plot-only"
   # hybrid_mse_vs_params_cpu.png
   "synthetic.hybrid_regression --preset cpu --out figures --plot-only"
   # theorem1_capacity.png (from figures/theorem1_capacity.json)
