@@ -6,7 +6,7 @@ frozen entries bit-identical after AdamW steps through the CUDA kernels; the tin
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_one_config")]  # conftest.py
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU (and mamba-ssm for the backend tests: pip install .[gpu])", allow_module_level=True)
 

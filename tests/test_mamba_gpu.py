@@ -6,7 +6,7 @@ fused ``mamba_inner_fn``); SDT masks hold after AdamW steps through the CUDA ker
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_one_config")]  # conftest.py
 if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so check CUDA first
     pytest.skip("needs a CUDA GPU and mamba-ssm (pip install .[gpu])", allow_module_level=True)
 mamba_ssm = pytest.importorskip("mamba_ssm", reason="needs mamba-ssm (pip install .[gpu])")

@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_first_config")]  # conftest.py
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32", "triton_one_config")]  # conftest.py
 if not torch.cuda.is_available():  # importing mamba_ssm without CUDA fails, so check CUDA first
     pytest.skip("needs a CUDA GPU, mamba-ssm and causal-conv1d (pip install .[gpu])", allow_module_level=True)
 if importlib.util.find_spec("mamba_ssm") is None:
