@@ -31,7 +31,7 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def _autotuners(obj):
+def autotuner_of(obj):
     """The Triton autotuner inside a kernel object (possibly under ``triton.heuristics`` wrappers), or None."""
     from triton.runtime.autotuner import Autotuner
 
@@ -45,7 +45,7 @@ def _autotuners(obj):
 def smallest_config(configs):
     """The autotuning config with the smallest tiles: least ``num_stages`` x product of its ``BLOCK_SIZE_*`` values
     (the shared memory a tiled kernel asks for grows with both), first of equals. A kernel's first config is often
-    its largest: mamba-ssm 2.3.2's ``_chunk_state_fwd_kernel`` (64 x 256 x 32, 4 stages) asks for 295,936 bytes of
+    its largest: mamba-ssm 2.3.2's ``_chunk_state_fwd_kernel`` (128 x 256 x 64, 3 stages) asks for 295,936 bytes of
     shared memory in float32 where an H100 has 232,448 (Triton's OutOfResources, 2026-12-06), and outside
     autotuning nothing skips a config that does not fit."""
     def size(cfg):
@@ -80,7 +80,7 @@ def triton_one_config():
         except ImportError:  # a module needing an optional package (causal-conv1d): its kernels are not used
             continue
         for obj in list(vars(mod).values()):
-            tuner = _autotuners(obj)
+            tuner = autotuner_of(obj)
             if tuner is not None and len(tuner.configs) > 1 and all(t is not tuner for t, _ in saved):
                 saved.append((tuner, tuner.configs))
                 tuner.configs = [smallest_config(tuner.configs)]
