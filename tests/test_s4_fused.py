@@ -135,6 +135,25 @@ def test_interpreter_conv_matches_float64(R, D, N, B, shared, relu_in):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("k", range(max(len(fused.CONFIGS), len(fused.DK_CONFIGS))))
+def test_interpreter_every_tile_config_matches_float64(k, monkeypatch):
+    """Each autotune config (the forward/dx list and the dK list, paired by index) gives the float64 values, with
+    the batch split into several dK chunks and every buffer the kernels fill pre-set to NaN (an output slot no
+    program stores would show)."""
+    monkeypatch.setattr(fused, "CONFIGS", (fused.CONFIGS[k % len(fused.CONFIGS)],))
+    monkeypatch.setattr(fused, "DK_CONFIGS", (fused.DK_CONFIGS[k % len(fused.DK_CONFIGS)],))
+    monkeypatch.setattr(fused, "DK_MIN_CHUNK", 16)  # B = 40 -> 3 chunks of the dK kernel
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
+    fused._kernels.cache_clear()
+    try:
+        _check_conv(2, 2, 70, 40, False, True)
+        _check_conv(2, 2, 45, 40, True, False)
+    finally:
+        fused._kernels.cache_clear()
+
+
+@needs_interpreter
 @pytest.mark.parametrize("R", [1, 2])
 def test_interpreter_stack_matches_float64_toeplitz(R):
     _check_stack(L=2, R=R, D=3, Hc=2, N=24, B=4)
