@@ -80,136 +80,13 @@ def uses_triton(t: Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernels(interpret: bool):
-    """The Triton kernels: the convolution, dx, dK (built on first use, so that importing this module needs no
-    Triton). Grids put the row tile (or lag band) on axis 0, the fastest-launched one: the programs that read the
-    same (run, channel, batch block) of x or ds run side by side and share it through L2."""
+    """The kernels of :mod:`synthetic.s4.fused_kernels` (imported on first use, so that importing this module needs
+    no Triton), autotuned over CONFIGS / DK_CONFIGS on CUDA; the interpreter runs the first config of each."""
     import triton
-    import triton.language as tl
 
-    @triton.jit
-    def conv_fwd(K_ptr, x_ptr, s_ptr, N, B, D, sxr, RELU_IN: tl.constexpr, DOT_PREC: tl.constexpr,
-                 BT: tl.constexpr, BJ: tl.constexpr, BB: tl.constexpr, BATCH_M: tl.constexpr):
-        """s[t, b] = Σ_{j<=t} K[t−j] act(x[j, b]) for one (run, channel), a BT×BB output tile."""
-        pt = tl.program_id(0)
-        rd = tl.program_id(1).to(tl.int64)  # run * D + channel
-        t = pt * BT + tl.arange(0, BT)
-        b = tl.program_id(2) * BB + tl.arange(0, BB)
-        K_row = K_ptr + rd * N
-        x_base = x_ptr + (rd // D) * sxr + (rd % D) * N * B  # sxr = 0: x shared by the runs
-        if BATCH_M:
-            acc = tl.zeros((BB, BT), dtype=tl.float32)  # sᵀ tile
-        else:
-            acc = tl.zeros((BT, BB), dtype=tl.float32)
-        for j0 in range(0, (pt + 1) * BT, BJ):  # causal: inner positions up to the tile's last row
-            j = j0 + tl.arange(0, BJ)
-            if BATCH_M:
-                lag = t[None, :] - j[:, None]  # (BJ, BT)
-                Tt = tl.load(K_row + lag, mask=(lag >= 0) & (t[None, :] < N), other=0.0)  # Tᵀ tile from K
-                xt = tl.load(x_base + j[None, :] * B + b[:, None], mask=(j[None, :] < N) & (b[:, None] < B),
-                             other=0.0)  # (BB, BJ)
-                if RELU_IN:
-                    xt = tl.maximum(xt, 0.0)
-                acc += tl.dot(xt, Tt, input_precision=DOT_PREC)
-            else:
-                lag = t[:, None] - j[None, :]  # (BT, BJ)
-                Tt = tl.load(K_row + lag, mask=(lag >= 0) & (t[:, None] < N), other=0.0)  # Toeplitz tile from K
-                xt = tl.load(x_base + j[:, None] * B + b[None, :], mask=(j[:, None] < N) & (b[None, :] < B),
-                             other=0.0)  # (BJ, BB)
-                if RELU_IN:
-                    xt = tl.maximum(xt, 0.0)
-                acc += tl.dot(Tt, xt, input_precision=DOT_PREC)
-        if BATCH_M:
-            tl.store(s_ptr + rd * N * B + t[None, :] * B + b[:, None], acc, mask=(t[None, :] < N) & (b[:, None] < B))
-        else:
-            tl.store(s_ptr + rd * N * B + t[:, None] * B + b[None, :], acc, mask=(t[:, None] < N) & (b[None, :] < B))
+    from synthetic.s4 import fused_kernels as fk
 
-    @triton.jit
-    def conv_bwd_dx(K_ptr, ds_ptr, x_ptr, dx_ptr, N, B, D, sxr, RELU_IN: tl.constexpr, DOT_PREC: tl.constexpr,
-                    BT: tl.constexpr, BJ: tl.constexpr, BB: tl.constexpr, BATCH_M: tl.constexpr):
-        """dx[j, b] = [x[j, b] > 0] Σ_{t>=j} K[t−j] ds[t, b] (mask only with RELU_IN), a BT×BB tile of rows j."""
-        pj = tl.program_id(0)
-        rd = tl.program_id(1).to(tl.int64)
-        j = pj * BT + tl.arange(0, BT)
-        b = tl.program_id(2) * BB + tl.arange(0, BB)
-        K_row = K_ptr + rd * N
-        ds_base = ds_ptr + rd * N * B
-        if BATCH_M:
-            acc = tl.zeros((BB, BT), dtype=tl.float32)  # dxᵀ tile
-        else:
-            acc = tl.zeros((BT, BB), dtype=tl.float32)
-        for t0 in range(pj * BT, N, BJ):  # anti-causal: outputs at or after the tile's first row
-            t = t0 + tl.arange(0, BJ)
-            if BATCH_M:
-                lag = t[:, None] - j[None, :]  # (BJ, BT)
-                Tt = tl.load(K_row + lag, mask=(lag >= 0) & (t[:, None] < N) & (j[None, :] < N), other=0.0)
-                dst = tl.load(ds_base + t[None, :] * B + b[:, None], mask=(t[None, :] < N) & (b[:, None] < B),
-                              other=0.0)  # (BB, BJ)
-                acc += tl.dot(dst, Tt, input_precision=DOT_PREC)
-            else:
-                lag = t[None, :] - j[:, None]  # (BT, BJ)
-                Tt = tl.load(K_row + lag, mask=(lag >= 0) & (t[None, :] < N) & (j[:, None] < N), other=0.0)
-                dst = tl.load(ds_base + t[:, None] * B + b[None, :], mask=(t[:, None] < N) & (b[None, :] < B),
-                              other=0.0)  # (BJ, BB)
-                acc += tl.dot(Tt, dst, input_precision=DOT_PREC)
-        x_base = x_ptr + (rd // D) * sxr + (rd % D) * N * B
-        if BATCH_M:
-            offs, io = j[None, :] * B + b[:, None], (j[None, :] < N) & (b[:, None] < B)
-        else:
-            offs, io = j[:, None] * B + b[None, :], (j[:, None] < N) & (b[None, :] < B)
-        if RELU_IN:
-            xt = tl.load(x_base + offs, mask=io, other=0.0)
-            acc = tl.where(xt > 0, acc, 0.0)
-        tl.store(dx_ptr + rd * N * B + offs, acc, mask=io)
-
-    @triton.jit
-    def conv_bwd_dK(ds_ptr, x_ptr, P_ptr, scr_ptr, N, B, D, sxr, BC, RELU_IN: tl.constexpr,
-                    DOT_PREC: tl.constexpr, BT: tl.constexpr, BB: tl.constexpr):
-        """Lag band d of dK for one (run, channel) and one batch chunk, with no N×N intermediate:
-
-            dK[d·BT + p − q] += Σ_i Σ_b ds[i·BT + p, b] act(x[(i−d)·BT + q, b])   (p, q < BT; i = d..nd−1)
-
-        The BT×BT band tile is accumulated by tensor-core dots over every tile pair (i, i−d) and the chunk's batch
-        columns, then its diagonals are summed once (through a BT×BT scratch slot of this program): lags d·BT + m
-        (m = p − q >= 0) into P[chunk, rd, 0, ·], lags d·BT − m (m = q − p > 0) into P[chunk, rd, 1, ·]. Every
-        slot of P is stored by exactly one program whatever BT (so dK = P summed over chunks and halves is
-        deterministic, no atomics), the last band also zeroing its own lags' half-1 slots, which no band covers.
-        """
-        d = tl.program_id(0)
-        rd = tl.program_id(1).to(tl.int64)
-        sp = tl.program_id(2)
-        nd = tl.cdiv(N, BT)
-        ar = tl.arange(0, BT)
-        ds_base = ds_ptr + rd * N * B
-        x_base = x_ptr + (rd // D) * sxr + (rd % D) * N * B
-        acc = tl.zeros((BT, BT), dtype=tl.float32)
-        b_end = tl.minimum(sp * BC + BC, B)
-        for b0 in range(sp * BC, b_end, BB):
-            bb = b0 + tl.arange(0, BB)
-            for i in range(d, nd):
-                t = i * BT + ar
-                s = t - d * BT
-                dst = tl.load(ds_base + t[:, None] * B + bb[None, :], mask=(t[:, None] < N) & (bb[None, :] < b_end),
-                              other=0.0)  # (BT, BB)
-                xs = tl.load(x_base + s[None, :] * B + bb[:, None], mask=(s[None, :] < N) & (bb[:, None] < b_end),
-                             other=0.0)  # (BB, BT)
-                if RELU_IN:
-                    xs = tl.maximum(xs, 0.0)
-                acc += tl.dot(dst, xs, input_precision=DOT_PREC)
-        slot = ((sp.to(tl.int64) * tl.num_programs(1) + rd) * nd + d) * BT * BT
-        tl.store(scr_ptr + slot + ar[:, None] * BT + ar[None, :], acc)
-        tl.debug_barrier()  # the slot written by every thread before any reads it skewed
-        m, p = ar[:, None], ar[None, :]  # (BT, 1), (1, BT): diagonal offset, row
-        low = tl.sum(tl.load(scr_ptr + slot + p * BT + (p - m), mask=p >= m, other=0.0), axis=1)  # Σ_p acc[p, p−m]
-        high = tl.sum(tl.load(scr_ptr + slot + p * BT + (p + m), mask=(p + m < BT) & (m > 0), other=0.0), axis=1)
-        P_row = P_ptr + (sp.to(tl.int64) * tl.num_programs(1) + rd) * 2 * N
-        lag = d * BT + ar
-        tl.store(P_row + lag, low, mask=lag < N)
-        lag_hi = d * BT - ar  # high[m] belongs to lag d·BT − m (m >= 1; m = 0 stores 0 at d·BT, band d's own)
-        tl.store(P_row + N + lag_hi, high, mask=(lag_hi >= 0) & (lag_hi < N) & (ar > 0))
-        own = d * BT + ar  # half-1 slots of band d's lags >= d·BT + 1 are band d+1's; the last band has none
-        tl.store(P_row + N + own, tl.zeros((BT,), dtype=tl.float32), mask=(own < N) & ((ar == 0) | (d + 0 * ar == nd - 1)))
-
-    kernels = {"fwd": conv_fwd, "dx": conv_bwd_dx, "dK": conv_bwd_dK}
+    kernels = {"fwd": fk.conv_fwd, "dx": fk.conv_bwd_dx, "dK": fk.conv_bwd_dK}
     if not interpret:
         configs = [triton.Config({"BT": bt, "BJ": bj, "BB": bb, "BATCH_M": bm}, num_warps=w, num_stages=st)
                    for bt, bj, bb, w, st, bm in CONFIGS]
@@ -260,9 +137,9 @@ def _dK(ds: Tensor, x: Tensor, relu_in: bool) -> Tensor:
     bt_max = DK_MAX_BT if not interpreting() else _meta("dK")["BT"]
     if any(bt > DK_MAX_BT for bt, *_ in DK_CONFIGS):
         raise ValueError(f"DK_CONFIGS: a band width above DK_MAX_BT = {DK_MAX_BT} (the scratch is sized for it)")
-    # one BT×BT slot per program (band, run·channel, chunk); nd·BT² <= ⌈N/bt_max⌉·bt_max² for BT <= bt_max
-    scratch = torch.empty(S * RD * _cdiv(N, bt_max) * bt_max * bt_max, device=ds.device, dtype=torch.float32)
-    _launch("dK", (ds, x, P, scratch, N, B, D, sxr, BC), relu_in, lambda m: (_cdiv(N, m["BT"]), RD, S))
+    # two BT×BT slots per program (band pair, run·channel, chunk): 2·⌈nd/2⌉·BT² <= (⌈N/bt_max⌉ + 1)·bt_max²
+    scratch = torch.empty(S * RD * (_cdiv(N, bt_max) + 1) * bt_max * bt_max, device=ds.device, dtype=torch.float32)
+    _launch("dK", (ds, x, P, scratch, N, B, D, sxr, BC), relu_in, lambda m: (_cdiv(_cdiv(N, m["BT"]), 2), RD, S))
     return P.sum(dim=(0, 2)).reshape(R, D, N)
 
 
