@@ -51,8 +51,8 @@ Tensor = torch.Tensor
 CONFIGS = ((64, 32, 64, 4, 3, False), (64, 64, 128, 8, 3, False), (128, 32, 64, 8, 3, False),
            (64, 32, 128, 4, 4, True), (64, 32, 256, 8, 3, True), (128, 32, 128, 8, 3, True))
 # Tile configs of the dK kernel: (BT lag-band width = row tile, BB batch columns per step, num_warps, num_stages).
-# Shared memory ~ num_stages x 2 x BT·BB x 4 bytes: at most 196 KB. BT <= DK_MAX_BT (the scratch is sized for it).
-DK_CONFIGS = ((32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3), (32, 128, 4, 4))
+# Shared memory ~ num_stages x 2 x BT·BB x 4 bytes: at most 131 KB. BT <= DK_MAX_BT (the scratch is sized for it).
+DK_CONFIGS = ((32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 4))
 DK_MAX_BT = 64
 # Programs the dK kernel aims at (the batch is split into S chunks when runs x channels x bands are fewer): enough to
 # fill an H100's 132 SMs several times over; S is fixed before the launch, so every tile config sees the same split.
