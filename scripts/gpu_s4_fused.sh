@@ -2,7 +2,7 @@
 # Issue 31's GPU check and measurement of the fused deep-S4 layer (synthetic/s4/fused.py) in one device call, the
 # most informative steps first (every step under its own timeout, cut to what is left of TOTAL_S, default 400 s):
 #   (1) pytest tests/test_s4_fused.py: the Triton kernels (every autotune config) against the float64 twin, values
-#       and gradients, on CUDA (under a minute)
+#       and gradients, on CUDA (aimed at under a minute; capped at 90 s)
 #   (2) python -m synthetic.bench, paper configuration, compiled, R = 16 runs per step: Frozen and Full with the
 #       previous best form (toeplitz) and the fused one, peak memory and a roofline line per row
 #   (3) a torch.profiler table of the fused R = 16 Full step (scripts/profile_s4_step.py): which kernel dominates
@@ -50,7 +50,7 @@ timeout "$(left 90)" "$PY" -m pytest -q -rs tests/test_s4_fused.py 2>&1 | tee "$
 echo "pytest exit ${PIPESTATUS[0]}"
 
 echo "== (2) paper configuration, R = 16 runs per step, Frozen and Full, forms $FORMS (compiled)"
-timeout "$(left 150)" "$PY" -m synthetic.bench --preset paper --runs 16 --conv "$FORMS" --methods "Frozen,Full" \
+timeout "$(left 200)" "$PY" -m synthetic.bench --preset paper --runs 16 --conv "$FORMS" --methods "Frozen,Full" \
     --iters 5 --warm 2 --check-iters 0 ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" \
     || echo "R = 16 bench stopped (rows done are kept)"
 
