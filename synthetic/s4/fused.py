@@ -137,7 +137,7 @@ def _dK(ds: Tensor, x: Tensor, relu_in: bool) -> Tensor:
     bt_max = DK_MAX_BT if not interpreting() else _meta("dK")["BT"]
     if any(bt > DK_MAX_BT for bt, *_ in DK_CONFIGS):
         raise ValueError(f"DK_CONFIGS: a band width above DK_MAX_BT = {DK_MAX_BT} (the scratch is sized for it)")
-    # two BT×BT slots per program (band pair, run·channel, chunk): 2·⌈nd/2⌉·BT² <= (⌈N/bt_max⌉ + 1)·bt_max²
+    # two BT×BT slots per program (band pair, run·channel, chunk): 2·⌈nd/2⌉·BT² <= (⌈N/bt_max⌉+1)·bt_max²
     scratch = torch.empty(S * RD * (_cdiv(N, bt_max) + 1) * bt_max * bt_max, device=ds.device, dtype=torch.float32)
     _launch("dK", (ds, x, P, scratch, N, B, D, sxr, BC), relu_in, lambda m: (_cdiv(_cdiv(N, m["BT"]), 2), RD, S))
     return P.sum(dim=(0, 2)).reshape(R, D, N)

@@ -1,6 +1,6 @@
 """The Triton kernels of :mod:`synthetic.s4.fused` (issue 31): the causal convolution ``s = T(K) act(x)``, its dx and
 its dK, for one (run, channel) per program row. Imported only when a kernel is first launched, so that importing
-:mod:`synthetic.s4.fused` needs no Triton; the tile configs and the autotuner are there too.
+:mod:`synthetic.s4.fused` needs no Triton (the tile configs and the autotuner stay there).
 
 Grids put the row tile (or the lag-band pair) on axis 0, the fastest-launched one: the programs that read the same
 (run, channel, batch block) of x or ds run side by side and share it through L2.
@@ -47,6 +47,7 @@ def conv_fwd(K_ptr, x_ptr, s_ptr, N, B, D, sxr, RELU_IN: tl.constexpr, DOT_PREC:
     else:
         tl.store(s_ptr + rd * N * B + t[:, None] * B + b[None, :], acc, mask=(t[:, None] < N) & (b[None, :] < B))
 
+
 @triton.jit
 def conv_bwd_dx(K_ptr, ds_ptr, x_ptr, dx_ptr, N, B, D, sxr, RELU_IN: tl.constexpr, DOT_PREC: tl.constexpr,
                 BT: tl.constexpr, BJ: tl.constexpr, BB: tl.constexpr, BATCH_M: tl.constexpr):
@@ -85,12 +86,14 @@ def conv_bwd_dx(K_ptr, ds_ptr, x_ptr, dx_ptr, N, B, D, sxr, RELU_IN: tl.constexp
         acc = tl.where(xt > 0, acc, 0.0)
     tl.store(dx_ptr + rd * N * B + offs, acc, mask=io)
 
+
 @triton.jit
 def band_partials(acc, d, lo, nd, slot_ptr, P_row, N, BT: tl.constexpr):
     """Sum the diagonals of band d's tile ``acc[p, q]`` (lag d·BT + p − q) through the BT×BT scratch slot and
     store them into P_row (2, N): lags d·BT + m (m = p − q >= 0) into half 0, lags d·BT − m (m = q − p > 0)
-    into half 1, if d > lo (the second band of a pair is stored only if it differs from the first). Every slot of P is stored by exactly one band whatever BT: half 1 at d·BT by band d (a zero),
-    at d·BT − m by band d (m >= 1), and the last band zeroes its own lags' half-1 slots (no band above it)."""
+    into half 1; only if d > lo (the second band of a pair only if it differs from the first). Every slot of P is
+    stored by exactly one band whatever BT: half 1 at d·BT by band d (a zero), at d·BT − m by band d (m >= 1), and
+    the last band zeroes its own lags' half-1 slots (no band above it)."""
     ar = tl.arange(0, BT)
     tl.store(slot_ptr + ar[:, None] * BT + ar[None, :], acc)
     tl.debug_barrier()  # the slot written by every thread before any reads it skewed
@@ -104,6 +107,7 @@ def band_partials(acc, d, lo, nd, slot_ptr, P_row, N, BT: tl.constexpr):
     tl.store(P_row + N + lag_hi, high, mask=ok & (lag_hi >= 0) & (lag_hi < N) & (ar > 0))
     tl.store(P_row + N + lag, tl.zeros((BT,), dtype=tl.float32),
              mask=ok & (lag < N) & ((ar == 0) | (d + 0 * ar == nd - 1)))
+
 
 @triton.jit
 def conv_bwd_dK(ds_ptr, x_ptr, P_ptr, scr_ptr, N, B, D, sxr, BC, RELU_IN: tl.constexpr,
