@@ -10,8 +10,8 @@
 #   (5) with the time left: the unmodified official code timed against our Full step at R = 1 in the same call, if
 #       official_s4/S4 is carried (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under
 #       official_s4/pylib; ../shared/tools/README.md), into figures/bench_s4_fused_official_cuda.json
-#   (6) with the time left: the scaling table on CUDA (N 200/800/3200, D 64/256, every form incl. fused, eager)
-#       into figures/bench_s4_scaling_cuda.json (written after every (N, D): a cut-off keeps its rows)
+#   (6) with the time left: (a) the same profile of the toeplitz form's step, (b) the scaling table on CUDA
+#       (N 200/800/3200, D 64/256, every form incl. fused, eager) into figures/bench_s4_scaling_cuda.json (written after every (N, D): a cut-off keeps its rows)
 # The autotuner's choice per kernel is printed (TRITON_PRINT_AUTOTUNING=1). Needs no network. Logs and JSON go
 # under $OUT (figures/ copies, *.log, summary printed at the end); GIT_COMMIT (or COMMIT) names the records' commit:
 #   COMMIT=$(git rev-parse --short HEAD) OUT=$OUT bash scripts/gpu_s4_fused.sh   (repo root; OUT defaults to
@@ -77,13 +77,20 @@ else
     echo "== (5) official timing skipped (official_s4/S4 carried? $( [ -f official_s4/S4/run_s4.py ] && echo yes || echo no ); $(left 1000) s left)"
 fi
 
+if (( $(left 1000) > 100 )); then
+    echo "== (6a) profile of the toeplitz R = 16 Full step (the same table for the previous form), $(left 1000) s left"
+    timeout "$(left 120)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv toeplitz --iters 3 --warm 2 \
+        ${PROFILE_EXTRA:-} --out "$OUT/profile_toeplitz_r16.txt" > "$OUT/profile_toeplitz_r16.log" 2>&1 \
+        && tail -45 "$OUT/profile_toeplitz_r16.log" || { echo "profile stopped:"; tail -20 "$OUT/profile_toeplitz_r16.log"; }
+fi
+
 if (( $(left 1000) > 40 )); then
-    echo "== (6) scaling table (eager), $(left 1000) s left"
+    echo "== (6b) scaling table (eager), $(left 1000) s left"
     timeout "$(left 1000)" "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 3 --warm 1 \
         --rounds 1 ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" \
         || echo "scaling cut off (the table keeps the rows done)"
 else
-    echo "== (6) scaling table skipped: $(left 1000) s left"
+    echo "== (6b) scaling table skipped: $(left 1000) s left"
 fi
 
 for J in "$JSON" "$OJSON"; do [ -f "$J" ] && "$PY" - "$J" <<'EOF'
