@@ -45,14 +45,16 @@ Tensor = torch.Tensor
 # BATCH_M puts the batch on the MMA's M axis (the product computed transposed, sᵀ = aᵀ Tᵀ): then the operand read
 # from memory (x or ds, contiguous along the batch) is the A operand, which Hopper's wgmma may take from registers,
 # and the Toeplitz tile built from K is the B operand; without it the loaded tile is a B operand that is not
-# K-major, which fp32/TF32 wgmma does not take from shared memory as is. Which is faster is measured, not assumed.
-# Shared memory per config ~ num_stages x (BT·BJ + BJ·BB) x 4 bytes: at most 147 KB here (H100: 227 KB).
+# K-major, which TF32 wgmma does not read as is (Triton rearranges it). Both compile to wgmma for sm_90; which is
+# faster is measured, not assumed. Shared memory per config ~ num_stages x (BT·BJ + BJ·BB) x 4 bytes: at most
+# 147 KB here (H100: 227 KB); none spills registers (scripts/check_fused_sm90.py, Triton 3.9).
 # The interpreter runs the first config only (autotuning there would run every config).
 CONFIGS = ((64, 32, 64, 4, 3, False), (64, 64, 128, 8, 3, False), (128, 32, 64, 8, 3, False),
            (64, 32, 128, 4, 4, True), (64, 32, 256, 8, 3, True), (128, 32, 128, 8, 3, True))
 # Tile configs of the dK kernel: (BT lag-band width = row tile, BB batch columns per step, num_warps, num_stages).
-# Shared memory ~ num_stages x 2 x BT·BB x 4 bytes: at most 131 KB. BT <= DK_MAX_BT (the scratch is sized for it).
-DK_CONFIGS = ((32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 4))
+# Shared memory ~ num_stages x 2 x BT·BB x 4 bytes: at most 96 KB; none spills registers for sm_90 (Triton 3.9,
+# scripts/check_fused_sm90.py; 64x64 tiles with 4 warps did). BT <= DK_MAX_BT (the scratch is sized for it).
+DK_CONFIGS = ((32, 64, 4, 3), (64, 64, 8, 3), (64, 32, 8, 3), (32, 128, 8, 3))
 DK_MAX_BT = 64
 # Programs the dK kernel aims at (the batch is split into S chunks when runs x channels x bands are fewer): enough to
 # fill an H100's 132 SMs several times over; S is fixed before the launch, so every tile config sees the same split.

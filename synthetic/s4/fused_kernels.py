@@ -110,6 +110,31 @@ def band_partials(acc, d, lo, nd, slot_ptr, P_row, N, BT: tl.constexpr):
 
 
 @triton.jit
+def band_tile(ds_base, x_base, d, i_start, nd, N, B, b_lo, b_hi, RELU_IN: tl.constexpr, DOT_PREC: tl.constexpr,
+              BT: tl.constexpr, BB: tl.constexpr):
+    """Band d's tile ``Σ_{i=i_start}^{nd−1} Σ_{b_lo<=b<b_hi} ds[i·BT + p, b] act(x[(i−d)·BT + q, b])`` (BT, BT): the
+    batch is the inner loop, with pointers advanced by BB (the pattern of a plain matmul's K loop: few live
+    registers; with the batch outside and the tile pairs inside, ptxas spilled)."""
+    ar = tl.arange(0, BT)
+    ab = tl.arange(0, BB)
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for i in range(i_start, nd):
+        t = i * BT + ar
+        s = t - d * BT
+        dp = ds_base + t[:, None] * B + (b_lo + ab)[None, :]  # (BT, BB)
+        xp = x_base + s[None, :] * B + (b_lo + ab)[:, None]  # (BB, BT)
+        for b0 in range(b_lo, b_hi, BB):
+            dst = tl.load(dp, mask=(t[:, None] < N) & (ab[None, :] < b_hi - b0), other=0.0)
+            xs = tl.load(xp, mask=(s[None, :] < N) & (ab[:, None] < b_hi - b0), other=0.0)
+            if RELU_IN:
+                xs = tl.maximum(xs, 0.0)
+            acc += tl.dot(dst, xs, input_precision=DOT_PREC)
+            dp += BB
+            xp += BB
+    return acc
+
+
+@triton.jit
 def conv_bwd_dK(ds_ptr, x_ptr, P_ptr, scr_ptr, N, B, D, sxr, BC, RELU_IN: tl.constexpr,
                 DOT_PREC: tl.constexpr, BT: tl.constexpr, BB: tl.constexpr):
     """Lag bands d0 = q and d1 = nd−1−q of dK for one (run, channel) and one batch chunk, no N×N intermediate:
@@ -117,45 +142,23 @@ def conv_bwd_dK(ds_ptr, x_ptr, P_ptr, scr_ptr, N, B, D, sxr, BC, RELU_IN: tl.con
         dK[d·BT + p − q] += Σ_i Σ_b ds[i·BT + p, b] act(x[(i−d)·BT + q, b])   (p, q < BT; i = d..nd−1)
 
     Each band's BT×BT tile is accumulated by tensor-core dots over its tile pairs (i, i−d) and the chunk's batch
-    columns, then its diagonals are summed once (:func:`band_partials`). Pairing band q with band nd−1−q gives
-    every program nd+1 tile pairs per batch step (the middle band of an odd nd alone: (nd+1)/2), so the programs
-    of one (run, channel) read the same batch columns at about the same time and share them through L2.
+    columns (:func:`band_tile`), then its diagonals are summed once (:func:`band_partials`). Pairing band q with
+    band nd−1−q gives every program nd+1 tile pairs (the middle band of an odd nd alone: (nd+1)/2), so the programs
+    take equal time; the pairs of one (run, channel) are launched side by side and read its ds and x rows.
     """
     q = tl.program_id(0)
     rd = tl.program_id(1).to(tl.int64)
     sp = tl.program_id(2)
     nd = tl.cdiv(N, BT)
     d0, d1 = q, nd - 1 - q
-    i1_start = tl.where(d1 > d0, d1, nd)  # the middle band (d1 == d0) once
-    ar = tl.arange(0, BT)
     ds_base = ds_ptr + rd * N * B
     x_base = x_ptr + (rd // D) * sxr + (rd % D) * N * B
-    acc0 = tl.zeros((BT, BT), dtype=tl.float32)
-    acc1 = tl.zeros((BT, BT), dtype=tl.float32)
-    b_end = tl.minimum(sp * BC + BC, B)
-    for b0 in range(sp * BC, b_end, BB):
-        bb = b0 + tl.arange(0, BB)
-        for i in range(d0, nd):
-            t = i * BT + ar
-            s = t - d0 * BT
-            dst = tl.load(ds_base + t[:, None] * B + bb[None, :], mask=(t[:, None] < N) & (bb[None, :] < b_end),
-                          other=0.0)  # (BT, BB)
-            xs = tl.load(x_base + s[None, :] * B + bb[:, None], mask=(s[None, :] < N) & (bb[:, None] < b_end),
-                         other=0.0)  # (BB, BT)
-            if RELU_IN:
-                xs = tl.maximum(xs, 0.0)
-            acc0 += tl.dot(dst, xs, input_precision=DOT_PREC)
-        for i in range(i1_start, nd):
-            t = i * BT + ar
-            s = t - d1 * BT
-            dst = tl.load(ds_base + t[:, None] * B + bb[None, :], mask=(t[:, None] < N) & (bb[None, :] < b_end),
-                          other=0.0)
-            xs = tl.load(x_base + s[None, :] * B + bb[:, None], mask=(s[None, :] < N) & (bb[:, None] < b_end),
-                         other=0.0)
-            if RELU_IN:
-                xs = tl.maximum(xs, 0.0)
-            acc1 += tl.dot(dst, xs, input_precision=DOT_PREC)
+    b_lo = sp * BC
+    b_hi = tl.minimum(b_lo + BC, B)
     slot = (((sp.to(tl.int64) * tl.num_programs(1) + rd) * tl.num_programs(0) + q) * 2) * BT * BT
     P_row = P_ptr + (sp.to(tl.int64) * tl.num_programs(1) + rd) * 2 * N
-    band_partials(acc0, d0, d0 - 1, nd, scr_ptr + slot, P_row, N, BT)
-    band_partials(acc1, d1, d0, nd, scr_ptr + slot + BT * BT, P_row, N, BT)
+    acc = band_tile(ds_base, x_base, d0, d0, nd, N, B, b_lo, b_hi, RELU_IN, DOT_PREC, BT, BB)
+    band_partials(acc, d0, d0 - 1, nd, scr_ptr + slot, P_row, N, BT)
+    i1_start = tl.where(d1 > d0, d1, nd)  # the middle band (d1 == d0) once: an empty loop, nothing stored
+    acc = band_tile(ds_base, x_base, d1, i1_start, nd, N, B, b_lo, b_hi, RELU_IN, DOT_PREC, BT, BB)
+    band_partials(acc, d1, d0, nd, scr_ptr + slot + BT * BT, P_row, N, BT)
