@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Issue 31's GPU check and measurement of the fused deep-S4 layer (synthetic/s4/fused.py) in one device call,
-# about 7 minutes at most (every step under its own timeout, cut to what is left of TOTAL_S):
-#   (1) pytest tests/test_s4_fused.py: the Triton kernels against the float64 twin, values and gradients, on CUDA
-#   (2) python -m synthetic.bench, paper configuration, compiled, R = 16 runs per step: every method with the
+# Issue 31's GPU check and measurement of the fused deep-S4 layer (synthetic/s4/fused.py) in one device call, the
+# most informative steps first (every step under its own timeout, cut to what is left of TOTAL_S, default 400 s):
+#   (1) pytest tests/test_s4_fused.py: the Triton kernels (every autotune config) against the float64 twin, values
+#       and gradients, on CUDA (aimed at under a minute; capped at 90 s)
+#   (2) python -m synthetic.bench, paper configuration, compiled, R = 16 runs per step: Frozen and Full with the
 #       previous best form (toeplitz) and the fused one, peak memory and a roofline line per row
-#   (3) the same at R = 1, with the unmodified official code timed in the same call if official_s4/S4 is carried
-#       (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under official_s4/pylib;
-#       ../shared/tools/README.md), into the same JSON (figures/bench_s4_fused_cuda.json; --keep-previous)
-#   (4) with the time left: a torch.profiler table of the fused R = 16 Full step (scripts/profile_s4_step.py)
-#   (5) with the time left: the scaling table on CUDA (N 200/800/3200, D 64/256, every form incl. fused, eager)
-#       into figures/bench_s4_scaling_cuda.json (written after every (N, D): a cut-off keeps its rows)
-# Needs no network. Logs and JSON go under $OUT (figures/ copies, *.log, summary printed at the end):
-#   OUT=$OUT bash scripts/gpu_s4_fused.sh        (from the repo root; OUT defaults to ./out/gpu_s4_fused)
+#   (3) a torch.profiler table of the fused R = 16 Full step (scripts/profile_s4_step.py): which kernel dominates
+#   (4) the same as (2) at R = 1, every paper method (into the same JSON, figures/bench_s4_fused_cuda.json)
+#   (5) with the time left: the unmodified official code timed against our Full step at R = 1 in the same call, if
+#       official_s4/S4 is carried (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under
+#       official_s4/pylib; ../shared/tools/README.md), into figures/bench_s4_fused_official_cuda.json
+#   (6) with the time left: (a) the same profile of the toeplitz form's step, (b) the scaling table on CUDA
+#       (N 200/800/3200, D 64/256, every form incl. fused, eager) into figures/bench_s4_scaling_cuda.json (written after every (N, D): a cut-off keeps its rows)
+# The autotuner's choice per kernel is printed (TRITON_PRINT_AUTOTUNING=1). Needs no network. Logs and JSON go
+# under $OUT (figures/ copies, *.log, summary printed at the end); GIT_COMMIT (or COMMIT) names the records' commit:
+#   COMMIT=$(git rev-parse --short HEAD) OUT=$OUT bash scripts/gpu_s4_fused.sh   (repo root; OUT defaults to
+#   ./out/gpu_s4_fused)
 # Smoke test on a CPU (not a measurement): DEVICE=cpu BENCH_EXTRA="--preset tiny --device cpu --no-compile"
 #   SCALING_EXTRA="--scaling-N 16 --scaling-D 4" PROFILE_EXTRA="--device cpu --batch 8 --no-compile" \
 #   OUT=/tmp/gf bash scripts/gpu_s4_fused.sh
@@ -19,12 +23,13 @@ set -uo pipefail
 OUT="${OUT:-out/gpu_s4_fused}"
 mkdir -p "$OUT/figures"
 exec > >(tee -a "$OUT/gpu_s4_fused.log") 2>&1
-export PYTHONPATH="${PYTHONPATH:-}:." PYTHONUNBUFFERED=1
+export PYTHONPATH="${PYTHONPATH:-}:." PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
 PY="${PYTHON:-python}"
 TOTAL_S="${TOTAL_S:-400}"  # the whole script's budget (s); each step gets min(its cap, what is left)
 METHODS="Frozen,LoRA (Proj),LoRA (S4+Proj),SDT,SDT + LoRA,Full"
 FORMS="${FORMS:-toeplitz,fused}"
 JSON="$OUT/figures/bench_s4_fused_cuda.json"
+OJSON="$OUT/figures/bench_s4_fused_official_cuda.json"  # its own file: a report of the same R would replace (4)'s
 read -r -a BX <<< "${BENCH_EXTRA:-}"
 read -r -a SX <<< "${SCALING_EXTRA:-}"
 t0=$(date +%s)
@@ -41,41 +46,54 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import triton; print('triton', triton.__version__)" || echo "no triton: the fused form runs its torch emulation"
 
 echo "== (1) tests/test_s4_fused.py (fused kernels vs the float64 twin)"
-timeout "$(left 120)" "$PY" -m pytest -q -rs tests/test_s4_fused.py 2>&1 | tee "$OUT/pytest_s4_fused.log"
+timeout "$(left 90)" "$PY" -m pytest -q -rs tests/test_s4_fused.py 2>&1 | tee "$OUT/pytest_s4_fused.log"
 echo "pytest exit ${PIPESTATUS[0]}"
 
-echo "== (2) paper configuration, R = 16 runs per step, forms $FORMS (compiled)"
-timeout "$(left 150)" "$PY" -m synthetic.bench --preset paper --runs 16 --conv "$FORMS" --methods "$METHODS" --iters 5 --warm 2 \
-    --check-iters 0 ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" || echo "R = 16 bench stopped (rows done are kept)"
-
-OFFICIAL=()
-if [ -f official_s4/S4/run_s4.py ]; then
-    OFFICIAL=(--official-dir official_s4/S4 --official-iters 25,5)
-    echo "== (3) paper configuration, single run, forms $FORMS, with the official code in the same call"
-else
-    echo "== (3) paper configuration, single run, forms $FORMS (official_s4/S4 not carried: no official timing)"
-fi
-timeout "$(left 150)" "$PY" -m synthetic.bench --preset paper --runs 1 --conv "$FORMS" --methods "$METHODS" --iters 10 --warm 2 \
-    --check-iters 0 ${OFFICIAL[@]+"${OFFICIAL[@]}"} ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" \
-    || echo "R = 1 bench stopped (rows done are kept; the official time only if it finished)"
+echo "== (2) paper configuration, R = 16 runs per step, Frozen and Full, forms $FORMS (compiled)"
+timeout "$(left 200)" "$PY" -m synthetic.bench --preset paper --runs 16 --conv "$FORMS" --methods "Frozen,Full" \
+    --iters 5 --warm 2 --check-iters 0 ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" \
+    || echo "R = 16 bench stopped (rows done are kept)"
 
 if (( $(left 1000) > 60 )); then
-    echo "== (4) profile of the fused R = 16 Full step (where the time goes), $(left 1000) s left"
-    timeout "$(left 100)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv fused --iters 3 --warm 2 \
+    echo "== (3) profile of the fused R = 16 Full step (where the time goes), $(left 1000) s left"
+    timeout "$(left 120)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv fused --iters 3 --warm 2 \
         ${PROFILE_EXTRA:-} --out "$OUT/profile_fused_r16.txt" > "$OUT/profile_fused_r16.log" 2>&1 \
-        && tail -40 "$OUT/profile_fused_r16.log" || echo "profile stopped (see $OUT/profile_fused_r16.log)"
+        && tail -45 "$OUT/profile_fused_r16.log" || { echo "profile stopped:"; tail -20 "$OUT/profile_fused_r16.log"; }
+else
+    echo "== (3) profile skipped: $(left 1000) s left"
+fi
+
+echo "== (4) paper configuration, single run, every method, forms $FORMS (compiled), $(left 1000) s left"
+timeout "$(left 120)" "$PY" -m synthetic.bench --preset paper --runs 1 --conv "$FORMS" --methods "$METHODS" --iters 10 \
+    --warm 2 --check-iters 0 ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" \
+    || echo "R = 1 bench stopped (rows done are kept)"
+
+if [ -f official_s4/S4/run_s4.py ] && (( $(left 1000) > 45 )); then
+    echo "== (5) the official code against our Full step, single run, forms $FORMS, $(left 1000) s left"
+    timeout "$(left 1000)" "$PY" -m synthetic.bench --preset paper --runs 1 --conv "$FORMS" --methods "Full" --iters 10 \
+        --warm 2 --check-iters 0 --official-dir official_s4/S4 --official-iters 25,5 ${BX[@]+"${BX[@]}"} \
+        --keep-previous --out "$OJSON" || echo "official timing stopped (the official time only if it finished)"
+else
+    echo "== (5) official timing skipped (official_s4/S4 carried? $( [ -f official_s4/S4/run_s4.py ] && echo yes || echo no ); $(left 1000) s left)"
+fi
+
+if (( $(left 1000) > 100 )); then
+    echo "== (6a) profile of the toeplitz R = 16 Full step (the same table for the previous form), $(left 1000) s left"
+    timeout "$(left 120)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv toeplitz --iters 3 --warm 2 \
+        ${PROFILE_EXTRA:-} --out "$OUT/profile_toeplitz_r16.txt" > "$OUT/profile_toeplitz_r16.log" 2>&1 \
+        && tail -45 "$OUT/profile_toeplitz_r16.log" || { echo "profile stopped:"; tail -20 "$OUT/profile_toeplitz_r16.log"; }
 fi
 
 if (( $(left 1000) > 40 )); then
-    echo "== (5) scaling table (eager), $(left 1000) s left"
+    echo "== (6b) scaling table (eager), $(left 1000) s left"
     timeout "$(left 1000)" "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 3 --warm 1 \
         --rounds 1 ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" \
         || echo "scaling cut off (the table keeps the rows done)"
 else
-    echo "== (5) scaling table skipped: $(left 1000) s left"
+    echo "== (6b) scaling table skipped: $(left 1000) s left"
 fi
 
-[ -f "$JSON" ] && "$PY" - "$JSON" <<'EOF'
+for J in "$JSON" "$OJSON"; do [ -f "$J" ] && "$PY" - "$J" <<'EOF'
 import json, sys
 from synthetic.s4.bench import load_reports
 for r in load_reports(sys.argv[1]):
@@ -88,4 +106,5 @@ for r in load_reports(sys.argv[1]):
               f"{row['peak_mem_gb']} GiB  bound {rf.get('traffic_bound_ms')} ms  x{rf.get('over_bound')}  "
               f"official/ours {row.get('official_over_ours')}")
 EOF
+done
 echo "== done in $(( $(date +%s) - t0 )) s"

@@ -43,13 +43,13 @@ needs_interpreter = pytest.mark.skipif(not (HAS_TRITON and INTERPRET),
 
 @pytest.fixture(scope="module", autouse=True)
 def first_config_only():
-    """The kernels' autotuner with its first tile config only (values do not depend on tiles; keeps the GPU
-    module well under a minute on a fresh machine), restored after."""
-    saved = fused.CONFIGS
-    fused.CONFIGS = fused.CONFIGS[:1]
+    """The kernels' autotuners with their first tile config only (values do not depend on tiles, and every config
+    has a test of its own; keeps the GPU module under a minute on a fresh machine), restored after."""
+    saved = fused.CONFIGS, fused.DK_CONFIGS
+    fused.CONFIGS, fused.DK_CONFIGS = fused.CONFIGS[:1], fused.DK_CONFIGS[:1]
     fused._kernels.cache_clear()
     yield
-    fused.CONFIGS = saved
+    fused.CONFIGS, fused.DK_CONFIGS = saved
     fused._kernels.cache_clear()
 
 
@@ -134,6 +134,33 @@ def test_interpreter_conv_matches_float64(R, D, N, B, shared, relu_in):
     _check_conv(R, D, N, B, shared, relu_in)
 
 
+ALL_CONFIGS, ALL_DK_CONFIGS = fused.CONFIGS, fused.DK_CONFIGS  # before the fixture keeps the first only
+
+
+def _check_config(k, monkeypatch, cases):
+    """Config k of each list (the forward/dx list and the dK list, paired by index; the shorter one wraps) on
+    ``cases`` of :func:`_check_conv`, with the batch split into several dK chunks and every buffer the op allocates
+    pre-set to NaN (an output slot that no program stores would show)."""
+    monkeypatch.setattr(fused, "CONFIGS", (ALL_CONFIGS[k % len(ALL_CONFIGS)],))
+    monkeypatch.setattr(fused, "DK_CONFIGS", (ALL_DK_CONFIGS[k % len(ALL_DK_CONFIGS)],))
+    monkeypatch.setattr(fused, "DK_MIN_CHUNK", 16)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
+    fused._kernels.cache_clear()
+    try:
+        for case in cases:
+            _check_conv(*case)
+    finally:
+        fused._kernels.cache_clear()
+
+
+@needs_interpreter
+@pytest.mark.parametrize("k", range(max(len(ALL_CONFIGS), len(ALL_DK_CONFIGS))))
+def test_interpreter_every_tile_config_matches_float64(k, monkeypatch):
+    # N 70: 3 bands of 32 (a middle band alone), 2 of 64, 1 of 128; N 45 shared x; B 40 -> 3 dK chunks
+    _check_config(k, monkeypatch, [(2, 2, 70, 40, False, True), (2, 2, 45, 40, True, False)])
+
+
 @needs_interpreter
 @pytest.mark.parametrize("R", [1, 2])
 def test_interpreter_stack_matches_float64_toeplitz(R):
@@ -142,11 +169,17 @@ def test_interpreter_stack_matches_float64_toeplitz(R):
 
 # ------------------------------------------------------------------------------------------------ CUDA
 @needs_cuda
-@pytest.mark.parametrize("R, D, N, B, shared, relu_in", [(16, 4, 200, 96, True, False), (16, 4, 200, 96, False, True),
-                                                         (1, 8, 200, 300, False, True), (2, 3, 37, 5, False, False),
-                                                         (1, 2, 513, 40, True, True)])
+@pytest.mark.parametrize("R, D, N, B, shared, relu_in", [(2, 3, 37, 5, False, False), (1, 2, 513, 40, True, True)])
 def test_cuda_conv_matches_float64(R, D, N, B, shared, relu_in):
     _check_conv(R, D, N, B, shared, relu_in)
+
+
+@needs_cuda
+@pytest.mark.parametrize("k", range(max(len(ALL_CONFIGS), len(ALL_DK_CONFIGS))))
+def test_cuda_every_tile_config_matches_float64(k, monkeypatch):
+    """Each autotune config compiles on the GPU (the batch-on-M variant, stages) and gives the float64 values:
+    the autotuner may pick any of them."""
+    _check_config(k, monkeypatch, [(2, 3, 200, 300, False, True)])
 
 
 @needs_cuda

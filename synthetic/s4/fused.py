@@ -14,9 +14,11 @@ The ReLU of the last layer is the only elementwise pass left. The kernel K (R, D
 :func:`synthetic.s4.conv.s4d_kernel` (O(R·D·Hc·N) work, no pass over the activations; autograd carries dK to
 (A, C, Δ, u)).
 
-Backward of (1), ``ds`` given: ``da = T(K)ᵀ ds`` and ``dx = da ⊙ [pre_prev > 0]`` in one kernel (the mask in
-its epilogue); ``dT = ds aᵀ`` over the causal tiles only (tensor-core dots, ReLU on load), then
-``dK_k = Σ_t dT[t, t−k]`` (a third kernel reading dT once; :func:`synthetic.s4.conv.diagonal_sums` is its twin).
+Backward of (1), ``ds`` given (two kernels, no N×N intermediate): ``da = T(K)ᵀ ds`` and
+``dx = da ⊙ [pre_prev > 0]`` in one kernel (the mask in its epilogue); ``dK_k = Σ_{t,b} ds[t, b] a[t−k, b]``
+directly by lag bands: a program per (lag band of BT lags, run·channel, batch chunk) accumulates the band's BT×BT
+tile over the tile pairs (i, i−band) with tensor-core dots (ReLU on load) and sums its diagonals once, writing only
+2·BT lag partials (summed over chunks by torch; :func:`synthetic.s4.conv.diagonal_sums` of ``ds aᵀ`` is its twin).
 
 Without CUDA (and without ``TRITON_INTERPRET=1``) the same ops run as a torch emulation using only the
 tensors they are passed (the Toeplitz product), so importing this module and the CPU path need no Triton.
@@ -38,9 +40,26 @@ from synthetic.s4.conv import diagonal_sums, s4d_kernel, toeplitz, toeplitz_inde
 
 Tensor = torch.Tensor
 
-# Tile sizes (T rows, inner positions J, batch columns B, warps) tried by the autotuner on CUDA; tl.dot needs
-# every tile side >= 16. The interpreter uses the first (autotuning there would run every config).
-CONFIGS = ((64, 32, 64, 4), (64, 64, 128, 8), (128, 32, 64, 8), (32, 32, 128, 4))
+# Tile configs of the convolution kernels (forward and dx), tried by the autotuner on CUDA: (BT rows of the output,
+# BJ inner positions, BB batch columns, num_warps, num_stages, BATCH_M). tl.dot needs every tile side >= 16.
+# BATCH_M puts the batch on the MMA's M axis (the product computed transposed, sᵀ = aᵀ Tᵀ): then the operand read
+# from memory (x or ds, contiguous along the batch) is the A operand, which Hopper's wgmma may take from registers,
+# and the Toeplitz tile built from K is the B operand; without it the loaded tile is a B operand that is not
+# K-major, which TF32 wgmma does not read as is (Triton rearranges it). Both compile to wgmma for sm_90; which is
+# faster is measured, not assumed. Shared memory per config ~ num_stages x (BT·BJ + BJ·BB) x 4 bytes: at most
+# 147 KB here (H100: 227 KB); none spills registers (scripts/check_fused_sm90.py, Triton 3.9).
+# The interpreter runs the first config only (autotuning there would run every config).
+CONFIGS = ((64, 32, 64, 4, 3, False), (64, 64, 128, 8, 3, False), (128, 32, 64, 8, 3, False),
+           (64, 32, 128, 4, 4, True), (64, 32, 256, 8, 3, True), (128, 32, 128, 8, 3, True))
+# Tile configs of the dK kernel: (BT lag-band width = row tile, BB batch columns per step, num_warps, num_stages).
+# Shared memory ~ num_stages x 2 x BT·BB x 4 bytes: at most 96 KB; none spills registers for sm_90 (Triton 3.9,
+# scripts/check_fused_sm90.py; 64x64 tiles with 4 warps did). BT <= DK_MAX_BT (the scratch is sized for it).
+DK_CONFIGS = ((32, 64, 4, 3), (64, 64, 8, 3), (64, 32, 8, 3), (32, 128, 8, 3))
+DK_MAX_BT = 64
+# Programs the dK kernel aims at (the batch is split into S chunks when runs x channels x bands are fewer): enough to
+# fill an H100's 132 SMs several times over; S is fixed before the launch, so every tile config sees the same split.
+DK_TARGET_PROGRAMS = 2048
+DK_MIN_CHUNK = 256  # batch columns per chunk at least (a chunk's band tile is reduced once: amortise that)
 
 
 def interpreting() -> bool:
@@ -63,122 +82,67 @@ def uses_triton(t: Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernels(interpret: bool):
-    """The Triton kernels: convolution, its two backward products, the diagonal sums (built on first use, so that
-    importing this module needs no Triton)."""
+    """The kernels of :mod:`synthetic.s4.fused_kernels` (imported on first use, so that importing this module needs
+    no Triton), autotuned over CONFIGS / DK_CONFIGS on CUDA; the interpreter runs the first config of each."""
     import triton
-    import triton.language as tl
 
-    @triton.jit
-    def conv_fwd(K_ptr, x_ptr, s_ptr, N, B, D, sxr, RELU_IN: tl.constexpr, DOT_PREC: tl.constexpr,
-                 BT: tl.constexpr, BJ: tl.constexpr, BB: tl.constexpr):
-        """s[t, b] = Σ_{j<=t} K[t−j] act(x[j, b]) for one (run, channel), a BT×BB output tile."""
-        rd = tl.program_id(0).to(tl.int64)  # run * D + channel
-        pt = tl.program_id(1)
-        t = pt * BT + tl.arange(0, BT)
-        b = tl.program_id(2) * BB + tl.arange(0, BB)
-        K_row = K_ptr + rd * N
-        x_base = x_ptr + (rd // D) * sxr + (rd % D) * N * B  # sxr = 0: x shared by the runs
-        acc = tl.zeros((BT, BB), dtype=tl.float32)
-        for j0 in range(0, (pt + 1) * BT, BJ):  # causal: inner positions up to the tile's last row
-            j = j0 + tl.arange(0, BJ)
-            lag = t[:, None] - j[None, :]  # (BT, BJ)
-            Tt = tl.load(K_row + lag, mask=(lag >= 0) & (t[:, None] < N), other=0.0)  # Toeplitz tile from K
-            xt = tl.load(x_base + j[:, None] * B + b[None, :], mask=(j[:, None] < N) & (b[None, :] < B), other=0.0)
-            if RELU_IN:
-                xt = tl.maximum(xt, 0.0)
-            acc += tl.dot(Tt, xt, input_precision=DOT_PREC)
-        tl.store(s_ptr + rd * N * B + t[:, None] * B + b[None, :], acc, mask=(t[:, None] < N) & (b[None, :] < B))
+    from synthetic.s4 import fused_kernels as fk
 
-    @triton.jit
-    def conv_bwd_dx(K_ptr, ds_ptr, x_ptr, dx_ptr, N, B, D, sxr, RELU_IN: tl.constexpr, DOT_PREC: tl.constexpr,
-                    BT: tl.constexpr, BJ: tl.constexpr, BB: tl.constexpr):
-        """dx[j, b] = [x[j, b] > 0] Σ_{t>=j} K[t−j] ds[t, b] (mask only with RELU_IN), a BT×BB tile of rows j."""
-        rd = tl.program_id(0).to(tl.int64)
-        j = tl.program_id(1) * BT + tl.arange(0, BT)
-        b = tl.program_id(2) * BB + tl.arange(0, BB)
-        K_row = K_ptr + rd * N
-        ds_base = ds_ptr + rd * N * B
-        acc = tl.zeros((BT, BB), dtype=tl.float32)
-        for t0 in range(tl.program_id(1) * BT, N, BJ):  # anti-causal: outputs at or after the tile's first row
-            t = t0 + tl.arange(0, BJ)
-            lag = t[None, :] - j[:, None]  # (BT, BJ)
-            Tt = tl.load(K_row + lag, mask=(lag >= 0) & (t[None, :] < N) & (j[:, None] < N), other=0.0)
-            dst = tl.load(ds_base + t[:, None] * B + b[None, :], mask=(t[:, None] < N) & (b[None, :] < B), other=0.0)
-            acc += tl.dot(Tt, dst, input_precision=DOT_PREC)
-        io = (j[:, None] < N) & (b[None, :] < B)
-        if RELU_IN:
-            x_base = x_ptr + (rd // D) * sxr + (rd % D) * N * B
-            xt = tl.load(x_base + j[:, None] * B + b[None, :], mask=io, other=0.0)
-            acc = tl.where(xt > 0, acc, 0.0)
-        tl.store(dx_ptr + rd * N * B + j[:, None] * B + b[None, :], acc, mask=io)
-
-    @triton.jit
-    def conv_bwd_dT(ds_ptr, x_ptr, dT_ptr, N, B, D, sxr, RELU_IN: tl.constexpr, DOT_PREC: tl.constexpr,
-                    BT: tl.constexpr, BJ: tl.constexpr, BB: tl.constexpr):
-        """dT[t, s] = Σ_b ds[t, b] act(x[s, b]) on a BT×BT tile; tiles wholly above the diagonal are written as 0."""
-        rd = tl.program_id(0).to(tl.int64)
-        pt, ps = tl.program_id(1), tl.program_id(2)
-        t = pt * BT + tl.arange(0, BT)
-        s = ps * BT + tl.arange(0, BT)
-        ds_base = ds_ptr + rd * N * B
-        x_base = x_ptr + (rd // D) * sxr + (rd % D) * N * B
-        acc = tl.zeros((BT, BT), dtype=tl.float32)
-        n_b = tl.where(ps <= pt, B, 0)  # the causal tiles only
-        for b0 in range(0, n_b, BB):
-            bb = b0 + tl.arange(0, BB)
-            dst = tl.load(ds_base + t[:, None] * B + bb[None, :], mask=(t[:, None] < N) & (bb[None, :] < B), other=0.0)
-            xs = tl.load(x_base + s[None, :] * B + bb[:, None], mask=(s[None, :] < N) & (bb[:, None] < B), other=0.0)
-            if RELU_IN:
-                xs = tl.maximum(xs, 0.0)
-            acc += tl.dot(dst, xs, input_precision=DOT_PREC)  # (BT, BB) x (BB, BT)
-        tl.store(dT_ptr + rd * N * N + t[:, None] * N + s[None, :], acc, mask=(t[:, None] < N) & (s[None, :] < N))
-
-    @triton.jit
-    def diag_sums(dT_ptr, dK_ptr, N, BK: tl.constexpr, BT: tl.constexpr):
-        """dK[k] = Σ_{t>=k} dT[t, t−k] for a block of BK lags of one (run, channel): reads dT once, no copies."""
-        rd = tl.program_id(0).to(tl.int64)
-        k = tl.program_id(1) * BK + tl.arange(0, BK)
-        base = dT_ptr + rd * N * N
-        acc = tl.zeros((BK,), dtype=tl.float32)
-        for t0 in range(tl.program_id(1) * BK, N, BT):  # rows t >= the block's first lag
-            t = t0 + tl.arange(0, BT)
-            s = t[None, :] - k[:, None]  # (BK, BT): the column of diagonal k in row t
-            v = tl.load(base + t[None, :] * N + s, mask=(s >= 0) & (t[None, :] < N) & (k[:, None] < N), other=0.0)
-            acc += tl.sum(v, axis=1)
-        tl.store(dK_ptr + rd * N + k, acc, mask=k < N)
-
-    kernels = {"fwd": conv_fwd, "dx": conv_bwd_dx, "dT": conv_bwd_dT}
+    kernels = {"fwd": fk.conv_fwd, "dx": fk.conv_bwd_dx, "dK": fk.conv_bwd_dK}
     if not interpret:
-        configs = [triton.Config({"BT": bt, "BJ": bj, "BB": bb}, num_warps=w) for bt, bj, bb, w in CONFIGS]
-        kernels = {k: triton.autotune(configs=configs, key=["N", "B", "RELU_IN"])(f) for k, f in kernels.items()}
-    kernels["diag"] = diag_sums
+        configs = [triton.Config({"BT": bt, "BJ": bj, "BB": bb, "BATCH_M": bm}, num_warps=w, num_stages=st)
+                   for bt, bj, bb, w, st, bm in CONFIGS]
+        dk_configs = [triton.Config({"BT": bt, "BB": bb}, num_warps=w, num_stages=st) for bt, bb, w, st in DK_CONFIGS]
+        kernels = {k: triton.autotune(configs=dk_configs if k == "dK" else configs,
+                                      key=["N", "B", "BC", "RELU_IN"] if k == "dK" else ["N", "B", "RELU_IN"])(f)
+                   for k, f in kernels.items()}
     return kernels
 
 
-DIAG_BK, DIAG_BT = 32, 64  # lags per program and rows per step of the diagonal sums (no autotuning: a light pass)
+def _meta(name: str) -> Dict[str, object]:
+    """The interpreter's tile config of kernel ``name``: the first of its list."""
+    if name == "dK":
+        bt, bb, _, _ = DK_CONFIGS[0]
+        return {"BT": bt, "BB": bb}
+    bt, bj, bb, _, _, bm = CONFIGS[0]
+    return {"BT": bt, "BJ": bj, "BB": bb, "BATCH_M": bm}
 
 
-def _diagonal_sums(dT: Tensor) -> Tensor:
-    """:func:`synthetic.s4.conv.diagonal_sums` of dT (R, D, N, N) as one Triton pass -> (R, D, N)."""
-    R, D, N = dT.shape[0], dT.shape[1], dT.shape[-1]
-    dK = torch.empty(R, D, N, device=dT.device, dtype=torch.float32)
-    _kernels(interpreting())["diag"][(R * D, -(-N // DIAG_BK))](dT, dK, N, BK=DIAG_BK, BT=DIAG_BT)
-    return dK
-
-
-def _launch(name: str, tensors: Tuple[Tensor, ...], N: int, B: int, D: int, sxr: int, relu_in: bool,
-            rows: int, grid_cols) -> None:
-    """Launch kernel ``name`` with grid (rows, ⌈N/BT⌉, grid_cols(meta))."""
+def _launch(name: str, args: Tuple, relu_in: bool, grid) -> None:
+    """Launch kernel ``name`` on ``grid(meta)`` (autotuned on CUDA, the first config under the interpreter)."""
     interp = interpreting()
     kern = _kernels(interp)[name]
     prec = "tf32" if (not interp and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     kw = dict(RELU_IN=bool(relu_in), DOT_PREC=prec)
     if interp:
-        bt, bj, bb, _ = CONFIGS[0]
-        meta = {"BT": bt, "BJ": bj, "BB": bb}
-        kern[(rows, -(-N // bt), grid_cols(meta))](*tensors, N, B, D, sxr, **kw, **meta)
+        meta = _meta(name)
+        kern[grid(meta)](*args, **kw, **meta)
     else:
-        kern[lambda meta: (rows, -(-N // meta["BT"]), grid_cols(meta))](*tensors, N, B, D, sxr, **kw)
+        kern[grid](*args, **kw)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _dK(ds: Tensor, x: Tensor, relu_in: bool) -> Tensor:
+    """``dK_k = Σ_{t,b} ds[t, b] act(x)[t−k, b]`` (R, D, N) by the dK kernel: lag bands × (run, channel) × batch
+    chunks, the band tiles reduced in the kernel, the per-chunk lag partials P (S, R·D, 2, N) summed here."""
+    R, D, N, B = ds.shape
+    RD = R * D
+    sxr = 0 if x.dim() == 3 else D * N * B
+    bands_min = _cdiv(N, DK_MAX_BT)
+    S = max(1, min(_cdiv(DK_TARGET_PROGRAMS, RD * bands_min), _cdiv(B, DK_MIN_CHUNK)))
+    BC = _cdiv(B, S)  # batch columns per chunk
+    S = _cdiv(B, BC)
+    P = torch.empty(S, RD, 2, N, device=ds.device, dtype=torch.float32)  # every slot stored by the kernel
+    bt_max = DK_MAX_BT if not interpreting() else _meta("dK")["BT"]
+    if any(bt > DK_MAX_BT for bt, *_ in DK_CONFIGS):
+        raise ValueError(f"DK_CONFIGS: a band width above DK_MAX_BT = {DK_MAX_BT} (the scratch is sized for it)")
+    # two BT×BT slots per program (band pair, run·channel, chunk): 2·⌈nd/2⌉·BT² <= (⌈N/bt_max⌉+1)·bt_max²
+    scratch = torch.empty(S * RD * (_cdiv(N, bt_max) + 1) * bt_max * bt_max, device=ds.device, dtype=torch.float32)
+    _launch("dK", (ds, x, P, scratch, N, B, D, sxr, BC), relu_in, lambda m: (_cdiv(_cdiv(N, m["BT"]), 2), RD, S))
+    return P.sum(dim=(0, 2)).reshape(R, D, N)
 
 
 # ------------------------------------------------------------------------------ the ops (torch.library)
@@ -202,7 +166,7 @@ def fused_conv(K: Tensor, x: Tensor, relu_in: bool) -> Tensor:
     B = x.shape[-1]
     s = torch.empty(R, D, N, B, device=x.device, dtype=torch.float32)
     sxr = 0 if x.dim() == 3 else D * N * B
-    _launch("fwd", (K, x, s), N, B, D, sxr, relu_in, R * D, lambda m: -(-B // m["BB"]))
+    _launch("fwd", (K, x, s, N, B, D, sxr), relu_in, lambda m: (_cdiv(N, m["BT"]), R * D, _cdiv(B, m["BB"])))
     return s
 
 
@@ -229,13 +193,11 @@ def fused_conv_bwd(K: Tensor, x: Tensor, ds: Tensor, relu_in: bool,
     R, D, N = K.shape
     B = x.shape[-1]
     sxr = 0 if x.dim() == 3 else D * N * B
-    dT = torch.empty(R, D, N, N, device=x.device, dtype=torch.float32)
-    _launch("dT", (ds, x, dT), N, B, D, sxr, relu_in, R * D, lambda m: -(-N // m["BT"]))
-    dK = _diagonal_sums(dT)  # (R, D, N)
+    dK = _dK(ds, x, relu_in)  # (R, D, N)
     if not need_dx:
         return dK, ds.new_empty(0)
     dx = torch.empty(R, D, N, B, device=x.device, dtype=torch.float32)
-    _launch("dx", (K, ds, x, dx), N, B, D, sxr, relu_in, R * D, lambda m: -(-B // m["BB"]))
+    _launch("dx", (K, ds, x, dx, N, B, D, sxr), relu_in, lambda m: (_cdiv(N, m["BT"]), R * D, _cdiv(B, m["BB"])))
     return dK, dx
 
 
