@@ -14,8 +14,6 @@ transformers = pytest.importorskip("transformers", reason="needs peft and transf
 from ssm_peft import bench  # noqa: E402
 from ssm_peft.layouts import fused_path  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
 
 def test_tiny_preset_writes_the_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
