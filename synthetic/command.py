@@ -23,6 +23,7 @@ best of the learning-rate grid per (method, budget), a text table and the MSE-vs
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
@@ -39,7 +40,7 @@ class Command:
     description = ""
     config: Any = None  # the config dataclass (a synthetic.cli.SweepConfig subclass)
     presets: Dict[str, Dict] = {}
-    elsewhere: Dict[str, str] = {}  # a preset another registered experiment runs -> that experiment's name
+    elsewhere: Dict[str, str] = {}  # a preset another experiment runs -> its Command, "module:Class"
     method_order: Sequence[str] = ()  # the table's and figure's method order
     widths: Tuple[int, int] = (16, 20)  # the default table's method and budget columns
     spread: bool = False  # the default table also shows the min and max over seeds
@@ -139,6 +140,14 @@ class Command:
                                   title=run_title(self.title, records, "MSE vs. trainable parameters"))
 
 
+def load_command(ref) -> type:
+    """A :class:`Command` subclass, given as the class or as "module:Class" (imported now)."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def _error(cmd: Command, msg: str) -> NoReturn:
     """One line on stderr and exit 2, as the parser's errors."""
     print(f"{cmd.prog}: error: {msg}", file=sys.stderr)
@@ -158,9 +167,7 @@ def run_command(cmd: Command, argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     other = cmd.elsewhere.get(_preset(argv)) if cmd.elsewhere else None
     if other:  # e.g. python -m synthetic s4 --preset official: the s4_official command
-        from synthetic.experiments import REGISTRY
-
-        return REGISTRY[other].run(argv)
+        return run_command(load_command(other)(), argv)
     cfg = cmd.parse(argv)
     try:
         inputs = cmd.inputs(cfg)

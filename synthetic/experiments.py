@@ -12,9 +12,10 @@ call (``tests/test_experiments.py`` registers a toy experiment and runs it end t
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
+
+from synthetic.command import load_command, run_command
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,9 @@ class Spec:
 
     def load(self):
         """The command class."""
-        if isinstance(self.command, str):
-            module, _, attr = self.command.partition(":")
-            return getattr(importlib.import_module(module), attr)
-        return self.command
+        return load_command(self.command)
 
     def run(self, argv: Optional[Sequence[str]] = None) -> int:
-        from synthetic.command import run_command
-
         return run_command(self.load()(), argv)
 
 

@@ -309,7 +309,7 @@ class S4Command(Command):
     name = "s4"
     config, presets = Config, PRESETS
     parse = staticmethod(parse_config)
-    elsewhere = {p: "s4_official" for p in OFFICIAL_PRESETS}
+    elsewhere = {p: "synthetic.s4.official_experiment:OfficialCommand" for p in OFFICIAL_PRESETS}
     method_order = tuple(METHODS)
     mse_header, pct_digits = "best MSE", 1  # the table's MSE column and trainable-% digits
 
