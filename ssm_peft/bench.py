@@ -402,14 +402,15 @@ def _identity_config(cfg: BenchConfig) -> dict:
 
 REPORT = Path("figures/bench_real_models.json")  # the committed report the docs row is drawn from
 ROW_TITLE = ("Table 2 on transformers' `MambaForCausalLM` ({layers} × {width}, random weights), batch {batch} × "
-             "{seq}, `python -m ssm_peft.bench`, ms per step (median of rounds) and peak GiB")
+             "{seq}, `python -m ssm_peft.bench --preset {preset}`, ms per step (median of rounds) and peak GiB")
 
 
 def summary_row(report: Optional[dict]) -> str:
     """The docs/benchmarks.md row of a report (None: not measured yet): | benchmark | device | ours | paper |."""
     paper = f"paper Table 2: 410 s vs 330 s per epoch ({PAPER_TABLE2['ratio']:.3f})"
     c = report["config"] if report else dataclasses.asdict(BenchConfig())
-    title = ROW_TITLE.format(layers=c["n_layers"], width=c["hidden_size"], batch=c["batch"], seq=c["seq_len"])
+    title = ROW_TITLE.format(layers=c["n_layers"], width=c["hidden_size"], batch=c["batch"], seq=c["seq_len"],
+                             preset=c["preset"] if report else "paper")  # the committed report: the paper preset
     if report is None:
         return f"| {title} | — | not measured yet (`{REPORT}` does not exist) | {paper} |"
     v = report["versions"]
