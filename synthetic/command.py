@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from synthetic.cli import key_config, parse_options
-from synthetic.results import LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key
+from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key,
+                               run_records)
 from synthetic.runner import is_main_process, merge_shards, parse_shard, print_plan, run_sweep
 
 
@@ -171,9 +172,8 @@ def run_command(cmd: Command, argv: Optional[Sequence[str]] = None) -> int:
     cfg = cmd.parse(argv)
     try:
         inputs = cmd.inputs(cfg)
-        for path in inputs:
-            ResultsFile(path).load()
-        if cfg.plot_only and not any(ResultsFile(p).runs() for p in inputs):
+        loaded = [ResultsFile(path).load() for path in inputs]  # a corrupted file stops here, untouched
+        if cfg.plot_only and not any(run_records(records) for records in loaded):
             raise ValueError(f"--plot-only: no results in {inputs[0]} (run without --plot-only first, or pass the "
                              "--out and --preset of an earlier run)")
         if not (cfg.plot_only or cfg.dry_run or cfg.merge):
