@@ -24,8 +24,9 @@ Methods (:data:`METHODS`; the official configurations are those of furiosa-ai/ss
   Mamba projection the fused path calls as a module.
 - ``lora_r2`` / ``lora_r3`` / ``lora_r5``: Table 2's official LoRA baselines (r2 on out_proj + x_proj + dt_proj,
   r3 on out_proj + x_proj, r5 on out_proj + dt_proj; alpha = r) as weight-level LoRA (:class:`ssm_peft.LowRankDelta`,
-  no dropout, x_proj as one matrix where the official code splits it in three): peft refuses out_proj on Mamba
-  models, and its module-wrapping LoRA on x_proj / dt_proj is bypassed by the fused kernel.
+  no dropout; x_proj as the official code's three sub-linears W_Δ↓, W_B, W_C, each with its own rank-r LoRA, unless
+  ``--no-x-proj-split``; trainable 411,648 / 503,424 / 466,560 at Table 2's shape, the official counts): peft refuses
+  out_proj on Mamba models, and its module-wrapping LoRA on x_proj / dt_proj is bypassed by the fused kernel.
 - ``peft_lora_r2``: peft's LoRA r2 on the official targets that peft accepts (x_proj + dt_proj), on the fused path:
   a demonstration row, expected ``acts: false`` (its gradients are None: the kernel reads the base weights).
 - ``full``: full fine-tuning, for reference.
@@ -91,6 +92,8 @@ class BenchConfig:
     sdlora_rank: int = option(8, "SDLoRA: LoRA rank (and alpha) on out_proj")
     lora_rank: int = option(8, "lora_in_proj: peft LoRA rank (and alpha)")
     lora_dropout: float = option(0.1, "peft LoRA dropout (the paper's 0.1)")
+    x_proj_split: bool = option(True, "lora_r2/lora_r3: LoRA on x_proj as three rank-r updates of W_Δ↓, W_B, W_C, "
+                                      "the official code's split x_proj (false: one matrix, fewer parameters)")
     lr: float = option(1e-4, "AdamW learning rate")
     warmup_steps: int = option(3, "untimed steps per method first (kernel selection, allocator)")
     steps: int = option(10, "timed steps per method per round")
@@ -146,7 +149,8 @@ def _weight_lora(rank: int, targets: Sequence[str]) -> Callable:
 
         import ssm_peft
 
-        config = ssm_peft.SDTConfig(n_channels=0, lora_rank=rank, lora_alpha=float(rank), lora_targets=list(targets))
+        config = ssm_peft.SDTConfig(n_channels=0, lora_rank=rank, lora_alpha=float(rank), lora_targets=list(targets),
+                                    lora_x_proj_split=cfg.x_proj_split and "x_proj" in targets)
         config.selection = ssm_peft.first_selection(model, config)
         return peft.get_peft_model(model, config)
     return make
@@ -402,7 +406,8 @@ def _identity_config(cfg: BenchConfig) -> dict:
 
 REPORT = Path("figures/bench_real_models.json")  # the committed report the docs row is drawn from
 ROW_TITLE = ("Table 2 on transformers' `MambaForCausalLM` ({layers} × {width}, random weights), batch {batch} × "
-             "{seq}, `python -m ssm_peft.bench --preset {preset}`, ms per step (median of rounds) and peak GiB")
+             "{seq}, `python -m ssm_peft.bench --preset {preset}`, ms per step (median of rounds) and peak GiB; "
+             "official LoRA baselines with x_proj {x_proj}")
 
 
 def summary_row(report: Optional[dict]) -> str:
@@ -410,7 +415,9 @@ def summary_row(report: Optional[dict]) -> str:
     paper = f"paper Table 2: 410 s vs 330 s per epoch ({PAPER_TABLE2['ratio']:.3f})"
     c = report["config"] if report else dataclasses.asdict(BenchConfig())
     title = ROW_TITLE.format(layers=c["n_layers"], width=c["hidden_size"], batch=c["batch"], seq=c["seq_len"],
-                             preset=c["preset"] if report else "paper")  # the committed report: the paper preset
+                             preset=c["preset"] if report else "paper",  # the committed report: the paper preset
+                             x_proj="split in three, as the official code" if c.get("x_proj_split", False) else
+                             "as one matrix (fewer parameters than the official code's split)")
     if report is None:
         return f"| {title} | — | not measured yet (`{REPORT}` does not exist) | {paper} |"
     v = report["versions"]

@@ -42,6 +42,9 @@ class SDTConfig(PeftConfig):
     lora_alpha: Optional[float] = field(default=None, metadata={"help": "LoRA alpha (None: = rank, scaling 1)"})
     lora_targets: List[str] = field(default_factory=lambda: ["in_proj", "out_proj"], metadata={
         "help": f"mixer projections given LoRA, from {LORA_TARGETS}"})
+    lora_x_proj_split: bool = field(default=False, metadata={
+        "help": "LoRA on x_proj as three rank-r updates of its row blocks W_Δ↓, W_B, W_C (Mamba-1), as the "
+                "official code's split x_proj: r(3·D + R + 2H) trainable instead of r(D + R + 2H)"})
     selection: Optional[dict] = field(default=None, metadata={
         "help": "the selection (Selection.to_dict()); ssm_peft.sdt_select makes it"})
 
@@ -65,6 +68,8 @@ class SDTConfig(PeftConfig):
         if bad:
             raise ValueError(f"lora_targets: unknown {bad}; choose from {LORA_TARGETS}")
         self.lora_targets = list(self.lora_targets)
+        if self.lora_x_proj_split and not (self.lora_rank and "x_proj" in self.lora_targets):
+            raise ValueError("lora_x_proj_split: needs lora_rank > 0 and 'x_proj' in lora_targets")
 
 
 @dataclass

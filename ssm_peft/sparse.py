@@ -25,7 +25,7 @@ forward's exactly (the same function), so merging is exact.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -81,31 +81,46 @@ class SparseDelta(nn.Module):
 
 
 class LowRankDelta(nn.Module):
-    """``W_eff = W + (alpha / r) · B A`` for a 2-D base W (out, in): A (r, in), B (out, r), peft's init."""
+    """``W_eff = W + (alpha / r) · B A`` for a 2-D base W (out, in): A (r, in), B (out, r), peft's init.
+
+    row_blocks: sizes of consecutive row blocks of W (summing to ``out``), each with its own rank-r LoRA
+    (``W_eff[block j] = W[block j] + (alpha / r) · B[block j] A[j]``, A then (k, r, in)): the official code's
+    x_proj, split into three linears W_Δ↓ (R rows), W_B, W_C (H rows each), each given LoRA; trainable
+    ``r · (k · in + out)`` instead of ``r · (in + out)``.
+    """
 
     def __init__(self, shape, rank: int, alpha: Optional[float], dtype: torch.dtype, device=None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, row_blocks: Optional[Sequence[int]] = None):
         super().__init__()
         if len(shape) != 2:
             raise ValueError(f"LoRA needs a 2-D weight, got shape {tuple(shape)}")
         out_f, in_f = shape
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(out_f, in_f):
-            raise ValueError(f"rank: must be an integer in [1, {min(out_f, in_f)}] for a {tuple(shape)} weight, "
-                             f"got {rank!r}")
+        blocks = None if row_blocks is None else tuple(int(b) for b in row_blocks)
+        if blocks is not None and (sum(blocks) != out_f or min(blocks, default=0) < 1):
+            raise ValueError(f"row_blocks: positive sizes summing to the weight's {out_f} rows, got {row_blocks!r}")
+        max_rank = min(in_f, *(blocks or (out_f,)))
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
+            raise ValueError(f"rank: must be an integer in [1, {max_rank}] for a {tuple(shape)} weight"
+                             + ("" if blocks is None else f" in row blocks {blocks}") + f", got {rank!r}")
         self.rank, self.scaling = rank, (float(alpha) if alpha is not None else float(rank)) / rank
+        self.row_blocks = blocks
         wdt = delta_dtype(dtype)
-        self.lora_A = nn.Parameter(torch.empty(rank, in_f, dtype=wdt, device=device))  # (r, in)
+        a_shape = (rank, in_f) if blocks is None else (len(blocks), rank, in_f)
+        self.lora_A = nn.Parameter(torch.empty(a_shape, dtype=wdt, device=device))  # (r, in) or (k, r, in)
         self.lora_B = nn.Parameter(torch.zeros(out_f, rank, dtype=wdt, device=device))  # (out, r)
         # peft's LoRA init (nn.Linear's default, Kaiming-uniform with a = sqrt(5)): bound = 1 / sqrt(in)
         bound = 1.0 / math.sqrt(in_f)
         with torch.no_grad():
-            a = torch.rand(rank, in_f, generator=generator, dtype=wdt) * 2 * bound - bound
+            a = torch.rand(a_shape, generator=generator, dtype=wdt) * 2 * bound - bound
             self.lora_A.copy_(a.to(self.lora_A.device))
         self.enabled = True
 
     def delta_weight(self) -> Tensor:
-        """``(alpha / r) · B A`` (out, in) in the trainable dtype."""
-        return self.scaling * (self.lora_B @ self.lora_A)
+        """``(alpha / r) · B A`` (out, in) in the trainable dtype (per row block when ``row_blocks``)."""
+        if self.row_blocks is None:
+            return self.scaling * (self.lora_B @ self.lora_A)
+        parts = torch.split(self.lora_B, self.row_blocks, dim=0)  # (rows_j, r) each
+        return self.scaling * torch.cat([b @ a for b, a in zip(parts, self.lora_A)], dim=0)
 
     def forward(self, base: Tensor) -> Tensor:
         if not self.enabled:
@@ -113,4 +128,5 @@ class LowRankDelta(nn.Module):
         return (base.to(self.lora_A.dtype) + self.delta_weight()).to(base.dtype)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scaling={self.scaling:g}"
+        return f"rank={self.rank}, scaling={self.scaling:g}" + ("" if self.row_blocks is None else
+                                                               f", row_blocks={self.row_blocks}")

@@ -276,6 +276,47 @@ def test_official_rule_counts_equal_official():
     assert all(len(e["channels"]) == n_ch for e in config.selection["layers"].values())
 
 
+def test_split_x_proj_lora_is_three_independent_loras(tmp_path):
+    """lora_x_proj_split (the official code's x_proj, three linears): W_Δ↓ (R rows), W_B, W_C (H rows each) each get
+    their own rank-r LoRA. The adapted x_proj equals the three blocks applied as peft applies LoRA (activation side,
+    float64 oracle); r(3·in + out) trainable; the update has rank 3r where one rank-r LoRA has r; merge and
+    save -> load keep the logits."""
+    r = 2
+    base = tiny_mamba()
+    config = ssm_peft.SDTConfig(n_channels=0, lora_rank=r, lora_targets=["x_proj", "out_proj"], lora_x_proj_split=True)
+    config.selection = ssm_peft.first_selection(base, config)  # no SDT channel: x_proj's update is LoRA alone
+    pm = peft.get_peft_model(tiny_mamba(), config)
+    ids = ids_of()
+    assert torch.equal(pm(ids).logits, base(ids).logits)
+    randomise(pm)
+    joint = dict(config.to_dict(), lora_targets=["out_proj"], lora_x_proj_split=False)
+    n_layers = len(pm.base_model.model.backbone.layers)
+    for mixer in (layer.mixer for layer in pm.base_model.model.backbone.layers):
+        d = ssm_peft.mixer_dims(mixer, "mamba1")
+        lora = mixer.x_proj.parametrizations.weight[0]
+        W = mixer.x_proj.parametrizations.weight.original  # (R + 2H, D)
+        x = torch.randn(5, d.D, dtype=F64, generator=torch.Generator().manual_seed(4))
+        want, lo = [], 0
+        for j, rows in enumerate((d.R, d.H, d.H)):
+            B = lora.lora_B[lo:lo + rows]  # (rows, r)
+            want.append(x @ W[lo:lo + rows].T + lora.scaling * (x @ lora.lora_A[j].T) @ B.T)
+            assert int(torch.linalg.matrix_rank(mixer.x_proj.weight[lo:lo + rows] - W[lo:lo + rows])) == r
+            lo += rows
+        assert rel_err(mixer.x_proj(x), torch.cat(want, dim=-1)) < RTOL_F64
+        assert int(torch.linalg.matrix_rank(mixer.x_proj.weight - W)) == 3 * r
+    d = ssm_peft.mixer_dims(pm.base_model.model.backbone.layers[0].mixer, "mamba1")
+    assert pm.get_nb_trainable_parameters()[0] == (
+        _closed_form(base, type(config)(**{k: v for k, v in joint.items() if k in config.__dataclass_fields__}))
+        + n_layers * r * (3 * d.D + d.R + 2 * d.H))
+    want = pm(ids).logits
+    pm.save_pretrained(tmp_path / "adapter")
+    loaded = peft.PeftModel.from_pretrained(tiny_mamba(), tmp_path / "adapter")
+    assert torch.equal(loaded(ids).logits, want)
+    assert torch.equal(pm.merge_and_unload()(ids).logits, want)
+    with pytest.raises(ValueError, match="lora_x_proj_split: needs"):
+        ssm_peft.SDTConfig(lora_rank=2, lora_targets=["out_proj"], lora_x_proj_split=True)
+
+
 # ----------------------------------------------------------------------------- save, load, merge
 def _pretrained(tmp_path, kind):
     """A tiny model trained in full for a few steps and saved: the 'pretrained' base of the tests below."""

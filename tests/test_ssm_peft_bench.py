@@ -105,6 +105,23 @@ def test_summary_row_of_a_report(tmp_path):
     assert "peft_lora_r5_unfused not timed" in row and "not measured yet" not in row
 
 
+def test_official_lora_baselines_have_the_official_counts():
+    """Table 2's LoRA baselines at its width (768, 16 states) on two layers: x12 gives the official counts of
+    furiosa-ai/ssm-peft at 24 layers (r2 411,648, r3 503,424, r5 466,560; notes/mamba.md); x_proj as one
+    matrix (--no-x-proj-split) counts r2 264,192."""
+    import copy
+
+    cfg = bench.BenchConfig(n_layers=2, vocab_size=16, device="cpu")
+    base = bench.build_base(cfg, torch.device("cpu"))
+    counts = {}
+    for key, split in (("lora_r2", True), ("lora_r3", True), ("lora_r5", True), ("lora_r2", False)):
+        c = bench.BenchConfig(**{**bench.dataclasses.asdict(cfg), "x_proj_split": split})
+        model = bench.METHODS[key].make(copy.deepcopy(base), c)
+        counts[key, split] = 12 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert counts == {("lora_r2", True): 411_648, ("lora_r3", True): 503_424, ("lora_r5", True): 466_560,
+                      ("lora_r2", False): 264_192}
+
+
 def test_static_bytes_counts_each_storage_once():
     lin = torch.nn.Linear(4, 3)  # 12 + 3 float32
     opt = torch.optim.AdamW(lin.parameters())
