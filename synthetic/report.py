@@ -7,7 +7,10 @@ page comes from ``figures/*.jsonl`` (:class:`synthetic.results.ResultsFile`): th
 seeds at the best learning rate, trainable %, the lr and whether it sits at an edge of its grid), and a provenance
 line (preset, devices, seeds, run counts, date range) read from the same records. What is typed by hand is the
 short intro of each page (:data:`PAGES`) and the command that reproduces it; the intros state no numbers.
-``tests/test_report.py`` regenerates the pages and fails if a committed page differs from its data.
+The same run writes README.md's experiments table (between ``<!-- experiments-table -->`` markers, :data:`ROWS`):
+its GPU column is computed from the results files (:func:`gpu_cell`); commands, links and the CPU times (measured on
+2 cores) are typed there. ``tests/test_report.py`` regenerates pages and table and fails where the committed text
+differs from its data.
 """
 
 from __future__ import annotations
@@ -57,26 +60,31 @@ def _official_view(argv: Sequence[str]) -> View:
     return View(lambda recs: e.OfficialCommand().select(cfg, recs, note=_quiet), e.lr_policy(cfg), list(e.METHODS))
 
 
-def _mamba_like_view(kind: str, argv: Sequence[str], grid: str = "") -> View:
-    """Mamba, Mamba-II and the hybrid share their config module's parser, selector and lr policy. ``grid``: the
-    experiment class whose base grid :func:`synthetic.runner.plan` counts (for a sweep that may be partial)."""
+def base_grid(experiment: str, argv: Sequence[str]) -> Tuple[int, int]:
+    """(runs done, runs in all) of the base grid that ``python -m synthetic <experiment> <argv>`` sweeps, counted by
+    :func:`synthetic.runner.plan` in the committed results file (lr-extension rounds follow a complete base grid;
+    ``--dry-run`` lets a GPU preset parse on a CPU machine)."""
+    from synthetic.experiments import REGISTRY
+    from synthetic.runner import plan
+
+    cmd = REGISTRY[experiment].load()()
+    p = plan(cmd.experiment(cmd.parse([*argv, "--dry-run", "--out", str(ROOT / "figures")])))
+    return sum(r["runs_done"] for r in p["methods"].values()), sum(r["runs"] for r in p["methods"].values())
+
+
+def _mamba_like_view(kind: str, argv: Sequence[str], grid: bool = False) -> View:
+    """Mamba, Mamba-II and the hybrid share their config module's parser, selector and lr policy. ``grid``: count
+    the base grid (:func:`base_grid`, for a sweep that may be partial)."""
     import importlib
 
     conf = importlib.import_module(f"synthetic.{kind}.config")
-    exp = importlib.import_module(f"synthetic.{kind}.experiment")
     cfg = conf.parse_args(list(argv) + ["--dry-run"])  # --dry-run: a GPU preset parses on a CPU machine
     order = getattr(conf, "ALL_METHODS", None) or conf.METHOD_ORDER
-    count = None
-    if grid:
-        def count() -> Tuple[int, int]:
-            from synthetic.runner import plan
-
-            p = plan(getattr(exp, grid)(cfg))
-            return (sum(r["runs_done"] for r in p["methods"].values()), sum(r["runs"] for r in p["methods"].values()))
     from synthetic.experiments import REGISTRY
 
     command = REGISTRY[kind].load()()
-    return View(lambda recs: command.select(cfg, recs, note=_quiet), conf.lr_policy(cfg), list(order), count)
+    return View(lambda recs: command.select(cfg, recs, note=_quiet), conf.lr_policy(cfg), list(order),
+                (lambda: base_grid(kind, argv)) if grid else None)
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -91,7 +99,8 @@ def _g(x: Optional[float], digits: int = 4) -> str:
 def grid_table(rows: List[Dict], order: Sequence[str]) -> str:
     """Best-of-grid rows as Markdown: one row per (method, budget), methods in registry order."""
     rank = {m: i for i, m in enumerate(order)}
-    lines = ["| method | budget | trainable % | best MSE, mean | min–max over seeds | seeds | best lr | lr at grid edge |",
+    lines = ["| method | budget | trainable % | best MSE, mean | min–max over seeds | seeds | best lr | "
+             "lr at grid edge |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: (rank.get(r["method"], 99), r["trainable_pct"] or 0)):
         span = "n/a" if r["mean"] is None else f"{_g(r['min'], 3)}–{_g(r['max'], 3)}"
@@ -175,13 +184,22 @@ def theorem1_section() -> str:
             recs_all += recs
             rows_by_variant[v] = summarise(recs)
         out += [f"## {heading}", "",
-                _wrap(f"`figures/theorem1_training_{preset}_{{linear,relu}}.jsonl`. {provenance(recs_all, n_file)}"), "",
+                _wrap(f"`figures/theorem1_training_{preset}_{{linear,relu}}.jsonl`. "
+                      f"{provenance(recs_all, n_file)}"), "",
                 table(rows_by_variant), "", f"Reproduce: `{cmd}`", ""]
     return "\n".join(out).rstrip()
 
 
+# the GPU configurations the pages show and README's table times (one definition for both)
+S4_PAPER = ("--preset", "paper", "--batch", "1000")
+S4_OFFICIAL = ("--preset", "official", "--precision", "tf32")
+MAMBA_PAPER = ("--preset", "paper", "--backend", "mamba_ssm")
+HYBRID_PAPER = (*MAMBA_PAPER, "--seeds", "0,1,2")
+ALL = ("--methods", "all")
+
+
 def _s4p(*a: str) -> Callable[[], View]:
-    return lambda: _s4_view(["--preset", "paper", "--batch", "1000", *a])
+    return lambda: _s4_view([*S4_PAPER, *a])
 
 
 PAGES: Tuple[Page, ...] = (
@@ -203,7 +221,7 @@ PAGES: Tuple[Page, ...] = (
          "learning rates. Verdicts and what the official methods really train: "
          "[findings](../findings.md#figure-2-three-ways).",
          (Source("Official preset (GPU, TF32)", "figures/s4_regression_official.jsonl",
-                 lambda: _official_view(["--preset", "official", "--precision", "tf32"]),
+                 lambda: _official_view(S4_OFFICIAL),
                  "python -m synthetic.s4_regression --preset official --precision tf32"),),
          (("Figure 2 three ways", "s4_fig2_three_ways.png"),)),
     Page("theorem1", "Theorem 1 vs training: why SDT does not reach zero in Figure 2",
@@ -223,7 +241,7 @@ PAGES: Tuple[Page, ...] = (
          "vary data and adapter initialisation; the frozen and target models are fixed (`model_seed`). Best MSE is "
          "the lowest evaluation MSE. Verdicts: [findings](../findings.md#mamba).",
          (Source("Paper preset (GPU, mamba-ssm)", "figures/mamba_regression_paper.jsonl",
-                 lambda: _mamba_like_view("mamba", ["--preset", "paper", "--backend", "mamba_ssm"]),
+                 lambda: _mamba_like_view("mamba", MAMBA_PAPER),
                  "python -m synthetic.mamba_regression --preset paper"),
           Source("CPU preset (reference backend)", "figures/mamba_regression_cpu.jsonl",
                  lambda: _mamba_like_view("mamba", ["--preset", "cpu", "--out", "figures"]),
@@ -235,7 +253,7 @@ PAGES: Tuple[Page, ...] = (
          "states. The paper fine-tunes Mamba-II too; the official code has none. Lemma 2 for a scalar-A head and "
          "SDT's state budget: [findings](../findings.md#mamba-ii).",
          (Source("Paper preset (GPU, mamba-ssm kernels)", "figures/mamba2_regression_paper.jsonl",
-                 lambda: _mamba_like_view("mamba2", ["--preset", "paper", "--backend", "mamba_ssm"], grid="Mamba2Experiment"),
+                 lambda: _mamba_like_view("mamba2", MAMBA_PAPER, grid=True),
                  "python -m synthetic.mamba2_regression --preset paper"),
           Source("CPU preset (reference backend)", "figures/mamba2_regression_cpu.jsonl",
                  lambda: _mamba_like_view("mamba2", ["--preset", "cpu", "--out", "figures"]),
@@ -248,8 +266,7 @@ PAGES: Tuple[Page, ...] = (
          "modules. A toy at one size; the seeds vary data and adapters, not the models. Model, methods and checks: "
          "`synthetic/hybrid/` and `tests/test_hybrid.py`; verdicts: [findings](../findings.md#hybrid).",
          (Source("Paper preset (GPU, mamba-ssm kernels; partial)", "figures/hybrid_regression_paper.jsonl",
-                 lambda: _mamba_like_view("hybrid", ["--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2"],
-                                          grid="HybridExperiment"),
+                 lambda: _mamba_like_view("hybrid", HYBRID_PAPER, grid=True),
                  "python -m synthetic.hybrid_regression --preset paper"),
           Source("CPU preset (reference backend)", "figures/hybrid_regression_cpu.jsonl",
                  lambda: _mamba_like_view("hybrid", ["--preset", "cpu", "--out", "figures"]),
@@ -262,10 +279,10 @@ PAGES: Tuple[Page, ...] = (
          "budgets and checks in `notes/peft_methods.md`). Proposition 1 on the experiment's own layer is "
          "`pytest tests/test_peft_methods.py -k prefix`. Points at the top of their lr grid are upper bounds. "
          "Verdicts: [findings](../findings.md#other-peft-methods).",
-         (Source("Deep S4, paper preset (GPU)", "figures/peft_methods_s4_paper.jsonl", _s4p("--methods", "all"),
+         (Source("Deep S4, paper preset (GPU)", "figures/peft_methods_s4_paper.jsonl", _s4p(*ALL),
                  "python -m synthetic.s4_regression --preset paper --batch 1000 --methods all"),
           Source("Mamba, paper preset (GPU)", "figures/peft_methods_mamba_paper.jsonl",
-                 lambda: _mamba_like_view("mamba", ["--preset", "paper", "--backend", "mamba_ssm", "--methods", "all"]),
+                 lambda: _mamba_like_view("mamba", [*MAMBA_PAPER, *ALL]),
                  "python -m synthetic.mamba_regression --preset paper --methods all"),
           Source("Mamba, CPU preset", "figures/peft_methods_mamba_cpu.jsonl",
                  lambda: _mamba_like_view("mamba", ["--preset", "cpu", "--methods", "all", "--out", "figures"]),
@@ -301,12 +318,128 @@ def write_pages(out: Path, pages: Sequence[Page] = PAGES) -> List[Path]:
     return written
 
 
+# ------------------------------------------------------------------------------ README's experiments table
+TABLE_START, TABLE_END = "<!-- experiments-table -->", "<!-- /experiments-table -->"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A GPU results file of a README row, and the ``python -m synthetic`` experiment and arguments whose base grid
+    it holds (the same configuration its page shows)."""
+
+    path: str
+    experiment: str
+    argv: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of README's experiments table. ``cpu``: the default preset's time on 2 cores, a measurement of the
+    command (typed); ``gpu``: the typed cell of a row without results files; ``sweeps``: the results files whose
+    records give the GPU cell (:func:`gpu_cell`)."""
+
+    command: str
+    reproduces: str
+    cpu: str
+    gpu: str = ""
+    sweeps: Tuple[Sweep, ...] = ()
+
+
+LINKS: Dict[str, str] = {
+    "s4-paper": "docs/results/s4-paper.md", "s4-official": "docs/results/s4-official.md",
+    "theorem1": "docs/results/theorem1.md", "mamba": "docs/results/mamba.md", "mamba2": "docs/results/mamba2.md",
+    "hybrid": "docs/results/hybrid.md", "peft": "docs/results/peft-methods.md", "bench": "docs/benchmarks.md"}
+
+ROWS: Tuple[Row, ...] = (
+    Row("python -m synthetic s4", "[Figure 2, deep S4, the paper's conventions][s4-paper]", "~35 s",
+        sweeps=(Sweep("figures/s4_regression_paper.jsonl", "s4", S4_PAPER),)),
+    Row("python -m synthetic s4_official --precision tf32", "[Figure 2, official code][s4-official]", "—",
+        sweeps=(Sweep("figures/s4_regression_official.jsonl", "s4_official", S4_OFFICIAL),)),
+    Row("python -m synthetic.s4_fig2", "[Figure 2 three ways][s4-official]: paper, official code, toolkit",
+        "seconds", "—"),
+    Row("python -m synthetic s4_theorem1", "[Theorem 1 vs training][theorem1]", "~3–11 min",
+        sweeps=tuple(Sweep(f"figures/theorem1_training_paper_{v}.jsonl", "s4_theorem1",
+                           ("--preset", "paper", "--activation", a))
+                     for v, a in (("linear", "identity"), ("relu", "relu")))),
+    Row("python -m synthetic mamba", "[SDT vs LoRA on Mamba blocks][mamba]", "~1 min",
+        sweeps=(Sweep("figures/mamba_regression_paper.jsonl", "mamba", MAMBA_PAPER),)),
+    Row("python -m synthetic mamba2", "[SDT vs LoRA on Mamba-II blocks][mamba2]", "~8 min",
+        sweeps=(Sweep("figures/mamba2_regression_paper.jsonl", "mamba2", MAMBA_PAPER),)),
+    Row("python -m synthetic hybrid", "[Table 4, a Jamba-style hybrid][hybrid]", "~11 min",
+        sweeps=(Sweep("figures/hybrid_regression_paper.jsonl", "hybrid", HYBRID_PAPER),)),
+    Row("python -m synthetic s4 --methods all", "[the paper's other PEFT methods][peft]", "~3.5 min",
+        sweeps=(Sweep("figures/peft_methods_s4_paper.jsonl", "s4", (*S4_PAPER, *ALL)),)),
+    Row("python -m synthetic mamba --methods all", "[the same on Mamba blocks][peft]", "~2 min",
+        sweeps=(Sweep("figures/peft_methods_mamba_paper.jsonl", "mamba", (*MAMBA_PAPER, *ALL)),)),
+    Row(r"python -m synthetic.bench [--mamba \| --scaling]", "[speed, Table 2; convolution forms][bench]", "~15 s",
+        "minutes"),
+    Row("python -m ssm_peft.bench", "[Table 2 on `MambaForCausalLM`][bench]", "~1 min (a small model)", "~2 min"),
+)
+
+
+def _duration(seconds: float) -> str:
+    """The README's rounding: ~N min below 90 minutes, ~N.N h from there."""
+    minutes = seconds / 60
+    return f"~{round(minutes)} min" if minutes < 90 else f"~{seconds / 3600:.1f} h"
+
+
+def gpu_cell(paths: Sequence[Path], grid: Optional[Tuple[int, int]] = None) -> str:
+    """README's GPU cell from results files: the sum of ``wall_s`` over their sweep records on a GPU (one record per
+    sweep process, so shards run side by side add up; a file with none, written before the sweeps recorded
+    themselves, counts its GPU run records' ``wall_s`` instead), the GPUs named short ("NVIDIA H100 80GB HBM3" is
+    H100), and "partial done/total" where ``grid`` (runs done, runs in all) is not complete."""
+    timed: List[Dict] = []
+    for path in paths:
+        recs = [r for r in ResultsFile(Path(path), log=_quiet).load()
+                if r.get("device") and str(r["device"]).lower() != "cpu"]
+        timed += [r for r in recs if r["kind"] == "sweep"] or [r for r in recs if r["kind"] == "run"]
+    parts = [f"partial {grid[0]}/{grid[1]}"] if grid and grid[0] < grid[1] else []
+    if timed:
+        gpus = sorted({str(r["device"]).removeprefix("NVIDIA ").split()[0] for r in timed})
+        parts.append(f"{_duration(sum(float(r.get('wall_s') or 0) for r in timed))} ({', '.join(gpus)})")
+    return ", ".join(parts) or "—"
+
+
+def row_gpu(row: Row) -> str:
+    """A row's GPU cell: typed, or computed from its results files and the base grids they hold."""
+    if not row.sweeps:
+        return row.gpu
+    grids = [base_grid(s.experiment, s.argv) for s in row.sweeps]
+    return gpu_cell([ROOT / s.path for s in row.sweeps], (sum(d for d, _ in grids), sum(t for _, t in grids)))
+
+
+def experiments_table(rows: Sequence[Row] = ROWS) -> str:
+    """README's experiments table and its link definitions, markers included."""
+    lines = [TABLE_START, "| command | reproduces | CPU default | GPU |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{r.command}` | {r.reproduces} | {r.cpu} | {row_gpu(r)} |" for r in rows]
+    lines += [""] + [f"[{label}]: {target}" for label, target in LINKS.items()] + [TABLE_END]
+    return "\n".join(lines)
+
+
+def readme_table(text: str) -> str:
+    """The experiments table in README text, markers included."""
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md: no {TABLE_START} ... {TABLE_END} block")
+    return text[start:end + len(TABLE_END)]
+
+
+def write_readme(path: Path = ROOT / "README.md") -> bool:
+    """Rewrite the experiments table in ``path``; whether the text changed."""
+    text = path.read_text(encoding="utf-8")
+    new = text.replace(readme_table(text), experiments_table())
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m synthetic.report", description=plain(__doc__.split("\n\n")[0]))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the pages (docs/results)")
     args = ap.parse_args(argv)
     for path in write_pages(Path(args.out)):
         print("wrote", path)
+    print("wrote" if write_readme() else "unchanged:", ROOT / "README.md", "(experiments table)")
     return 0
 
 
