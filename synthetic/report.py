@@ -384,19 +384,21 @@ def _duration(seconds: float) -> str:
 
 
 def gpu_cell(paths: Sequence[Path], grid: Optional[Tuple[int, int]] = None) -> str:
-    """README's GPU cell from results files: the sum of ``wall_s`` over their sweep records on a GPU (one record per
-    sweep process, so shards run side by side add up; a file with none, written before the sweeps recorded
-    themselves, counts its GPU run records' ``wall_s`` instead), the GPUs named short ("NVIDIA H100 80GB HBM3" is
+    """README's GPU cell from results files: per file, the larger of two lower bounds of its GPU time, the sum of
+    ``wall_s`` over its sweep records on a GPU (one per sweep process, setup and compiles included; shards side by
+    side add up; missing for a process cut off before it wrote one, and in files written before sweeps recorded
+    themselves) and over its GPU run records (training alone); the GPUs named short ("NVIDIA H100 80GB HBM3" is
     H100), and "partial done/total" where ``grid`` (runs done, runs in all) is not complete."""
-    timed: List[Dict] = []
+    total, gpus = 0.0, set()
     for path in paths:
         recs = [r for r in ResultsFile(Path(path), log=_quiet).load()
-                if r.get("device") and str(r["device"]).lower() != "cpu"]
-        timed += [r for r in recs if r["kind"] == "sweep"] or [r for r in recs if r["kind"] == "run"]
+                if r.get("device") and str(r["device"]).lower() != "cpu" and r.get("kind") in ("sweep", "run")]
+        wall = {k: sum(float(r.get("wall_s") or 0) for r in recs if r["kind"] == k) for k in ("sweep", "run")}
+        total += max(wall.values())
+        gpus |= {str(r["device"]).removeprefix("NVIDIA ").split()[0] for r in recs}
     parts = [f"partial {grid[0]}/{grid[1]}"] if grid and grid[0] < grid[1] else []
-    if timed:
-        gpus = sorted({str(r["device"]).removeprefix("NVIDIA ").split()[0] for r in timed})
-        parts.append(f"{_duration(sum(float(r.get('wall_s') or 0) for r in timed))} ({', '.join(gpus)})")
+    if gpus:
+        parts.append(f"{_duration(total)} ({', '.join(sorted(gpus))})")
     return ", ".join(parts) or "—"
 
 
