@@ -73,14 +73,18 @@ def test_sdt_on_mamba_ssm_block_fused_path_acts_and_gets_gradients():
 
 # --------------------------------------------------------------------- transformers' fused vs unfused path
 def tiny_hf(kind: str):
-    """Two float32 layers at kernel-friendly sizes (d_model 64, 16 states, Mamba-2: 4 heads of 32, one group)."""
+    """Two float32 layers at kernel-friendly sizes (d_model 64, 16 states, Mamba-2: 8 heads of 16, one group).
+
+    Mamba-2's in_proj width, 2·d_inner + 2·G·N + heads, must be a multiple of 8: transformers' unfused path hands
+    causal-conv1d a channel-last slice of in_proj's output, whose strides that kernel requires to be multiples of 8
+    (4 heads of 32 gave 292 and failed on an H100: notes/gpu_logs/ssm_peft_xproj_split_2026-12-06)."""
     torch.manual_seed(0)
     if kind == "mamba":
         cfg = transformers.MambaConfig(vocab_size=64, hidden_size=64, state_size=16, num_hidden_layers=2, expand=2,
                                        conv_kernel=4, time_step_rank=8, use_mambapy=False)
         return transformers.MambaForCausalLM(cfg).to(DEV)
     cfg = transformers.Mamba2Config(vocab_size=64, hidden_size=64, state_size=16, num_hidden_layers=2, expand=2,
-                                    num_heads=4, head_dim=32, n_groups=1, conv_kernel=4, chunk_size=16)
+                                    num_heads=8, head_dim=16, n_groups=1, conv_kernel=4, chunk_size=16)
     return transformers.Mamba2ForCausalLM(cfg).to(DEV)
 
 
