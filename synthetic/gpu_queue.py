@@ -13,6 +13,12 @@ its log into one archive whose paths are the repository's, so bringing a call's 
 The sweeps' ``--time-budget`` stops starting new runs; a run in progress finishes, so every phase is given the
 time left minus ``--margin`` (the longest run expected under load). A job whose packages (``mamba_ssm``,
 ``causal_conv1d``) do not import is skipped with a message, never run on a fallback backend.
+
+Calls on a warm machine: each call runs on a fresh copy of the caller's tree, which may not hold what the previous
+call wrote yet. So every call keeps the results files it changed under ``out/gpu_queue_state/`` (ignored, so it
+stays on the machine while it is held), and the next call first folds into its results files the records it
+finds there and they lack (by run key; ``--no-restore`` skips this). Nothing is run twice, and the last call's
+archive holds everything.
 """
 
 from __future__ import annotations
@@ -253,6 +259,39 @@ def pack(out: Path, before: Dict[str, Tuple[int, int]], logs: Path, folder: Path
     return path
 
 
+STATE = ROOT / "out" / "gpu_queue_state"  # ignored: kept on a warm device between calls
+
+
+def save_state(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "figures", base: Path = ROOT,
+               state: Path = STATE) -> List[str]:
+    """Copy every results file (``*.jsonl``) under ``folder`` that changed since ``before`` to ``state`` (same path
+    relative to ``base``), for the next call on this machine. Returns the relative paths."""
+    after = snapshot(folder, base)
+    changed = sorted(k for k, v in after.items() if k.endswith(".jsonl") and before.get(k) != v)
+    for k in changed:
+        (state / k).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(base / k, state / k)
+    return changed
+
+
+def restore_state(log, base: Path = ROOT, state: Path = STATE) -> int:
+    """Fold into ``base``'s results files the records an earlier call on this machine kept under ``state`` and
+    they lack (by run key, under each file's lock). Returns the number of records added."""
+    from synthetic.results import ResultsFile
+
+    added = 0
+    for kept in sorted(state.rglob("*.jsonl")) if state.is_dir() else []:
+        main = ResultsFile(base / kept.relative_to(state))
+        with main.lock():
+            n = len(main.completed_keys()) if main.path.exists() else 0
+            main.extend(r for r in ResultsFile(kept).load() if "key" in r)
+            new = len(main.completed_keys()) - n
+        if new:
+            log(f"restored {new} records of an earlier call on this machine into {kept.relative_to(state)}")
+        added += new
+    return added
+
+
 def select(names: str) -> List[Job]:
     if not names:
         return list(JOBS)
@@ -283,6 +322,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--tests", default="", help="GPU test modules to run first, comma-separated")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu_queue")),
                     help="where the archive goes (default $OUT, else out/gpu_queue)")
+    ap.add_argument("--restore", action=argparse.BooleanOptionalAction, default=True,
+                    help="first fold in the records an earlier call on this (warm) machine wrote and this tree "
+                         "lacks (default on)")
     ap.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
                     help="print the queue (runs done / to do, estimated device time) and exit")
     a = ap.parse_args(argv)
@@ -308,6 +350,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     q.log(subprocess.run([sys.executable, "-c", "import torch; print('torch', torch.__version__, 'cuda', "
                           "torch.cuda.is_available() and torch.cuda.get_device_name(0))"],
                          capture_output=True, text=True).stdout.strip())
+    if a.restore:  # after the snapshot: what it folds in is packed with this call's results
+        try:
+            restore_state(q.log)
+        except Exception as e:  # an unreadable kept file must not cost the call: say so and go on without it
+            q.log(f"restore: skipped ({type(e).__name__}: {e})")
     install_wheels(a.wheels, q.log)
     if a.tests:
         run_tests(q, [t for t in a.tests.split(",") if t])
@@ -326,6 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             elif not p.finished:
                 q.run(job, p)
     finally:
+        save_state(before)
         pack(a.out, before, logs)
     return 0
 

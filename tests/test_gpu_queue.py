@@ -57,3 +57,27 @@ def test_rehearsal_runs_shards_merges_and_packs(tmp_path, monkeypatch):
     assert "results/s4_regression_tiny.jsonl" in names
     assert not any("shard" in n for n in names if n.startswith("results/"))  # merged and removed
     assert any(n.endswith("/gpu_queue.log") for n in names) and any(n.endswith("toy.shard1.log") for n in names)
+
+
+def test_a_warm_machines_next_call_folds_in_what_the_last_one_wrote(tmp_path):
+    """Call 1 wrote runs a, b into its copy of the tree; call 2 starts from the caller's tree (run a only, as if
+    the caller had not unpacked call 1's archive): it gets b back from the state folder, a is not duplicated."""
+    from synthetic.results import ResultsFile
+
+    def rec(k):
+        return {"key": k, "kind": "run", "method": "SDT", "budget": {}, "lr": 0.01, "seed": 0, "status": "ok",
+                "best_mse": 1.0}
+
+    tree1, tree2, state = tmp_path / "t1", tmp_path / "t2", tmp_path / "state"
+    res1 = ResultsFile(tree1 / "figures" / "x.jsonl")
+    res1.extend([rec("a")])
+    before = gq.snapshot(tree1 / "figures", tree1)
+    res1.extend([rec("b")])
+    assert gq.save_state(before, tree1 / "figures", tree1, state) == ["figures/x.jsonl"]
+    res2 = ResultsFile(tree2 / "figures" / "x.jsonl")
+    res2.extend([rec("a")])
+    msgs = []
+    assert gq.restore_state(msgs.append, tree2, state) == 1
+    assert [r["key"] for r in res2.load()] == ["a", "b"] and "restored 1 records" in msgs[0]
+    assert gq.restore_state(msgs.append, tree2, state) == 0  # a second restore adds nothing
+    assert gq.restore_state(msgs.append, tmp_path / "t3", tmp_path / "none") == 0  # no state: nothing
