@@ -12,7 +12,8 @@
 #       official_s4/pylib; ../shared/tools/README.md), into figures/bench_s4_fused_official_cuda.json
 #   (6) with the time left: (a) the same profile of the toeplitz form's step, (b) the scaling table on CUDA
 #       (N 200/800/3200, D 64/256, every form incl. fused, eager) into figures/bench_s4_scaling_cuda.json (written after every (N, D): a cut-off keeps its rows)
-# The autotuner's choice per kernel is printed (TRITON_PRINT_AUTOTUNING=1). Needs no network. Logs and JSON go
+# STEPS picks the steps (comma-separated, default 1,2,3,4,5,6a,6b; e.g. STEPS=5,6a,6b for what the 2026-12-06 calls
+# left undone). The autotuner's choice per kernel is printed (TRITON_PRINT_AUTOTUNING=1). Needs no network. Logs and JSON go
 # under $OUT (figures/ copies, *.log, summary printed at the end); GIT_COMMIT (or COMMIT) names the records' commit:
 #   COMMIT=$(git rev-parse --short HEAD) OUT=$OUT bash scripts/gpu_s4_fused.sh   (repo root; OUT defaults to
 #   ./out/gpu_s4_fused)
@@ -33,6 +34,8 @@ OJSON="$OUT/figures/bench_s4_fused_official_cuda.json"  # its own file: a report
 read -r -a BX <<< "${BENCH_EXTRA:-}"
 read -r -a SX <<< "${SCALING_EXTRA:-}"
 t0=$(date +%s)
+STEPS="${STEPS:-1,2,3,4,5,6a,6b}"
+want() { [[ ",$STEPS," == *",$1,"* ]]; }  # is step $1 asked for?
 left() {  # seconds for the next step: min(cap, what is left of TOTAL_S minus a 10 s margin), at least 1
     local cap=$1 rest=$(( TOTAL_S - ($(date +%s) - t0) - 10 ))
     (( rest < cap )) && cap=$rest
@@ -45,16 +48,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')"
 "$PY" -c "import triton; print('triton', triton.__version__)" || echo "no triton: the fused form runs its torch emulation"
 
+if want 1; then
 echo "== (1) tests/test_s4_fused.py (fused kernels vs the float64 twin)"
 timeout "$(left 90)" "$PY" -m pytest -q -rs tests/test_s4_fused.py 2>&1 | tee "$OUT/pytest_s4_fused.log"
 echo "pytest exit ${PIPESTATUS[0]}"
+fi
 
+want 2 && {
 echo "== (2) paper configuration, R = 16 runs per step, Frozen and Full, forms $FORMS (compiled)"
 timeout "$(left 200)" "$PY" -m synthetic.bench --preset paper --runs 16 --conv "$FORMS" --methods "Frozen,Full" \
     --iters 5 --warm 2 --check-iters 0 ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" \
     || echo "R = 16 bench stopped (rows done are kept)"
+}
 
-if (( $(left 1000) > 60 )); then
+if want 3 && (( $(left 1000) > 60 )); then
     echo "== (3) profile of the fused R = 16 Full step (where the time goes), $(left 1000) s left"
     timeout "$(left 120)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv fused --iters 3 --warm 2 \
         ${PROFILE_EXTRA:-} --out "$OUT/profile_fused_r16.txt" > "$OUT/profile_fused_r16.log" 2>&1 \
@@ -63,12 +70,14 @@ else
     echo "== (3) profile skipped: $(left 1000) s left"
 fi
 
+want 4 && {
 echo "== (4) paper configuration, single run, every method, forms $FORMS (compiled), $(left 1000) s left"
 timeout "$(left 120)" "$PY" -m synthetic.bench --preset paper --runs 1 --conv "$FORMS" --methods "$METHODS" --iters 10 \
     --warm 2 --check-iters 0 ${BX[@]+"${BX[@]}"} --keep-previous --out "$JSON" \
     || echo "R = 1 bench stopped (rows done are kept)"
+}
 
-if [ -f official_s4/S4/run_s4.py ] && (( $(left 1000) > 45 )); then
+if want 5 && [ -f official_s4/S4/run_s4.py ] && (( $(left 1000) > 45 )); then
     echo "== (5) the official code against our Full step, single run, forms $FORMS, $(left 1000) s left"
     timeout "$(left 1000)" "$PY" -m synthetic.bench --preset paper --runs 1 --conv "$FORMS" --methods "Full" --iters 10 \
         --warm 2 --check-iters 0 --official-dir official_s4/S4 --official-iters 25,5 ${BX[@]+"${BX[@]}"} \
@@ -77,14 +86,14 @@ else
     echo "== (5) official timing skipped (official_s4/S4 carried? $( [ -f official_s4/S4/run_s4.py ] && echo yes || echo no ); $(left 1000) s left)"
 fi
 
-if (( $(left 1000) > 100 )); then
+if want 6a && (( $(left 1000) > 100 )); then
     echo "== (6a) profile of the toeplitz R = 16 Full step (the same table for the previous form), $(left 1000) s left"
     timeout "$(left 120)" "$PY" scripts/profile_s4_step.py --runs 16 --method Full --conv toeplitz --iters 3 --warm 2 \
         ${PROFILE_EXTRA:-} --out "$OUT/profile_toeplitz_r16.txt" > "$OUT/profile_toeplitz_r16.log" 2>&1 \
         && tail -45 "$OUT/profile_toeplitz_r16.log" || { echo "profile stopped:"; tail -20 "$OUT/profile_toeplitz_r16.log"; }
 fi
 
-if (( $(left 1000) > 40 )); then
+if want 6b && (( $(left 1000) > 40 )); then
     echo "== (6b) scaling table (eager), $(left 1000) s left"
     timeout "$(left 1000)" "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 3 --warm 1 \
         --rounds 1 ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" \
