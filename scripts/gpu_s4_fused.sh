@@ -67,7 +67,7 @@ if want 3 && (( $(left 1000) > 60 )); then
         ${PROFILE_EXTRA:-} --out "$OUT/profile_fused_r16.txt" > "$OUT/profile_fused_r16.log" 2>&1 \
         && tail -45 "$OUT/profile_fused_r16.log" || { echo "profile stopped:"; tail -20 "$OUT/profile_fused_r16.log"; }
 else
-    echo "== (3) profile skipped: $(left 1000) s left"
+    want 3 && echo "== (3) profile skipped: $(left 1000) s left"
 fi
 
 want 4 && {
@@ -83,7 +83,7 @@ if want 5 && [ -f official_s4/S4/run_s4.py ] && (( $(left 1000) > 45 )); then
         --warm 2 --check-iters 0 --official-dir official_s4/S4 --official-iters 25,5 ${BX[@]+"${BX[@]}"} \
         --keep-previous --out "$OJSON" || echo "official timing stopped (the official time only if it finished)"
 else
-    echo "== (5) official timing skipped (official_s4/S4 carried? $( [ -f official_s4/S4/run_s4.py ] && echo yes || echo no ); $(left 1000) s left)"
+    want 5 && echo "== (5) official timing skipped (official_s4/S4 carried? $( [ -f official_s4/S4/run_s4.py ] && echo yes || echo no ); $(left 1000) s left)"
 fi
 
 if want 6a && (( $(left 1000) > 100 )); then
@@ -99,7 +99,7 @@ if want 6b && (( $(left 1000) > 40 )); then
         --rounds 1 ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" \
         || echo "scaling cut off (the table keeps the rows done)"
 else
-    echo "== (6b) scaling table skipped: $(left 1000) s left"
+    want 6b && echo "== (6b) scaling table skipped: $(left 1000) s left"
 fi
 
 for J in "$JSON" "$OJSON"; do [ -f "$J" ] && "$PY" - "$J" <<'EOF'
