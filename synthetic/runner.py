@@ -345,7 +345,10 @@ class _Sweep:
         if not st.runs:
             return
         env = environment()
-        self.out.append({"key": f"sweep@{utc_now()}" + (f"@rank{ctx.rank}" if ctx else ""), "kind": "sweep",
+        # the shard / rank in the key: processes of one sweep end within the same second, and a merge keeps one
+        # record per key
+        where = (f"@shard{shard[0]}of{shard[1]}" if shard else "") + (f"@rank{ctx.rank}" if ctx else "")
+        self.out.append({"key": f"sweep@{utc_now()}{where}", "kind": "sweep",
                          "experiment": self.exp.name, "preset": self.exp.preset,
                          "wall_s": st.wall_s, "groups": st.groups, "groups_run": st.groups_run,
                          "groups_skipped": st.groups_skipped, "runs": st.runs, "calls": st.calls,
