@@ -198,6 +198,75 @@ HYBRID_PAPER = (*MAMBA_PAPER, "--seeds", "0,1,2")
 ALL = ("--methods", "all")
 
 
+# Mamba-I over three frozen/target pairs (issue 29): pair 0 is the committed paper sweep; pairs 1 and 2 are the
+# queue's jobs mamba-model-seed1/2 (python -m synthetic.gpu_queue), data seeds 0 and 1, the six core methods.
+MODEL_PAIRS = ((0, "figures/mamba_regression_paper.jsonl", ()),
+               *((k, f"figures/mamba_model_seed{k}/mamba_regression_paper.jsonl",
+                  ("--model-seed", str(k), "--out", f"figures/mamba_model_seed{k}")) for k in (1, 2)))
+PAIR_SEEDS = (0, 1)  # the data seeds every pair has (pair 0 has seed 2 too: left out, like for like)
+CORE = ("Frozen", "SDT", "LoRA (S6+Proj)", "SDT + LoRA", "LoRA (Proj)", "Full")
+
+
+def nearest_budget_wins(rows: Sequence[Dict], method: str, rival: str) -> Tuple[int, int]:
+    """(wins, comparisons): each ``method`` row against the ``rival`` row nearest in trainable % (within a factor
+    2, on a log scale); a win is a lower mean best MSE."""
+    import math
+
+    mine = [r for r in rows if r["method"] == method and r["mean"] is not None and r["trainable_pct"]]
+    theirs = [r for r in rows if r["method"] == rival and r["mean"] is not None and r["trainable_pct"]]
+    wins = n = 0
+    for r in mine:
+        dist = [(abs(math.log(r["trainable_pct"] / o["trainable_pct"])), o) for o in theirs]
+        near = min(dist, key=lambda d: d[0], default=None)
+        if near is not None and near[0] <= math.log(2):
+            n += 1
+            wins += r["mean"] < near[1]["mean"]
+    return wins, n
+
+
+def model_pairs_section() -> str:
+    """The six core methods' best MSE on each frozen/target pair (mean over data seeds 0, 1 at the best lr), and
+    per pair how often SDT (and SDT + LoRA) beats LoRA (S6+Proj) at the nearest budget."""
+    cols: Dict[int, Optional[Dict]] = {}
+    rows_of: Dict[int, List[Dict]] = {}
+    for pair, path, extra in MODEL_PAIRS:
+        if not (ROOT / path).exists():
+            cols[pair] = None
+            continue
+        view = _mamba_like_view("mamba", [*MAMBA_PAPER, "--seeds", "0,1", *extra])
+        recs = [r for r in view.select(_load_runs(path)) if r.get("seed") in PAIR_SEEDS and r["method"] in CORE]
+        rows_of[pair] = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=view.policy)
+        cols[pair] = {(r["method"], r["budget_label"]): r for r in rows_of[pair]}
+    pairs = [k for k, _, _ in MODEL_PAIRS]
+    keys = {k: r for c in cols.values() if c for k, r in c.items()}  # (method, budget) -> a row (for its %)
+    rank = {m: i for i, m in enumerate(CORE)}
+    lines = ["| method | budget | trainable % | " + " | ".join(f"pair {k}" for k in pairs) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in pairs) + " |"]
+    for key in sorted(keys, key=lambda k: (rank.get(k[0], 99), keys[k]["trainable_pct"] or 0)):
+        cells = [("not run" if cols[k] is None else _g((cols[k].get(key) or {}).get("mean"))) for k in pairs]
+        lines.append(f"| {key[0]} | {key[1]} | {(keys[key]['trainable_pct'] or 0):.2f} | " + " | ".join(cells) + " |")
+    verdicts = []
+    for k in pairs:
+        if cols[k] is None:
+            continue
+        parts = []
+        for method in ("SDT", "SDT + LoRA"):
+            w, n = nearest_budget_wins(rows_of[k], method, "LoRA (S6+Proj)")
+            parts.append(f"{method} beats LoRA (S6+Proj) at the nearest budget in {w} of {n}")
+        verdicts.append(f"Pair {k}: " + "; ".join(parts))
+    run = [k for k in pairs if cols[k] is not None]
+    todo = [k for k in pairs if cols[k] is None]
+    status = (f"Pairs with results: {', '.join(map(str, run))}" +
+              (f"; not run yet: {', '.join(map(str, todo))} (the queue's jobs "
+               f"{', '.join(f'mamba-model-seed{k}' for k in todo)})" if todo else ""))
+    text = (f"{status}. Each cell: best MSE at the best lr, mean over data seeds {', '.join(map(str, PAIR_SEEDS))} "
+            "(pair 0's seed 2 left out, like for like), the paper preset's six core methods. "
+            + ". ".join(verdicts) + ".")
+    return "\n".join(["## Three frozen/target pairs (GPU, paper preset)", "", _wrap(text), "", *lines, "",
+                      _wrap("Reproduce: `python -m synthetic.gpu_queue --jobs mamba-model-seed1,mamba-model-seed2` "
+                            "(a GPU with mamba-ssm and causal-conv1d)")])
+
+
 def _s4p(*a: str) -> Callable[[], View]:
     return lambda: _s4_view([*S4_PAPER, *a])
 
@@ -247,7 +316,7 @@ PAGES: Tuple[Page, ...] = (
                  lambda: _mamba_like_view("mamba", ["--preset", "cpu", "--out", "figures"]),
                  "python -m synthetic.mamba_regression --out figures")),
          (("Mamba, paper preset", "mamba_mse_vs_params_paper.png"), ("loss curves", "mamba_loss_curves_paper.png"),
-          ("Mamba, CPU preset", "mamba_mse_vs_params_cpu.png"))),
+          ("Mamba, CPU preset", "mamba_mse_vs_params_cpu.png")), model_pairs_section),
     Page("mamba2", "Mamba-II (SSD) blocks: SDT vs LoRA",
          "The same regression on Mamba-II blocks (`synthetic/mamba2/`): heads are SDT's channels, B/C coordinates its "
          "states. The paper fine-tunes Mamba-II too; the official code has none. Lemma 2 for a scalar-A head and "

@@ -7,6 +7,7 @@
 import json
 from pathlib import Path
 
+from synthetic import report
 from synthetic.report import PAGES, experiments_table, gpu_cell, readme_table, write_pages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,3 +56,29 @@ def test_readme_is_short_and_keeps_the_test_command():
     assert text.count(TEST_COMMAND_BLOCK) == 1
     assert text.count("<!-- ssm-peft-example -->") == 1  # the block tests/test_ssm_peft_example.py runs
     assert all(len(line) <= 120 for line in lines), "README lines are at most 120 characters"
+
+
+def test_nearest_budget_wins_compares_within_a_factor_two():
+    rows = [{"method": "SDT", "mean": 1.0, "trainable_pct": 2.0}, {"method": "SDT", "mean": 0.1, "trainable_pct": 8.0},
+            {"method": "SDT", "mean": 0.1, "trainable_pct": 100.0},  # no rival within a factor 2: not compared
+            {"method": "LoRA", "mean": 0.5, "trainable_pct": 3.0}, {"method": "LoRA", "mean": 0.2, "trainable_pct": 9.0}]
+    assert report.nearest_budget_wins(rows, "SDT", "LoRA") == (1, 2)
+
+
+def test_model_pairs_section_reads_a_pairs_file(tmp_path, monkeypatch):
+    """A second pair's file (here pair 0's records relabelled model seed 1) fills its column with the same numbers;
+    a pair without a file says 'not run'."""
+    from synthetic.results import ResultsFile
+
+    recs = ResultsFile(ROOT / "figures" / "mamba_regression_paper.jsonl").load()
+    for r in recs:
+        r["model_seed"] = 1
+        r.setdefault("config", {})["model_seed"] = 1
+    ResultsFile(tmp_path / "pair1.jsonl").extend(recs)
+    monkeypatch.setattr(report, "MODEL_PAIRS", (report.MODEL_PAIRS[0],
+                                                (1, str(tmp_path / "pair1.jsonl"), ("--model-seed", "1")),
+                                                (2, str(tmp_path / "none.jsonl"), ("--model-seed", "2"))))
+    text = report.model_pairs_section()
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| SDT | channels=16 |")]
+    assert len(rows) == 1 and rows[0][3] == rows[0][4] and rows[0][5] == "not run |"
+    assert "Pairs with results: 0, 1; not run yet: 2" in text.replace("\n", " ")
