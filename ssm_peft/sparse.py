@@ -128,5 +128,5 @@ class LowRankDelta(nn.Module):
         return (base.to(self.lora_A.dtype) + self.delta_weight()).to(base.dtype)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scaling={self.scaling:g}" + ("" if self.row_blocks is None else
-                                                               f", row_blocks={self.row_blocks}")
+        blocks = "" if self.row_blocks is None else f", row_blocks={self.row_blocks}"
+        return f"rank={self.rank}, scaling={self.scaling:g}{blocks}"

@@ -61,7 +61,8 @@ def test_readme_is_short_and_keeps_the_test_command():
 def test_nearest_budget_wins_compares_within_a_factor_two():
     rows = [{"method": "SDT", "mean": 1.0, "trainable_pct": 2.0}, {"method": "SDT", "mean": 0.1, "trainable_pct": 8.0},
             {"method": "SDT", "mean": 0.1, "trainable_pct": 100.0},  # no rival within a factor 2: not compared
-            {"method": "LoRA", "mean": 0.5, "trainable_pct": 3.0}, {"method": "LoRA", "mean": 0.2, "trainable_pct": 9.0}]
+            {"method": "LoRA", "mean": 0.5, "trainable_pct": 3.0},
+            {"method": "LoRA", "mean": 0.2, "trainable_pct": 9.0}]
     assert report.nearest_budget_wins(rows, "SDT", "LoRA") == (1, 2)
 
 
