@@ -3,7 +3,7 @@
 Each job is an experiment command whose results file already holds what earlier calls ran (the sweeps resume by
 run key), so the queue is the same on every call: it asks each job for its plan (``--dry-run``), runs the first
 jobs with work left within ``--budget`` seconds (the base grid in ``shards`` processes on the one GPU, then
-``--merge``, then the lr-extension rounds in one process), and packs every file it wrote under ``figures/`` plus
+``--merge``, then the lr-extension rounds, each split over the shards and merged), and packs every file it wrote under ``figures/`` plus
 its log into one archive whose paths are the repository's, so bringing a call's results home is one command::
 
     python -m synthetic.gpu_queue --dry-run                 # the queue: runs done / to do, estimated device time
@@ -220,22 +220,43 @@ class Queue:
             if rc:
                 self.log(f"  {tag}: exit {rc} (see its log)")
 
+    def _sharded(self, job: Job, tag: str) -> bool:
+        """One sharded phase (``job.shards`` processes on the GPU, then ``--merge``); False when too little time."""
+        b = self.left() - self.margin
+        if b < 30:
+            self.log(f"  no time for the sharded {tag}")
+            return False
+        procs = [(f"shard {i}/{job.shards}", self._spawn(job, f"shard{i}", ("--shard", f"{i}/{job.shards}",
+                                                                            "--time-budget", f"{b:.0f}")))
+                 for i in range(job.shards)]
+        self._wait(procs)
+        self._wait([("merge", self._spawn(job, "merge", ("--merge",)))])
+        return True
+
     def run(self, job: Job, p: Plan) -> None:
+        """The base grid (sharded where the job has shards), then the lr-extension rounds: each round split over
+        the shards (they plan it from the merged file alike) and merged before the next is planned; an unsharded
+        job, or base-grid runs left over, in one resumable process."""
         self.log(f"job {job.name}: {p.done} / {p.total} base-grid runs done, {p.todo} to do, {self.left():.0f}s left")
         if p.todo and job.shards > 1:
-            b = self.left() - self.margin
-            if b < 30:
-                self.log("  no time for the sharded base grid")
-                return
-            procs = [(f"shard {i}/{job.shards}", self._spawn(job, f"shard{i}", ("--shard", f"{i}/{job.shards}",
-                                                                                "--time-budget", f"{b:.0f}")))
-                     for i in range(job.shards)]
-            self._wait(procs)
-            self._wait([("merge", self._spawn(job, "merge", ("--merge",)))])
-        b = self.left() - self.margin
-        if b >= 30:  # the base grid (unsharded jobs) and the lr-extension rounds, resumable
-            self._wait([("sweep", self._spawn(job, "sweep", ("--time-budget", f"{b:.0f}")))])
+            self._sharded(job, "base grid")
         after = plan(job, self.env)
+        rounds = 0
+        while job.shards > 1 and not after.error and after.todo == 0 and after.extension:
+            before = after
+            if not self._sharded(job, f"lr-extension round {rounds + 1}"):
+                break
+            rounds += 1
+            after = plan(job, self.env)
+            self.log(f"  lr-extension round {rounds}: {before.extension} runs planned, "
+                     f"{'?' if after.extension is None else after.extension} next")
+            if (after.done, after.extension) == (before.done, before.extension):
+                self.log("  the round added nothing (see the shard logs); stopping this job")
+                break
+        b = self.left() - self.margin
+        if b >= 30 and (job.shards == 1 or after.todo):  # unsharded jobs; base-grid runs the shards left
+            self._wait([("sweep", self._spawn(job, "sweep", ("--time-budget", f"{b:.0f}")))])
+            after = plan(job, self.env)
         self.log(f"  {job.name}: {after.done} / {after.total} done, {after.todo} to do, extension next "
                  f"{'?' if after.extension is None else after.extension}{' ' + after.error if after.error else ''}")
 

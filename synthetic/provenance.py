@@ -31,6 +31,11 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def utc_now_us() -> str:
+    """The current UTC time, ISO 8601 to the microsecond (a sweep record's key: sweeps may end in one second)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def environment() -> Dict[str, str]:
     """Device name, torch version, commit and UTC date for records and benchmarks."""
     import torch

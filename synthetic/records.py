@@ -68,7 +68,7 @@ RUN_FIELDS = (
     ("date", "str | null", "UTC time the record was written (ISO 8601); null in records from before dates were kept"),
 )
 SWEEP_FIELDS = (
-    ("key", "str", '"sweep@<UTC time>", then "@shard<i>of<n>" / "@rank<r>" for a shard or a torchrun rank'),
+    ("key", "str", '"sweep@<UTC time, microseconds>", then "@shard<i>of<n>" / "@rank<r>" (a shard, a rank)'),
     ("kind", "str", '"sweep"'), ("experiment", "str", "as above"),
     ("preset", "str", "as above"), ("wall_s", "float", "the invocation's wall time"),
     ("runs", "int", "runs recorded by it"), ("calls", "int", "train calls"), ("groups_run", "int", "base-grid groups"),

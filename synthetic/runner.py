@@ -19,9 +19,10 @@ after the base grid until every best lr is interior or at a bound), progress bar
 (:class:`synthetic.results.ResultsFile`), the fields every record shares (``key``, ``kind``,
 ``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.results`), a closing ``kind: "sweep"``
 record with the wall time, ``shard=(i, n)`` (base-grid groups ``j`` with ``j % n == i``, into the
-shard's own file; lr-extension rounds are planned later by one process, since which lrs a round adds
-depends on which runs finished), :func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`),
-and :func:`plan` (``--dry-run``).
+shard's own file; once the base grid is complete in the results file, i.e. merged, a shard takes the items
+``j % n == i`` of the next lr-extension round, planned from the results file alone so every shard plans the same
+round, and stops: merging and relaunching the shards runs the next round, as one process would),
+:func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`), and :func:`plan` (``--dry-run``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 from synthetic.parallel import (Dist, distributed, done_keys, is_main_process, merge_shards,  # noqa: F401 (re-exported)
                                 parse_shard, shard_files, shard_path)
 from synthetic.progress import progress
+from synthetic.provenance import utc_now_us
 from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError, environment, exit_error,
                                lr_extension_plan, run_key, utc_now)
 
@@ -339,16 +341,44 @@ class _Sweep:
             self.end_of_round(f"extension-{st.extension_rounds}")
             st.extension_runs += st.runs - n0
 
+    def extension_share(self, all_groups: Sequence[Group], shard: Tuple[int, int]) -> None:
+        """A shard's part of the next lr-extension round, once the base grid is complete in the results file (the
+        shards merged): items ``j % n == i`` of the round planned from the results file (the same plan in every
+        shard); runs already in a shard file are skipped. One round: the next needs every shard's runs merged."""
+        exp, st = self.exp, self.st
+        main_recs = self.main.load()
+        in_main = {r.get("key") for r in main_recs}
+        if not all(exp.key(g.seed, g.method, g.budget, lr) in in_main for g in all_groups for lr in g.lrs):
+            return  # the base grid is not merged yet: which lrs a round adds depends on every shard's runs
+        todo = extension_todo(exp, main_recs, all_groups)
+        todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)  # as extension_rounds plans
+        mine = [t for j, t in enumerate(todo) if j % shard[1] == shard[0]]
+        if not mine:
+            return
+        st.extension_rounds = 1
+        n0 = st.runs
+        for seed, method, budget, lrs in progress(mine, total=len(mine), desc=f"{exp.name} {exp.preset} extension"):
+            runs = [Run(seed, method, budget, lr, "extension") for lr in lrs
+                    if exp.key(seed, method, budget, lr) not in self.done]
+            if not runs:
+                continue
+            if self.out_of_time():
+                st.stopped = True
+                break
+            self.submit(runs)
+        self.end_of_round("extension-share")
+        st.extension_runs += st.runs - n0
+
     def record(self) -> None:
         """A ``kind: "sweep"`` record with this invocation's wall time and counts (none if nothing ran)."""
         st, ctx, shard = self.st, self.ctx, self.shard
         if not st.runs:
             return
         env = environment()
-        # the shard / rank in the key: processes of one sweep end within the same second, and a merge keeps one
-        # record per key
+        # microseconds and the shard / rank in the key: processes of one sweep (and relaunched shards) end within
+        # one second, and a merge keeps one record per key
         where = (f"@shard{shard[0]}of{shard[1]}" if shard else "") + (f"@rank{ctx.rank}" if ctx else "")
-        self.out.append({"key": f"sweep@{utc_now()}{where}", "kind": "sweep",
+        self.out.append({"key": f"sweep@{utc_now_us()}{where}", "kind": "sweep",
                          "experiment": self.exp.name, "preset": self.exp.preset,
                          "wall_s": st.wall_s, "groups": st.groups, "groups_run": st.groups_run,
                          "groups_skipped": st.groups_skipped, "runs": st.runs, "calls": st.calls,
@@ -391,15 +421,17 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
                                                                   f"{len(all_groups)})" if shard else "")
         + f" -> {sw.out.path}")
     sw.base_grid(groups)
-    if shard is None:  # shards run the base grid only: which lrs a round adds depends on every shard's runs
+    if shard is None:
         sw.extension_rounds(all_groups)
+    elif not sw.st.stopped:  # a shard: its part of the next round, once the merged base grid is complete
+        sw.extension_share(all_groups, shard)
     st = sw.st
     st.wall_s = time.monotonic() - sw.t0
     if st.stopped:
         log(f"{sw.tag}time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")
     if shard is not None:
-        log("shard done; fold the shard files in with --merge, then rerun without --shard to grow the lr grid "
-            "where a best lr is at an edge")
+        log("shard done; fold the shard files in with --merge, then run the shards again (or one process without "
+            "--shard) for the next lr-extension round where a best lr is at an edge")
     log(f"{sw.tag}sweep: {st.runs} runs in {st.calls} calls ({st.extension_rounds} lr-extension rounds, "
         f"{st.extension_runs} extension runs), wall {st.wall_s:.1f}s")
     sw.record()

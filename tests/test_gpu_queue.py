@@ -1,5 +1,6 @@
 """The GPU queue on the CPU: its plan parser on real dry-run output, its refusals, and a rehearsal that runs a
-tiny deep-S4 job sharded over two processes, merges it, finds nothing left and packs what changed."""
+tiny deep-S4 job sharded over two processes, merges it, runs its lr-extension round over the shards, finds nothing
+left and packs what changed."""
 
 import tarfile
 
@@ -52,6 +53,7 @@ def test_rehearsal_runs_shards_merges_and_packs(tmp_path, monkeypatch):
     q.run(job, before)
     after = gq.plan(job)
     assert after.finished and after.done == after.total == before.total
+    assert "lr-extension round 1: " in (logs / "gpu_queue.log").read_text()  # the round ran split over the shards
     archive = gq.pack(tmp_path / "out", snap, logs, folder=out, base=tmp_path)
     names = tarfile.open(archive).getnames()
     assert "results/s4_regression_tiny.jsonl" in names

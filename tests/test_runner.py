@@ -129,3 +129,27 @@ def test_bad_shard_is_refused():
         with pytest.raises(ValueError, match="--shard"):
             runner.parse_shard(s)
     assert runner.parse_shard("") is None and runner.parse_shard("1/3") == (1, 3)
+
+
+def test_sharded_extension_rounds_equal_one_process(tmp_path):
+    """After the merged base grid, each relaunch of the shards runs one lr-extension round split among them (the
+    same plan in every shard); merge, relaunch, until nothing is left: the same runs and results as one process."""
+    one = Toy(tmp_path / "one" / "r.json")
+    runner.run_sweep(one, log=lambda s: None)
+    main = tmp_path / "two" / "r.json"
+    rounds = 0
+    for _ in range(20):
+        for i in range(3):
+            runner.run_sweep(Toy(main), shard=(i, 3), log=lambda s: None)
+        runner.merge_shards(main, log=lambda s: None)
+        p = runner.plan(Toy(main))
+        if p["base_runs_to_do"] == 0 and p["extension_runs_next"] == 0:
+            break
+        rounds += 1
+    assert rounds >= 2  # the toy's grid grows over several rounds, each one split over the shards
+    a = {r["key"]: r["best_mse"] for r in ResultsFile(one.results_path).runs()}
+    b = {r["key"]: r["best_mse"] for r in ResultsFile(main).runs()}
+    assert a == b
+    shard_sweeps = [r for r in ResultsFile(main).load() if r["kind"] == "sweep" and r["extension_runs"]]
+    assert len({r["shard"] for r in shard_sweeps}) > 1  # the extension runs were spread over shards
+    assert runner.run_sweep(Toy(main), shard=(0, 3), log=lambda s: None).runs == 0  # nothing left: no work
