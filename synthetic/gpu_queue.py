@@ -150,7 +150,7 @@ def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None) -> Lis
             print(f"| {j.name} | {j.what} | - | - | - | {p.error} |")
             continue
         ext = "after the grid" if p.extension is None else str(p.extension)
-        est = "unknown" if p.est_s is None else f"~{p.est_s / max(1, j.shards if p.todo else 1):.0f} s"
+        est = "unknown" if p.est_s is None else f"~{p.est_s / max(1, j.shards):.0f} s"  # rounds are sharded too
         print(f"| {j.name} | {j.what} | {p.done} / {p.total} | {p.todo} | {ext} | {est} |")
     left = [j.name for j, p in rows if not p.finished]
     print(f"{len(left)} of {len(rows)} jobs with work left" + (f": {', '.join(left)}" if left else ": nothing to do"))
