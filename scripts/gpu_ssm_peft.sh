@@ -12,6 +12,7 @@
 # ssm_peft/bench and paths; the versions go into the log and the report). Needs the machine's huggingface-hub >= 1.31
 # and tokenizers 0.23 for transformers 5.24 (the image had 1.33 / 0.23.2).
 #   bash scripts/gpu_ssm_peft.sh         (from the repo root; OUT defaults to ./out/gpu_ssm_peft)
+# STEPS=tests (or bench) runs one of the two steps (default: both).
 # smoke test on a CPU (not a measurement): BENCH_ARGS="--preset tiny --rounds 1" bash scripts/gpu_ssm_peft.sh
 set -uo pipefail
 OUT="${OUT:-out/gpu_ssm_peft}"
@@ -36,11 +37,17 @@ for p in ("torch", "transformers", "peft", "mamba_ssm", "causal_conv1d", "triton
     except md.PackageNotFoundError:
         print(p, "not installed")
 EOF
-echo "== (i) GPU tests"
-timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -rs --durations=5 -p no:cacheprovider tests/test_ssm_peft_gpu.py \
-    --junitxml "$OUT/gpu_tests.xml" || echo "GPU tests: failed or stopped (exit $?)"
-echo "== (ii) Table 2 on MambaForCausalLM"
-timeout "${BENCH_TIMEOUT:-240}" "$PY" -m ssm_peft.bench "${BX[@]}" --out "$OUT/bench_real_models.json" \
-    || echo "bench: failed or stopped (exit $?)"
-[ -f "$OUT/bench_real_models.json" ] && "$PY" -m ssm_peft.bench --summary --out "$OUT/bench_real_models.json"
+STEPS="${STEPS:-tests,bench}"
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
+if want tests; then
+    echo "== (i) GPU tests"
+    timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -rs --durations=5 -p no:cacheprovider tests/test_ssm_peft_gpu.py \
+        --junitxml "$OUT/gpu_tests.xml" || echo "GPU tests: failed or stopped (exit $?)"
+fi
+if want bench; then
+    echo "== (ii) Table 2 on MambaForCausalLM"
+    timeout "${BENCH_TIMEOUT:-240}" "$PY" -m ssm_peft.bench "${BX[@]}" --out "$OUT/bench_real_models.json" \
+        || echo "bench: failed or stopped (exit $?)"
+    [ -f "$OUT/bench_real_models.json" ] && "$PY" -m ssm_peft.bench --summary --out "$OUT/bench_real_models.json"
+fi
 echo "== done $(date -u +%FT%TZ)"
