@@ -316,17 +316,24 @@ class _Sweep:
         self.log(f"{self.tag}base grid: {len(groups)} groups, {st.groups_run} run, {st.groups_skipped} already done, "
                  f"wall {time.monotonic() - self.t0:.1f}s")
 
+    def round_plan(self, records: Sequence[Dict[str, Any]], all_groups: Sequence[Group]) -> List[Tuple]:
+        """The next lr-extension round from ``records``, seed-major (runs of one seed share steps): one plan for the
+        one-process rounds and for every shard's share of a round, so both run the same runs."""
+        exp = self.exp
+        todo = extension_todo(exp, records, all_groups)
+        todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)
+        return todo
+
     def extension_rounds(self, all_groups: Sequence[Group]) -> None:
         """Rounds of lr-grid growth (planned by one process: rank 0 under torchrun) until no group needs a run."""
         exp, st, ctx = self.exp, self.st, self.ctx
         planned: set = set()
         while not st.stopped:
-            todo = extension_todo(exp, self.main.load(), all_groups) if ctx is None or ctx.rank == 0 else None
+            todo = self.round_plan(self.main.load(), all_groups) if ctx is None or ctx.rank == 0 else None
             if ctx is not None:
                 todo = ctx.broadcast(todo)
             if not todo:
                 return
-            todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)  # seed-major: shared steps
             keys = {exp.key(s, m, b, lr) for s, m, b, lrs in todo for lr in lrs}
             if keys & planned:  # their records should be in the file by now: stop rather than loop
                 raise RuntimeError(f"lr extension: runs planned twice; their records are not in {self.main.path}")
@@ -350,9 +357,7 @@ class _Sweep:
         in_main = {r.get("key") for r in main_recs}
         if not all(exp.key(g.seed, g.method, g.budget, lr) in in_main for g in all_groups for lr in g.lrs):
             return  # the base grid is not merged yet: which lrs a round adds depends on every shard's runs
-        todo = extension_todo(exp, main_recs, all_groups)
-        todo.sort(key=lambda t: exp.seeds.index(t[0]) if t[0] in exp.seeds else 0)  # as extension_rounds plans
-        mine = [t for j, t in enumerate(todo) if j % shard[1] == shard[0]]
+        mine = [t for j, t in enumerate(self.round_plan(main_recs, all_groups)) if j % shard[1] == shard[0]]
         if not mine:
             return
         st.extension_rounds = 1
