@@ -186,6 +186,11 @@ def snapshot(folder: Path, base: Path = ROOT) -> Dict[str, Tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
 
 
+def changed_since(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "figures", base: Path = ROOT) -> List[str]:
+    """Paths (relative to ``base``) of the files under ``folder`` that are new or changed since ``before``."""
+    return sorted(k for k, v in snapshot(folder, base).items() if before.get(k) != v)
+
+
 class Queue:
     """Runs the jobs with work left, in order, until ``budget`` seconds have passed since ``start``."""
 
@@ -265,8 +270,7 @@ def pack(out: Path, before: Dict[str, Tuple[int, int]], logs: Path, folder: Path
          base: Path = ROOT) -> Path:
     """One archive of every file under ``folder`` that changed since ``before`` (paths relative to ``base``, the
     repository root), plus the logs as notes/gpu_logs/gpu_queue_<date>/."""
-    after = snapshot(folder, base)
-    changed = sorted(k for k, v in after.items() if before.get(k) != v)
+    changed = changed_since(before, folder, base)
     stamp = time.strftime("%Y-%m-%d_%H%M", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     path = out / "gpu_queue.tgz"
@@ -287,8 +291,7 @@ def save_state(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "figure
                state: Path = STATE) -> List[str]:
     """Copy every results file (``*.jsonl``) under ``folder`` that changed since ``before`` to ``state`` (same path
     relative to ``base``), for the next call on this machine. Returns the relative paths."""
-    after = snapshot(folder, base)
-    changed = sorted(k for k, v in after.items() if k.endswith(".jsonl") and before.get(k) != v)
+    changed = [k for k in changed_since(before, folder, base) if k.endswith(".jsonl")]
     for k in changed:
         (state / k).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(base / k, state / k)
