@@ -227,35 +227,30 @@ def nearest_budget_wins(rows: Sequence[Dict], method: str, rival: str) -> Tuple[
 def model_pairs_section() -> str:
     """The six core methods' best MSE on each frozen/target pair (mean over data seeds 0, 1 at the best lr), and
     per pair how often SDT (and SDT + LoRA) beats LoRA (S6+Proj) at the nearest budget."""
-    cols: Dict[int, Optional[Dict]] = {}
-    rows_of: Dict[int, List[Dict]] = {}
+    cols: Dict[int, Dict] = {}  # pair -> (method, budget) -> best-of-grid row; pairs without a file are absent
     for pair, path, extra in MODEL_PAIRS:
-        if not (ROOT / path).exists():
-            cols[pair] = None
-            continue
-        view = _mamba_like_view("mamba", [*MAMBA_PAPER, "--seeds", "0,1", *extra])
-        recs = [r for r in view.select(_load_runs(path)) if r.get("seed") in PAIR_SEEDS and r["method"] in CORE]
-        rows_of[pair] = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=view.policy)
-        cols[pair] = {(r["method"], r["budget_label"]): r for r in rows_of[pair]}
+        if (ROOT / path).exists():
+            view = _mamba_like_view("mamba", [*MAMBA_PAPER, "--seeds", "0,1", *extra])
+            recs = [r for r in view.select(_load_runs(path)) if r.get("seed") in PAIR_SEEDS and r["method"] in CORE]
+            rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=view.policy)
+            cols[pair] = {(r["method"], r["budget_label"]): r for r in rows}
     pairs = [k for k, _, _ in MODEL_PAIRS]
-    keys = {k: r for c in cols.values() if c for k, r in c.items()}  # (method, budget) -> a row (for its %)
+    keys = {k: r for c in cols.values() for k, r in c.items()}  # (method, budget) -> a row (for its %)
     rank = {m: i for i, m in enumerate(CORE)}
     lines = ["| method | budget | trainable % | " + " | ".join(f"pair {k}" for k in pairs) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in pairs) + " |"]
     for key in sorted(keys, key=lambda k: (rank.get(k[0], 99), keys[k]["trainable_pct"] or 0)):
-        cells = [("not run" if cols[k] is None else _g((cols[k].get(key) or {}).get("mean"))) for k in pairs]
+        cells = [("not run" if k not in cols else _g((cols[k].get(key) or {}).get("mean"))) for k in pairs]
         lines.append(f"| {key[0]} | {key[1]} | {(keys[key]['trainable_pct'] or 0):.2f} | " + " | ".join(cells) + " |")
     verdicts = []
-    for k in pairs:
-        if cols[k] is None:
-            continue
+    for k in cols:
         parts = []
         for method in ("SDT", "SDT + LoRA"):
-            w, n = nearest_budget_wins(rows_of[k], method, "LoRA (S6+Proj)")
+            w, n = nearest_budget_wins(list(cols[k].values()), method, "LoRA (S6+Proj)")
             parts.append(f"{method} beats LoRA (S6+Proj) at the nearest budget in {w} of {n}")
         verdicts.append(f"Pair {k}: " + "; ".join(parts))
-    run = [k for k in pairs if cols[k] is not None]
-    todo = [k for k in pairs if cols[k] is None]
+    run = [k for k in pairs if k in cols]
+    todo = [k for k in pairs if k not in cols]
     status = (f"Pairs with results: {', '.join(map(str, run))}" +
               (f"; not run yet: {', '.join(map(str, todo))} (the queue's jobs "
                f"{', '.join(f'mamba-model-seed{k}' for k in todo)})" if todo else ""))
