@@ -98,7 +98,7 @@ class LowRankDelta(nn.Module):
         blocks = None if row_blocks is None else tuple(int(b) for b in row_blocks)
         if blocks is not None and (sum(blocks) != out_f or min(blocks, default=0) < 1):
             raise ValueError(f"row_blocks: positive sizes summing to the weight's {out_f} rows, got {row_blocks!r}")
-        max_rank = min(in_f, *(blocks or (out_f,)))
+        max_rank = self.max_rank(shape, blocks)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
             raise ValueError(f"rank: must be an integer in [1, {max_rank}] for a {tuple(shape)} weight"
                              + ("" if blocks is None else f" in row blocks {blocks}") + f", got {rank!r}")
@@ -114,6 +114,12 @@ class LowRankDelta(nn.Module):
             a = torch.rand(a_shape, generator=generator, dtype=wdt) * 2 * bound - bound
             self.lora_A.copy_(a.to(self.lora_A.device))
         self.enabled = True
+
+    @staticmethod
+    def max_rank(shape, row_blocks: Optional[Sequence[int]] = None) -> int:
+        """The largest rank a (out, in) weight takes: min(out, in), or per row block min(rows_j, in)."""
+        out_f, in_f = shape
+        return min(in_f, *(row_blocks or (out_f,)))
 
     def delta_weight(self) -> Tensor:
         """``(alpha / r) · B A`` (out, in) in the trainable dtype (per row block when ``row_blocks``)."""

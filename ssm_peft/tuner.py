@@ -159,20 +159,19 @@ class SDTModel(_SSMTuner):
         if missing:
             raise ValueError(f"selection: no entry for the mixers {missing}; it was made for another model")
         for name, mixer, spec in mixers:
+            dims = mixer_dims(mixer, spec.layout)
             if config.lora_rank:
                 for target in config.lora_targets:
                     lin = getattr(mixer, target, None)
                     if not isinstance(lin, nn.Linear):
                         raise ValueError(f"lora_targets: {type(mixer).__name__} at {name!r} has no linear {target!r}")
                     W = _original(lin, "weight")
-                    blocks = None
-                    if target == "x_proj" and config.lora_x_proj_split:  # W_Δ↓ (R, D), W_B, W_C (H, D)
-                        dims = mixer_dims(mixer, spec.layout)
-                        blocks = (dims.R, dims.H, dims.H)
+                    split = target == "x_proj" and config.lora_x_proj_split
+                    blocks = (dims.R, dims.H, dims.H) if split else None  # W_Δ↓ (R, D), W_B, W_C (H, D)
                     parametrize.register_parametrization(lin, "weight", LowRankDelta(
-                        W.shape, min(config.lora_rank, *W.shape[1:], *(blocks or W.shape[:1])), config.lora_alpha,
+                        W.shape, min(config.lora_rank, LowRankDelta.max_rank(W.shape, blocks)), config.lora_alpha,
                         W.dtype, W.device, row_blocks=blocks))
-            indices = sdt_indices(mixer_dims(mixer, spec.layout), selection.layers[name], config.dt,
+            indices = sdt_indices(dims, selection.layers[name], config.dt,
                                   mixer.in_proj.weight.shape[1])
             for path, idx in indices.items():
                 owner, pname = _owner(mixer, path)
