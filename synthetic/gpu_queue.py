@@ -307,9 +307,7 @@ def restore_state(log, base: Path = ROOT, state: Path = STATE) -> int:
     for kept in sorted(state.rglob("*.jsonl")) if state.is_dir() else []:
         main = ResultsFile(base / kept.relative_to(state))
         with main.lock():
-            n = len(main.completed_keys()) if main.path.exists() else 0
-            main.extend(r for r in ResultsFile(kept).load() if "key" in r)
-            new = len(main.completed_keys()) - n
+            new = main.extend(r for r in ResultsFile(kept).load() if "key" in r)
         if new:
             log(f"restored {new} records of an earlier call on this machine into {kept.relative_to(state)}")
         added += new

@@ -49,9 +49,7 @@ def merge_shards(main: Path, log: Callable[[str], None] = print, lock_shards: bo
             if lock_shards:
                 held = [ResultsFile(f).lock(wait=False).acquire() for f in files]
             recs = [r for f in files for r in ResultsFile(f).load()]
-            before = len(rf.completed_keys())
-            rf.extend(recs)
-            added = len(rf.completed_keys()) - before
+            added = rf.extend(recs)
             for f in files:
                 f.unlink()
     except (LockHeld, ResultsFileError) as e:

@@ -392,15 +392,15 @@ class ResultsFile:
                  "read: remove it (scripts/migrate_results.py does)")
         return len(recs)
 
-    def extend(self, records: Iterable[Dict[str, Any]]) -> None:
-        """Append the records whose key is not in the file yet (one write, flushed to disk). Call it while holding
-        :meth:`lock` (the runner does) when another process could write the same file."""
+    def extend(self, records: Iterable[Dict[str, Any]]) -> int:
+        """Append the records whose key is not in the file yet (one write, flushed to disk); returns how many.
+        Call it while holding :meth:`lock` (the runner does) when another process could write the same file."""
         new = list(records)
         for r in new:
             if "key" not in r:
                 raise ValueError("record: needs a 'key' (use run_key(config))")
         if not new:
-            return
+            return 0
         keys, shared_ids = self._prepare()
         fresh, seen = [], set()
         for r in new:
@@ -408,11 +408,12 @@ class ResultsFile:
                 fresh.append(r)
                 seen.add(r["key"])
         if not fresh:
-            return
+            return 0
         ids = set(shared_ids)
         append_durably(self.path, self.encode(fresh, ids))
         st = os.stat(self.path)
         self._cache = ((st.st_ino, st.st_size, st.st_mtime_ns), keys | seen, ids)
+        return len(fresh)
 
     def append(self, record: Dict[str, Any]) -> None:
         self.extend([record])
