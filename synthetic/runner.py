@@ -18,8 +18,8 @@ grid growth (:class:`synthetic.results.LrPolicy`: rounds of :func:`synthetic.res
 after the base grid until every best lr is interior or at a bound), progress bars, atomic appends
 (:class:`synthetic.results.ResultsFile`), the fields every record shares (``key``, ``kind``,
 ``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.results`), a closing ``kind: "sweep"``
-record with the wall time, ``shard=(i, n)`` (base-grid groups ``j`` with ``j % n == i``, into the
-shard's own file; once the base grid is complete in the results file, i.e. merged, a shard takes the items
+record with the wall time, ``shard=(i, n)`` (:func:`shard_groups`: the base-grid groups with a run missing from
+the results file, dealt ``j % n == i``, into the shard's own file; once the base grid is complete in the results file, i.e. merged, a shard takes the items
 ``j % n == i`` of the next lr-extension round, planned from the results file alone so every shard plans the same
 round, and stops: merging and relaunching the shards runs the next round, as one process would),
 :func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`), and :func:`plan` (``--dry-run``).
@@ -43,7 +43,8 @@ from synthetic.provenance import utc_now_us
 from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError, environment, exit_error,
                                lr_extension_plan, run_key, utc_now)
 
-__all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "plan", "format_plan", "print_plan", "current_runs",
+__all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "shard_groups", "plan", "format_plan", "print_plan",
+           "current_runs",
            # re-exported from synthetic.parallel
            "Dist", "distributed", "is_main_process", "merge_shards", "shard_path", "shard_files", "parse_shard"]
 
@@ -213,6 +214,7 @@ class _Sweep:
             for f in shard_files(exp.results_path):
                 check_identity(exp, ResultsFile(f).read())
             self.done = done_keys(exp.results_path, recs)
+            self.main_records = recs  # what a shard's base-grid share is dealt from (shard_groups)
         except BaseException:
             self.release()
             raise
@@ -418,12 +420,29 @@ def run_sweep(exp: Experiment, *, time_budget: float = 0.0, shard: Optional[Tupl
         sw.release()
 
 
+def shard_groups(exp: Experiment, all_groups: Sequence[Group], shard: Optional[Tuple[int, int]],
+                 records: Sequence[Dict[str, Any]]) -> List[Group]:
+    """The base-grid groups a process takes: all of them without a shard; with ``shard=(i, n)`` the groups that
+    have a run missing from the results file's ``records``, dealt round-robin (the ``j``-th of them goes to shard
+    ``j % n``). Dealing what is left, not the whole grid, gives every shard of a phase a share however earlier
+    phases left the grid (dealt over the whole grid, the last 14 Mamba-II runs fell 0-2 per shard: two phases
+    instead of one). Only the results file is read, never a shard file: the shard files change while the shards
+    run, the results file only at ``--merge``, so every shard launched between two merges deals the same way
+    (runs already in a shard file are skipped by the sweep, as before)."""
+    if shard is None:
+        return list(all_groups)
+    in_main = {r.get("key") for r in records}
+    left = [g for g in all_groups if not all(exp.key(g.seed, g.method, g.budget, lr) in in_main for lr in g.lrs)]
+    return [g for j, g in enumerate(left) if j % shard[1] == shard[0]]
+
+
 def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> SweepStats:
     all_groups = exp.groups()
-    groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
+    groups = shard_groups(exp, all_groups, shard, sw.main_records)
     sw.st.groups = len(groups)
-    log(f"{sw.tag}{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of "
-                                                                  f"{len(all_groups)})" if shard else "")
+    log(f"{sw.tag}{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of the groups "
+                                                                  f"with runs left, of {len(all_groups)})"
+                                                                  if shard else "")
         + f" -> {sw.out.path}")
     sw.base_grid(groups)
     if shard is None:
@@ -459,7 +478,7 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
     except ResultsFileError as e:
         exit_error(str(e))
     all_groups = exp.groups()
-    groups = [g for j, g in enumerate(all_groups) if shard is None or j % shard[1] == shard[0]]
+    groups = shard_groups(exp, all_groups, shard, records)
     per: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
     for g in groups:
         row = per.setdefault(g.method, {"groups": 0, "groups_done": 0, "runs": 0, "runs_done": 0})

@@ -124,6 +124,33 @@ def test_records_of_another_configuration_are_not_current(tmp_path):
     assert len(runner.current_runs(other, recs)) > 0 and len(runner.current_runs(other, recs)) < len(recs)
 
 
+def test_shards_deal_the_groups_left_not_the_whole_grid(tmp_path):
+    """A relaunch after a partial base grid gives every shard a share of what is left (sizes differ by at most
+    one), disjoint and covering exactly the open groups; dealt over the whole grid, shard 0 would get nothing here
+    and the others twice as much (the Mamba-II tail of 2026-12-07: 14 runs, 0-2 per shard of 16)."""
+    main = tmp_path / "r.json"
+    seeds = tuple(range(6))  # 18 groups
+    runner.run_sweep(Toy(main, seeds=seeds), shard=(0, 3), log=lambda s: None)  # shard 0/3's share, then merged
+    runner.merge_shards(main, log=lambda s: None)
+    exp = Toy(main, seeds=seeds)
+    recs = ResultsFile(main).load()
+    in_main = {r["key"] for r in recs}
+    is_open = lambda g: not all(exp.key(g.seed, g.method, g.budget, lr) in in_main for lr in g.lrs)  # noqa: E731
+    left = [g for g in exp.groups() if is_open(g)]
+    assert len(left) == 12  # of 18: dealt over the whole grid again, shard 0/3 would get none of them
+    for n in (3, 5):
+        shares = [runner.shard_groups(exp, exp.groups(), (i, n), recs) for i in range(n)]
+        sizes = [len(s) for s in shares]
+        assert sum(sizes) == len(left) and max(sizes) - min(sizes) <= 1
+        assert sorted(repr(g) for s in shares for g in s) == sorted(map(repr, left))  # disjoint, cover what is left
+        assert [len(runner.plan(exp, (i, n))["methods"]) > 0 for i in range(n)] == [s != [] for s in shares]
+    assert runner.shard_groups(exp, exp.groups(), None, recs) == exp.groups()  # no shard: the whole grid
+    for i in range(3):
+        runner.run_sweep(Toy(main, seeds=seeds), shard=(i, 3), log=lambda s: None)
+    runner.merge_shards(main, log=lambda s: None)
+    assert runner.plan(Toy(main, seeds=seeds))["base_runs_to_do"] == 0
+
+
 def test_bad_shard_is_refused():
     for s in ("1/1", "x", "3/2", "-1/2"):
         with pytest.raises(ValueError, match="--shard"):
