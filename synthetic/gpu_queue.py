@@ -11,8 +11,10 @@ its log into one archive whose paths are the repository's, so bringing a call's 
     tar xzf <files_at>/gpu_queue.tgz && git add figures notes/gpu_logs      # here, afterwards
 
 The sweeps' ``--time-budget`` stops starting new runs; a run in progress finishes, so every phase is given the
-time left minus ``--margin`` (the longest run expected under load). A job whose packages (``mamba_ssm``,
-``causal_conv1d``) do not import is skipped with a message, never run on a fallback backend.
+time left minus a margin for the run in progress: twice the job's recorded mean run time, between 20 s and
+``--margin`` (a job whose margin does not fit the time left is skipped, and a later one with shorter runs may run).
+A job whose packages (``mamba_ssm``, ``causal_conv1d``) do not import is skipped with a message, never run on a
+fallback backend.
 
 Calls on a warm machine: each call runs on a fresh copy of the caller's tree, which may not hold what the previous
 call wrote yet. So every call keeps the results files it changed under ``out/gpu_queue_state/`` (ignored, so it
@@ -96,6 +98,7 @@ JOBS: Tuple[Job, ...] = (
 )
 JOB_NAMES = tuple(j.name for j in JOBS)
 
+MIN_MARGIN = 20.0  # seconds kept back from a phase at the least (Plan.margin)
 _TOTAL = re.compile(r"(\d+) base-grid runs to do, (\?|\d+) lr-extension runs next; estimated (?:~(\d+) s|unknown)")
 _ROW = re.compile(r"^\| [^|]+ \| \d+ / \d+ \| (\d+) / (\d+) \|")
 
@@ -114,6 +117,15 @@ class Plan:
     @property
     def finished(self) -> bool:
         return not self.error and self.todo == 0 and self.extension == 0
+
+    def margin(self, cap: float) -> float:
+        """Seconds to keep back for the run in progress: twice the job's recorded mean wall time per run, at least
+        ``MIN_MARGIN``, at most ``cap`` (``--margin``); ``cap`` where the plan has no estimate. A job of short runs
+        (deep S4: ~3 s) then still starts with 80 s left, where one fixed margin of 150 s skipped it."""
+        runs = self.todo + (self.extension or 0)
+        if not self.est_s or not runs:
+            return cap
+        return min(cap, max(MIN_MARGIN, 2 * self.est_s / runs))
 
 
 def parse_plan(text: str) -> Plan:
@@ -225,9 +237,9 @@ class Queue:
             if rc:
                 self.log(f"  {tag}: exit {rc} (see its log)")
 
-    def _sharded(self, job: Job, tag: str) -> bool:
+    def _sharded(self, job: Job, tag: str, margin: float) -> bool:
         """One sharded phase (``job.shards`` processes on the GPU, then ``--merge``); False when too little time."""
-        b = self.left() - self.margin
+        b = self.left() - margin
         if b < 30:
             self.log(f"  no time for the sharded {tag}")
             return False
@@ -242,14 +254,16 @@ class Queue:
         """The base grid (sharded where the job has shards), then the lr-extension rounds: each round split over
         the shards (they plan it from the merged file alike) and merged before the next is planned; an unsharded
         job, or base-grid runs left over, in one resumable process."""
-        self.log(f"job {job.name}: {p.done} / {p.total} base-grid runs done, {p.todo} to do, {self.left():.0f}s left")
+        margin = p.margin(self.margin)
+        self.log(f"job {job.name}: {p.done} / {p.total} base-grid runs done, {p.todo} to do, {self.left():.0f}s left "
+                 f"(margin {margin:.0f}s)")
         if p.todo and job.shards > 1:
-            self._sharded(job, "base grid")
+            self._sharded(job, "base grid", margin)
         after = plan(job, self.env)
         rounds = 0
         while job.shards > 1 and not after.error and after.todo == 0 and after.extension:
             before = after
-            if not self._sharded(job, f"lr-extension round {rounds + 1}"):
+            if not self._sharded(job, f"lr-extension round {rounds + 1}", margin):
                 break
             rounds += 1
             after = plan(job, self.env)
@@ -258,7 +272,7 @@ class Queue:
             if (after.done, after.extension) == (before.done, before.extension):
                 self.log("  the round added nothing (see the shard logs); stopping this job")
                 break
-        b = self.left() - self.margin
+        b = self.left() - margin
         if b >= 30 and (job.shards == 1 or after.todo):  # unsharded jobs; base-grid runs the shards left
             self._wait([("sweep", self._spawn(job, "sweep", ("--time-budget", f"{b:.0f}")))])
             after = plan(job, self.env)
@@ -338,7 +352,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m synthetic.gpu_queue", description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=540, help="seconds for the whole call (default 540)")
     ap.add_argument("--margin", type=float, default=150,
-                    help="seconds kept back from each phase for the run in progress (default 150)")
+                    help="at most this many seconds kept back from each phase for the run in progress (default 150; "
+                         "a job keeps back twice its recorded mean run time, at least 20 s, where that is less)")
     ap.add_argument("--jobs", default="", help=f"comma-separated subset, in queue order (jobs: {', '.join(JOB_NAMES)})")
     ap.add_argument("--wheels", type=Path, default=None, help="folder with mamba_ssm / causal_conv1d wheels to install")
     ap.add_argument("--tests", default="", help="GPU test modules to run first, comma-separated")
@@ -382,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_tests(q, [t for t in a.tests.split(",") if t])
     try:
         for job in jobs:
-            if q.left() < q.margin + 30:
+            if q.left() < min(q.margin, MIN_MARGIN) + 30:
                 q.log(f"stop: {q.left():.0f}s left")
                 break
             missing = [m for m in job.needs if not importable(m)]
@@ -392,7 +407,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p = plan(job, env)
             if p.error:
                 q.log(f"job {job.name}: {p.error}")
-            elif not p.finished:
+            elif p.finished:
+                continue
+            elif q.left() < p.margin(q.margin) + 30:  # its runs take longer than the time left: a shorter job may fit
+                q.log(f"job {job.name}: skipped, {q.left():.0f}s left < its margin {p.margin(q.margin):.0f}s + 30s")
+            else:
                 q.run(job, p)
     finally:
         save_state(before)

@@ -19,9 +19,10 @@ after the base grid until every best lr is interior or at a bound), progress bar
 (:class:`synthetic.results.ResultsFile`), the fields every record shares (``key``, ``kind``,
 ``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.results`), a closing ``kind: "sweep"``
 record with the wall time, ``shard=(i, n)`` (:func:`shard_groups`: the base-grid groups with a run missing from
-the results file, dealt ``j % n == i``, into the shard's own file; once the base grid is complete in the results file, i.e. merged, a shard takes the items
-``j % n == i`` of the next lr-extension round, planned from the results file alone so every shard plans the same
-round, and stops: merging and relaunching the shards runs the next round, as one process would),
+the results file, dealt ``j % n == i``, into the shard's own file; once the base grid is complete in the results
+file, i.e. merged, a shard takes the items ``j % n == i`` of the next lr-extension round, planned from the results
+file alone so every shard plans the same round, and stops: merging and relaunching the shards runs the next round,
+as one process would),
 :func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`), and :func:`plan` (``--dry-run``).
 """
 
@@ -440,10 +441,8 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
     all_groups = exp.groups()
     groups = shard_groups(exp, all_groups, shard, sw.main_records)
     sw.st.groups = len(groups)
-    log(f"{sw.tag}{exp.describe()}; {len(groups)} run groups" + (f" (shard {shard[0]}/{shard[1]} of the groups "
-                                                                  f"with runs left, of {len(all_groups)})"
-                                                                  if shard else "")
-        + f" -> {sw.out.path}")
+    where = f" (shard {shard[0]}/{shard[1]} of the groups with runs left, of {len(all_groups)})" if shard else ""
+    log(f"{sw.tag}{exp.describe()}; {len(groups)} run groups{where} -> {sw.out.path}")
     sw.base_grid(groups)
     if shard is None:
         sw.extension_rounds(all_groups)

@@ -27,6 +27,30 @@ def test_parse_plan_reads_the_table_and_the_total():
     assert "no plan" in gq.parse_plan("Traceback ...\nValueError: boom").error
 
 
+def test_margin_is_twice_the_recorded_run_time_between_the_floor_and_the_cap():
+    short = gq.Plan(done=280, total=280, todo=0, extension=13, est_s=56.0)  # deep S4's extension runs: ~4.3 s each
+    assert short.margin(150) == gq.MIN_MARGIN  # 2 x 4.3 s is below the floor
+    assert gq.Plan(10, 20, 10, None, 400.0).margin(150) == 80.0  # 2 x 40 s
+    assert gq.parse_plan(DRY_RUN).margin(150) == 150  # Mamba-II: 2 x ~120 s, capped by --margin
+    assert gq.Plan(0, 98, 98, None, None).margin(150) == 150  # no record yet: the cap
+    assert gq.Plan(10, 20, 10, None, 400.0).margin(0) == 0  # --margin 0 keeps nothing back
+
+
+def test_a_job_whose_margin_does_not_fit_is_skipped_and_a_shorter_one_runs(tmp_path, monkeypatch):
+    plans = {"mamba2-paper": gq.parse_plan(DRY_RUN),  # margin 150 s: does not fit 100 s
+             "s4-official": gq.Plan(280, 280, 0, 13, 56.0)}  # margin 20 s: fits
+    ran = []
+    monkeypatch.setattr(gq, "plan", lambda job, env=None: plans[job.name])
+    monkeypatch.setattr(gq, "importable", lambda m: True)
+    monkeypatch.setattr(gq.Queue, "run", lambda self, job, p: ran.append(job.name))
+    monkeypatch.setattr(gq, "save_state", lambda before: [])
+    assert gq.main(["--budget", "100", "--jobs", "mamba2-paper,s4-official", "--no-restore",
+                    "--out", str(tmp_path)]) == 0
+    assert ran == ["s4-official"]
+    log = (tmp_path / "gpu_queue.log").read_text()
+    assert "job mamba2-paper: skipped" in log and "margin 150s" in log
+
+
 def test_unknown_job_is_refused_naming_the_jobs():
     with pytest.raises(SystemExit, match="--jobs: unknown job.*mamba2-paper"):
         gq.select("mamba2-paper,nope")
