@@ -50,7 +50,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 if want 1; then
 echo "== (1) tests/test_s4_fused.py (fused kernels vs the float64 twin)"
-timeout "$(left 90)" "$PY" -m pytest -q -rs tests/test_s4_fused.py 2>&1 | tee "$OUT/pytest_s4_fused.log"
+timeout "$(left 90)" "$PY" -m pytest -q -rs --durations=8 tests/test_s4_fused.py 2>&1 | tee "$OUT/pytest_s4_fused.log"
 echo "pytest exit ${PIPESTATUS[0]}"
 fi
 
