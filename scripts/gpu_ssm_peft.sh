@@ -6,7 +6,7 @@
 #   (ii) python -m ssm_peft.bench --preset paper: Table 2 on MambaForCausalLM (130M shape), fused and unfused rows,
 #        into $OUT/bench_real_models.json (commit it as figures/bench_real_models.json, then
 #        python -m ssm_peft.bench --summary prints the docs/benchmarks.md row)
-# peft and transformers: wheels in .whl/ (peft-0.21.2, transformers-5.24.0: the tested range, 14 MiB together;
+# peft and transformers: wheels in .whl/ or .whl2/ (peft-0.21.2, transformers-5.24.0: the tested range, 14 MiB together;
 # carried by naming .whl in carry) are installed with --target first, else the machine's are used, and
 # SSM_PEFT_UNTESTED_VERSIONS=1 lets ssm_peft run outside its tested range (transformers 5.17 passed the CPU tests of
 # ssm_peft/bench and paths; the versions go into the log and the report). Needs the machine's huggingface-hub >= 1.31
@@ -19,7 +19,10 @@ OUT="${OUT:-out/gpu_ssm_peft}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_ssm_peft.log") 2>&1
 PY="${PYTHON:-python3}"
-WHEELS=$(ls .whl/peft-*.whl .whl/transformers-*.whl 2>/dev/null)
+WHEELS=""
+for d in .whl .whl2; do  # the first carried folder that holds them (docs/gpu.md: .whl2 for a second, chained call)
+    [ -z "$WHEELS" ] && WHEELS=$(ls "$d"/peft-*.whl "$d"/transformers-*.whl 2>/dev/null)
+done
 if [ -n "$WHEELS" ]; then
     # shellcheck disable=SC2086
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/ssm_peft_site $WHEELS \
