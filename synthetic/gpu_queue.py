@@ -12,7 +12,8 @@ its log into one archive whose paths are the repository's, so bringing a call's 
 
 The sweeps' ``--time-budget`` stops starting new runs; a run in progress finishes, so every phase is given the
 time left minus a margin for the run in progress: twice the job's recorded mean run time, between 20 s and
-``--margin`` (a job whose margin does not fit the time left is skipped, and a later one with shorter runs may run).
+``--margin`` (a job whose margin, or one mean run, does not fit the time left is skipped, and a later one with
+shorter runs may run).
 A job whose packages (``mamba_ssm``, ``causal_conv1d``) do not import is skipped with a message, never run on a
 fallback backend.
 
@@ -118,14 +119,22 @@ class Plan:
     def finished(self) -> bool:
         return not self.error and self.todo == 0 and self.extension == 0
 
+    @property
+    def mean_run_s(self) -> Optional[float]:
+        """The recorded mean wall time per run of what is to do (under the load it ran with); None without records."""
+        runs = self.todo + (self.extension or 0)
+        return self.est_s / runs if self.est_s and runs else None
+
     def margin(self, cap: float) -> float:
         """Seconds to keep back for the run in progress: twice the job's recorded mean wall time per run, at least
         ``MIN_MARGIN``, at most ``cap`` (``--margin``); ``cap`` where the plan has no estimate. A job of short runs
         (deep S4: ~3 s) then still starts with 80 s left, where one fixed margin of 150 s skipped it."""
-        runs = self.todo + (self.extension or 0)
-        if not self.est_s or not runs:
-            return cap
-        return min(cap, max(MIN_MARGIN, 2 * self.est_s / runs))
+        return cap if self.mean_run_s is None else min(cap, max(MIN_MARGIN, 2 * self.mean_run_s))
+
+    def needs_s(self, cap: float) -> float:
+        """The time left a job needs to be started: its margin, or one mean run where that is longer (a phase
+        starts a run in every shard, and the queue kills what runs 30 s past its budget), plus 30 s."""
+        return max(self.margin(cap), self.mean_run_s or 0.0) + 30
 
 
 def parse_plan(text: str) -> Plan:
@@ -409,8 +418,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 q.log(f"job {job.name}: {p.error}")
             elif p.finished:
                 continue
-            elif q.left() < p.margin(q.margin) + 30:  # its runs take longer than the time left: a shorter job may fit
-                q.log(f"job {job.name}: skipped, {q.left():.0f}s left < its margin {p.margin(q.margin):.0f}s + 30s")
+            elif q.left() < p.needs_s(q.margin):  # its runs take longer than the time left: a shorter job may fit
+                q.log(f"job {job.name}: skipped, {q.left():.0f}s left < the {p.needs_s(q.margin):.0f}s it needs "
+                      f"(margin {p.margin(q.margin):.0f}s, mean run {p.mean_run_s or 0:.0f}s, + 30s)")
             else:
                 q.run(job, p)
     finally:

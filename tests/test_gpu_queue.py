@@ -34,6 +34,9 @@ def test_margin_is_twice_the_recorded_run_time_between_the_floor_and_the_cap():
     assert gq.parse_plan(DRY_RUN).margin(150) == 150  # Mamba-II: 2 x ~120 s, capped by --margin
     assert gq.Plan(0, 98, 98, None, None).margin(150) == 150  # no record yet: the cap
     assert gq.Plan(10, 20, 10, None, 400.0).margin(0) == 0  # --margin 0 keeps nothing back
+    long = gq.Plan(165, 192, 27, None, 27 * 224.0)  # Mamba-II under 16-way load: 224 s per run
+    assert long.margin(150) == 150 and long.needs_s(150) == 224 + 30  # one run must fit before the kill deadline
+    assert short.needs_s(150) == gq.MIN_MARGIN + 30 and gq.Plan(0, 98, 98, None, None).needs_s(150) == 180
 
 
 def test_a_job_whose_margin_does_not_fit_is_skipped_and_a_shorter_one_runs(tmp_path, monkeypatch):
@@ -48,7 +51,7 @@ def test_a_job_whose_margin_does_not_fit_is_skipped_and_a_shorter_one_runs(tmp_p
                     "--out", str(tmp_path)]) == 0
     assert ran == ["s4-official"]
     log = (tmp_path / "gpu_queue.log").read_text()
-    assert "job mamba2-paper: skipped" in log and "margin 150s" in log
+    assert "job mamba2-paper: skipped, " in log and "margin 150s" in log
 
 
 def test_unknown_job_is_refused_naming_the_jobs():
