@@ -133,7 +133,8 @@ class SweepConfig:
     plot_only: bool = option(False, "print the summary and redraw the figures from the results file; no training",
                              key=False)
     dry_run: bool = option(False, "print the plan (runs done / to do per method, estimated time) and exit", key=False)
-    shard: str = option("", "'i/n': run only base-grid groups j with j %% n == i, into this shard's own results file"
+    shard: str = option("", "'i/n': run only this shard's share of the base-grid groups with runs left in the "
+                        "results file (the j-th of them goes to shard j %% n), into this shard's own results file"
                         .replace("%%", "%"), key=False)
     merge: bool = option(False, "fold the shard files into the results file, then summarise", key=False)
     threads: int = option(0, "torch CPU threads on the CPU device (0 = every core this process may use)", key=False)
