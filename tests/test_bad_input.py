@@ -158,6 +158,43 @@ def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, mon
     assert _digest(tmp_path) == before
 
 
+# python -m synthetic.gpu_queue: (argv, text the error must contain); {file} is an existing file
+QUEUE_CASES = [
+    (["--budget", "inf"], "--budget: must be a positive finite number"),
+    (["--margin", "inf"], "--margin: must be a finite number"),
+    (["--jobs", "nope"], "--jobs: unknown job(s) nope; the jobs are mamba2-paper"),
+    (["--dry-run", "--jobs", "nope"], "--jobs: unknown job(s) nope"),
+    (["--jobs", ","], "--jobs: ',' names no job"),
+    (["--tests", "tests/test_nosuch.py"], "--tests: no such test module tests/test_nosuch.py"),
+    (["--tests", "tests/test_cli.py,,tests/nosuch.py"], "--tests: no such test module tests/nosuch.py"),
+    (["--tests", ","], "--tests: ',' names no test module"),
+    (["--out", "{file}"], "--out: '{file}' is a file, not a folder"),
+    (["--out", "{file}/sub"], "--out: '{file}' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", QUEUE_CASES, ids=[" ".join(a) for a, _ in QUEUE_CASES])
+def test_gpu_queue_bad_input_exits_2_before_any_job(tmp_path, monkeypatch, capsys, argv, needle):
+    """The queue refuses bad options before it runs anything (an --out that is a file used to fail only when
+    packing, after the whole budget was spent)."""
+    from synthetic import gpu_queue
+
+    def started(*a, **k):
+        raise AssertionError("the queue started work")
+
+    monkeypatch.setattr(gpu_queue, "Queue", started)
+    monkeypatch.setattr(gpu_queue, "show_queue", started)
+    afile = tmp_path / "a_file"
+    afile.write_text("not a folder")
+    argv = [a.format(file=afile) for a in argv]
+    before = _digest(tmp_path)
+    code = _exit_code(gpu_queue.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle.format(file=afile) in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+
+
 def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
     table = tmp_path / SCALING_TABLE.name
     shutil.copy(SCALING_TABLE, table)
