@@ -195,6 +195,35 @@ def test_gpu_queue_bad_input_exits_2_before_any_job(tmp_path, monkeypatch, capsy
     assert _digest(tmp_path) == before
 
 
+# python -m ssm_peft.bench --preset tiny: (argv, text the error must contain); {corrupt}: text that is not JSON,
+# {jsonl}: an experiment's JSON Lines results, {other}: JSON that is not a report of this benchmark
+SSM_BENCH_CASES = [
+    (["--summary", "--out", "{corrupt}"], "--out: {corrupt} is not valid JSON"),
+    (["--summary", "--out", "{jsonl}"], "--out: {jsonl} is not valid JSON"),
+    (["--summary", "--out", "{other}"], "--out: {other} is not a report of python -m ssm_peft.bench"),
+    (["--seed", "99999999999999999999999"], "--seed: must be an integer in [0, 2**63 - 1]"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", SSM_BENCH_CASES, ids=[" ".join(a) for a, _ in SSM_BENCH_CASES])
+def test_ssm_peft_bench_bad_input_exits_2_and_touches_nothing(tmp_path, capsys, argv, needle):
+    from ssm_peft import bench as ssm_bench
+
+    paths = {"corrupt": tmp_path / "corrupt.json", "jsonl": tmp_path / "runs.jsonl", "other": tmp_path / "other.json"}
+    paths["corrupt"].write_text("{not json")
+    paths["jsonl"].write_text('{"key": 1}\n{"key": 2}\n')
+    paths["other"].write_text(json.dumps({"device": "cpu", "results": []}))
+    argv = ["--preset", "tiny"] + [a.format(**paths) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out.json")]
+    before = _digest(tmp_path)
+    code = _exit_code(ssm_bench.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle.format(**paths) in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+
+
 def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
     table = tmp_path / SCALING_TABLE.name
     shutil.copy(SCALING_TABLE, table)
