@@ -224,6 +224,50 @@ def test_ssm_peft_bench_bad_input_exits_2_and_touches_nothing(tmp_path, capsys, 
     assert _digest(tmp_path) == before
 
 
+# python -m ssm_peft.finetune: (argv, text the error must contain); {file}: an existing file, {empty}: an empty
+# folder, {none}: a path that does not exist, {blank}: an empty text file, {binary}: a file that is not UTF-8
+FINETUNE_CASES = [
+    (["--model", "{none}"], "--model: {none} is not a folder holding a transformers model"),
+    (["--model", "{empty}"], "--model: {empty} is not a folder holding a transformers model"),
+    (["--text", "{none}"], "--text: {none} is not a file"),
+    (["--text", "{empty}"], "--text: {empty} is not a file"),
+    (["--text", "{blank}"], "--text: 0 tokens, need more than --seq-len + 1"),
+    (["--text", "{binary}"], "--text: {binary} is not UTF-8 text"),
+    (["--steps", "0"], "--steps: must be > 0"),
+    (["--batch-size", "0"], "--batch-size: must be > 0"),
+    (["--seq-len", "0"], "--seq-len: must be > 0"),
+    (["--lr", "nan"], "--lr: must be finite"),
+    (["--weight-decay", "nan"], "--weight-decay: must be finite"),
+    (["--seed", "99999999999999999999999"], "--seed: must be an integer in [0, 2**63 - 1]"),
+    (["--out", "{file}"], "--out: '{file}' is a file, not a folder"),
+    (["--out", "{file}/sub"], "--out: '{file}' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", FINETUNE_CASES, ids=[" ".join(a) for a, _ in FINETUNE_CASES])
+def test_finetune_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, argv, needle):
+    """Bad options of the fine-tuning example exit 2 naming the option before a model is built or trained and
+    before <out> (and its base/ model) is written."""
+    from ssm_peft import finetune
+
+    paths = {"file": tmp_path / "a_file", "empty": tmp_path / "empty", "none": tmp_path / "none",
+             "blank": tmp_path / "blank.txt", "binary": tmp_path / "binary.txt"}
+    paths["file"].write_text("not a folder")
+    paths["empty"].mkdir()
+    paths["blank"].write_text("")
+    paths["binary"].write_bytes(b"\xff\xfe\x00 not utf-8" * 10)
+    argv = [a.format(**paths) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    before = _digest(tmp_path)
+    code = _exit_code(finetune.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle.format(**paths) in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+    assert not (tmp_path / "out").exists()
+
+
 def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
     table = tmp_path / SCALING_TABLE.name
     shutil.copy(SCALING_TABLE, table)
