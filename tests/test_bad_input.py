@@ -268,6 +268,26 @@ def test_finetune_bad_input_exits_2_before_anything_is_written(tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("out", ["{file}", "{file}/sub"])
+def test_report_out_that_is_a_file_exits_2_before_any_page(tmp_path, monkeypatch, capsys, out):
+    """python -m synthetic.report --out FILE: one line naming --out, no page and no README.md written (it was a
+    FileExistsError traceback from the first page)."""
+    from synthetic import report
+
+    def started(*a, **k):
+        raise AssertionError("a page or README.md was written")
+
+    monkeypatch.setattr(report, "write_readme", started)
+    afile = tmp_path / "a_file"
+    afile.write_text("not a folder")
+    before = _digest(tmp_path)
+    code = _exit_code(report.main, ["--out", out.format(file=afile)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--out: '{afile}' is a file, not a folder" in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+
+
 def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
     table = tmp_path / SCALING_TABLE.name
     shutil.copy(SCALING_TABLE, table)
