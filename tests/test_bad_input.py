@@ -132,6 +132,8 @@ BENCH_CASES = [
     (["--preset", "tiny", "--device", "cpu", "--out", "{other}"], "--out: {other} holds results of another run"),
     (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
     (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{other}"], "another kind of file"),
+    (["--preset", "tiny", "--device", "cpu", "--check-iters", "-1"], "--check-iters: must be >= 0"),
+    (["--preset", "tiny", "--device", "cpu", "--runs", "100000000"], "--runs or --batch: a training step needs about"),
 ]
 
 
