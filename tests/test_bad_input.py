@@ -290,6 +290,37 @@ def test_report_out_that_is_a_file_exits_2_before_any_page(tmp_path, monkeypatch
     assert _digest(tmp_path) == before
 
 
+PROFILE = ["--device", "cpu", "--no-compile", "--batch", "2", "--rows", "1"]
+# scripts/profile_s4_step.py: (argv, text the error must contain); {file}: an existing file, {empty}: a folder
+PROFILE_CASES = [
+    (PROFILE + ["--runs", "0"], "--runs: must be >= 1"),
+    (PROFILE + ["--iters", "0"], "--iters: must be >= 1"),
+    (PROFILE + ["--warm", "-1"], "--warm: must be >= 0"),
+    (PROFILE + ["--runs", "100000000"], "--runs or --batch: a training step needs about"),
+    (PROFILE + ["--runs", "1", "--iters", "1", "--out", "{empty}"], "--out: {empty} is a folder"),
+    (PROFILE + ["--runs", "1", "--iters", "1", "--out", "{file}/x.txt"], "--out: '{file}' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", PROFILE_CASES, ids=[" ".join(a[len(PROFILE):]) for a, _ in PROFILE_CASES])
+def test_profile_script_bad_input_exits_2_before_profiling(tmp_path, capsys, argv, needle):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_s4_step", ROOT / "scripts" / "profile_s4_step.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    paths = {"file": tmp_path / "a_file", "empty": tmp_path / "empty"}
+    paths["file"].write_text("not a folder")
+    paths["empty"].mkdir()
+    before = _digest(tmp_path)
+    code = _exit_code(script.main, [a.format(**paths) for a in argv])
+    out = capsys.readouterr()
+    assert code == 2, out.err
+    assert needle.format(**paths) in out.err and "Traceback" not in out.err, out.err
+    assert "ms/step" not in out.out  # refused before anything was timed
+    assert _digest(tmp_path) == before
+
+
 def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
     table = tmp_path / SCALING_TABLE.name
     shutil.copy(SCALING_TABLE, table)
