@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t  # noqa: E402
+from synthetic.checks import check_memory, check_out_file  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,8 +40,16 @@ def main(argv=None) -> int:
     p.add_argument("--conv", default="auto", choices=s4c.CONV_CHOICES)
     p.add_argument("--state-convention", default="pairs", choices=("pairs", "complex"))
     a = p.parse_args(argv)
+    for name, least in (("runs", 1), ("iters", 1), ("warm", 0)):  # before anything is built (0 runs crashed)
+        if getattr(a, name) < least:
+            p.error(f"--{name}: must be >= {least}, got {getattr(a, name)}")
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("needs a CUDA device (or --device cpu)")
+    if a.out:
+        try:  # the table is written at the end: a bad path would cost the whole profile
+            check_out_file(a.out)
+        except ValueError as e:
+            p.error(str(e))
     cfg = s4c.parse_config(["--preset", "paper", "--batch", str(a.batch), "--lrs", "4e-3",
                             "--precision", a.precision, "--conv", a.conv, "--device", a.device,
                             "--state-convention", a.state_convention]
@@ -48,6 +57,11 @@ def main(argv=None) -> int:
     # R runs of one lr, as synthetic.s4.bench does (the config refuses a repeated lr: it would repeat run keys)
     cfg = s4c.Config(**{**cfg.__dict__, "lrs": (4e-3,) * a.runs})
     dev = torch.device(a.device)
+    try:
+        check_memory(s4t.estimate_step_bytes(a.runs, cfg.d_model, cfg.seq_len, cfg.batch,
+                                             max(cfg.frozen_layers, cfg.target_layers)), dev, "--runs or --batch")
+    except ValueError as e:
+        p.error(str(e))
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     tr = s4t.Trainer(cfg, dev)
     frozen, target = tr.models(0)
@@ -77,6 +91,7 @@ def main(argv=None) -> int:
     table = prof.key_averages().table(sort_by=sort, row_limit=a.rows, max_name_column_width=90)
     print(table)
     if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with open(a.out, "w") as f:
             f.write(f"{a.method} R={a.runs} {ms:.2f} ms/step {ms / a.runs:.3f} ms/run-iter\n{table}\n")
     return 0

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from synthetic.atomic import write_json_atomic
-from synthetic.checks import check_numbers, check_out_file, check_overwrite
+from synthetic.checks import SEED_MAX, check_numbers, check_out_file, check_overwrite
 from synthetic.cli import option, parse_options
 from synthetic.progress import progress
 from synthetic.provenance import environment
@@ -208,6 +208,8 @@ def check_config(cfg: BenchConfig) -> None:
     check_numbers(cfg, nonnegative=("warmup_steps", "time_budget", "lora_dropout", "seed"),
                   positive=("hidden_size", "n_layers", "vocab_size", "d_state", "expand", "batch", "seq_len",
                             "sdlora_rank", "lora_rank", "lr", "steps", "rounds"))
+    if cfg.seed > SEED_MAX:
+        raise ValueError(f"--seed: must be an integer in [0, 2**63 - 1], got {cfg.seed}")
     for name in ("channel_freeze", "state_freeze", "lora_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ValueError(f"--{name.replace('_', '-')}: must be in [0, 1), got {getattr(cfg, name)}")
@@ -445,13 +447,28 @@ def summary_row(report: Optional[dict]) -> str:
     return f"| {title} | {device} | {' · '.join(parts)} | {paper} |"
 
 
+def read_summary_report(path: Path, error: Callable[[str], None]) -> dict:
+    """The report at ``path`` for ``--summary``; ``error`` (the parser's: exit 2, one line naming --out) when it is
+    not JSON or not a report of this benchmark (another benchmark's report, an experiment's results)."""
+    try:
+        report = json.loads(path.read_text(errors="replace"))
+    except ValueError as e:
+        error(f"--out: {path} is not valid JSON ({e}); --summary reads a report of python -m ssm_peft.bench")
+    if not isinstance(report, dict) or not str(report.get("benchmark", "")).startswith("ssm_peft.bench") \
+            or not all(k in report for k in ("config", "versions", "results", "ratios")):
+        error(f"--out: {path} is not a report of python -m ssm_peft.bench (no 'benchmark': 'ssm_peft.bench ...' with "
+              "its config, versions, results and ratios); --summary reads one")
+    return report
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg, p = parse_options(BenchConfig, PRESETS, argv, prog="python -m ssm_peft.bench",
                            description=__doc__.split("\n\n")[0], default_preset="cpu", validate=check_config)
     if cfg.summary:
         out = Path(cfg.out)
-        print(summary_row(json.loads(out.read_text()) if out.exists() else None))
+        report = read_summary_report(out, p.error) if out.exists() else None
+        print(summary_row(report))
         return 0
     ident = {"device": environment()["device"] if cfg.device != "cpu" and torch.cuda.is_available() else "cpu",
              "config": _identity_config(cfg)}

@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -60,8 +60,10 @@ def tiny_model(path: Path, seed: int):
     return path
 
 
-def tokenize(text: str, model_path: Path) -> torch.Tensor:
-    if (model_path / "tokenizer_config.json").exists():
+def tokenize(text: str, model_path: Optional[Path]) -> torch.Tensor:
+    """The model folder's tokenizer when it has one, else the text's UTF-8 bytes (``model_path`` None: the tiny
+    model, a byte vocabulary)."""
+    if model_path is not None and (model_path / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
         return torch.tensor(AutoTokenizer.from_pretrained(model_path)(text)["input_ids"])
     return torch.tensor(list(text.encode("utf-8")))
@@ -122,20 +124,40 @@ def plot_loss(losses: List[float], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(cfg: FinetuneConfig) -> dict:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import peft
-    from transformers import AutoModelForCausalLM
+def check_config(cfg: FinetuneConfig) -> None:
+    """ValueError naming the option, before anything is built or written: the method, the numbers, the --model
+    folder, the --text file, the --out folder."""
+    from synthetic.checks import SEED_MAX, check_numbers, check_out_dir
 
     if cfg.method not in METHODS:
         raise ValueError(f"--method: one of {sorted(METHODS)}, got {cfg.method!r}")
+    check_numbers(cfg, nonnegative=("n_channels", "n_states", "warmup_steps", "weight_decay", "seed"),
+                  positive=("steps", "lr", "batch_size", "seq_len", "lora_rank"))
+    if cfg.seed > SEED_MAX:
+        raise ValueError(f"--seed: must be an integer in [0, 2**63 - 1], got {cfg.seed}")
+    if cfg.model and not (Path(cfg.model) / "config.json").is_file():
+        raise ValueError(f"--model: {cfg.model} is not a folder holding a transformers model (no config.json)")
+    if cfg.text and not Path(cfg.text).is_file():
+        raise ValueError(f"--text: {cfg.text} is not a file")
+    check_out_dir(cfg.out)
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    check_config(cfg)
+    try:  # the text and its tokens before anything is written
+        text = Path(cfg.text).read_text(encoding="utf-8") if cfg.text else make_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--text: {cfg.text} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    tokens = tokenize(text, Path(cfg.model) if cfg.model else None)
+    if len(tokens) <= cfg.seq_len + 1:
+        raise ValueError(f"--text: {len(tokens)} tokens, need more than --seq-len + 1 = {cfg.seq_len + 1}")
+    import peft
+    from transformers import AutoModelForCausalLM
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model_path = Path(cfg.model) if cfg.model else tiny_model(out / "base", cfg.seed)
-    text = Path(cfg.text).read_text(encoding="utf-8") if cfg.text else make_text()
-    tokens = tokenize(text, model_path)
-    if len(tokens) <= cfg.seq_len + 1:
-        raise ValueError(f"--text: {len(tokens)} tokens, need more than --seq-len + 1 = {cfg.seq_len + 1}")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     data = batches(tokens, cfg, g)
@@ -176,8 +198,13 @@ def main(argv=None) -> int:
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                             help=f"(default: {f.default!r})")
     args = parser.parse_args(argv)
+    cfg = FinetuneConfig(**vars(args))
+    try:  # bad options: exit 2 with one line naming the option, before anything is built or written
+        check_config(cfg)
+    except ValueError as e:
+        parser.error(str(e))
     try:
-        run(FinetuneConfig(**vars(args)))
+        run(cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

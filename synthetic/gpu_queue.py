@@ -27,6 +27,7 @@ archive holds everything.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from synthetic.checks import check_out_dir
 from synthetic.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -338,13 +340,28 @@ def restore_state(log, base: Path = ROOT, state: Path = STATE) -> int:
 
 
 def select(names: str) -> List[Job]:
+    """The jobs named in ``names`` (comma-separated), in queue order; every job where ``names`` is empty.
+    ValueError naming --jobs for an unknown name, or a list that names no job (',')."""
     if not names:
         return list(JOBS)
     want = [n.strip() for n in names.split(",") if n.strip()]
     bad = [n for n in want if n not in JOB_NAMES]
-    if bad:
-        raise SystemExit(f"gpu_queue: --jobs: unknown job(s) {', '.join(bad)}; the jobs are {', '.join(JOB_NAMES)}")
+    if bad or not want:
+        raise ValueError(f"--jobs: {'unknown job(s) ' + ', '.join(bad) if bad else f'{names!r} names no job'}; "
+                         f"the jobs are {', '.join(JOB_NAMES)}")
     return [j for j in JOBS if j.name in want]
+
+
+def tests_of(text: str) -> List[str]:
+    """The ``--tests`` items (paths relative to the repository root, or pytest node ids ``path::test``); ValueError
+    naming --tests for a list that names nothing (',') or a path that does not exist, before anything runs."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if text and not items:
+        raise ValueError(f"--tests: {text!r} names no test module")
+    missing = [t for t in items if not (ROOT / t.split("::")[0]).exists()]
+    if missing:
+        raise ValueError(f"--tests: no such test module {', '.join(missing)} (paths relative to {ROOT})")
+    return items
 
 
 def run_tests(q: Queue, modules: Sequence[str]) -> None:
@@ -374,11 +391,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
                     help="print the queue (runs done / to do, estimated device time) and exit")
     a = ap.parse_args(argv)
-    if not a.budget > 0 or not a.margin >= 0:
-        ap.error("--budget must be > 0 and --margin >= 0 (seconds)")
+    if not 0 < a.budget < math.inf:
+        ap.error(f"--budget: must be a positive finite number of seconds, got {a.budget}")
+    if not 0 <= a.margin < math.inf:
+        ap.error(f"--margin: must be a finite number of seconds >= 0, got {a.margin}")
     if a.wheels is not None and not a.wheels.is_dir():
         ap.error(f"--wheels: {a.wheels} is not a folder")
-    jobs = select(a.jobs)
+    try:  # every option checked before anything runs (an --out that is a file failed only at the packing)
+        jobs = select(a.jobs)
+        tests = tests_of(a.tests)
+        check_out_dir(a.out)
+    except ValueError as e:
+        ap.error(str(e))
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT),
                TRITON_CACHE_AUTOTUNING="1")  # the shards share Triton's autotuning results instead of each redoing it
     if a.dry_run:
@@ -402,8 +426,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except Exception as e:  # an unreadable kept file must not cost the call: say so and go on without it
             q.log(f"restore: skipped ({type(e).__name__}: {e})")
     install_wheels(a.wheels, q.log)
-    if a.tests:
-        run_tests(q, [t for t in a.tests.split(",") if t])
+    if tests:
+        run_tests(q, tests)
     try:
         for job in jobs:
             if q.left() < min(q.margin, MIN_MARGIN) + 30:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from synthetic.checks import check_out_dir
 from synthetic.results import ResultsFile, best_of_grid, edge_label, run_records
 from theory.report import plain
 
@@ -503,6 +504,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m synthetic.report", description=plain(__doc__.split("\n\n")[0]))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the pages (docs/results)")
     args = ap.parse_args(argv)
+    try:  # before any page (or README.md) is written
+        check_out_dir(args.out)
+    except ValueError as e:
+        ap.error(str(e))
     for path in write_pages(Path(args.out)):
         print("wrote", path)
     print("wrote" if write_readme() else "unchanged:", ROOT / "README.md", "(experiments table)")

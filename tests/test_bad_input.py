@@ -132,6 +132,8 @@ BENCH_CASES = [
     (["--preset", "tiny", "--device", "cpu", "--out", "{other}"], "--out: {other} holds results of another run"),
     (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{corrupt}"], "not valid JSON"),
     (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{other}"], "another kind of file"),
+    (["--preset", "tiny", "--device", "cpu", "--check-iters", "-1"], "--check-iters: must be >= 0"),
+    (["--preset", "tiny", "--device", "cpu", "--runs", "100000000"], "--runs or --batch: a training step needs about"),
 ]
 
 
@@ -155,6 +157,167 @@ def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, mon
     assert code == 2, out.err
     assert needle.format(**paths) in out.err and "Traceback" not in out.err, out.err
     assert "ms/iter" not in out.out  # refused before anything was timed
+    assert _digest(tmp_path) == before
+
+
+# python -m synthetic.gpu_queue: (argv, text the error must contain); {file} is an existing file
+QUEUE_CASES = [
+    (["--budget", "inf"], "--budget: must be a positive finite number"),
+    (["--margin", "inf"], "--margin: must be a finite number"),
+    (["--jobs", "nope"], "--jobs: unknown job(s) nope; the jobs are mamba2-paper"),
+    (["--dry-run", "--jobs", "nope"], "--jobs: unknown job(s) nope"),
+    (["--jobs", ","], "--jobs: ',' names no job"),
+    (["--tests", "tests/test_nosuch.py"], "--tests: no such test module tests/test_nosuch.py"),
+    (["--tests", "tests/test_cli.py,,tests/nosuch.py"], "--tests: no such test module tests/nosuch.py"),
+    (["--tests", ","], "--tests: ',' names no test module"),
+    (["--out", "{file}"], "--out: '{file}' is a file, not a folder"),
+    (["--out", "{file}/sub"], "--out: '{file}' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", QUEUE_CASES, ids=[" ".join(a) for a, _ in QUEUE_CASES])
+def test_gpu_queue_bad_input_exits_2_before_any_job(tmp_path, monkeypatch, capsys, argv, needle):
+    """The queue refuses bad options before it runs anything (an --out that is a file used to fail only when
+    packing, after the whole budget was spent)."""
+    from synthetic import gpu_queue
+
+    def started(*a, **k):
+        raise AssertionError("the queue started work")
+
+    monkeypatch.setattr(gpu_queue, "Queue", started)
+    monkeypatch.setattr(gpu_queue, "show_queue", started)
+    afile = tmp_path / "a_file"
+    afile.write_text("not a folder")
+    argv = [a.format(file=afile) for a in argv]
+    before = _digest(tmp_path)
+    code = _exit_code(gpu_queue.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle.format(file=afile) in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+
+
+# python -m ssm_peft.bench --preset tiny: (argv, text the error must contain); {corrupt}: text that is not JSON,
+# {jsonl}: an experiment's JSON Lines results, {other}: JSON that is not a report of this benchmark
+SSM_BENCH_CASES = [
+    (["--summary", "--out", "{corrupt}"], "--out: {corrupt} is not valid JSON"),
+    (["--summary", "--out", "{jsonl}"], "--out: {jsonl} is not valid JSON"),
+    (["--summary", "--out", "{other}"], "--out: {other} is not a report of python -m ssm_peft.bench"),
+    (["--seed", "99999999999999999999999"], "--seed: must be an integer in [0, 2**63 - 1]"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", SSM_BENCH_CASES, ids=[" ".join(a) for a, _ in SSM_BENCH_CASES])
+def test_ssm_peft_bench_bad_input_exits_2_and_touches_nothing(tmp_path, capsys, argv, needle):
+    from ssm_peft import bench as ssm_bench
+
+    paths = {"corrupt": tmp_path / "corrupt.json", "jsonl": tmp_path / "runs.jsonl", "other": tmp_path / "other.json"}
+    paths["corrupt"].write_text("{not json")
+    paths["jsonl"].write_text('{"key": 1}\n{"key": 2}\n')
+    paths["other"].write_text(json.dumps({"device": "cpu", "results": []}))
+    argv = ["--preset", "tiny"] + [a.format(**paths) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out.json")]
+    before = _digest(tmp_path)
+    code = _exit_code(ssm_bench.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle.format(**paths) in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+
+
+# python -m ssm_peft.finetune: (argv, text the error must contain); {file}: an existing file, {empty}: an empty
+# folder, {none}: a path that does not exist, {blank}: an empty text file, {binary}: a file that is not UTF-8
+FINETUNE_CASES = [
+    (["--model", "{none}"], "--model: {none} is not a folder holding a transformers model"),
+    (["--model", "{empty}"], "--model: {empty} is not a folder holding a transformers model"),
+    (["--text", "{none}"], "--text: {none} is not a file"),
+    (["--text", "{empty}"], "--text: {empty} is not a file"),
+    (["--text", "{blank}"], "--text: 0 tokens, need more than --seq-len + 1"),
+    (["--text", "{binary}"], "--text: {binary} is not UTF-8 text"),
+    (["--steps", "0"], "--steps: must be > 0"),
+    (["--batch-size", "0"], "--batch-size: must be > 0"),
+    (["--seq-len", "0"], "--seq-len: must be > 0"),
+    (["--lr", "nan"], "--lr: must be finite"),
+    (["--weight-decay", "nan"], "--weight-decay: must be finite"),
+    (["--seed", "99999999999999999999999"], "--seed: must be an integer in [0, 2**63 - 1]"),
+    (["--out", "{file}"], "--out: '{file}' is a file, not a folder"),
+    (["--out", "{file}/sub"], "--out: '{file}' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", FINETUNE_CASES, ids=[" ".join(a) for a, _ in FINETUNE_CASES])
+def test_finetune_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, argv, needle):
+    """Bad options of the fine-tuning example exit 2 naming the option before a model is built or trained and
+    before <out> (and its base/ model) is written."""
+    from ssm_peft import finetune
+
+    paths = {"file": tmp_path / "a_file", "empty": tmp_path / "empty", "none": tmp_path / "none",
+             "blank": tmp_path / "blank.txt", "binary": tmp_path / "binary.txt"}
+    paths["file"].write_text("not a folder")
+    paths["empty"].mkdir()
+    paths["blank"].write_text("")
+    paths["binary"].write_bytes(b"\xff\xfe\x00 not utf-8" * 10)
+    argv = [a.format(**paths) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    before = _digest(tmp_path)
+    code = _exit_code(finetune.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle.format(**paths) in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["{file}", "{file}/sub"])
+def test_report_out_that_is_a_file_exits_2_before_any_page(tmp_path, monkeypatch, capsys, out):
+    """python -m synthetic.report --out FILE: one line naming --out, no page and no README.md written (it was a
+    FileExistsError traceback from the first page)."""
+    from synthetic import report
+
+    def started(*a, **k):
+        raise AssertionError("a page or README.md was written")
+
+    monkeypatch.setattr(report, "write_readme", started)
+    afile = tmp_path / "a_file"
+    afile.write_text("not a folder")
+    before = _digest(tmp_path)
+    code = _exit_code(report.main, ["--out", out.format(file=afile)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--out: '{afile}' is a file, not a folder" in err and "Traceback" not in err, err
+    assert _digest(tmp_path) == before
+
+
+PROFILE = ["--device", "cpu", "--no-compile", "--batch", "2", "--rows", "1"]
+# scripts/profile_s4_step.py: (argv, text the error must contain); {file}: an existing file, {empty}: a folder
+PROFILE_CASES = [
+    (PROFILE + ["--runs", "0"], "--runs: must be >= 1"),
+    (PROFILE + ["--iters", "0"], "--iters: must be >= 1"),
+    (PROFILE + ["--warm", "-1"], "--warm: must be >= 0"),
+    (PROFILE + ["--runs", "100000000"], "--runs or --batch: a training step needs about"),
+    (PROFILE + ["--runs", "1", "--iters", "1", "--out", "{empty}"], "--out: {empty} is a folder"),
+    (PROFILE + ["--runs", "1", "--iters", "1", "--out", "{file}/x.txt"], "--out: '{file}' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", PROFILE_CASES, ids=[" ".join(a[len(PROFILE):]) for a, _ in PROFILE_CASES])
+def test_profile_script_bad_input_exits_2_before_profiling(tmp_path, capsys, argv, needle):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_s4_step", ROOT / "scripts" / "profile_s4_step.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    paths = {"file": tmp_path / "a_file", "empty": tmp_path / "empty"}
+    paths["file"].write_text("not a folder")
+    paths["empty"].mkdir()
+    before = _digest(tmp_path)
+    code = _exit_code(script.main, [a.format(**paths) for a in argv])
+    out = capsys.readouterr()
+    assert code == 2, out.err
+    assert needle.format(**paths) in out.err and "Traceback" not in out.err, out.err
+    assert "ms/step" not in out.out  # refused before anything was timed
     assert _digest(tmp_path) == before
 
 

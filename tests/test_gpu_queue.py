@@ -55,7 +55,7 @@ def test_a_job_whose_margin_does_not_fit_is_skipped_and_a_shorter_one_runs(tmp_p
 
 
 def test_unknown_job_is_refused_naming_the_jobs():
-    with pytest.raises(SystemExit, match="--jobs: unknown job.*mamba2-paper"):
+    with pytest.raises(ValueError, match="--jobs: unknown job.*mamba2-paper"):
         gq.select("mamba2-paper,nope")
     assert [j.name for j in gq.select("hybrid-paper,mamba2-paper")] == ["mamba2-paper", "hybrid-paper"]
 

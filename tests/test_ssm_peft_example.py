@@ -51,5 +51,7 @@ def test_finetune_example_runs(tmp_path, method):
 def test_finetune_rejects_unknown_method(tmp_path, capsys):
     from ssm_peft.finetune import main
 
-    assert main(["--method", "prefix", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as e:  # the parser's error: exit 2, one line naming the option
+        main(["--method", "prefix", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and not (tmp_path / "out").exists()
     assert "--method" in capsys.readouterr().err

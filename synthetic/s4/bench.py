@@ -43,7 +43,7 @@ import torch
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
 from synthetic.s4.conv import CONV_FORMS
 from synthetic.atomic import write_json_atomic
-from synthetic.checks import check_out_file
+from synthetic.checks import check_memory, check_out_file
 from synthetic.cli import check_overwrite, modernise_argv, read_report
 from synthetic.results import environment
 from synthetic.s4.roofline import copy_bandwidth, roofline_row, traffic_bytes
@@ -153,6 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(f"--{name}: must be >= 1, got {getattr(a, name)}")
     if a.batch < 0 or a.threads < 0:
         p.error("--batch, --threads: must be >= 0")
+    if a.check_iters is not None and a.check_iters < 0:  # -1 crashed after the timing, its report half-written
+        p.error(f"--check-iters: must be >= 0 (0: skip the check), got {a.check_iters}")
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in s4m.METHODS]
     if bad:
@@ -179,6 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ident = {"device": environment()["device"], "config": report_config(cfg)}
     try:
         check_out_file(a.out)
+        check_memory(s4t.estimate_step_bytes(a.runs, cfg.d_model, cfg.seq_len, cfg.batch,  # R runs per step
+                                             max(cfg.frozen_layers, cfg.target_layers)), device, "--runs or --batch")
         if not a.keep_previous:
             check_overwrite(a.out, ident, a.force)
         elif not a.force and Path(a.out).exists():
