@@ -124,11 +124,12 @@ def available_memory(device) -> Optional[int]:
     return None
 
 
-def check_memory(estimate: int, device, knobs: str) -> None:
+def check_memory(estimate: int, device, knobs: str, slack: float = 1.0) -> None:
     """Refuse (ValueError) a run whose estimated peak memory does not fit the device, with the estimate and the
-    options that lower it, rather than being killed by the kernel half-way."""
+    options that lower it, rather than being killed by the kernel half-way. ``slack``: how many times the estimate
+    may exceed what is free before the refusal, where the estimate is known to overstate the measured peak."""
     avail = available_memory(device)
-    if avail is not None and estimate > avail:
+    if avail is not None and estimate > slack * avail:
         raise ValueError(f"{knobs}: a training step needs about {estimate / 2**30:.1f} GiB on {device} but "
                          f"{avail / 2**30:.1f} GiB are available; lower {knobs}")
 

@@ -399,3 +399,18 @@ def test_mamba_summary_keeps_to_one_configuration(tmp_path, capsys):
     recs = ResultsFile(tmp_path / "mamba_regression_tiny.jsonl").runs()
     assert len(recs) == 4  # Frozen + Full, twice
     assert "2 records of other configurations in the file are not shown" in out.err
+
+
+def test_the_benchmarks_memory_guard_lets_the_measured_paper_step_through(monkeypatch):
+    """The guard of synthetic.bench and the profile script refuses absurd steps, never one measured to fit: the paper
+    configuration at R = 16 (estimate 98.9 GiB, measured peak 30.7 GiB) must pass on an 80 GB H100."""
+    import synthetic.checks as checks
+    from synthetic.s4 import train as s4t
+
+    monkeypatch.setattr(checks, "available_memory", lambda device: 79 * 2**30)
+    paper_r16 = s4t.estimate_step_bytes(16, 64, 200, 4000, 4)
+    assert paper_r16 > 79 * 2**30  # without the slack this step would be refused
+    checks.check_memory(paper_r16, "cuda", "--runs or --batch", slack=s4t.ESTIMATE_SLACK)
+    with pytest.raises(ValueError, match="--runs or --batch: a training step needs about"):
+        checks.check_memory(s4t.estimate_step_bytes(10**8, 64, 200, 4000, 4), "cuda", "--runs or --batch",
+                            slack=s4t.ESTIMATE_SLACK)
