@@ -134,6 +134,8 @@ BENCH_CASES = [
     (["--preset", "tiny", "--device", "cpu", "--keep-previous", "--out", "{other}"], "another kind of file"),
     (["--preset", "tiny", "--device", "cpu", "--check-iters", "-1"], "--check-iters: must be >= 0"),
     (["--preset", "tiny", "--device", "cpu", "--runs", "100000000"], "--runs or --batch: a training step needs about"),
+    (["--preset", "tiny", "--device", "tpu"], "python -m synthetic.bench: error: --device: must be 'auto', 'cpu'"),
+    (["--preset", "tiny", "--device", "cpu", "--proj-split", "-1"], "python -m synthetic.bench: error: --proj-split"),
 ]
 
 

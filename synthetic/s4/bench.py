@@ -27,6 +27,8 @@ relative difference, so the TF32 speed-up is shown not to change the result.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -173,10 +175,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--conv: forms from {', '.join(s4c.CONV_CHOICES)}, each once, comma-separated; got {a.conv!r}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision, "--conv", forms[0],
-                            "--state-convention", a.state_convention, "--proj-split", str(a.proj_split)]
-                           + (["--batch", str(a.batch)] if a.batch else [])
-                           + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"]))
+    inner = io.StringIO()  # the experiment's own parser validates --device, --proj-split, ...: its refusal is ours
+    try:
+        with contextlib.redirect_stderr(inner):
+            cfg = s4c.parse_config(["--preset", a.preset, "--device", a.device, "--precision", a.precision,
+                                    "--conv", forms[0], "--state-convention", a.state_convention,
+                                    "--proj-split", str(a.proj_split)]
+                                   + (["--batch", str(a.batch)] if a.batch else [])
+                                   + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"]))
+    except SystemExit:
+        last = (inner.getvalue().strip().splitlines() or ["error: invalid options"])[-1]
+        p.error(last.split("error: ", 1)[-1])
     device = s4t.resolve_device(cfg)
     ident = {"device": environment()["device"], "config": report_config(cfg)}
     try:
