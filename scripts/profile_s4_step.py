@@ -58,9 +58,7 @@ def main(argv=None) -> int:
     cfg = s4c.Config(**{**cfg.__dict__, "lrs": (4e-3,) * a.runs})
     dev = torch.device(a.device)
     try:
-        need = s4t.estimate_step_bytes(a.runs, cfg.d_model, cfg.seq_len, cfg.batch,  # R runs per step
-                                       max(cfg.frozen_layers, cfg.target_layers))
-        check_memory(need, dev, "--runs or --batch", slack=s4t.ESTIMATE_SLACK)
+        check_memory(s4t.config_step_bytes(cfg, a.runs), dev, "--runs or --batch", slack=s4t.ESTIMATE_SLACK)
     except ValueError as e:
         p.error(str(e))
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)

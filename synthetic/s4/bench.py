@@ -190,9 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ident = {"device": environment()["device"], "config": report_config(cfg)}
     try:
         check_out_file(a.out)
-        need = s4t.estimate_step_bytes(a.runs, cfg.d_model, cfg.seq_len, cfg.batch,  # R runs per step
-                                       max(cfg.frozen_layers, cfg.target_layers))
-        check_memory(need, device, "--runs or --batch", slack=s4t.ESTIMATE_SLACK)
+        check_memory(s4t.config_step_bytes(cfg, a.runs), device, "--runs or --batch", slack=s4t.ESTIMATE_SLACK)
         if not a.keep_previous:
             check_overwrite(a.out, ident, a.force)
         elif not a.force and Path(a.out).exists():

@@ -65,7 +65,7 @@ from synthetic.s4.config import OPT_IN_DEFAULTS, PRESETS, Config, key_fields, n_
 from synthetic.s4.methods import METHODS, BENCHMARK_METHODS, configure, method_label, theory_trainable_count
 from synthetic.s4.official import PRESETS as OFFICIAL_PRESETS
 from synthetic.cli import check_memory, record_config
-from synthetic.s4.train import Trainer, TrainerExperiment, estimate_step_bytes, resolve_device
+from synthetic.s4.train import Trainer, TrainerExperiment, config_step_bytes, resolve_device
 
 # -------------------------------------------------------------------------------------- sweep
 def key_config(cfg: Config) -> Dict:
@@ -322,9 +322,7 @@ class S4Command(Command):
     def check(self, cfg) -> None:
         """A training step fits the device's memory."""
         R = cfg.runs_per_step or len(cfg.lrs)
-        check_memory(estimate_step_bytes(R, cfg.d_model, cfg.seq_len, cfg.batch,
-                                         max(cfg.frozen_layers, cfg.target_layers)),
-                     resolve_device(cfg), "--batch or --runs-per-step")
+        check_memory(config_step_bytes(cfg, R), resolve_device(cfg), "--batch or --runs-per-step")
 
     def fingerprint(self, cfg, config: Dict) -> str:
         """The key fields of a record's config (a results file can hold runs of several configurations, e.g. a

@@ -31,7 +31,7 @@ from synthetic.s4.official import (CONVS, METHODS, OFFICIAL_SEED, PRESETS, WARMU
                                    concat_groups,
                                    official_lora_down, official_models, official_param_count, official_selection,
                                    validate)
-from synthetic.s4.train import TrainerExperiment, estimate_step_bytes, resolve_device, set_precision
+from synthetic.s4.train import TrainerExperiment, config_step_bytes, resolve_device, set_precision
 
 Tensor = torch.Tensor
 
@@ -325,9 +325,8 @@ class OfficialCommand(S4Command):
 
     def check(self, cfg) -> None:
         """A training step (one group: len(lrs) runs) fits the device's memory."""
-        check_memory(estimate_step_bytes(len(cfg.lrs), cfg.d_model, cfg.seq_len, cfg.batch,
-                                         max(cfg.frozen_layers, cfg.target_layers)),
-                     resolve_device(cfg), "--batch (or fewer --lrs: one step trains a group of len(lrs) runs)")
+        check_memory(config_step_bytes(cfg, len(cfg.lrs)), resolve_device(cfg),
+                     "--batch (or fewer --lrs: one step trains a group of len(lrs) runs)")
 
     def fingerprint(self, cfg, config: Dict) -> str:
         """The key fields of ``cfg``'s kind that a record's config has."""

@@ -47,7 +47,7 @@ from synthetic.s4.config import Config, n_modes, validate as validate_s4
 from synthetic.s4.experiment import S4Experiment, key_config, run_generator
 from synthetic.s4.methods import METHODS, budget_label, configure, layer_sdt_masks, parse_sdt, theory_trainable_count
 from synthetic.s4.oracle import Oracle, oracle_masks, pruned_base, selection_agreement, start_at, theorem1_oracle
-from synthetic.s4.train import Trainer, estimate_step_bytes, resolve_device
+from synthetic.s4.train import Trainer, config_step_bytes, resolve_device
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -148,9 +148,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     check_out_dir(cfg.out)
     if not (cfg.dry_run or cfg.plot_only or cfg.merge):
         R = cfg.runs_per_step or len(cfg.lrs)
-        check_memory(estimate_step_bytes(R, cfg.d_model, cfg.seq_len, cfg.batch,
-                                         max(cfg.frozen_layers, cfg.target_layers)),
-                     resolve_device(base_config(cfg)), "--batch, --seq-len or --runs-per-step")
+        check_memory(config_step_bytes(cfg, R), resolve_device(base_config(cfg)),
+                     "--batch, --seq-len or --runs-per-step")
     return cfg
 
 

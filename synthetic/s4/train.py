@@ -203,6 +203,11 @@ def estimate_step_bytes(R: int, D: int, N: int, B: int, L: int) -> int:
     return 4 * (ACTIVATION_COPIES * L * R * D * N * B + 2 * L * R * D * N * N)
 
 
+def config_step_bytes(cfg, R: int) -> int:
+    """:func:`estimate_step_bytes` for a step of ``R`` runs of the deep-S4 config ``cfg`` (its deeper layer stack)."""
+    return estimate_step_bytes(R, cfg.d_model, cfg.seq_len, cfg.batch, max(cfg.frozen_layers, cfg.target_layers))
+
+
 # How far estimate_step_bytes may overstate a benchmark's step before a refusal: at the paper configuration (batch
 # 4000, R = 16) it says 98.9 GiB where the measured peak was 30.7 GiB (Toeplitz, compiled, H200, figures/bench_s4.json)
 # and 25.2 GiB (fused, H100): an 80 GB H100 must not refuse that step. Absurd inputs (--runs 10^8) stay refused.
