@@ -85,6 +85,18 @@ def _exit_code(main, argv) -> int:
         return e.code
 
 
+def _refused(main, argv, folder: Path, capsys, needle: str):
+    """``main(argv)`` must exit 2 with ``needle`` in its error and no traceback, and leave ``folder`` byte-identical
+    (nothing written, no file touched). Returns what it printed (out, err)."""
+    before = _digest(folder)
+    code = _exit_code(main, argv)
+    printed = capsys.readouterr()
+    assert code == 2, printed.err
+    assert needle in printed.err and "Traceback" not in printed.err, printed.err
+    assert _digest(folder) == before
+    return printed
+
+
 @pytest.mark.parametrize("entry,argv,needle", CASES, ids=[f"{e}:{' '.join(a[-2:])}" for e, a, _ in CASES])
 def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys, entry, argv, needle):
     afile = tmp_path / "a_file"
@@ -97,14 +109,9 @@ def test_bad_input_exits_2_naming_the_rule_and_touches_nothing(tmp_path, capsys,
     argv = [a.format(file=afile, corrupt=corrupt, empty=empty) for a in argv]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
-    before = _digest(tmp_path)
     main = {"mamba": mamba_experiment.main, "mamba2": mamba2_experiment.main, "hybrid": hybrid_experiment.main,
             "theorem1": theorem1_study.main, "fig2": fig2.main}.get(entry, s4_regression.main)
-    code = _exit_code(main, argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert needle in err and "Traceback" not in err, err
-    assert _digest(tmp_path) == before  # nothing written, the corrupted file untouched
+    _refused(main, argv, tmp_path, capsys, needle)  # nothing written, the corrupted file untouched
     assert not (tmp_path / "out").exists()
 
 
@@ -153,13 +160,8 @@ def test_bench_bad_input_exits_2_before_timing_and_touches_nothing(tmp_path, mon
     paths["empty"].mkdir()
     monkeypatch.chdir(tmp_path)
     argv = [a.format(**paths) for a in argv]
-    before = _digest(tmp_path)
-    code = _exit_code(bench.main, argv)
-    out = capsys.readouterr()
-    assert code == 2, out.err
-    assert needle.format(**paths) in out.err and "Traceback" not in out.err, out.err
+    out = _refused(bench.main, argv, tmp_path, capsys, needle.format(**paths))
     assert "ms/iter" not in out.out  # refused before anything was timed
-    assert _digest(tmp_path) == before
 
 
 # python -m synthetic.gpu_queue: (argv, text the error must contain); {file} is an existing file
@@ -191,12 +193,7 @@ def test_gpu_queue_bad_input_exits_2_before_any_job(tmp_path, monkeypatch, capsy
     afile = tmp_path / "a_file"
     afile.write_text("not a folder")
     argv = [a.format(file=afile) for a in argv]
-    before = _digest(tmp_path)
-    code = _exit_code(gpu_queue.main, argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert needle.format(file=afile) in err and "Traceback" not in err, err
-    assert _digest(tmp_path) == before
+    _refused(gpu_queue.main, argv, tmp_path, capsys, needle.format(file=afile))
 
 
 # python -m ssm_peft.bench --preset tiny: (argv, text the error must contain); {corrupt}: text that is not JSON,
@@ -220,12 +217,7 @@ def test_ssm_peft_bench_bad_input_exits_2_and_touches_nothing(tmp_path, capsys, 
     argv = ["--preset", "tiny"] + [a.format(**paths) for a in argv]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out.json")]
-    before = _digest(tmp_path)
-    code = _exit_code(ssm_bench.main, argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert needle.format(**paths) in err and "Traceback" not in err, err
-    assert _digest(tmp_path) == before
+    _refused(ssm_bench.main, argv, tmp_path, capsys, needle.format(**paths))
 
 
 # python -m ssm_peft.finetune: (argv, text the error must contain); {file}: an existing file, {empty}: an empty
@@ -263,12 +255,7 @@ def test_finetune_bad_input_exits_2_before_anything_is_written(tmp_path, capsys,
     argv = [a.format(**paths) for a in argv]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
-    before = _digest(tmp_path)
-    code = _exit_code(finetune.main, argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert needle.format(**paths) in err and "Traceback" not in err, err
-    assert _digest(tmp_path) == before
+    _refused(finetune.main, argv, tmp_path, capsys, needle.format(**paths))
     assert not (tmp_path / "out").exists()
 
 
@@ -284,12 +271,8 @@ def test_report_out_that_is_a_file_exits_2_before_any_page(tmp_path, monkeypatch
     monkeypatch.setattr(report, "write_readme", started)
     afile = tmp_path / "a_file"
     afile.write_text("not a folder")
-    before = _digest(tmp_path)
-    code = _exit_code(report.main, ["--out", out.format(file=afile)])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert f"--out: '{afile}' is a file, not a folder" in err and "Traceback" not in err, err
-    assert _digest(tmp_path) == before
+    _refused(report.main, ["--out", out.format(file=afile)], tmp_path, capsys,
+             f"--out: '{afile}' is a file, not a folder")
 
 
 PROFILE = ["--device", "cpu", "--no-compile", "--batch", "2", "--rows", "1"]
@@ -314,13 +297,8 @@ def test_profile_script_bad_input_exits_2_before_profiling(tmp_path, capsys, arg
     paths = {"file": tmp_path / "a_file", "empty": tmp_path / "empty"}
     paths["file"].write_text("not a folder")
     paths["empty"].mkdir()
-    before = _digest(tmp_path)
-    code = _exit_code(script.main, [a.format(**paths) for a in argv])
-    out = capsys.readouterr()
-    assert code == 2, out.err
-    assert needle.format(**paths) in out.err and "Traceback" not in out.err, out.err
+    out = _refused(script.main, [a.format(**paths) for a in argv], tmp_path, capsys, needle.format(**paths))
     assert "ms/step" not in out.out  # refused before anything was timed
-    assert _digest(tmp_path) == before
 
 
 def test_bench_scaling_extends_the_calibration_table_never_shrinks_it(tmp_path, capsys):
