@@ -295,3 +295,16 @@ def test_a_run_does_not_depend_on_the_runs_packed_with_it(tmp_path):
         assert a["runs_in_group"] == 1 and r["trainable"] == a["trainable"]
         assert rel_err(torch.tensor([v for _, v in r["loss_curve"]]),
                        torch.tensor([v for _, v in a["loss_curve"]])) < 1e-5, r["method"]
+
+
+@pytest.mark.parametrize("flag,want", [("--no-compile", False), ("--compile", True), (None, None)])
+def test_scaling_rows_follow_the_compile_flag_without_deprecated_options(flag, want, capsys):
+    """A scaling row's config compiles as ``--compile`` / ``--no-compile`` says (the flag was once inside a comment,
+    so every CUDA row compiled and the table never finished), and it uses no deprecated option (no warning)."""
+    import argparse
+    from synthetic.s4.bench_scaling import row_config
+    a = argparse.Namespace(device="cpu", precision="tf32", state_convention="pairs", compile=want)
+    cfg = row_config(a, N=16, D=4, B=3, form="blocked")
+    assert (cfg.compile, cfg.seq_len, cfg.d_model, cfg.batch, cfg.conv, cfg.methods) == (want, 16, 4, 3, "blocked",
+                                                                                          ("Full",))
+    assert "deprecated" not in capsys.readouterr().err

@@ -93,10 +93,6 @@ def run_scaling(a, p) -> int:
     for N in Ns:
         for D in Ds:
             B = max(1, tokens // (D * N))
-            base = ["--preset", "paper", "--device", a.device, "--precision", a.precision, "--d-model", str(D), "--seq-len", str(N),
-                    "--batch", str(B), "--state-convention", a.state_convention, "--lrs", "4e-3",
-                    "--methods", "Full", "--lora-ranks", "1", "--s4-lora-ranks", "1", "--sdt-budgets", "1x1",
-                    "--sdt-lora-budgets", "1x1:1", "--dora-ranks", "1"]  # budgets unused by Full; valid for any D + ([] if a.compile is None else ["--compile" if a.compile else "--no-compile"])
             trainers, times = {}, {f: [] for f in forms}
             for form in forms:
                 gb = estimate_gb(form, probe.frozen_layers + probe.target_layers, D, N, B)
@@ -106,7 +102,7 @@ def run_scaling(a, p) -> int:
                                  "device_type": device.type})
                     print(f"N={N:5d} D={D:4d} B={B:5d} {form:9s} skipped ({rows[-1]['skipped']})", flush=True)
                     continue
-                cfg = s4c.parse_config(base + ["--conv", form])
+                cfg = row_config(a, N, D, B, form)
                 trainers[form] = (s4t.Trainer(cfg, device, log=lambda *x: None), {}, gb)
             for rnd in range(a.rounds):
                 for form, (tr, cache, _) in trainers.items():
@@ -122,6 +118,19 @@ def run_scaling(a, p) -> int:
     write_json_atomic(out, _report(env, device, a, tokens, _merge(rows, kept), t_all, done=True))
     print("wrote", out)
     return 0
+
+
+def row_config(a, N: int, D: int, B: int, form: str) -> s4c.Config:
+    """The deep-S4 config one scaling row times: the paper's model at (N, D, batch B), method Full, convolution
+    ``form``, compiled as ``--compile`` / ``--no-compile`` says (not given: the preset's default, on CUDA only).
+    The budgets are unused by Full and chosen valid for any D."""
+    argv = ["--preset", "paper", "--device", a.device, "--precision", a.precision, "--d-model", str(D),
+            "--seq-len", str(N), "--batch", str(B), "--state-convention", a.state_convention, "--lrs", "4e-3",
+            "--methods", "Full", "--lora-ranks", "1", "--ssm-lora-ranks", "1", "--sdt", "1x1", "--sdt-lora", "1x1:1",
+            "--dora-ranks", "1", "--conv", form]
+    if a.compile is not None:
+        argv.append("--compile" if a.compile else "--no-compile")
+    return s4c.parse_config(argv)
 
 
 def _key(r: Dict) -> tuple:
