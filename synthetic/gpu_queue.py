@@ -12,8 +12,9 @@ its log into one archive whose paths are the repository's, so bringing a call's 
 
 The sweeps' ``--time-budget`` stops starting new runs; a run in progress finishes, so every phase is given the
 time left minus a margin for the run in progress: twice the job's recorded mean run time, between 20 s and
-``--margin`` (a job whose margin, or one mean run, does not fit the time left is skipped, and a later one with
-shorter runs may run).
+``--margin``. A job, or a sharded phase, is started only where the time left holds that margin, and a process's
+start-up (``Job.startup_s``: kernel compiles for mamba-ssm jobs) plus the longest recorded run of what is left, + 30 s;
+otherwise it is skipped and a later job with shorter runs may run.
 A job whose packages (``mamba_ssm``, ``causal_conv1d``) do not import is skipped with a message, never run on a
 fallback backend.
 
@@ -56,15 +57,26 @@ class Job:
     shards: int = 1  # processes for the base grid (the lr-extension rounds run in one)
     needs: Tuple[str, ...] = ()  # modules that must import on the device
     what: str = ""
+    startup_s: float = 20.0  # a process's start before its first run ends (imports, data, kernel compiles)
 
     def command(self, *extra: str) -> List[str]:
         return [sys.executable, "-m", self.module, *self.args, *extra]
+
+
+# A mamba-ssm process's start on a machine whose Triton cache is cold: the shards compile (and autotune) the SSD /
+# selective-scan kernels side by side. Measured: 14 Mamba-II shards started with 253 s left (runs of <= 158 s
+# recorded) were all killed at the deadline before one run ended (notes/gpu_logs/gpu_queue_2026-12-07_0226); on a
+# fresh machine a 16-shard phase of 13 runs took 297 s (2026-12-07 00:5x), on the same machine once those kernels
+# were cached ~140 s. A warm cache only makes this conservative: a phase that might have fit is skipped, and a
+# later job uses the time.
+MAMBA_COLD_START_S = 180.0
 
 
 def _mamba_paper(model_seed: int) -> Job:
     return Job(f"mamba-model-seed{model_seed}", "synthetic.mamba_regression",
                ("--preset", "paper", "--backend", "mamba_ssm", "--model-seed", str(model_seed), "--seeds", "0,1",
                 "--out", f"figures/mamba_model_seed{model_seed}"), shards=12, needs=("mamba_ssm", "causal_conv1d"),
+               startup_s=MAMBA_COLD_START_S,
                what=f"Mamba-I paper preset, six core methods, frozen/target pair {model_seed}, data seeds 0, 1")
 
 
@@ -80,10 +92,11 @@ def _theorem1(activation: str, precision: str, arms: str) -> Job:
 JOBS: Tuple[Job, ...] = (
     Job("mamba2-paper", "synthetic.mamba2_regression",
         ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2"), shards=16, needs=("mamba_ssm",),
-        what="Mamba-II paper preset on mamba-ssm's Triton SSD, 3 seeds"),
+        startup_s=MAMBA_COLD_START_S, what="Mamba-II paper preset on mamba-ssm's Triton SSD, 3 seeds"),
     Job("hybrid-paper", "synthetic.hybrid_regression",
         ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2"), shards=16,
-        needs=("mamba_ssm", "causal_conv1d"), what="Jamba-style hybrid paper preset (fused Mamba path), 3 seeds"),
+        needs=("mamba_ssm", "causal_conv1d"), startup_s=MAMBA_COLD_START_S,
+        what="Jamba-style hybrid paper preset (fused Mamba path), 3 seeds"),
     _mamba_paper(1),
     _mamba_paper(2),
     Job("s4-official", "synthetic.s4_regression", ("--preset", "official", "--precision", "tf32"),
@@ -93,7 +106,8 @@ JOBS: Tuple[Job, ...] = (
         what="deep S4 paper preset, every method: the open grid edges"),
     Job("mamba-paper-all", "synthetic.mamba_regression",
         ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2", "--methods", "all"), shards=8,
-        needs=("mamba_ssm", "causal_conv1d"), what="Mamba paper preset, every method: DoRA (Proj)'s seeds, edges"),
+        needs=("mamba_ssm", "causal_conv1d"), startup_s=MAMBA_COLD_START_S,
+        what="Mamba paper preset, every method: DoRA (Proj)'s seeds, edges"),
     _theorem1("identity", "tf32", ARMS_TRAINED),
     _theorem1("relu", "tf32", ARMS_TRAINED),
     _theorem1("identity", "fp32", "Oracle start"),
@@ -103,6 +117,7 @@ JOB_NAMES = tuple(j.name for j in JOBS)
 
 MIN_MARGIN = 20.0  # seconds kept back from a phase at the least (Plan.margin)
 _TOTAL = re.compile(r"(\d+) base-grid runs to do, (\?|\d+) lr-extension runs next; estimated (?:~(\d+) s|unknown)")
+_LONGEST = re.compile(r"longest recorded run of what is left: ~(\d+) s")
 _ROW = re.compile(r"^\| [^|]+ \| \d+ / \d+ \| (\d+) / (\d+) \|")
 
 
@@ -116,6 +131,7 @@ class Plan:
     extension: Optional[int]  # None: decided after the base grid
     est_s: Optional[float]
     error: str = ""
+    longest_s: Optional[float] = None  # the longest recorded run of a method with runs left
 
     @property
     def finished(self) -> bool:
@@ -133,10 +149,19 @@ class Plan:
         (deep S4: ~3 s) then still starts with 80 s left, where one fixed margin of 150 s skipped it."""
         return cap if self.mean_run_s is None else min(cap, max(MIN_MARGIN, 2 * self.mean_run_s))
 
-    def needs_s(self, cap: float) -> float:
-        """The time left a job needs to be started: its margin, or one mean run where that is longer (a phase
-        starts a run in every shard, and the queue kills what runs 30 s past its budget), plus 30 s."""
-        return max(self.margin(cap), self.mean_run_s or 0.0) + 30
+    @property
+    def run_s(self) -> float:
+        """The run a phase must see end: the longest recorded run of what is left, else the mean, else 0."""
+        return self.longest_s or self.mean_run_s or 0.0
+
+    def needs_s(self, cap: float, startup: float = 0.0) -> float:
+        """The time left a phase needs to be started: its margin, or a process's start-up plus one run where that is
+        longer (a phase starts a run in every shard, and the queue kills what runs 30 s past its budget), + 30 s."""
+        return max(self.margin(cap), startup + self.run_s) + 30
+
+    def why(self, cap: float, startup: float = 0.0) -> str:
+        return (f"the {self.needs_s(cap, startup):.0f}s it needs (margin {self.margin(cap):.0f}s, or start-up "
+                f"{startup:.0f}s + run {self.run_s:.0f}s; + 30s)")
 
 
 def parse_plan(text: str) -> Plan:
@@ -153,7 +178,9 @@ def parse_plan(text: str) -> Plan:
         tail = text.strip().splitlines()[-1:] or ["no output"]
         return Plan(done, total, 0, 0, None, error=f"no plan in the dry-run output: {tail[0][:200]}")
     ext = None if m[2] == "?" else int(m[2])
-    return Plan(done, total, int(m[1]), ext, float(m[3]) if m[3] else None)
+    longest = _LONGEST.search(text)
+    return Plan(done, total, int(m[1]), ext, float(m[3]) if m[3] else None,
+                longest_s=float(longest[1]) if longest else None)
 
 
 def plan(job: Job, env: Optional[Dict[str, str]] = None) -> Plan:
@@ -210,8 +237,9 @@ def snapshot(folder: Path, base: Path = ROOT) -> Dict[str, Tuple[int, int]]:
 
 
 def changed_since(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "figures", base: Path = ROOT) -> List[str]:
-    """Paths (relative to ``base``) of the files under ``folder`` that are new or changed since ``before``."""
-    return sorted(k for k, v in snapshot(folder, base).items() if before.get(k) != v)
+    """Paths (relative to ``base``) of the files under ``folder`` that are new or changed since ``before``; a
+    results file's lock (``*.lock``, left behind by a shard killed at the deadline) is no result and is left out."""
+    return sorted(k for k, v in snapshot(folder, base).items() if before.get(k) != v and not k.endswith(".lock"))
 
 
 class Queue:
@@ -248,11 +276,14 @@ class Queue:
             if rc:
                 self.log(f"  {tag}: exit {rc} (see its log)")
 
-    def _sharded(self, job: Job, tag: str, margin: float) -> bool:
-        """One sharded phase (``job.shards`` processes on the GPU, then ``--merge``); False when too little time."""
+    def _sharded(self, job: Job, tag: str, p: Plan) -> bool:
+        """One sharded phase (``job.shards`` processes on the GPU, then ``--merge``); False when too little time:
+        less than the margin + 30 s, or than a process's start-up + the longest run left + 30 s (a phase whose
+        shards would all be killed before one run ends gives nothing)."""
+        margin = p.margin(self.margin)
         b = self.left() - margin
-        if b < 30:
-            self.log(f"  no time for the sharded {tag}")
+        if b < 30 or self.left() < p.needs_s(self.margin, job.startup_s):
+            self.log(f"  no time for the sharded {tag}: {self.left():.0f}s left < {p.why(self.margin, job.startup_s)}")
             return False
         procs = [(f"shard {i}/{job.shards}", self._spawn(job, f"shard{i}", ("--shard", f"{i}/{job.shards}",
                                                                             "--time-budget", f"{b:.0f}")))
@@ -269,12 +300,12 @@ class Queue:
         self.log(f"job {job.name}: {p.done} / {p.total} base-grid runs done, {p.todo} to do, {self.left():.0f}s left "
                  f"(margin {margin:.0f}s)")
         if p.todo and job.shards > 1:
-            self._sharded(job, "base grid", margin)
+            self._sharded(job, "base grid", p)
         after = plan(job, self.env)
         rounds = 0
         while job.shards > 1 and not after.error and after.todo == 0 and after.extension:
             before = after
-            if not self._sharded(job, f"lr-extension round {rounds + 1}", margin):
+            if not self._sharded(job, f"lr-extension round {rounds + 1}", after):
                 break
             rounds += 1
             after = plan(job, self.env)
@@ -442,9 +473,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 q.log(f"job {job.name}: {p.error}")
             elif p.finished:
                 continue
-            elif q.left() < p.needs_s(q.margin):  # its runs take longer than the time left: a shorter job may fit
-                q.log(f"job {job.name}: skipped, {q.left():.0f}s left < the {p.needs_s(q.margin):.0f}s it needs "
-                      f"(margin {p.margin(q.margin):.0f}s, mean run {p.mean_run_s or 0:.0f}s, + 30s)")
+            elif q.left() < p.needs_s(q.margin, job.startup_s):  # does not fit the time left: a shorter job may
+                q.log(f"job {job.name}: skipped, {q.left():.0f}s left < {p.why(q.margin, job.startup_s)}")
             else:
                 q.run(job, p)
     finally:

@@ -497,18 +497,21 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
         if isinstance(r.get("wall_s"), (int, float)) and math.isfinite(r["wall_s"]):
             walls.setdefault(r["method"], []).append(float(r["wall_s"]))
     est_total: Optional[float] = 0.0
+    longest: Optional[float] = None  # the longest recorded run of a method with runs left (a phase lasts >= one)
     for m, row in per.items():
         row["extension_runs_next"] = ext_runs.get(m, 0)
         n = row["runs"] - row["runs_done"] + row["extension_runs_next"]
         w = walls.get(m)
         row["est_s"] = statistics.fmean(w) * n if w else (0.0 if n == 0 else None)
+        if n and w:
+            longest = max(longest or 0.0, max(w))
         if row["est_s"] is None:
             est_total = None
         elif est_total is not None:
             est_total += row["est_s"]
     return {"experiment": exp.name, "preset": exp.preset, "results": str(exp.results_path),
             "shard": f"{shard[0]}/{shard[1]}" if shard else None, "methods": per, "base_runs_to_do": base_todo,
-            "extension_runs_next": sum(ext_runs.values()), "est_s": est_total,
+            "extension_runs_next": sum(ext_runs.values()), "est_s": est_total, "longest_s": longest,
             "extension_known": not base_todo and shard is None}
 
 
@@ -526,6 +529,8 @@ def format_plan(p: Dict[str, Any]) -> str:
            "(from the wall time per run recorded in the results file)")
     lines.append(f"{p['base_runs_to_do']} base-grid runs to do, {p['extension_runs_next'] if p['extension_known'] else '?'}"
                  f" lr-extension runs next; estimated {est}")
+    if p.get("longest_s") is not None:
+        lines.append(f"longest recorded run of what is left: ~{p['longest_s']:.0f} s")
     return "\n".join(lines)
 
 

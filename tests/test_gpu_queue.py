@@ -54,6 +54,51 @@ def test_a_job_whose_margin_does_not_fit_is_skipped_and_a_shorter_one_runs(tmp_p
     assert "job mamba2-paper: skipped, " in log and "margin 150s" in log
 
 
+def test_a_phase_needs_a_start_up_and_the_longest_run_to_fit(tmp_path, monkeypatch):
+    """2026-12-07: Mamba-II's 14 last runs (recorded mean 128 s, longest 158 s) were started with 253 s left and all
+    14 shards were killed before one run ended (kernel compiles on a fresh machine). With the start-up and the
+    longest run counted the job is skipped and the deep-S4 extension, whose runs fit, gets the time."""
+    p = gq.parse_plan(DRY_RUN.replace("(from the wall time per run recorded)\n",
+                                      "(from the wall time per run recorded)\nlongest recorded run of what is left: "
+                                      "~158 s\n"))
+    assert p.longest_s == 158.0 and p.run_s == 158.0 and gq.parse_plan(DRY_RUN).longest_s is None
+    mamba2 = gq.select("mamba2-paper")[0]
+    assert mamba2.startup_s == gq.MAMBA_COLD_START_S
+    assert p.needs_s(150) == 158 + 30 < 253  # without the start-up the job would still be started
+    assert p.needs_s(150, mamba2.startup_s) == mamba2.startup_s + 158 + 30 > 253
+    plans = {"mamba2-paper": gq.Plan(178, 192, 14, None, 14 * 128.0, longest_s=158.0),
+             "s4-official": gq.Plan(280, 280, 0, 13, 56.0)}
+    ran = []
+    monkeypatch.setattr(gq, "plan", lambda job, env=None: plans[job.name])
+    monkeypatch.setattr(gq, "importable", lambda m: True)
+    monkeypatch.setattr(gq.Queue, "run", lambda self, job, p: ran.append(job.name))
+    monkeypatch.setattr(gq, "save_state", lambda before: [])
+    assert gq.main(["--budget", "253", "--jobs", "mamba2-paper,s4-official", "--no-restore",
+                    "--out", str(tmp_path)]) == 0
+    assert ran == ["s4-official"]
+    assert "start-up 180s + run 158s" in (tmp_path / "gpu_queue.log").read_text()
+
+
+def test_a_phase_that_does_not_fit_is_not_started(tmp_path, monkeypatch):
+    """The check holds for every sharded phase (an lr-extension round after the base grid too), not only the first."""
+    spawned = []
+    monkeypatch.setattr(gq.Queue, "_spawn", lambda self, job, tag, extra: spawned.append(tag))
+    q = gq.Queue(budget=300, margin=150, logs=tmp_path, env=None)
+    job = gq.select("mamba2-paper")[0]
+    assert not q._sharded(job, "lr-extension round 2", gq.Plan(192, 192, 0, 6, 6 * 60.0, longest_s=140.0))
+    assert spawned == []
+    assert "no time for the sharded lr-extension round 2: " in (tmp_path / "gpu_queue.log").read_text()
+
+
+def test_lock_files_are_not_packed(tmp_path):
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    before = gq.snapshot(folder, tmp_path)
+    (folder / "x.jsonl").write_text("{}\n")
+    (folder / "x.shard3of16.jsonl.lock").write_text("")
+    assert gq.changed_since(before, folder, tmp_path) == ["figures/x.jsonl"]
+
+
 def test_unknown_job_is_refused_naming_the_jobs():
     with pytest.raises(ValueError, match="--jobs: unknown job.*mamba2-paper"):
         gq.select("mamba2-paper,nope")

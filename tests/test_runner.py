@@ -113,6 +113,11 @@ def test_dry_run_counts_what_is_left(tmp_path):
     p = runner.plan(Toy(exp.results_path))
     assert p["methods"]["Frozen"]["runs_done"] == 1 and p["base_runs_to_do"] == 9
     assert "| Frozen | 1 / 2 | 1 / 2 |" in runner.format_plan(p)
+    walls = [r["wall_s"] for r in ResultsFile(exp.results_path).runs()]
+    assert p["longest_s"] == max(walls)  # only Frozen has a record (and one run left); A has none: not counted
+    assert f"longest recorded run of what is left: ~{max(walls):.0f} s" in runner.format_plan(p)
+    p["longest_s"] = None
+    assert "longest" not in runner.format_plan(p)
 
 
 def test_records_of_another_configuration_are_not_current(tmp_path):
