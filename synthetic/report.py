@@ -411,18 +411,18 @@ class Row:
 
 
 LINKS: Dict[str, str] = {
-    "s4-paper": "docs/results/s4-paper.md", "s4-official": "docs/results/s4-official.md",
-    "theorem1": "docs/results/theorem1.md", "mamba": "docs/results/mamba.md", "mamba2": "docs/results/mamba2.md",
+    "s4-paper": "docs/results/s4-paper.md", "s4-off": "docs/results/s4-official.md",
+    "thm1": "docs/results/theorem1.md", "mamba": "docs/results/mamba.md", "mamba2": "docs/results/mamba2.md",
     "hybrid": "docs/results/hybrid.md", "peft": "docs/results/peft-methods.md", "bench": "docs/benchmarks.md"}
 
 ROWS: Tuple[Row, ...] = (
     Row("python -m synthetic s4", "[Figure 2, deep S4, the paper's conventions][s4-paper]", "~35 s",
         sweeps=(Sweep("figures/s4_regression_paper.jsonl", "s4", S4_PAPER),)),
-    Row("python -m synthetic s4_official --precision tf32", "[Figure 2, official code][s4-official]", "—",
+    Row("python -m synthetic s4_official --precision tf32", "[Figure 2, official code][s4-off]", "—",
         sweeps=(Sweep("figures/s4_regression_official.jsonl", "s4_official", S4_OFFICIAL),)),
-    Row("python -m synthetic.s4_fig2", "[Figure 2 three ways][s4-official]: paper, official code, toolkit",
+    Row("python -m synthetic.s4_fig2", "[Figure 2 three ways][s4-off]: paper, official code, toolkit",
         "seconds", "—"),
-    Row("python -m synthetic s4_theorem1", "[Theorem 1 vs training][theorem1]", "~3–11 min",
+    Row("python -m synthetic s4_theorem1", "[Theorem 1 vs training][thm1]", "~3–11 min",
         sweeps=tuple(Sweep(f"figures/theorem1_training_paper_{v}.jsonl", "s4_theorem1",
                            ("--preset", "paper", "--activation", a))
                      for v, a in (("linear", "identity"), ("relu", "relu")))),
@@ -463,7 +463,7 @@ def gpu_cell(paths: Sequence[Path], grid: Optional[Tuple[int, int]] = None) -> s
         gpus |= {str(r["device"]).removeprefix("NVIDIA ").split()[0] for r in recs}
     parts = [f"partial {grid[0]}/{grid[1]}"] if grid and grid[0] < grid[1] else []
     if gpus:
-        parts.append(f"{_duration(total)} ({', '.join(sorted(gpus))})")
+        parts.append(f"{_duration(total)} ({'/'.join(sorted(gpus))})")  # '/': the README's lines stay <= 120
     return ", ".join(parts) or "—"
 
 

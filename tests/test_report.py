@@ -27,10 +27,24 @@ def test_results_pages_equal_their_regeneration(tmp_path):
     assert not stale, f"{stale} differ from their data: run python -m synthetic.report and commit the pages"
 
 
-def test_partial_sweep_page_states_its_progress(tmp_path):
-    write_pages(tmp_path, [p for p in PAGES if p.name == "mamba2"])
-    text = (tmp_path / "mamba2.md").read_text(encoding="utf-8")
+def test_partial_sweep_page_states_its_progress(tmp_path, monkeypatch):
+    """A results file cut to its first 120 lines (a sweep in progress: the committed Mamba-II file is complete now)
+    gives a page that says how far the base grid is; the complete file gives none."""
+    import synthetic.report as report
+
+    name = "figures/mamba2_regression_paper.jsonl"
+    lines = (ROOT / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "figures").mkdir()
+    for other in (ROOT / "figures").glob("mamba2_regression_*.jsonl"):  # the page's other sources, as committed
+        (tmp_path / "figures" / other.name).write_bytes(other.read_bytes())
+    (tmp_path / name).write_text("".join(lines[:120]), encoding="utf-8")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    write_pages(tmp_path / "out", [p for p in PAGES if p.name == "mamba2"])
+    text = (tmp_path / "out" / "mamba2.md").read_text(encoding="utf-8")
     assert "**Partial sweep:**" in text and "of the 192 base-grid runs are done" in text
+    (tmp_path / name).write_text("".join(lines), encoding="utf-8")
+    write_pages(tmp_path / "out", [p for p in PAGES if p.name == "mamba2"])
+    assert "**Partial sweep:**" not in (tmp_path / "out" / "mamba2.md").read_text(encoding="utf-8")
 
 
 def test_readme_experiments_table_equals_its_regeneration():
