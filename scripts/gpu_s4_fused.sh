@@ -11,7 +11,8 @@
 #       official_s4/S4 is carried (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under
 #       official_s4/pylib; ../shared/tools/README.md), into figures/bench_s4_fused_official_cuda.json
 #   (6) with the time left: (a) the same profile of the toeplitz form's step, (b) the scaling table on CUDA
-#       (N 200/800/3200, D 64/256, every form incl. fused, eager) into figures/bench_s4_scaling_cuda.json (written after every (N, D): a cut-off keeps its rows)
+#       (N 200/800/3200, D 64/256, every form incl. fused, eager) into figures/bench_s4_scaling_cuda.json (written
+#       after every (N, D): a cut-off keeps its rows; a committed table of the same card is resumed, not redone)
 # STEPS picks the steps (comma-separated, default 1,2,3,4,5,6a,6b; e.g. STEPS=5,6a,6b for what the 2026-12-06 calls
 # left undone). The autotuner's choice per kernel is printed (TRITON_PRINT_AUTOTUNING=1). Needs no network. Logs and JSON go
 # under $OUT (figures/ copies, *.log, summary printed at the end); GIT_COMMIT (or COMMIT) names the records' commit:
@@ -95,9 +96,21 @@ fi
 
 if want 6b && (( $(left 1000) > 40 )); then
     echo "== (6b) scaling table (eager), $(left 1000) s left"
+    SJ="$OUT/figures/bench_s4_scaling_cuda.json"
+    # the committed table of this card (an earlier call cut off) is finished, not timed again (--scaling-resume)
+    [ -f "$SJ" ] || [ ! -f figures/bench_s4_scaling_cuda.json ] || "$PY" - "$SJ" <<'EOF'
+import json, shutil, sys
+from synthetic.provenance import environment
+have, here = json.load(open("figures/bench_s4_scaling_cuda.json")).get("device"), environment()["device"]
+if have == here:
+    shutil.copy("figures/bench_s4_scaling_cuda.json", sys.argv[1])
+    print(f"resuming the committed scaling table of {here}")
+else:
+    print(f"the committed scaling table is of {have}, this card is {here}: a new table (merge it by hand)")
+EOF
     timeout "$(left 1000)" "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 3 --warm 1 \
-        --rounds 1 ${SX[@]+"${SX[@]}"} --out "$OUT/figures/bench_s4_scaling_cuda.json" \
-        || echo "scaling cut off (the table keeps the rows done)"
+        --rounds 1 --scaling-resume ${SX[@]+"${SX[@]}"} --out "$SJ" \
+        || echo "scaling cut off (the table keeps the rows done; the next call resumes it)"
 else
     want 6b && echo "== (6b) scaling table skipped: $(left 1000) s left"
 fi

@@ -308,3 +308,21 @@ def test_scaling_rows_follow_the_compile_flag_without_deprecated_options(flag, w
     assert (cfg.compile, cfg.seq_len, cfg.d_model, cfg.batch, cfg.conv, cfg.methods) == (want, 16, 4, 3, "blocked",
                                                                                           ("Full",))
     assert "deprecated" not in capsys.readouterr().err
+
+
+def test_scaling_resume_skips_the_rows_a_cut_off_call_measured(tmp_path, capsys):
+    """A table cut off after its first (N, D) is finished by a second call with --scaling-resume: the first
+    (N, D) is not timed again (its row is the first call's, byte for byte) and the missing one is added."""
+    import json
+    from synthetic.bench import main as bench
+
+    out = tmp_path / "t.json"
+    common = ["--scaling", "--device", "cpu", "--no-compile", "--scaling-D", "4", "--scaling-forms", "toeplitz",
+              "--scaling-tokens", "256", "--iters", "1", "--warm", "1", "--rounds", "1", "--out", str(out)]
+    assert bench(common + ["--scaling-N", "8"]) == 0
+    first = json.loads(out.read_text())["results"]
+    assert bench(common + ["--scaling-N", "8,16", "--scaling-resume"]) == 0
+    assert "N=    8 D=   4 B=    8 every form already in" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    assert sorted((r["N"], r["D"]) for r in rows) == [(8, 4), (16, 4)]
+    assert [r for r in rows if r["N"] == 8] == first

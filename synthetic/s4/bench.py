@@ -140,6 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--scaling-forms", default=",".join(CONV_FORMS), help="--scaling: convolution forms")
     p.add_argument("--scaling-tokens", type=int, default=0,
                    help="--scaling: batch = max(1, tokens // (D·N)) (0: 64·200·4000 on CUDA, 64·200·64 on CPU)")
+    p.add_argument("--scaling-resume", action="store_true",
+                   help="--scaling: skip an (N, D) whose every form already has a row in the table at --out (same "
+                        "setting), so a table cut off by a call's time limit is finished by the next call")
     p.add_argument("--scaling-max-gb", type=float, default=None,
                    help="--scaling: skip a form whose estimated step memory exceeds this many GiB, a positive finite "
                         "number (default: 100 on CUDA, 8 on CPU)")

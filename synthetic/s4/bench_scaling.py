@@ -2,6 +2,7 @@
 
     python -m synthetic.bench --scaling [--device cpu] [--scaling-N 200,800,3200] [--scaling-D 64,256]
         [--scaling-forms toeplitz,blocked,fft,chunked] [--scaling-tokens T] [--rounds 3] [--out FILE]
+        [--scaling-resume]
 
 The paper's model otherwise (4 frozen layers, H = 16, target 1 layer, H* = 8; ``--state-convention``),
 one run per step. The batch is reduced so that memory fits: ``batch = max(1, T // (D·N))`` (T: the token
@@ -15,7 +16,8 @@ device, state convention and precision at ``--out`` keeps its rows of other (N, 
 replace those of the same key; ``--keep-previous`` is implied), and anything else there (a table of another
 device or convention, another experiment's file, a file that is not valid JSON) is refused before anything is
 timed unless ``--force``, which replaces it. Partial tables are written after every (N, D), so a run cut off keeps
-what it measured.
+what it measured, and ``--scaling-resume`` skips every (N, D) whose forms all have a row there already (the next
+call finishes the table instead of timing it again from the start).
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ def run_scaling(a, p) -> int:
     for N in Ns:
         for D in Ds:
             B = max(1, tokens // (D * N))
+            if a.scaling_resume and all((N, D, B, f) in {_key(r) for r in kept} for f in forms):
+                print(f"N={N:5d} D={D:4d} B={B:5d} every form already in {out} (--scaling-resume): skipped", flush=True)
+                continue
             trainers, times = {}, {f: [] for f in forms}
             for form in forms:
                 gb = estimate_gb(form, probe.frozen_layers + probe.target_layers, D, N, B)
