@@ -97,3 +97,28 @@ def test_model_pairs_section_reads_a_pairs_file(tmp_path, monkeypatch):
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| SDT | channels=16 |")]
     assert len(rows) == 1 and rows[0][3] == rows[0][4] and rows[0][5] == "not run |"
     assert "Pairs with results: 0, 1; not run yet: 2" in text.replace("\n", " ")
+
+
+# (method, budget, best-MSE mean, trainable %) that docs/findings.md quotes from the Mamba-II paper-preset table
+MAMBA2_QUOTED = (("Frozen", "-", "1.64", None), ("SDT", "heads=8,states=4", "1.39", "1.85"),
+                 ("SDT", "heads=8,states=16", "1.295", "7.32"), ("LoRA (Proj)", "rank=1", "0.3036", "1.97"),
+                 ("LoRA (Proj)", "rank=4", "0.2403", "7.86"), ("LoRA (SSM+Proj)", "rank=1", "0.3042", "2.22"),
+                 ("LoRA (SSM+Proj)", "rank=2", "0.269", None), ("LoRA (SSM+Proj)", "rank=4", "0.2357", None),
+                 ("SDT + LoRA", "heads=8,rank=1,states=1", "0.3248", "2.31"),
+                 ("SDT + LoRA", "heads=8,rank=2,states=2", "0.2835", None),
+                 ("SDT + LoRA", "heads=8,rank=4,states=4", "0.2414", None))
+
+
+def test_findings_quote_the_mamba2_gpu_table(tmp_path):
+    """The GPU Mamba-II verdicts in docs/findings.md quote numbers; they must be the regenerated page's (after new
+    runs land, update the quotes, or the verdict, together with the data)."""
+    write_pages(tmp_path, [p for p in PAGES if p.name == "mamba2"])
+    page = (tmp_path / "mamba2.md").read_text(encoding="utf-8")
+    first = page.split("| method | budget |", 2)[1]  # the paper preset's table (the page's first)
+    cells = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[1:-1]]
+             for line in first.splitlines() if line.startswith("| ") and "---" not in line}
+    findings = (ROOT / "docs" / "findings.md").read_text(encoding="utf-8")
+    for method, budget, mean, pct in MAMBA2_QUOTED:
+        row = cells[(method, budget)]
+        assert row[3] == mean and (pct is None or row[2] == pct), f"{method} {budget}: page has {row}"
+        assert mean in findings and (pct is None or f"{pct} %" in findings)
