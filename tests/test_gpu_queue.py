@@ -39,18 +39,23 @@ def test_margin_is_twice_the_recorded_run_time_between_the_floor_and_the_cap():
     assert short.needs_s(150) == gq.MIN_MARGIN + 30 and gq.Plan(0, 98, 98, None, None).needs_s(150) == 180
 
 
-def test_a_job_whose_margin_does_not_fit_is_skipped_and_a_shorter_one_runs(tmp_path, monkeypatch):
-    plans = {"mamba2-paper": gq.parse_plan(DRY_RUN),  # margin 150 s: does not fit 100 s
-             "s4-official": gq.Plan(280, 280, 0, 13, 56.0)}  # margin 20 s: fits
+def _queue_with(plans, budget, tmp_path, monkeypatch):
+    """Run the queue's main loop over ``plans`` (job name -> Plan) with nothing trained: the jobs it would run,
+    and its log."""
     ran = []
     monkeypatch.setattr(gq, "plan", lambda job, env=None: plans[job.name])
     monkeypatch.setattr(gq, "importable", lambda m: True)
     monkeypatch.setattr(gq.Queue, "run", lambda self, job, p: ran.append(job.name))
     monkeypatch.setattr(gq, "save_state", lambda before: [])
-    assert gq.main(["--budget", "100", "--jobs", "mamba2-paper,s4-official", "--no-restore",
-                    "--out", str(tmp_path)]) == 0
+    assert gq.main(["--budget", str(budget), "--jobs", ",".join(plans), "--no-restore", "--out", str(tmp_path)]) == 0
+    return ran, (tmp_path / "gpu_queue.log").read_text()
+
+
+def test_a_job_whose_margin_does_not_fit_is_skipped_and_a_shorter_one_runs(tmp_path, monkeypatch):
+    plans = {"mamba2-paper": gq.parse_plan(DRY_RUN),  # margin 150 s: does not fit 100 s
+             "s4-official": gq.Plan(280, 280, 0, 13, 56.0)}  # margin 20 s: fits
+    ran, log = _queue_with(plans, 100, tmp_path, monkeypatch)
     assert ran == ["s4-official"]
-    log = (tmp_path / "gpu_queue.log").read_text()
     assert "job mamba2-paper: skipped, " in log and "margin 150s" in log
 
 
@@ -68,15 +73,8 @@ def test_a_phase_needs_a_start_up_and_the_longest_run_to_fit(tmp_path, monkeypat
     assert p.needs_s(150, mamba2.startup_s) == mamba2.startup_s + 158 + 30 > 253
     plans = {"mamba2-paper": gq.Plan(178, 192, 14, None, 14 * 128.0, longest_s=158.0),
              "s4-official": gq.Plan(280, 280, 0, 13, 56.0)}
-    ran = []
-    monkeypatch.setattr(gq, "plan", lambda job, env=None: plans[job.name])
-    monkeypatch.setattr(gq, "importable", lambda m: True)
-    monkeypatch.setattr(gq.Queue, "run", lambda self, job, p: ran.append(job.name))
-    monkeypatch.setattr(gq, "save_state", lambda before: [])
-    assert gq.main(["--budget", "253", "--jobs", "mamba2-paper,s4-official", "--no-restore",
-                    "--out", str(tmp_path)]) == 0
-    assert ran == ["s4-official"]
-    assert "start-up 180s + run 158s" in (tmp_path / "gpu_queue.log").read_text()
+    ran, log = _queue_with(plans, 253, tmp_path, monkeypatch)
+    assert ran == ["s4-official"] and "start-up 180s + run 158s" in log
 
 
 def test_a_phase_that_does_not_fit_is_not_started(tmp_path, monkeypatch):
