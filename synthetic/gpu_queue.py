@@ -149,19 +149,19 @@ class Plan:
         (deep S4: ~3 s) then still starts with 80 s left, where one fixed margin of 150 s skipped it."""
         return cap if self.mean_run_s is None else min(cap, max(MIN_MARGIN, 2 * self.mean_run_s))
 
-    @property
-    def run_s(self) -> float:
-        """The run a phase must see end: the longest recorded run of what is left, else the mean, else 0."""
-        return self.longest_s or self.mean_run_s or 0.0
+    def run_s(self, cap: float) -> float:
+        """The run a phase must see end: the longest recorded run of what is left, else the mean; ``cap``
+        (``--margin``) for a job with no record yet."""
+        return self.longest_s or self.mean_run_s or cap
 
     def needs_s(self, cap: float, startup: float = 0.0) -> float:
         """The time left a phase needs to be started: its margin, or a process's start-up plus one run where that is
         longer (a phase starts a run in every shard, and the queue kills what runs 30 s past its budget), + 30 s."""
-        return max(self.margin(cap), startup + self.run_s) + 30
+        return max(self.margin(cap), startup + self.run_s(cap)) + 30
 
     def why(self, cap: float, startup: float = 0.0) -> str:
         return (f"the {self.needs_s(cap, startup):.0f}s it needs (margin {self.margin(cap):.0f}s, or start-up "
-                f"{startup:.0f}s + run {self.run_s:.0f}s; + 30s)")
+                f"{startup:.0f}s + run {self.run_s(cap):.0f}s; + 30s)")
 
 
 def parse_plan(text: str) -> Plan:
@@ -191,21 +191,25 @@ def plan(job: Job, env: Optional[Dict[str, str]] = None) -> Plan:
     return parse_plan(out)
 
 
-def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None) -> List[Tuple[Job, Plan]]:
+def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None,
+               margin: float = 150.0) -> List[Tuple[Job, Plan]]:
     rows = [(j, plan(j, env)) for j in jobs]
-    print("| job | what | base-grid runs done / all | to do | lr-extension next | est. device time |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| job | what | base-grid runs done / all | to do | lr-extension next | est. device time | "
+          "a call needs |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for j, p in rows:
         if p.error:
-            print(f"| {j.name} | {j.what} | - | - | - | {p.error} |")
+            print(f"| {j.name} | {j.what} | - | - | - | {p.error} | - |")
             continue
         ext = "after the grid" if p.extension is None else str(p.extension)
         est = "unknown" if p.est_s is None else f"~{p.est_s / max(1, j.shards):.0f} s"  # rounds are sharded too
-        print(f"| {j.name} | {j.what} | {p.done} / {p.total} | {p.todo} | {ext} | {est} |")
+        needs = "-" if p.finished else f"{p.needs_s(margin, j.startup_s):.0f} s"
+        print(f"| {j.name} | {j.what} | {p.done} / {p.total} | {p.todo} | {ext} | {est} | {needs} |")
     left = [j.name for j, p in rows if not p.finished]
     print(f"{len(left)} of {len(rows)} jobs with work left" + (f": {', '.join(left)}" if left else ": nothing to do"))
     print("(est.: the job's recorded wall time per run x runs to do, divided by its shards; runs of a method "
-          "with no record are not counted)")
+          "with no record are not counted. A call needs: the time left at which the job is still started, its "
+          "margin or a process's start-up + its longest recorded run left, + 30 s)")
     return rows
 
 
@@ -437,7 +441,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT),
                TRITON_CACHE_AUTOTUNING="1")  # the shards share Triton's autotuning results instead of each redoing it
     if a.dry_run:
-        show_queue(jobs, env)
+        show_queue(jobs, env, a.margin)
         return 0
     logs = ROOT / "out" / "gpu_queue_logs"
     shutil.rmtree(logs, ignore_errors=True)
