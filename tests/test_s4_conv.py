@@ -210,3 +210,15 @@ def test_each_form_traces_as_one_graph(form):
     finally:
         dynamo.reset()
     assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+
+
+def test_choose_form_never_picks_the_opt_in_fused_form():
+    """The CUDA scaling table times ``fused`` eager at R = 1; training runs compiled and packed, where fused was
+    measured slower: a table row where it is fastest must not make it the default."""
+    rows = [dict(N=200, D=64, batch=4000, form="fused", ms_per_iter=5.0),
+            dict(N=200, D=64, batch=4000, form="toeplitz", ms_per_iter=8.0),
+            dict(N=200, D=64, batch=4000, form="fft", ms_per_iter=30.0)]
+    table = {"results": [dict(device_type="cuda", **r) for r in rows]}
+    form, why = conv.choose_form(200, 64, "cuda", table=table, B=4000)
+    assert form == "toeplitz" and "measured" in why
+    assert "fused" in conv.CONV_FORMS and "fused" not in conv.AUTO_FORMS

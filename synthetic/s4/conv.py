@@ -393,6 +393,9 @@ def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None
 
 # ----------------------------------------------------------------------------------- the selector
 NEAR_FACTOR = 2.0  # a scaling-table row decides only within this factor of (N, D, batch) in every coordinate
+# the forms ``--conv auto`` picks from: not ``fused``, whose scaling rows are eager single runs while training runs
+# compiled and packed (there it was measured slower than toeplitz: notes/s4_speed.md); it stays opt-in (--conv fused)
+AUTO_FORMS = tuple(f for f in CONV_FORMS if f != "fused")
 DEFAULT_CROSSOVER_N = 512  # no table: Toeplitz up to N = 512 (its GEMMs win at short N), chunked above
 SCALING_TABLE = "figures/bench_s4_scaling_{device}.json"  # written by ``python -m synthetic.bench --scaling``
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the table is looked up here, whatever the working directory
@@ -407,7 +410,8 @@ def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
     Toeplitz form's N×N work per channel does not grow with B, its products do; B None: N and D only), among the
     rows within :data:`NEAR_FACTOR` of it in every coordinate (a sparse table says nothing about sizes far from its
     rows: the CPU default preset's D 16, N 32, batch 128 is 4-6x from every committed row, and the nearest one's
-    FFT ran it 25 % slower than Toeplitz). Rows of another device type are ignored. Without such a row:
+    FFT ran it 25 % slower than Toeplitz). Rows of another device type, and ``fused`` rows (:data:`AUTO_FORMS`), are
+    ignored. Without such a row:
     ``toeplitz`` for N <= :data:`DEFAULT_CROSSOVER_N`, else ``chunked``.
     """
     if table is None:
@@ -418,7 +422,7 @@ def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
             except (OSError, ValueError):
                 table = None
     rows = [r for r in (table or {}).get("results", []) if r.get("ms_per_iter") is not None
-            and r.get("device_type", device_type) == device_type and r.get("form") in CONV_FORMS]
+            and r.get("device_type", device_type) == device_type and r.get("form") in AUTO_FORMS]
     def coords(r):  # per-coordinate log distances to the measured (N', D', B')
         return (abs(math.log(r["N"] / N)), abs(math.log(r["D"] / D)),
                 abs(math.log(r["batch"] / B)) if B and r.get("batch") else 0.0)
