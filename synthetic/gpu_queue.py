@@ -282,13 +282,12 @@ class Queue:
 
     def _sharded(self, job: Job, tag: str, p: Plan) -> bool:
         """One sharded phase (``job.shards`` processes on the GPU, then ``--merge``); False when too little time:
-        less than the margin + 30 s, or than a process's start-up + the longest run left + 30 s (a phase whose
-        shards would all be killed before one run ends gives nothing)."""
-        margin = p.margin(self.margin)
-        b = self.left() - margin
-        if b < 30 or self.left() < p.needs_s(self.margin, job.startup_s):
+        less than :meth:`Plan.needs_s` (the margin, or a process's start-up + the longest run left, + 30 s: a phase
+        whose shards would all be killed before one run ends gives nothing)."""
+        if self.left() < p.needs_s(self.margin, job.startup_s):  # needs_s >= margin + 30: the shards get >= 30 s
             self.log(f"  no time for the sharded {tag}: {self.left():.0f}s left < {p.why(self.margin, job.startup_s)}")
             return False
+        b = self.left() - p.margin(self.margin)
         procs = [(f"shard {i}/{job.shards}", self._spawn(job, f"shard{i}", ("--shard", f"{i}/{job.shards}",
                                                                             "--time-budget", f"{b:.0f}")))
                  for i in range(job.shards)]

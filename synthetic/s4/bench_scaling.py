@@ -91,11 +91,12 @@ def run_scaling(a, p) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     rows: List[Dict] = []
+    kept_keys = {_key(r) for r in kept}  # --scaling-resume: the (N, D, batch, form) already in the table
     t_all = time.perf_counter()
     for N in Ns:
         for D in Ds:
             B = max(1, tokens // (D * N))
-            if a.scaling_resume and all((N, D, B, f) in {_key(r) for r in kept} for f in forms):
+            if a.scaling_resume and all((N, D, B, f) in kept_keys for f in forms):
                 print(f"N={N:5d} D={D:4d} B={B:5d} every form already in {out} (--scaling-resume): skipped", flush=True)
                 continue
             trainers, times = {}, {f: [] for f in forms}
