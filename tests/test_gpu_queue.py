@@ -69,7 +69,7 @@ def test_a_phase_needs_a_start_up_and_the_longest_run_to_fit(tmp_path, monkeypat
     assert p.longest_s == 158.0 and p.run_s(150) == 158.0 and gq.parse_plan(DRY_RUN).longest_s is None
     assert gq.Plan(0, 98, 98, None, None).needs_s(150, 180) == 180 + 150 + 30  # no record: a run as long as --margin
     mamba2 = gq.select("mamba2-paper")[0]
-    assert mamba2.startup_s == gq.MAMBA_COLD_START_S
+    assert mamba2.startup_s == gq.MAMBA_COLD_START_S and gq.select("s4-official")[0].startup_s == gq.STARTUP_S
     assert p.needs_s(150) == 158 + 30 < 253  # without the start-up the job would still be started
     assert p.needs_s(150, mamba2.startup_s) == mamba2.startup_s + 158 + 30 > 253
     plans = {"mamba2-paper": gq.Plan(178, 192, 14, None, 14 * 128.0, longest_s=158.0),
