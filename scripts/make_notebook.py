@@ -485,12 +485,18 @@ from synthetic.mamba2.config import out_paths as m2_paths, parse_args as m2_args
 from synthetic.mamba2.experiment import Mamba2Command
 
 tmp = Path(tempfile.mkdtemp())
-shutil.copy("figures/mamba2_regression_cpu.jsonl", tmp / "mamba2_regression_cpu.jsonl")
-cfg2 = m2_args(["--preset", "cpu", "--out", str(tmp), "--plot-only"])
-table, drawn = Mamba2Command().summary(cfg2)
-print(table)
-Mamba2Command().figure(cfg2, drawn)
-plt.figure(figsize=(10, 5)); plt.imshow(plt.imread(str(m2_paths(cfg2)["mse"]) + ".png")); plt.axis("off"); plt.show()
+
+
+def redraw_mamba2(results, *args):  # a committed Mamba-II results file's table and figure, redrawn in tmp
+    shutil.copy(f"figures/{results}", tmp / results)
+    cfg = m2_args([*args, "--out", str(tmp), "--plot-only"])
+    table, drawn = Mamba2Command().summary(cfg)
+    print(table)
+    Mamba2Command().figure(cfg, drawn)
+    plt.figure(figsize=(10, 5)); plt.imshow(plt.imread(str(m2_paths(cfg)["mse"]) + ".png")); plt.axis("off"); plt.show()
+
+
+redraw_mamba2("mamba2_regression_cpu.jsonl", "--preset", "cpu")
 """)
 md(r"""
 The paper preset on the GPU (mamba-ssm's Triton SSD kernels; d_model 64, 8 heads of 16, N = 16; 3 seeds), redrawn
@@ -498,12 +504,7 @@ from `figures/mamba2_regression_paper.jsonl`: the same verdict as on the CPU. SD
 state budget, and SDT + LoRA stays above LoRA (SSM+Proj) at every matched budget.
 """)
 code(r"""
-shutil.copy("figures/mamba2_regression_paper.jsonl", tmp / "mamba2_regression_paper.jsonl")
-cfg2p = m2_args(["--preset", "paper", "--backend", "mamba_ssm", "--out", str(tmp), "--plot-only"])
-table, drawn = Mamba2Command().summary(cfg2p)
-print(table)
-Mamba2Command().figure(cfg2p, drawn)
-plt.figure(figsize=(10, 5)); plt.imshow(plt.imread(str(m2_paths(cfg2p)["mse"]) + ".png")); plt.axis("off"); plt.show()
+redraw_mamba2("mamba2_regression_paper.jsonl", "--preset", "paper", "--backend", "mamba_ssm")
 """)
 
 md(r"""
