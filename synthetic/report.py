@@ -330,13 +330,13 @@ PAGES: Tuple[Page, ...] = (
          "towards a smaller hybrid, with DoRA or LoRA on the linear projections and DoRA, LoRA or SDT on the S6 "
          "modules. A toy at one size; the seeds vary data and adapters, not the models. Model, methods and checks: "
          "`synthetic/hybrid/` and `tests/test_hybrid.py`; verdicts: [findings](../findings.md#hybrid).",
-         (Source("Paper preset (GPU, mamba-ssm kernels; partial)", "figures/hybrid_regression_paper.jsonl",
+         (Source("Paper preset (GPU, mamba-ssm kernels)", "figures/hybrid_regression_paper.jsonl",
                  lambda: _mamba_like_view("hybrid", HYBRID_PAPER, grid=True),
                  "python -m synthetic.hybrid_regression --preset paper"),
           Source("CPU preset (reference backend)", "figures/hybrid_regression_cpu.jsonl",
                  lambda: _mamba_like_view("hybrid", ["--preset", "cpu", "--out", "figures"]),
                  "python -m synthetic.hybrid_regression --out figures")),
-         (("hybrid, paper preset (partial)", "hybrid_mse_vs_params_paper.png"),
+         (("hybrid, paper preset", "hybrid_mse_vs_params_paper.png"),
           ("hybrid, CPU preset", "hybrid_mse_vs_params_cpu.png"))),
     Page("peft-methods", "The paper's other PEFT methods",
          "Prompt tuning, prefix-tuning, initial-state tuning, state-offset tuning (Kang et al.), BitFit, DoRA and "

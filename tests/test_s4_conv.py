@@ -222,3 +222,20 @@ def test_choose_form_never_picks_the_opt_in_fused_form():
     form, why = conv.choose_form(200, 64, "cuda", table=table, B=4000)
     assert form == "toeplitz" and "measured" in why
     assert "fused" in conv.CONV_FORMS and "fused" not in conv.AUTO_FORMS
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_choose_form_at_each_committed_row_is_its_fastest_auto_form(device_type):
+    """At every (N, D, batch) the committed scaling table of ``device_type`` measured, ``--conv auto`` picks the
+    form that table measured fastest there among :data:`conv.AUTO_FORMS` (skipped rows, ms None, do not count)."""
+    path = conv.REPO_ROOT / conv.SCALING_TABLE.format(device=device_type)
+    if not path.exists():
+        pytest.skip(f"no committed {path.name}")
+    rows = [r for r in json.loads(path.read_text())["results"] if r.get("ms_per_iter") is not None]
+    sizes = sorted({(r["N"], r["D"], r["batch"]) for r in rows})
+    assert sizes, f"{path.name} has no timed row"
+    for N, D, B in sizes:
+        timed = {r["form"]: r["ms_per_iter"] for r in rows if (r["N"], r["D"], r["batch"]) == (N, D, B)
+                 and r["form"] in conv.AUTO_FORMS}
+        form, why = conv.choose_form(N, D, device_type, B=B)
+        assert form == min(timed, key=timed.get) and "measured" in why, (N, D, B, form, timed)
