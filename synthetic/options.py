@@ -126,7 +126,8 @@ class SweepConfig:
                                      "until the best is interior; 0 = off", key=False)
     lr_min: float = option(1e-6, "lower bound of the lr-grid growth", key=False)
     lr_max: float = option(1.0, "upper bound of the lr-grid growth", key=False)
-    time_budget: float = option(0.0, "seconds: stop starting new runs after this (0 = no limit); rerun to resume",
+    time_budget: float = option(0.0, "seconds: start no call of runs that would end after this, judged by the "
+                                "longest call so far (the first call always runs; 0 = no limit); rerun to resume",
                                 key=False, old=("--time-budget-s",))
     out: str = option("out", "folder of the results file and figures (out/ is not committed; the committed "
                       "results are in figures/)", key=False)

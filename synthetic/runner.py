@@ -197,6 +197,7 @@ class _Sweep:
     def __init__(self, exp: Experiment, time_budget: float, shard: Optional[Tuple[int, int]], log, ctx: Optional[Dist]):
         self.exp, self.time_budget, self.shard, self.log, self.ctx = exp, time_budget, shard, log, ctx
         self.t0 = time.monotonic()
+        self.longest_call_s = 0.0  # the longest train() so far (out_of_time: would the next one fit?)
         self.main = ResultsFile(exp.results_path)
         if ctx is not None:
             self.out = ResultsFile(shard_path(exp.results_path, ctx.rank, ctx.world))
@@ -231,11 +232,16 @@ class _Sweep:
         self.locks = []
 
     def out_of_time(self) -> bool:
-        return bool(self.time_budget) and self.st.calls > 0 and time.monotonic() - self.t0 > self.time_budget
+        """Whether the next training would end past the time budget: the time spent plus the longest :meth:`train`
+        so far (the first always runs). An lr-extension group (a few runs, a fresh compile) can take longer than a
+        base-grid run's recorded mean, so this, not a margin, keeps a sweep inside a device call's budget."""
+        return (bool(self.time_budget) and self.st.calls > 0
+                and time.monotonic() - self.t0 + self.longest_call_s > self.time_budget)
 
     def train(self, runs: List[Run]) -> None:
         """Train ``runs`` in calls of the experiment's size; stamp the shared fields; append atomically."""
         exp, st = self.exp, self.st
+        t = time.monotonic()
         for chunk, n_keep in _calls(runs, exp.max_runs_per_call, exp.pad_calls):
             recs = exp.train(chunk)
             if len(recs) != len(chunk):
@@ -250,6 +256,7 @@ class _Sweep:
             self.out.extend(stamped)
             st.calls += 1
             st.runs += n_keep
+        self.longest_call_s = max(self.longest_call_s, time.monotonic() - t)
 
     def flush(self) -> None:
         if self.pending:
@@ -451,7 +458,8 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
     st = sw.st
     st.wall_s = time.monotonic() - sw.t0
     if st.stopped:
-        log(f"{sw.tag}time budget {time_budget:.0f}s reached; stopping (rerun the same command to resume)")
+        log(f"{sw.tag}time budget {time_budget:.0f}s: the next call (the longest so far took {sw.longest_call_s:.0f}s) "
+            f"would end past it; stopping (rerun the same command to resume)")
     if shard is not None:
         log("shard done; fold the shard files in with --merge, then run the shards again (or one process without "
             "--shard) for the next lr-extension round where a best lr is at an edge")

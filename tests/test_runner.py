@@ -75,6 +75,25 @@ def test_time_budget_stops_after_one_call_and_the_rerun_completes_it(tmp_path):
     assert key(tmp_path / "r.json") == key(tmp_path / "f.json")
 
 
+def test_time_budget_starts_no_call_that_would_end_past_it(tmp_path, monkeypatch):
+    """Each call of the toy (one run group) takes 10 s on a fake clock: with a 25 s budget the third (20 s spent +
+    10 s) would end past it, so two run, where "stop once past the budget" would have started a third (ending at
+    30 s)."""
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+
+    class Slow(Toy):
+        def train(self, runs):
+            clock[0] += 10.0
+            return super().train(runs)
+
+    exp = Slow(tmp_path / "r.json", lrs=(1e-2,))
+    st = runner.run_sweep(exp, time_budget=25.0, log=lambda s: None)
+    assert st.stopped and st.calls == 2 and clock[0] == 20.0
+    exp = Slow(tmp_path / "r.json", lrs=(1e-2,))
+    assert runner.run_sweep(exp, time_budget=35.0, log=lambda s: None).calls == 3  # the resume goes on
+
+
 def test_shards_are_disjoint_and_merge_to_the_one_process_result(tmp_path):
     one = Toy(tmp_path / "one" / "r.json")
     runner.run_sweep(one, log=lambda s: None)
