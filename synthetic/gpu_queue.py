@@ -376,8 +376,9 @@ def restore_state(log, base: Path = ROOT, state: Path = STATE) -> int:
 
 
 def select(names: str) -> List[Job]:
-    """The jobs named in ``names`` (comma-separated), in queue order; every job where ``names`` is empty.
-    ValueError naming --jobs for an unknown name, or a list that names no job (',')."""
+    """The jobs named in ``names`` (comma-separated), in the order given (a call's own priorities: e.g. short jobs
+    before one that would take the rest of the budget), each once; every job, in queue order, where ``names`` is
+    empty. ValueError naming --jobs for an unknown name, or a list that names no job (',')."""
     if not names:
         return list(JOBS)
     want = [n.strip() for n in names.split(",") if n.strip()]
@@ -385,7 +386,8 @@ def select(names: str) -> List[Job]:
     if bad or not want:
         raise ValueError(f"--jobs: {'unknown job(s) ' + ', '.join(bad) if bad else f'{names!r} names no job'}; "
                          f"the jobs are {', '.join(JOB_NAMES)}")
-    return [j for j in JOBS if j.name in want]
+    by_name = {j.name: j for j in JOBS}
+    return [by_name[n] for n in dict.fromkeys(want)]
 
 
 def tests_of(text: str) -> List[str]:
@@ -416,7 +418,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--margin", type=float, default=150,
                     help="at most this many seconds kept back from each phase for the run in progress (default 150; "
                          "a job keeps back twice its recorded mean run time, at least 20 s, where that is less)")
-    ap.add_argument("--jobs", default="", help=f"comma-separated subset, in queue order (jobs: {', '.join(JOB_NAMES)})")
+    ap.add_argument("--jobs", default="", help=f"comma-separated subset, run in the order given (default: every "
+                    f"job, in queue order: {', '.join(JOB_NAMES)})")
     ap.add_argument("--wheels", type=Path, default=None, help="folder with mamba_ssm / causal_conv1d wheels to install")
     ap.add_argument("--tests", default="", help="GPU test modules to run first, comma-separated")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu_queue")),

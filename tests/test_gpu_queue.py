@@ -101,7 +101,9 @@ def test_lock_files_are_not_packed(tmp_path):
 def test_unknown_job_is_refused_naming_the_jobs():
     with pytest.raises(ValueError, match="--jobs: unknown job.*mamba2-paper"):
         gq.select("mamba2-paper,nope")
-    assert [j.name for j in gq.select("hybrid-paper,mamba2-paper")] == ["mamba2-paper", "hybrid-paper"]
+    assert [j.name for j in gq.select("hybrid-paper,mamba2-paper")] == ["hybrid-paper", "mamba2-paper"]  # as given
+    assert [j.name for j in gq.select("s4-paper-all, hybrid-paper,s4-paper-all")] == ["s4-paper-all", "hybrid-paper"]
+    assert [j.name for j in gq.select("")] == list(gq.JOB_NAMES)  # the queue's order
 
 
 def test_bad_budget_exits_2(capsys):
