@@ -97,19 +97,11 @@ fi
 if want 6b && (( $(left 1000) > 40 )); then
     echo "== (6b) scaling table (eager), $(left 1000) s left"
     SJ="$OUT/figures/bench_s4_scaling_cuda.json"
-    # the committed table of this card (an earlier call cut off) is finished, not timed again (--scaling-resume)
-    [ -f "$SJ" ] || [ ! -f figures/bench_s4_scaling_cuda.json ] || "$PY" - "$SJ" <<'EOF'
-import json, shutil, sys
-from synthetic.provenance import environment
-have, here = json.load(open("figures/bench_s4_scaling_cuda.json")).get("device"), environment()["device"]
-if have == here:
-    shutil.copy("figures/bench_s4_scaling_cuda.json", sys.argv[1])
-    print(f"resuming the committed scaling table of {here}")
-else:
-    print(f"the committed scaling table is of {have}, this card is {here}: a new table (merge it by hand)")
-EOF
+    # the committed table, when it is of this card and setting, is finished, not timed again (--scaling-resume)
+    FROM=()
+    [ -f figures/bench_s4_scaling_cuda.json ] && FROM=(--scaling-from figures/bench_s4_scaling_cuda.json)
     timeout "$(left 1000)" "$PY" -m synthetic.bench --scaling --device "${DEVICE:-cuda}" --no-compile --iters 3 --warm 1 \
-        --rounds 1 --scaling-resume ${SX[@]+"${SX[@]}"} --out "$SJ" \
+        --rounds 1 --scaling-resume ${FROM[@]+"${FROM[@]}"} ${SX[@]+"${SX[@]}"} --out "$SJ" \
         || echo "scaling cut off (the table keeps the rows done; the next call resumes it)"
 else
     want 6b && echo "== (6b) scaling table skipped: $(left 1000) s left"

@@ -326,3 +326,38 @@ def test_scaling_resume_skips_the_rows_a_cut_off_call_measured(tmp_path, capsys)
     rows = json.loads(out.read_text())["results"]
     assert sorted((r["N"], r["D"]) for r in rows) == [(8, 4), (16, 4)]
     assert [r for r in rows if r["N"] == 8] == first
+
+
+def test_scaling_from_resumes_a_table_of_this_setting_only(tmp_path, capsys):
+    """--scaling-from: a fresh --out starts from another table's rows when that table is of this setting (the
+    (N, D) it has are not timed again, its rows kept byte for byte); a table of another setting adds nothing and says
+    so; a missing file or one that is not a table is refused naming the option before anything is timed."""
+    import json
+    from synthetic.bench import main as bench
+
+    first = tmp_path / "first.json"
+    common = ["--scaling", "--device", "cpu", "--no-compile", "--scaling-D", "4", "--scaling-forms", "toeplitz",
+              "--scaling-tokens", "256", "--iters", "1", "--warm", "1", "--rounds", "1", "--scaling-resume"]
+    assert bench(common + ["--scaling-N", "8", "--out", str(first)]) == 0
+    rows8 = json.loads(first.read_text())["results"]
+    capsys.readouterr()
+    fresh = tmp_path / "fresh.json"
+    assert bench(common + ["--scaling-N", "8,16", "--scaling-from", str(first), "--out", str(fresh)]) == 0
+    assert "every form already in" in capsys.readouterr().out
+    rows = json.loads(fresh.read_text())["results"]
+    assert sorted((r["N"], r["D"]) for r in rows) == [(8, 4), (16, 4)] and [r for r in rows if r["N"] == 8] == rows8
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads(first.read_text()), "state_convention": "complex"}))
+    again = tmp_path / "again.json"
+    assert bench(common + ["--scaling-N", "8", "--scaling-from", str(other), "--out", str(again)]) == 0
+    out = capsys.readouterr().out
+    assert "another setting" in out and "state_convention" in out and "every form already in" not in out
+
+    (tmp_path / "runs.jsonl").write_text('{"kind": "run"}\n')
+    for bad, why in ((tmp_path / "nope.json", "does not exist"), (tmp_path / "runs.jsonl", "not a scaling table")):
+        with pytest.raises(SystemExit) as e:
+            bench(common + ["--scaling-N", "8", "--scaling-from", str(bad), "--out", str(tmp_path / "x.json")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--scaling-from" in err and why in err
+        assert not (tmp_path / "x.json").exists()

@@ -143,6 +143,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--scaling-resume", action="store_true",
                    help="--scaling: skip an (N, D) whose every form already has a row in the table at --out (same "
                         "setting), so a table cut off by a call's time limit is finished by the next call")
+    p.add_argument("--scaling-from", default=None, metavar="TABLE",
+                   help="--scaling: also start from the rows of the scaling table TABLE (e.g. the committed "
+                        "figures/bench_s4_scaling_cuda.json, when --out is a fresh file on a device machine) if it "
+                        "was measured on this device, state convention and precision; a table of another setting "
+                        "contributes nothing (said so)")
     p.add_argument("--scaling-max-gb", type=float, default=None,
                    help="--scaling: skip a form whose estimated step memory exceeds this many GiB, a positive finite "
                         "number (default: 100 on CUDA, 8 on CPU)")

@@ -17,7 +17,9 @@ replace those of the same key; ``--keep-previous`` is implied), and anything els
 device or convention, another experiment's file, a file that is not valid JSON) is refused before anything is
 timed unless ``--force``, which replaces it. Partial tables are written after every (N, D), so a run cut off keeps
 what it measured, and ``--scaling-resume`` skips every (N, D) whose forms all have a row there already (the next
-call finishes the table instead of timing it again from the start).
+call finishes the table instead of timing it again from the start). ``--scaling-from TABLE`` adds the rows of
+another table of the same setting (a device machine's fresh ``--out`` resumes the committed table; a table of another
+device is left out, and the new one is merged by hand).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def run_scaling(a, p) -> int:
     try:  # before anything is timed: where the table goes, and what is there already
         check_out_file(out)
         kept = _kept_rows(out, ident, a.force, a.keep_previous)
+        if getattr(a, "scaling_from", None):
+            kept = _merge(kept, _rows_from(a.scaling_from, ident))
     except ValueError as e:
         p.error(str(e))
     if a.threads:
@@ -156,6 +160,32 @@ def _is_table(d) -> bool:
             and all(isinstance(r, dict) and {"N", "D", "batch", "form"} <= set(r) for r in d["results"]))
 
 
+def _setting_diff(old: Dict, ident: Dict) -> List[str]:
+    """The keys of :data:`IDENTITY` where the table ``old`` was measured otherwise than ``ident`` says."""
+    return [k for k in IDENTITY if old.get(k, ident[k] if k == "device" else None) != ident[k]]
+
+
+def _rows_from(path: str, ident: Dict) -> List[Dict]:
+    """``--scaling-from``: the rows of the scaling table at ``path`` if it was measured in the setting ``ident``, else
+    none (printed). ValueError naming --scaling-from for a missing file, one that is not valid JSON or not a table."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--scaling-from: {p} does not exist (a scaling table to start from)")
+    try:
+        old = json.loads(p.read_text(errors="replace"))
+    except ValueError:
+        old = None
+    if not _is_table(old):
+        raise ValueError(f"--scaling-from: {p} is not a scaling table (python -m synthetic.bench --scaling writes one)")
+    diff = _setting_diff(old, ident)
+    if diff:
+        print(f"--scaling-from: {p} is a table of another setting ("
+              + ", ".join(f"{k} {old.get(k)!r}, here {ident[k]!r}" for k in diff) + "): a new table, merge it by hand")
+        return []
+    print(f"--scaling-from: starting from the {len(old['results'])} rows of {p} ({ident['device']})")
+    return list(old["results"])
+
+
 def _kept_rows(path: str, ident: Dict, force: bool, keep_previous: bool) -> List[Dict]:
     """The rows of the table at ``path`` that a new table there keeps (all of them: this run's rows replace those
     of the same (N, D, batch, form)). Nothing if there is no file, or with ``force`` (it is replaced; with
@@ -175,7 +205,7 @@ def _kept_rows(path: str, ident: Dict, force: bool, keep_previous: bool) -> List
             return []
         raise ValueError(f"--out: {p} holds another kind of file (not a scaling table); it is not overwritten: pass "
                          "another --out, or --force to replace it")
-    diff = [k for k in IDENTITY if old.get(k, ident[k] if k == "device" else None) != ident[k]]
+    diff = _setting_diff(old, ident)
     if force:
         return ([r for r in old["results"] if r.get("device_type") == ident["device_type"]]
                 if keep_previous and not diff else [])
