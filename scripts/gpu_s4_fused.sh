@@ -9,7 +9,7 @@
 #   (4) the same as (2) at R = 1, every paper method (into the same JSON, figures/bench_s4_fused_cuda.json)
 #   (5) with the time left: the unmodified official code timed against our Full step at R = 1 in the same call, if
 #       official_s4/S4 is carried (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under
-#       official_s4/pylib; ../shared/tools/README.md), into figures/bench_s4_fused_official_cuda.json
+#       official_s4/pylib; bash scripts/setup_official_s4.sh), into figures/bench_s4_fused_official_cuda.json
 #   (6) with the time left: (a) the same profile of the toeplitz form's step, (b) the scaling table on CUDA
 #       (N 200/800/3200, D 64/256, every form incl. fused, eager) into figures/bench_s4_scaling_cuda.json (written
 #       after every (N, D): a cut-off keeps its rows; a committed table of the same card is resumed, not redone)

@@ -394,3 +394,28 @@ def test_the_benchmarks_memory_guard_lets_the_measured_paper_step_through(monkey
     with pytest.raises(ValueError, match="--runs or --batch: a training step needs about"):
         checks.check_memory(s4t.estimate_step_bytes(10**8, 64, 200, 4000, 4), "cuda", "--runs or --batch",
                             slack=s4t.ESTIMATE_SLACK)
+
+
+def test_setup_official_s4_refuses_a_bad_source_or_an_existing_destination(tmp_path):
+    """scripts/setup_official_s4.sh: a GIT_DIR that is not a git directory of furiosa-ai/ssm-peft, and a DEST that
+    exists, are refused with exit 2 and a one-line message naming the argument; nothing is written."""
+    script = str(ROOT / "scripts" / "setup_official_s4.sh")
+    r = subprocess.run(["bash", script, str(tmp_path), str(tmp_path / "dest")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("GIT_DIR: ")
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "dest.partial").exists()
+    subprocess.run(["git", "init", "-q", str(tmp_path / "src")], check=True)
+    r = subprocess.run(["bash", script, str(tmp_path / "src" / ".git")], capture_output=True, text=True)
+    assert r.returncode == 2 and "GIT_DIR: " in r.stderr
+    r = subprocess.run(["bash", script], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("usage: ")
+    src = tmp_path / "src"  # a source that passes the check: S4/run_s4.py committed
+    (src / "S4").mkdir()
+    (src / "S4" / "run_s4.py").write_text("print('official')\n")
+    git = ["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["add", "S4"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "s4"], check=True)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("an older copy")
+    r = subprocess.run(["bash", script, str(src / ".git"), str(tmp_path / "old")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("DEST: ")
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["keep.txt"]

@@ -116,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="timing rounds (median reported); with --official-dir each round also times the official code")
     p.add_argument("--official-dir", default="",
-                   help="folder holding the official S4/ code (set up as in ../shared/tools/README.md): time it "
+                   help="folder holding the official S4/ code (bash scripts/setup_official_s4.sh writes official_s4/S4): time it "
                         "in the same call, interleaved with ours, and record the ratio")
     p.add_argument("--official-iters", default="45,5", help="the two iteration counts of the official timing "
                    "(per-iteration time = difference of the train times / difference of the counts)")
@@ -368,7 +368,7 @@ def parse_official_iters(text: str) -> tuple:
 def check_official_dir(path: str) -> None:
     if not (Path(path) / "run_s4.py").is_file():
         raise ValueError(f"--official-dir: {path} has no run_s4.py (the official S4/ folder; "
-                         "../shared/tools/README.md says how to set it up)")
+                         "bash scripts/setup_official_s4.sh GIT_DIR sets it up at official_s4/S4)")
 
 
 OFFICIAL_TIMER = Path(__file__).resolve().parents[2] / "scripts" / "time_official_s4.py"
