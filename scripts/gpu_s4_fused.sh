@@ -7,7 +7,8 @@
 #       previous best form (toeplitz) and the fused one, peak memory and a roofline line per row
 #   (3) a torch.profiler table of the fused R = 16 Full step (scripts/profile_s4_step.py): which kernel dominates
 #   (4) the same as (2) at R = 1, every paper method (into the same JSON, figures/bench_s4_fused_cuda.json)
-#   (5) with the time left: the unmodified official code timed against our Full step at R = 1 in the same call, if
+#   (5) with the time left: the unmodified official code timed against our Full step at R = 1 (OFFICIAL_RUNS=1,16:
+#       and at R = 16, the issue's 150x target) in the same call, if
 #       official_s4/S4 is carried (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under
 #       official_s4/pylib; bash scripts/setup_official_s4.sh), into figures/bench_s4_fused_official_cuda.json
 #   (6) with the time left: (a) the same profile of the toeplitz form's step, (b) the scaling table on CUDA
@@ -36,6 +37,7 @@ read -r -a BX <<< "${BENCH_EXTRA:-}"
 read -r -a SX <<< "${SCALING_EXTRA:-}"
 t0=$(date +%s)
 STEPS="${STEPS:-1,2,3,4,5,6a,6b}"
+OFFICIAL_RUNS="${OFFICIAL_RUNS:-1}"  # step 5's run counts, e.g. 1,16: the official code and both forms in one call
 want() { [[ ",$STEPS," == *",$1,"* ]]; }  # is step $1 asked for?
 left() {  # seconds for the next step: min(cap, what is left of TOTAL_S minus a 10 s margin), at least 1
     local cap=$1 rest=$(( TOTAL_S - ($(date +%s) - t0) - 10 ))
@@ -79,10 +81,12 @@ timeout "$(left 120)" "$PY" -m synthetic.bench --preset paper --runs 1 --conv "$
 }
 
 if want 5 && [ -f official_s4/S4/run_s4.py ] && (( $(left 1000) > 45 )); then
-    echo "== (5) the official code against our Full step, single run, forms $FORMS, $(left 1000) s left"
-    timeout "$(left 1000)" "$PY" -m synthetic.bench --preset paper --runs 1 --conv "$FORMS" --methods "Full" --iters 10 \
-        --warm 2 --check-iters 0 --official-dir official_s4/S4 --official-iters 25,5 ${BX[@]+"${BX[@]}"} \
-        --keep-previous --out "$OJSON" || echo "official timing stopped (the official time only if it finished)"
+    for R in ${OFFICIAL_RUNS//,/ }; do  # each R's report in $OJSON (the others kept under 'previous')
+        echo "== (5) the official code against our Full step, R = $R, forms $FORMS, $(left 1000) s left"
+        timeout "$(left 1000)" "$PY" -m synthetic.bench --preset paper --runs "$R" --conv "$FORMS" --methods "Full" \
+            --iters 10 --warm 2 --check-iters 0 --official-dir official_s4/S4 --official-iters 25,5 ${BX[@]+"${BX[@]}"} \
+            --keep-previous --out "$OJSON" || echo "official timing stopped (the official time only if it finished)"
+    done
 else
     want 5 && echo "== (5) official timing skipped (official_s4/S4 carried? $( [ -f official_s4/S4/run_s4.py ] && echo yes || echo no ); $(left 1000) s left)"
 fi
