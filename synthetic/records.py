@@ -60,7 +60,8 @@ RUN_FIELDS = (
     ("trainable_pct", "float", "100 * trainable / frozen_params"),
     ("loss_curve", "list", "training losses ([[iteration, loss], ...] subsampled in deep S4; every iteration "
                            "in Mamba)"),
-    ("wall_s", "float", "seconds of training per run (a call's wall time / its runs in deep S4)"),
+    ("wall_s", "float", "seconds of training per run (deep S4: a call's wall time / the runs it recorded; before "
+                        "2026-12-07 / its runs with the padding of a compiled call)"),
     ("lr_source", "str", '"grid" (the base grid) or "extension" (added where a best lr sat at an edge)'),
     ("config", "dict", "the experiment's configuration (the fields in the key, and in deep S4 all of it)"),
     ("device", "str", "the device name (GPU model or \"cpu\")"),

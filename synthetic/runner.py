@@ -32,7 +32,7 @@ import math
 import statistics
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
@@ -473,6 +473,33 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
 
 
 # -------------------------------------------------------------------------------------- dry run
+def _seconds(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def run_costs(runs: Sequence[Dict[str, Any]]) -> List[Tuple[str, float, bool]]:
+    """(method, seconds, alone) per run record: what the run cost its train call, and whether the call recorded it
+    alone. Where records carry the call's wall time (``group_wall_s``, deep S4), the call's time over the records that
+    share it, i.e. the runs the call recorded: a call padded to R runs for one compiled graph (an lr-extension run
+    alone, the last runs of a group) cost its whole time, though records written before 2026-12-07 divided it by R in
+    ``wall_s``. Otherwise ``wall_s`` (alone: False, unknown)."""
+    share = Counter(r["group_wall_s"] for r in runs if _seconds(r.get("group_wall_s")))
+    out = []
+    for r in runs:
+        g = r.get("group_wall_s")
+        if _seconds(g):
+            out.append((r["method"], float(g) / share[g], share[g] == 1))
+        elif _seconds(r.get("wall_s")):
+            out.append((r["method"], float(r["wall_s"]), False))
+    return out
+
+
+def _trains_alone(exp: Experiment, seed: int, method: str, budget: Dict) -> bool:
+    """Whether a run of this group shares no step with other groups' runs (no pack key for it)."""
+    pack_key = getattr(exp, "pack_key", None)
+    return pack_key is None or pack_key(Run(seed, method, budget, None)) is None
+
+
 def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
     """What :func:`run_sweep` would do now, without training: per method the groups and runs done / to do
     in the base grid, the next lr-extension round (once the base grid is complete), and an estimated time
@@ -497,20 +524,30 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
         row["runs_done"] += n_done
     base_todo = sum(r["runs"] - r["runs_done"] for r in per.values())
     ext = [] if (base_todo or shard is not None) else extension_todo(exp, records, all_groups)
-    ext_runs: Dict[str, int] = {}
-    for _, m, _, lrs in ext:
-        ext_runs[m] = ext_runs.get(m, 0) + len(lrs)
     walls: Dict[str, List[float]] = {}
-    for r in current_runs(exp, records):
-        if isinstance(r.get("wall_s"), (int, float)) and math.isfinite(r["wall_s"]):
-            walls.setdefault(r["method"], []).append(float(r["wall_s"]))
+    alone: Dict[str, List[float]] = {}  # calls that recorded one run: what a run trained alone costs
+    for method, w, one in run_costs(current_runs(exp, records)):
+        walls.setdefault(method, []).append(w)
+        if one:
+            alone.setdefault(method, []).append(w)
+    ext_runs: Dict[str, int] = {}
+    ext_calls: Dict[str, int] = {}  # lr-extension calls of runs trained alone (a group's new lrs, no packing)
+    size = getattr(exp, "max_runs_per_call", None) or 0
+    for seed, m, budget, lrs in ext:
+        ext_runs[m] = ext_runs.get(m, 0) + len(lrs)
+        if alone.get(m) and _trains_alone(exp, seed, m, budget):
+            ext_calls[m] = ext_calls.get(m, 0) + (-(-len(lrs) // size) if size else 1)
     est_total: Optional[float] = 0.0
     longest: Optional[float] = None  # the longest recorded run of a method with runs left (a phase lasts >= one)
     for m, row in per.items():
         row["extension_runs_next"] = ext_runs.get(m, 0)
         n = row["runs"] - row["runs_done"] + row["extension_runs_next"]
         w = walls.get(m)
-        row["est_s"] = statistics.fmean(w) * n if w else (0.0 if n == 0 else None)
+        if w and m in ext_calls:  # its extension runs each cost a call of one run (padded where it compiles)
+            n_pooled = row["runs"] - row["runs_done"]
+            row["est_s"] = statistics.fmean(w) * n_pooled + statistics.fmean(alone[m]) * ext_calls[m]
+        else:
+            row["est_s"] = statistics.fmean(w) * n if w else (0.0 if n == 0 else None)
         if n and w:
             longest = max(longest or 0.0, max(w))
         if row["est_s"] is None:

@@ -204,3 +204,24 @@ def test_sharded_extension_rounds_equal_one_process(tmp_path):
     shard_sweeps = [r for r in ResultsFile(main).load() if r["kind"] == "sweep" and r["extension_runs"]]
     assert len({r["shard"] for r in shard_sweeps}) > 1  # the extension runs were spread over shards
     assert runner.run_sweep(Toy(main), shard=(0, 3), log=lambda s: None).runs == 0  # nothing left: no work
+
+
+def test_run_costs_charge_a_padded_call_to_the_runs_it_recorded():
+    """A deep-S4 call's records share its wall time (group_wall_s): three packed runs cost a third each; a call padded
+    to three for one compiled graph that recorded one run (records before 2026-12-07 say wall_s = a third) cost it
+    all; records without group_wall_s cost their wall_s, and non-numbers are skipped."""
+    runs = [dict(method="A", group_wall_s=30.0, wall_s=10.0) for _ in range(3)]
+    runs += [dict(method="P", group_wall_s=40.0, wall_s=40.0 / 3), dict(method="M", wall_s=7.0),
+             dict(method="M", wall_s=float("nan")), dict(method="M", wall_s=True)]
+    assert runner.run_costs(runs) == [("A", 10.0, False)] * 3 + [("P", 40.0, True), ("M", 7.0, False)]
+
+
+def test_dry_run_estimates_a_padded_run_at_its_call_time(tmp_path):
+    """The plan's estimate and longest run read the call's time for a run that was trained alone in a padded call."""
+    exp = Toy(tmp_path / "r.json", lrs=(1e-2,), seeds=(0,))
+    ResultsFile(exp.results_path).extend([
+        {"key": exp.key(0, "A", {"r": 1}, 1e-2), "kind": "run", "experiment": "toy", "preset": "test", "method": "A",
+         "budget": {"r": 1}, "lr": 1e-2, "seed": 0, "status": "ok", "best_mse": 1.0, "wall_s": 40.0 / 3,
+         "group_wall_s": 40.0, "runs_in_group": 3}])
+    p = runner.plan(Toy(exp.results_path, lrs=(1e-2,), seeds=(0,)))
+    assert p["methods"]["A"]["est_s"] == 40.0 and p["longest_s"] == 40.0  # A r=2: one run to do at 40 s

@@ -361,3 +361,18 @@ def test_scaling_from_resumes_a_table_of_this_setting_only(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and "--scaling-from" in err and why in err
         assert not (tmp_path / "x.json").exists()
+
+
+def test_a_padded_call_charges_its_time_to_the_runs_it_records(tmp_path):
+    """A call padded to R runs for one compiled graph repeats its last run (synthetic.runner._calls): the one run it
+    records cost the whole call (wall_s == group_wall_s; runs_in_group says the step trained 3), where two distinct
+    runs share their call's time."""
+    from synthetic.runner import Run
+    cfg = s4c.parse_config(["--preset", "tiny", "--no-compile", "--device", "cpu", "--iters", "2",
+                            "--out", str(tmp_path)])
+    exp = s4r.S4Experiment(cfg, log=lambda *a: None)
+    run = Run(0, "LoRA (Proj)", {"proj_rank": 1}, 0.01)
+    padded = exp.train([run, run, run])
+    assert padded[0]["wall_s"] == padded[0]["group_wall_s"] and padded[0]["runs_in_group"] == 3
+    two = exp.train([run, Run(0, "LoRA (Proj)", {"proj_rank": 1}, 0.02)])
+    assert two[0]["wall_s"] == two[1]["wall_s"] == two[0]["group_wall_s"] / 2

@@ -197,14 +197,14 @@ class S4Experiment(TrainerExperiment):
         wall = time.monotonic() - tg
         recs = []
         for r, (label, _, iters, warm), (_, theory, extra), count, curve in zip(runs, traits, built, counts, curves):
-            rec = self.record(r, label, curve, count, theory, wall, len(runs), iters,
+            rec = self.record(r, label, curve, count, theory, wall, len(runs), self.recorded(runs), iters,
                               c.get("warmup_s") if warm else None, env)
             rec.update(extra)
             recs.append(rec)
         return recs
 
     def record(self, r: Run, label: str, curve: List[float], count: int, theory: Optional[int], wall: float,
-               n_runs: int, iters: int, warmup_s: Optional[float], env: Dict) -> Dict:
+               n_runs: int, n_recorded: int, iters: int, warmup_s: Optional[float], env: Dict) -> Dict:
         """One run's record (schema: ``synthetic.records``) from its loss curve and counts."""
         cfg = self.cfg
         finite = all(math.isfinite(v) for v in curve)
@@ -216,7 +216,7 @@ class S4Experiment(TrainerExperiment):
             "best_mse_before_divergence": min((v for v in curve if math.isfinite(v)), default=None),
             "trainable": count, "trainable_theory": theory, "frozen_params": self.total_params,
             "trainable_pct": 100.0 * count / self.total_params, "iters": iters,
-            "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / n_runs,
+            "loss_curve": subsample_curve(curve, cfg.curve_points), "wall_s": wall / n_recorded,
             "group_wall_s": wall, "runs_in_group": n_runs, "warmup_s": warmup_s,
             "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
             "precision": cfg.precision if self.device.type == "cuda" else "fp32",

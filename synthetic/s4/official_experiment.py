@@ -274,7 +274,7 @@ class OfficialExperiment(TrainerExperiment):
                 "final_mse": sum(tail) / len(tail) if finite else None,
                 "trainable": counts[i], "frozen_params": self.total, "trainable_pct": 100.0 * counts[i] / self.total,
                 "iters": cfg.iters, "loss_curve": subsample_curve(curve, cfg.curve_points),
-                "warmup_losses": warm_losses, "wall_s": wall / len(lrs), "group_wall_s": wall,
+                "warmup_losses": warm_losses, "wall_s": wall / self.recorded(runs), "group_wall_s": wall,
                 "runs_in_group": len(lrs),
                 "device": env["device"], "torch": env["torch"], "commit": env["commit"], "date": utc_now(),
                 "compiled": trainer.use_compile, "config": cli.record_config(cfg),

@@ -237,3 +237,8 @@ class TrainerExperiment:
 
     def key(self, seed, method, budget, lr) -> str:
         return run_key({"cfg": self.kc, "method": method, "budget": budget, "lr": lr, "seed": seed})
+
+    def recorded(self, runs) -> int:
+        """How many of a train call's ``runs`` are recorded: a call padded to R runs for one compiled graph repeats
+        its last run (:func:`synthetic.runner._calls`), and a record's ``wall_s`` is the call's time over these."""
+        return len({self.key(r.seed, r.method, r.budget, r.lr) for r in runs})
