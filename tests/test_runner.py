@@ -225,3 +225,29 @@ def test_dry_run_estimates_a_padded_run_at_its_call_time(tmp_path):
          "group_wall_s": 40.0, "runs_in_group": 3}])
     p = runner.plan(Toy(exp.results_path, lrs=(1e-2,), seeds=(0,)))
     assert p["methods"]["A"]["est_s"] == 40.0 and p["longest_s"] == 40.0  # A r=2: one run to do at 40 s
+
+
+def test_extension_round_puts_the_seeds_of_a_lone_group_back_to_back(tmp_path):
+    """In an lr-extension round the runs that share steps come seed-major (one seed's runs pack together); the runs
+    that train alone (no pack key) come by (method, budget) with their seeds consecutive, so one compiled graph per
+    (method, budget) serves all its seeds in one process."""
+
+    def first_round(pack):
+        class Packed(Toy):
+            def pack_key(self, run):
+                return pack(run)
+
+        exp = Packed(tmp_path / f"{id(pack)}.json", seeds=(0, 1, 2))
+        runner.run_sweep(exp, log=lambda s: None)
+        base = [r for r in ResultsFile(exp.results_path).load() if r.get("lr_source") != "extension"]
+        sw = runner._Sweep(exp, 0.0, None, lambda s: None, None)
+        try:
+            return [(seed, dict(b)["r"]) for seed, m, b, _ in sw.round_plan(base, exp.groups())]
+        finally:
+            sw.release()
+
+    seed_major = [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]
+    assert first_round(lambda run: run.seed) == seed_major  # every run packs with its seed's
+    assert first_round(lambda run: None) == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)]  # every run alone
+    mixed = first_round(lambda run: run.seed if run.budget.get("r") == 1 else None)
+    assert mixed == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)]  # r=1 packed seed-major first, then r=2 by seed
