@@ -5,7 +5,7 @@ The flow: parse the options with the one parser (:func:`synthetic.cli.parse_opti
 the results files (a corrupted one is never touched; ``--plot-only`` needs runs) and the experiment's own rules (e.g.
 that a training step fits the device), a failure being one line on stderr and exit 2; then
 
-- ``--dry-run``: print the plan (:func:`synthetic.runner.print_plan`), nothing else;
+- ``--dry-run``: print the plan (:func:`synthetic.dry_run.print_plan`), nothing else;
 - ``--merge``: fold the shard files into the results file (:func:`synthetic.runner.merge_shards`), then summarise;
 - ``--plot-only``: summarise;
 - otherwise run the sweep (:func:`synthetic.runner.run_sweep`) and, unless it ran one ``--shard`` or is a torchrun
@@ -31,7 +31,8 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 from synthetic.cli import key_config, parse_options
 from synthetic.results import (LrPolicy, ResultsFile, best_of_grid, edge_label, one_configuration, run_key,
                                run_records)
-from synthetic.runner import is_main_process, merge_shards, parse_shard, print_plan, run_sweep
+from synthetic.dry_run import print_plan
+from synthetic.runner import is_main_process, merge_shards, parse_shard, run_sweep
 
 
 class Command:

@@ -63,10 +63,10 @@ def _official_view(argv: Sequence[str]) -> View:
 
 def base_grid(experiment: str, argv: Sequence[str]) -> Tuple[int, int]:
     """(runs done, runs in all) of the base grid that ``python -m synthetic <experiment> <argv>`` sweeps, counted by
-    :func:`synthetic.runner.plan` in the committed results file (lr-extension rounds follow a complete base grid;
+    :func:`synthetic.dry_run.plan` in the committed results file (lr-extension rounds follow a complete base grid;
     ``--dry-run`` lets a GPU preset parse on a CPU machine)."""
     from synthetic.experiments import REGISTRY
-    from synthetic.runner import plan
+    from synthetic.dry_run import plan
 
     cmd = REGISTRY[experiment].load()()
     p = plan(cmd.experiment(cmd.parse([*argv, "--dry-run", "--out", str(ROOT / "figures")])))

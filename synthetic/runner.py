@@ -23,16 +23,14 @@ the results file, dealt ``j % n == i``, into the shard's own file; once the base
 file, i.e. merged, a shard takes the items ``j % n == i`` of the next lr-extension round, planned from the results
 file alone so every shard plans the same round, and stops: merging and relaunching the shards runs the next round,
 as one process would),
-:func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`), and :func:`plan` (``--dry-run``).
+:func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`); ``--dry-run``'s plan is
+:mod:`synthetic.dry_run`.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-import sys
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
@@ -44,8 +42,7 @@ from synthetic.provenance import utc_now_us
 from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError, environment, exit_error,
                                lr_extension_plan, run_key, utc_now)
 
-__all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "shard_groups", "plan", "format_plan", "print_plan",
-           "current_runs",
+__all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "shard_groups", "current_runs", "extension_todo",
            # re-exported from synthetic.parallel
            "Dist", "distributed", "is_main_process", "merge_shards", "shard_path", "shard_files", "parse_shard"]
 
@@ -486,114 +483,7 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
     return st
 
 
-# -------------------------------------------------------------------------------------- dry run
-def _seconds(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def run_costs(runs: Sequence[Dict[str, Any]]) -> List[Tuple[str, float, bool]]:
-    """(method, seconds, alone) per run record: what the run cost its train call, and whether the call recorded it
-    alone. Where records carry the call's wall time (``group_wall_s``, deep S4), the call's time over the records that
-    share it, i.e. the runs the call recorded: a call padded to R runs for one compiled graph (an lr-extension run
-    alone, the last runs of a group) cost its whole time, though records written before 2026-12-07 divided it by R in
-    ``wall_s``. Otherwise ``wall_s`` (alone: False, unknown)."""
-    share = Counter(r["group_wall_s"] for r in runs if _seconds(r.get("group_wall_s")))
-    out = []
-    for r in runs:
-        g = r.get("group_wall_s")
-        if _seconds(g):
-            out.append((r["method"], float(g) / share[g], share[g] == 1))
-        elif _seconds(r.get("wall_s")):
-            out.append((r["method"], float(r["wall_s"]), False))
-    return out
-
-
 def _trains_alone(exp: Experiment, seed: int, method: str, budget: Dict) -> bool:
     """Whether a run of this group shares no step with other groups' runs (no pack key for it)."""
     pack_key = getattr(exp, "pack_key", None)
     return pack_key is None or pack_key(Run(seed, method, budget, None)) is None
-
-
-def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
-    """What :func:`run_sweep` would do now, without training: per method the groups and runs done / to do
-    in the base grid, the next lr-extension round (once the base grid is complete), and an estimated time
-    from the wall time per run recorded in the results file (None where no run of that method is there)."""
-    main = ResultsFile(exp.results_path)
-    try:
-        records = main.read()
-        check_identity(exp, records)
-        done = done_keys(exp.results_path, records)
-    except ResultsFileError as e:
-        exit_error(str(e))
-    all_groups = exp.groups()
-    groups = shard_groups(exp, all_groups, shard, records)
-    per: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
-    for g in groups:
-        row = per.setdefault(g.method, {"groups": 0, "groups_done": 0, "runs": 0, "runs_done": 0})
-        keys = [exp.key(g.seed, g.method, g.budget, lr) for lr in g.lrs]
-        n_done = sum(k in done for k in keys)
-        row["groups"] += 1
-        row["groups_done"] += n_done == len(keys)
-        row["runs"] += len(keys)
-        row["runs_done"] += n_done
-    base_todo = sum(r["runs"] - r["runs_done"] for r in per.values())
-    ext = [] if (base_todo or shard is not None) else extension_todo(exp, records, all_groups)
-    walls: Dict[str, List[float]] = {}
-    alone: Dict[str, List[float]] = {}  # calls that recorded one run: what a run trained alone costs
-    for method, w, one in run_costs(current_runs(exp, records)):
-        walls.setdefault(method, []).append(w)
-        if one:
-            alone.setdefault(method, []).append(w)
-    ext_runs: Dict[str, int] = {}
-    ext_calls: Dict[str, int] = {}  # lr-extension calls of runs trained alone (a group's new lrs, no packing)
-    size = getattr(exp, "max_runs_per_call", None) or 0
-    for seed, m, budget, lrs in ext:
-        ext_runs[m] = ext_runs.get(m, 0) + len(lrs)
-        if alone.get(m) and _trains_alone(exp, seed, m, budget):
-            ext_calls[m] = ext_calls.get(m, 0) + (-(-len(lrs) // size) if size else 1)
-    est_total: Optional[float] = 0.0
-    longest: Optional[float] = None  # the longest recorded run of a method with runs left (a phase lasts >= one)
-    for m, row in per.items():
-        row["extension_runs_next"] = ext_runs.get(m, 0)
-        n = row["runs"] - row["runs_done"] + row["extension_runs_next"]
-        w = walls.get(m)
-        if w and m in ext_calls:  # its extension runs each cost a call of one run (padded where it compiles)
-            n_pooled = row["runs"] - row["runs_done"]
-            row["est_s"] = statistics.fmean(w) * n_pooled + statistics.fmean(alone[m]) * ext_calls[m]
-        else:
-            row["est_s"] = statistics.fmean(w) * n if w else (0.0 if n == 0 else None)
-        if n and w:
-            longest = max(longest or 0.0, max(w))
-        if row["est_s"] is None:
-            est_total = None
-        elif est_total is not None:
-            est_total += row["est_s"]
-    return {"experiment": exp.name, "preset": exp.preset, "results": str(exp.results_path),
-            "shard": f"{shard[0]}/{shard[1]}" if shard else None, "methods": per, "base_runs_to_do": base_todo,
-            "extension_runs_next": sum(ext_runs.values()), "est_s": est_total, "longest_s": longest,
-            "extension_known": not base_todo and shard is None}
-
-
-def format_plan(p: Dict[str, Any]) -> str:
-    """The :func:`plan` as a table, one row per method, and a closing line."""
-    lines = [f"dry run: {p['experiment']} preset {p['preset']} -> {p['results']}"
-             + (f" (shard {p['shard']})" if p["shard"] else ""),
-             "| method | groups done / all | runs done / all | next lr-extension runs | est. time |",
-             "| --- | --- | --- | --- | --- |"]
-    for m, r in p["methods"].items():
-        est = "-" if r["est_s"] is None else f"{r['est_s']:.0f} s"
-        nxt = r["extension_runs_next"] if p["extension_known"] else "after the grid"
-        lines.append(f"| {m} | {r['groups_done']} / {r['groups']} | {r['runs_done']} / {r['runs']} | {nxt} | {est} |")
-    est = ("unknown (no recorded runs to time some methods)" if p["est_s"] is None else f"~{p['est_s']:.0f} s "
-           "(from the wall time per run recorded in the results file)")
-    lines.append(f"{p['base_runs_to_do']} base-grid runs to do, {p['extension_runs_next'] if p['extension_known'] else '?'}"
-                 f" lr-extension runs next; estimated {est}")
-    if p.get("longest_s") is not None:
-        lines.append(f"longest recorded run of what is left: ~{p['longest_s']:.0f} s")
-    return "\n".join(lines)
-
-
-def print_plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None, stream=None) -> Dict[str, Any]:
-    p = plan(exp, shard)
-    print(format_plan(p), file=stream or sys.stdout)
-    return p

@@ -347,7 +347,7 @@ def test_committed_cpu_result_is_complete():
     method of the registry has finished runs."""
     from pathlib import Path
 
-    from synthetic.runner import plan
+    from synthetic.dry_run import plan
 
     path = Path(__file__).resolve().parent.parent / "figures" / "hybrid_regression_cpu.jsonl"
     if not path.exists():

@@ -8,7 +8,7 @@ import pytest
 
 from synthetic.cli import fields_from_record_config
 
-from synthetic import runner
+from synthetic import dry_run
 from synthetic.records import RUN_FIELDS, normalise, infer_from_path
 from synthetic.results import ResultsFile
 
@@ -84,6 +84,6 @@ INCOMPLETE = {"peft_methods_mamba_paper.jsonl": ({"DoRA (Proj)": 16},  # of 4 ra
 def test_committed_results_resume_with_no_base_run_to_do(path):
     exp = _experiment_for(path)
     assert Path(exp.results_path).resolve() == path.resolve()
-    p = runner.plan(exp)
+    p = dry_run.plan(exp)
     todo = {m: r["runs"] - r["runs_done"] for m, r in p["methods"].items() if r["runs"] > r["runs_done"]}
-    assert todo == INCOMPLETE.get(path.name, ({}, ""))[0], runner.format_plan(p)
+    assert todo == INCOMPLETE.get(path.name, ({}, ""))[0], dry_run.format_plan(p)

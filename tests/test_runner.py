@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from synthetic import runner
+from synthetic import dry_run, runner
 from synthetic.results import LrPolicy, ResultsFile, run_key, run_records
 
 
@@ -60,7 +60,7 @@ def test_grid_grows_until_the_best_lr_is_interior_and_resumes(tmp_path):
     again = Toy(exp.results_path)
     assert runner.run_sweep(again, log=lambda s: None).runs == 0 and again.calls == []
     assert exp.results_path.read_bytes() == before  # nothing appended on a resume with nothing to do
-    p = runner.plan(again)
+    p = dry_run.plan(again)
     assert p["base_runs_to_do"] == 0 and p["extension_runs_next"] == 0 and p["est_s"] == 0.0
 
 
@@ -103,7 +103,7 @@ def test_shards_are_disjoint_and_merge_to_the_one_process_result(tmp_path):
     files = runner.shard_files(main)
     keys = [set(r["key"] for r in ResultsFile(f).runs()) for f in files]
     assert len(files) == 3 and sum(map(len, keys)) == len(set().union(*keys))  # disjoint
-    assert runner.plan(Toy(main))["base_runs_to_do"] == 0  # shard files count as done
+    assert dry_run.plan(Toy(main))["base_runs_to_do"] == 0  # shard files count as done
     runner.merge_shards(main, log=lambda s: None)
     assert runner.shard_files(main) == []
     # one sweep record per shard, although the toy's shards end within the same second (their keys name the shard;
@@ -126,17 +126,17 @@ def test_calls_are_split_and_padded(tmp_path):
 
 def test_dry_run_counts_what_is_left(tmp_path):
     exp = Toy(tmp_path / "r.json")
-    p = runner.plan(exp)
+    p = dry_run.plan(exp)
     assert p["base_runs_to_do"] == 2 * (1 + 2 + 2) and p["est_s"] is None and not exp.calls
     runner.run_sweep(exp, time_budget=1e-9, log=lambda s: None)
-    p = runner.plan(Toy(exp.results_path))
+    p = dry_run.plan(Toy(exp.results_path))
     assert p["methods"]["Frozen"]["runs_done"] == 1 and p["base_runs_to_do"] == 9
-    assert "| Frozen | 1 / 2 | 1 / 2 |" in runner.format_plan(p)
+    assert "| Frozen | 1 / 2 | 1 / 2 |" in dry_run.format_plan(p)
     walls = [r["wall_s"] for r in ResultsFile(exp.results_path).runs()]
     assert p["longest_s"] == max(walls)  # only Frozen has a record (and one run left); A has none: not counted
-    assert f"longest recorded run of what is left: ~{max(walls):.0f} s" in runner.format_plan(p)
+    assert f"longest recorded run of what is left: ~{max(walls):.0f} s" in dry_run.format_plan(p)
     p["longest_s"] = None
-    assert "longest" not in runner.format_plan(p)
+    assert "longest" not in dry_run.format_plan(p)
 
 
 def test_records_of_another_configuration_are_not_current(tmp_path):
@@ -167,12 +167,12 @@ def test_shards_deal_the_groups_left_not_the_whole_grid(tmp_path):
         sizes = [len(s) for s in shares]
         assert sum(sizes) == len(left) and max(sizes) - min(sizes) <= 1
         assert sorted(repr(g) for s in shares for g in s) == sorted(map(repr, left))  # disjoint, cover what is left
-        assert [len(runner.plan(exp, (i, n))["methods"]) > 0 for i in range(n)] == [s != [] for s in shares]
+        assert [len(dry_run.plan(exp, (i, n))["methods"]) > 0 for i in range(n)] == [s != [] for s in shares]
     assert runner.shard_groups(exp, exp.groups(), None, recs) == exp.groups()  # no shard: the whole grid
     for i in range(3):
         runner.run_sweep(Toy(main, seeds=seeds), shard=(i, 3), log=lambda s: None)
     runner.merge_shards(main, log=lambda s: None)
-    assert runner.plan(Toy(main, seeds=seeds))["base_runs_to_do"] == 0
+    assert dry_run.plan(Toy(main, seeds=seeds))["base_runs_to_do"] == 0
 
 
 def test_bad_shard_is_refused():
@@ -193,7 +193,7 @@ def test_sharded_extension_rounds_equal_one_process(tmp_path):
         for i in range(3):
             runner.run_sweep(Toy(main), shard=(i, 3), log=lambda s: None)
         runner.merge_shards(main, log=lambda s: None)
-        p = runner.plan(Toy(main))
+        p = dry_run.plan(Toy(main))
         if p["base_runs_to_do"] == 0 and p["extension_runs_next"] == 0:
             break
         rounds += 1
@@ -213,7 +213,7 @@ def test_run_costs_charge_a_padded_call_to_the_runs_it_recorded():
     runs = [dict(method="A", group_wall_s=30.0, wall_s=10.0) for _ in range(3)]
     runs += [dict(method="P", group_wall_s=40.0, wall_s=40.0 / 3), dict(method="M", wall_s=7.0),
              dict(method="M", wall_s=float("nan")), dict(method="M", wall_s=True)]
-    assert runner.run_costs(runs) == [("A", 10.0, False)] * 3 + [("P", 40.0, True), ("M", 7.0, False)]
+    assert dry_run.run_costs(runs) == [("A", 10.0, False)] * 3 + [("P", 40.0, True), ("M", 7.0, False)]
 
 
 def test_dry_run_estimates_a_padded_run_at_its_call_time(tmp_path):
@@ -223,7 +223,7 @@ def test_dry_run_estimates_a_padded_run_at_its_call_time(tmp_path):
         {"key": exp.key(0, "A", {"r": 1}, 1e-2), "kind": "run", "experiment": "toy", "preset": "test", "method": "A",
          "budget": {"r": 1}, "lr": 1e-2, "seed": 0, "status": "ok", "best_mse": 1.0, "wall_s": 40.0 / 3,
          "group_wall_s": 40.0, "runs_in_group": 3}])
-    p = runner.plan(Toy(exp.results_path, lrs=(1e-2,), seeds=(0,)))
+    p = dry_run.plan(Toy(exp.results_path, lrs=(1e-2,), seeds=(0,)))
     assert p["methods"]["A"]["est_s"] == 40.0 and p["longest_s"] == 40.0  # A r=2: one run to do at 40 s
 
 
