@@ -23,8 +23,8 @@ rank for (target parameters ↦ response), the dimension of the target family.
   set of that dimension. Sufficiency comes from the explicit construction in ``theorem1.py``.
   In practice the image of a budget is larger than the target family (it also reaches functions with
   residual paths), so at small D the Jacobian test excludes little; two structural arguments (stated
-  and checked in ``theorem1.py``) decide the rest of the table: the zero block (skip inside: an exact
-  update of this layout has ``W_m[S_{m+1}, S_m] = 0``, so LoRA rank ``≥ min(|S_m|, |S_{m+1}|)``) and,
+  in ``theorem1.py``, checked in ``theorem1_checks.py``) decide the rest of the table: the zero block (skip
+  inside: an exact update of this layout has ``W_m[S_{m+1}, S_m] = 0``, so LoRA rank ``≥ min(|S_m|, |S_{m+1}|)``) and,
   for skip outside, that pass-through channels are never mixed (exact Gröbner check at D = 2:
   :func:`groebner_oracle`).
 
