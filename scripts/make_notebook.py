@@ -254,7 +254,8 @@ The value of $r$ is lost in the extracted text ("rank L/L").
 code(r"""
 from theory.theorem1 import construct_theorem1, random_instance, zero_block_bounds
 from theory.deep import deep_forward
-from theory.capacity import format_rows, ProbeRow
+from theory.capacity import ProbeRow
+from theory.capacity_cli import format_rows
 
 g = torch.Generator().manual_seed(0)
 frozen_t1, target_t1 = random_instance(L=4, L_star=2, D=6, H=3, H_star=2, skip="inside", generator=g)

@@ -285,7 +285,7 @@ class ExactRow:
 
 def exact_row(cfg, seed: int = 0, p: int = P_DEFAULT) -> ExactRow:
     """``cfg``: a ``capacity.ProbeConfig`` (duck-typed: D, L, L_star, H_star, rank, skip, blocks, n_points;
-    this module does not import ``capacity``, which imports it)."""
+    this module does not import ``capacity``; ``capacity_cli`` imports it)."""
     return ExactRow(cfg.D, cfg.L, cfg.L_star, cfg.rank, rank_mod_p(budget_jacobian_mod_p(cfg, seed, p), p),
                     rank_mod_p(target_jacobian_mod_p(cfg, seed, p), p),
                     target_dim_formula(cfg.D, cfg.L_star, cfg.H_star), p, seed)
