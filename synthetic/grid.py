@@ -53,7 +53,9 @@ def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = 
     ``lr_at_edge`` (``"low"``/``"high"``/``"both"``/None: the chosen lr is the lowest/highest
     tried, so the optimum may lie outside the grid), ``lr_bound_reached`` (why the grid stopped
     growing there: ``"lr_min"``, ``"lr_max"``, ``"diverged"``, ``"off"``; None while it could still
-    grow, e.g. a sweep cut short) and ``lrs_tried``.
+    grow, e.g. a sweep cut short) and ``lrs_tried``. An lr that lacks seeds other lrs of the group have (an
+    lr-extension round under way) is left out of the comparison, the mean and the edge, and listed in
+    ``lrs_in_progress``: a mean over fewer seeds is another statistic.
     """
     policy = lr_policy if lr_policy is not None else LrPolicy()
     groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
@@ -69,10 +71,19 @@ def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = 
         pct = [float(r["trainable_pct"]) for r in recs if r.get("trainable_pct") is not None]
         row = {k: recs[0].get(k) for k in group_keys}
         row.update(trainable_pct=(sum(pct) / len(pct)) if pct else None, n_diverged=n_div, n_runs=len(recs))
-        edge = lr_edge(recs, policy, lr_key, value_key)
-        lrs = {r.get(lr_key) for r in recs}
+        # an lr still missing seeds that other lrs have (an lr-extension round under way) is not compared with them:
+        # its mean over fewer seeds is another statistic (seed 0 may sit below the mean); listed as in progress
+        runs_at: Dict[Any, set] = defaultdict(set)
+        for r in recs:
+            runs_at[r.get(lr_key)].add(_freeze(r.get("seed")))
+        full = max(len(v) for v in runs_at.values())
+        partial = sorted((lr for lr, v in runs_at.items() if len(v) < full), key=str)
+        complete = [r for r in recs if r.get(lr_key) not in partial]
+        by_lr = {lr: v for lr, v in by_lr.items() if lr not in partial}
+        edge = lr_edge(complete, policy, lr_key, value_key)
+        lrs = {r.get(lr_key) for r in complete}
         row.update(lr_at_edge=edge.edge, lr_bound_reached=edge.bound,
-                   lrs_tried=sorted(lrs) if all(_is_grid_lr(x) for x in lrs) else [])
+                   lrs_tried=sorted(lrs) if all(_is_grid_lr(x) for x in lrs) else [], lrs_in_progress=partial)
         if by_lr:
             lr, vals = min(by_lr.items(), key=lambda kv: (statistics.fmean(kv[1]), str(kv[0])))
             row.update(lr=lr, mean=statistics.fmean(vals), std=statistics.pstdev(vals) if len(vals) > 1 else 0.0,
@@ -228,4 +239,6 @@ def edge_label(row: Dict[str, Any]) -> str:
     for a best lr still at an edge of its grid (with the bound that stopped it), ``""`` when interior."""
     if not row.get("lr_at_edge"):
         return ""
+    if row.get("lrs_in_progress") and not row.get("lr_bound_reached"):
+        return row["lr_at_edge"] + " (extension under way)"  # a next lr has some seeds, not all yet
     return row["lr_at_edge"] + f" ({row.get('lr_bound_reached') or 'not extended'})"
