@@ -55,7 +55,7 @@ def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = 
     growing there: ``"lr_min"``, ``"lr_max"``, ``"diverged"``, ``"off"``; None while it could still
     grow, e.g. a sweep cut short) and ``lrs_tried``. An lr that lacks seeds other lrs of the group have (an
     lr-extension round under way) is left out of the comparison, the mean and the edge, and listed in
-    ``lrs_in_progress``: a mean over fewer seeds is another statistic.
+    ``lrs_in_progress`` (the edge label then says "grid incomplete"): a mean over fewer seeds is another statistic.
     """
     policy = lr_policy if lr_policy is not None else LrPolicy()
     groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
@@ -240,5 +240,5 @@ def edge_label(row: Dict[str, Any]) -> str:
     if not row.get("lr_at_edge"):
         return ""
     if row.get("lrs_in_progress") and not row.get("lr_bound_reached"):
-        return row["lr_at_edge"] + " (extension under way)"  # a next lr has some seeds, not all yet
+        return row["lr_at_edge"] + " (grid incomplete)"  # an lr has some seeds, not all yet (runs under way)
     return row["lr_at_edge"] + f" ({row.get('lr_bound_reached') or 'not extended'})"

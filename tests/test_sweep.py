@@ -53,8 +53,8 @@ def _group(table, method="M", budget_label="b"):
 
 def test_best_of_grid_leaves_an_lr_in_progress_out_of_the_comparison():
     """An lr-extension round under way: the new lr has seed 0 only, which sits below the 3-seed means. Its 1-seed
-    'mean' must not win against complete lrs: the row keeps the best complete lr, flags its edge as an extension
-    under way and lists the partial lr; once every seed has run, the new lr is compared like any other."""
+    'mean' must not win against complete lrs: the row keeps the best complete lr, flags its edge as "grid
+    incomplete" and lists the partial lr; once every seed has run, the new lr is compared like any other."""
     from synthetic.results import edge_label
     recs = _group({1e-3: [3.0, 3.2, 3.4], 4e-3: [2.0, 2.4, 2.8]})
     recs += [{"method": "M", "budget_label": "b", "lr": 1.6e-2, "seed": 0, "trainable_pct": 1.0,
@@ -62,7 +62,7 @@ def test_best_of_grid_leaves_an_lr_in_progress_out_of_the_comparison():
     (row,) = best_of_grid(recs)
     assert row["lr"] == 4e-3 and row["n_seeds"] == 3 and math.isclose(row["mean"], 2.4)
     assert row["lrs_in_progress"] == [1.6e-2] and row["lrs_tried"] == [1e-3, 4e-3]
-    assert row["lr_at_edge"] == "high" and edge_label(row) == "high (extension under way)"
+    assert row["lr_at_edge"] == "high" and edge_label(row) == "high (grid incomplete)"
     done = recs + [{**recs[-1], "seed": s, "best_mse": v} for s, v in ((1, 2.6), (2, 2.9))]
     (row,) = best_of_grid(done)
     assert row["lr"] == 4e-3 and row["lrs_in_progress"] == [] and row["lr_at_edge"] is None  # 2.47 > 2.4: interior
