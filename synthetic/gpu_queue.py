@@ -36,7 +36,8 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -57,6 +58,7 @@ class Job:
     shards: int = 1  # processes for the base grid (the lr-extension rounds run in one)
     needs: Tuple[str, ...] = ()  # modules that must import on the device
     what: str = ""
+    proxy: str = ""  # a results file of the same preset whose recorded run times estimate this job's before it has any
 
     @property
     def startup_s(self) -> float:
@@ -81,7 +83,8 @@ def _mamba_paper(model_seed: int) -> Job:
     return Job(f"mamba-model-seed{model_seed}", "synthetic.mamba_regression",
                ("--preset", "paper", "--backend", "mamba_ssm", "--model-seed", str(model_seed), "--seeds", "0,1",
                 "--out", f"figures/mamba_model_seed{model_seed}"), shards=12, needs=("mamba_ssm", "causal_conv1d"),
-               what=f"Mamba-I paper preset, six core methods, frozen/target pair {model_seed}, data seeds 0, 1")
+               what=f"Mamba-I paper preset, six core methods, frozen/target pair {model_seed}, data seeds 0, 1",
+               proxy="figures/mamba_regression_paper.jsonl")  # frozen/target pair 0: same preset and methods
 
 
 def _theorem1(activation: str, precision: str, arms: str) -> Job:
@@ -134,6 +137,8 @@ class Plan:
     est_s: Optional[float]
     error: str = ""
     longest_s: Optional[float] = None  # the longest recorded run of a method with runs left
+    todo_by_method: Dict[str, int] = field(default_factory=dict)  # base-grid runs to do per method
+    est_from: str = ""  # where est_s comes from when not the job's own records (Job.proxy)
 
     @property
     def finished(self) -> bool:
@@ -169,10 +174,12 @@ class Plan:
 def parse_plan(text: str) -> Plan:
     """Read an experiment's ``--dry-run`` output (its table rows and its closing total line)."""
     done = total = 0
+    todo_by_method: Dict[str, int] = {}
     for line in text.splitlines():
         m = _ROW.match(line)
         if m:
             done, total = done + int(m[1]), total + int(m[2])
+            todo_by_method[line.split("|")[1].strip()] = int(m[2]) - int(m[1])
     m = None
     for m in _TOTAL.finditer(text):
         pass
@@ -182,7 +189,28 @@ def parse_plan(text: str) -> Plan:
     ext = None if m[2] == "?" else int(m[2])
     longest = _LONGEST.search(text)
     return Plan(done, total, int(m[1]), ext, float(m[3]) if m[3] else None,
-                longest_s=float(longest[1]) if longest else None)
+                longest_s=float(longest[1]) if longest else None, todo_by_method=todo_by_method)
+
+
+def proxy_estimate(p: Plan, path: Path) -> Plan:
+    """``p`` with its estimate and longest run taken from another results file's run records (:attr:`Job.proxy`: the
+    same preset and methods, e.g. another frozen/target pair) where the job has no records of its own: the mean
+    recorded cost per run of each method x its base-grid runs to do. Unchanged if ``p`` has an estimate, the file is
+    missing, or a method with runs to do has no record there."""
+    if p.error or p.est_s is not None or not p.todo_by_method or not path.is_file():
+        return p
+    from synthetic.dry_run import run_costs
+    from synthetic.results import ResultsFile
+
+    costs: Dict[str, List[float]] = {}
+    for method, w, _ in run_costs([r for r in ResultsFile(path).load() if r.get("kind") == "run"]):
+        costs.setdefault(method, []).append(w)
+    left = {m: n for m, n in p.todo_by_method.items() if n}
+    if not left or any(m not in costs for m in left):
+        return p
+    est = sum(n * sum(costs[m]) / len(costs[m]) for m, n in left.items())
+    return dataclasses.replace(p, est_s=est, longest_s=max(max(costs[m]) for m in left),
+                               est_from=path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path))
 
 
 def plan(job: Job, env: Optional[Dict[str, str]] = None) -> Plan:
@@ -190,7 +218,8 @@ def plan(job: Job, env: Optional[Dict[str, str]] = None) -> Plan:
     out = p.stdout + p.stderr
     if p.returncode != 0:
         return Plan(0, 0, 0, 0, None, error=f"dry run exit {p.returncode}: {out.strip().splitlines()[-1:]}")
-    return parse_plan(out)
+    pl = parse_plan(out)
+    return proxy_estimate(pl, ROOT / job.proxy) if job.proxy else pl
 
 
 def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None,
@@ -205,6 +234,7 @@ def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None,
             continue
         ext = "after the grid" if p.extension is None else str(p.extension)
         est = "unknown" if p.est_s is None else f"~{p.est_s / max(1, j.shards):.0f} s"  # rounds are sharded too
+        est += f" (from {p.est_from})" if p.est_from else ""
         needs = "-" if p.finished else f"{p.needs_s(margin, j.startup_s):.0f} s"
         print(f"| {j.name} | {j.what} | {p.done} / {p.total} | {p.todo} | {ext} | {est} | {needs} |")
     left = [j.name for j, p in rows if not p.finished]

@@ -27,6 +27,28 @@ def test_parse_plan_reads_the_table_and_the_total():
     assert "no plan" in gq.parse_plan("Traceback ...\nValueError: boom").error
 
 
+def test_a_job_without_records_is_estimated_from_its_proxy_file(tmp_path):
+    """A job with no records of its own (another frozen/target pair) takes its estimate and longest run from a results
+    file of the same preset: each method's mean recorded cost x its runs to do; a method the proxy lacks, a missing
+    file or an estimate of its own leave the plan as it was."""
+    from synthetic.results import ResultsFile
+
+    unknown = gq.parse_plan(DRY_RUN.replace("1771 s", "-").replace("estimated ~6229 s", "estimated unknown"))
+    assert unknown.est_s is None and unknown.todo_by_method == {"Frozen": 0, "SDT": 14}
+    proxy = tmp_path / "pair0.jsonl"
+    run = {"kind": "run", "budget": {}, "lr": 0.01, "status": "ok", "best_mse": 1.0}
+    ResultsFile(proxy).extend([{**run, "key": f"k{i}", "seed": i, "method": "SDT", "wall_s": w}
+                               for i, w in enumerate((10.0, 30.0))])
+    p = gq.proxy_estimate(unknown, proxy)
+    assert p.est_s == 14 * 20.0 and p.longest_s == 30.0 and p.est_from.endswith("pair0.jsonl")
+    assert gq.proxy_estimate(unknown, tmp_path / "missing.jsonl").est_s is None
+    other = tmp_path / "other.jsonl"
+    ResultsFile(other).extend([{**run, "key": "k", "seed": 0, "method": "LoRA", "wall_s": 5.0}])
+    assert gq.proxy_estimate(unknown, other).est_s is None  # SDT has runs to do and no record there
+    own = gq.parse_plan(DRY_RUN)
+    assert gq.proxy_estimate(own, proxy) is own
+
+
 def test_margin_is_twice_the_recorded_run_time_between_the_floor_and_the_cap():
     short = gq.Plan(done=280, total=280, todo=0, extension=13, est_s=56.0)  # deep S4's extension runs: ~4.3 s each
     assert short.margin(150) == gq.MIN_MARGIN  # 2 x 4.3 s is below the floor
