@@ -239,7 +239,7 @@ can be updated to equal any target deep S4 with $L^\star<L$ layers, $H^\star<H$ 
 the rest zeroed; (2) LoRA of rank $r$ on each projection; (3) updates of residuals, biases and the last projection.
 The value of $r$ is lost in the extracted text ("rank L/L").
 
-**What the toolkit finds** (`theory/theorem1.py`, `theory/capacity.py`):
+**What the toolkit finds** (`theory/theorem1.py`, `theory/capacity_probe.py`):
 - skip *inside* the projection (official code): exact with $\lceil D/\lfloor L/L^\star\rfloor\rceil$ channels per layer and
   LoRA rank $\lceil D/\lfloor L/L^\star\rfloor\rceil$ (= $\lceil DL^\star/L\rceil$ when $L^\star\mid L$); that rank is also
   *necessary* at the paper's channel budget (a zero block of rank $DL^\star/L$ must be cancelled), so the reading
@@ -254,8 +254,8 @@ The value of $r$ is lost in the extracted text ("rank L/L").
 code(r"""
 from theory.theorem1 import construct_theorem1, random_instance, zero_block_bounds
 from theory.deep import deep_forward
-from theory.capacity import ProbeRow
-from theory.capacity_cli import format_rows
+from theory.capacity_probe import ProbeRow
+from theory.capacity import format_rows
 
 g = torch.Generator().manual_seed(0)
 frozen_t1, target_t1 = random_instance(L=4, L_star=2, D=6, H=3, H_star=2, skip="inside", generator=g)
@@ -296,7 +296,7 @@ $\mathrm{GF}(p)$ at a random integer point: a certified *lower* bound on the gen
 code(r"""
 from theory.theorem1_relu import construct_theorem1_relu, random_relu_instance, integer_inputs
 from theory import nondividing, exact_rank
-from theory.capacity import ProbeConfig
+from theory.capacity_probe import ProbeConfig
 
 g = torch.Generator().manual_seed(0)
 frozen_r, target_r = random_relu_instance(L=4, L_star=2, D=6, H=3, H_star=2, generator=g)

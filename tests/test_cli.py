@@ -11,7 +11,7 @@ import theory.__main__ as theory_main
 from synthetic import bench, gpu_queue, report
 from synthetic.mamba import experiment as mamba_regression
 from synthetic.s4 import experiment as s4r
-from theory import capacity_cli
+from theory import capacity
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="runs on a machine without CUDA (it checks the no-CUDA message)")
 
@@ -38,7 +38,7 @@ def test_theory_only_from_the_shell_has_no_traceback():
 
 
 def test_capacity_replot_without_results(tmp_path, capsys):
-    _fails(capacity_cli.main, ["--replot", "--out", str(tmp_path / "none.json")], "--replot: no results file", capsys)
+    _fails(capacity.main, ["--replot", "--out", str(tmp_path / "none.json")], "--replot: no results file", capsys)
 
 
 def test_s4_plot_only_without_results(tmp_path, capsys):

@@ -1,424 +1,376 @@
-"""Expressivity probe for Theorem 1 (Galim et al., ICML 2025, Sec. 5): which LoRA ranks can possibly
-let a frozen deep S4 (SDT-P on its SSMs + LoRA on its projections) match a generic smaller target?
+"""``python -m theory.capacity``: the command around the Theorem 1 expressivity probe of
+:mod:`theory.capacity_probe` (the probe's grid, the results file, the table, the figure) and the ``python -m theory``
+claim that settles the probe rows without a float64 rank gap mod p.
 
-For a linear-activation deep S4 the model is an affine, linear time-invariant map, so it is determined
-by its transfer matrix ``T(z) = Σ_k h_k z^k`` (h_k: the D×D impulse response) and its bias response
-``b(z) = Σ_j T_{>j}(z) β_j`` (the zero-input output, up to the common step factor ``1/(1−z)``).
-The probe evaluates both at ``K`` real points ``z ∈ [−0.8, 0.8]`` (inside every pole's radius:
-frozen and target ``|a| < 0.95``). With ``K ≥ 2n+1``, ``n`` = total state count, these values determine
-the rational functions, so this carries the same information as the impulse response over
-``N ≥ 2n`` steps; :func:`impulse_response_map` is the time-domain twin, held to it by a test.
-
-Probe: the rank of the Jacobian of (trainable parameters ↦ response) at a random point (float64,
-``torch.func.jacfwd``), i.e. the dimension of the set of functions the budget reaches, versus the same
-rank for (target parameters ↦ response), the dimension of the target family.
-
-- Jacobian rank < target dimension: generic targets are NOT reachable with this budget and this
-  SDT-P layout (a lower-dimensional image cannot contain a higher-dimensional family).
-- A count of free parameters (LoRA counted as the rank-r matrix variety, ``2Dr − r²``) below the
-  target dimension proves insufficiency for *every* layout of that budget: any choice of which channels and
-  states are tuned, at the same per-layer counts of channels, states and LoRA rank (a larger channel budget
-  has more free parameters and can clear the count).
-- Jacobian rank >= target dimension is necessary, not sufficient: the image may be a different
-  set of that dimension. Sufficiency comes from the explicit construction in ``theorem1.py``.
-  In practice the image of a budget is larger than the target family (it also reaches functions with
-  residual paths), so at small D the Jacobian test excludes little; two structural arguments (stated
-  in ``theorem1.py``, checked in ``theorem1_checks.py``) decide the rest of the table: the zero block (skip
-  inside: an exact update of this layout has ``W_m[S_{m+1}, S_m] = 0``, so LoRA rank ``≥ min(|S_m|, |S_{m+1}|)``) and,
-  for skip outside, that pass-through channels are never mixed (exact Gröbner check at D = 2:
-  :func:`groebner_oracle`).
-
-The layout probed is the construction's: layer ``m`` of a group tunes the ``H*`` first states (``a``,
-``c``; ``b`` frozen) of channel block ``S_m`` (``⌈D/M⌉`` channels), prunes every other kernel entry,
-and trains ``u`` and ``β``; each projection gets a rank-``r`` LoRA, the last one is trained in full.
-
-The command ``python -m theory.capacity`` (results file, table, figure) is :mod:`theory.capacity_cli`.
+``python -m theory.capacity`` writes ``figures/theorem1_capacity.json`` and draws
+``figures/theorem1_capacity.png`` from it. The file is written after every probe row and every later stage
+(``config.complete`` false until the end, with a progress bar on a terminal), so a run cut off keeps what it
+computed, and rerunning the same command resumes from it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ._validate import check_choice, check_int
-from .layout import budget_shapes, channel_blocks, group_sizes
-# Singular values below RANK_RTOL · σ_max count as zero: the Jacobians here have σ_max ~ 1..1e3 and
-# structural zeros at ~1e-14 relative; the reported gap (σ_r / σ_{r+1}) shows the cut.
+from . import capacity_probe, exact_rank
+from .capacity_probe import ProbeConfig, ProbeRow, groebner_oracle, probe, s6_obstruction_instance
+from .layout import free_dim_formula, smallest_count_feasible_rank, target_dim_formula
+from .report import ClaimResult, claim, plain
 from .tolerances import RANK_RTOL
 
-Tensor = torch.Tensor
-F64 = torch.float64
+
+# ----------------------------------------------------------------------------------- table + figure
+def default_configs() -> List[ProbeConfig]:
+    """The table's grid: L*=1 and L*=2 (incl. non-divisible L), D growing, ranks 1..⌈D/⌊L/L*⌋⌉,
+    plus skip outside at the paper's channel budget with full-rank LoRA."""
+    out = []
+    for (D, L, Ls) in [(4, 2, 1), (6, 2, 1), (6, 3, 1), (4, 4, 2), (6, 4, 2), (8, 4, 2), (10, 4, 2), (5, 5, 2)]:
+        top = math.ceil(D / (L // Ls))
+        for r in range(1, top + 1):
+            out.append(ProbeConfig(D, L, Ls, 2, 1, r, "inside"))
+    # L* does not divide L: in the construction's layout the one-layer group processes all 12 channels; r = 1 is excluded by count
+    out += [ProbeConfig(12, 3, 2, 2, 1, r, "inside") for r in (1, 2, 3, 6, 12)]
+    for (D, L, Ls) in [(4, 2, 1), (4, 4, 2), (6, 4, 2)]:
+        out.append(ProbeConfig(D, L, Ls, 2, 1, D, "outside"))
+    return out
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
-    """One probe: frozen (L, D, H), target (L*, H*), LoRA rank r, skip placement."""
+def _atomic_write(path: str, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then ``os.replace`` it: a reader sees the old
+    file or the new one, never a half-written one (the project's one helper, :func:`synthetic.atomic.atomic_write`)."""
+    from synthetic.atomic import atomic_write
 
-    D: int
-    L: int
-    L_star: int
-    H: int
-    H_star: int
-    rank: int
-    skip: str = "inside"
-
-    def __post_init__(self):
-        object.__setattr__(self, "D", check_int("D", self.D, lo=1))
-        object.__setattr__(self, "L_star", check_int("L_star", self.L_star, lo=1))
-        object.__setattr__(self, "L", check_int("L", self.L, lo=self.L_star + 1))
-        object.__setattr__(self, "H", check_int("H", self.H, lo=1))
-        object.__setattr__(self, "H_star", check_int("H_star", self.H_star, lo=1, hi=self.H))
-        object.__setattr__(self, "rank", check_int("rank", self.rank, lo=0, hi=self.D))
-        check_choice("skip", self.skip, ("inside", "outside"))
-
-    @property
-    def blocks(self) -> List[Tuple[int, ...]]:
-        """The channel block each frozen layer tunes (the construction's layout)."""
-        return [blk for M in group_sizes(self.L, self.L_star) for blk in channel_blocks(self.D, M)]
-
-    @property
-    def n_points(self) -> int:
-        """``K = 2n + 5`` evaluation points. ``n = D·L*·H*`` bounds the poles of every model in either
-        family (each group tunes every channel once with H* states; pruned states have none), so every
-        entry of a tangent vector is a rational function with numerator degree ``≤ 2n``: it cannot vanish
-        on ``2n + 1`` distinct points unless it is zero, and the evaluation loses no rank."""
-        return 2 * self.D * self.L_star * self.H_star + 5
+    atomic_write(path, write)
 
 
-def _points(K: int) -> Tensor:
-    """Chebyshev points on [−0.8, 0.8] (well spread, away from the poles 1/a with |a| < 0.95)."""
-    k = torch.arange(K, dtype=F64)
-    return 0.8 * torch.cos(math.pi * (k + 0.5) / K)  # (K,)
+def _write_json(path: str, data: Dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=1)
+    _atomic_write(path, write)
 
 
-def _kernel_tf(a: Tensor, bc: Tensor, z: Tensor) -> Tensor:
-    """``κ(z) = Σ_i b_i c_i / (1 − a_i z)`` for each channel: a, bc (..., S), z (K,) -> (K, ...)."""
-    return (bc[None] / (1 - a[None] * z.reshape(-1, *([1] * a.dim())))).sum(-1)
+GRID_FIELDS = ("D", "L", "L_star", "H", "H_star", "rank", "skip")
 
 
-def _compose(layers_tf: Sequence[Tuple[Tensor, Tensor]], D: int, K: int) -> Tensor:
-    """Given per-layer ``(T_j(z) (K, D, D), β_j (D,))`` return ``[T(z), b(z)]`` flattened."""
-    T = torch.eye(D, dtype=F64).expand(K, D, D)
-    b = torch.zeros(K, D, dtype=F64)
-    for Tj, beta in layers_tf:
-        T = Tj @ T  # (K, D, D)
-        b = (Tj @ b[..., None])[..., 0] + beta  # (K, D)
-    return torch.cat([T.reshape(-1), b.reshape(-1)])
+def grid_of(data: Dict) -> Dict:
+    """The configuration a results file was made from: seed, quick flag and the probed grid (from its rows)."""
+    cfg = data.get("config", {})
+    return {"seed": cfg.get("seed"), "quick": cfg.get("quick"),
+            "grid": [[r.get(k) for k in GRID_FIELDS] for r in data.get("rows", [])]}
 
 
-# ----------------------------------------------------------------------------------- parameter maps
-@dataclass
-class ParamMap:
-    """``fn(theta) -> response`` and a random point ``theta0``; ``free_dim`` bounds the image dimension."""
-
-    fn: Callable[[Tensor], Tensor]
-    theta0: Tensor
-    free_dim: int
-
-
-def budget_map(cfg: ProbeConfig, generator: torch.Generator, z: Optional[Tensor] = None) -> ParamMap:
-    """The fine-tuning budget of ``cfg`` on a random frozen model, as a map of its trainable scalars."""
-    g, D, Hs = generator, cfg.D, cfg.H_star
-    z = _points(cfg.n_points) if z is None else z
-    blocks = cfg.blocks
-    frozen_W = [torch.randn(D, D, generator=g, dtype=F64) / D**0.5 for _ in range(cfg.L)]
-    frozen_b = [torch.randn(D, Hs, generator=g, dtype=F64) for _ in range(cfg.L)]  # B̄ of the tuned states
-    shapes = budget_shapes(blocks, cfg.L, D, Hs, cfg.rank)
-    sizes = [math.prod(sh) for _, _, sh in shapes]
-    parts = []
-    for name, j, sh in shapes:
-        if name == "a":
-            parts.append(1.8 * torch.rand(sh, generator=g, dtype=F64) - 0.9)
-        elif name == "W":
-            parts.append(torch.randn(sh, generator=g, dtype=F64) / D**0.5)
-        else:
-            parts.append(torch.randn(sh, generator=g, dtype=F64) * (0.5 if name.startswith("lora") else 1.0))
-    theta0 = torch.cat([p.reshape(-1) for p in parts])
-
-    def fn(theta: Tensor) -> Tensor:
-        chunks = dict()
-        for (name, j, sh), piece in zip(shapes, torch.split(theta, sizes)):
-            chunks[(name, j)] = piece.reshape(sh)
-        tfs = []
-        for j, blk in enumerate(blocks):
-            kappa = torch.zeros(z.shape[0], D, dtype=F64)  # pruned channels: kernel 0
-            if blk:
-                bc = chunks[("c", j)] * frozen_b[j][list(blk)]
-                kappa = kappa.index_copy(1, torch.tensor(blk), _kernel_tf(chunks[("a", j)], bc, z))
-            if ("W", j) in chunks:
-                W = chunks[("W", j)]
-            elif ("lora_A", j) in chunks:
-                W = frozen_W[j] + chunks[("lora_B", j)] @ chunks[("lora_A", j)]
-            else:
-                W = frozen_W[j]
-            u = chunks[("u", j)]
-            if cfg.skip == "inside":
-                Tj = W[None] * (kappa + u)[:, None, :]  # W diag(κ + u)
-            else:
-                Tj = W[None] * kappa[:, None, :] + torch.diag_embed(u.expand(z.shape[0], D))
-            tfs.append((Tj, chunks[("beta", j)]))
-        return _compose(tfs, D, z.shape[0])
-
-    lora_dim = (cfg.L - 1) * (2 * D * cfg.rank - cfg.rank**2)
-    free = sum(2 * Hs * len(b) + 2 * D for b in blocks) + lora_dim + D * D
-    return ParamMap(fn, theta0, free)
+def load_results(path: str) -> Dict:
+    """Parse a results file; ``ValueError`` naming the file and the position when it is not valid JSON
+    or not a probe table (a dict with ``config`` and ``rows``)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text file ({exc.reason})") from None
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read ({exc.strerror})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("rows"), list) and isinstance(data.get("config"), dict)):
+        raise ValueError(f"{path} is not a probe results file (needs 'config' and 'rows')")
+    return data
 
 
-def target_map(cfg: ProbeConfig, generator: torch.Generator, z: Optional[Tensor] = None) -> ParamMap:
-    """The target family: L* layers ``W* diag(κ*) x + β*`` with (a*, b*, c*, W*, β*) all free."""
-    g, D, Hs, Ls = generator, cfg.D, cfg.H_star, cfg.L_star
-    z = _points(cfg.n_points) if z is None else z
-    per = [D * Hs, D * Hs, D * Hs, D * D, D]
-    parts = []
-    for _ in range(Ls):
-        parts += [1.8 * torch.rand(D * Hs, generator=g, dtype=F64) - 0.9, torch.randn(D * Hs, generator=g, dtype=F64),
-                  torch.randn(D * Hs, generator=g, dtype=F64), torch.randn(D * D, generator=g, dtype=F64) / D**0.5,
-                  torch.randn(D, generator=g, dtype=F64)]
-    theta0 = torch.cat(parts)
-
-    def fn(theta: Tensor) -> Tensor:
-        tfs = []
-        for l, chunk in enumerate(torch.split(theta, [sum(per)] * Ls)):
-            a, b, c, W, beta = torch.split(chunk, per)
-            kappa = _kernel_tf(a.reshape(D, Hs), (b * c).reshape(D, Hs), z)  # (K, D)
-            tfs.append((W.reshape(D, D)[None] * kappa[:, None, :], beta))
-        return _compose(tfs, D, z.shape[0])
-
-    return ParamMap(fn, theta0, Ls * (3 * D * Hs + D * D + D))
+def _writable_file_path(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as a file (None if it can): a directory, a parent that is a file, or a
+    directory without write permission."""
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
 
 
-def impulse_response_map(cfg: ProbeConfig, generator: torch.Generator, N: int, which: str = "budget") -> ParamMap:
-    """Time-domain twin of :func:`budget_map` / :func:`target_map`: the same parameters mapped to the
-    impulse response ``h_0..h_{N−1}`` (D×D each) and the zero-input response over N steps, computed by
-    running the model (``deep.deep_forward``) on D unit impulses and on zeros."""
-    from .deep import DeepLayer, DeepSSM, deep_forward
-    from .ssm import DiagonalSSM
-
-    check_choice("which", which, ("budget", "target"))
-    g_state = generator.get_state()
-    pm = budget_map(cfg, generator) if which == "budget" else target_map(cfg, generator)
-    generator.set_state(g_state)
-    # rebuild the same frozen constants by replaying the generator exactly as the map did
-    D, Hs = cfg.D, cfg.H_star
-    if which == "budget":
-        frozen_W = [torch.randn(D, D, generator=generator, dtype=F64) / D**0.5 for _ in range(cfg.L)]
-        frozen_b = [torch.randn(D, Hs, generator=generator, dtype=F64) for _ in range(cfg.L)]
-    x = torch.zeros(D + 1, D, N, dtype=F64)
-    x[torch.arange(D), torch.arange(D), 0] = 1.0  # D unit impulses, then one zero input
-
-    def fn(theta: Tensor) -> Tensor:
-        layers = []
-        if which == "budget":
-            off = 0
-            for j, blk in enumerate(cfg.blocks):
-                s = len(blk)
-
-                def take(n, shape):
-                    nonlocal off
-                    out = theta[off: off + n].reshape(shape)
-                    off += n
-                    return out
-
-                a_t, c_t = take(s * Hs, (s, Hs)), take(s * Hs, (s, Hs))
-                u, beta = take(D, (D,)), take(D, (D,))
-                if j == cfg.L - 1:
-                    W = take(D * D, (D, D))
-                elif cfg.rank:
-                    A_, B_ = take(cfg.rank * D, (cfg.rank, D)), take(D * cfg.rank, (D, cfg.rank))
-                    W = frozen_W[j] + B_ @ A_
-                else:
-                    W = frozen_W[j]
-                a = torch.zeros(D, Hs, dtype=F64)
-                c = torch.zeros(D, Hs, dtype=F64)
-                if blk:
-                    idx = torch.tensor(blk)
-                    a = a.index_copy(0, idx, a_t)
-                    c = c.index_copy(0, idx, c_t * frozen_b[j][idx])
-                layers.append(DeepLayer(DiagonalSSM(a, torch.ones(D, Hs, dtype=F64), c), W, beta, u))
-        else:
-            per = [D * Hs, D * Hs, D * Hs, D * D, D]
-            for chunk in torch.split(theta, [sum(per)] * cfg.L_star):
-                a, b, c, W, beta = torch.split(chunk, per)
-                layers.append(DeepLayer(DiagonalSSM(a.reshape(D, Hs), b.reshape(D, Hs), c.reshape(D, Hs)),
-                                        W.reshape(D, D), beta, torch.zeros(D, dtype=F64)))
-        y = deep_forward(DeepSSM(tuple(layers), "identity", cfg.skip), x)  # (D+1, D, N)
-        return torch.cat([(y[:D] - y[D:]).reshape(-1), y[D].reshape(-1)])
-
-    return ParamMap(fn, pm.theta0, pm.free_dim)
+ROWS_HEAD = "skip     D  L  L*  H  H*  r  ⌈L/L*⌉ ⌈DL*/L⌉  Jac.rank  free  target  zero-blk  verdict"
 
 
-# ----------------------------------------------------------------------------------- ranks
-def jacobian_rank(pm: ParamMap, mode: str = "fwd") -> Tuple[int, float, Tensor]:
-    """Numerical rank of ``d fn / d theta`` at ``theta0``: (rank, gap σ_r/σ_{r+1}, singular values)."""
-    jac = torch.func.jacfwd(pm.fn) if mode == "fwd" else torch.func.jacrev(pm.fn)
-    J = jac(pm.theta0)  # (outputs, params)
-    s = torch.linalg.svdvals(J)
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        return 0, float("inf"), s
-    r = int((s > RANK_RTOL * s[0]).sum())
-    gap = float(s[r - 1] / s[r]) if r < s.numel() and float(s[r]) > 0 else float("inf")
-    return r, gap, s
+def format_row(r: ProbeRow) -> str:
+    return (f"{r.skip:7s} {r.D:2d} {r.L:2d} {r.L_star:3d} {r.H:2d} {r.H_star:3d} {r.rank:2d} "
+            f"{r.rank_brief:7d} {r.rank_zeng_lee:8d} {r.budget_rank:9d} {r.free_dim:5d} {r.target_dim:7d} "
+            f"{r.zero_block_bound:9d}  {r.verdict}")
 
 
-@dataclass
-class ProbeRow:
-    D: int
-    L: int
-    L_star: int
-    H: int
-    H_star: int
-    rank: int
-    skip: str
-    budget_rank: int
-    budget_gap: float
-    free_dim: int
-    target_dim: int
-    target_gap: float
-    zero_block_bound: int  # LoRA rank every exact update of this layout needs (theorem1.zero_block_bounds)
-    verdict: str
-    construction: bool  # the explicit construction of theorem1.py reaches every generic target
-
-    @property
-    def rank_brief(self) -> int:
-        return math.ceil(self.L / self.L_star)
-
-    @property
-    def rank_zeng_lee(self) -> int:
-        return math.ceil(self.D * self.L_star / self.L)
+def format_rows(rows: Sequence[ProbeRow]) -> str:
+    return "\n".join([ROWS_HEAD] + [format_row(r) for r in rows])
 
 
-def probe(cfg: ProbeConfig, seed: int = 0) -> ProbeRow:
-    """Run the probe for one configuration (budget and target drawn from ``seed``)."""
-    g = torch.Generator().manual_seed(seed)
-    bm = budget_map(cfg, g)
-    b_rank, b_gap, _ = jacobian_rank(bm)
-    t_rank, t_gap, _ = jacobian_rank(target_map(cfg, g))
-    bm_free = bm.free_dim
-    q = cfg.L // cfg.L_star
-    construction = cfg.skip == "inside" and cfg.rank >= math.ceil(cfg.D / q)
-    zb = zero_block_bound(cfg)
-    if bm_free < t_rank:
-        verdict = "insufficient (count)"
-    elif b_rank < t_rank:
-        verdict = "insufficient (Jacobian)"
-    elif cfg.skip == "outside" and cfg.D >= 2 and max(len(b) for b in cfg.blocks) < cfg.D:
-        verdict = "insufficient (outside: no mixing of pass-through)"
-    elif cfg.rank < zb:
-        verdict = "insufficient (zero block)"
-    elif construction:
-        verdict = "sufficient (construction)"
+def row_record(r: ProbeRow) -> Dict:
+    """A probe row as stored in the results file."""
+    return dict(asdict(r), rank_brief=r.rank_brief, rank_zeng_lee=r.rank_zeng_lee)
+
+
+def _progress(it, total: int, desc: str):
+    """A tqdm bar on stderr, shown only on a terminal (tqdm's ``disable=None``): logs and tests stay clean."""
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, file=sys.stderr, disable=None, dynamic_ncols=True)
+
+
+def asymptotic_rows(L: int = 4, L_star: int = 2, H_star: int = 1, Ds=(4, 8, 16, 32, 64, 128)) -> List[Dict]:
+    """Count-only rows for growing D: the smallest count-feasible rank vs ⌈L/L*⌉ and ⌈D·L*/L⌉."""
+    out = []
+    for D in Ds:
+        r_brief = math.ceil(L / L_star)
+        out.append({"D": D, "L": L, "L_star": L_star, "H_star": H_star,
+                    "target_dim": target_dim_formula(D, L_star, H_star),
+                    "free_at_brief_rank": free_dim_formula(D, L, L_star, H_star, min(r_brief, D)),
+                    "rank_brief": r_brief, "rank_zeng_lee": math.ceil(D * L_star / L),
+                    "min_count_feasible_rank": smallest_count_feasible_rank(D, L, L_star, H_star)})
+    return out
+
+
+# verdict -> (colour, marker): Okabe & Ito's colour-blind-safe hues, and a marker per verdict as well, so the
+# verdicts stay apart for a reader who cannot tell two hues apart (the palette of synthetic/palette.py).
+VERDICT_STYLES = {
+    "sufficient (construction)": ("#009E73", "o"),
+    "not excluded": ("#999999", "D"),
+    "insufficient (zero block)": ("#D55E00", "X"),
+    "insufficient (Jacobian)": ("#E69F00", "P"),
+    "insufficient (count)": ("#882255", "s"),
+    "insufficient (outside: no mixing of pass-through)": ("#CC79A7", "v"),
+}
+BOUND_STYLES = {"rank_brief": ("#0072B2", ":", "⌈L/L*⌉: the rank as read from the paper's text"),
+                "rank_zeng_lee": ("#000000", "--", "⌈D·L*/L⌉: the construction's rank (zero-block bound)")}
+
+
+def draw(data: Dict):
+    """The probe's verdicts from the JSON data, as a Figure. Left: one row per (skip, D, L, L*), one mark per LoRA
+    rank r, colour and marker by verdict, with the two candidate ranks ⌈L/L*⌉ and ⌈D·L*/L⌉ as short vertical bars
+    on the row (each with its own legend, under the panel). Right: for growing D, the smallest rank the parameter
+    count allows vs the two candidates."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone (notebooks)
+    from matplotlib.lines import Line2D
+
+    rows = data["rows"]
+    keys = []
+    for r in rows:
+        k = (r["skip"], r["D"], r["L"], r["L_star"])
+        if k not in keys:
+            keys.append(k)
+    fig = Figure(figsize=(13, 6.4))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
+    seen = []
+    for r in rows:
+        y = keys.index((r["skip"], r["D"], r["L"], r["L_star"]))
+        color, marker = VERDICT_STYLES.get(r["verdict"], ("k", "o"))
+        if r["verdict"] not in seen:
+            seen.append(r["verdict"])
+        ax1.scatter([r["rank"]], [y], s=80, color=color, marker=marker, edgecolors="white", linewidths=0.5,
+                    zorder=3)
+    for y, (skip, D, L, Ls) in enumerate(keys):
+        # upper half of the row for ⌈L/L*⌉, lower half for ⌈D·L*/L⌉: both stay visible where they coincide
+        for field, value, (lo, hi) in (("rank_brief", math.ceil(L / Ls), (0.05, 0.45)),
+                                       ("rank_zeng_lee", math.ceil(D * Ls / L), (-0.45, -0.05))):
+            color, ls, _ = BOUND_STYLES[field]
+            ax1.plot([value, value], [y + lo, y + hi], color=color, ls=ls, lw=1.8, zorder=2)
+    outside = [y for y, k in enumerate(keys) if k[0] == "outside"]
+    if outside and len(outside) < len(keys):
+        ax1.axhline(min(outside) - 0.5, color="0.6", lw=0.8)
+    ax1.set_yticks(range(len(keys)))
+    ax1.set_yticklabels([f"skip {s}: D={D} L={L} L*={Ls}" for s, D, L, Ls in keys], fontsize=8)
+    ax1.set_ylim(-0.6, len(keys) - 0.4)
+    ax1.set_xlabel("LoRA rank r")
+    H, H_star = rows[0]["H"], rows[0]["H_star"]
+    ax1.set_title(f"Theorem 1 (S4, H={H}, H*={H_star}): which LoRA ranks can reach the target", fontsize=10)
+    verdict_handles = [Line2D([], [], ls="", marker=VERDICT_STYLES.get(v, ("k", "o"))[1], markersize=8,
+                              color=VERDICT_STYLES.get(v, ("k", "o"))[0], label=v) for v in seen]
+    bound_handles = [Line2D([], [], color=c, ls=ls, lw=1.6, label=lab) for c, ls, lab in BOUND_STYLES.values()]
+    # both legends under the left panel, side by side (marker = verdict; bar = candidate rank), in the space
+    # tight_layout leaves below the axes (rect)
+    fig.legend(handles=verdict_handles, title="marker: verdict at rank r", fontsize=7, title_fontsize=7,
+               loc="lower left", bbox_to_anchor=(0.01, 0.0), ncol=2, frameon=False)
+    fig.legend(handles=bound_handles, title="bars on each row: candidate ranks", fontsize=7, title_fontsize=7,
+               loc="lower left", bbox_to_anchor=(0.36, 0.0), frameon=False)
+    ax1.grid(alpha=0.3, axis="x")
+    asym = data["asymptotic"]
+    Ds = [a["D"] for a in asym]
+    ax2.plot(Ds, [a["min_count_feasible_rank"] for a in asym], "o-", color="#009E73",
+             label="smallest rank the parameter count allows")
+    for field in ("rank_zeng_lee", "rank_brief"):
+        color, ls, lab = BOUND_STYLES[field]
+        ax2.plot(Ds, [a[field] for a in asym], ls=ls, marker="s" if field == "rank_zeng_lee" else "^",
+                 color=color, label=lab)
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("symlog", base=2, linthresh=1)
+    ax2.set_ylim(-0.3, None)
+    ax2.set_xlabel("model width D")
+    ax2.set_ylabel("LoRA rank")
+    a0 = asym[0]
+    ax2.set_title(f"rank needed as D grows (L={a0['L']}, L*={a0['L_star']}, H*={a0['H_star']})", fontsize=10)
+    ax2.legend(fontsize=7, loc="upper left")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def plot(data: Dict, path: str) -> None:
+    """:func:`draw` saved as a PNG at ``path``."""
+    fig = draw(data)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def quick_configs() -> List[ProbeConfig]:
+    """The ``--quick`` grid (tests and smoke runs)."""
+    return [ProbeConfig(4, 2, 1, 2, 1, r) for r in (1, 2)] + [ProbeConfig(4, 2, 1, 2, 1, 4, "outside")]
+
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed (and wraps a larger one silently)
+GROEBNER_CASES = [("inside", (0, 1), 1), ("inside", (0, 1), 0), ("outside", (0, 1), None), ("outside", (1, 0), None),
+                  ("outside", (0, 0), None), ("outside", (1, 1), None)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m theory.capacity",
+                                description=plain(capacity_probe.__doc__.split("\n\n")[0]))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random frozen/target points, in [0, 2**63 - 1] (default 0)")
+    p.add_argument("--out", default="figures/theorem1_capacity.json",
+                   help="results file (JSON), written as rows come (a partial file of the same configuration is "
+                        "resumed); refused if it holds results of another configuration, unless --force")
+    p.add_argument("--figure", default="figures/theorem1_capacity.png", help="figure drawn from the results (PNG)")
+    p.add_argument("--replot", action="store_true", help="redraw the figure from the existing JSON only")
+    p.add_argument("--quick", action="store_true", help="a tiny grid (for tests and smoke runs)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --out even if it holds results of another configuration")
+    args = p.parse_args(argv)
+    # every check before anything is computed or written
+    if not 0 <= args.seed <= SEED_MAX:
+        p.error(f"--seed: must be in [0, 2**63 - 1] (a torch generator seed), got {args.seed}")
+    for opt, path in (("--out", args.out), ("--figure", args.figure)):
+        why = _writable_file_path(path)
+        if why is not None and not (opt == "--out" and args.replot and os.path.isfile(path)):
+            p.error(f"{opt}: cannot write {path}: {why}")
+    if os.path.abspath(args.out) == os.path.abspath(args.figure):
+        p.error(f"--figure: {args.figure} is also the results file --out")
+    if args.replot and not os.path.exists(args.out):
+        p.error(f"--replot: no results file {args.out} (run without --replot first, or pass --out)")
+    configs = quick_configs() if args.quick else default_configs()
+    if args.replot or (os.path.exists(args.out) and not args.force):
+        try:
+            existing = load_results(args.out)
+        except ValueError as exc:
+            p.error(f"{'--replot' if args.replot else '--out'}: {exc}"
+                    + ("" if args.replot else "; pass --force to overwrite it, or another --out"))
+    if args.replot:
+        data = existing
     else:
-        verdict = "not excluded"
-    return ProbeRow(cfg.D, cfg.L, cfg.L_star, cfg.H, cfg.H_star, cfg.rank, cfg.skip, b_rank, b_gap, bm_free,
-                    t_rank, t_gap, zb, verdict, construction)
+        new = {"seed": args.seed, "quick": args.quick, "grid": [[getattr(c, k) for k in GRID_FIELDS] for c in configs]}
+        resume = None
+        if os.path.exists(args.out) and not args.force:
+            old = grid_of(existing)
+            partial = existing["config"].get("complete", True) is False
+            if partial and old["seed"] == args.seed and old["quick"] == args.quick \
+                    and old["grid"] == new["grid"][:len(old["grid"])]:
+                resume = existing
+            elif old != new:
+                p.error(f"--out: {args.out} holds results of another configuration ({len(old['grid'])} rows, seed "
+                        f"{old['seed']}, quick={old['quick']}{', partial' if partial else ''}; this run: "
+                        f"{len(new['grid'])} rows, seed {args.seed}, quick={args.quick}); pass --force to overwrite "
+                        "it, or another --out")
+        data = compute(configs, args.seed, args.quick, args.out, resume)
+    plot(data, args.figure)
+    print(f"wrote {'' if args.replot else args.out + ' and '}{args.figure}")
+    return 0
 
 
-def zero_block_bound(cfg: ProbeConfig) -> int:
-    """``max min(|S_m|, |S_{m+1}|)`` over consecutive layers of one group that both tune channels: the
-    LoRA rank every exact update of this layout needs with ``skip="inside"`` (the zero block
-    ``W_m[S_{m+1}, S_m] = 0`` against a generic frozen block; see ``theorem1.zero_block_bounds``)."""
-    bound = 0
-    for M in group_sizes(cfg.L, cfg.L_star):
-        blks = channel_blocks(cfg.D, M)
-        for b0, b1 in zip(blks, blks[1:]):
-            bound = max(bound, min(len(b0), len(b1)))
-    return bound
+def compute(configs: Sequence[ProbeConfig], seed: int, quick: bool, out: str, resume: Optional[Dict] = None) -> Dict:
+    """The probe table and the later stages (exact ranks of the rows without a clean gap, asymptotic counts, the S6
+    obstruction, the Gröbner oracle), printed and written to ``out`` as they come (``config.complete`` false
+    until the end); ``resume``: a partial file of the same configuration, whose rows and stages are kept."""
+    t0 = time.time()
+    data = resume or {"config": {"seed": seed, "rank_rtol": RANK_RTOL, "H": 2, "H_star": 1, "quick": quick,
+                                 "torch": torch.__version__, "exact_prime": exact_rank.P_DEFAULT,
+                                 "gap_decided": GAP_DECIDED, "complete": False},
+                      "rows": []}
+    done = len(data["rows"])
+    if done:
+        print(f"resuming {out}: {done} of {len(configs)} probe rows already computed")
+    print(ROWS_HEAD)
+    for r in data["rows"]:
+        print(format_row(ProbeRow(**{k: r[k] for k in ProbeRow.__dataclass_fields__})))
+    for cfg in _progress(configs[done:], len(configs) - done, "probe rows"):
+        row = probe(cfg, seed)
+        print(format_row(row), flush=True)
+        data["rows"].append(row_record(row))
+        _write_json(out, data)
+    for cfg, row in zip(configs, data["rows"]):  # settle the rows without a clean float gap exactly
+        if cfg.skip == "inside" and row["budget_gap"] < GAP_DECIDED:
+            if "budget_rank_mod_p" not in row:
+                ex = exact_rank.exact_row(cfg, seed)
+                row.update(budget_rank_mod_p=ex.budget_rank_p, target_rank_mod_p=ex.target_rank_p,
+                           jacobian_excludes=ex.jacobian_excludes)
+                _write_json(out, data)
+            print(f"exact (GF({exact_rank.P_DEFAULT}), a lower bound on the generic rank): D={cfg.D} L={cfg.L} "
+                  f"L*={cfg.L_star} r={cfg.rank}: float rank {row['budget_rank']} (gap {row['budget_gap']:.2g}) -> "
+                  f"{row['budget_rank_mod_p']} >= target {target_dim_formula(cfg.D, cfg.L_star, cfg.H_star)}: Jacobian does "
+                  f"{'not exclude' if row['jacobian_excludes'] is False else 'not decide'}; verdict "
+                  f"'{row['verdict']}' stands", flush=True)
+    data["asymptotic"] = asymptotic_rows()
+    for a in data["asymptotic"]:
+        print(a)
+    if "s6_obstruction" not in data:
+        data["s6_obstruction"] = [s6_obstruction_instance(D, 1, 1, s, seed=seed) for D, s in [(2, 1), (4, 2), (8, 4)]]
+        _write_json(out, data)
+    for o in data["s6_obstruction"]:
+        print("S6 obstruction:", o)
+    gb = data.setdefault("groebner_D2", {})
+    cases = [(f"{skip} layout={lay} lora_rank={r}", (skip, lay, r), {}) for skip, lay, r in GROEBNER_CASES]
+    cases.append(("outside all channels in layer 2, W_1 frozen", ("outside", (0, 0), 0), {"all_in_last": True}))
+    for k, args, kw in cases:
+        if k not in gb:
+            gb[k] = groebner_oracle(*args, **kw)
+            _write_json(out, data)
+        print(f"Gröbner D=2 L=2 L*=1 {k}: {'solvable' if gb[k] else 'no solution'}", flush=True)
+    data["seconds"] = data.get("seconds", 0.0) + time.time() - t0  # a resumed run adds its own time
+    data["config"]["complete"] = True
+    _write_json(out, data)
+    return data
 
 
-def run_table(configs: Sequence[ProbeConfig], seed: int = 0) -> List[ProbeRow]:
-    return [probe(c, seed) for c in configs]
+# the float64 probe rows of figures/theorem1_capacity.json with σ_r/σ_{r+1} < 1e3 (no clean cut); skip inside
+UNDECIDED_ROWS = ((4, 4, 2, 1), (5, 5, 2, 1), (10, 4, 2, 4), (10, 4, 2, 5))  # (D, L, L*, r); H = 2, H* = 1
+GAP_DECIDED = 1e3  # a float rank with σ_r/σ_{r+1} below this is not trusted; the probe settles it mod p
 
 
-# ----------------------------------------------------------------------------------- S6 obstruction
-def s6_obstruction_instance(D: int = 2, H_star: int = 1, R_star: int = 1, s: int = 1, seed: int = 0,
-                            batch: int = 8, N: int = 12) -> Dict[str, int]:
-    """Numbers behind the S6 dimension count (``theorem1.s6_obstruction_note``) on a random target:
-    after a frozen layer has processed the block ``S = {0..s-1}`` in place, the next layer's input
-    ``v_t ∈ R^D`` is a linear image of ``(x_t, z_t)``, ``z = S6*(x)_S``. Returns
-    ``signal_rank``: rank of the stacked samples of ``[x_t; z_t]`` (D + s: the signals are linearly
-    independent, so ``v_t`` keeps at most D independent combinations of them); ``proj_rank``: rank of the
-    target's ``[W_Δ↓*; W_B*; W_C*]`` restricted to the processed columns S; ``needed``: the independent
-    functionals of ``(x, z)`` the remaining layers must read, ``(D − s) + proj_rank + s``; ``available``: D.
-    ``needed > available`` means no frozen S6 layer can process fewer than D channels of a target layer."""
-    from .s6 import random_s6, s6_forward
-
-    g = torch.Generator().manual_seed(seed)
-    target = random_s6(D, H_star, R_star, generator=g)
-    x = torch.randn(batch, D, N, generator=g, dtype=F64)
-    z = s6_forward(target, x)[:, :s]  # (B, s, N)
-    samples = torch.cat([x, z], dim=1).permute(1, 0, 2).reshape(D + s, -1)  # (D + s, B·N)
-    sig = torch.linalg.svdvals(samples)
-    signal_rank = int((sig > RANK_RTOL * sig[0]).sum())
-    proj = target.x_proj[:, :s]  # (R* + 2H*, s)
-    proj_rank = int(torch.linalg.matrix_rank(proj))
-    return {"D": D, "s": s, "H_star": H_star, "R_star": R_star, "signal_rank": signal_rank,
-            "proj_rank": proj_rank, "needed": (D - s) + proj_rank + s, "available": D}
-
-
-# ----------------------------------------------------------------------------------- exact oracle
-def groebner_oracle(skip: str, layout: Tuple[int, int], lora_rank: Optional[int] = None,
-                    all_in_last: bool = False, seed: int = 0) -> bool:
-    """Exact (sympy Gröbner basis over Q) solvability for the smallest case: D = 2, L = 2, L* = 1,
-    H* = 1, rational random target ``W* diag(c*/(1 − a* z))`` and frozen ``W0_1``.
-
-    Unknowns: the tuned channel's ``a, c`` in each layer (``layout = (p1, p2)``: the position each layer
-    tunes, the other kernel pruned), ``u`` and ``W`` of both layers; ``W_1 = W0_1 + b aᵀ`` when
-    ``lora_rank = 1``, ``W_1 = W0_1`` when 0, free when None; ``W_2`` free (the last projection).
-    ``all_in_last``: layer 1 tunes nothing, layer 2 tunes both channels (the weaker budget).
-    Equations: the numerators of ``T(z) − T*(z)`` coefficient-wise in z (the bias is free in both and
-    left out). Returns True iff the system has a complex solution (Gröbner basis ≠ {1})."""
-    import random
-
-    import sympy as sp
-
-    check_choice("skip", skip, ("inside", "outside"))
-    rnd = random.Random(seed)
-
-    def q():
-        return sp.Rational(rnd.choice([-1, 1]) * rnd.randint(1, 9), rnd.randint(1, 9))
-
-    z = sp.symbols("z")
-    W_star = sp.Matrix(2, 2, [q() for _ in range(4)])
-    a_star = [sp.Rational(1, 2), sp.Rational(-1, 3)]
-    c_star = [q(), q()]
-    W0 = sp.Matrix(2, 2, [q() for _ in range(4)])
-    W2 = sp.Matrix(2, 2, sp.symbols("w2_0:4"))
-    if lora_rank is None:
-        W1 = sp.Matrix(2, 2, sp.symbols("w1_0:4"))
-    elif lora_rank == 0:
-        W1 = W0
-    elif lora_rank == 1:
-        bb, aa = sp.Matrix(sp.symbols("lb0:2")), sp.Matrix(sp.symbols("la0:2"))
-        W1 = W0 + bb * aa.T
-    else:
-        raise ValueError(f"lora_rank: must be None, 0 or 1, got {lora_rank!r}")
-    u1, u2 = sp.symbols("u1_0:2"), sp.symbols("u2_0:2")
-
-    def layer(W, u, tuned, tag):
-        k = [sp.Integer(0), sp.Integer(0)]
-        for p in tuned:
-            a_, c_ = sp.symbols(f"a{tag}_{p} c{tag}_{p}")
-            k[p] = c_ / (1 - a_ * z)
-        K, U = sp.diag(*k), sp.diag(*u)
-        return W * (K + U) if skip == "inside" else W * K + U
-
-    tuned1, tuned2 = ((), (0, 1)) if all_in_last else ((layout[0],), (layout[1],))
-    T = layer(W2, u2, tuned2, "2") * layer(W1, u1, tuned1, "1")
-    T_star = W_star * sp.diag(*[c_star[d] / (1 - a_star[d] * z) for d in range(2)])
-    eqs = []
-    for i in range(2):
-        for j in range(2):
-            num = sp.together(T[i, j] - T_star[i, j]).as_numer_denom()[0]
-            eqs += sp.Poly(sp.expand(num), z).coeffs()
-    syms = sorted(set().union(*[e.free_symbols for e in eqs]), key=str)
-    G = sp.groebner(eqs, *syms, order="grevlex")
-    return list(G.exprs) != [1]
+@claim("Theorem 1 probe: rows without a float64 rank gap, settled mod p", order=45)
+def check_exact_rows(n: int, seed: int) -> ClaimResult:
+    """The rows with a small gap (``n`` unused; ``seed`` draws the point mod p): float64 rank and gap
+    recomputed by ``capacity_probe.probe``, exact rank over GF(p) (a certified lower bound on the generic rank),
+    target rank mod p vs the target-dimension formula. Verified if every exact budget rank reaches the
+    target dimension (the Jacobian test certifiably does not exclude the row; its verdict rests on the
+    zero block or the construction, as the table says)."""
+    ok, notes = True, []
+    for D, L, Ls, r in UNDECIDED_ROWS:
+        cfg = ProbeConfig(D, L, Ls, 2, 1, r)
+        row = probe(cfg, 0)
+        ex = exact_rank.exact_row(cfg, seed)
+        ok &= ex.budget_rank_p >= ex.target_dim and ex.target_rank_p == ex.target_dim
+        notes.append(f"D={D},L={L},L*={Ls},r={r}: float {row.budget_rank} (gap {row.budget_gap:.2g}) -> mod p "
+                     f">= {ex.budget_rank_p} vs target {ex.target_dim}")
+    return ClaimResult("Theorem 1 probe: rows without a float64 rank gap, settled mod p", len(UNDECIDED_ROWS), 0.0,
+                       "verified" if ok else "FAILED", "; ".join(notes) + "; verdicts unchanged (Jacobian does "
+                       "not exclude any; rank mod p at a random point is a lower bound on the generic rank)")
 
 
 if __name__ == "__main__":
-    from theory.capacity_cli import main
-
     raise SystemExit(main())

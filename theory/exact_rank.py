@@ -1,5 +1,5 @@
-"""Exact Jacobian ranks for the Theorem 1 probe (Galim et al., ICML 2025, Sec. 5; ``capacity.py``):
-the same maps as :func:`capacity.budget_map` and :func:`capacity.target_map` (trainable parameters ↦
+"""Exact Jacobian ranks for the Theorem 1 probe (Galim et al., ICML 2025, Sec. 5; ``capacity_probe.py``):
+the same maps as :func:`capacity_probe.budget_map` and :func:`capacity_probe.target_map` (trainable parameters ↦
 transfer matrix ``T(z)`` and bias response ``b(z)`` at ``K`` points), differentiated in exact
 arithmetic over the prime field ``GF(p)`` at a random integer point.
 
@@ -158,7 +158,7 @@ def _scatter_channels(kappa: _Dual, blk, D: int) -> _Dual:
 
 
 def budget_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
-    """``cfg``: a ``capacity.ProbeConfig``. The Jacobian of :func:`capacity.budget_map`'s layout (same parameters in the same order: per layer
+    """``cfg``: a ``capacity_probe.ProbeConfig``. The Jacobian of :func:`capacity_probe.budget_map`'s layout (same parameters in the same order: per layer
     a, c of the tuned block, u, β, then LoRA A, B or the last W) at a random integer point, mod p."""
     if cfg.D > _MAX_D:
         raise ValueError(f"cfg.D: at most {_MAX_D} for int64 field arithmetic, got {cfg.D}")
@@ -199,7 +199,7 @@ def budget_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
 
 
 def target_jacobian_mod_p(cfg, seed: int = 0, p: int = P_DEFAULT) -> np.ndarray:
-    """The Jacobian of :func:`capacity.target_map` (per target layer a*, b*, c*, W*, β*) mod p."""
+    """The Jacobian of :func:`capacity_probe.target_map` (per target layer a*, b*, c*, W*, β*) mod p."""
     p = check_prime(p)
     seed = check_int("seed", seed, lo=0)
     rng = np.random.default_rng(seed + 1_000_003)
@@ -284,8 +284,8 @@ class ExactRow:
 
 
 def exact_row(cfg, seed: int = 0, p: int = P_DEFAULT) -> ExactRow:
-    """``cfg``: a ``capacity.ProbeConfig`` (duck-typed: D, L, L_star, H_star, rank, skip, blocks, n_points;
-    this module does not import ``capacity``; ``capacity_cli`` imports it)."""
+    """``cfg``: a ``capacity_probe.ProbeConfig`` (duck-typed: D, L, L_star, H_star, rank, skip, blocks, n_points;
+    this module does not import ``capacity_probe``; the command ``capacity`` imports it)."""
     return ExactRow(cfg.D, cfg.L, cfg.L_star, cfg.rank, rank_mod_p(budget_jacobian_mod_p(cfg, seed, p), p),
                     rank_mod_p(target_jacobian_mod_p(cfg, seed, p), p),
                     target_dim_formula(cfg.D, cfg.L_star, cfg.H_star), p, seed)

@@ -3,7 +3,7 @@ which target layer, which channels each layer processes, and the dimension count
 with the target family.
 
 Pure integer functions shared by the construction (``theorem1.py``) and the expressivity probe
-(``capacity.py``); both import from here, neither from the other.
+(``capacity_probe.py``); both import from here, neither from the other.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ Construction for ``skip="inside"`` (the paper's budget; exact):
   pass-through channels are only scaled, never mixed; the content of a channel processed in layer ``m``
   reaches another channel ``i`` only through ``W_m[i, d]``, and ``i`` must not be processed later
   (its kernel would convolve that content again). For a dense ``W*`` this forces every channel of a
-  target layer to be processed in one frozen layer (``capacity.groebner_oracle`` confirms it exactly
+  target layer to be processed in one frozen layer (``capacity_probe.groebner_oracle`` confirms it exactly
   at D = 2: no layout with one channel per layer has a solution, even with both projections free). The construction therefore processes all ``D`` channels in the last layer of
   each group with ``W = W*_l`` (a full-rank update; the last layer's is the allowed full update), and
   makes the other layers identities (all channels pruned, ``u = 1``, ``β = 0``, ``W`` untouched).
@@ -46,7 +46,7 @@ Construction for ``skip="inside"`` (the paper's budget; exact):
 S6 (``kind="s6"``, weaker budget; exact): ``Δ_t, B_t, C_t`` read all channels of the layer input, so
   once a block is processed in place the raw channels later blocks need are gone (a dimension count:
   ``v_t ∈ R^D`` cannot carry ``x_t`` and the processed block; see :func:`s6_obstruction_note` and
-  ``capacity.s6_obstruction_instance``). The construction processes all ``D`` channels in one layer per group:
+  ``capacity_probe.s6_obstruction_instance``). The construction processes all ``D`` channels in one layer per group:
   the target's S6 is embedded (``A_log[:, :H*]``, ``x_proj``, ``dt_proj``; states ``> H*`` and dt-rank
   ``> R*`` switched off by zero rows/columns), pass-through layers switch their S6 off with
   ``W_C = 0`` and use ``u = 1``; ``skip="outside"``: processing in the last layer of a group;

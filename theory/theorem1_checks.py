@@ -80,7 +80,7 @@ def check_theorem1_s6(n: int, seed: int) -> ClaimResult:
     ok = worst <= DEEP_RTOL[torch.float64]
     return ClaimResult("Theorem 1 (S6): exact only with a weaker budget", m, worst, "finding" if ok else "FAILED",
                        "exact with all D channels + full W in one layer per group; ⌈D·L*/L⌉ channels/layer "
-                       "is obstructed (dimension count; capacity.s6_obstruction_instance)")
+                       "is obstructed (dimension count; capacity_probe.s6_obstruction_instance)")
 
 
 @claim("Theorem 1 rank: ⌈D·L*/L⌉ needed, ⌈L/L*⌉ is not enough", order=41)

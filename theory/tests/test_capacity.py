@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory import capacity_cli
-from theory.capacity import (ProbeConfig, budget_map, groebner_oracle, impulse_response_map, jacobian_rank,
-                             probe, s6_obstruction_instance, target_map, zero_block_bound)
+from theory import capacity
+from theory.capacity_probe import (ProbeConfig, budget_map, groebner_oracle, impulse_response_map, jacobian_rank,
+                                   probe, s6_obstruction_instance, target_map, zero_block_bound)
 from theory.layout import free_dim_formula, smallest_count_feasible_rank, target_dim_formula
 from theory.tests.strategies import generator
 
@@ -108,12 +108,12 @@ def test_probe_config_refusals():
 
 def test_main_writes_data_then_figure(tmp_path):
     out, fig = tmp_path / "c.json", tmp_path / "c.png"
-    assert capacity_cli.main(["--quick", "--out", str(out), "--figure", str(fig)]) == 0
+    assert capacity.main(["--quick", "--out", str(out), "--figure", str(fig)]) == 0
     data = json.loads(out.read_text())
     assert {r["verdict"] for r in data["rows"]} >= {"sufficient (construction)", "insufficient (zero block)"}
     assert fig.stat().st_size > 1000
     fig.unlink()
-    assert capacity_cli.main(["--replot", "--out", str(out), "--figure", str(fig)]) == 0
+    assert capacity.main(["--replot", "--out", str(out), "--figure", str(fig)]) == 0
     assert fig.exists()
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -124,7 +124,7 @@ def test_figure_explains_markers_and_bars_inside_the_canvas():
     path = os.path.join(os.path.dirname(__file__), "..", "..", "figures", "theorem1_capacity.json")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = capacity_cli.draw(capacity_cli.load_results(path))
+    fig = capacity.draw(capacity.load_results(path))
     renderer = FigureCanvasAgg(fig).get_renderer()
     titles = [lg.get_title().get_text() for lg in fig.legends]
     assert any("verdict" in t for t in titles) and any("candidate ranks" in t for t in titles)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from theory import capacity_cli
+from theory import capacity
 
 COMMITTED = Path(__file__).resolve().parents[2] / "figures" / "theorem1_capacity.json"
 
@@ -23,7 +23,7 @@ def _sha(path) -> str:
 
 def _fails(argv, needle, capsys) -> str:
     with pytest.raises(SystemExit) as e:
-        capacity_cli.main(argv)
+        capacity.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2, err
     (line,) = [ln for ln in err.splitlines() if "error:" in ln]
@@ -49,10 +49,10 @@ def test_quick_refuses_to_overwrite_results_of_another_configuration(committed_c
 
 def test_force_overwrites_and_same_configuration_reruns(committed_copy, tmp_path):
     fig = tmp_path / "fig.png"
-    assert capacity_cli.main(["--quick", "--force", "--out", str(committed_copy), "--figure", str(fig)]) == 0
-    assert len(json.loads(committed_copy.read_text())["rows"]) == len(capacity_cli.quick_configs())
+    assert capacity.main(["--quick", "--force", "--out", str(committed_copy), "--figure", str(fig)]) == 0
+    assert len(json.loads(committed_copy.read_text())["rows"]) == len(capacity.quick_configs())
     # the same configuration again needs no --force
-    assert capacity_cli.main(["--quick", "--out", str(committed_copy), "--figure", str(fig)]) == 0
+    assert capacity.main(["--quick", "--out", str(committed_copy), "--figure", str(fig)]) == 0
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(committed_copy).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
@@ -89,8 +89,8 @@ def test_corrupted_results_file_names_the_file(tmp_path, capsys, content):
 def test_default_grid_is_the_committed_files_configuration():
     """Regenerating the committed table with the defaults is not refused (same seed, grid, not quick)."""
     new = {"seed": 0, "quick": False,
-           "grid": [[getattr(c, k) for k in capacity_cli.GRID_FIELDS] for c in capacity_cli.default_configs()]}
-    assert capacity_cli.grid_of(capacity_cli.load_results(str(COMMITTED))) == new
+           "grid": [[getattr(c, k) for k in capacity.GRID_FIELDS] for c in capacity.default_configs()]}
+    assert capacity.grid_of(capacity.load_results(str(COMMITTED))) == new
 
 
 def test_quick_from_the_shell_leaves_the_committed_file_alone():
@@ -105,22 +105,22 @@ def test_a_run_cut_off_keeps_its_rows_and_the_rerun_resumes(tmp_path, monkeypatc
     """The file is written as rows and stages come (config.complete false until the end)."""
     out, fig = tmp_path / "c.json", tmp_path / "c.png"
     argv = ["--quick", "--out", str(out), "--figure", str(fig)]
-    real = capacity_cli.groebner_oracle
+    real = capacity.groebner_oracle
 
     def cut(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(capacity_cli, "groebner_oracle", cut)
+    monkeypatch.setattr(capacity, "groebner_oracle", cut)
     with pytest.raises(KeyboardInterrupt):
-        capacity_cli.main(argv)
+        capacity.main(argv)
     part = json.loads(out.read_text())
     assert part["config"]["complete"] is False and len(part["rows"]) == 3 and "s6_obstruction" in part
     assert not fig.exists()
     calls = []
-    monkeypatch.setattr(capacity_cli, "probe", lambda *a: calls.append(a))  # the rows are not recomputed
-    monkeypatch.setattr(capacity_cli, "groebner_oracle", real)
+    monkeypatch.setattr(capacity, "probe", lambda *a: calls.append(a))  # the rows are not recomputed
+    monkeypatch.setattr(capacity, "groebner_oracle", real)
     capsys.readouterr()
-    assert capacity_cli.main(argv) == 0
+    assert capacity.main(argv) == 0
     assert "resuming" in capsys.readouterr().out and not calls
     done = json.loads(out.read_text())
     assert done["config"]["complete"] is True and done["rows"] == part["rows"] and len(done["groebner_D2"]) == 7

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sympy.polys.domains import GF
 from sympy.polys.matrices import DomainMatrix
 
-from theory import capacity_cli, exact_rank
-from theory.capacity import ProbeConfig, probe
+from theory import capacity, exact_rank
+from theory.capacity_probe import ProbeConfig, probe
 from theory.layout import free_dim_formula
 
 COMMITTED = Path(__file__).resolve().parents[2] / "figures" / "theorem1_capacity.json"
@@ -50,8 +50,8 @@ def test_exact_ranks_agree_with_float_where_the_gap_is_clean(cfg):
 def test_undecided_rows_are_the_committed_rows_without_a_gap():
     rows = json.loads(COMMITTED.read_text())["rows"]
     small = {(r["D"], r["L"], r["L_star"], r["rank"]) for r in rows
-             if r["skip"] == "inside" and r["budget_gap"] < capacity_cli.GAP_DECIDED}
-    assert small == set(capacity_cli.UNDECIDED_ROWS)
+             if r["skip"] == "inside" and r["budget_gap"] < capacity.GAP_DECIDED}
+    assert small == set(capacity.UNDECIDED_ROWS)
 
 
 def test_small_gap_row_settled():

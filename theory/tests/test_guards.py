@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from theory import capacity_cli, exact_rank, nondividing
+from theory import capacity, exact_rank, nondividing
 from theory.__main__ import MAX_INSTANCES, main
-from theory.capacity import ProbeConfig
+from theory.capacity_probe import ProbeConfig
 from theory.mamba2 import ScalarHead
 from theory.peft import DoRAConfig, DoRALinear, DoRAMatrix, LoRAConfig, LoRALinear, LoRAMatrix, sdt_mask
 from theory.proposition1 import prefix_to_initial_state, reachability_matrix
@@ -210,9 +210,9 @@ def _digest(folder: Path) -> dict:
 
 CAP = ["--quick", "--out", "{tmp}/c.json", "--figure", "{tmp}/c.png"]
 CLI_CASES = [
-    (capacity_cli.main, CAP + ["--seed", "-1"], "--seed: must be in [0, 2**63 - 1]"),
-    (capacity_cli.main, CAP + ["--seed", str(2**63)], "--seed: must be in [0, 2**63 - 1]"),
-    (capacity_cli.main, CAP + ["--seed", str(2**64 + 5)], "--seed: must be in"),
+    (capacity.main, CAP + ["--seed", "-1"], "--seed: must be in [0, 2**63 - 1]"),
+    (capacity.main, CAP + ["--seed", str(2**63)], "--seed: must be in [0, 2**63 - 1]"),
+    (capacity.main, CAP + ["--seed", str(2**64 + 5)], "--seed: must be in"),
     (nondividing.main, ["--targets", "100000000"], f"--targets: must be in [1, {nondividing.MAX_TARGETS}]"),
     (nondividing.main, ["--targets", "0"], "--targets: must be in"),
     (nondividing.main, ["--tries", "0"], "--tries: must be in"),

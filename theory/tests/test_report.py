@@ -4,7 +4,7 @@ Help texts are plain text (no reStructuredText markup)."""
 
 import pytest
 
-from theory import capacity_cli, nondividing
+from theory import capacity, nondividing
 from theory.__main__ import main
 from theory.report import REPORT_WIDTH, ClaimResult, format_table, plain
 
@@ -34,7 +34,7 @@ def test_wide_is_the_old_layout():
     assert [line.split()[-1] for line in wide[2:3]] == ["forms"]
 
 
-@pytest.mark.parametrize("main_fn", [main, capacity_cli.main, nondividing.main])
+@pytest.mark.parametrize("main_fn", [main, capacity.main, nondividing.main])
 def test_help_is_plain_text(main_fn, capsys):
     with pytest.raises(SystemExit) as e:
         main_fn(["--help"])
