@@ -13,8 +13,8 @@ from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.results import ResultsFileError, ResultsFile, exit_error
-from synthetic.runner import (Experiment, _trains_alone, check_identity, current_runs, done_keys, extension_todo,
-                              shard_groups)
+from synthetic.runner import (Experiment, check_identity, current_runs, done_keys, extension_todo, shard_groups,
+                              trains_alone)
 
 __all__ = ["plan", "format_plan", "print_plan", "run_costs"]
 
@@ -75,7 +75,7 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
     size = getattr(exp, "max_runs_per_call", None) or 0
     for seed, m, budget, lrs in ext:
         ext_runs[m] = ext_runs.get(m, 0) + len(lrs)
-        if alone.get(m) and _trains_alone(exp, seed, m, budget):
+        if alone.get(m) and trains_alone(exp, seed, m, budget):
             ext_calls[m] = ext_calls.get(m, 0) + (-(-len(lrs) // size) if size else 1)
     est_total: Optional[float] = 0.0
     longest: Optional[float] = None  # the longest recorded run of a method with runs left (a phase lasts >= one)

@@ -36,8 +36,7 @@ import subprocess
 import sys
 import tarfile
 import time
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -209,8 +208,8 @@ def proxy_estimate(p: Plan, path: Path) -> Plan:
     if not left or any(m not in costs for m in left):
         return p
     est = sum(n * sum(costs[m]) / len(costs[m]) for m, n in left.items())
-    return dataclasses.replace(p, est_s=est, longest_s=max(max(costs[m]) for m in left),
-                               est_from=path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path))
+    return replace(p, est_s=est, longest_s=max(max(costs[m]) for m in left),
+                   est_from=path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path))
 
 
 def plan(job: Job, env: Optional[Dict[str, str]] = None) -> Plan:

@@ -43,6 +43,7 @@ from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError
                                lr_extension_plan, run_key, utc_now)
 
 __all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "shard_groups", "current_runs", "extension_todo",
+           "trains_alone",
            # re-exported from synthetic.parallel
            "Dist", "distributed", "is_main_process", "merge_shards", "shard_path", "shard_files", "parse_shard"]
 
@@ -338,7 +339,7 @@ class _Sweep:
         def order(t):
             seed, m, budget, _ = t
             s = exp.seeds.index(seed) if seed in exp.seeds else 0
-            if _trains_alone(exp, seed, m, budget):
+            if trains_alone(exp, seed, m, budget):
                 return 1, first[run_key({"m": m, "b": budget})], s
             return 0, s, 0
 
@@ -483,7 +484,7 @@ def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> 
     return st
 
 
-def _trains_alone(exp: Experiment, seed: int, method: str, budget: Dict) -> bool:
+def trains_alone(exp: Experiment, seed: int, method: str, budget: Dict) -> bool:
     """Whether a run of this group shares no step with other groups' runs (no pack key for it)."""
     pack_key = getattr(exp, "pack_key", None)
     return pack_key is None or pack_key(Run(seed, method, budget, None)) is None

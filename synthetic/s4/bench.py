@@ -116,8 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="timing rounds (median reported); with --official-dir each round also times the official code")
     p.add_argument("--official-dir", default="",
-                   help="folder holding the official S4/ code (bash scripts/setup_official_s4.sh writes official_s4/S4): time it "
-                        "in the same call, interleaved with ours, and record the ratio")
+                   help="folder holding the official S4/ code (bash scripts/setup_official_s4.sh writes "
+                        "official_s4/S4): time it in the same call, interleaved with ours, and record the ratio")
     p.add_argument("--official-iters", default="45,5", help="the two iteration counts of the official timing "
                    "(per-iteration time = difference of the train times / difference of the counts)")
     p.add_argument("--keep-previous", action="store_true",

@@ -88,7 +88,7 @@ def run_scaling(a, p) -> int:
     try:  # before anything is timed: where the table goes, and what is there already
         check_out_file(out)
         kept = _kept_rows(out, ident, a.force, a.keep_previous)
-        if getattr(a, "scaling_from", None):
+        if a.scaling_from:
             kept = _merge(kept, _rows_from(a.scaling_from, ident))
     except ValueError as e:
         p.error(str(e))
