@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from synthetic.s4 import config as s4c, conv, model as sm, train as s4t
+from synthetic.s4 import config as s4c, conv, forms, model as sm, train as s4t
 from theory.tolerances import RTOL, rel_err
 
 F64 = torch.float64
-FORMS = sorted(conv.CONV_FORMS)
+FORMS = sorted(forms.CONV_FORMS)
 
 
 @st.composite
@@ -37,7 +37,7 @@ def conv_cases(draw, max_N: int = 40):
 def test_form_equals_explicit_recurrence(form, case):
     p, x, Q = case
     kw = {"Q": Q} if form in ("chunked", "blocked") else {}
-    out = conv.CONV_FORMS[form](p, x, conv.toeplitz_index(x.shape[-2], "cpu"), **kw)
+    out = forms.CONV_FORMS[form](p, x, conv.toeplitz_index(x.shape[-2], "cpu"), **kw)
     assert out.shape == (p["u"].shape[0],) + tuple(x.shape[-3:])
     assert rel_err(out, conv.conv_reference(p, x)) < RTOL[F64]
 
@@ -58,7 +58,7 @@ def test_form_gradients_equal_toeplitz_form(form, case):
         leaves = [q[k] for k in sorted(q)] + [xx]
         return torch.autograd.grad((f(q, xx, idx, **kw) * g).sum(), leaves, allow_unused=True)
 
-    for a, b in zip(grads(conv.CONV_FORMS[form], **kw), grads(conv.toeplitz_form)):
+    for a, b in zip(grads(forms.CONV_FORMS[form], **kw), grads(conv.toeplitz_form)):
         if b is None or not b.abs().sum():
             assert a is None or not a.abs().sum()
         else:
@@ -76,7 +76,7 @@ def test_form_gradcheck(form):
     C_re, log_A_re = p["C_re"].clone().requires_grad_(True), p["log_A_re"].clone().requires_grad_(True)
 
     def f(C_re, log_A_re, x):
-        return conv.CONV_FORMS[form]({**p, "C_re": C_re, "log_A_re": log_A_re}, x, None, **kw)
+        return forms.CONV_FORMS[form]({**p, "C_re": C_re, "log_A_re": log_A_re}, x, None, **kw)
 
     assert torch.autograd.gradcheck(f, (C_re, log_A_re, x))
 
@@ -127,28 +127,28 @@ def _table(rows):
 
 def test_choose_form_default_rule_and_table(tmp_path):
     missing = str(tmp_path / "none.json")
-    assert conv.choose_form(200, 64, "cpu", path=missing)[0] == "toeplitz"
-    assert conv.choose_form(3200, 64, "cpu", path=missing)[0] == "chunked"
+    assert forms.choose_form(200, 64, "cpu", path=missing)[0] == "toeplitz"
+    assert forms.choose_form(3200, 64, "cpu", path=missing)[0] == "chunked"
     rows = [dict(N=200, D=64, form="toeplitz", ms_per_iter=10.0), dict(N=200, D=64, form="chunked", ms_per_iter=20.0),
             dict(N=3200, D=64, form="toeplitz", ms_per_iter=900.0), dict(N=3200, D=64, form="fft", ms_per_iter=90.0),
             dict(N=3200, D=64, form="chunked", ms_per_iter=None)]
-    assert conv.choose_form(150, 70, "cpu", table=_table(rows))[0] == "toeplitz"
-    assert conv.choose_form(2000, 64, "cpu", table=_table(rows))[0] == "fft"
+    assert forms.choose_form(150, 70, "cpu", table=_table(rows))[0] == "toeplitz"
+    assert forms.choose_form(2000, 64, "cpu", table=_table(rows))[0] == "fft"
     # rows of another device type are ignored: the default rule applies
-    assert conv.choose_form(2000, 64, "cuda", table=_table(rows))[0] == "chunked"
+    assert forms.choose_form(2000, 64, "cuda", table=_table(rows))[0] == "chunked"
     # the batch is part of the distance: a large-batch row decides for a large batch
     rows_b = [dict(N=200, D=64, batch=16, form="fft", ms_per_iter=1.0), dict(N=200, D=64, batch=16, form="toeplitz",
               ms_per_iter=3.0), dict(N=200, D=64, batch=256, form="fft", ms_per_iter=9.0),
               dict(N=200, D=64, batch=256, form="toeplitz", ms_per_iter=4.0)]
-    assert conv.choose_form(200, 64, "cpu", table=_table(rows_b), B=16)[0] == "fft"
-    assert conv.choose_form(200, 64, "cpu", table=_table(rows_b), B=300)[0] == "toeplitz"
+    assert forms.choose_form(200, 64, "cpu", table=_table(rows_b), B=16)[0] == "fft"
+    assert forms.choose_form(200, 64, "cpu", table=_table(rows_b), B=300)[0] == "toeplitz"
     f = tmp_path / "t.json"
     f.write_text(json.dumps(_table(rows)))
-    assert conv.choose_form(3000, 64, "cpu", path=str(f))[0] == "fft"
+    assert forms.choose_form(3000, 64, "cpu", path=str(f))[0] == "fft"
     # far from every measured row (more than a factor 2 in a coordinate): the default rule, not the nearest row
-    form, why = conv.choose_form(32, 16, "cpu", table=_table(rows_b), B=128)
+    form, why = forms.choose_form(32, 16, "cpu", table=_table(rows_b), B=128)
     assert form == "toeplitz" and "default rule" in why
-    assert conv.choose_form(200, 64, "cpu", table=_table(rows_b), B=4000)[0] == "toeplitz"  # 16x the largest batch
+    assert forms.choose_form(200, 64, "cpu", table=_table(rows_b), B=4000)[0] == "toeplitz"  # 16x the largest batch
 
 
 def test_conv_option_validated_and_used(tmp_path):
@@ -219,16 +219,16 @@ def test_choose_form_never_picks_the_opt_in_fused_form():
             dict(N=200, D=64, batch=4000, form="toeplitz", ms_per_iter=8.0),
             dict(N=200, D=64, batch=4000, form="fft", ms_per_iter=30.0)]
     table = {"results": [dict(device_type="cuda", **r) for r in rows]}
-    form, why = conv.choose_form(200, 64, "cuda", table=table, B=4000)
+    form, why = forms.choose_form(200, 64, "cuda", table=table, B=4000)
     assert form == "toeplitz" and "measured" in why
-    assert "fused" in conv.CONV_FORMS and "fused" not in conv.AUTO_FORMS
+    assert "fused" in forms.CONV_FORMS and "fused" not in forms.AUTO_FORMS
 
 
 @pytest.mark.parametrize("device_type", ["cpu", "cuda"])
 def test_choose_form_at_each_committed_row_is_its_fastest_auto_form(device_type):
     """At every (N, D, batch) the committed scaling table of ``device_type`` measured, ``--conv auto`` picks the
-    form that table measured fastest there among :data:`conv.AUTO_FORMS` (skipped rows, ms None, do not count)."""
-    path = conv.REPO_ROOT / conv.SCALING_TABLE.format(device=device_type)
+    form that table measured fastest there among :data:`forms.AUTO_FORMS` (skipped rows, ms None, do not count)."""
+    path = forms.REPO_ROOT / forms.SCALING_TABLE.format(device=device_type)
     if not path.exists():
         pytest.skip(f"no committed {path.name}")
     rows = [r for r in json.loads(path.read_text())["results"] if r.get("ms_per_iter") is not None]
@@ -236,6 +236,6 @@ def test_choose_form_at_each_committed_row_is_its_fastest_auto_form(device_type)
     assert sizes, f"{path.name} has no timed row"
     for N, D, B in sizes:
         timed = {r["form"]: r["ms_per_iter"] for r in rows if (r["N"], r["D"], r["batch"]) == (N, D, B)
-                 and r["form"] in conv.AUTO_FORMS}
-        form, why = conv.choose_form(N, D, device_type, B=B)
+                 and r["form"] in forms.AUTO_FORMS}
+        form, why = forms.choose_form(N, D, device_type, B=B)
         assert form == min(timed, key=timed.get) and "measured" in why, (N, D, B, form, timed)

@@ -6,7 +6,7 @@ Toeplitz form in float64, packed R runs and R = 1.
 Two ways to run the kernels: on CUDA (the GPU tests; fp32 dots, TF32 off) and under Triton's interpreter on CPU
 tensors (``TRITON_INTERPRET=1 pytest tests/test_s4_fused.py``: the variable must be set before triton is
 imported, so it cannot be switched on from inside the test session). The CPU emulation (no Triton) is held to
-the reference by tests/test_s4_conv.py, as every form of ``CONV_FORMS``.
+the reference by tests/test_s4_conv.py, as every form of ``synthetic.s4.forms.CONV_FORMS``.
 """
 
 import os

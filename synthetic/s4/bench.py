@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from synthetic.s4 import config as s4c, methods as s4m, train as s4t
-from synthetic.s4.conv import CONV_FORMS
+from synthetic.s4.forms import CONV_FORMS
 from synthetic.atomic import write_json_atomic
 from synthetic.checks import check_memory, check_out_file
 from synthetic.cli import check_overwrite, modernise_argv, read_report

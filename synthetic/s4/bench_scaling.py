@@ -11,7 +11,7 @@ activations except where the floor of 1 applies, so ``us_per_token`` compares ro
 step memory exceeds ``--scaling-max-gb`` is recorded as skipped. For each (N, D) the forms are timed in
 interleaved rounds (A B C D A B C D ...), median reported. The file (default
 ``figures/bench_s4_scaling_<device type>.json``) is also the calibration table of
-:func:`synthetic.s4.conv.choose_form` (``--conv auto``), so it is extended, never shrunk: a table of the same
+:func:`synthetic.s4.forms.choose_form` (``--conv auto``), so it is extended, never shrunk: a table of the same
 device, state convention and precision at ``--out`` keeps its rows of other (N, D, batch, form) (this run's rows
 replace those of the same key; ``--keep-previous`` is implied), and anything else there (a table of another
 device or convention, another experiment's file, a file that is not valid JSON) is refused before anything is
@@ -36,6 +36,7 @@ import torch
 from synthetic.atomic import write_json_atomic
 from synthetic.results import environment
 from synthetic.s4 import config as s4c, conv, train as s4t
+from synthetic.s4.forms import CONV_FORMS, SCALING_TABLE
 from synthetic.cli import read_report
 from synthetic.checks import check_out_file
 from synthetic.s4.timing import bench_method, cpu_info
@@ -68,9 +69,9 @@ def run_scaling(a, p) -> int:
 
     Ns, Ds = _ints(a.scaling_N, "--scaling-N", p), _ints(a.scaling_D, "--scaling-D", p)
     forms = [f.strip() for f in a.scaling_forms.split(",") if f.strip()]
-    bad = [f for f in forms if f not in conv.CONV_FORMS]
+    bad = [f for f in forms if f not in CONV_FORMS]
     if bad or not forms:
-        p.error(f"--scaling-forms: unknown or empty {bad}; choose from {sorted(conv.CONV_FORMS)}")
+        p.error(f"--scaling-forms: unknown or empty {bad}; choose from {sorted(CONV_FORMS)}")
     for name in ("iters", "warm", "rounds"):
         if getattr(a, name) < 1:
             p.error(f"--{name}: must be >= 1, got {getattr(a, name)}")
@@ -82,7 +83,7 @@ def run_scaling(a, p) -> int:
     device = s4t.resolve_device(probe)
     tokens = a.scaling_tokens or (PAPER_TOKENS if device.type == "cuda" else CPU_TOKENS)
     max_gb = a.scaling_max_gb or (100.0 if device.type == "cuda" else 8.0)
-    out = a.out or conv.SCALING_TABLE.format(device=device.type)
+    out = a.out or SCALING_TABLE.format(device=device.type)
     env = environment()
     ident = _identity(env, device.type, a)
     try:  # before anything is timed: where the table goes, and what is there already

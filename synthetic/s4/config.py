@@ -10,7 +10,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from synthetic.cli import (SweepConfig, check_numbers, check_out_dir, check_shard_options, check_sweep_options,
                            key_of_record_config, option, parse_options, redefault)
-from synthetic.s4.conv import CONV_FORMS
+from synthetic.s4.forms import CONV_FORMS
 from synthetic.s4.methods import METHODS, parse_sdt
 
 CONV_CHOICES = ("auto",) + tuple(CONV_FORMS)

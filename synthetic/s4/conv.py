@@ -11,9 +11,9 @@ only by the Toeplitz form):
 - ``toeplitz`` (:func:`toeplitz_form`): one batched matmul with the N×N lower-triangular Toeplitz matrix
   of K per (run, channel), custom backward (:class:`ToeplitzConv`). O(N²) per (channel, batch column).
 - ``fft`` (:func:`fft_form`): ``irfft(rfft(K) · rfft(x))`` zero-padded to 2N. O(N log N).
-- ``fused`` (:func:`fused_form`, CUDA): the Toeplitz product as one Triton kernel that builds the Toeplitz tiles
-  from K in registers and skips those above the diagonal (:mod:`synthetic.s4.fused`; in a stack, the previous
-  layer's ReLU is applied as the input is loaded). Without CUDA it runs the Toeplitz product.
+- ``fused`` (:func:`synthetic.s4.fused.fused_form`, CUDA): the Toeplitz product as one Triton kernel that builds
+  the Toeplitz tiles from K in registers and skips those above the diagonal (:mod:`synthetic.s4.fused`; in a
+  stack, the previous layer's ReLU is applied as the input is loaded). Without CUDA it runs the Toeplitz product.
 - ``chunked`` (:func:`chunked_form`): the Toeplitz matrix of a sum of Hc decaying modes is semiseparable.
   With chunks of length Q (nc = ⌈N/Q⌉ chunks, x zero-padded to nc·Q):
   (1) intra-chunk: the Q×Q Toeplitz product of ``K_0..K_{Q−1}`` (skip included) on every chunk;
@@ -24,14 +24,12 @@ only by the Toeplitz form):
 
 Reference twin: :func:`conv_reference` (float64 explicit recurrence ``theory.ssm.ssm_recurrence`` plus
 ``u ⊙ x``); ``tests/test_s4_conv.py`` holds every form to it, values and gradients.
-:func:`choose_form` picks a form from a measured crossover table (``python -m synthetic.bench --scaling``).
+The registry of the forms by name, ``CONV_FORMS``, and :func:`~synthetic.s4.forms.choose_form` (a form from a
+measured crossover table, ``python -m synthetic.bench --scaling``) live in :mod:`synthetic.s4.forms`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -263,7 +261,6 @@ class ToeplitzConvHalf(torch.autograd.Function):
         return dK, dx, None
 
 
-
 # ------------------------------------------------------------------------------------ the forms
 def toeplitz_form(p: Dict[str, Tensor], x: Tensor, idx: Tensor) -> Tensor:
     """``T(K) x`` with the N×N Toeplitz matrices: p (R, ...) layer parameters, x (R, D, N, B) or (D, N, B),
@@ -362,17 +359,6 @@ def blocked_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None, 
     return s[..., :N, :] if nc * Q > N else s
 
 
-def fused_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None) -> Tensor:
-    """The Triton-fused Toeplitz product on CUDA (:func:`synthetic.s4.fused.fused_form`; the Toeplitz product
-    elsewhere), idx unused -> (R, D, N, B). Imported on call: :mod:`synthetic.s4.fused` imports this module."""
-    from synthetic.s4.fused import fused_form as form
-    return form(p, x, idx)
-
-
-CONV_FORMS = {"toeplitz": toeplitz_form, "blocked": blocked_form, "fft": fft_form, "chunked": chunked_form,
-              "fused": fused_form}
-
-
 def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None) -> Tensor:
     """Float64 reference twin of the forms: per run, ``theory.ssm.ssm_recurrence`` (explicit recurrence
     ``h_t = Ā h_{t−1} + B̄ x_t``, ``y_t = 2 Re C h_t``) plus ``u ⊙ x`` -> (R, D, N, B), float64, CPU."""
@@ -389,51 +375,3 @@ def conv_reference(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None
         y = ssm_recurrence(layer.ssm, xr.permute(2, 0, 1)).permute(1, 2, 0)  # (D, N, B)
         out.append(y + layer.u[:, None, None] * xr)
     return torch.stack(out)
-
-
-# ----------------------------------------------------------------------------------- the selector
-NEAR_FACTOR = 2.0  # a scaling-table row decides only within this factor of (N, D, batch) in every coordinate
-# the forms ``--conv auto`` picks from: not ``fused``, whose scaling rows are eager single runs while training runs
-# compiled and packed (there it was measured slower than toeplitz: notes/s4_speed.md); it stays opt-in (--conv fused)
-AUTO_FORMS = tuple(f for f in CONV_FORMS if f != "fused")
-DEFAULT_CROSSOVER_N = 512  # no table: Toeplitz up to N = 512 (its GEMMs win at short N), chunked above
-SCALING_TABLE = "figures/bench_s4_scaling_{device}.json"  # written by ``python -m synthetic.bench --scaling``
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the table is looked up here, whatever the working directory
-
-
-def choose_form(N: int, D: int, device_type: str, table: Optional[Dict] = None,
-                path: Optional[str] = None, B: Optional[int] = None) -> Tuple[str, str]:
-    """The convolution form for sequence length N, D channels and batch B on ``device_type`` ("cpu", "cuda"), and why.
-
-    With a scaling table (``table``, or the JSON at ``path`` / :data:`SCALING_TABLE` for the device type):
-    the fastest form at the measured (N', D', B') nearest to (N, D, B) in log scale (the batch matters: the
-    Toeplitz form's N×N work per channel does not grow with B, its products do; B None: N and D only), among the
-    rows within :data:`NEAR_FACTOR` of it in every coordinate (a sparse table says nothing about sizes far from its
-    rows: the CPU default preset's D 16, N 32, batch 128 is 4-6x from every committed row, and the nearest one's
-    FFT ran it 25 % slower than Toeplitz). Rows of another device type, and ``fused`` rows (:data:`AUTO_FORMS`), are
-    ignored. Without such a row:
-    ``toeplitz`` for N <= :data:`DEFAULT_CROSSOVER_N`, else ``chunked``.
-    """
-    if table is None:
-        f = Path(path) if path else REPO_ROOT / SCALING_TABLE.format(device=device_type)
-        if f.exists():
-            try:
-                table = json.loads(f.read_text())
-            except (OSError, ValueError):
-                table = None
-    rows = [r for r in (table or {}).get("results", []) if r.get("ms_per_iter") is not None
-            and r.get("device_type", device_type) == device_type and r.get("form") in AUTO_FORMS]
-    def coords(r):  # per-coordinate log distances to the measured (N', D', B')
-        return (abs(math.log(r["N"] / N)), abs(math.log(r["D"] / D)),
-                abs(math.log(r["batch"] / B)) if B and r.get("batch") else 0.0)
-
-    rows = [r for r in rows if max(coords(r)) <= math.log(NEAR_FACTOR)]  # never extrapolate far from a measurement
-    if rows:
-        best = min(sum(coords(r)) for r in rows)
-        near = [r for r in rows if sum(coords(r)) == best]
-        r = min(near, key=lambda r: r["ms_per_iter"])
-        return r["form"], (f"measured: fastest at N={r['N']}, D={r['D']}, batch={r.get('batch')} "
-                           f"({r['ms_per_iter']} ms/iter)")
-    form = "toeplitz" if N <= DEFAULT_CROSSOVER_N else "chunked"
-    return form, (f"default rule (no measured row within a factor {NEAR_FACTOR:g} in N, D and batch): toeplitz for "
-                  f"N <= {DEFAULT_CROSSOVER_N}, else chunked")

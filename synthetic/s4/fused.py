@@ -228,7 +228,7 @@ fused_conv.register_autograd(_backward, setup_context=_setup_context)
 
 # ------------------------------------------------------------------------------------- the layer, the stack
 def fused_form(p: Dict[str, Tensor], x: Tensor, idx: Optional[Tensor] = None) -> Tensor:
-    """The convolution form ``fused`` (``synthetic.s4.conv.CONV_FORMS``): ``T(K) x`` with K from (A, C, Δ, u)
+    """The convolution form ``fused`` (``synthetic.s4.forms.CONV_FORMS``): ``T(K) x`` with K from (A, C, Δ, u)
     by :func:`synthetic.s4.conv.s4d_kernel` and the product by :func:`fused_conv` (idx unused) -> (R, D, N, B)."""
     return fused_conv(s4d_kernel(p, x.shape[-2]), x, False)
 

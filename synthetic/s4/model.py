@@ -45,8 +45,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from theory.peft import dora_normalize  # DoRA's m ⊙ V / ‖V‖_row, the norm detached in the backward (as peft)
-from synthetic.s4.conv import (CONV_FORMS, ToeplitzConv, ToeplitzConvHalf, diagonal_sums,  # noqa: F401
-                                s4d_kernel, s4d_modes, toeplitz, toeplitz_index)  # re-exported: the layer's convolution
+from synthetic.s4.conv import (ToeplitzConv, ToeplitzConvHalf, diagonal_sums,  # noqa: F401
+                               s4d_kernel, s4d_modes, toeplitz, toeplitz_index)  # re-exported: the layer's convolution
+from synthetic.s4.forms import CONV_FORMS
+from synthetic.s4.fused import fused_deep_forward
 from synthetic.s4.proj import split_k_projection
 from synthetic.s4.twin import theory_forward_extra, to_theory_model  # noqa: F401 (the float64 twins, re-exported)
 
@@ -101,7 +103,7 @@ class FastPath:
     :func:`compiled_losses`). None of these choices is part of a run's key: they change rounding only, or
     (``linear``) name the Theorem 1 study's variant, which its results file records.
 
-    conv: the convolution form, a key of ``synthetic.s4.conv.CONV_FORMS``.
+    conv: the convolution form, a key of ``synthetic.s4.forms.CONV_FORMS``.
     half_conv: the Toeplitz convolution with fp16 operands (:class:`ToeplitzConvHalf`, ``--precision fp16``);
         it uses the Toeplitz form whatever ``conv`` is.
     proj_split: > 1 = the projection's weight gradient as that many chunks of N·B
@@ -146,7 +148,6 @@ def deep_forward(layers: List[Dict[str, Tensor]], x: Tensor, idx: Tensor, path: 
     :func:`synthetic.s4.fused.fused_deep_forward`: the same layers with each ReLU fused into the next layer's
     convolution."""
     if path.conv == "fused" and not path.half_conv and not path.proj_split:
-        from synthetic.s4.fused import fused_deep_forward  # imports synthetic.s4.conv, as this module does
         return fused_deep_forward(layers, x, linear=path.linear)
     for p in layers:
         x = layer_forward(p, x, idx, path)

@@ -12,7 +12,7 @@ from synthetic.cli import threads_for
 from synthetic.results import run_key
 from synthetic.s4 import model as sm
 from synthetic.s4.config import Config, n_modes
-from synthetic.s4.conv import choose_form
+from synthetic.s4.forms import choose_form
 from synthetic.s4.methods import BENCHMARK_METHODS, PrunedSelection, parse_sdt
 from synthetic.s4.selection import rank_dimensions
 
@@ -37,7 +37,7 @@ def set_precision(precision: str, device: torch.device) -> None:
 
 def conv_form(cfg: Config, device: torch.device) -> Tuple[str, str]:
     """The convolution form for ``cfg.conv`` on ``device`` and why: as given, Toeplitz for ``--precision fp16``
-    (its fp16 GEMMs), or for "auto" :func:`synthetic.s4.conv.choose_form` (measured crossover or default rule)."""
+    (its fp16 GEMMs), or for "auto" :func:`synthetic.s4.forms.choose_form` (measured crossover or default rule)."""
     if cfg.precision == "fp16" and device.type == "cuda":
         return "toeplitz", "--precision fp16: fp16 Toeplitz GEMMs"
     if cfg.conv != "auto":
