@@ -240,7 +240,9 @@ def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None,
     print(f"{len(left)} of {len(rows)} jobs with work left" + (f": {', '.join(left)}" if left else ": nothing to do"))
     print("(est.: the job's recorded wall time per run x runs to do, divided by its shards; runs of a method "
           "with no record are not counted. A call needs: the time left at which the job is still started, its "
-          "margin or a process's start-up + its longest recorded run left, + 30 s)")
+          "margin or a process's start-up + its longest recorded run left, + 30 s; a call's --budget also pays "
+          "for its own start before the first job: ~30 s of torch and wheel checks and installs, then ~5-20 s for "
+          "each job's dry run)")
     return rows
 
 
