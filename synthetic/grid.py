@@ -42,7 +42,7 @@ def _freeze(v: Any) -> Any:
 
 def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = ("method", "budget_label"),
                  lr_key: str = "lr", value_key: str = "best_mse",
-                 lr_policy: Optional["LrPolicy"] = None) -> List[Dict[str, Any]]:
+                 lr_policy: Optional["LrPolicy"] = None, tie_key: str = "final_mse") -> List[Dict[str, Any]]:
     """Best learning rate per group by mean ``value_key`` over seeds, ok runs only.
 
     Returns one row per group (sorted by method then trainable %), with ``lr`` (the chosen one),
@@ -56,6 +56,9 @@ def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = 
     grow, e.g. a sweep cut short) and ``lrs_tried``. An lr that lacks seeds other lrs of the group have (an
     lr-extension round under way) is left out of the comparison, the mean and the edge, and listed in
     ``lrs_in_progress`` (the edge label then says "grid incomplete"): a mean over fewer seeds is another statistic.
+    Lrs whose means tie exactly at the lowest (e.g. an exact start that no lr improves on: every lr's best MSE is the
+    start's) are listed in ``lrs_tied``; the chosen one is the tied lr with the lowest mean ``tie_key`` over its ok
+    runs (then the lowest lr), and such a group has no edge (:func:`lr_edge`). ``lrs_tied`` is ``[]`` otherwise.
     """
     policy = lr_policy if lr_policy is not None else LrPolicy()
     groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
@@ -86,11 +89,16 @@ def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = 
                    lrs_tried=sorted(lrs) if all(_is_grid_lr(x) for x in lrs) else [], lrs_in_progress=partial)
         if by_lr:
             lr, vals = min(by_lr.items(), key=lambda kv: (statistics.fmean(kv[1]), str(kv[0])))
+            tied = [x for x, v in by_lr.items() if statistics.fmean(v) == statistics.fmean(vals)]
+            if len(tied) > 1:
+                lr = min(tied, key=lambda x: (_tie_mean(complete, x, lr_key, tie_key), _lr_order(x)))
+                vals = by_lr[lr]
+            row.update(lrs_tied=sorted(tied, key=_lr_order) if len(tied) > 1 else [])
             row.update(lr=lr, mean=statistics.fmean(vals), std=statistics.pstdev(vals) if len(vals) > 1 else 0.0,
                        min=min(vals), max=max(vals), values=vals, n_seeds=len(vals),
                        lr_means={str(k): statistics.fmean(v) for k, v in by_lr.items()})
         else:
-            row.update(lr=None, mean=None, std=None, min=None, max=None, values=[], n_seeds=0, lr_means={})
+            row.update(lr=None, mean=None, std=None, min=None, max=None, values=[], n_seeds=0, lr_means={}, lrs_tied=[])
         rows.append(row)
     rows.sort(key=lambda r: (str(r.get(group_keys[0])), r["trainable_pct"] if r["trainable_pct"] is not None else -1))
     return rows
@@ -160,6 +168,18 @@ def lr_means(records: Sequence[Dict[str, Any]], lr_key: str = "lr", value_key: s
     return {lr: (statistics.fmean(v) if v else None) for lr, v in by_lr.items()}
 
 
+def _lr_order(lr: Any) -> tuple:
+    """Sort key for lrs that may not all be numbers (numbers first, ascending)."""
+    return (0, float(lr), "") if _is_grid_lr(lr) else (1, 0.0, str(lr))
+
+
+def _tie_mean(records: Sequence[Dict[str, Any]], lr: Any, lr_key: str, tie_key: str) -> float:
+    """Mean ``tie_key`` over the ok runs at ``lr`` (inf where none has a finite one): breaks a tie at the best."""
+    vals = [float(r[tie_key]) for r in records if r.get(lr_key) == lr and r.get("status") == "ok"
+            and isinstance(r.get(tie_key), (int, float)) and math.isfinite(r[tie_key])]
+    return statistics.fmean(vals) if vals else math.inf
+
+
 def _best_lr(means: Dict[Any, Optional[float]]) -> Any:
     ok = [(m, str(lr), lr) for lr, m in means.items() if m is not None]
     return min(ok)[2] if ok else None
@@ -176,11 +196,17 @@ def lr_edge(records: Sequence[Dict[str, Any]], policy: LrPolicy = LrPolicy(), lr
     already ``lr_max``. At the lowest it is at the ``"low"`` edge: next ``max(edge / factor, lr_min)``.
     A diverged lr above the best counts as tried, so a best just below a divergence is interior. When
     every run diverged, the grid steps down from its lowest lr. Groups whose lrs are not positive
-    numbers (e.g. an untrained baseline with lr None or 0) have no grid: ``LrEdge(None, None, ())``.
+    numbers (e.g. an untrained baseline with lr None or 0) have no grid: ``LrEdge(None, None, ())``; nor have
+    groups whose lowest mean is shared exactly by two or more lrs (a tie at the best, e.g. an exact start that no
+    lr improves on, says nothing about lrs past an edge; before 2026-12-07 the tie went to the lr first in string
+    order, and the Theorem 1 exact-start groups were extended down for it).
     Seeds: the caller runs every lr for every seed before asking (see :func:`lr_extension_plan`).
     """
     means = lr_means(records, lr_key, value_key)
     if not means or not all(_is_grid_lr(lr) for lr in means):
+        return LrEdge(None, None, ())
+    ok = [m for m in means.values() if m is not None]
+    if ok and sum(m == min(ok) for m in ok) > 1:
         return LrEdge(None, None, ())
     tried = sorted(means)
     lo, hi = tried[0], tried[-1]

@@ -51,6 +51,23 @@ def _group(table, method="M", budget_label="b"):
             for lr, vals in table.items() for s, v in enumerate(vals)]
 
 
+def test_a_tie_at_the_best_has_no_edge_and_is_broken_by_the_final_mse():
+    """An exact start that no lr improves on: every lr's best MSE is the start's, so the means tie exactly. No lr
+    is 'the best', so there is no edge and no lr-extension (before, the tie went to the lr first in string order,
+    0.00025 here, the lowest tried, and the grid was extended down for it); the row lists the tied lrs and shows the
+    one with the lowest mean final MSE. A near tie is no tie: its lowest lr is a low edge as before."""
+    lrs = (2.5e-4, 1e-3, 4e-3)
+    recs = [{**r, "final_mse": {2.5e-4: 5.0, 1e-3: 0.5, 4e-3: 9.0}[r["lr"]]}
+            for r in _group({lr: [1e-6, 2e-6, 3e-6] for lr in lrs})]
+    (row,) = best_of_grid(recs)
+    assert row["lrs_tied"] == list(lrs) and row["lr"] == 1e-3 and row["lr_at_edge"] is None
+    assert lr_edge(recs) == LrEdge(None, None, ()) and lr_extension_plan(recs, lrs, [0, 1, 2]) == []
+    near = [dict(r, best_mse=r["best_mse"] * (0.999 if r["lr"] == 2.5e-4 else 1.0)) for r in recs]
+    (row,) = best_of_grid(near)
+    assert row["lrs_tied"] == [] and row["lr"] == 2.5e-4 and row["lr_at_edge"] == "low"
+    assert lr_edge(near).next_lrs  # the low edge grows as before
+
+
 def test_best_of_grid_leaves_an_lr_in_progress_out_of_the_comparison():
     """An lr-extension round under way: the new lr has seed 0 only, which sits below the 3-seed means. Its 1-seed
     'mean' must not win against complete lrs: the row keeps the best complete lr, flags its edge as "grid

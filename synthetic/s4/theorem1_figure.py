@@ -48,6 +48,7 @@ def summarise(records: List[Dict]) -> List[Dict]:
             "arm": row["arm"], "budget": mine[0]["budget"], "budget_label": row["budget_label"],
             "trainable_pct": row["trainable_pct"], "iters": mine[0]["iters"], "lr": row["lr"],
             "lr_at_edge": edge_label(row) or None, "lrs_tried": row["lrs_tried"], "n_seeds": row["n_seeds"],
+            "lrs_tied": row["lrs_tied"],
             "best_mse_mean": row["mean"], "best_mse_min": row["min"], "best_mse_max": row["max"],
             "final_mse_mean": _mean(r.get("final_mse") for r in at_lr),
             "start_mse_mean": _mean(r.get("start_mse") for r in at_lr),
@@ -87,8 +88,15 @@ def table(rows_by_variant: Dict[str, List[Dict]]) -> str:
             lines.append(f"| {v} | {r['arm']} | {r['budget_label']} | {r['trainable_pct']:.1f} | {r['iters']} | "
                          f"{f(r['best_mse_mean'])} ({f(r['best_mse_min'])}-{f(r['best_mse_max'])}, {r['n_seeds']}) | "
                          f"{f(r['final_mse_mean'])} | {f(r['start_mse_mean'])} | {r['lr']:g}"
-                         f"{' (' + r['lr_at_edge'] + ')' if r['lr_at_edge'] else ''} | {sel} |")
+                         f"{' (' + r['lr_at_edge'] + ')' if r['lr_at_edge'] else ''}{_tie_note(r)} | {sel} |")
     return "\n".join(lines)
+
+
+def _tie_note(r: Dict) -> str:
+    """" (tie of N lrs, ...)" where the best MSE could not tell the lrs apart (e.g. an exact start no lr improves
+    on): the lr shown is the tied one with the lowest final MSE."""
+    tied = r.get("lrs_tied") or []
+    return f" (best MSE tied at {len(tied)} lrs {min(tied):g}-{max(tied):g}: lowest final MSE)" if tied else ""
 
 
 def summarise_files(out: str, preset: str) -> Tuple[Dict[str, List[Dict]], str]:
