@@ -10,7 +10,9 @@
 #   (5) with the time left: the unmodified official code timed against our Full step at R = 1 (OFFICIAL_RUNS=1,16:
 #       and at R = 16, the issue's 150x target) in the same call, if
 #       official_s4/S4 is carried (ignored folder: the official S4/ code, environment.py, stubs/wandb, einops under
-#       official_s4/pylib; bash scripts/setup_official_s4.sh), into figures/bench_s4_fused_official_cuda.json
+#       official_s4/pylib; bash scripts/setup_official_s4.sh), into figures/bench_s4_fused_official_cuda.json;
+#       one R takes ~170 s on a fresh H100 (2026-12-07: R = 1 172 s, both forms' compiles and autotuning + the
+#       official code's two runs), so R = 16 alone wants TOTAL_S >= 240 and both R >= 420
 #   (6) with the time left: (a) the same profile of the toeplitz form's step, (b) the scaling table on CUDA
 #       (N 200/800/3200, D 64/256, every form incl. fused, eager) into figures/bench_s4_scaling_cuda.json (written
 #       after every (N, D): a cut-off keeps its rows; a committed table of the same card is resumed, not redone)
