@@ -16,7 +16,7 @@ from synthetic.s4.config import Config
 from synthetic.s4.oracle import (layout, oracle_budget, oracle_masks, pruned_base, selection_agreement, start_at,
                                  theorem1_oracle)
 from synthetic.s4.train import Trainer
-from theory.tolerances import DEEP_RTOL, rel_err
+from theory.tolerances import DEEP_RTOL, RTOL, rel_err
 
 F64 = torch.float64
 EXACT = DEEP_RTOL[F64]
@@ -166,3 +166,27 @@ def test_study_rejects_bad_options(argv, match, capsys, tmp_path):
     assert e.value.code == 2
     assert __import__("re").search(match, capsys.readouterr().err)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_zero_output_level_is_a_dead_stacks_mse(capsys):
+    """``scripts/theorem1_zero_output.py``: the level it prints per seed is the MSE the study's own evaluation gives a
+    stack whose every ReLU is off (W = 0, β = -1, u = 0, C = 0: output 0 for every input), on the same batches."""
+    import importlib.util
+    from pathlib import Path
+
+    from synthetic.s4.theorem1_study import Theorem1Study, parse_config
+    path = Path(__file__).resolve().parents[1] / "scripts" / "theorem1_zero_output.py"
+    spec = importlib.util.spec_from_file_location("theorem1_zero_output", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = parse_config(["--preset", "tiny", "--activation", "relu", "--no-compile", "--device", "cpu"])
+    tr = Theorem1Study(cfg, log=lambda *_: None).make_trainer()
+    frozen, target = tr.models(1)
+    dead = [{k: (torch.full_like(v, -1.0) if k == "beta" else torch.zeros_like(v) if k in ("W", "u", "C_re", "C_im")
+                 else v)[None] for k, v in p.items()} for p in frozen]
+    level = tr.evaluate(dead, target, tr.data(1, stream=0), 2)
+    assert level > 0 and math.isclose(mod.zero_output_mse(tr, 1, 2), level, rel_tol=RTOL[torch.float32])
+    assert mod.main(["--preset", "tiny", "--seeds", "1", "--batches", "2"]) == 0
+    assert f"seed 1: zero output {level:.4g}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--preset", "tiny", "--batches", "0"])
