@@ -326,7 +326,8 @@ The construction is put into the experiment's *own* parameterisation (ZOH S4D co
 target that has a skip too): on the experiment's frozen/target pair it is exact in float64, linear and with ReLU.
 The study then trains, on the same pairs, (a) Figure 2's SDT (Algorithm 1), (b) the construction's own trainable set
 from the frozen model, (c) that set started at the exact solution plus noise, (d) (a) and (b) with 10x the
-iterations. The committed results: the paper's sizes on an H200 (`figures/theorem1_training.json`) and the CPU preset.
+iterations. The committed results: the paper's sizes on an H100 and an H200 (`figures/theorem1_training.json`) and
+the CPU preset.
 """)
 code(r"""
 from synthetic.s4.config import Config
