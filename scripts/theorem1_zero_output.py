@@ -12,16 +12,14 @@ own data stream, drawn on the CPU) and, where the results file of the preset and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from synthetic.results import ResultsFile  # noqa: E402
 from synthetic.s4.theorem1_study import Theorem1Study, parse_config, results_path  # noqa: E402
 
 
@@ -40,9 +38,8 @@ def start_records(path: Path) -> dict:
     out = defaultdict(list)
     if not path.exists():
         return out
-    for line in path.read_text().splitlines():
-        r = json.loads(line) if line.strip() else {}
-        if r.get("kind") == "run" and r.get("method") == "Oracle start" and r.get("status") == "ok":
+    for r in ResultsFile(path).runs():
+        if r.get("method") == "Oracle start" and r.get("status") == "ok":
             out[r["seed"]].append((r["budget"]["noise"], r["lr"], r["best_mse"], r["final_mse"]))
     return out
 
@@ -64,10 +61,10 @@ def main(argv=None) -> int:
     cfg = parse_config(["--preset", a.preset, "--activation", a.activation, "--precision", "fp32", "--no-compile",
                         "--device", "cpu"])
     trainer = Theorem1Study(cfg, log=lambda *_: None).make_trainer()
-    recs = start_records(Path(results_path(cfg)))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    path = Path(results_path(cfg))
+    recs = start_records(path)
     print(f"{a.preset} preset, {a.activation}: zero-output MSE per seed ({a.batches} batches), and the Oracle start "
-          f"runs of {results_path(cfg)} (noise > 0, every lr)")
+          f"runs of {path} (noise > 0, every lr)")
     for s in seeds:
         z = zero_output_mse(trainer, s, a.batches)
         noisy = [r for r in recs.get(s, []) if r[0] > 0]

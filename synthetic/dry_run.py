@@ -40,6 +40,17 @@ def run_costs(runs: Sequence[Dict[str, Any]]) -> List[Tuple[str, float, bool]]:
     return out
 
 
+def costs_by_method(runs: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """:func:`run_costs` per method: (every run's cost, the costs of runs their call recorded alone)."""
+    walls: Dict[str, List[float]] = {}
+    alone: Dict[str, List[float]] = {}
+    for method, w, one in run_costs(runs):
+        walls.setdefault(method, []).append(w)
+        if one:
+            alone.setdefault(method, []).append(w)
+    return walls, alone
+
+
 def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
     """What :func:`run_sweep` would do now, without training: per method the groups and runs done / to do
     in the base grid, the next lr-extension round (once the base grid is complete), and an estimated time
@@ -64,12 +75,7 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
         row["runs_done"] += n_done
     base_todo = sum(r["runs"] - r["runs_done"] for r in per.values())
     ext = [] if (base_todo or shard is not None) else extension_todo(exp, records, all_groups)
-    walls: Dict[str, List[float]] = {}
-    alone: Dict[str, List[float]] = {}  # calls that recorded one run: what a run trained alone costs
-    for method, w, one in run_costs(current_runs(exp, records)):
-        walls.setdefault(method, []).append(w)
-        if one:
-            alone.setdefault(method, []).append(w)
+    walls, alone = costs_by_method(current_runs(exp, records))  # alone: what a run trained alone costs
     ext_runs: Dict[str, int] = {}
     ext_calls: Dict[str, int] = {}  # lr-extension calls of runs trained alone (a group's new lrs, no packing)
     size = getattr(exp, "max_runs_per_call", None) or 0

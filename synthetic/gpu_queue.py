@@ -202,12 +202,10 @@ def proxy_estimate(p: Plan, path: Path) -> Plan:
     missing, or a method with runs to do has no record there."""
     if p.error or p.est_s is not None or not p.todo_by_method or not path.is_file():
         return p
-    from synthetic.dry_run import run_costs
+    from synthetic.dry_run import costs_by_method
     from synthetic.results import ResultsFile
 
-    costs: Dict[str, List[float]] = {}
-    for method, w, _ in run_costs([r for r in ResultsFile(path).load() if r.get("kind") == "run"]):
-        costs.setdefault(method, []).append(w)
+    costs, _ = costs_by_method(ResultsFile(path).runs())
     left = {m: n for m, n in p.todo_by_method.items() if n}
     if not left or any(m not in costs for m in left):
         return p

@@ -88,12 +88,12 @@ def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = 
         row.update(lr_at_edge=edge.edge, lr_bound_reached=edge.bound,
                    lrs_tried=sorted(lrs) if all(_is_grid_lr(x) for x in lrs) else [], lrs_in_progress=partial)
         if by_lr:
-            lr, vals = min(by_lr.items(), key=lambda kv: (statistics.fmean(kv[1]), str(kv[0])))
-            tied = [x for x, v in by_lr.items() if statistics.fmean(v) == statistics.fmean(vals)]
-            if len(tied) > 1:
-                lr = min(tied, key=lambda x: (_tie_mean(complete, x, lr_key, tie_key), _lr_order(x)))
-                vals = by_lr[lr]
-            row.update(lrs_tied=sorted(tied, key=_lr_order) if len(tied) > 1 else [])
+            means = {x: statistics.fmean(v) for x, v in by_lr.items()}
+            tied = tied_at_best(means)
+            lr = (min(tied, key=lambda x: (_tie_mean(complete, x, lr_key, tie_key), _lr_order(x))) if tied
+                  else _best_lr(means))
+            vals = by_lr[lr]
+            row.update(lrs_tied=sorted(tied, key=_lr_order))
             row.update(lr=lr, mean=statistics.fmean(vals), std=statistics.pstdev(vals) if len(vals) > 1 else 0.0,
                        min=min(vals), max=max(vals), values=vals, n_seeds=len(vals),
                        lr_means={str(k): statistics.fmean(v) for k, v in by_lr.items()})
@@ -176,8 +176,16 @@ def _lr_order(lr: Any) -> tuple:
 def _tie_mean(records: Sequence[Dict[str, Any]], lr: Any, lr_key: str, tie_key: str) -> float:
     """Mean ``tie_key`` over the ok runs at ``lr`` (inf where none has a finite one): breaks a tie at the best."""
     vals = [float(r[tie_key]) for r in records if r.get(lr_key) == lr and r.get("status") == "ok"
-            and isinstance(r.get(tie_key), (int, float)) and math.isfinite(r[tie_key])]
+            and not is_diverged(r.get(tie_key))]
     return statistics.fmean(vals) if vals else math.inf
+
+
+def tied_at_best(means: Dict[Any, Optional[float]]) -> List[Any]:
+    """The lrs whose mean is exactly the lowest, where two or more share it (a tie at the best); ``[]`` otherwise."""
+    ok = {lr: m for lr, m in means.items() if m is not None}
+    low = min(ok.values(), default=None)
+    tied = [lr for lr, m in ok.items() if m == low]
+    return tied if len(tied) > 1 else []
 
 
 def _best_lr(means: Dict[Any, Optional[float]]) -> Any:
@@ -205,8 +213,7 @@ def lr_edge(records: Sequence[Dict[str, Any]], policy: LrPolicy = LrPolicy(), lr
     means = lr_means(records, lr_key, value_key)
     if not means or not all(_is_grid_lr(lr) for lr in means):
         return LrEdge(None, None, ())
-    ok = [m for m in means.values() if m is not None]
-    if ok and sum(m == min(ok) for m in ok) > 1:
+    if tied_at_best(means):
         return LrEdge(None, None, ())
     tried = sorted(means)
     lo, hi = tried[0], tried[-1]
