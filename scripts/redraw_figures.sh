@@ -27,6 +27,9 @@ commands=(
   "synthetic.mamba_regression --preset paper --backend mamba_ssm --seeds 0,1,2 --out figures --plot-only"
   # peft_methods_mamba_paper.png, peft_methods_mamba_loss_curves_paper.png
   "synthetic.mamba_regression --preset paper --backend mamba_ssm --seeds 0,1,2 --methods all --out figures --plot-only"
+  # mamba_model_seed1/mamba_mse_vs_params_paper.png, mamba_model_seed1/mamba_loss_curves_paper.png (frozen/target pair 1)
+  "synthetic.mamba_regression --preset paper --backend mamba_ssm --seeds 0,1 --model-seed 1 --out figures/mamba_model_seed1 --plot-only"
+  # (pair 2: the same line with --model-seed 2 and figures/mamba_model_seed2 once the queue has run it)
   # mamba_mse_vs_params_cpu.png, mamba_loss_curves_cpu.png
   "synthetic.mamba_regression --preset cpu --out figures --plot-only"
   # peft_methods_mamba_cpu.png, peft_methods_mamba_loss_curves_cpu.png
@@ -46,7 +49,7 @@ only="${1:-}"
 if [[ "$only" == "--check" ]]; then
   missing=0
   for png in $(git ls-files 'figures/*.png'); do
-    grep -q "^  # .*$(basename "$png")" "$0" || { echo "no redraw command for $png"; missing=1; }
+    grep -q "^  # .*${png#figures/}" "$0" || { echo "no redraw command for $png"; missing=1; }
   done
   exit "$missing"
 fi

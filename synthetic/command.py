@@ -129,6 +129,17 @@ class Command:
         """The run description under the default figure."""
         return ""
 
+    def partial_note(self, cfg) -> str:
+        """'partial sweep: D of T base-grid runs done' while the base grid of ``cfg`` is incomplete (a figure then
+        says so: its best lrs and bars may still move), else ''."""
+        import dataclasses
+
+        from synthetic.dry_run import plan
+
+        counts = plan(self.experiment(dataclasses.replace(cfg, dry_run=True)))["methods"].values()  # builds no model
+        done, total = sum(r["runs_done"] for r in counts), sum(r["runs"] for r in counts)
+        return f"partial sweep: {done} of {total} base-grid runs done" if done < total else ""
+
     def figure(self, cfg, data) -> List[str]:
         """The figures of :meth:`summary`'s ``data``; returns the paths written. By default MSE vs trainable %."""
         records, rows = data
@@ -138,8 +149,9 @@ class Command:
         from synthetic.plots import plot_mse_vs_params, run_title
 
         return plot_mse_vs_params(rows, str(self.figure_stem(cfg)), method_order=self.method_order,
-                                  note=self.note(records),
-                                  title=run_title(self.title, records, "MSE vs. trainable parameters"))
+                                  note=self.note(records), title=run_title(
+                                      self.title + (f" ({partial})" if (partial := self.partial_note(cfg)) else ""),
+                                      records, "MSE vs. trainable parameters"))
 
 
 def load_command(ref) -> type:

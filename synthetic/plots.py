@@ -494,19 +494,21 @@ def mamba_note(records: Sequence[dict]) -> str:
     r0 = records[0]
     cfg = r0.get("config", {})
     devices = ", ".join(sorted({str(r.get("device")) for r in records}))
+    pairs = sorted({int(r.get("model_seed", cfg.get("model_seed", 0)) or 0) for r in records})
     return (f"backend {r0.get('backend')} (mamba-ssm {r0.get('mamba_ssm_version')}), {devices}; "
+            f"frozen/target pair (model seed) {', '.join(map(str, pairs))}; "
             f"frozen {cfg.get('frozen_layers')}x Mamba(d_model {cfg.get('d_model')}, H {cfg.get('frozen_d_state')}), "
             f"target {cfg.get('target_layers')}x (H {cfg.get('target_d_state')}); {cfg.get('iters')} AdamW iters, "
             f"best lr per point; commits {', '.join(sorted({str(r.get('commit')) for r in records}))}")
 
 
 def plot_mamba(records: Sequence[dict], rows: Sequence[dict], mse_stem, curves_path,
-               method_order: Optional[Sequence[str]] = None) -> List[str]:
+               method_order: Optional[Sequence[str]] = None, partial: str = "") -> List[str]:
     """Both Mamba figures (MSE vs trainable %, loss curves) from a results file's records and their
-    best-of-grid ``rows``; returns the paths written."""
+    best-of-grid ``rows``; returns the paths written. ``partial``: the note of an incomplete sweep, in the titles."""
     note = mamba_note(records)
     extra = {r["method"] for r in records} - {"Frozen", "LoRA (Proj)", "LoRA (S6+Proj)", "SDT", "SDT + LoRA", "Full"}
-    name = "Mamba regression" + (", all PEFT methods" if extra else "")
+    name = "Mamba regression" + (", all PEFT methods" if extra else "") + (f" ({partial})" if partial else "")
     return (plot_mse_vs_params(rows, str(mse_stem), method_order=method_order, note=note,
                                title=run_title(name, records, "MSE vs. trainable parameters"))
             + plot_loss_curves(records, rows, curves_path, note, name))

@@ -61,16 +61,29 @@ def _official_view(argv: Sequence[str]) -> View:
     return View(lambda recs: e.OfficialCommand().select(cfg, recs, note=_quiet), e.lr_policy(cfg), list(e.METHODS))
 
 
-def base_grid(experiment: str, argv: Sequence[str]) -> Tuple[int, int]:
-    """(runs done, runs in all) of the base grid that ``python -m synthetic <experiment> <argv>`` sweeps, counted by
-    :func:`synthetic.dry_run.plan` in the committed results file (lr-extension rounds follow a complete base grid;
-    ``--dry-run`` lets a GPU preset parse on a CPU machine)."""
+def base_grid_by_method(experiment: str, argv: Sequence[str]) -> Dict[str, Tuple[int, int]]:
+    """Per method, (runs done, runs in all) of the base grid that ``python -m synthetic <experiment> <argv>`` sweeps,
+    counted by :func:`synthetic.dry_run.plan` in the committed results file (lr-extension rounds follow a complete
+    base grid; ``--dry-run`` lets a GPU preset parse on a CPU machine). ``--out`` (default figures/) is read from
+    the repository root."""
     from synthetic.experiments import REGISTRY
     from synthetic.dry_run import plan
 
+    argv = list(argv)
+    if "--out" in argv:
+        i = argv.index("--out") + 1
+        argv[i] = str(ROOT / argv[i])
+    else:
+        argv += ["--out", str(ROOT / "figures")]
     cmd = REGISTRY[experiment].load()()
-    p = plan(cmd.experiment(cmd.parse([*argv, "--dry-run", "--out", str(ROOT / "figures")])))
-    return sum(r["runs_done"] for r in p["methods"].values()), sum(r["runs"] for r in p["methods"].values())
+    p = plan(cmd.experiment(cmd.parse([*argv, "--dry-run"])))
+    return {m: (r["runs_done"], r["runs"]) for m, r in p["methods"].items()}
+
+
+def base_grid(experiment: str, argv: Sequence[str]) -> Tuple[int, int]:
+    """(runs done, runs in all) of :func:`base_grid_by_method`, over every method."""
+    counts = base_grid_by_method(experiment, argv).values()
+    return sum(d for d, _ in counts), sum(n for _, n in counts)
 
 
 def _mamba_like_view(kind: str, argv: Sequence[str], grid: bool = False) -> View:
@@ -203,7 +216,7 @@ ALL = ("--methods", "all")
 # queue's jobs mamba-model-seed1/2 (python -m synthetic.gpu_queue), data seeds 0 and 1, the six core methods.
 MODEL_PAIRS = ((0, "figures/mamba_regression_paper.jsonl", ()),
                *((k, f"figures/mamba_model_seed{k}/mamba_regression_paper.jsonl",
-                  ("--model-seed", str(k), "--out", f"figures/mamba_model_seed{k}")) for k in (1, 2)))
+                  ("--model-seed", str(k))) for k in (1, 2)))
 PAIR_SEEDS = (0, 1)  # the data seeds every pair has (pair 0 has seed 2 too: left out, like for like)
 CORE = ("Frozen", "SDT", "LoRA (S6+Proj)", "SDT + LoRA", "LoRA (Proj)", "Full")
 
@@ -229,19 +242,26 @@ def model_pairs_section() -> str:
     """The six core methods' best MSE on each frozen/target pair (mean over data seeds 0, 1 at the best lr), and
     per pair how often SDT (and SDT + LoRA) beats LoRA (S6+Proj) at the nearest budget."""
     cols: Dict[int, Dict] = {}  # pair -> (method, budget) -> best-of-grid row; pairs without a file are absent
+    partial: Dict[int, Tuple[int, int, List[str]]] = {}  # pair -> (done, all, methods with base-grid runs to do)
     for pair, path, extra in MODEL_PAIRS:
         if (ROOT / path).exists():
-            view = _mamba_like_view("mamba", [*MAMBA_PAPER, "--seeds", "0,1", *extra])
+            argv = [*MAMBA_PAPER, "--seeds", "0,1", *extra, "--out", str(Path(path).parent)]  # the pair's file
+            view = _mamba_like_view("mamba", argv)
             recs = [r for r in view.select(_load_runs(path)) if r.get("seed") in PAIR_SEEDS and r["method"] in CORE]
             rows = best_of_grid(recs, group_keys=("method", "budget_label"), lr_policy=view.policy)
             cols[pair] = {(r["method"], r["budget_label"]): r for r in rows}
+            counts = {m: c for m, c in base_grid_by_method("mamba", argv).items() if m in CORE}
+            left = [m for m in CORE if m in counts and counts[m][0] < counts[m][1]]
+            if left:
+                partial[pair] = (sum(d for d, _ in counts.values()), sum(n for _, n in counts.values()), left)
     pairs = [k for k, _, _ in MODEL_PAIRS]
     keys = {k: r for c in cols.values() for k, r in c.items()}  # (method, budget) -> a row (for its %)
     rank = {m: i for i, m in enumerate(CORE)}
     lines = ["| method | budget | trainable % | " + " | ".join(f"pair {k}" for k in pairs) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in pairs) + " |"]
     for key in sorted(keys, key=lambda k: (rank.get(k[0], 99), keys[k]["trainable_pct"] or 0)):
-        cells = [("not run" if k not in cols else _g((cols[k].get(key) or {}).get("mean"))) for k in pairs]
+        cells = [("not run" if k not in cols else _g((cols[k].get(key) or {}).get("mean"))
+                  + (" *" if key[0] in partial.get(k, (0, 0, []))[2] else "")) for k in pairs]
         lines.append(f"| {key[0]} | {key[1]} | {(keys[key]['trainable_pct'] or 0):.2f} | " + " | ".join(cells) + " |")
     verdicts = []
     for k in cols:
@@ -249,11 +269,15 @@ def model_pairs_section() -> str:
         for method in ("SDT", "SDT + LoRA"):
             w, n = nearest_budget_wins(list(cols[k].values()), method, "LoRA (S6+Proj)")
             parts.append(f"{method} beats LoRA (S6+Proj) at the nearest budget in {w} of {n}")
+        if k in partial:
+            done, total, left = partial[k]
+            parts[0] = (f"partial, {done} of its {total} base-grid runs done (* marks the methods with runs to do: "
+                        f"{', '.join(left)}; their best MSE may still move), so far {parts[0]}")
         verdicts.append(f"Pair {k}: " + "; ".join(parts))
     run = [k for k in pairs if k in cols]
     todo = [k for k in pairs if k not in cols]
     status = (f"Pairs with results: {', '.join(map(str, run))}" +
-              (f"; not run yet: {', '.join(map(str, todo))} (the queue's jobs "
+              (f"; not run yet: {', '.join(map(str, todo))} (the queue's job{'s' if len(todo) > 1 else ''} "
                f"{', '.join(f'mamba-model-seed{k}' for k in todo)})" if todo else ""))
     text = (f"{status}. Each cell: best MSE at the best lr, mean over data seeds {', '.join(map(str, PAIR_SEEDS))} "
             "(pair 0's seed 2 left out, like for like), the paper preset's six core methods. "

@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("matplotlib", reason="needs matplotlib (pip install -e .)")
 
 from synthetic import plots  # noqa: E402
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 from synthetic import palette  # noqa: E402
 from synthetic.results import best_of_grid  # noqa: E402
 from synthetic.s4 import fig2 as s4_fig2  # noqa: E402
@@ -147,3 +148,26 @@ def test_one_seed_is_singular_and_equal_min_max_is_not_repeated():
              "status": "ok"} for m, pct, v in (("Frozen", 0.0, 5.0), ("SDT", 5.0, 1.0))]
     texts = _legend_texts(plots.draw_mse_vs_params(best_of_grid(recs)))
     assert "Frozen: 5 (1 seed), off scale" in texts and "SDT (1 seed)" in texts
+
+
+def test_a_partial_sweep_says_so_in_its_figure_title(tmp_path):
+    """Command.partial_note counts the base grid of the results file (built as a dry run: no model, so a GPU preset
+    works on a CPU machine): '' for the committed, complete CPU sweep; with SDT's runs left out it names the runs
+    done / in all (SDT's base-grid runs missing), and the figure is still drawn."""
+    import dataclasses
+
+    from synthetic.dry_run import plan
+    from synthetic.mamba.experiment import MambaCommand
+    from synthetic.results import ResultsFile
+
+    cmd = MambaCommand()
+    full = cmd.parse(["--preset", "cpu", "--out", str(ROOT / "figures")])
+    assert cmd.partial_note(full) == ""
+    counts = plan(cmd.experiment(dataclasses.replace(full, dry_run=True)))["methods"]
+    total, sdt = sum(c["runs"] for c in counts.values()), counts["SDT"]["runs"]
+    recs = ResultsFile(ROOT / "figures" / "mamba_regression_cpu.jsonl").load()
+    ResultsFile(tmp_path / "mamba_regression_cpu.jsonl").extend([r for r in recs if r.get("method") != "SDT"])
+    cfg = cmd.parse(["--preset", "cpu", "--out", str(tmp_path)])
+    assert sdt > 0 and cmd.partial_note(cfg) == f"partial sweep: {total - sdt} of {total} base-grid runs done"
+    cmd.main(["--preset", "cpu", "--out", str(tmp_path), "--plot-only"])
+    assert (tmp_path / "mamba_mse_vs_params_cpu.png").is_file()

@@ -80,23 +80,53 @@ def test_nearest_budget_wins_compares_within_a_factor_two():
     assert report.nearest_budget_wins(rows, "SDT", "LoRA") == (1, 2)
 
 
-def test_model_pairs_section_reads_a_pairs_file(tmp_path, monkeypatch):
-    """A second pair's file (here pair 0's records relabelled model seed 1) fills its column with the same numbers;
-    a pair without a file says 'not run'."""
+def _pair1_section(tmp_path, monkeypatch, keep=lambda r: True) -> str:
+    """The pairs section with pair 0's records relabelled model seed 1 (those ``keep`` accepts) as pair 1's file and
+    no file for pair 2."""
+    from synthetic.records import run_key
     from synthetic.results import ResultsFile
 
-    recs = ResultsFile(ROOT / "figures" / "mamba_regression_paper.jsonl").load()
+    recs = [r for r in ResultsFile(ROOT / "figures" / "mamba_regression_paper.jsonl").load() if keep(r)]
     for r in recs:
         r["model_seed"] = 1
         r.setdefault("config", {})["model_seed"] = 1
-    ResultsFile(tmp_path / "pair1.jsonl").extend(recs)
-    monkeypatch.setattr(report, "MODEL_PAIRS", (report.MODEL_PAIRS[0],
-                                                (1, str(tmp_path / "pair1.jsonl"), ("--model-seed", "1")),
+        if "key" in r:  # the run key names the frozen/target pair too: the pair's sweep counts these runs as done
+            key = json.loads(r["key"])
+            key["config"]["model_seed"] = 1
+            r["key"] = run_key(key)
+    path = tmp_path / "pair1" / "mamba_regression_paper.jsonl"
+    path.parent.mkdir()
+    ResultsFile(path).extend(recs)
+    monkeypatch.setattr(report, "MODEL_PAIRS", (report.MODEL_PAIRS[0], (1, str(path), ("--model-seed", "1")),
                                                 (2, str(tmp_path / "none.jsonl"), ("--model-seed", "2"))))
-    text = report.model_pairs_section()
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| SDT | channels=16 |")]
+    return report.model_pairs_section()
+
+
+def _cells(text: str, prefix: str):
+    return [line.split(" | ") for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_model_pairs_section_reads_a_pairs_file(tmp_path, monkeypatch):
+    """A second pair's file (here pair 0's records relabelled model seed 1) fills its column with the same numbers;
+    a pair without a file says 'not run'."""
+    text = _pair1_section(tmp_path, monkeypatch)
+    rows = _cells(text, "| SDT | channels=16 |")
     assert len(rows) == 1 and rows[0][3] == rows[0][4] and rows[0][5] == "not run |"
     assert "Pairs with results: 0, 1; not run yet: 2" in text.replace("\n", " ")
+    assert " *" not in text and "partial" not in text
+
+
+def test_model_pairs_section_marks_a_partial_pair(tmp_path, monkeypatch):
+    """A pair whose base grid is not complete says so, with its run counts, and stars every cell of a method with
+    runs to do (its best may move); the other methods' cells are unmarked and equal pair 0's."""
+    dropped = {"kind": "run", "method": "LoRA (Proj)", "seed": 1}
+    text = _pair1_section(tmp_path, monkeypatch,
+                          keep=lambda r: not all(r.get(k) == v for k, v in dropped.items()))
+    flat = text.replace("\n", " ")
+    assert "Pair 1: partial, " in flat and "(* marks the methods with runs to do: LoRA (Proj);" in flat
+    lora_proj, sdt = _cells(text, "| LoRA (Proj) | rank="), _cells(text, "| SDT | channels=")
+    assert lora_proj and all(r[4].endswith(" *") for r in lora_proj)
+    assert sdt and all(r[3] == r[4] for r in sdt)
 
 
 # (method, budget, best-MSE mean, trainable %) that docs/findings.md quotes from the Mamba-II paper-preset table

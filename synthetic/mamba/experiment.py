@@ -342,7 +342,8 @@ class MambaCommand(Command):
         if not records:
             return super().figure(cfg, data)
         paths = self.conf.out_paths(cfg)
-        return plot_mamba(records, rows, paths["mse"], paths["curves"], method_order=self.method_order)
+        return plot_mamba(records, rows, paths["mse"], paths["curves"], method_order=self.method_order,
+                          partial=self.partial_note(cfg))
 
 
 main = MambaCommand.main
