@@ -10,8 +10,10 @@ its log into one archive whose paths are the repository's, so bringing a call's 
     GIT_COMMIT=<sha> OUT=/tmp/out python -m synthetic.gpu_queue --budget 540 --wheels .whl   # on the device
     tar xzf <files_at>/gpu_queue.tgz && git add figures notes/gpu_logs      # here, afterwards
 
-The sweeps' ``--time-budget`` stops starting new runs; a run in progress finishes, so every phase is given the
-time left minus a margin for the run in progress: twice the job's recorded mean run time, between 20 s and
+``--budget`` is the call's end: a phase's processes are killed :data:`FINISH_S` before it (merge, dry run and
+packing follow), and what came back is kept and packed after every phase. The sweeps' ``--time-budget`` stops
+starting new runs; a run in progress finishes, so every phase is given the time to its kill deadline minus a margin
+for the run in progress: twice the job's recorded mean run time, between 20 s and
 ``--margin``. A job, or a sharded phase, is started only where the time left holds that margin, and a process's
 start-up (``Job.startup_s``: kernel compiles for mamba-ssm jobs) plus the longest recorded run of what is left, + 30 s;
 otherwise it is skipped and a later job with shorter runs may run.
@@ -38,7 +40,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.checks import check_out_dir
 from synthetic.provenance import git_commit
@@ -124,6 +126,13 @@ JOBS: Tuple[Job, ...] = (
 JOB_NAMES = tuple(j.name for j in JOBS)
 
 MIN_MARGIN = 20.0  # seconds kept back from a phase at the least (Plan.margin)
+# The budget is the call's end: the archive is written by then. A phase's processes are killed FINISH_S before the
+# end, which leaves time for its merge (killed PACK_S before the end: the shard files are packed and can be merged
+# at home), the next dry run and the packing. 2026-12-07 17:04: a call given --budget 575 under a 600 s limit ran
+# its last phase to the old deadline (budget + 30 s), merged and planned after it, and was killed by the limit before
+# it packed: 47 Mamba-I and >= 18 Theorem 1 runs (~550 s of device time) came back as logs only.
+FINISH_S = 40.0
+PACK_S = 10.0
 _TOTAL = re.compile(r"(\d+) base-grid runs to do, (\?|\d+) lr-extension runs next; estimated (?:~(\d+) s|unknown)")
 _LONGEST = re.compile(r"longest recorded run of what is left: ~(\d+) s")
 _ROW = re.compile(r"^\| [^|]+ \| \d+ / \d+ \| (\d+) / (\d+) \|")
@@ -214,8 +223,8 @@ def proxy_estimate(p: Plan, path: Path) -> Plan:
                    est_from=path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path))
 
 
-def plan(job: Job, env: Optional[Dict[str, str]] = None) -> Plan:
-    p = subprocess.run(job.command("--dry-run"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def plan(job: Job, env: Optional[Dict[str, str]] = None, timeout: float = 300) -> Plan:
+    p = subprocess.run(job.command("--dry-run"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     out = p.stdout + p.stderr
     if p.returncode != 0:
         return Plan(0, 0, 0, 0, None, error=f"dry run exit {p.returncode}: {out.strip().splitlines()[-1:]}")
@@ -236,13 +245,15 @@ def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None,
         ext = "after the grid" if p.extension is None else str(p.extension)
         est = "unknown" if p.est_s is None else f"~{p.est_s / max(1, j.shards):.0f} s"  # rounds are sharded too
         est += f" (from {p.est_from})" if p.est_from else ""
-        needs = "-" if p.finished else f"{p.needs_s(margin, j.startup_s):.0f} s"
+        needs = "-" if p.finished else f"{p.needs_s(margin, j.startup_s) + FINISH_S:.0f} s"
         print(f"| {j.name} | {j.what} | {p.done} / {p.total} | {p.todo} | {ext} | {est} | {needs} |")
     left = [j.name for j, p in rows if not p.finished]
     print(f"{len(left)} of {len(rows)} jobs with work left" + (f": {', '.join(left)}" if left else ": nothing to do"))
     print("(est.: the job's recorded wall time per run x runs to do, divided by its shards; runs of a method "
           "with no record are not counted. A call needs: the time left at which the job is still started, its "
-          "margin or a process's start-up + its longest recorded run left, + 30 s; a call's --budget also pays "
+          f"margin or a process's start-up + its longest recorded run left, + 30 s, + {FINISH_S:.0f} s to merge and "
+          "pack before the call's end (the queue ends within --budget: give the device call's limit ~15 s more); "
+          "a call's --budget also pays "
           "for its own start before the first job: ~30 s of torch and wheel checks and installs, then ~5-20 s for "
           "each job's dry run)")
     return rows
@@ -282,14 +293,26 @@ def changed_since(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "fig
 
 
 class Queue:
-    """Runs the jobs with work left, in order, until ``budget`` seconds have passed since ``start``."""
+    """Runs the jobs with work left, in order, and ends within ``budget`` seconds of ``start`` (:data:`FINISH_S`).
+    ``checkpoint`` is called after every phase (the caller keeps and packs what came back so far: a call killed
+    from outside still returns every phase it finished)."""
 
-    def __init__(self, budget: float, margin: float, logs: Path, env: Dict[str, str]):
+    def __init__(self, budget: float, margin: float, logs: Path, env: Dict[str, str],
+                 checkpoint: Callable[[], object] = lambda: None):
         self.start, self.budget, self.margin, self.logs, self.env = time.monotonic(), budget, margin, logs, env
         self.log_path = logs / "gpu_queue.log"
+        self.checkpoint = checkpoint
 
     def left(self) -> float:
+        """Seconds to the call's end."""
         return self.budget - (time.monotonic() - self.start)
+
+    def work_left(self) -> float:
+        """Seconds a phase may use: to its kill deadline, :data:`FINISH_S` before the end."""
+        return self.left() - FINISH_S
+
+    def _deadline(self, before_end: float) -> float:
+        return self.start + self.budget - before_end
 
     def log(self, msg: str) -> None:
         line = f"[gpu_queue +{time.monotonic() - self.start:.0f}s] {msg}"
@@ -303,11 +326,11 @@ class Queue:
         f.flush()
         return subprocess.Popen(job.command(*extra), cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
 
-    def _wait(self, procs: Sequence[Tuple[str, subprocess.Popen]]) -> None:
-        deadline = time.monotonic() + max(0.0, self.left()) + 30  # a run in progress may overrun: then kill
+    def _wait(self, procs: Sequence[Tuple[str, subprocess.Popen]], deadline: float) -> None:
+        """Wait for ``procs``; kill what still runs at ``deadline`` (monotonic seconds)."""
         for tag, p in procs:
             try:
-                rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+                rc = p.wait(timeout=max(0.01, deadline - time.monotonic()))  # each shard: no 1 s floor
             except subprocess.TimeoutExpired:
                 p.kill()
                 rc = p.wait()
@@ -319,16 +342,30 @@ class Queue:
         """One sharded phase (``job.shards`` processes on the GPU, then ``--merge``); False when too little time:
         less than :meth:`Plan.needs_s` (the margin, or a process's start-up + the longest run left, + 30 s: a phase
         whose shards would all be killed before one run ends gives nothing)."""
-        if self.left() < p.needs_s(self.margin, job.startup_s):  # needs_s >= margin + 30: the shards get >= 30 s
-            self.log(f"  no time for the sharded {tag}: {self.left():.0f}s left < {p.why(self.margin, job.startup_s)}")
+        if self.work_left() < p.needs_s(self.margin, job.startup_s):  # needs_s >= margin + 30: shards get >= 30 s
+            self.log(f"  no time for the sharded {tag}: {self.work_left():.0f}s left for a phase (the call's end "
+                     f"less {FINISH_S:.0f}s to merge and pack) < {p.why(self.margin, job.startup_s)}")
             return False
-        b = self.left() - p.margin(self.margin)
+        b = self.work_left() - p.margin(self.margin)
         procs = [(f"shard {i}/{job.shards}", self._spawn(job, f"shard{i}", ("--shard", f"{i}/{job.shards}",
                                                                             "--time-budget", f"{b:.0f}")))
                  for i in range(job.shards)]
-        self._wait(procs)
-        self._wait([("merge", self._spawn(job, "merge", ("--merge",)))])
+        self._wait(procs, self._deadline(FINISH_S))
+        self.checkpoint()  # the shard files: mergeable at home if the merge does not finish
+        self._wait([("merge", self._spawn(job, "merge", ("--merge",)))], self._deadline(PACK_S))
+        self.checkpoint()
         return True
+
+    def _replan(self, job: Job) -> Optional[Plan]:
+        """The job's plan after a phase; None (logged) where too little time is left for its dry run."""
+        if self.left() < PACK_S + 15:
+            self.log(f"  {job.name}: {self.left():.0f}s left: no time to plan its next phase")
+            return None
+        try:
+            return plan(job, self.env, timeout=self.left() - PACK_S)
+        except subprocess.TimeoutExpired:
+            self.log(f"  {job.name}: its dry run did not finish before the call's end")
+            return None
 
     def run(self, job: Job, p: Plan) -> None:
         """The base grid (sharded where the job has shards), then the lr-extension rounds: each round split over
@@ -339,42 +376,53 @@ class Queue:
                  f"(margin {margin:.0f}s)")
         if p.todo and job.shards > 1:
             self._sharded(job, "base grid", p)
-        after = plan(job, self.env)
+        after = self._replan(job)
         rounds = 0
-        while job.shards > 1 and not after.error and after.todo == 0 and after.extension:
+        while job.shards > 1 and after and not after.error and after.todo == 0 and after.extension:
             before = after
             if not self._sharded(job, f"lr-extension round {rounds + 1}", after):
                 break
             rounds += 1
-            after = plan(job, self.env)
+            after = self._replan(job)
+            if after is None:
+                return
             self.log(f"  lr-extension round {rounds}: {before.extension} runs planned, "
                      f"{'?' if after.extension is None else after.extension} next")
             if (after.done, after.extension) == (before.done, before.extension):
                 self.log("  the round added nothing (see the shard logs); stopping this job")
                 break
-        b = self.left() - margin
+        if after is None:
+            return
+        b = self.work_left() - margin
         if b >= 30 and (job.shards == 1 or after.todo):  # unsharded jobs; base-grid runs the shards left
-            self._wait([("sweep", self._spawn(job, "sweep", ("--time-budget", f"{b:.0f}")))])
-            after = plan(job, self.env)
+            self._wait([("sweep", self._spawn(job, "sweep", ("--time-budget", f"{b:.0f}")))],
+                       self._deadline(FINISH_S))
+            self.checkpoint()
+            after = self._replan(job)
+            if after is None:
+                return
         self.log(f"  {job.name}: {after.done} / {after.total} done, {after.todo} to do, extension next "
                  f"{'?' if after.extension is None else after.extension}{' ' + after.error if after.error else ''}")
 
 
 def pack(out: Path, before: Dict[str, Tuple[int, int]], logs: Path, folder: Path = ROOT / "figures",
-         base: Path = ROOT) -> Path:
+         base: Path = ROOT, quiet: bool = False) -> Path:
     """One archive of every file under ``folder`` that changed since ``before`` (paths relative to ``base``, the
-    repository root), plus the logs as notes/gpu_logs/gpu_queue_<date>/."""
+    repository root), plus the logs as notes/gpu_logs/gpu_queue_<date>/. Written to a temporary name and renamed,
+    so a call killed while packing leaves the previous archive whole."""
     changed = changed_since(before, folder, base)
     stamp = time.strftime("%Y-%m-%d_%H%M", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "gpu_queue.tgz"
-    with tarfile.open(path, "w:gz") as tar:
+    path, tmp = out / "gpu_queue.tgz", out / "gpu_queue.tgz.part"
+    with tarfile.open(tmp, "w:gz") as tar:
         for k in changed:
             tar.add(base / k, arcname=k)
         for f in sorted(logs.glob("*.log")):
             tar.add(f, arcname=f"notes/gpu_logs/gpu_queue_{stamp}/{f.name}")
+    os.replace(tmp, path)
     shutil.copy(logs / "gpu_queue.log", out / "gpu_queue.log")
-    print(f"packed {len(changed)} changed results/figure files and the logs into {path}")
+    if not quiet:
+        print(f"packed {len(changed)} changed results/figure files and the logs into {path}")
     return path
 
 
@@ -483,8 +531,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logs = ROOT / "out" / "gpu_queue_logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    q = Queue(a.budget, a.margin, logs, env)
     before = snapshot(ROOT / "figures")
+
+    def checkpoint() -> None:  # what came back so far: kept for the next call and packed (a kill keeps it)
+        save_state(before)
+        pack(a.out, before, logs, quiet=True)
+
+    q = Queue(a.budget, a.margin, logs, env, checkpoint)
     q.log(f"start: budget {a.budget:.0f}s, python {sys.executable}")
     if not os.environ.get("GIT_COMMIT"):  # a device's copy of the tree may carry a stale .git
         q.log(f"GIT_COMMIT is not set: records will name {git_commit()} (this copy's .git); set GIT_COMMIT=<sha> "
@@ -502,7 +555,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_tests(q, tests)
     try:
         for job in jobs:
-            if q.left() < min(q.margin, MIN_MARGIN) + 30:
+            if q.work_left() < min(q.margin, MIN_MARGIN) + 30:
                 q.log(f"stop: {q.left():.0f}s left")
                 break
             missing = [m for m in job.needs if not importable(m)]
@@ -514,8 +567,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 q.log(f"job {job.name}: {p.error}")
             elif p.finished:
                 continue
-            elif q.left() < p.needs_s(q.margin, job.startup_s):  # does not fit the time left: a shorter job may
-                q.log(f"job {job.name}: skipped, {q.left():.0f}s left < {p.why(q.margin, job.startup_s)}")
+            elif q.work_left() < p.needs_s(q.margin, job.startup_s):  # does not fit the time left: a shorter job may
+                q.log(f"job {job.name}: skipped, {q.work_left():.0f}s left for a phase < "
+                      f"{p.why(q.margin, job.startup_s)}")
             else:
                 q.run(job, p)
     finally:

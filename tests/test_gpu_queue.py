@@ -2,6 +2,7 @@
 tiny deep-S4 job sharded over two processes, merges it, runs its lr-extension round over the shards, finds nothing
 left and packs what changed."""
 
+import os
 import tarfile
 
 import pytest
@@ -178,3 +179,44 @@ def test_a_warm_machines_next_call_folds_in_what_the_last_one_wrote(tmp_path):
     assert [r["key"] for r in res2.load()] == ["a", "b"] and "restored 1 records" in msgs[0]
     assert gq.restore_state(msgs.append, tree2, state) == 0  # a second restore adds nothing
     assert gq.restore_state(msgs.append, tmp_path / "t3", tmp_path / "none") == 0  # no state: nothing
+
+
+def test_a_phase_that_overruns_is_killed_and_the_queue_ends_within_its_budget(tmp_path, monkeypatch):
+    """2026-12-07 17:04: the last phase of a call ran past --budget (kill at budget + 30 s, then the merge and a dry
+    run) and the device's 600 s limit killed the call before it packed. Now the shards are killed FINISH_S before the
+    end, the merge PACK_S before it, and what came back is checkpointed after each: a phase whose processes never
+    stop still ends within the budget with two checkpoints (after the shards, after the merge)."""
+    (tmp_path / "sleepy_job.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(120)\n")
+    monkeypatch.setattr(gq, "FINISH_S", 3.0)
+    monkeypatch.setattr(gq, "PACK_S", 1.5)
+    monkeypatch.setattr(gq.Plan, "needs_s", lambda self, cap, startup=0.0: 0.0)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    checkpoints = []
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    q = gq.Queue(budget=6.0, margin=0, logs=logs, env=env, checkpoint=lambda: checkpoints.append(q.left()))
+    job = gq.Job("sleepy", "sleepy_job", (), shards=2)
+    assert q._sharded(job, "base grid", gq.Plan(0, 2, 2, None, 2.0))
+    assert q.left() > 0 and len(checkpoints) == 2
+    assert checkpoints[0] == pytest.approx(gq.FINISH_S, abs=1.0)  # shards killed FINISH_S before the end
+    assert checkpoints[1] == pytest.approx(gq.PACK_S, abs=1.0)  # the merge PACK_S before it
+    log = (logs / "gpu_queue.log").read_text()
+    assert log.count("killed at the deadline") == 3  # two shards and the merge
+    assert "started" in (logs / "sleepy.shard1.log").read_text()
+
+
+def test_pack_replaces_the_archive_whole(tmp_path):
+    """The archive is written under a temporary name and renamed: a checkpoint's archive stays readable until the
+    next one is complete, and no partial file is left beside it."""
+    folder, logs = tmp_path / "figures", tmp_path / "logs"
+    folder.mkdir()
+    logs.mkdir()
+    (logs / "gpu_queue.log").write_text("x\n")
+    before = gq.snapshot(folder, tmp_path)
+    (folder / "a.jsonl").write_text("{}\n")
+    first = gq.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
+    (folder / "b.jsonl").write_text("{}\n")
+    second = gq.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
+    assert first == second and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_queue.log",
+                                                                                          "gpu_queue.tgz"]
+    assert {"figures/a.jsonl", "figures/b.jsonl"} <= set(tarfile.open(second).getnames())
