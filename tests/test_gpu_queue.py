@@ -217,6 +217,6 @@ def test_pack_replaces_the_archive_whole(tmp_path):
     first = gq.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
     (folder / "b.jsonl").write_text("{}\n")
     second = gq.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
-    assert first == second and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_queue.log",
-                                                                                          "gpu_queue.tgz"]
+    assert first == second
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_queue.log", "gpu_queue.tgz"]
     assert {"figures/a.jsonl", "figures/b.jsonl"} <= set(tarfile.open(second).getnames())
