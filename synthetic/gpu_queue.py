@@ -88,11 +88,12 @@ def _mamba_paper(model_seed: int) -> Job:
                proxy="figures/mamba_regression_paper.jsonl")  # frozen/target pair 0: same preset and methods
 
 
-def _theorem1(activation: str, precision: str, arms: str) -> Job:
-    return Job(f"theorem1-{activation}-{precision}", "synthetic.s4_theorem1",
+def _theorem1(activation: str, precision: str, arms: str, suffix: str = "") -> Job:
+    return Job(f"theorem1-{activation}-{precision}{suffix}", "synthetic.s4_theorem1",
                ("--preset", "paper", "--activation", activation, "--precision", precision, "--no-compile",
                 "--seeds", "0,1,2", "--arms", arms), shards=4,
-               what=f"Theorem 1 study at paper size, {activation}, {precision}: 3 seeds, lr grids grown")
+               what=f"Theorem 1 study at paper size, {activation}, {precision}"
+                    f"{', arm ' + arms if suffix else ''}: 3 seeds, lr grids grown")
 
 
 # The queue's order: Mamba-II, hybrid, Mamba-I over frozen/target pairs, the S4 official edge, the
@@ -122,6 +123,9 @@ JOBS: Tuple[Job, ...] = (
     _theorem1("relu", "tf32", ARMS_TRAINED),
     _theorem1("identity", "fp32", "Oracle start"),
     _theorem1("relu", "fp32", "Oracle start"),
+    # the linear variant's exact start under TF32 (what TF32 makes of the exact point: seeds 0, 1 ran on an H200 on
+    # 2026-12-02; the third seed, then its low lr edges extended)
+    _theorem1("identity", "tf32", "Oracle start", "-start"),
 )
 JOB_NAMES = tuple(j.name for j in JOBS)
 
