@@ -134,10 +134,9 @@ class Command:
         says so: its best lrs and bars may still move), else ''."""
         import dataclasses
 
-        from synthetic.dry_run import plan
+        from synthetic.dry_run import base_grid_counts, grid_totals
 
-        counts = plan(self.experiment(dataclasses.replace(cfg, dry_run=True)))["methods"].values()  # builds no model
-        done, total = sum(r["runs_done"] for r in counts), sum(r["runs"] for r in counts)
+        done, total = grid_totals(base_grid_counts(self.experiment(dataclasses.replace(cfg, dry_run=True))))
         return f"partial sweep: {done} of {total} base-grid runs done" if done < total else ""
 
     def figure(self, cfg, data) -> List[str]:

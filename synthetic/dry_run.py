@@ -106,6 +106,16 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
             "extension_known": not base_todo and shard is None}
 
 
+def base_grid_counts(exp: Experiment) -> Dict[str, Tuple[int, int]]:
+    """Per method, (runs done, runs in all) of ``exp``'s base grid in its results file (:func:`plan`)."""
+    return {m: (r["runs_done"], r["runs"]) for m, r in plan(exp)["methods"].items()}
+
+
+def grid_totals(counts: Dict[str, Tuple[int, int]]) -> Tuple[int, int]:
+    """(runs done, runs in all) summed over the methods of :func:`base_grid_counts`."""
+    return sum(d for d, _ in counts.values()), sum(n for _, n in counts.values())
+
+
 def format_plan(p: Dict[str, Any]) -> str:
     """The :func:`plan` as a table, one row per method, and a closing line."""
     lines = [f"dry run: {p['experiment']} preset {p['preset']} -> {p['results']}"

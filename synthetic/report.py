@@ -67,7 +67,7 @@ def base_grid_by_method(experiment: str, argv: Sequence[str]) -> Dict[str, Tuple
     base grid; ``--dry-run`` lets a GPU preset parse on a CPU machine). ``--out`` (default figures/) is read from
     the repository root."""
     from synthetic.experiments import REGISTRY
-    from synthetic.dry_run import plan
+    from synthetic.dry_run import base_grid_counts
 
     argv = list(argv)
     if "--out" in argv:
@@ -76,14 +76,14 @@ def base_grid_by_method(experiment: str, argv: Sequence[str]) -> Dict[str, Tuple
     else:
         argv += ["--out", str(ROOT / "figures")]
     cmd = REGISTRY[experiment].load()()
-    p = plan(cmd.experiment(cmd.parse([*argv, "--dry-run"])))
-    return {m: (r["runs_done"], r["runs"]) for m, r in p["methods"].items()}
+    return base_grid_counts(cmd.experiment(cmd.parse([*argv, "--dry-run"])))
 
 
 def base_grid(experiment: str, argv: Sequence[str]) -> Tuple[int, int]:
     """(runs done, runs in all) of :func:`base_grid_by_method`, over every method."""
-    counts = base_grid_by_method(experiment, argv).values()
-    return sum(d for d, _ in counts), sum(n for _, n in counts)
+    from synthetic.dry_run import grid_totals
+
+    return grid_totals(base_grid_by_method(experiment, argv))
 
 
 def _mamba_like_view(kind: str, argv: Sequence[str], grid: bool = False) -> View:
@@ -241,6 +241,8 @@ def nearest_budget_wins(rows: Sequence[Dict], method: str, rival: str) -> Tuple[
 def model_pairs_section() -> str:
     """The six core methods' best MSE on each frozen/target pair (mean over data seeds 0, 1 at the best lr), and
     per pair how often SDT (and SDT + LoRA) beats LoRA (S6+Proj) at the nearest budget."""
+    from synthetic.dry_run import grid_totals
+
     cols: Dict[int, Dict] = {}  # pair -> (method, budget) -> best-of-grid row; pairs without a file are absent
     partial: Dict[int, Tuple[int, int, List[str]]] = {}  # pair -> (done, all, methods with base-grid runs to do)
     for pair, path, extra in MODEL_PAIRS:
@@ -253,7 +255,7 @@ def model_pairs_section() -> str:
             counts = {m: c for m, c in base_grid_by_method("mamba", argv).items() if m in CORE}
             left = [m for m in CORE if m in counts and counts[m][0] < counts[m][1]]
             if left:
-                partial[pair] = (sum(d for d, _ in counts.values()), sum(n for _, n in counts.values()), left)
+                partial[pair] = (*grid_totals(counts), left)
     pairs = [k for k, _, _ in MODEL_PAIRS]
     keys = {k: r for c in cols.values() for k, r in c.items()}  # (method, budget) -> a row (for its %)
     rank = {m: i for i, m in enumerate(CORE)}
