@@ -38,7 +38,7 @@ The command ``python -m theory.capacity`` (results file, table, figure) is :mod:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -263,15 +263,10 @@ def jacobian_rank(pm: ParamMap, mode: str = "fwd") -> Tuple[int, float, Tensor]:
     return r, gap, s
 
 
-@dataclass
-class ProbeRow:
-    D: int
-    L: int
-    L_star: int
-    H: int
-    H_star: int
-    rank: int
-    skip: str
+@dataclass(frozen=True, kw_only=True)
+class ProbeRow(ProbeConfig):
+    """A probe's configuration (:class:`ProbeConfig`, validated alike) and what it measured; flat, as stored."""
+
     budget_rank: int
     budget_gap: float
     free_dim: int
@@ -312,8 +307,8 @@ def probe(cfg: ProbeConfig, seed: int = 0) -> ProbeRow:
         verdict = "sufficient (construction)"
     else:
         verdict = "not excluded"
-    return ProbeRow(cfg.D, cfg.L, cfg.L_star, cfg.H, cfg.H_star, cfg.rank, cfg.skip, b_rank, b_gap, bm_free,
-                    t_rank, t_gap, zb, verdict, construction)
+    return ProbeRow(**asdict(cfg), budget_rank=b_rank, budget_gap=b_gap, free_dim=bm_free, target_dim=t_rank,
+                    target_gap=t_gap, zero_block_bound=zb, verdict=verdict, construction=construction)
 
 
 def zero_block_bound(cfg: ProbeConfig) -> int:
