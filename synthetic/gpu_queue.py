@@ -178,8 +178,9 @@ class Plan:
         return self.longest_s or self.mean_run_s or cap
 
     def needs_s(self, cap: float, startup: float = 0.0) -> float:
-        """The time left a phase needs to be started: its margin, or a process's start-up plus one run where that is
-        longer (a phase starts a run in every shard, and the queue kills what runs 30 s past its budget), + 30 s."""
+        """The time left a phase needs to be started (:meth:`Queue.work_left`, to the kill deadline): its margin, or a
+        process's start-up plus one run where that is longer (a phase starts a run in every shard, and what still runs
+        at the deadline is killed), + 30 s: the shards' ``--time-budget`` is then at least 30 s."""
         return max(self.margin(cap), startup + self.run_s(cap)) + 30
 
     def why(self, cap: float, startup: float = 0.0) -> str:
@@ -537,9 +538,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logs.mkdir(parents=True)
     before = snapshot(ROOT / "figures")
 
-    def checkpoint() -> None:  # what came back so far: kept for the next call and packed (a kill keeps it)
+    def checkpoint(quiet: bool = True) -> None:  # what came back so far: kept for the next call, packed
         save_state(before)
-        pack(a.out, before, logs, quiet=True)
+        pack(a.out, before, logs, quiet=quiet)
 
     q = Queue(a.budget, a.margin, logs, env, checkpoint)
     q.log(f"start: budget {a.budget:.0f}s, python {sys.executable}")
@@ -577,8 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else:
                 q.run(job, p)
     finally:
-        save_state(before)
-        pack(a.out, before, logs)
+        checkpoint(quiet=False)
     return 0
 
 
