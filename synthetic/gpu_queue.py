@@ -24,7 +24,7 @@ Calls on a warm machine: each call runs on a fresh copy of the caller's tree, wh
 call wrote yet. So every call keeps the results files it changed under ``out/gpu_queue_state/`` (ignored, so it
 stays on the machine while it is held), and the next call first folds into its results files the records it
 finds there and they lack (by run key; ``--no-restore`` skips this). Nothing is run twice, and the last call's
-archive holds everything.
+archive holds everything. The snapshot, the archive and that kept state are :mod:`synthetic.gpu_archive`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.checks import check_out_dir
+from synthetic.gpu_archive import pack, restore_state, save_state, snapshot
 from synthetic.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,18 +285,6 @@ def install_wheels(wheels: Optional[Path], log) -> None:
             + (f"\n{r.stderr[-800:]}" if r.returncode else ""))
 
 
-def snapshot(folder: Path, base: Path = ROOT) -> Dict[str, Tuple[int, int]]:
-    """(mtime, size) of every file under ``folder``, keyed by its path relative to ``base``."""
-    return {str(p.relative_to(base)): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
-
-
-def changed_since(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "figures", base: Path = ROOT) -> List[str]:
-    """Paths (relative to ``base``) of the files under ``folder`` that are new or changed since ``before``; a
-    results file's lock (``*.lock``, left behind by a shard killed at the deadline) is no result and is left out."""
-    return sorted(k for k, v in snapshot(folder, base).items() if before.get(k) != v and not k.endswith(".lock"))
-
-
 class Queue:
     """Runs the jobs with work left, in order, and ends within ``budget`` seconds of ``start`` (:data:`FINISH_S`).
     ``checkpoint`` is called after every phase (the caller keeps and packs what came back so far: a call killed
@@ -408,57 +396,6 @@ class Queue:
                 return
         self.log(f"  {job.name}: {after.done} / {after.total} done, {after.todo} to do, extension next "
                  f"{'?' if after.extension is None else after.extension}{' ' + after.error if after.error else ''}")
-
-
-def pack(out: Path, before: Dict[str, Tuple[int, int]], logs: Path, folder: Path = ROOT / "figures",
-         base: Path = ROOT, quiet: bool = False) -> Path:
-    """One archive of every file under ``folder`` that changed since ``before`` (paths relative to ``base``, the
-    repository root), plus the logs as notes/gpu_logs/gpu_queue_<date>/. Written to a temporary name and renamed,
-    so a call killed while packing leaves the previous archive whole."""
-    changed = changed_since(before, folder, base)
-    stamp = time.strftime("%Y-%m-%d_%H%M", time.gmtime())
-    out.mkdir(parents=True, exist_ok=True)
-    path, tmp = out / "gpu_queue.tgz", out / "gpu_queue.tgz.part"
-    with tarfile.open(tmp, "w:gz") as tar:
-        for k in changed:
-            tar.add(base / k, arcname=k)
-        for f in sorted(logs.glob("*.log")):
-            tar.add(f, arcname=f"notes/gpu_logs/gpu_queue_{stamp}/{f.name}")
-    os.replace(tmp, path)
-    shutil.copy(logs / "gpu_queue.log", out / "gpu_queue.log")
-    if not quiet:
-        print(f"packed {len(changed)} changed results/figure files and the logs into {path}")
-    return path
-
-
-STATE = ROOT / "out" / "gpu_queue_state"  # ignored: kept on a warm device between calls
-
-
-def save_state(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "figures", base: Path = ROOT,
-               state: Path = STATE) -> List[str]:
-    """Copy every results file (``*.jsonl``) under ``folder`` that changed since ``before`` to ``state`` (same path
-    relative to ``base``), for the next call on this machine. Returns the relative paths."""
-    changed = [k for k in changed_since(before, folder, base) if k.endswith(".jsonl")]
-    for k in changed:
-        (state / k).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(base / k, state / k)
-    return changed
-
-
-def restore_state(log, base: Path = ROOT, state: Path = STATE) -> int:
-    """Fold into ``base``'s results files the records an earlier call on this machine kept under ``state`` and
-    they lack (by run key, under each file's lock). Returns the number of records added."""
-    from synthetic.results import ResultsFile
-
-    added = 0
-    for kept in sorted(state.rglob("*.jsonl")) if state.is_dir() else []:
-        main = ResultsFile(base / kept.relative_to(state))
-        with main.lock():
-            new = main.extend(r for r in ResultsFile(kept).load() if "key" in r)
-        if new:
-            log(f"restored {new} records of an earlier call on this machine into {kept.relative_to(state)}")
-        added += new
-    return added
 
 
 def select(names: str) -> List[Job]:

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from synthetic import gpu_queue as gq
+from synthetic import gpu_archive as ga, gpu_queue as gq
 
 DRY_RUN = """dry run: mamba2 preset paper -> figures/mamba2_regression_paper.jsonl
 | method | groups done / all | runs done / all | next lr-extension runs | est. time |
@@ -115,10 +115,10 @@ def test_a_phase_that_does_not_fit_is_not_started(tmp_path, monkeypatch):
 def test_lock_files_are_not_packed(tmp_path):
     folder = tmp_path / "figures"
     folder.mkdir()
-    before = gq.snapshot(folder, tmp_path)
+    before = ga.snapshot(folder, tmp_path)
     (folder / "x.jsonl").write_text("{}\n")
     (folder / "x.shard3of16.jsonl.lock").write_text("")
-    assert gq.changed_since(before, folder, tmp_path) == ["figures/x.jsonl"]
+    assert ga.changed_since(before, folder, tmp_path) == ["figures/x.jsonl"]
 
 
 def test_unknown_job_is_refused_naming_the_jobs():
@@ -145,12 +145,12 @@ def test_rehearsal_runs_shards_merges_and_packs(tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     logs.mkdir()
     q = gq.Queue(budget=240, margin=0, logs=logs, env=None)
-    snap = gq.snapshot(out, tmp_path)
+    snap = ga.snapshot(out, tmp_path)
     q.run(job, before)
     after = gq.plan(job)
     assert after.finished and after.done == after.total == before.total
     assert "lr-extension round 1: " in (logs / "gpu_queue.log").read_text()  # the round ran split over the shards
-    archive = gq.pack(tmp_path / "out", snap, logs, folder=out, base=tmp_path)
+    archive = ga.pack(tmp_path / "out", snap, logs, folder=out, base=tmp_path)
     names = tarfile.open(archive).getnames()
     assert "results/s4_regression_tiny.jsonl" in names
     assert not any("shard" in n for n in names if n.startswith("results/"))  # merged and removed
@@ -169,16 +169,16 @@ def test_a_warm_machines_next_call_folds_in_what_the_last_one_wrote(tmp_path):
     tree1, tree2, state = tmp_path / "t1", tmp_path / "t2", tmp_path / "state"
     res1 = ResultsFile(tree1 / "figures" / "x.jsonl")
     res1.extend([rec("a")])
-    before = gq.snapshot(tree1 / "figures", tree1)
+    before = ga.snapshot(tree1 / "figures", tree1)
     res1.extend([rec("b")])
-    assert gq.save_state(before, tree1 / "figures", tree1, state) == ["figures/x.jsonl"]
+    assert ga.save_state(before, tree1 / "figures", tree1, state) == ["figures/x.jsonl"]
     res2 = ResultsFile(tree2 / "figures" / "x.jsonl")
     res2.extend([rec("a")])
     msgs = []
-    assert gq.restore_state(msgs.append, tree2, state) == 1
+    assert ga.restore_state(msgs.append, tree2, state) == 1
     assert [r["key"] for r in res2.load()] == ["a", "b"] and "restored 1 records" in msgs[0]
-    assert gq.restore_state(msgs.append, tree2, state) == 0  # a second restore adds nothing
-    assert gq.restore_state(msgs.append, tmp_path / "t3", tmp_path / "none") == 0  # no state: nothing
+    assert ga.restore_state(msgs.append, tree2, state) == 0  # a second restore adds nothing
+    assert ga.restore_state(msgs.append, tmp_path / "t3", tmp_path / "none") == 0  # no state: nothing
 
 
 def test_a_phase_that_overruns_is_killed_and_the_queue_ends_within_its_budget(tmp_path, monkeypatch):
@@ -212,11 +212,11 @@ def test_pack_replaces_the_archive_whole(tmp_path):
     folder.mkdir()
     logs.mkdir()
     (logs / "gpu_queue.log").write_text("x\n")
-    before = gq.snapshot(folder, tmp_path)
+    before = ga.snapshot(folder, tmp_path)
     (folder / "a.jsonl").write_text("{}\n")
-    first = gq.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
+    first = ga.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
     (folder / "b.jsonl").write_text("{}\n")
-    second = gq.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
+    second = ga.pack(tmp_path / "out", before, logs, folder=folder, base=tmp_path, quiet=True)
     assert first == second
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_queue.log", "gpu_queue.tgz"]
     assert {"figures/a.jsonl", "figures/b.jsonl"} <= set(tarfile.open(second).getnames())
