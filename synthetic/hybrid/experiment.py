@@ -100,12 +100,7 @@ class HybridModel(MambaModel):
         if seed in self._scores:
             return self._scores[seed]
         c = self.cfg
-        model = self.stack(HybridPeftConfig(mamba=MambaPeftConfig(full=S6_NAMES)), seed=seed)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
-                                weight_decay=c.weight_decay)
-        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
-        for _ in range(c.warmup_iters):
-            self.step(model, opt, g)
+        model = self.warmed_up(HybridPeftConfig(mamba=MambaPeftConfig(full=S6_NAMES)), seed)
         before = [lw.weights for lw in self.layers if lw.kind == MAMBA]
         with torch.no_grad():
             scores = [abar_change_scores(w, blk.effective_weights(), u, c.frozen_d_state, self.dt_rank).cpu()

@@ -99,18 +99,25 @@ class MambaModel:
         return PeftMambaStack(self.layer_weights, d_state=self.cfg.frozen_d_state, dt_rank=self.dt_rank,
                               config=config, channels=channels, generator=g, states=states).to(self.device)
 
+    def warmed_up(self, config, seed: int):
+        """Algorithm 1, step 1: a copy whose ``config.full`` parameters trained ``warmup_iters`` AdamW steps at
+        ``warmup_lr`` on seed ``seed``'s warm-up batches (generator seed 20_000 + seed)."""
+        c = self.cfg
+        model = self.stack(config, seed=seed)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
+                                weight_decay=c.weight_decay)
+        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
+        for _ in range(c.warmup_iters):
+            self.step(model, opt, g)
+        return model
+
     def sdt_scores(self, seed: int) -> List[torch.Tensor]:
         """Algorithm 1, steps 1-2 for S6: warm up A_log, x_proj, dt_proj on a copy; score channels
         per layer by the change of Ā on a probe batch (cached per seed)."""
         if seed in self._scores:
             return self._scores[seed]
         c = self.cfg
-        model = self.stack(MambaPeftConfig(full=S6_NAMES), seed=seed)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
-                                weight_decay=c.weight_decay)
-        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
-        for _ in range(c.warmup_iters):
-            self.step(model, opt, g)
+        model = self.warmed_up(MambaPeftConfig(full=S6_NAMES), seed)
         probe = self.eval_x[0]
         scores, h = [], probe
         with torch.no_grad():

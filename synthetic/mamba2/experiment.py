@@ -77,12 +77,7 @@ class Mamba2Model(MambaModel):
         if seed in self._scores:
             return self._scores[seed]
         c = self.cfg
-        model = self.stack(Mamba2PeftConfig(full=WARMUP_FULL), seed=seed)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.warmup_lr,
-                                weight_decay=c.weight_decay)
-        g = torch.Generator(device="cpu").manual_seed(20_000 + seed)
-        for _ in range(c.warmup_iters):
-            self.step(model, opt, g)
+        model = self.warmed_up(Mamba2PeftConfig(full=WARMUP_FULL), seed)
         scores, h = [], self.eval_x[0]
         with torch.no_grad():
             for w_before, blk in zip(self.layer_weights, model.blocks):
