@@ -32,9 +32,8 @@ from synthetic.hybrid import config as hybrid_config
 from synthetic.hybrid.config import (METHOD_ORDER, HybridRegressionConfig, budget_label, config_dict, lr_policy,
                                      out_paths, run_grid)
 from synthetic.hybrid.model import MAMBA, HybridRef, layer_kinds
-from synthetic.hybrid.peft import (METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count,
-                                   trainable_count)
-from synthetic.mamba.experiment import MambaCommand, MambaExperiment, MambaModel, best_and_final, fit
+from synthetic.hybrid.peft import METHODS, HybridPeftConfig, PeftHybridStack, frozen_layers, frozen_param_count
+from synthetic.mamba.experiment import MambaCommand, MambaExperiment, MambaModel
 from synthetic.mamba.backends import Backend, mamba_ssm_available
 from synthetic.mamba.peft import S6_NAMES, MambaPeftConfig, abar_change_scores, select_channels
 from synthetic.results import run_key
@@ -109,7 +108,6 @@ class HybridModel(MambaModel):
         return scores
 
     def train(self, method: str, budget: dict, lr: float, seed: int) -> dict:
-        c = self.cfg
         t0 = time.perf_counter()
         config = METHODS[method](budget)
         channels = None
@@ -117,20 +115,8 @@ class HybridModel(MambaModel):
             channels = [select_channels(s, config.mamba.sdt_channels) for s in self.sdt_scores(seed)]
         torch.manual_seed(seed)
         model = self.stack(config, channels, seed=seed)
-        fallback = model.fused_fallback(self.backend)
-        n_train = trainable_count(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        g = torch.Generator(device="cpu").manual_seed(30_000 + seed)
-        losses, evals, status = fit(params, lambda opt: self.step(model, opt, g), lambda: self.eval_mse(model),
-                                    iters=c.iters, eval_every=c.eval_every, lr=lr, weight_decay=c.weight_decay,
-                                    device=self.device)
-        best, final = best_and_final(evals, status)
-        extra = {"fused_fallback": fallback} if fallback else {}
-        return {**extra,
-                "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
-                "trainable": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen, "best_mse": best,
-                "final_mse": final, "status": status, "loss_curve": losses, "eval_curve": evals,
-                "sdt_channels": channels, "layer_kinds": list(self.frozen.kinds), "wall_s": time.perf_counter() - t0}
+        return self.fit_run(model, method, budget, lr, seed, t0, channels,
+                            after={"layer_kinds": list(self.frozen.kinds)})
 
 
 class HybridExperiment(MambaExperiment):

@@ -180,6 +180,15 @@ class MambaModel:
                 config = dataclasses.replace(config, sdt_states=len(states[0][0]))
         torch.manual_seed(seed)
         model = self.stack(config, channels, seed=seed, states=states)
+        return self.fit_run(model, method, budget, lr, seed, t0, channels,
+                            first={} if states is None else {"sdt_states": states})
+
+    def fit_run(self, model, method: str, budget: dict, lr: float, seed: int, t0: float, channels,
+                first: Optional[dict] = None, after: Optional[dict] = None) -> dict:
+        """Train ``model``'s trainable parameters for one run and return its record: ``first``'s fields, the fused
+        fallback if the backend has a fused path the model could not take, the run, ``after``'s fields, wall time
+        since ``t0``."""
+        c = self.cfg
         fallback = model.fused_fallback(self.backend)
         n_train = trainable_count(model)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -188,18 +197,15 @@ class MambaModel:
                                     iters=c.iters, eval_every=c.eval_every, lr=lr, weight_decay=c.weight_decay,
                                     device=self.device)
         best, final = best_and_final(evals, status)
-        extra = {}
-        if states is not None:
-            extra["sdt_states"] = states
+        extra = dict(first or {})
         if fallback:  # trained unfused although the backend has a fused path
             extra["fused_fallback"] = fallback
         return {**extra,
-            "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
-            "trainable": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
-            "best_mse": best, "final_mse": final, "status": status,
-            "loss_curve": losses, "eval_curve": evals, "sdt_channels": channels,
-            "wall_s": time.perf_counter() - t0,
-        }
+                "method": method, "budget": budget, "budget_label": budget_label(budget), "lr": lr, "seed": seed,
+                "trainable": n_train, "trainable_pct": 100.0 * n_train / self.n_frozen,
+                "best_mse": best, "final_mse": final, "status": status,
+                "loss_curve": losses, "eval_curve": evals, "sdt_channels": channels, **(after or {}),
+                "wall_s": time.perf_counter() - t0}
 
 
 def fit(params: Sequence[torch.Tensor], step: Callable, evaluate: Callable[[], float], *, iters: int,
