@@ -93,8 +93,8 @@ def table(rows_by_variant: Dict[str, List[Dict]]) -> str:
 
 
 def _tie_note(r: Dict) -> str:
-    """" (best MSE tied at N lrs LO-HI: lowest final MSE)" where the best MSE could not tell the lrs apart (e.g. an exact start no lr improves
-    on): the lr shown is the tied one with the lowest final MSE."""
+    """" (best MSE tied at N lrs LO-HI: lowest final MSE)" where the best MSE could not tell the lrs apart (e.g. an
+    exact start no lr improves on): the lr shown is the tied one with the lowest final MSE."""
     tied = r.get("lrs_tied") or []
     return f" (best MSE tied at {len(tied)} lrs {min(tied):g}-{max(tied):g}: lowest final MSE)" if tied else ""
 
