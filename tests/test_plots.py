@@ -2,15 +2,18 @@
 a y range fitted to the methods (references far outside as arrows at the edge), one legend entry for hollow and
 one for diverged, one distinct colour per method across figures, files written."""
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("matplotlib", reason="needs matplotlib (pip install -e .)")
 
 from synthetic import plots  # noqa: E402
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 from synthetic import palette  # noqa: E402
 from synthetic.results import best_of_grid  # noqa: E402
 from synthetic.s4 import fig2 as s4_fig2  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _rows(values_by_method, edge_method=None):
