@@ -3,12 +3,13 @@
 Each job is an experiment command whose results file already holds what earlier calls ran (the sweeps resume by
 run key), so the queue is the same on every call: it asks each job for its plan (``--dry-run``), runs the first
 jobs with work left within ``--budget`` seconds (the base grid in ``shards`` processes on the one GPU, then
-``--merge``, then the lr-extension rounds, each split over the shards and merged), and packs every file it wrote under ``figures/`` plus
-its log into one archive whose paths are the repository's, so bringing a call's results home is one command::
+``--merge``, then the lr-extension rounds, each split over the shards and merged), and packs every file it wrote
+under ``figures/`` plus its log into one archive whose paths are the repository's, so bringing a call's results home
+is one command::
 
     python -m synthetic.gpu_queue --dry-run                 # the queue: runs done / to do, estimated device time
     GIT_COMMIT=<sha> OUT=/tmp/out python -m synthetic.gpu_queue --budget 540 --wheels .whl   # on the device
-    tar xzf <files_at>/gpu_queue.tgz && git add figures notes/gpu_logs      # here, afterwards
+    python -m synthetic.gpu_queue --land <files_at>/gpu_queue.tgz          # here, afterwards
 
 ``--budget`` is the call's end: a phase's processes are killed :data:`FINISH_S` before it (merge, dry run and
 packing follow), and what came back is kept and packed after every phase. The sweeps' ``--time-budget`` stops
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.checks import check_out_dir
-from synthetic.gpu_archive import pack, restore_state, save_state, snapshot
+from synthetic.gpu_archive import LandError, land, pack, restore_state, save_state, snapshot
 from synthetic.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -435,6 +436,25 @@ def run_tests(q: Queue, modules: Sequence[str]) -> None:
         q.log(f"{m}: exit {p.returncode} in {time.monotonic() - t:.0f}s: {(p.stdout.strip().splitlines() or [''])[-1]}")
 
 
+def land_archives(archives: Sequence[Path], dry_run: bool = False) -> int:
+    """``--land``: :func:`synthetic.gpu_archive.land` into this repository, a one-line error (exit 2) for an archive
+    that cannot be landed (nothing written), then what to do next."""
+    from synthetic.atomic import LockHeld
+    from synthetic.results import exit_error
+
+    print(f"{'would land' if dry_run else 'landing'} {', '.join(map(str, archives))}:")
+    try:
+        done = land(archives, ROOT, dry_run=dry_run)
+    except (LandError, LockHeld) as e:
+        exit_error(str(e))
+    jsonl = [k for k, v in done.items() if k.endswith(".jsonl") and not v.startswith("unchanged")]
+    print(f"{len(done)} files, {len(jsonl)} results files changed" + (" (dry run: nothing written)" if dry_run else ""))
+    if jsonl and not dry_run:
+        print("next: python -m synthetic.report; bash scripts/redraw_figures.sh; python -m synthetic.gpu_queue "
+              "--dry-run; git add figures notes/gpu_logs docs/results")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m synthetic.gpu_queue", description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=540, help="seconds for the whole call (default 540)")
@@ -451,8 +471,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="first fold in the records an earlier call on this (warm) machine wrote and this tree "
                          "lacks (default on)")
     ap.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
-                    help="print the queue (runs done / to do, estimated device time) and exit")
+                    help="print the queue (runs done / to do, estimated device time) and exit; with --land, what "
+                         "landing would do, writing nothing")
+    ap.add_argument("--land", type=Path, nargs="+", default=None, metavar="ARCHIVE",
+                    help="here, after device calls: bring their gpu_queue.tgz archives into the repository, in call "
+                         "order (results files gain records and never lose one; figures and logs replace the files "
+                         "here), and exit")
     a = ap.parse_args(argv)
+    if a.land is not None:
+        return land_archives(a.land, a.dry_run)
     if not 0 < a.budget < math.inf:
         ap.error(f"--budget: must be a positive finite number of seconds, got {a.budget}")
     if not 0 <= a.margin < math.inf:

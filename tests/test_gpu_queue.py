@@ -220,3 +220,148 @@ def test_pack_replaces_the_archive_whole(tmp_path):
     assert first == second
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_queue.log", "gpu_queue.tgz"]
     assert {"figures/a.jsonl", "figures/b.jsonl"} <= set(tarfile.open(second).getnames())
+
+
+# ------------------------------------------------------------------------------------- landing (--land)
+def _rec(k, mse=1.0):
+    return {"key": k, "kind": "run", "method": "SDT", "budget": {}, "lr": 0.01, "seed": 0, "status": "ok",
+            "best_mse": mse}
+
+
+def _device_call(tmp_path, name, home, keys, extra=None):
+    """What a device call returns: the archive :func:`ga.pack` writes from a copy of ``home`` to which the runs
+    ``keys`` were added (plus ``extra``: {path: bytes} files it wrote)."""
+    import shutil
+
+    from synthetic.results import ResultsFile
+
+    tree = tmp_path / name
+    shutil.copytree(home, tree)
+    logs = tree / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "gpu_queue.log").write_text(f"{name}\n")
+    before = ga.snapshot(tree / "figures", tree)
+    ResultsFile(tree / "figures" / "x.jsonl").extend([_rec(k) for k in keys])
+    for rel, data in (extra or {}).items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    return ga.pack(tmp_path / f"{name}_out", before, logs, folder=tree / "figures", base=tree, quiet=True)
+
+
+def _home(tmp_path, keys):
+    from synthetic.results import ResultsFile
+
+    home = tmp_path / "home"
+    ResultsFile(home / "figures" / "x.jsonl").extend([_rec(k) for k in keys])
+    (home / "figures" / "x.png").write_bytes(b"old figure")
+    return home
+
+
+def test_land_takes_an_archive_that_extends_the_file_byte_for_byte(tmp_path):
+    """The usual case: the device started from this commit; two calls landed in order give the last call's bytes,
+    the figure is replaced and each call's log arrives under notes/gpu_logs/."""
+    home = _home(tmp_path, ["a"])
+    one = _device_call(tmp_path, "call1", home, ["b"], {"figures/x.png": b"new figure"})
+    device1 = (tmp_path / "call1" / "figures" / "x.jsonl").read_bytes()
+    two = _device_call(tmp_path, "call2", tmp_path / "call1", ["c"])
+    done = ga.land([one, two], home, log=lambda s: None)
+    assert (home / "figures" / "x.jsonl").read_bytes() == (tmp_path / "call2" / "figures" / "x.jsonl").read_bytes()
+    assert device1 != (home / "figures" / "x.jsonl").read_bytes()
+    assert (home / "figures" / "x.png").read_bytes() == b"new figure"
+    assert done["figures/x.jsonl"].startswith("+1 records (2 -> 3")
+    assert len(list((home / "notes" / "gpu_logs").rglob("gpu_queue.log"))) >= 1
+
+
+def test_land_never_drops_a_record_the_archive_lacks(tmp_path):
+    """The file here gained runs after the device's copy was taken (another call landed first, or a local run):
+    the archive's new runs are appended by key, every run here stays, a run both hold differently keeps the copy
+    here."""
+    from synthetic.results import ResultsFile
+
+    home = _home(tmp_path, ["a"])
+    arch = _device_call(tmp_path, "call", home, ["b"])
+    here = ResultsFile(home / "figures" / "x.jsonl")
+    here.extend([_rec("local", 7.0)])
+    # the device's copy of run "a" differs (e.g. rerun there): the one here is kept
+    dev = ResultsFile(tmp_path / "call" / "figures" / "x.jsonl")
+    dev.write_all([_rec("a", 3.0), *[r for r in dev.load() if r["key"] != "a"]])
+    ga.pack(tmp_path / "call_out", {}, tmp_path / "call" / "logs", folder=tmp_path / "call" / "figures",
+            base=tmp_path / "call", quiet=True)
+    done = ga.land([arch], home, log=lambda s: None)
+    recs = {r["key"]: r["best_mse"] for r in here.load()}
+    assert recs == {"a": 1.0, "local": 7.0, "b": 1.0}
+    assert "+1 records merged by run key" in done["figures/x.jsonl"] and "1 records here are not in it" in \
+        done["figures/x.jsonl"] and "1 it holds differently" in done["figures/x.jsonl"]
+
+
+@pytest.mark.parametrize("member, data, rule", [
+    ("README.md", b"x", "outside figures/ and notes/gpu_logs/"),
+    ("figures/../README.md", b"x", "outside"),
+    ("/etc/x", b"x", "outside"),
+    ("figures/x.jsonl.lock", b"", "lock file"),
+    ("figures/y.jsonl", b'{"format": "synthetic-results", "version": 1}\n{"key": "k", "kind": "run"}\n{}\n',
+     "figures/y.jsonl, line 2: run record without method"),
+])
+def test_land_refuses_a_bad_archive_before_writing_anything(tmp_path, member, data, rule):
+    import io
+
+    home = _home(tmp_path, ["a"])
+    arch = _device_call(tmp_path, "call", home, ["b"], {"figures/x.png": b"new figure"})
+    with tarfile.open(arch, "r:gz") as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    with tarfile.open(arch, "w:gz") as t:
+        for m, d in members:
+            t.addfile(m, io.BytesIO(d))
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()}
+    with pytest.raises(ga.LandError, match=rule.replace("(", r"\(").replace(".", r"\.")):
+        ga.land([arch], home, log=lambda s: None)
+    assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == before
+
+
+def test_land_refuses_links_and_non_archives(tmp_path):
+    arch = tmp_path / "a.tgz"
+    with tarfile.open(arch, "w:gz") as t:
+        info = tarfile.TarInfo("figures/x.jsonl")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(info)
+    with pytest.raises(ga.LandError, match="not a regular file"):
+        ga.land([arch], tmp_path, log=lambda s: None)
+    (tmp_path / "b.tgz").write_text("not gzip")
+    with pytest.raises(ga.LandError, match="not a readable .tgz archive"):
+        ga.land([tmp_path / "b.tgz"], tmp_path, log=lambda s: None)
+    with pytest.raises(ga.LandError, match="no such file"):
+        ga.land([tmp_path / "none.tgz"], tmp_path, log=lambda s: None)
+
+
+def test_land_dry_run_writes_nothing_and_says_what_it_would_do(tmp_path):
+    home = _home(tmp_path, ["a"])
+    arch = _device_call(tmp_path, "call", home, ["b", "c"], {"figures/x.png": b"new figure"})
+    before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()}
+    done = ga.land([arch], home, log=lambda s: None, dry_run=True)
+    assert done["figures/x.jsonl"].startswith("+2 records") and done["figures/x.png"] == "replaced"
+    assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == before
+
+
+def test_land_merges_shard_files_an_archive_brings(tmp_path):
+    from synthetic.results import ResultsFile
+
+    home = _home(tmp_path, ["a"])
+    shard = ResultsFile(tmp_path / "s" / "figures" / "x.shard1of2.jsonl")
+    shard.extend([_rec("s1")])
+    arch = _device_call(tmp_path, "call", home, ["b"],
+                        {"figures/x.shard1of2.jsonl": shard.path.read_bytes()})
+    ga.land([arch], home, log=lambda s: None)
+    assert [r["key"] for r in ResultsFile(home / "figures" / "x.jsonl").load()] == ["a", "b", "s1"]
+    assert not (home / "figures" / "x.shard1of2.jsonl").exists()
+
+
+def test_land_option_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "b.tgz").write_text("not gzip")
+    with pytest.raises(SystemExit) as e:
+        gq.main(["--land", str(tmp_path / "b.tgz")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --land:") and "\n" not in err
