@@ -334,6 +334,8 @@ def test_land_refuses_links_and_non_archives(tmp_path):
         ga.land([tmp_path / "b.tgz"], tmp_path, log=lambda s: None)
     with pytest.raises(ga.LandError, match="no such file"):
         ga.land([tmp_path / "none.tgz"], tmp_path, log=lambda s: None)
+    with pytest.raises(ga.LandError, match="a folder, not an archive"):
+        ga.land([tmp_path], tmp_path, log=lambda s: None)
 
 
 def test_land_dry_run_writes_nothing_and_says_what_it_would_do(tmp_path):
