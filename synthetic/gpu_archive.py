@@ -96,8 +96,8 @@ def read_archive(path: Path) -> Dict[str, bytes]:
     files, each a relative path under :data:`LANDABLE` without ``..``, no lock file, no path twice."""
     path = Path(path)
     if not path.is_file():
-        raise LandError(f"--land: {path}: " + ("a folder, not an archive (give its gpu_queue.tgz)" if path.is_dir()
-                                              else "no such file"))
+        why = "a folder, not an archive (give its gpu_queue.tgz)" if path.is_dir() else "no such file"
+        raise LandError(f"--land: {path}: {why}")
     try:
         with tarfile.open(path, "r:gz") as tar:
             files: Dict[str, bytes] = {}

@@ -262,7 +262,47 @@ def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None,
           "a call's --budget also pays "
           "for its own start before the first job: ~30 s of torch and wheel checks and installs, then ~5-20 s for "
           "each job's dry run)")
+    for line in next_calls(rows):
+        print(line)
     return rows
+
+
+def _jobs_line(jobs: Sequence[Tuple[Job, "Plan"]], order: Callable) -> str:
+    est = sum(p.est_s / max(1, j.shards) for j, p in jobs if p.est_s is not None)
+    later = " + the lr extensions decided after their grids" if any(p.extension is None for _, p in jobs) else ""
+    return f"--jobs {','.join(j.name for j, _ in sorted(jobs, key=order))} (~{est:.0f} s of runs{later})"
+
+
+def next_calls(rows: Sequence[Tuple[Job, "Plan"]]) -> List[str]:
+    """The device calls that would run what is left, as lines to print: a call carries one wheel with the tracked
+    files (both do not fit its 64 MiB), so the jobs that need causal-conv1d go in a second call right after the
+    first, on the machine the first left warm with mamba-ssm installed (docs/gpu.md). Within a call the jobs with
+    the shortest estimate come first, so that one long job does not take the time of several short ones."""
+    left = [(j, p) for j, p in rows if not p.error and not p.finished]
+    if not left:
+        return []
+
+    def order(jp: Tuple[Job, "Plan"]) -> Tuple[float, int]:
+        j, p = jp
+        return (math.inf if p.est_s is None else p.est_s / max(1, j.shards), JOBS.index(j) if j in JOBS else 0)
+
+    first = [jp for jp in left if "causal_conv1d" not in jp[0].needs]
+    second = [jp for jp in left if "causal_conv1d" in jp[0].needs]
+    out = ["Next calls (GIT_COMMIT=<sha> python -m synthetic.gpu_queue --budget 580 --wheels <folder> --jobs ...; "
+           "what one call does not finish, the next resumes):"]
+    if second or any("mamba_ssm" in j.needs for j, _ in first):
+        wheel = "the mamba-ssm wheel (.whl)" + ("; the second call needs it installed" if second else "")
+    else:
+        wheel = "no wheel"
+    if first:
+        out.append(f"  1. carry {wheel}: {_jobs_line(first, order)}")
+    elif second:
+        out.append(f"  1. carry {wheel}, --budget 60 and no --jobs: it installs mamba-ssm (the jobs left need "
+                   "causal-conv1d as well and are skipped)")
+    if second:
+        out.append("  2. carry the causal-conv1d wheel (.whl2), within the 30 s the first call's machine stays warm: "
+                   + _jobs_line(second, order))
+    return out
 
 
 def importable(module: str) -> bool:

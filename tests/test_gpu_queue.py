@@ -367,3 +367,24 @@ def test_land_option_exits_2_with_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --land:") and "\n" not in err
+
+
+def test_next_calls_put_the_causal_conv1d_jobs_in_a_second_call_shortest_first():
+    """One wheel travels per call: jobs that need causal-conv1d go in call 2 (after call 1 installed mamba-ssm);
+    within a call the shortest estimate first; finished jobs and jobs whose plan failed are left out."""
+    conv = ("mamba_ssm", "causal_conv1d")
+    rows = [(gq.Job("s4", "m", (), shards=4), gq.Plan(0, 10, 10, 0, 400.0)),        # ~100 s
+            (gq.Job("thm", "m", ()), gq.Plan(0, 10, 10, None, 50.0)),               # ~50 s, extension later
+            (gq.Job("done", "m", ()), gq.Plan(10, 10, 0, 0, None)),
+            (gq.Job("broken", "m", ()), gq.Plan(0, 0, 0, 0, None, error="no plan")),
+            (gq.Job("mamba", "m", (), shards=2, needs=conv), gq.Plan(0, 10, 10, 0, None)),  # no estimate: last
+            (gq.Job("hybrid", "m", (), needs=conv), gq.Plan(0, 10, 10, 0, 30.0))]
+    lines = gq.next_calls(rows)
+    assert len(lines) == 3
+    assert "mamba-ssm wheel (.whl); the second call needs it installed: --jobs thm,s4 (~150 s of runs + the lr " \
+           "extensions" in lines[1]
+    assert "causal-conv1d wheel (.whl2)" in lines[2] and "--jobs hybrid,mamba (~30 s of runs)" in lines[2]
+    only_conv = gq.next_calls(rows[2:])
+    assert "--budget 60 and no --jobs: it installs mamba-ssm" in only_conv[1] and "--jobs hybrid,mamba" in only_conv[2]
+    assert "carry no wheel: --jobs thm,s4" in gq.next_calls(rows[:4])[1]
+    assert gq.next_calls(rows[2:4]) == []
