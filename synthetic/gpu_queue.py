@@ -490,8 +490,9 @@ def land_archives(archives: Sequence[Path], dry_run: bool = False) -> int:
     jsonl = [k for k, v in done.items() if k.endswith(".jsonl") and not v.startswith("unchanged")]
     print(f"{len(done)} files, {len(jsonl)} results files changed" + (" (dry run: nothing written)" if dry_run else ""))
     if jsonl and not dry_run:
-        print("next: python -m synthetic.report; bash scripts/redraw_figures.sh; python -m synthetic.gpu_queue "
-              "--dry-run; git add figures notes/gpu_logs docs/results")
+        print("next: bash scripts/redraw_figures.sh; python -m synthetic.report; python scripts/make_notebook.py "
+              "(the notebook redraws from figures/); python -m synthetic.gpu_queue --dry-run; "
+              "git add figures notes/gpu_logs docs/results paper_checks.ipynb")
     return 0
 
 
