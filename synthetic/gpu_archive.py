@@ -169,7 +169,8 @@ def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool =
     earlier one's): every archive is read and every results file in it validated before anything is written
     (:class:`LandError` otherwise); results files (``*.jsonl``) never lose a record here (:func:`_land_results`);
     figures, their data and the logs replace the files here (atomically); shard files an archive brings are merged
-    into their results file (:func:`synthetic.parallel.merge_shards`). Returns ``{path: what was done}``.
+    into their results file (:func:`synthetic.parallel.merge_shards`). Returns ``{path: what was done}`` (each
+    archive's action, joined by "; ").
     ``dry_run``: the same, done on a scratch copy of the files concerned; ``base`` is left as it is."""
     import tempfile
 
@@ -190,7 +191,7 @@ def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool =
                   for i, (a, files) in enumerate(contents) for rel, data in files.items() if rel.endswith(".jsonl")}
     done: Dict[str, str] = {}
     shards = set()
-    for a, files in contents:
+    for n, (a, files) in enumerate(contents, 1):
         for rel, data in sorted(files.items()):
             if rel.endswith(".jsonl"):
                 what = _land_results(rel, data, parsed[(str(a), rel)], base)
@@ -203,8 +204,9 @@ def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool =
                 what = "unchanged" if old == data else ("replaced" if old is not None else "new")
                 if old != data:
                     atomic_write(target, data)
-            done[rel] = f"{what} (from {a.name})" if len(contents) > 1 else what
-            log(f"  {rel}: {done[rel]}")
+            what = f"{what} (archive {n})" if len(contents) > 1 else what
+            done[rel] = f"{done[rel]}; {what}" if rel in done else what
+            log(f"  {rel}: {what}")
     for main in sorted(shards):
         if shard_files(base / main):
             merge_shards(base / main, log=lambda s: log("  " + s.replace(str(base) + os.sep, "")))

@@ -268,7 +268,8 @@ def test_land_takes_an_archive_that_extends_the_file_byte_for_byte(tmp_path):
     assert (home / "figures" / "x.jsonl").read_bytes() == (tmp_path / "call2" / "figures" / "x.jsonl").read_bytes()
     assert device1 != (home / "figures" / "x.jsonl").read_bytes()
     assert (home / "figures" / "x.png").read_bytes() == b"new figure"
-    assert done["figures/x.jsonl"].startswith("+1 records (2 -> 3")
+    assert done["figures/x.jsonl"].startswith("+1 records (1 -> 2") and "; +1 records (2 -> 3" in done["figures/x.jsonl"]
+    assert done["figures/x.jsonl"].endswith("(archive 2)")
     assert len(list((home / "notes" / "gpu_logs").rglob("gpu_queue.log"))) >= 1
 
 
