@@ -59,11 +59,17 @@ STATE = ROOT / "out" / "gpu_queue_state"  # ignored: kept on a warm device betwe
 def save_state(before: Dict[str, Tuple[int, int]], folder: Path = ROOT / "figures", base: Path = ROOT,
                state: Path = STATE) -> List[str]:
     """Copy every results file (``*.jsonl``) under ``folder`` that changed since ``before`` to ``state`` (same path
-    relative to ``base``), for the next call on this machine. Returns the relative paths."""
+    relative to ``base``), for the next call on this machine, and drop the kept files whose file under ``base`` is
+    gone (shard files merged since). Returns the relative paths copied."""
     changed = [k for k in changed_since(before, folder, base) if k.endswith(".jsonl")]
     for k in changed:
         (state / k).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(base / k, state / k)
+    # a kept file whose file here is gone is a shard file merged since (its records are in the results file): drop
+    # it, or the next call would bring it back beside the results file (2026-12-07: 32 such files in an archive)
+    for kept in sorted(state.rglob("*.jsonl")) if state.is_dir() else []:
+        if not (base / kept.relative_to(state)).exists():
+            kept.unlink()
     return changed
 
 

@@ -413,7 +413,7 @@ class Queue:
         after = self._replan(job)
         rounds = 0
         while job.shards > 1 and after and not after.error and after.todo == 0 and after.extension:
-            before = after
+            before, kept = after, results_snapshot()
             if not self._sharded(job, f"lr-extension round {rounds + 1}", after):
                 break
             rounds += 1
@@ -422,7 +422,10 @@ class Queue:
                 return
             self.log(f"  lr-extension round {rounds}: {before.extension} runs planned, "
                      f"{'?' if after.extension is None else after.extension} next")
-            if (after.done, after.extension) == (before.done, before.extension):
+            # a round that grew the grid can plan as many runs next (the same groups, one lr further): what says
+            # it added nothing is its results files, unchanged (2026-12-07 21:55: a round of 6 runs planned 6 next
+            # and the job was stopped with 439 s left)
+            if (after.done, after.extension) == (before.done, before.extension) and results_snapshot() == kept:
                 self.log("  the round added nothing (see the shard logs); stopping this job")
                 break
         if after is None:
@@ -437,6 +440,11 @@ class Queue:
                 return
         self.log(f"  {job.name}: {after.done} / {after.total} done, {after.todo} to do, extension next "
                  f"{'?' if after.extension is None else after.extension}{' ' + after.error if after.error else ''}")
+
+
+def results_snapshot(folder: Path = ROOT / "figures") -> Dict[str, Tuple[int, int]]:
+    """(mtime, size) of the results files under ``folder``, shard files left out (a merge folds them in)."""
+    return {k: v for k, v in snapshot(folder).items() if k.endswith(".jsonl") and ".shard" not in k}
 
 
 def select(names: str) -> List[Job]:
@@ -488,7 +496,7 @@ def land_archives(archives: Sequence[Path], dry_run: bool = False) -> int:
     except (LandError, LockHeld) as e:
         exit_error(str(e))
     jsonl = [k for k, v in done.items()
-             if k.endswith(".jsonl") and any(not w.startswith("unchanged") for w in v.split("; "))]
+             if k.endswith(".jsonl") and ".shard" not in k and any(not w.startswith("unchanged") for w in v.split("; "))]
     print(f"{len(done)} files, {len(jsonl)} results files changed" + (" (dry run: nothing written)" if dry_run else ""))
     if jsonl and not dry_run:
         print("next: bash scripts/redraw_figures.sh; python -m synthetic.report; python scripts/make_notebook.py "

@@ -389,3 +389,39 @@ def test_next_calls_put_the_causal_conv1d_jobs_in_a_second_call_shortest_first()
     assert "--budget 60 and no --jobs: it installs mamba-ssm" in only_conv[1] and "--jobs hybrid,mamba" in only_conv[2]
     assert "carry no wheel: --jobs thm,s4" in gq.next_calls(rows[:4])[1]
     assert gq.next_calls(rows[2:4]) == []
+
+
+def test_a_shard_file_merged_since_is_not_kept_for_the_next_call(tmp_path):
+    """2026-12-07: a checkpoint kept a phase's shard files; the merge then folded them in and deleted them, but the
+    kept copies came back in the next call (records already in the results file, 32 files in its archive)."""
+    from synthetic.results import ResultsFile
+
+    tree, state = tmp_path / "t", tmp_path / "state"
+    main = ResultsFile(tree / "figures" / "x.jsonl")
+    main.extend([_rec("a")])
+    before = ga.snapshot(tree / "figures", tree)
+    shard = ResultsFile(tree / "figures" / "x.shard0of2.jsonl")
+    shard.extend([_rec("b")])
+    assert ga.save_state(before, tree / "figures", tree, state) == ["figures/x.shard0of2.jsonl"]
+    main.extend(shard.load())  # the merge
+    shard.path.unlink()
+    assert ga.save_state(before, tree / "figures", tree, state) == ["figures/x.jsonl"]
+    assert sorted(str(p.relative_to(state)) for p in state.rglob("*.jsonl")) == ["figures/x.jsonl"]
+    tree2 = tmp_path / "t2"
+    assert ga.restore_state(lambda s: None, tree2, state) == 2
+    assert sorted(p.name for p in (tree2 / "figures").iterdir()) == ["x.jsonl"]
+
+
+def test_extension_rounds_go_on_while_they_add_runs_though_as_many_are_planned_next(tmp_path, monkeypatch):
+    """A round that grows the grid of the same groups one lr further plans as many runs next; the job stops only
+    when a round leaves its results files as they were (2026-12-07: stopped after 1 round with 439 s left)."""
+    job = gq.Job("thm", "m", (), shards=4)
+    rounds, states = [], iter([{"f": 1}, {"f": 2}, {"f": 2}, {"f": 3}, {"f": 3}, {"f": 3}])
+    monkeypatch.setattr(gq, "results_snapshot", lambda: next(states))
+    monkeypatch.setattr(gq.Queue, "_sharded", lambda self, job, tag, p: rounds.append(tag) or True)
+    monkeypatch.setattr(gq.Queue, "_replan", lambda self, job: gq.Plan(36, 36, 0, 6, 60.0))
+    q = gq.Queue(budget=600, margin=20, logs=tmp_path, env=None)
+    q.run(job, gq.Plan(36, 36, 0, 6, 60.0))
+    assert rounds == ["lr-extension round 1", "lr-extension round 2", "lr-extension round 3"]
+    log = (tmp_path / "gpu_queue.log").read_text()
+    assert log.count("the round added nothing") == 1 and "lr-extension round 2: 6 runs planned, 6 next" in log
