@@ -495,8 +495,8 @@ def land_archives(archives: Sequence[Path], dry_run: bool = False) -> int:
         done = land(archives, ROOT, dry_run=dry_run)
     except (LandError, LockHeld) as e:
         exit_error(str(e))
-    jsonl = [k for k, v in done.items()
-             if k.endswith(".jsonl") and ".shard" not in k and any(not w.startswith("unchanged") for w in v.split("; "))]
+    jsonl = [k for k, v in done.items() if k.endswith(".jsonl") and ".shard" not in k
+             and any(not w.startswith("unchanged") for w in v.split("; "))]
     print(f"{len(done)} files, {len(jsonl)} results files changed" + (" (dry run: nothing written)" if dry_run else ""))
     if jsonl and not dry_run:
         print("next: bash scripts/redraw_figures.sh; python -m synthetic.report; python scripts/make_notebook.py "
