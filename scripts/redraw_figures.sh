@@ -29,7 +29,8 @@ commands=(
   "synthetic.mamba_regression --preset paper --backend mamba_ssm --seeds 0,1,2 --methods all --out figures --plot-only"
   # mamba_model_seed1/mamba_mse_vs_params_paper.png, mamba_model_seed1/mamba_loss_curves_paper.png (frozen/target pair 1)
   "synthetic.mamba_regression --preset paper --backend mamba_ssm --seeds 0,1 --model-seed 1 --out figures/mamba_model_seed1 --plot-only"
-  # (pair 2: the same line with --model-seed 2 and figures/mamba_model_seed2 once the queue has run it)
+  # mamba_model_seed2/mamba_mse_vs_params_paper.png, mamba_model_seed2/mamba_loss_curves_paper.png (frozen/target pair 2)
+  "synthetic.mamba_regression --preset paper --backend mamba_ssm --seeds 0,1 --model-seed 2 --out figures/mamba_model_seed2 --plot-only"
   # mamba_mse_vs_params_cpu.png, mamba_loss_curves_cpu.png
   "synthetic.mamba_regression --preset cpu --out figures --plot-only"
   # peft_methods_mamba_cpu.png, peft_methods_mamba_loss_curves_cpu.png
