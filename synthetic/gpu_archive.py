@@ -187,7 +187,8 @@ def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool =
         with tempfile.TemporaryDirectory(prefix="land-dry-run.") as scratch:
             for rel in {rel for _, files in contents for rel in files}:
                 here = base / rel
-                for p in [here, here.with_suffix(".json"), *(shard_files(here) if rel.endswith(".jsonl") else [])]:
+                kin = [here.with_suffix(".json"), *shard_files(here)] if rel.endswith(".jsonl") else []
+                for p in [here, *kin]:  # a results file's old-format predecessor and shard files count too
                     if p.is_file():
                         (Path(scratch) / p.relative_to(base)).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(p, Path(scratch) / p.relative_to(base))
