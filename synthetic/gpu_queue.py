@@ -529,6 +529,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "here), and exit")
     a = ap.parse_args(argv)
     if a.land is not None:
+        mixed = [o for o, v in (("--budget", a.budget != ap.get_default("budget")),
+                                ("--margin", a.margin != ap.get_default("margin")), ("--jobs", a.jobs),
+                                ("--wheels", a.wheels), ("--tests", a.tests)) if v]
+        if mixed:
+            ap.error(f"--land: brings archives home and runs nothing; {', '.join(mixed)} belong to a device call")
         return land_archives(a.land, a.dry_run)
     if not 0 < a.budget < math.inf:
         ap.error(f"--budget: must be a positive finite number of seconds, got {a.budget}")

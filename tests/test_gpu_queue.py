@@ -425,3 +425,11 @@ def test_extension_rounds_go_on_while_they_add_runs_though_as_many_are_planned_n
     assert rounds == ["lr-extension round 1", "lr-extension round 2", "lr-extension round 3"]
     log = (tmp_path / "gpu_queue.log").read_text()
     assert log.count("the round added nothing") == 1 and "lr-extension round 2: 6 runs planned, 6 next" in log
+
+
+def test_land_refuses_the_options_of_a_device_call(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        gq.main(["--land", str(tmp_path / "a.tgz"), "--budget", "100", "--jobs", "s4-official"])
+    assert e.value.code == 2
+    assert "--land: brings archives home and runs nothing; --budget, --jobs belong to a device call" in \
+        capsys.readouterr().err
