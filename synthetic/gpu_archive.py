@@ -8,7 +8,6 @@ starts from a fresh copy of the caller's tree, folds their records in first; and
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tarfile
 import time
@@ -170,17 +169,17 @@ def _land_results(rel: str, data: bytes, recs, base: Path) -> str:
                 f"here are not in it, kept; {differ} it holds differently, the ones here kept){torn}")
 
 
-def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool = False) -> Dict[str, str]:
+def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool = False) -> Dict[str, List[str]]:
     """Bring queue archives (:func:`pack`) home into ``base``, in the order given (a later call's archive after an
     earlier one's): every archive is read and every results file in it validated before anything is written
     (:class:`LandError` otherwise); results files (``*.jsonl``) never lose a record here (:func:`_land_results`);
     figures, their data and the logs replace the files here (atomically); shard files an archive brings are merged
-    into their results file (:func:`synthetic.parallel.merge_shards`). Returns ``{path: what was done}`` (each
-    archive's action, joined by "; ").
+    into their results file (:func:`synthetic.parallel.merge_shards`). Returns ``{path: [what was done]}``, one
+    entry per archive that holds the file, in the order given.
     ``dry_run``: the same, done on a scratch copy of the files concerned; ``base`` is left as it is."""
     import tempfile
 
-    from synthetic.parallel import merge_shards, shard_files
+    from synthetic.parallel import merge_shards, shard_files, shard_main
 
     contents = [(Path(a), read_archive(Path(a))) for a in archives]
     if dry_run:
@@ -196,25 +195,23 @@ def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool =
     with tempfile.TemporaryDirectory(prefix="land.") as scratch:
         parsed = {(str(a), rel): _parse_results(rel, data, Path(scratch) / str(i))
                   for i, (a, files) in enumerate(contents) for rel, data in files.items() if rel.endswith(".jsonl")}
-    done: Dict[str, str] = {}
+    done: Dict[str, List[str]] = {}
     shards = set()
     for n, (a, files) in enumerate(contents, 1):
         for rel, data in sorted(files.items()):
             if rel.endswith(".jsonl"):
                 what = _land_results(rel, data, parsed[(str(a), rel)], base)
-                m = re.match(r"(.*)\.shard\d+of\d+\.jsonl$", rel)
-                if m:
-                    shards.add(m.group(1) + ".jsonl")
+                if shard_main(rel) is not None:
+                    shards.add(shard_main(rel))
             else:
                 target = base / rel
                 old = target.read_bytes() if target.is_file() else None
                 what = "unchanged" if old == data else ("replaced" if old is not None else "new")
                 if old != data:
                     atomic_write(target, data)
-            what = f"{what} (archive {n})" if len(contents) > 1 else what
-            done[rel] = f"{done[rel]}; {what}" if rel in done else what
-            log(f"  {rel}: {what}")
-    for main in sorted(shards):
+            done.setdefault(rel, []).append(what)
+            log(f"  {rel}: {what}" + (f" (archive {n})" if len(contents) > 1 else ""))
+    for main in sorted(shards):  # repository-relative paths
         if shard_files(base / main):
             merge_shards(base / main, log=lambda s: log("  " + s.replace(str(base) + os.sep, "")))
     return done

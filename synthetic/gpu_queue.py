@@ -44,6 +44,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.checks import check_out_dir
 from synthetic.gpu_archive import LandError, land, pack, restore_state, save_state, snapshot
+from synthetic.parallel import shard_main
 from synthetic.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,10 +268,16 @@ def show_queue(jobs: Sequence[Job], env: Optional[Dict[str, str]] = None,
     return rows
 
 
-def _jobs_line(jobs: Sequence[Tuple[Job, "Plan"]], order: Callable) -> str:
+def _by_estimate(jp: Tuple[Job, "Plan"]) -> Tuple[float, int]:
+    """Shortest estimated device time first (no estimate: last), then queue order."""
+    j, p = jp
+    return (math.inf if p.est_s is None else p.est_s / max(1, j.shards), JOBS.index(j) if j in JOBS else 0)
+
+
+def _jobs_line(jobs: Sequence[Tuple[Job, "Plan"]]) -> str:
     est = sum(p.est_s / max(1, j.shards) for j, p in jobs if p.est_s is not None)
     later = " + the lr extensions decided after their grids" if any(p.extension is None for _, p in jobs) else ""
-    return f"--jobs {','.join(j.name for j, _ in sorted(jobs, key=order))} (~{est:.0f} s of runs{later})"
+    return f"--jobs {','.join(j.name for j, _ in sorted(jobs, key=_by_estimate))} (~{est:.0f} s of runs{later})"
 
 
 def next_calls(rows: Sequence[Tuple[Job, "Plan"]]) -> List[str]:
@@ -281,11 +288,6 @@ def next_calls(rows: Sequence[Tuple[Job, "Plan"]]) -> List[str]:
     left = [(j, p) for j, p in rows if not p.error and not p.finished]
     if not left:
         return []
-
-    def order(jp: Tuple[Job, "Plan"]) -> Tuple[float, int]:
-        j, p = jp
-        return (math.inf if p.est_s is None else p.est_s / max(1, j.shards), JOBS.index(j) if j in JOBS else 0)
-
     first = [jp for jp in left if "causal_conv1d" not in jp[0].needs]
     second = [jp for jp in left if "causal_conv1d" in jp[0].needs]
     out = ["Next calls (GIT_COMMIT=<sha> python -m synthetic.gpu_queue --budget 580 --wheels <folder> --jobs ...; "
@@ -295,13 +297,13 @@ def next_calls(rows: Sequence[Tuple[Job, "Plan"]]) -> List[str]:
     else:
         wheel = "no wheel"
     if first:
-        out.append(f"  1. carry {wheel}: {_jobs_line(first, order)}")
+        out.append(f"  1. carry {wheel}: {_jobs_line(first)}")
     elif second:
         out.append(f"  1. carry {wheel}, --budget 60 and no --jobs: it installs mamba-ssm (the jobs left need "
                    "causal-conv1d as well and are skipped)")
     if second:
         out.append("  2. carry the causal-conv1d wheel (.whl2), within the 30 s the first call's machine stays warm: "
-                   + _jobs_line(second, order))
+                   + _jobs_line(second))
     return out
 
 
@@ -444,7 +446,7 @@ class Queue:
 
 def results_snapshot(folder: Path = ROOT / "figures") -> Dict[str, Tuple[int, int]]:
     """(mtime, size) of the results files under ``folder``, shard files left out (a merge folds them in)."""
-    return {k: v for k, v in snapshot(folder).items() if k.endswith(".jsonl") and ".shard" not in k}
+    return {k: v for k, v in snapshot(folder).items() if k.endswith(".jsonl") and shard_main(k) is None}
 
 
 def select(names: str) -> List[Job]:
@@ -495,8 +497,8 @@ def land_archives(archives: Sequence[Path], dry_run: bool = False) -> int:
         done = land(archives, ROOT, dry_run=dry_run)
     except (LandError, LockHeld) as e:
         exit_error(str(e))
-    jsonl = [k for k, v in done.items() if k.endswith(".jsonl") and ".shard" not in k
-             and any(not w.startswith("unchanged") for w in v.split("; "))]
+    jsonl = [k for k, v in done.items() if k.endswith(".jsonl") and shard_main(k) is None
+             and any(not w.startswith("unchanged") for w in v)]
     print(f"{len(done)} files, {len(jsonl)} results files changed" + (" (dry run: nothing written)" if dry_run else ""))
     if jsonl and not dry_run:
         print("next: bash scripts/redraw_figures.sh; python -m synthetic.report; python scripts/make_notebook.py "

@@ -4,13 +4,14 @@ folds them into the results file) and the process group of a ``torchrun`` launch
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.results import LockHeld, ResultsFile, ResultsFileError, exit_error
 
-__all__ = ["parse_shard", "shard_path", "shard_files", "merge_shards", "done_keys", "Dist", "distributed",
+__all__ = ["parse_shard", "shard_path", "shard_main", "shard_files", "merge_shards", "done_keys", "Dist", "distributed",
            "is_main_process"]
 
 
@@ -30,6 +31,16 @@ def parse_shard(s: str) -> Optional[Tuple[int, int]]:
 def shard_path(main: Path, i: int, n: int) -> Path:
     main = Path(main)
     return main.with_name(f"{main.stem}.shard{i}of{n}{main.suffix}")
+
+
+_SHARD = re.compile(r"^(.*)\.shard\d+of\d+(\.[^.]+)$")
+
+
+def shard_main(path) -> Optional[Path]:
+    """The results file a shard file (:func:`shard_path`'s name) belongs to, or None for any other file."""
+    path = Path(path)
+    m = _SHARD.match(path.name)
+    return path.with_name(m.group(1) + m.group(2)) if m else None
 
 
 def shard_files(main: Path) -> List[Path]:

@@ -264,12 +264,14 @@ def test_land_takes_an_archive_that_extends_the_file_byte_for_byte(tmp_path):
     one = _device_call(tmp_path, "call1", home, ["b"], {"figures/x.png": b"new figure"})
     device1 = (tmp_path / "call1" / "figures" / "x.jsonl").read_bytes()
     two = _device_call(tmp_path, "call2", tmp_path / "call1", ["c"])
-    done = ga.land([one, two], home, log=lambda s: None)
+    logged = []
+    done = ga.land([one, two], home, log=logged.append)
     assert (home / "figures" / "x.jsonl").read_bytes() == (tmp_path / "call2" / "figures" / "x.jsonl").read_bytes()
     assert device1 != (home / "figures" / "x.jsonl").read_bytes()
     assert (home / "figures" / "x.png").read_bytes() == b"new figure"
-    assert done["figures/x.jsonl"].startswith("+1 records (1 -> 2") and "; +1 records (2 -> 3" in done["figures/x.jsonl"]
-    assert done["figures/x.jsonl"].endswith("(archive 2)")
+    first, second = done["figures/x.jsonl"]
+    assert first.startswith("+1 records (1 -> 2") and second.startswith("+1 records (2 -> 3")
+    assert [line for line in logged if line.startswith("  figures/x.jsonl")][-1].endswith("(archive 2)")
     assert len(list((home / "notes" / "gpu_logs").rglob("gpu_queue.log"))) >= 1
 
 
@@ -291,8 +293,9 @@ def test_land_never_drops_a_record_the_archive_lacks(tmp_path):
     done = ga.land([arch], home, log=lambda s: None)
     recs = {r["key"]: r["best_mse"] for r in here.load()}
     assert recs == {"a": 1.0, "local": 7.0, "b": 1.0}
-    assert "+1 records merged by run key" in done["figures/x.jsonl"] and "1 records here are not in it" in \
-        done["figures/x.jsonl"] and "1 it holds differently" in done["figures/x.jsonl"]
+    [what] = done["figures/x.jsonl"]
+    assert "+1 records merged by run key" in what and "1 records here are not in it" in what and \
+        "1 it holds differently" in what
 
 
 @pytest.mark.parametrize("member, data, rule", [
@@ -344,7 +347,7 @@ def test_land_dry_run_writes_nothing_and_says_what_it_would_do(tmp_path):
     arch = _device_call(tmp_path, "call", home, ["b", "c"], {"figures/x.png": b"new figure"})
     before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()}
     done = ga.land([arch], home, log=lambda s: None, dry_run=True)
-    assert done["figures/x.jsonl"].startswith("+2 records") and done["figures/x.png"] == "replaced"
+    assert done["figures/x.jsonl"][0].startswith("+2 records") and done["figures/x.png"] == ["replaced"]
     assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == before
 
 
@@ -433,3 +436,14 @@ def test_land_refuses_the_options_of_a_device_call(tmp_path, capsys):
     assert e.value.code == 2
     assert "--land: brings archives home and runs nothing; --budget, --jobs belong to a device call" in \
         capsys.readouterr().err
+
+
+def test_shard_main_inverts_shard_path():
+    from pathlib import Path
+
+    from synthetic.parallel import shard_main, shard_path
+
+    main = Path("figures/mamba_model_seed2/mamba_regression_paper.jsonl")
+    assert shard_main(shard_path(main, 3, 12)) == main
+    assert shard_main("figures/x.shard0of4.jsonl") == Path("figures/x.jsonl")
+    assert shard_main(main) is None and shard_main("figures/x.shardy.jsonl") is None
