@@ -20,7 +20,7 @@ after the base grid until every best lr is interior or at a bound), progress bar
 ``experiment``, ``preset``, ``lr_source``; schema in :mod:`synthetic.results`), a closing ``kind: "sweep"``
 record with the wall time, ``shard=(i, n)`` (:func:`shard_groups`: the base-grid groups with a run missing from
 the results file, dealt ``j % n == i``, into the shard's own file; once the base grid is complete in the results
-file, i.e. merged, a shard takes the items ``j % n == i`` of the next lr-extension round, planned from the results
+file, i.e. merged, a shard takes its share (:func:`deal_round`) of the next lr-extension round, planned from the results
 file alone so every shard plans the same round, and stops: merging and relaunching the shards runs the next round,
 as one process would),
 :func:`merge_shards` and torchrun launches (both in :mod:`synthetic.parallel`); ``--dry-run``'s plan is
@@ -29,6 +29,7 @@ as one process would),
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError
                                lr_extension_plan, run_key, utc_now)
 
 __all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "shard_groups", "current_runs", "extension_todo",
-           "trains_alone",
+           "trains_alone", "deal_round", "call_costs",
            # re-exported from synthetic.parallel
            "Dist", "distributed", "is_main_process", "merge_shards", "shard_path", "shard_files", "parse_shard"]
 
@@ -372,14 +373,15 @@ class _Sweep:
 
     def extension_share(self, all_groups: Sequence[Group], shard: Tuple[int, int]) -> None:
         """A shard's part of the next lr-extension round, once the base grid is complete in the results file (the
-        shards merged): items ``j % n == i`` of the round planned from the results file (the same plan in every
-        shard); runs already in a shard file are skipped. One round: the next needs every shard's runs merged."""
+        shards merged): its share (:func:`deal_round`) of the round planned from the results file (the same plan in
+        every shard); runs already in a shard file are skipped. One round: the next needs every shard's runs merged."""
         exp, st = self.exp, self.st
         main_recs = self.main.load()
         in_main = {r.get("key") for r in main_recs}
         if not all(exp.key(g.seed, g.method, g.budget, lr) in in_main for g in all_groups for lr in g.lrs):
             return  # the base grid is not merged yet: which lrs a round adds depends on every shard's runs
-        mine = [t for j, t in enumerate(self.round_plan(main_recs, all_groups)) if j % shard[1] == shard[0]]
+        shares = deal_round(exp, self.round_plan(main_recs, all_groups), shard[1], current_runs(exp, main_recs))
+        mine = shares[shard[0]]
         if not mine:
             return
         st.extension_rounds = 1
@@ -454,6 +456,45 @@ def shard_groups(exp: Experiment, all_groups: Sequence[Group], shard: Optional[T
     in_main = {r.get("key") for r in records}
     left = [g for g in all_groups if not all(exp.key(g.seed, g.method, g.budget, lr) in in_main for lr in g.lrs)]
     return [g for j, g in enumerate(left) if j % shard[1] == shard[0]]
+
+
+def call_costs(records: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    """Per method, the mean wall time of the train calls its recorded runs came from (``group_wall_s`` where a record
+    has it, else ``wall_s``): what one more call of that method costs, a few runs or many (an lr-extension call holds
+    few, and on a GPU a call of 1 run takes about as long as one of 12)."""
+    walls: Dict[str, List[float]] = {}
+    for r in records:
+        w = r.get("group_wall_s", r.get("wall_s"))
+        if isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 and r.get("method"):
+            walls.setdefault(r["method"], []).append(float(w))
+    return {m: sum(v) / len(v) for m, v in walls.items()}
+
+
+def deal_round(exp: Experiment, todo: Sequence[Tuple], n: int,
+               records: Sequence[Dict[str, Any]] = ()) -> List[List[Tuple]]:
+    """An lr-extension round (:meth:`_Sweep.round_plan`'s ``(seed, method, budget, lrs)`` items) dealt to ``n``
+    shards, balanced by cost: each item costs its method's :func:`call_costs` in ``records`` (the mean of all
+    methods' for a method with none, 1 without records), and the units go, costliest first, each to the shard with
+    the least cost so far (ties: the lower shard); each shard keeps the round's order. A unit is one item, except
+    where the experiment compiles one graph per (method, budget) (``pad_calls``): there the items of a (method,
+    budget) whose runs train alone stay together, so one process compiles its graph once and its other seeds reuse
+    it. Dealt item by item (``j % n``), on an H100 on 2026-12-07 deep S4's 20 lone extension runs each compiled afresh
+    (55-76 s a run, where a reused graph's call is ~4 s), and the Theorem 1 ReLU round put its three 5,000-iteration
+    runs (~130 s each) in one of four shards: it ran to the deadline while the others ended in ~83 s."""
+    cost = call_costs(records)
+    default = sum(cost.values()) / len(cost) if cost else 1.0
+    together = bool(getattr(exp, "pad_calls", False))
+    units: "OrderedDict[Any, List[int]]" = OrderedDict()
+    for j, (seed, method, budget, _) in enumerate(todo):
+        lone = together and trains_alone(exp, seed, method, budget)
+        units.setdefault(run_key({"m": method, "b": dict(budget)}) if lone else ("item", j), []).append(j)
+    weight = lambda u: sum(cost.get(todo[j][1], default) for j in u)  # noqa: E731 - one call per item
+    load, mine = [0.0] * n, [[] for _ in range(n)]
+    for u in sorted(units.values(), key=lambda u: -weight(u)):  # stable: equal units keep the round's order
+        i = min(range(n), key=lambda k: (load[k], k))
+        load[i] += weight(u)
+        mine[i].extend(u)
+    return [[todo[j] for j in sorted(js)] for js in mine]
 
 
 def _run(sw: "_Sweep", exp: Experiment, time_budget: float, shard, log, ctx) -> SweepStats:

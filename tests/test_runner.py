@@ -251,3 +251,44 @@ def test_extension_round_puts_the_seeds_of_a_lone_group_back_to_back(tmp_path):
     assert first_round(lambda run: None) == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)]  # every run alone
     mixed = first_round(lambda run: run.seed if run.budget.get("r") == 1 else None)
     assert mixed == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)]  # r=1 packed seed-major first, then r=2 by seed
+
+
+def test_a_sharded_extension_round_keeps_a_compiled_lone_group_in_one_shard(tmp_path):
+    """deal_round where the experiment compiles a graph per (method, budget) (pad_calls): the seeds of a lone group go
+    to one shard (one compile serves them), units costliest first to the least-loaded shard; items that share steps
+    are dealt one by one; every item exactly once, in the round's order within a shard. Dealt j % n, each seed of a
+    lone group went to another shard."""
+
+    class Lone(Toy):
+        def pack_key(self, run):
+            return run.seed if run.method == "P" else None
+
+    exp = Lone(tmp_path / "r.json", seeds=(0, 1, 2), pad=True)
+    todo = ([(s, "A", {"r": r}, [0.1]) for r in (1, 2, 3, 4) for s in (0, 1, 2)]
+            + [(0, "A", {"r": 5}, [0.1, 0.4])] + [(s, "P", {"r": 1}, [0.1]) for s in (0, 1, 2)])
+    shares = runner.deal_round(exp, todo, 4)
+    assert sorted(t for sh in shares for t in map(repr, sh)) == sorted(map(repr, todo))  # each item once
+    for sh in shares:
+        assert sh == [t for t in todo if t in sh]  # the round's order
+        for r in (1, 2, 3, 4, 5):
+            lone = [t for t in todo if t[1] == "A" and t[2]["r"] == r]
+            assert all(t in sh for t in lone) or not any(t in sh for t in lone)  # a lone group is not split
+    assert sorted(len(sh) for sh in shares) == [4, 4, 4, 4]  # 16 items (calls): groups of 3, 3, 3, 3, 1, then 1 + 1 + 1
+    assert all(sum(t[1] == "P" for t in sh) <= 1 for sh in shares)  # the packed items were spread
+    assert runner.deal_round(exp, todo, 1) == [todo] and runner.deal_round(exp, [], 3) == [[], [], []]
+
+
+def test_a_sharded_extension_round_is_balanced_by_recorded_call_cost(tmp_path):
+    """Without compiles (pad_calls False) every item is a unit, weighed by its method's recorded call time: three costly
+    items (the Theorem 1 ReLU round's 5,000-iteration runs, ~130 s where the others take ~12 s) go to three shards,
+    where j % 4 put all three in one; a method with no record costs the mean of the others."""
+    exp = Toy(tmp_path / "r.json", seeds=(0, 1, 2))
+    todo = [(s, m, {"r": 1}, [0.1]) for m in ("A", "A", "A", "L") for s in (0, 1, 2)]  # L: the long arm
+    recs = ([{"method": "A", "group_wall_s": 12.0, "wall_s": 4.0}] * 3 + [{"method": "L", "group_wall_s": 130.0}]
+            + [{"method": "N", "wall_s": float("nan")}])
+    shares = runner.deal_round(exp, todo, 4, recs)
+    assert sorted(sum(t[1] == "L" for t in sh) for sh in shares) == [0, 1, 1, 1]
+    assert sorted(len(sh) for sh in shares) == [1, 1, 1, 9]  # 130 s each; the nine 12 s calls, 108 s, on the fourth
+    assert runner.call_costs(recs) == {"A": 12.0, "L": 130.0}  # a call's time, not the run's share; NaN skipped
+    unknown = runner.deal_round(exp, [(0, "Z", {"r": 1}, [0.1])] + todo[:1], 2, recs)  # Z: costs (12 + 130) / 2
+    assert [len(sh) for sh in unknown] == [1, 1]
