@@ -90,12 +90,12 @@ def _mamba_paper(model_seed: int) -> Job:
                proxy="figures/mamba_regression_paper.jsonl")  # frozen/target pair 0: same preset and methods
 
 
-def _theorem1(activation: str, precision: str, arms: str, suffix: str = "") -> Job:
+def _theorem1(activation: str, precision: str, arms: str, suffix: str = "", proxy: str = "") -> Job:
     return Job(f"theorem1-{activation}-{precision}{suffix}", "synthetic.s4_theorem1",
                ("--preset", "paper", "--activation", activation, "--precision", precision, "--no-compile",
                 "--seeds", "0,1,2", "--arms", arms), shards=4,
                what=f"Theorem 1 study at paper size, {activation}, {precision}"
-                    f"{', arm ' + arms if suffix else ''}: 3 seeds, lr grids grown")
+                    f"{', arm ' + arms if suffix else ''}: 3 seeds, lr grids grown", proxy=proxy)
 
 
 # The queue's order: Mamba-II, hybrid, Mamba-I over frozen/target pairs, the S4 official edge, the
@@ -128,6 +128,10 @@ JOBS: Tuple[Job, ...] = (
     # the linear variant's exact start under TF32 (what TF32 makes of the exact point: seeds 0, 1 ran on an H200 on
     # 2026-12-02; the third seed, then its low lr edges extended)
     _theorem1("identity", "tf32", "Oracle start", "-start"),
+    # the ReLU variant's exact start under TF32: the last arm of `s4_theorem1 --preset paper --activation relu`'s
+    # default grid (precision tf32) without a run, so the README's GPU cell said "partial 252/288" (added 2026-12-07)
+    _theorem1("relu", "tf32", "Oracle start", "-start",
+              proxy="figures/theorem1_training_paper_relu.jsonl"),  # its fp32 exact starts time these
 )
 JOB_NAMES = tuple(j.name for j in JOBS)
 
