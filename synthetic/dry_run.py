@@ -13,8 +13,8 @@ from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.results import ResultsFileError, ResultsFile, exit_error
-from synthetic.runner import (Experiment, check_identity, current_runs, done_keys, extension_todo, shard_groups,
-                              trains_alone)
+from synthetic.runner import (Experiment, call_costs, check_identity, current_runs, done_keys, extension_todo,
+                              shard_groups)
 
 __all__ = ["plan", "format_plan", "print_plan", "run_costs"]
 
@@ -75,27 +75,32 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
         row["runs_done"] += n_done
     base_todo = sum(r["runs"] - r["runs_done"] for r in per.values())
     ext = [] if (base_todo or shard is not None) else extension_todo(exp, records, all_groups)
-    walls, alone = costs_by_method(current_runs(exp, records))  # alone: what a run trained alone costs
+    cur = current_runs(exp, records)
+    walls, _ = costs_by_method(cur)
+    call_s = call_costs(cur)  # what one train call of a method cost: an lr-extension item is at least one call
     ext_runs: Dict[str, int] = {}
-    ext_calls: Dict[str, int] = {}  # lr-extension calls of runs trained alone (a group's new lrs, no packing)
+    ext_calls: Dict[str, int] = {}  # lr-extension calls: an item's lrs in calls of the experiment's size
     size = getattr(exp, "max_runs_per_call", None) or 0
     for seed, m, budget, lrs in ext:
         ext_runs[m] = ext_runs.get(m, 0) + len(lrs)
-        if alone.get(m) and trains_alone(exp, seed, m, budget):
-            ext_calls[m] = ext_calls.get(m, 0) + (-(-len(lrs) // size) if size else 1)
+        ext_calls[m] = ext_calls.get(m, 0) + (-(-len(lrs) // size) if size else 1)
     est_total: Optional[float] = 0.0
     longest: Optional[float] = None  # the longest recorded run of a method with runs left (a phase lasts >= one)
     for m, row in per.items():
         row["extension_runs_next"] = ext_runs.get(m, 0)
-        n = row["runs"] - row["runs_done"] + row["extension_runs_next"]
+        n_base = row["runs"] - row["runs_done"]
+        n = n_base + row["extension_runs_next"]
         w = walls.get(m)
-        if w and m in ext_calls:  # its extension runs each cost a call of one run (padded where it compiles)
-            n_pooled = row["runs"] - row["runs_done"]
-            row["est_s"] = statistics.fmean(w) * n_pooled + statistics.fmean(alone[m]) * ext_calls[m]
+        if w and ext_calls.get(m):
+            # an extension item's few runs cost a whole call each, not their share of a packed base-grid call: the
+            # Theorem 1 ReLU round of 2026-12-07 (24 runs, 2-3 to a call) was estimated at 76 s by the runs' shares of
+            # 12-run calls and took ~640 s of shard time (H100)
+            row["est_s"] = statistics.fmean(w) * n_base + call_s[m] * ext_calls[m]
+            longest = max(longest or 0.0, max(w), call_s[m])
         else:
             row["est_s"] = statistics.fmean(w) * n if w else (0.0 if n == 0 else None)
-        if n and w:
-            longest = max(longest or 0.0, max(w))
+            if n and w:
+                longest = max(longest or 0.0, max(w))
         if row["est_s"] is None:
             est_total = None
         elif est_total is not None:
@@ -127,8 +132,10 @@ def format_plan(p: Dict[str, Any]) -> str:
         nxt = r["extension_runs_next"] if p["extension_known"] else "after the grid"
         lines.append(f"| {m} | {r['groups_done']} / {r['groups']} | {r['runs_done']} / {r['runs']} | {nxt} | {est} |")
     est = ("unknown (no recorded runs to time some methods)" if p["est_s"] is None else f"~{p['est_s']:.0f} s "
-           "(from the wall time per run recorded in the results file)")
-    lines.append(f"{p['base_runs_to_do']} base-grid runs to do, {p['extension_runs_next'] if p['extension_known'] else '?'}"
+           "(from the wall times recorded in the results file: a run's share of its call in the base grid, a whole call "
+           "for each lr-extension item)")
+    nxt = p["extension_runs_next"] if p["extension_known"] else "?"
+    lines.append(f"{p['base_runs_to_do']} base-grid runs to do, {nxt}"
                  f" lr-extension runs next; estimated {est}")
     if p.get("longest_s") is not None:
         lines.append(f"longest recorded run of what is left: ~{p['longest_s']:.0f} s")

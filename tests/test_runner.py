@@ -292,3 +292,20 @@ def test_a_sharded_extension_round_is_balanced_by_recorded_call_cost(tmp_path):
     assert runner.call_costs(recs) == {"A": 12.0, "L": 130.0}  # a call's time, not the run's share; NaN skipped
     unknown = runner.deal_round(exp, [(0, "Z", {"r": 1}, [0.1])] + todo[:1], 2, recs)  # Z: costs (12 + 130) / 2
     assert [len(sh) for sh in unknown] == [1, 1]
+
+
+def test_dry_run_estimates_an_extension_item_at_a_whole_call(tmp_path):
+    """An lr-extension item (one seed's new lr of a group) is a call of its own: the plan charges it the method's
+    recorded call time, not a run's share of a packed base-grid call (the Theorem 1 ReLU round of 2026-12-07: 76 s
+    estimated from 12-run calls, ~640 s of shard time)."""
+
+    class Timed(Toy):
+        def train(self, runs):
+            return [dict(r, group_wall_s=30.0, wall_s=30.0 / len(runs)) for r in super().train(runs)]
+
+    main = tmp_path / "r.json"
+    runner.run_sweep(Timed(main), shard=(0, 1), log=lambda s: None)  # the base grid only, into the shard file
+    runner.merge_shards(main, log=lambda s: None)
+    p = dry_run.plan(Timed(main))
+    assert p["base_runs_to_do"] == 0 and p["methods"]["A"]["extension_runs_next"] == 4  # 2 budgets x 2 seeds, 1 lr
+    assert p["methods"]["A"]["est_s"] == 4 * 30.0 and p["longest_s"] == 30.0  # a run's share would say 4 x 15 s
