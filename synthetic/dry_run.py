@@ -1,6 +1,7 @@
 """``--dry-run``: what :func:`synthetic.runner.run_sweep` would do now, without training. Per method the base-grid
 groups and runs done / to do, the next lr-extension round (once the base grid is complete) and an estimated time from
-the wall time per run recorded in the results file (:func:`run_costs`: what each recorded run cost its train call).
+the wall times recorded in the results file (:func:`run_costs`: what each recorded run cost its train call, for the
+base grid; :func:`synthetic.runner.call_costs`: a whole call per lr-extension item).
 :func:`synthetic.gpu_queue` reads the same plan for every GPU job.
 """
 
@@ -54,7 +55,7 @@ def costs_by_method(runs: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, List[floa
 def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
     """What :func:`run_sweep` would do now, without training: per method the groups and runs done / to do
     in the base grid, the next lr-extension round (once the base grid is complete), and an estimated time
-    from the wall time per run recorded in the results file (None where no run of that method is there)."""
+    from the wall times recorded in the results file (None where no run of that method is there)."""
     main = ResultsFile(exp.results_path)
     try:
         records = main.read()
@@ -132,8 +133,8 @@ def format_plan(p: Dict[str, Any]) -> str:
         nxt = r["extension_runs_next"] if p["extension_known"] else "after the grid"
         lines.append(f"| {m} | {r['groups_done']} / {r['groups']} | {r['runs_done']} / {r['runs']} | {nxt} | {est} |")
     est = ("unknown (no recorded runs to time some methods)" if p["est_s"] is None else f"~{p['est_s']:.0f} s "
-           "(from the wall times recorded in the results file: a run's share of its call in the base grid, a whole call "
-           "for each lr-extension item)")
+           "(from the wall times recorded in the results file: a run's share of its call in the base grid, "
+           "a whole call for each lr-extension item)")
     nxt = p["extension_runs_next"] if p["extension_known"] else "?"
     lines.append(f"{p['base_runs_to_do']} base-grid runs to do, {nxt}"
                  f" lr-extension runs next; estimated {est}")
