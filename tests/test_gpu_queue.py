@@ -138,8 +138,8 @@ def test_bad_budget_exits_2(capsys):
 @pytest.mark.slow
 def test_rehearsal_runs_shards_merges_and_packs(tmp_path, monkeypatch):
     out = tmp_path / "results"
-    job = gq.Job("toy", "synthetic.s4_regression", ("--preset", "tiny", "--methods", "SDT", "--seeds", "0", "--out", str(out)),
-                 shards=2)
+    job = gq.Job("toy", "synthetic.s4_regression",
+                 ("--preset", "tiny", "--methods", "SDT", "--seeds", "0", "--out", str(out)), shards=2)
     before = gq.plan(job)
     assert before.todo > 0 and not before.error
     logs = tmp_path / "logs"
