@@ -29,23 +29,32 @@ class Job:
     needs: Tuple[str, ...] = ()  # modules that must import on the device
     what: str = ""
     proxy: str = ""  # a results file of the same preset whose recorded run times estimate this job's before it has any
+    triton: bool = False  # its kernels are Triton's, compiled (and autotuned) by every process on a cold cache
 
     @property
     def startup_s(self) -> float:
-        """A process's start before its first run ends (imports, data; kernel compiles for a mamba-ssm job)."""
-        return MAMBA_COLD_START_S if "mamba_ssm" in self.needs else STARTUP_S
+        """A process's start before its first run ends: imports and data, CUDA set-up for a mamba-ssm job, kernel
+        compiles for a Triton one."""
+        return MAMBA_COLD_START_S if self.triton else MAMBA_START_S if "mamba_ssm" in self.needs else STARTUP_S
 
     def command(self, *extra: str) -> List[str]:
         return [sys.executable, "-m", self.module, *self.args, *extra]
 
 
-# A mamba-ssm process's start on a machine whose Triton cache is cold: the shards compile (and autotune) the SSD /
-# selective-scan kernels side by side. Measured: 14 Mamba-II shards started with 253 s left (runs of <= 158 s
+# A Mamba-II (Triton) process's start on a machine whose Triton cache is cold: the shards compile (and autotune) the
+# SSD kernels side by side. Measured: 14 Mamba-II shards started with 253 s left (runs of <= 158 s
 # recorded) were all killed at the deadline before one run ended (notes/gpu_logs/gpu_queue_2026-12-07_0226); on a
 # fresh machine a 16-shard phase of 13 runs took 297 s (2026-12-07 00:5x), on the same machine once those kernels
 # were cached ~140 s. A warm cache only makes this conservative: a phase that might have fit is skipped, and a
 # later job uses the time.
 MAMBA_COLD_START_S = 180.0
+# Mamba-I and the hybrid call the prebuilt CUDA kernels of the mamba-ssm and causal-conv1d wheels: nothing compiles.
+# Measured on H100s (2026-12-07): Mamba-I pair 1's second lr-extension round, 8 runs in 8 shards, took 27 s from the
+# queue's start of the phase to the end of its merge (notes/gpu_logs/gpu_queue_2026-12-07_2211), and on a machine that
+# had run no mamba-ssm job yet, pair 2's 12-shard base-grid phase (22 runs, longest shard 75 s of training) and its
+# first extension round (22 runs, longest shard 60 s) took 206 s together, merges and re-plans included (_2303). With
+# 180 s the queue skipped pair 2's second round (8 runs) with 288 s left; the next call ran it in 49 s (_2311).
+MAMBA_START_S = 60.0
 STARTUP_S = 20.0  # any other job's start (imports, data)
 
 
@@ -74,7 +83,7 @@ def _theorem1(activation: str, precision: str, arms: str, suffix: str = "", prox
 JOBS: Tuple[Job, ...] = (
     Job("mamba2-paper", "synthetic.mamba2_regression",
         ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2"), shards=16, needs=("mamba_ssm",),
-        what="Mamba-II paper preset on mamba-ssm's Triton SSD, 3 seeds"),
+        triton=True, what="Mamba-II paper preset on mamba-ssm's Triton SSD, 3 seeds"),
     Job("hybrid-paper", "synthetic.hybrid_regression",
         ("--preset", "paper", "--backend", "mamba_ssm", "--seeds", "0,1,2"), shards=16,
         needs=("mamba_ssm", "causal_conv1d"), what="Jamba-style hybrid paper preset (fused Mamba path), 3 seeds"),

@@ -16,7 +16,7 @@ packing follow), and what came back is kept and packed after every phase. The sw
 starting new runs; a run in progress finishes, so every phase is given the time to its kill deadline minus a margin
 for the run in progress: twice the job's recorded mean run time, between 20 s and
 ``--margin``. A job, or a sharded phase, is started only where the time left holds that margin, and a process's
-start-up (``Job.startup_s``: kernel compiles for mamba-ssm jobs) plus the longest recorded run of what is left, + 30 s;
+start-up (``Job.startup_s``: Triton kernel compiles for Mamba-II) plus the longest recorded run of what is left, + 30 s;
 otherwise it is skipped and a later job with shorter runs may run.
 A job whose packages (``mamba_ssm``, ``causal_conv1d``) do not import is skipped with a message, never run on a
 fallback backend.
@@ -43,9 +43,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.checks import check_out_dir
 from synthetic.gpu_archive import LandError, land, pack, restore_state, save_state, snapshot
-from synthetic.gpu_jobs import (ARMS_TRAINED, FINISH_S, JOB_NAMES, JOBS, MAMBA_COLD_START_S, MIN_MARGIN,  # noqa: F401
-                                PACK_S, ROOT, STARTUP_S, Job, Plan, next_calls, parse_plan, plan, proxy_estimate,
-                                select, show_queue)
+from synthetic.gpu_jobs import (ARMS_TRAINED, FINISH_S, JOB_NAMES, JOBS, MAMBA_COLD_START_S,  # noqa: F401
+                                MAMBA_START_S, MIN_MARGIN, PACK_S, ROOT, STARTUP_S, Job, Plan, next_calls, parse_plan,
+                                plan, proxy_estimate, select, show_queue)
 from synthetic.parallel import shard_main
 from synthetic.provenance import git_commit
 

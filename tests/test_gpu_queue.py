@@ -93,6 +93,12 @@ def test_a_phase_needs_a_start_up_and_the_longest_run_to_fit(tmp_path, monkeypat
     assert gq.Plan(0, 98, 98, None, None).needs_s(150, 180) == 180 + 150 + 30  # no record: a run as long as --margin
     mamba2 = gq.select("mamba2-paper")[0]
     assert mamba2.startup_s == gq.MAMBA_COLD_START_S and gq.select("s4-official")[0].startup_s == gq.STARTUP_S
+    # Mamba-I (prebuilt CUDA kernels, nothing compiles): pair 2's 8-run round (longest run 88 s recorded, margin 56 s)
+    # was skipped with 288 s left under the Triton start-up; the next call ran it in 49 s (2026-12-07)
+    pair2 = gq.select("mamba-model-seed2")[0]
+    assert pair2.startup_s == gq.MAMBA_START_S < gq.MAMBA_COLD_START_S
+    ext = gq.Plan(98, 98, 0, 8, 8 * 28.0, longest_s=88.0)
+    assert ext.needs_s(150, pair2.startup_s) <= 288 < ext.needs_s(150, gq.MAMBA_COLD_START_S)
     assert p.needs_s(150) == 158 + 30 < 253  # without the start-up the job would still be started
     assert p.needs_s(150, mamba2.startup_s) == mamba2.startup_s + 158 + 30 > 253
     plans = {"mamba2-paper": gq.Plan(178, 192, 14, None, 14 * 128.0, longest_s=158.0),
