@@ -94,8 +94,8 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
         w = walls.get(m)
         if w and ext_calls.get(m):
             # an extension item's few runs cost a whole call each, not their share of a packed base-grid call: the
-            # Theorem 1 ReLU round of 2026-12-07 (24 runs, 2-3 to a call) was estimated at 76 s by the runs' shares of
-            # 12-run calls and took ~640 s of shard time (H100)
+            # Theorem 1 ReLU round of 2026-12-07 (24 runs, 1-2 to a call) was estimated at ~300 s by the runs' shares
+            # of packed calls (76 s a shard) and took ~890 s of shard time on an H100, 455 s in the slowest shard
             row["est_s"] = statistics.fmean(w) * n_base + call_s[m] * ext_calls[m]
             longest = max(longest or 0.0, max(w), call_s[m])
         else:

@@ -296,8 +296,8 @@ def test_a_sharded_extension_round_is_balanced_by_recorded_call_cost(tmp_path):
 
 def test_dry_run_estimates_an_extension_item_at_a_whole_call(tmp_path):
     """An lr-extension item (one seed's new lr of a group) is a call of its own: the plan charges it the method's
-    recorded call time, not a run's share of a packed base-grid call (the Theorem 1 ReLU round of 2026-12-07: 76 s
-    estimated from 12-run calls, ~640 s of shard time)."""
+    recorded call time, not a run's share of a packed base-grid call (the Theorem 1 ReLU round of 2026-12-07: ~300 s
+    estimated from packed calls, ~890 s of shard time)."""
 
     class Timed(Toy):
         def train(self, runs):
