@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from synthetic.records import canonical
 
-__all__ = ["is_diverged", "best_of_grid", "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan",
+__all__ = ["is_diverged", "best_of_grid", "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "lrs_past",
            "edge_label"]
 
 
@@ -152,6 +152,18 @@ def _round_lr(x: float) -> float:
     return float(f"{x:.12g}")
 
 
+def lrs_past(lr: float, policy: LrPolicy, up: bool, n: int = 1) -> List[float]:
+    """Up to ``n`` lrs past ``lr``, one factor of ``policy`` apart, upwards (``up``) or downwards, the last clamped to
+    ``lr_max`` / ``lr_min`` and none beyond it: the lrs successive extension rounds would add at that edge. ``[]``
+    with the extension off or ``lr`` at the bound."""
+    out: List[float] = []
+    x = lr
+    while len(out) < n and policy.factor and (x < policy.lr_max if up else x > policy.lr_min):
+        x = _round_lr(min(x * policy.factor, policy.lr_max) if up else max(x / policy.factor, policy.lr_min))
+        out.append(x)
+    return out
+
+
 def _is_grid_lr(lr: Any) -> bool:
     return isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
 
@@ -235,11 +247,11 @@ def lr_edge(records: Sequence[Dict[str, Any]], policy: LrPolicy = LrPolicy(), lr
             elif hi >= policy.lr_max:
                 bounds.append("lr_max")
             else:
-                nxt.append(_round_lr(min(hi * policy.factor, policy.lr_max)))
+                nxt += lrs_past(hi, policy, up=True)
         elif lo <= policy.lr_min:
             bounds.append("lr_min")
         else:
-            nxt.append(_round_lr(max(lo / policy.factor, policy.lr_min)))
+            nxt += lrs_past(lo, policy, up=False)
     edge = edges[0] if len(edges) == 1 else "both"
     # a bound is reported once no edge can grow any more
     return LrEdge(edge, ",".join(bounds) if bounds and not nxt else None, tuple(nxt))

@@ -59,15 +59,15 @@ from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequ
 
 from synthetic.atomic import FileLock, LockHeld, append_durably, atomic_write
 from synthetic.grid import (LrEdge, LrPolicy, best_of_grid, edge_label, is_diverged,  # noqa: F401 (re-exported)
-                            lr_edge, lr_extension_plan, lr_means)
+                            lr_edge, lr_extension_plan, lr_means, lrs_past)
 from synthetic.provenance import environment, git_commit, utc_now  # noqa: F401 (re-exported)
 from synthetic.records import canonical as _canonical, infer_from_path, normalise, run_key  # noqa: F401
 
 __all__ = ["run_key", "ResultsFile", "ResultsFileError", "Records", "validate_record", "exit_error", "lock_wait",
            "LockHeld", "one_configuration", "run_records", "subsample_curve",
            # re-exported from synthetic.grid and synthetic.provenance
-           "is_diverged", "best_of_grid", "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "edge_label",
-           "environment", "git_commit", "utc_now"]
+           "is_diverged", "best_of_grid", "LrPolicy", "LrEdge", "lr_edge", "lr_means", "lr_extension_plan", "lrs_past",
+           "edge_label", "environment", "git_commit", "utc_now"]
 
 
 # ---------------------------------------------------------------------------------- results file

@@ -41,10 +41,10 @@ from synthetic.parallel import (Dist, distributed, done_keys, is_main_process, m
 from synthetic.progress import progress
 from synthetic.provenance import utc_now_us
 from synthetic.results import (LockHeld, LrPolicy, ResultsFile, ResultsFileError, environment, exit_error,
-                               lr_extension_plan, run_key, utc_now)
+                               lr_extension_plan, lrs_past, run_key, utc_now)
 
 __all__ = ["Group", "Run", "Experiment", "SweepStats", "run_sweep", "shard_groups", "current_runs", "extension_todo",
-           "trains_alone", "deal_round", "call_costs",
+           "trains_alone", "deal_round", "call_costs", "fill_ahead",
            # re-exported from synthetic.parallel
            "Dist", "distributed", "is_main_process", "merge_shards", "shard_path", "shard_files", "parse_shard"]
 
@@ -345,7 +345,7 @@ class _Sweep:
             return 0, s, 0
 
         todo.sort(key=order)
-        return todo
+        return fill_ahead(exp, todo, records)
 
     def extension_rounds(self, all_groups: Sequence[Group]) -> None:
         """Rounds of lr-grid growth (planned by one process: rank 0 under torchrun) until no group needs a run."""
@@ -456,6 +456,37 @@ def shard_groups(exp: Experiment, all_groups: Sequence[Group], shard: Optional[T
     in_main = {r.get("key") for r in records}
     left = [g for g in all_groups if not all(exp.key(g.seed, g.method, g.budget, lr) in in_main for lr in g.lrs)]
     return [g for j, g in enumerate(left) if j % shard[1] == shard[0]]
+
+
+def fill_ahead(exp: Experiment, todo: Sequence[Tuple], records: Sequence[Dict[str, Any]]) -> List[Tuple]:
+    """``todo`` (an lr-extension round's ``(seed, method, budget, lrs)`` items) with the padding of compiled calls put
+    to use: where the experiment pads a short call to ``max_runs_per_call`` runs for its one compiled graph
+    (``pad_calls``), an item of a group that trains alone whose lrs all lie past the lrs every seed has run (the grid
+    growing at an edge) also takes the next lrs further out, one factor of the policy apart and not past its bound
+    (:func:`synthetic.grid.lrs_past`), as many as the call would have padded. They cost nothing (the padding ran the
+    last run again, unrecorded) and may spare the next round: deep S4's prompt, prefix and state-based groups grew one
+    lr a round, each round a call per seed (2026-12-07). Missing lrs of a seed (inside the grid) are not extended;
+    lrs the seed has already run are not repeated. Unchanged for any other experiment."""
+    size = getattr(exp, "max_runs_per_call", None) or 0
+    if size < 2 or not getattr(exp, "pad_calls", False) or not exp.lr_policy.factor:
+        return list(todo)
+    bk = lambda b: run_key(dict(b))  # noqa: E731 - budgets compare by content (JSON lists vs tuples)
+    seeds_at: Dict[Tuple[str, str], Dict[Any, set]] = {}
+    for r in current_runs(exp, records):
+        seeds_at.setdefault((r["method"], bk(r["budget"])), {}).setdefault(r.get("lr"), set()).add(r.get("seed"))
+    out = []
+    for seed, method, budget, lrs in todo:
+        free = -len(lrs) % size
+        at = seeds_at.get((method, bk(budget)), {})
+        full = [lr for lr, ss in at.items() if isinstance(lr, (int, float)) and lr > 0 and ss >= set(exp.seeds)]
+        extra: List[float] = []
+        if free and lrs and full and trains_alone(exp, seed, method, budget):
+            up = min(lrs) > max(full)
+            if up or max(lrs) < min(full):
+                extra = [lr for lr in lrs_past(max(lrs) if up else min(lrs), exp.lr_policy, up, free)
+                         if seed not in at.get(lr, ()) and lr not in lrs]
+        out.append((seed, method, budget, list(lrs) + extra))
+    return out
 
 
 def call_costs(records: Sequence[Dict[str, Any]]) -> Dict[str, float]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from synthetic import dry_run, runner
-from synthetic.results import LrPolicy, ResultsFile, run_key, run_records
+from synthetic.results import LrPolicy, ResultsFile, best_of_grid, run_key, run_records
 
 
 class Toy:
@@ -309,3 +309,44 @@ def test_dry_run_estimates_an_extension_item_at_a_whole_call(tmp_path):
     p = dry_run.plan(Timed(main))
     assert p["base_runs_to_do"] == 0 and p["methods"]["A"]["extension_runs_next"] == 4  # 2 budgets x 2 seeds, 1 lr
     assert p["methods"]["A"]["est_s"] == 4 * 30.0 and p["longest_s"] == 30.0  # a run's share would say 4 x 15 s
+
+
+def test_fill_ahead_puts_a_compiled_calls_padding_to_the_next_lrs(tmp_path):
+    """fill_ahead: an item of a lone group growing past the lrs every seed has takes, in the slots its call would pad,
+    the next lrs further out (up to lr_max / down to lr_min, none the seed has run); missing lrs inside the grid, a
+    full call, or an experiment that does not pad are left alone."""
+    exp = Toy(tmp_path / "r.json", seeds=(0, 1), size=3, pad=True)
+    recs = [{"key": exp.key(s, "A", {"r": 1}, lr), "kind": "run", "method": "A", "budget": {"r": 1}, "lr": lr,
+             "seed": s} for s in (0, 1) for lr in (1e-2, 4e-2)]
+    recs.append({"key": exp.key(1, "A", {"r": 1}, 0.64), "kind": "run", "method": "A", "budget": {"r": 1}, "lr": 0.64,
+                 "seed": 1})  # seed 1 ran 0.64 before (e.g. ahead in an earlier round)
+    todo = [(0, "A", {"r": 1}, [0.16]), (1, "A", {"r": 1}, [0.16]), (0, "A", {"r": 1}, [2.5e-3]),
+            (0, "A", {"r": 2}, [0.16]), (0, "A", {"r": 1}, [0.16, 0.64, 1.0])]
+    out = runner.fill_ahead(exp, todo, recs)
+    assert out[0] == (0, "A", {"r": 1}, [0.16, 0.64, 1.0])  # 0.64 x 4 clamps to lr_max; nothing past it
+    assert out[1] == (1, "A", {"r": 1}, [0.16, 1.0])  # seed 1 has 0.64 already
+    assert out[2] == (0, "A", {"r": 1}, [2.5e-3, 6.25e-4, 1.5625e-4])  # growing down
+    assert out[3] == todo[3] and out[4] == todo[4]  # no records for r=2 (a base-grid lr missing); a full call
+    inside = [(1, "A", {"r": 1}, [4e-2])]
+    assert runner.fill_ahead(exp, inside, recs[:2]) == inside  # seed 1 lacks a grid lr: not an edge
+    assert runner.fill_ahead(Toy(tmp_path / "r.json", seeds=(0, 1), size=3), todo, recs) == todo  # no padding
+
+
+def test_a_padded_sweep_with_fill_ahead_reaches_the_same_best_lrs_in_fewer_rounds(tmp_path):
+    """One process, a toy whose best lr is far below the base grid: with its calls padded to 3 the round's padding
+    runs the next lrs down, so the grid reaches the same best lr per group in fewer rounds and fewer calls, and no
+    extension call repeats a run as padding until the grid meets its bound."""
+
+    def sweep(name, pad):
+        exp = Toy(tmp_path / name, best_lr=1e-5, seeds=(0, 1), size=3, pad=pad)
+        st = runner.run_sweep(exp, log=lambda s: None)
+        runs = [dict(x, budget_label=str(x["budget"])) for x in ResultsFile(exp.results_path).runs()]
+        rows = {(r["method"], r["budget_label"]): r["lr"] for r in best_of_grid(runs, lr_policy=exp.lr_policy)}
+        return st, rows, exp.calls
+
+    ahead, best_a, calls_a = sweep("a.json", True)
+    plain, best_p, _ = sweep("p.json", False)
+    assert best_a == best_p and math.isclose(best_a[("A", "{'r': 1}")], 1e-5, rel_tol=1.0)
+    assert ahead.extension_rounds < plain.extension_rounds and ahead.calls < plain.calls
+    ext = [c for c in calls_a if any(src == "extension" for _, _, src in c)]
+    assert ext and all(len({lr for _, lr, _ in c}) == 3 for c in ext)  # three distinct lrs: no padding repeat
