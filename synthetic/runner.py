@@ -506,8 +506,9 @@ def deal_round(exp: Experiment, todo: Sequence[Tuple], n: int,
                records: Sequence[Dict[str, Any]] = ()) -> List[List[Tuple]]:
     """An lr-extension round (:meth:`_Sweep.round_plan`'s ``(seed, method, budget, lrs)`` items) dealt to ``n``
     shards, balanced by cost: each item costs its method's :func:`call_costs` in ``records`` (the mean of all
-    methods' for a method with none, 1 without records), and the units go, costliest first, each to the shard with
-    the least cost so far (ties: the lower shard); each shard keeps the round's order. A unit is one item, except
+    methods' for a method with none, 1 without records) for each call its lrs take, and the units go, costliest
+    first, each to the shard with the least cost so far (ties: the lower shard); each shard keeps the round's order.
+    A unit is one item, except
     where the experiment compiles one graph per (method, budget) (``pad_calls``): there the items of a (method,
     budget) whose runs train alone stay together, so one process compiles its graph once and its other seeds reuse
     it. Dealt item by item (``j % n``), on an H100 on 2026-12-07 deep S4's 20 lone extension runs each compiled afresh
@@ -520,7 +521,9 @@ def deal_round(exp: Experiment, todo: Sequence[Tuple], n: int,
     for j, (seed, method, budget, _) in enumerate(todo):
         lone = together and trains_alone(exp, seed, method, budget)
         units.setdefault(run_key({"m": method, "b": dict(budget)}) if lone else ("item", j), []).append(j)
-    weight = lambda u: sum(cost.get(todo[j][1], default) for j in u)  # noqa: E731 - one call per item
+    size = getattr(exp, "max_runs_per_call", None) or 0
+    calls = lambda j: -(-len(todo[j][3]) // size) if size else 1  # noqa: E731 - an item's lrs in calls of `size`
+    weight = lambda u: sum(cost.get(todo[j][1], default) * calls(j) for j in u)  # noqa: E731
     load, mine = [0.0] * n, [[] for _ in range(n)]
     for u in sorted(units.values(), key=lambda u: -weight(u)):  # stable: equal units keep the round's order
         i = min(range(n), key=lambda k: (load[k], k))
