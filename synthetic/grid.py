@@ -73,7 +73,9 @@ def best_of_grid(records: Sequence[Dict[str, Any]], group_keys: Sequence[str] = 
         n_div = sum(1 for r in recs if r.get("status") != "ok")
         pct = [float(r["trainable_pct"]) for r in recs if r.get("trainable_pct") is not None]
         row = {k: recs[0].get(k) for k in group_keys}
-        row.update(trainable_pct=(sum(pct) / len(pct)) if pct else None, n_diverged=n_div, n_runs=len(recs))
+        # math.fsum: the same mean whatever the records' order (a file merged in another order redrew with
+        # trainable % differing in the 16th digit, 2026-12-07)
+        row.update(trainable_pct=(math.fsum(pct) / len(pct)) if pct else None, n_diverged=n_div, n_runs=len(recs))
         # an lr still missing seeds that other lrs have (an lr-extension round under way) is not compared with them:
         # its mean over fewer seeds is another statistic (seed 0 may sit below the mean); listed as in progress
         runs_at: Dict[Any, set] = defaultdict(set)
