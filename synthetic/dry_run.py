@@ -1,27 +1,22 @@
 """``--dry-run``: what :func:`synthetic.runner.run_sweep` would do now, without training. Per method the base-grid
 groups and runs done / to do, the next lr-extension round (once the base grid is complete) and an estimated time from
 the wall times recorded in the results file (:func:`run_costs`: what each recorded run cost its train call, for the
-base grid; :func:`synthetic.runner.call_costs`: a whole call per lr-extension item).
+base grid; :func:`synthetic.sweep_plan.call_costs`: a whole call per lr-extension item).
 :func:`synthetic.gpu_queue` reads the same plan for every GPU job.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from synthetic.results import ResultsFileError, ResultsFile, exit_error
-from synthetic.runner import (Experiment, call_costs, check_identity, current_runs, done_keys, extension_todo,
-                              shard_groups)
+from synthetic.runner import check_identity, done_keys, shard_groups
+from synthetic.sweep_plan import Experiment, call_costs, current_runs, extension_todo, is_seconds
 
 __all__ = ["plan", "format_plan", "print_plan", "run_costs"]
-
-
-def _seconds(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def run_costs(runs: Sequence[Dict[str, Any]]) -> List[Tuple[str, float, bool]]:
@@ -30,26 +25,23 @@ def run_costs(runs: Sequence[Dict[str, Any]]) -> List[Tuple[str, float, bool]]:
     share it, i.e. the runs the call recorded: a call padded to R runs for one compiled graph (an lr-extension run
     alone, the last runs of a group) cost its whole time, though records written before 2026-12-07 divided it by R in
     ``wall_s``. Otherwise ``wall_s`` (alone: False, unknown)."""
-    share = Counter(r["group_wall_s"] for r in runs if _seconds(r.get("group_wall_s")))
+    share = Counter(r["group_wall_s"] for r in runs if is_seconds(r.get("group_wall_s")))
     out = []
     for r in runs:
         g = r.get("group_wall_s")
-        if _seconds(g):
+        if is_seconds(g):
             out.append((r["method"], float(g) / share[g], share[g] == 1))
-        elif _seconds(r.get("wall_s")):
+        elif is_seconds(r.get("wall_s")):
             out.append((r["method"], float(r["wall_s"]), False))
     return out
 
 
-def costs_by_method(runs: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
-    """:func:`run_costs` per method: (every run's cost, the costs of runs their call recorded alone)."""
+def costs_by_method(runs: Sequence[Dict[str, Any]]) -> Dict[str, List[float]]:
+    """:func:`run_costs` per method: every run's cost."""
     walls: Dict[str, List[float]] = {}
-    alone: Dict[str, List[float]] = {}
-    for method, w, one in run_costs(runs):
+    for method, w, _ in run_costs(runs):
         walls.setdefault(method, []).append(w)
-        if one:
-            alone.setdefault(method, []).append(w)
-    return walls, alone
+    return walls
 
 
 def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
@@ -77,7 +69,7 @@ def plan(exp: Experiment, shard: Optional[Tuple[int, int]] = None) -> Dict[str, 
     base_todo = sum(r["runs"] - r["runs_done"] for r in per.values())
     ext = [] if (base_todo or shard is not None) else extension_todo(exp, records, all_groups)
     cur = current_runs(exp, records)
-    walls, _ = costs_by_method(cur)
+    walls = costs_by_method(cur)
     call_s = call_costs(cur)  # what one train call of a method cost: an lr-extension item is at least one call
     ext_runs: Dict[str, int] = {}
     ext_calls: Dict[str, int] = {}  # lr-extension calls: an item's lrs in calls of the experiment's size

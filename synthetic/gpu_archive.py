@@ -201,8 +201,9 @@ def land(archives: Sequence[Path], base: Path = ROOT, log=print, dry_run: bool =
         for rel, data in sorted(files.items()):
             if rel.endswith(".jsonl"):
                 what = _land_results(rel, data, parsed[(str(a), rel)], base)
-                if shard_main(rel) is not None:
-                    shards.add(shard_main(rel))
+                results = shard_main(rel)
+                if results is not None:
+                    shards.add(results)
             else:
                 target = base / rel
                 old = target.read_bytes() if target.is_file() else None

@@ -201,7 +201,7 @@ def proxy_estimate(p: Plan, path: Path) -> Plan:
     from synthetic.dry_run import costs_by_method
     from synthetic.results import ResultsFile
 
-    costs, _ = costs_by_method(ResultsFile(path).runs())
+    costs = costs_by_method(ResultsFile(path).runs())
     left = {m: n for m, n in p.todo_by_method.items() if n}
     if not left or any(m not in costs for m in left):
         return p

@@ -63,7 +63,7 @@ RUN_FIELDS = (
     ("wall_s", "float", "seconds of training per run (deep S4: a call's wall time / the runs it recorded; before "
                         "2026-12-07 / its runs with the padding of a compiled call)"),
     ("lr_source", "str", '"grid" (the base grid) or "extension" (added where a best lr sat at an edge, or further out '
-                         'in the padding of a compiled call: synthetic.runner.fill_ahead)'),
+                         'in the padding of a compiled call: synthetic.sweep_plan.fill_ahead)'),
     ("config", "dict", "the experiment's configuration (the fields in the key, and in deep S4 all of it)"),
     ("device", "str", "the device name (GPU model or \"cpu\")"),
     ("commit", "str", "git commit of the code that ran ($GIT_COMMIT where set)"),
