@@ -324,7 +324,7 @@ PAGES: Tuple[Page, ...] = (
          "MSE is the minimum training-batch MSE at the best lr; \"final\" the mean of the last 2 % of iterations; the "
          "last column is the share of Algorithm 1's selections the construction can use and their Jaccard overlap "
          "with its blocks. At paper sizes (c) runs in fp32, since the exact point does not survive TF32 matmuls; "
-         "the linear variant's [tf32] rows show what TF32 makes of it. Where every lr's best MSE is the "
+         "its [tf32] rows (both variants) show what TF32 makes of it. Where every lr's best MSE is the "
          "same (started at the exact point, no lr improves on the start) the lr column says so and shows the lr with "
          "the lowest final MSE. What the numbers show: [findings](../findings.md#why-sdt-does-not-reach-zero).",
          (), (("Theorem 1 study, paper sizes", "theorem1_training.png"),
