@@ -397,9 +397,9 @@ def render(page: Page) -> str:
         parts += [page.extra(), ""]
     parts += [_wrap("Tables: `python -m synthetic.report` from the results files; best MSE at the best lr (mean "
                     "over seeds), \"lr at grid edge\" marks a best lr still at the lowest or highest lr tried (an "
-                    "upper bound), with the bound that stopped the grid (\"not extended\": a sweep may still grow it; \"grid "
-                    "incomplete\": an lr has some seeds but not all yet, and is left out of the comparison until it has "
-                    "them). Record format: "
+                    "upper bound), with the bound that stopped the grid (\"not extended\": a sweep may still grow "
+                    "it; \"grid incomplete\": an lr has some seeds but not all yet, and is left out of the comparison "
+                    "until it has them). Record format: "
                     "[results-format](../results-format.md).")]
     return "\n".join(parts) + "\n"
 
